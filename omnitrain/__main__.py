@@ -1,0 +1,3 @@
+from omnitrain.cli import main
+
+raise SystemExit(main())

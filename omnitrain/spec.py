@@ -1,0 +1,272 @@
+"""The OmniTrainingJob spec as typed models: the one schema the CRD is generated from (omnitrain.operator.crd),
+that the operator validates and that the trainer reads back from the ConfigMap (TrainerConfig).
+
+Field names are camelCase on the wire (Kubernetes convention) and snake_case in Python. Pure Python: no torch, no
+kopf. Semantic checks that span fields live in `validate_job_spec`, which names the field and the fix.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from omnitrain.model.config import PRESETS, ModelConfig, resolve_model_config
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid",
+                              protected_namespaces=())
+
+    def to_wire(self) -> dict:
+        """camelCase dict as stored in the API server / ConfigMap."""
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+class ModelSpec(_Spec):
+    preset: Literal[tuple(PRESETS)] = Field("tiny", description="Named model size; explicit dimensions override it.")
+    hidden_size: int | None = Field(None, ge=8, description="Transformer width.")
+    depth: int | None = Field(None, ge=1, description="Number of transformer blocks.")
+    num_heads: int | None = Field(None, ge=1, description="Attention heads.")
+    mlp_ratio: float | None = Field(None, gt=0, description="MLP width / hidden size.")
+    latent_channels: int | None = Field(None, ge=1, description="Channels of the video latent.")
+    patch_size: list[int] | None = Field(None, min_length=3, max_length=3, description="[t, h, w] patch size.")
+    text_dim: int | None = Field(None, ge=1, description="Width of the pre-encoded text embedding.")
+
+    def resolve(self) -> ModelConfig:
+        overrides = {k: getattr(self, k) for k in ("hidden_size", "depth", "num_heads", "mlp_ratio",
+                                                   "latent_channels", "patch_size", "text_dim")}
+        return resolve_model_config(self.preset, overrides)
+
+
+class ParallelismSpec(_Spec):
+    nodes: int = Field(1, ge=1, le=4096, description="Pods (one per node).")
+    gpus_per_node: int = Field(1, ge=1, le=16, description="Worker processes per pod (one per GPU).")
+    tensor: int = Field(1, ge=1, le=16, description="Tensor-parallel degree (kept inside a node).")
+    pipeline: int = Field(1, ge=1, le=128, description="Pipeline-parallel stages.")
+    ulysses: int = Field(1, ge=1, le=64, description="Ulysses sequence-parallel degree.")
+    data: int | None = Field(None, ge=1, description="Data-parallel degree; derived from the others when unset.")
+    pipeline_schedule: Literal["1F1B", "interleaved1F1B"] = Field("1F1B", description="Pipeline schedule.")
+    virtual_stages: int = Field(1, ge=1, le=16, description="Model chunks per pipeline rank (interleaved1F1B).")
+    micro_batches: int = Field(1, ge=1, le=1024, description="Micro-batches per step and data-parallel rank.")
+    data_sharding: Literal["replicate", "fsdp"] = Field("replicate",
+                                                        description="Replicated (DDP) or sharded (FSDP) states.")
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.gpus_per_node
+
+    def data_degree(self) -> int:
+        """The data-parallel degree: explicit, or what is left of the world after the model-parallel degrees."""
+        if self.data is not None:
+            return self.data
+        model_parallel = self.tensor * self.pipeline * self.ulysses
+        return max(1, self.world_size // model_parallel)
+
+
+class SyntheticDataSpec(_Spec):
+    samples: int = Field(256, ge=1, description="Samples written when the dataset does not exist yet.")
+    shards: int = Field(4, ge=1, description="Parquet shards to write.")
+    seed: int = Field(0, description="Seed of the synthetic generator.")
+    max_frames: int = Field(4, ge=1, description="Longest clip, in latent frames.")
+    max_side: int = Field(8, ge=2, description="Longest latent side, in latent pixels.")
+
+
+class DataSpec(_Spec):
+    path: str = Field("/data/omnitrain", description="Folder of pre-shuffled Parquet shards.")
+    synthetic: SyntheticDataSpec | None = Field(None, description="Write a synthetic dataset at path when absent.")
+    token_budget: int = Field(1024, ge=16, description="Tokens per packed micro-batch.")
+    on_corrupt: Literal["skip", "fail"] = Field("skip", description="Skip corrupt rows/shards, or fail the job.")
+    balance: bool = Field(True, description="Balance attention cost across data-parallel ranks.")
+
+
+class TrainingSpec(_Spec):
+    stage: Literal["pretrain", "sft", "dpo"] = Field("pretrain", description="Training objective.")
+    steps: int = Field(100, ge=1, description="Optimizer steps to train.")
+    learning_rate: float = Field(1e-3, gt=0, description="Peak AdamW learning rate.")
+    warmup_steps: int = Field(10, ge=0, description="Linear warm-up steps before cosine decay.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    grad_clip: float = Field(1.0, ge=0, description="Gradient norm clip (0 disables).")
+    seed: int = Field(0, description="Seed of parameters, timesteps and noise.")
+    precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16 autocast (GPU) or fp32.")
+    timestep_shift: float = Field(1.0, gt=0, description="Resolution-dependent shift a of s' = a s / (1 + (a-1) s).")
+    logit_normal_mean: float = Field(0.0, description="Mean of the logit-normal timestep distribution.")
+    logit_normal_std: float = Field(1.0, gt=0, description="Std of the logit-normal timestep distribution.")
+    dpo_beta: float = Field(500.0, gt=0, description="Diffusion-DPO beta (stage dpo).")
+    init_from: str | None = Field(None, description="Checkpoint to start from (sft/dpo; also the DPO reference).")
+    log_every: int = Field(1, ge=1, description="Steps between progress lines.")
+
+
+class CheckpointSpec(_Spec):
+    local_path: str = Field("/mnt/nvme/omnitrain", description="Node-local (NVMe) checkpoint folder.")
+    persistent_claim: str | None = Field(None, description="PersistentVolumeClaim for replicated checkpoints.")
+    persistent_path: str = Field("/mnt/checkpoints", description="Where the persistent claim is mounted.")
+    interval_steps: int = Field(50, ge=1, description="Steps between checkpoints.")
+    async_save: bool = Field(True, alias="async", description="Write in the background; block only for the copy.")
+    keep: int = Field(3, ge=1, description="Complete checkpoints kept on each tier.")
+
+
+class ResilienceSpec(_Spec):
+    hang_timeout_seconds: int = Field(60, ge=5, description="No step and no RDMA traffic for this long is a hang.")
+    max_restarts: int = Field(3, ge=0, description="Gang restarts before the job fails.")
+    isolate_nodes: bool = Field(True, description="Keep nodes with hardware evidence out of later attempts.")
+    restart_backoff_seconds: int = Field(0, ge=0, description="Base of the exponential back-off between restarts.")
+    max_no_progress_restarts: int = Field(2, ge=1,
+                                          description="Restarts that do not advance the checkpoint before failing.")
+
+
+class MemorySpec(_Spec):
+    offload: Literal["none", "pipelineAware", "all"] = Field("none", description="Activation offload policy.")
+    recompute: Literal["none", "selective", "full"] = Field("none", description="Activation recompute policy.")
+
+
+class DistillSpec(_Spec):
+    enabled: bool = Field(True, description="Run distillation after training succeeds.")
+    teacher_steps: int = Field(150, ge=2, description="Sampling steps of the teacher.")
+    student_steps: int = Field(10, ge=1, description="Sampling steps of the student.")
+    steps: int = Field(100, ge=1, description="Distillation optimizer steps (both phases together).")
+
+
+class InferenceSpec(_Spec):
+    enabled: bool = Field(True, description="Serve the (distilled) model after promotion.")
+    replicas: int = Field(1, ge=0, description="Inference Deployment replicas.")
+    fp8: bool = Field(True, description="Quantize linear layers to FP8.")
+    port: int = Field(8080, ge=1, le=65535, description="HTTP port of the inference server.")
+
+
+class PromotionSpec(_Spec):
+    distill: DistillSpec | None = Field(None, description="Distillation job created on success.")
+    inference: InferenceSpec | None = Field(None, description="Inference Deployment created on success.")
+
+
+class Toleration(_Spec):
+    key: str | None = None
+    operator: Literal["Exists", "Equal"] | None = None
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    toleration_seconds: int | None = None
+
+
+class SchedulingSpec(_Spec):
+    node_selector: dict[str, str] = Field(default_factory=dict, description="Labels the job's nodes must have.")
+    tolerations: list[Toleration] = Field(default_factory=list, description="Taints the job's pods tolerate.")
+    priority_class_name: str | None = Field(None, description="PriorityClass of the job's pods.")
+    scheduler_name: str | None = Field(None, description="Scheduler of the job's pods (e.g. volcano).")
+    queue_name: str | None = Field(None, description="Kueue queue (label kueue.x-k8s.io/queue-name).")
+    gpu_resource: str = Field("nvidia.com/gpu", description="Extended resource requested per GPU.")
+
+
+class ResourcesSpec(_Spec):
+    cpu: str | None = Field(None, description="CPU request per pod.")
+    memory: str | None = Field(None, description="Memory request per pod.")
+
+
+class JobSpec(_Spec):
+    image: str = Field("omnitrain:latest", description="Trainer image.")
+    suspend: bool = Field(False, description="Suspended jobs keep no pods; resuming restarts from a checkpoint.")
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    parallelism: ParallelismSpec = Field(default_factory=ParallelismSpec)
+    data: DataSpec = Field(default_factory=DataSpec)
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
+    resilience: ResilienceSpec = Field(default_factory=ResilienceSpec)
+    memory: MemorySpec = Field(default_factory=MemorySpec)
+    promotion: PromotionSpec = Field(default_factory=PromotionSpec)
+    scheduling: SchedulingSpec = Field(default_factory=SchedulingSpec)
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    metrics_port: int = Field(9400, ge=1, le=65535, description="Prometheus port of each training pod.")
+
+
+class FieldError(BaseModel):
+    """One problem with a spec: the field (dotted wire path) and a message that says the fix."""
+
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.message}"
+
+
+def validate_job_spec(spec: JobSpec) -> list[FieldError]:
+    """Checks that span fields (the schema checks single fields). Empty list = valid."""
+    errors: list[FieldError] = []
+    p = spec.parallelism
+    model = spec.model.resolve()
+    world = p.world_size
+    model_parallel = p.tensor * p.pipeline * p.ulysses
+    if p.data is None and world % model_parallel:
+        errors.append(FieldError(
+            field="spec.parallelism",
+            message=(f"tensor x pipeline x ulysses = {model_parallel} does not divide nodes x gpusPerNode = {world}; "
+                     "change the degrees or the node count")))
+    elif p.tensor * p.pipeline * p.ulysses * p.data_degree() != world:
+        errors.append(FieldError(
+            field="spec.parallelism.data",
+            message=(f"tensor x pipeline x ulysses x data = {model_parallel * p.data_degree()} but nodes x "
+                     f"gpusPerNode = {world}; set data to {world // model_parallel} or leave it unset")))
+    if p.tensor > p.gpus_per_node or p.gpus_per_node % p.tensor:
+        errors.append(FieldError(
+            field="spec.parallelism.tensor",
+            message=(f"tensor={p.tensor} must divide gpusPerNode={p.gpus_per_node}: tensor-parallel groups stay "
+                     "inside one node")))
+    if model.hidden_size % model.num_heads:
+        errors.append(FieldError(
+            field="spec.model.numHeads",
+            message=f"hiddenSize={model.hidden_size} is not divisible by numHeads={model.num_heads}"))
+    if model.num_heads % (p.tensor * p.ulysses):
+        errors.append(FieldError(
+            field="spec.parallelism.tensor",
+            message=(f"numHeads={model.num_heads} is not divisible by tensor x ulysses = {p.tensor * p.ulysses}; "
+                     "pick degrees that divide the head count")))
+    if model.mlp_hidden % p.tensor:
+        errors.append(FieldError(
+            field="spec.parallelism.tensor",
+            message=f"the MLP width {model.mlp_hidden} is not divisible by tensor={p.tensor}"))
+    stages = p.pipeline * p.virtual_stages
+    if stages > model.depth:
+        errors.append(FieldError(
+            field="spec.parallelism.pipeline",
+            message=(f"pipeline x virtualStages = {stages} stages but the model has {model.depth} layers; "
+                     "use fewer stages or a deeper model")))
+    if p.pipeline_schedule == "interleaved1F1B" and p.virtual_stages < 2:
+        errors.append(FieldError(
+            field="spec.parallelism.virtualStages",
+            message="interleaved1F1B needs virtualStages >= 2; set virtualStages or use pipelineSchedule 1F1B"))
+    if p.pipeline > 1 and p.micro_batches < p.pipeline:
+        errors.append(FieldError(
+            field="spec.parallelism.microBatches",
+            message=(f"microBatches={p.micro_batches} < pipeline={p.pipeline} leaves stages idle; "
+                     f"set microBatches >= {p.pipeline}")))
+    if spec.training.stage == "dpo" and not spec.training.init_from:
+        errors.append(FieldError(
+            field="spec.training.initFrom",
+            message="stage dpo needs initFrom: the checkpoint that is both the start and the frozen reference"))
+    if spec.checkpoint.persistent_claim is None and spec.promotion.distill and spec.promotion.distill.enabled:
+        errors.append(FieldError(
+            field="spec.checkpoint.persistentClaim",
+            message="promotion needs the final checkpoint on a persistent claim; set checkpoint.persistentClaim"))
+    return errors
+
+
+class RunInfo(_Spec):
+    """What the operator adds to the spec for one attempt of a job (rendered into the ConfigMap)."""
+
+    job_name: str
+    namespace: str = "default"
+    job_uid: str = ""
+    attempt: int = Field(0, ge=0)
+
+
+class TrainerConfig(_Spec):
+    """The trainer's whole input: `omnitrain train --config FILE` reads this (YAML or JSON)."""
+
+    spec: JobSpec
+    run: RunInfo
+
+
+__all__ = [
+    "CheckpointSpec", "DataSpec", "DistillSpec", "FieldError", "InferenceSpec", "JobSpec", "MemorySpec", "ModelSpec",
+    "ParallelismSpec", "PromotionSpec", "ResilienceSpec", "ResourcesSpec", "RunInfo", "SchedulingSpec",
+    "SyntheticDataSpec", "Toleration", "TrainerConfig", "TrainingSpec", "validate_job_spec",
+]
