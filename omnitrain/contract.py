@@ -1,0 +1,88 @@
+"""The contract between the training pods and the operator, in one place (shared/design.md, Boundaries).
+
+The operator and the trainer meet only through: the CRD schema (omnitrain.spec), the ConfigMap the operator renders
+(omnitrain.spec.TrainerConfig as YAML at CONFIG_PATH), and what a pod shows from outside: its exit code, its
+termination message (one JSON line) and its Prometheus metrics. Pure Python, imported by both sides.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from enum import IntEnum
+
+CONFIG_MOUNT = "/etc/omnitrain"
+CONFIG_FILE = "config.yaml"
+CONFIG_PATH = f"{CONFIG_MOUNT}/{CONFIG_FILE}"
+
+# Where a container writes why it ended (Kubernetes' terminationMessagePath default).
+TERMINATION_LOG_ENV = "OMNITRAIN_TERMINATION_LOG"
+DEFAULT_TERMINATION_LOG = "/dev/termination-log"
+
+
+class ExitCode(IntEnum):
+    """Exit codes of a training pod's main container and what the operator does with them."""
+
+    OK = 0               # training finished: the job may succeed
+    ERROR = 1            # crash (Python exception, failed collective): gang restart
+    CONFIG = 3           # bad config or data the trainer cannot use: restart will not help, the job fails
+    NO_PROGRESS = 4      # resumed but cannot advance (e.g. every checkpoint unreadable): the job fails
+    HANG = 42            # the watchdog found no step progress and no RDMA traffic: gang restart
+    HARDWARE = 43        # GPU/NIC fault evidence (XID, ECC, link down): gang restart without this node
+    SIGKILL = 137        # killed (OOM killer, eviction, node loss): gang restart
+
+
+PERMANENT_EXIT_CODES = frozenset({ExitCode.CONFIG, ExitCode.NO_PROGRESS})
+
+
+@dataclass
+class TerminationMessage:
+    """What a container leaves in its termination log when it ends on purpose."""
+
+    reason: str                      # e.g. "Completed", "HangDetected", "ConfigError", "HardwareFault"
+    message: str = ""
+    step: int | None = None          # last completed training step
+    checkpoint_step: int | None = None  # newest complete checkpoint
+    evidence: dict = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps({k: v for k, v in asdict(self).items() if v not in (None, {}, "")}, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | None) -> "TerminationMessage | None":
+        """Parse a pod's termination message; None when absent or not ours (e.g. a plain Python traceback)."""
+        if not text:
+            return None
+        try:
+            data = json.loads(text.strip().splitlines()[-1])
+        except (json.JSONDecodeError, IndexError):
+            return None
+        if not isinstance(data, dict) or "reason" not in data:
+            return None
+        known = {k: data[k] for k in ("reason", "message", "step", "checkpoint_step", "evidence") if k in data}
+        return cls(**known)
+
+
+def write_termination_message(msg: TerminationMessage, path: str | None = None) -> None:
+    """Best effort: a pod without a writable termination log still exits with the right code."""
+    target = path or os.environ.get(TERMINATION_LOG_ENV, DEFAULT_TERMINATION_LOG)
+    try:
+        with open(target, "w") as f:
+            f.write(msg.to_json() + "\n")
+    except OSError:
+        pass
+
+
+# Prometheus metric names the operator reads from rank 0's metrics endpoint to fill status.
+METRIC_STEP = "omnitrain_train_step"
+METRIC_TOTAL_STEPS = "omnitrain_train_total_steps"
+METRIC_LAST_CHECKPOINT_STEP = "omnitrain_checkpoint_last_complete_step"
+METRIC_LOSS = "omnitrain_train_loss"
+
+# Environment the operator sets on every training pod (besides torchrun's MASTER_ADDR/PORT, PET_*).
+ENV_JOB_NAME = "OMNITRAIN_JOB_NAME"
+ENV_ATTEMPT = "OMNITRAIN_ATTEMPT"
+ENV_METRICS_PORT = "OMNITRAIN_METRICS_PORT"
+ENV_POD_IP = "POD_IP"
+ENV_NODE_NAME = "NODE_NAME"
