@@ -1,15 +1,15 @@
 # Two entry points on a fresh machine (README.md): `make demo` and `make test`.
 SHELL := /bin/bash
-PY ?= python3.11
+PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 export OMNITRAIN_CACHE ?= $(HOME)/.cache/omnitrain
 
-.PHONY: setup cluster-bins demo test test-fast crd bench clean
+.PHONY: setup promtool cluster-bins demo test test-fast crd clean
 
 $(STAMP): pyproject.toml
-	@command -v $(PY) >/dev/null || PY=python3; test -x $(BIN)/python || $${PY:-$(PY)} -m venv $(VENV) || python3 -m venv $(VENV)
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e ".[trainer,report,test]"
 	@touch $@
