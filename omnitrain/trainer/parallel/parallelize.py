@@ -1,0 +1,118 @@
+"""Applies a ParallelLayout to a model once: DeviceMesh, pipeline chunks, tensor parallel, Ulysses, FSDP.
+
+The model knows nothing of this; it only has the structure docs/contracts.md promises (embed / blocks / head,
+attn.q/k/v/o, mlp.fc1/fc2, attn.core).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from omnitrain.trainer.parallel.layout import MESH_DIMS, ParallelLayout, check_layout, rank_coords
+from omnitrain.trainer.parallel.plan import ChunkRunner, ParallelPlan
+from omnitrain.trainer.parallel.schedule import chunks_of_rank, split_blocks
+from omnitrain.trainer.parallel.ulysses import wrap_attention_cores
+
+# Column-parallel in, row-parallel out: one all-reduce per attention and one per MLP (Megatron's layout).
+TP_BLOCK_PLAN = {"attn.q": "colwise", "attn.k": "colwise", "attn.v": "colwise", "attn.o": "rowwise",
+                 "mlp.fc1": "colwise", "mlp.fc2": "rowwise"}
+
+
+class _Absent(nn.Module):
+    """Placeholder for a block that lives on another pipeline rank (keeps the indices of model.blocks)."""
+
+    def forward(self, *args, **kwargs):
+        raise RuntimeError("this block lives on another pipeline rank")
+
+
+def init_distributed() -> None:
+    """Join the job's process group from torchrun's env (nccl with GPUs, gloo on CPU); no-op in one process."""
+    if dist.is_initialized() or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl")
+    else:
+        dist.init_process_group("gloo")
+
+
+def _model_dims(model: nn.Module) -> dict:
+    cfg = getattr(model, "config", None)
+    depth = len(model.blocks)
+    if cfg is None:
+        return {"num_heads": 1, "depth": depth, "mlp_hidden": 1}
+    return {"num_heads": cfg.num_heads, "depth": depth, "mlp_hidden": cfg.mlp_hidden}
+
+
+def apply_tensor_parallel(block: nn.Module, tp_mesh) -> None:
+    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+    styles = {"colwise": ColwiseParallel, "rowwise": RowwiseParallel}
+    parallelize_module(block, tp_mesh, {name: styles[style]() for name, style in TP_BLOCK_PLAN.items()})
+
+
+def setup_parallel(model: nn.Module, config=None, layout: ParallelLayout | None = None) -> ParallelPlan:
+    """Lay the model out over this job's ranks. `config` is an omnitrain.spec.TrainerConfig (its
+    spec.parallelism), or pass a ParallelLayout directly. Every rank must call this with an identically
+    initialised model (same seed). In one process it returns a plan that simply runs the model."""
+    if layout is None:
+        layout = ParallelLayout.from_spec(config.spec.parallelism) if config is not None else ParallelLayout()
+    init_distributed()
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    check_layout(layout, world, **_model_dims(model))
+    device = next(model.parameters()).device
+    coords = rank_coords(rank, layout)
+    chunk_ranges = split_blocks(len(model.blocks), layout.pp * layout.virtual_stages) if layout.pp > 1 \
+        else [range(len(model.blocks))]
+    my_chunks = chunks_of_rank(coords.pp, layout.pp, layout.virtual_stages) if layout.pp > 1 else [0]
+    chunk_blocks = {c: chunk_ranges[c] for c in my_chunks}
+    owned = sorted(i for r in chunk_blocks.values() for i in r)
+
+    if world == 1:
+        runner = ChunkRunner(model, chunk_blocks, 1, 0, None)
+        return ParallelPlan(model=model, layout=layout, coords=coords, rank=0, device=device,
+                            chunk_blocks=chunk_blocks, runner=runner)
+
+    from torch.distributed.device_mesh import init_device_mesh
+    mesh = init_device_mesh(device.type, layout.shape, mesh_dim_names=MESH_DIMS)
+    if tuple(mesh.get_coordinate()) != (coords.dp, coords.pp, coords.ulysses, coords.tp):
+        raise RuntimeError(f"DeviceMesh placed rank {rank} at {mesh.get_coordinate()}, expected {coords}")
+    dp_group, pp_group = mesh.get_group("dp"), mesh.get_group("pp")
+    ulysses_group = mesh.get_group("ulysses")
+    if layout.dp > 1 and layout.ulysses > 1:
+        grad_mesh = mesh["dp", "ulysses"]._flatten("dp_ulysses")
+    else:
+        grad_mesh = mesh["ulysses"] if layout.ulysses > 1 else mesh["dp"]
+    grad_group = grad_mesh.get_group()
+
+    # Pipeline: drop the blocks (and the head) other ranks run; the embedder stays everywhere for the context.
+    if layout.pp > 1:
+        for i in range(len(model.blocks)):
+            if i not in owned:
+                model.blocks[i] = _Absent()
+        if coords.pp != layout.pp - 1:
+            model.head = _Absent()
+    if layout.tp > 1:
+        for i in owned:
+            apply_tensor_parallel(model.blocks[i], mesh["tp"])
+    if layout.ulysses > 1:
+        wrap_attention_cores([model.blocks[i] for i in owned], layout.ulysses, ulysses_group)
+
+    runner = ChunkRunner(model, chunk_blocks, layout.ulysses, coords.ulysses, ulysses_group)
+    fsdp = layout.data_sharding == "fsdp" and layout.dp * layout.ulysses > 1
+    if fsdp:
+        from torch.distributed.fsdp import fully_shard
+        # Shard over data x ulysses: Ulysses ranks hold partial gradients (their tokens), which the
+        # reduce-scatter sums; dividing by dp alone then gives the data-parallel mean.
+        modules = [model.blocks[i] for i in owned] + [runner]
+        for module in modules:
+            fully_shard(module, mesh=grad_mesh)
+        for module in modules:
+            module.set_gradient_divide_factor(float(layout.dp))
+    return ParallelPlan(model=model, layout=layout, coords=coords, rank=rank, device=device, mesh=mesh,
+                        chunk_blocks=chunk_blocks, dp_group=dp_group, pp_group=pp_group,
+                        ulysses_group=ulysses_group, grad_group=grad_group, fsdp=fsdp, runner=runner)
