@@ -54,6 +54,14 @@ def apply_tensor_parallel(block: nn.Module, tp_mesh) -> None:
     parallelize_module(block, tp_mesh, {name: styles[style]() for name, style in TP_BLOCK_PLAN.items()})
 
 
+def inside_tensor_parallel_region(block: nn.Module) -> list[str]:
+    """Replicated parameters applied to head- or width-sharded activations (e.g. per-head q/k norms between the
+    column- and row-parallel layers): each TP rank sees only its heads, so their gradients are partial sums."""
+    from torch.distributed.tensor import DTensor
+    return [name for name, p in block.named_parameters()
+            if name.split(".")[0] in ("attn", "mlp") and not isinstance(p, DTensor) and p.requires_grad]
+
+
 def setup_parallel(model: nn.Module, config=None, layout: ParallelLayout | None = None) -> ParallelPlan:
     """Lay the model out over this job's ranks. `config` is an omnitrain.spec.TrainerConfig (its
     spec.parallelism), or pass a ParallelLayout directly. Every rank must call this with an identically
@@ -96,9 +104,11 @@ def setup_parallel(model: nn.Module, config=None, layout: ParallelLayout | None 
                 model.blocks[i] = _Absent()
         if coords.pp != layout.pp - 1:
             model.head = _Absent()
+    tp_partial = []
     if layout.tp > 1:
         for i in owned:
             apply_tensor_parallel(model.blocks[i], mesh["tp"])
+            tp_partial += [f"blocks.{i}.{name}" for name in inside_tensor_parallel_region(model.blocks[i])]
     if layout.ulysses > 1:
         wrap_attention_cores([model.blocks[i] for i in owned], layout.ulysses, ulysses_group)
 
@@ -106,13 +116,13 @@ def setup_parallel(model: nn.Module, config=None, layout: ParallelLayout | None 
     fsdp = layout.data_sharding == "fsdp" and layout.dp * layout.ulysses > 1
     if fsdp:
         from torch.distributed.fsdp import fully_shard
-        # Shard over data x ulysses: Ulysses ranks hold partial gradients (their tokens), which the
-        # reduce-scatter sums; dividing by dp alone then gives the data-parallel mean.
-        modules = [model.blocks[i] for i in owned] + [runner]
-        for module in modules:
-            fully_shard(module, mesh=grad_mesh)
-        for module in modules:
-            module.set_gradient_divide_factor(float(layout.dp))
+        # Shard over data x ulysses: Ulysses ranks hold partial gradients (their tokens) and FSDP averages over
+        # dp * ulysses, so run_step scales the loss by the Ulysses degree (a custom divide factor would need
+        # PREMUL_SUM, which gloo lacks).
+        for i in owned:
+            fully_shard(model.blocks[i], mesh=grad_mesh)
+        fully_shard(runner, mesh=grad_mesh)
     return ParallelPlan(model=model, layout=layout, coords=coords, rank=rank, device=device, mesh=mesh,
                         chunk_blocks=chunk_blocks, dp_group=dp_group, pp_group=pp_group,
-                        ulysses_group=ulysses_group, grad_group=grad_group, fsdp=fsdp, runner=runner)
+                        ulysses_group=ulysses_group, grad_group=grad_group, fsdp=fsdp, runner=runner,
+                        tp_group=mesh.get_group("tp"), tp_partial_names=tp_partial)

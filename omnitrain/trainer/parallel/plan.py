@@ -52,6 +52,8 @@ class ParallelPlan:
     ulysses_group: Any = None
     grad_group: Any = None           # data x ulysses: where replicated gradients are summed
     fsdp: bool = False
+    tp_group: Any = None
+    tp_partial_names: list[str] = field(default_factory=list)  # replicated params inside the TP region
     runner: nn.Module | None = None  # ChunkRunner: the module the step calls (the FSDP root when sharded)
 
     # ---- where this rank sits -------------------------------------------------------------------------------
@@ -113,7 +115,7 @@ class ParallelPlan:
                 if self.fsdp:
                     self.runner.set_requires_gradient_sync(j == m - 1)
                 mb_loss = self.forward_chunk(0, args, None, loss_fn, last=True) / m
-                mb_loss.backward()
+                (mb_loss * self.layout.ulysses if self.fsdp else mb_loss).backward()
                 loss = mb_loss.detach() if loss is None else loss + mb_loss.detach()
         self._reduce_gradients()
         return self._report_loss(loss)
@@ -133,6 +135,9 @@ class ParallelPlan:
         for p in params:   # parameters a micro-batch did not use must still take part in the collectives
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
+        if self.tp_partial_names:   # names, not objects: FSDP swaps the Parameter objects
+            by_name = dict(self.model.named_parameters())
+            _all_reduce_coalesced([_local(by_name[n].grad) for n in self.tp_partial_names], self.tp_group)
         if self.layout.pp > 1:
             shared = [p for n, p in self.model.named_parameters() if p.requires_grad and param_owner(n) == "shared"]
             _all_reduce_coalesced([_local(p.grad) for p in shared], self.pp_group)
@@ -159,7 +164,7 @@ class ParallelPlan:
                 continue   # identical copy on every pipeline rank: count it on the first
             g = p.grad
             if _is_dtensor(g):
-                dims = tuple(i for i, pl in enumerate(g.placements) if pl.is_shard())
+                dims = tuple(i for i, pl in enumerate(g.placements) if not pl.is_replicate())  # _StridedShard too
                 key = (id(g.device_mesh), dims)
                 entry = sharded.setdefault(key, [g.device_mesh, dims, torch.zeros_like(plain)])
                 entry[2] += g.to_local().double().pow(2).sum()

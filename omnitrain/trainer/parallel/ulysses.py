@@ -18,6 +18,15 @@ import torch.distributed as dist
 from torch import nn
 
 
+def _exchange(x: torch.Tensor, group) -> torch.Tensor:
+    # Both buffers contiguous: empty_like would copy a permuted gradient's strides, and the collective writes
+    # plain row-major memory.
+    x = x.contiguous()
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    dist.all_to_all_single(out, x, group=group)
+    return out
+
+
 class _AllToAll(torch.autograd.Function):
     """all_to_all_single over dim 0 in equal chunks. Its adjoint is the same exchange: chunk i came from rank i and
     its gradient goes back to rank i, to the slot it was sent from."""
@@ -25,15 +34,11 @@ class _AllToAll(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, group) -> torch.Tensor:
         ctx.group = group
-        out = torch.empty_like(x)
-        dist.all_to_all_single(out, x.contiguous(), group=group)
-        return out
+        return _exchange(x, group)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        out = torch.empty_like(grad)
-        dist.all_to_all_single(out, grad.contiguous(), group=ctx.group)
-        return out, None
+        return _exchange(grad, ctx.group), None
 
 
 def all_to_all(x: torch.Tensor, group) -> torch.Tensor:
@@ -145,8 +150,9 @@ class _GatherSequence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, local: torch.Tensor, degree: int, rank: int, group) -> torch.Tensor:
         ctx.rank, ctx.local = rank, local.shape[0]
-        parts = [torch.empty_like(local) for _ in range(degree)]
-        dist.all_gather(parts, local.contiguous(), group=group)
+        local = local.contiguous()
+        parts = [torch.empty(local.shape, dtype=local.dtype, device=local.device) for _ in range(degree)]
+        dist.all_gather(parts, local, group=group)
         return torch.cat(parts)
 
     @staticmethod
