@@ -1,0 +1,228 @@
+"""The training-loop callback that feeds the pod's Prometheus endpoint and the job's metrics log.
+
+Hooks (called by omnitrain.trainer.train on every rank; only global rank 0 records job figures, local rank 0 serves):
+  on_train_start(step=<resumed from>, restore_seconds=...)
+  on_step_end(step=..., loss=..., tokens=<whole job, this step>, flops=<model FLOPs, whole job, this step>,
+              step_seconds=<optional: measured here between calls when absent>)
+  on_train_end(step=..., reason="Completed")
+and event methods for the parts that know about them: on_checkpoint_blocked, on_checkpoint_complete, on_restore,
+on_hang, on_goodput. Each hook takes either keyword arguments or one state object with those attributes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Callable
+
+from omnitrain import contract
+from omnitrain.observability import mfu as mfu_math
+from omnitrain.observability.peaks import resolve_peak_flops
+from omnitrain.observability.step_log import StepLogWriter
+from omnitrain.observability.trainer_metrics import MetricsRole, TrainerMetrics
+
+log = logging.getLogger(__name__)
+
+METRICS_LOG_SUBDIR = "metrics"
+_MISSING = object()
+
+
+def _field(state, kwargs: dict, name: str, default=None):
+    """A hook argument given as a keyword, or as an attribute/key of a state object."""
+    if name in kwargs:
+        return kwargs[name]
+    if state is not None:
+        if isinstance(state, dict):
+            return state.get(name, default)
+        value = getattr(state, name, _MISSING)
+        if value is not _MISSING:
+            return value
+    return default
+
+
+def _number(value) -> float | None:
+    """A plain float from a Python number or a 0-d tensor; None for missing or non-finite values."""
+    if value is None:
+        return None
+    if hasattr(value, "item"):
+        value = value.item()
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def metrics_log_dir(checkpoint_persistent_path: str, checkpoint_local_path: str, has_persistent_claim: bool) -> Path:
+    """Where the metrics log of a job lives: beside the persistent checkpoints (they survive the pods), else on the
+    node-local disk."""
+    base = checkpoint_persistent_path if has_persistent_claim else checkpoint_local_path
+    return Path(base) / METRICS_LOG_SUBDIR
+
+
+def detect_device_name() -> str | None:
+    """The accelerator's name as NVML or torch reports it; None on CPU."""
+    from omnitrain.observability.gpu_telemetry import GpuTelemetry
+    telemetry = GpuTelemetry()
+    try:
+        names = telemetry.device_names()
+    finally:
+        telemetry.close()
+    if names:
+        return names[0]
+    try:
+        import torch
+        if torch.cuda.is_available():
+            return torch.cuda.get_device_name(0)
+    except Exception:
+        pass
+    return None
+
+
+class MetricsCallback:
+    def __init__(self, *, job: str, attempt: int, total_steps: int, world_size: int, rank: int, local_rank: int,
+                 node: str = "", metrics_addr: str = "0.0.0.0", metrics_port: int | None = 9400,
+                 log_dir: str | os.PathLike | None = None, peak_flops_per_device: float | None = None,
+                 checkpoint_interval: int | None = None, clock: Callable[[], float] = time.time,
+                 monotonic: Callable[[], float] = time.perf_counter) -> None:
+        self.job, self.attempt, self.total_steps = job, attempt, total_steps
+        self.world_size, self.rank, self.local_rank = world_size, rank, local_rank
+        self.role = MetricsRole.for_rank(rank, local_rank)
+        self.metrics_addr, self.metrics_port = metrics_addr, metrics_port
+        self.peak_flops_per_device = peak_flops_per_device
+        self.checkpoint_interval = checkpoint_interval
+        self.log_dir = Path(log_dir) if log_dir is not None and self.role.job_level else None
+        self._clock, self._monotonic = clock, monotonic
+        self.metrics: TrainerMetrics | None = (
+            TrainerMetrics(job, node=node, role=self.role) if self.role.serves else None)
+        self.bound_port: int | None = None
+        self._writer: StepLogWriter | None = None
+        self._last_step_mark: float | None = None
+
+    @classmethod
+    def from_config(cls, config, environ: dict[str, str] | None = None) -> "MetricsCallback":
+        """Built from a TrainerConfig and torchrun's/the operator's environment (contract.py)."""
+        env = os.environ if environ is None else environ
+        spec, run = config.spec, config.run
+        port = int(env.get(contract.ENV_METRICS_PORT, spec.metrics_port))
+        world_size = int(env.get("WORLD_SIZE", spec.parallelism.world_size))
+        rank, local_rank = int(env.get("RANK", 0)), int(env.get("LOCAL_RANK", 0))
+        peak = resolve_peak_flops(detect_device_name(), spec.training.precision, env) if rank == 0 else None
+        return cls(
+            job=env.get(contract.ENV_JOB_NAME, run.job_name), attempt=int(env.get(contract.ENV_ATTEMPT, run.attempt)),
+            total_steps=spec.training.steps, world_size=world_size, rank=rank, local_rank=local_rank,
+            node=env.get(contract.ENV_NODE_NAME, ""), metrics_addr=env.get(contract.ENV_POD_IP, "0.0.0.0"),
+            metrics_port=port,
+            log_dir=metrics_log_dir(spec.checkpoint.persistent_path, spec.checkpoint.local_path,
+                                    spec.checkpoint.persistent_claim is not None),
+            peak_flops_per_device=peak, checkpoint_interval=spec.checkpoint.interval_steps)
+
+    # --- helpers ------------------------------------------------------------------------------------------
+    def _record(self, kind: str, **fields) -> None:
+        if self._writer is not None:
+            self._writer.write(kind, self._clock(), **fields)
+
+    @property
+    def _job(self):
+        """The job-level metric objects, or None on ranks that do not serve them."""
+        return self.metrics if self.role.job_level else None
+
+    # --- training-loop hooks ------------------------------------------------------------------------------
+    def on_train_start(self, state=None, **kwargs) -> None:
+        if self.metrics is not None and self.metrics_port is not None:
+            self.bound_port = self.metrics.serve(self.metrics_addr, self.metrics_port)
+            log.info("metrics endpoint on %s:%d (job figures: %s, node figures: %s)", self.metrics_addr,
+                     self.bound_port, self.role.job_level, self.role.node_level)
+        self._last_step_mark = self._monotonic()
+        m = self._job
+        if m is None:
+            return
+        step = int(_field(state, kwargs, "step", 0) or 0)
+        m.step.set(step)
+        m.total_steps.set(self.total_steps)
+        m.world_size.set(self.world_size)
+        m.attempt.set(self.attempt)
+        m.last_checkpoint_step.set(int(_field(state, kwargs, "checkpoint_step", step) or 0))
+        if self.checkpoint_interval:
+            m.checkpoint_interval.set(self.checkpoint_interval)
+        if self.peak_flops_per_device is not None:
+            m.peak_flops.set(self.peak_flops_per_device)
+        if self.log_dir is not None:
+            self._writer = StepLogWriter(self.log_dir, self.attempt)
+        self._record("start", step=step, total_steps=self.total_steps, world_size=self.world_size,
+                     peak_flops=self.peak_flops_per_device)
+        restore_seconds = _number(_field(state, kwargs, "restore_seconds"))
+        if restore_seconds is not None:
+            self.on_restore(step=step, seconds=restore_seconds)
+
+    def on_step_end(self, state=None, **kwargs) -> None:
+        now = self._monotonic()
+        measured = now - self._last_step_mark if self._last_step_mark is not None else None
+        self._last_step_mark = now
+        m = self._job
+        if m is None:
+            return
+        step = int(_field(state, kwargs, "step"))
+        step_seconds = _number(_field(state, kwargs, "step_seconds")) or measured
+        loss = _number(_field(state, kwargs, "loss"))
+        tokens = _number(_field(state, kwargs, "tokens"))
+        flops = _number(_field(state, kwargs, "flops"))
+        m.step.set(step)
+        if loss is not None:
+            m.loss.set(loss)
+        tps = mfu_value = None
+        if step_seconds and step_seconds > 0:
+            m.step_seconds.observe(step_seconds)
+            if tokens is not None:
+                tps = mfu_math.tokens_per_second(tokens, step_seconds)
+                m.tokens_per_second.set(tps)
+            if flops is not None:
+                m.model_flops.set(mfu_math.achieved_flops_per_device(flops, step_seconds, self.world_size))
+                mfu_value = mfu_math.mfu(flops, step_seconds, self.world_size, self.peak_flops_per_device)
+                if mfu_value is not None:
+                    m.mfu.set(mfu_value)
+        self._record("step", step=step, loss=loss, step_seconds=step_seconds, tokens=tokens, tokens_per_second=tps,
+                     mfu=mfu_value)
+
+    def on_train_end(self, state=None, **kwargs) -> None:
+        if self._job is not None:
+            self._record("end", step=_field(state, kwargs, "step"), reason=_field(state, kwargs, "reason", "Completed"))
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    # --- events from checkpointing and resilience ---------------------------------------------------------
+    def on_checkpoint_blocked(self, step: int, seconds: float) -> None:
+        if self._job is not None:
+            self._job.checkpoint_blocking.observe(seconds)
+            self._record("checkpoint", step=step, blocking_seconds=seconds)
+
+    def on_checkpoint_complete(self, step: int) -> None:
+        if self._job is not None:
+            self._job.last_checkpoint_step.set(step)
+            self._record("checkpoint", step=step, complete=True)
+
+    def on_restore(self, step: int, seconds: float) -> None:
+        if self._job is not None:
+            self._job.restore_seconds.set(seconds)
+            self._record("restore", step=step, seconds=seconds)
+
+    def on_hang(self, step: int | None = None) -> None:
+        if self._job is not None:
+            self._job.hangs.inc()
+            self._record("hang", step=step)
+
+    def on_goodput(self, goodput: float, badput_seconds: dict[str, float] | None = None) -> None:
+        if self._job is not None:
+            self._job.goodput.set(goodput)
+            self._job.set_badput(badput_seconds or {})
+            self._record("goodput", goodput=goodput, badput_seconds=badput_seconds or {})
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self.on_train_end(reason="Closed")
+        if self.metrics is not None:
+            self.metrics.close()
+
+
+__all__ = ["METRICS_LOG_SUBDIR", "MetricsCallback", "detect_device_name", "metrics_log_dir"]
