@@ -61,3 +61,15 @@ def reference(layout: ParallelLayout, steps: int = 2) -> dict:
     """The same run in this process: all data-parallel ranks' micro-batches as one rank's micro-batches."""
     single = ParallelLayout(micro_batches=layout.dp * layout.micro_batches)
     return train(0, 1, single, steps)
+
+
+def load_and_step(rank: int, world_size: int, layout: ParallelLayout, state: dict) -> dict:
+    """Load a full state dict written under another layout, run one step: loss and full gradients."""
+    model = build_model(seed=123)          # different init: everything must come from the state dict
+    plan = setup_parallel(model, layout=layout)
+    plan.load_full_state_dict(state)
+    m = layout.micro_batches
+    everything = global_microbatches(layout.dp * m, seed=7)
+    index, _ = plan.data_shard
+    loss = plan.run_step(everything[index * m:(index + 1) * m], loss_fn)
+    return {"loss": float(loss), "grads": plan.full_state_dict(grads=True), "params": plan.full_state_dict()}
