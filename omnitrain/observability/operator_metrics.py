@@ -1,0 +1,147 @@
+"""Prometheus metrics of the operator: jobs by phase, reconcile durations, restarts, recovery time, goodput per job.
+
+No torch here (the operator imports this). Per-job series carry `namespace` and `omnitrain_job` of the JOB, so the
+ServiceMonitor scrapes with honorLabels: the operator pod's own namespace must not overwrite them. `forget_job`
+drops a deleted job's series, so label sets stay bounded by the jobs that exist.
+
+Wiring (operator side):
+    metrics = start_operator_metrics_server(port=8080)          # once, at start-up
+    with metrics.time_reconcile("create"): ...                   # around each handler
+    metrics.set_job_phase(ns, name, "Running"); metrics.record_restart(ns, name, reason="HangDetected")
+    metrics.observe_recovery(ns, name, seconds); metrics.set_job_goodput(ns, name, 0.97); metrics.forget_job(ns, name)
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from contextlib import contextmanager
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+
+JOB_LABEL = "omnitrain_job"
+PHASES = ("Pending", "Created", "Running", "Restarting", "Suspended", "Succeeded", "Failed")
+
+METRIC_JOBS = "omnitrain_operator_jobs"
+METRIC_JOB_PHASE = "omnitrain_operator_job_phase"
+METRIC_RECONCILE = "omnitrain_operator_reconcile_duration_seconds"
+METRIC_RECONCILE_ERRORS = "omnitrain_operator_reconcile_errors"
+METRIC_RESTARTS = "omnitrain_operator_restarts"
+METRIC_RECOVERY = "omnitrain_operator_recovery_seconds"
+METRIC_JOB_GOODPUT = "omnitrain_operator_job_goodput_ratio"
+
+RECONCILE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+RECOVERY_BUCKETS = (1, 5, 10, 20, 30, 45, 60, 90, 120, 180, 300, 600, 1800)
+
+
+class _PhaseCollector:
+    """Jobs by phase, and one series per job saying its phase, computed at scrape time from one dict."""
+
+    def __init__(self, owner: "OperatorMetrics") -> None:
+        self.owner = owner
+
+    def collect(self):
+        phases = self.owner.phases()
+        counts = GaugeMetricFamily(METRIC_JOBS, "OmniTrainingJobs by phase.", labels=["phase"])
+        for phase in sorted(set(PHASES) | set(phases.values())):
+            counts.add_metric([phase], sum(1 for p in phases.values() if p == phase))
+        yield counts
+        per_job = GaugeMetricFamily(METRIC_JOB_PHASE, "1 for the phase each job is in.",
+                                    labels=["namespace", JOB_LABEL, "phase"])
+        for (namespace, name), phase in sorted(phases.items()):
+            per_job.add_metric([namespace, name, phase], 1)
+        yield per_job
+
+    def describe(self):
+        return []
+
+
+class OperatorMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        self._lock = threading.Lock()
+        self._phases: dict[tuple[str, str], str] = {}
+        self._restart_reasons: dict[tuple[str, str], set[str]] = {}
+        self._server = None
+        r = self.registry
+        r.register(_PhaseCollector(self))
+        self.reconcile = Histogram(METRIC_RECONCILE, "Duration of one operator handler run.", ["handler"],
+                                   buckets=RECONCILE_BUCKETS, registry=r)
+        self.reconcile_errors = Counter(METRIC_RECONCILE_ERRORS, "Handler runs that raised.", ["handler"], registry=r)
+        self.restarts = Counter(METRIC_RESTARTS, "Gang restarts of a job, by the failure that caused them.",
+                                ["namespace", JOB_LABEL, "reason"], registry=r)
+        self.recovery = Histogram(METRIC_RECOVERY, "Seconds from a detected failure to the job Running again.",
+                                  ["namespace", JOB_LABEL], buckets=RECOVERY_BUCKETS, registry=r)
+        self.goodput = Gauge(METRIC_JOB_GOODPUT, "Productive training time / wall time of the job (0..1).",
+                             ["namespace", JOB_LABEL], registry=r)
+
+    # --- job state ------------------------------------------------------------------------------------------
+    def set_job_phase(self, namespace: str, name: str, phase: str) -> None:
+        with self._lock:
+            self._phases[(namespace, name)] = phase
+
+    def phases(self) -> dict[tuple[str, str], str]:
+        with self._lock:
+            return dict(self._phases)
+
+    def record_restart(self, namespace: str, name: str, reason: str) -> None:
+        with self._lock:
+            self._restart_reasons.setdefault((namespace, name), set()).add(reason)
+        self.restarts.labels(namespace, name, reason).inc()
+
+    def observe_recovery(self, namespace: str, name: str, seconds: float) -> None:
+        self.recovery.labels(namespace, name).observe(seconds)
+
+    def set_job_goodput(self, namespace: str, name: str, goodput: float) -> None:
+        self.goodput.labels(namespace, name).set(goodput)
+
+    def forget_job(self, namespace: str, name: str) -> None:
+        """Drop every series of a deleted job."""
+        with self._lock:
+            self._phases.pop((namespace, name), None)
+            reasons = self._restart_reasons.pop((namespace, name), set())
+        for reason in reasons:
+            self.restarts.remove(namespace, name, reason)
+        for metric in (self.recovery, self.goodput):
+            try:
+                metric.remove(namespace, name)
+            except KeyError:
+                pass
+
+    # --- handlers -------------------------------------------------------------------------------------------
+    @contextmanager
+    def time_reconcile(self, handler: str):
+        started = time.perf_counter()
+        try:
+            yield
+        except Exception:
+            self.reconcile_errors.labels(handler).inc()
+            raise
+        finally:
+            self.reconcile.labels(handler).observe(time.perf_counter() - started)
+
+    # --- endpoint -------------------------------------------------------------------------------------------
+    def serve(self, port: int, addr: str = "0.0.0.0") -> int:
+        with self._lock:
+            if self._server is None:
+                self._server, _thread = start_http_server(port, addr=addr, registry=self.registry)
+            return self._server.server_port
+
+    def close(self) -> None:
+        with self._lock:
+            if self._server is not None:
+                self._server.shutdown()
+                self._server.server_close()
+                self._server = None
+
+
+def start_operator_metrics_server(port: int = 8080, addr: str = "0.0.0.0") -> OperatorMetrics:
+    """Create the operator's metrics and serve them on addr:port (a daemon thread). Call once at start-up."""
+    metrics = OperatorMetrics()
+    metrics.serve(port, addr)
+    return metrics
+
+
+__all__ = ["JOB_LABEL", "OperatorMetrics", "PHASES", "start_operator_metrics_server"] + [
+    n for n in dir() if n.startswith("METRIC_")]

@@ -1,0 +1,64 @@
+"""The thin layer of `omnitrain status` and `omnitrain report`: read a job, its pods and its events from the API
+server as plain dicts (camelCase, as `kubectl get -o json` shows them). No torch; the kubernetes client only."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# The CRD's coordinates; the operator's CRD module is the source of truth when it names them.
+DEFAULT_GROUP, DEFAULT_VERSION, DEFAULT_PLURAL = "omnitrain.io", "v1alpha1", "omnitrainingjobs"
+
+
+def crd_coordinates() -> tuple[str, str, str]:
+    try:
+        from omnitrain.operator import crd  # the CLI may load the operator side; only the trainer must not
+    except Exception:
+        return DEFAULT_GROUP, DEFAULT_VERSION, DEFAULT_PLURAL
+    return (getattr(crd, "GROUP", DEFAULT_GROUP), getattr(crd, "VERSION", DEFAULT_VERSION),
+            getattr(crd, "PLURAL", DEFAULT_PLURAL))
+
+
+@dataclass
+class JobSnapshot:
+    job: dict
+    pods: list[dict]
+    events: list[dict]
+
+
+class JobNotFound(LookupError):
+    pass
+
+
+def _load_config() -> None:
+    from kubernetes import config
+    try:
+        config.load_kube_config()
+    except Exception:
+        config.load_incluster_config()
+
+
+def fetch_job(name: str, namespace: str) -> JobSnapshot:
+    """The job object, the pods it owns and the events about either."""
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+    _load_config()
+    api_client = client.ApiClient()
+    group, version, plural = crd_coordinates()
+    try:
+        job = client.CustomObjectsApi(api_client).get_namespaced_custom_object(group, version, namespace, plural, name)
+    except ApiException as exc:
+        if exc.status == 404:
+            raise JobNotFound(f"OmniTrainingJob {namespace}/{name} not found; list jobs with "
+                              f"`kubectl get {plural} -n {namespace}`") from None
+        raise
+    core = client.CoreV1Api(api_client)
+    uid = (job.get("metadata") or {}).get("uid")
+    pods = [api_client.sanitize_for_serialization(p) for p in core.list_namespaced_pod(namespace).items
+            if any(ref.uid == uid for ref in (p.metadata.owner_references or []))]
+    uids = {uid} | {p["metadata"].get("uid") for p in pods}
+    events = [api_client.sanitize_for_serialization(e) for e in core.list_namespaced_event(namespace).items
+              if e.involved_object is not None and e.involved_object.uid in uids]
+    return JobSnapshot(job=job, pods=pods, events=events)
+
+
+__all__ = ["JobNotFound", "JobSnapshot", "crd_coordinates", "fetch_job"]

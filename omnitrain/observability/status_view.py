@@ -1,0 +1,184 @@
+"""`omnitrain status`: one job at a glance, rendered as text from the dicts the API server returns.
+
+`render_status` is a pure function of (job, pods, events, now), tested without a cluster; the fetch lives in
+status_fetch.py. Status fields are the operator's (phase, conditions, attempt, restarts, currentStep, totalSteps,
+lastCheckpoint{step,path,time}, excludedNodes, startTime, completionTime, goodput); a field the operator has not
+written yet shows as "-", never as an error.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+BAR_WIDTH = 30
+MAX_EVENTS = 10
+
+
+def parse_time(value) -> datetime | None:
+    """RFC 3339 from the API server (or a datetime from the client library) -> aware datetime."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    try:
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(max(0, round(seconds)))
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d{hours}h"
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m{secs:02d}s"
+    return f"{secs}s"
+
+
+def progress_bar(current: int, total: int, width: int = BAR_WIDTH) -> str:
+    fraction = min(1.0, max(0.0, current / total)) if total > 0 else 0.0
+    filled = int(round(fraction * width))
+    return f"[{'#' * filled}{'-' * (width - filled)}] {100 * fraction:5.1f}%"
+
+
+def estimate_eta(current: int, total: int, start: datetime | None, now: datetime, resumed_from: int = 0
+                 ) -> float | None:
+    """Seconds left at the average rate since the job started (restarts included, so it errs on the late side)."""
+    if start is None or current <= resumed_from or total <= current:
+        return 0.0 if total and current >= total else None
+    elapsed = (now - start).total_seconds()
+    if elapsed <= 0:
+        return None
+    rate = (current - resumed_from) / elapsed
+    return (total - current) / rate
+
+
+def _goodput_text(goodput) -> str:
+    """The operator may write a number or {ratio|value, badputSeconds{cause: s}}."""
+    if goodput is None:
+        return "-"
+    if isinstance(goodput, (int, float)):
+        return f"{100 * goodput:.1f}%"
+    if isinstance(goodput, dict):
+        ratio = goodput.get("ratio", goodput.get("value", goodput.get("goodput")))
+        text = f"{100 * float(ratio):.1f}%" if ratio is not None else "-"
+        badput = goodput.get("badputSeconds") or goodput.get("badput") or {}
+        if isinstance(badput, dict) and badput:
+            parts = ", ".join(f"{cause} {format_duration(float(s))}" for cause, s in
+                              sorted(badput.items(), key=lambda kv: -float(kv[1])) if float(s) > 0)
+            if parts:
+                text += f"  (badput: {parts})"
+        return text
+    return str(goodput)
+
+
+def _container_state(pod: dict) -> str:
+    statuses = (pod.get("status") or {}).get("containerStatuses") or []
+    if not statuses:
+        return "-"
+    state = statuses[0].get("state") or {}
+    if "running" in state:
+        return "running"
+    if "waiting" in state:
+        return f"waiting: {(state['waiting'] or {}).get('reason', '')}".rstrip(": ")
+    if "terminated" in state:
+        term = state["terminated"] or {}
+        return f"exited {term.get('exitCode', '?')} {term.get('reason', '')}".rstrip()
+    return "-"
+
+
+def _age(timestamp, now: datetime) -> str:
+    when = parse_time(timestamp)
+    return format_duration((now - when).total_seconds()) if when else "-"
+
+
+def _table(rows: list[list[str]]) -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return ["  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+
+
+def _event_time(event: dict):
+    return (parse_time(event.get("lastTimestamp")) or parse_time(event.get("eventTime"))
+            or parse_time((event.get("metadata") or {}).get("creationTimestamp")))
+
+
+def render_status(job: dict, pods: list[dict], events: list[dict], now: datetime | None = None) -> str:
+    """The text of `omnitrain status` for one OmniTrainingJob object and its pods and events."""
+    now = now or datetime.now(timezone.utc)
+    meta, spec, status = job.get("metadata") or {}, job.get("spec") or {}, job.get("status") or {}
+    name, namespace = meta.get("name", "?"), meta.get("namespace", "default")
+    lines = [f"OmniTrainingJob {namespace}/{name}"]
+
+    phase = status.get("phase") or "Pending"
+    start, end = parse_time(status.get("startTime")), parse_time(status.get("completionTime"))
+    runtime = ((end or now) - start).total_seconds() if start else None
+    lines.append(f"  Phase:        {phase}" + (f"   (running for {format_duration(runtime)})" if runtime and not end
+                                                else f"   (took {format_duration(runtime)})" if runtime else ""))
+
+    max_restarts = (spec.get("resilience") or {}).get("maxRestarts")
+    restarts = status.get("restarts", 0) or 0
+    lines.append(f"  Attempt:      {status.get('attempt', 0)}   restarts {restarts}"
+                 + (f"/{max_restarts}" if max_restarts is not None else ""))
+
+    total = status.get("totalSteps") or (spec.get("training") or {}).get("steps") or 0
+    current = status.get("currentStep")
+    if current is None:
+        lines.append(f"  Progress:     - / {total or '-'}")
+    else:
+        eta = estimate_eta(int(current), int(total), start, now) if not end else None
+        eta_text = f"   ETA {format_duration(eta)}" if eta else ""
+        lines.append(f"  Progress:     {progress_bar(int(current), int(total))}  step {current}/{total}{eta_text}")
+
+    checkpoint = status.get("lastCheckpoint") or {}
+    if checkpoint:
+        lines.append(f"  Checkpoint:   step {checkpoint.get('step', '-')}  {checkpoint.get('path', '')}"
+                     f"  ({_age(checkpoint.get('time'), now)} ago)")
+    else:
+        lines.append("  Checkpoint:   none yet")
+    lines.append(f"  Goodput:      {_goodput_text(status.get('goodput'))}")
+    excluded = status.get("excludedNodes") or []
+    lines.append(f"  Excluded:     {', '.join(excluded) if excluded else 'none'}")
+
+    conditions = status.get("conditions") or []
+    if conditions:
+        lines.append("Conditions:")
+        rows = [["TYPE", "STATUS", "REASON", "AGE", "MESSAGE"]]
+        for c in conditions:
+            rows.append([c.get("type", ""), c.get("status", ""), c.get("reason", ""),
+                         _age(c.get("lastTransitionTime"), now), c.get("message", "")])
+        lines += _table(rows)
+
+    lines.append("Pods:" if pods else "Pods: none")
+    if pods:
+        rows = [["NAME", "NODE", "PHASE", "CONTAINER", "RESTARTS", "AGE"]]
+        for pod in sorted(pods, key=lambda p: (p.get("metadata") or {}).get("name", "")):
+            pmeta, pstatus = pod.get("metadata") or {}, pod.get("status") or {}
+            container_restarts = sum(cs.get("restartCount", 0) for cs in pstatus.get("containerStatuses") or [])
+            rows.append([pmeta.get("name", ""), (pod.get("spec") or {}).get("nodeName") or "<unscheduled>",
+                         pstatus.get("phase", ""), _container_state(pod), str(container_restarts),
+                         _age(pmeta.get("creationTimestamp"), now)])
+        lines += _table(rows)
+
+    oldest = datetime.min.replace(tzinfo=timezone.utc)
+    recent = sorted(events, key=lambda e: _event_time(e) or oldest)[-MAX_EVENTS:]
+    lines.append("Events:" if recent else "Events: none")
+    if recent:
+        rows = [["AGE", "TYPE", "REASON", "OBJECT", "MESSAGE"]]
+        for e in recent:
+            involved = e.get("involvedObject") or {}
+            count = e.get("count") or 1
+            rows.append([_age(_event_time(e), now), e.get("type", ""), e.get("reason", ""),
+                         f"{(involved.get('kind') or '').lower()}/{involved.get('name', '')}",
+                         (e.get("message") or "") + (f" (x{count})" if count > 1 else "")])
+        lines += _table(rows)
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["estimate_eta", "format_duration", "parse_time", "progress_bar", "render_status"]

@@ -1,0 +1,91 @@
+"""`omnitrain status` rendering from fixture dicts shaped as the API server returns them."""
+
+from datetime import datetime, timedelta, timezone
+
+from omnitrain.observability.status_view import (
+    estimate_eta, format_duration, progress_bar, render_status)
+
+NOW = datetime(2026, 11, 25, 12, 0, 0, tzinfo=timezone.utc)
+
+
+def iso(minutes_ago: float) -> str:
+    return (NOW - timedelta(minutes=minutes_ago)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def running_job():
+    return {
+        "apiVersion": "omnitrain.io/v1alpha1", "kind": "OmniTrainingJob",
+        "metadata": {"name": "video-1", "namespace": "team-a", "uid": "u-1"},
+        "spec": {"training": {"steps": 1000}, "resilience": {"maxRestarts": 3}},
+        "status": {
+            "phase": "Running", "attempt": 2, "restarts": 2, "currentStep": 250, "totalSteps": 1000,
+            "startTime": iso(60), "lastCheckpoint": {"step": 200, "path": "/mnt/checkpoints/step-200", "time": iso(5)},
+            "excludedNodes": ["node-3"], "goodput": {"ratio": 0.912, "badputSeconds": {"recovery": 180, "startup": 40}},
+            "conditions": [
+                {"type": "Running", "status": "True", "reason": "AllPodsRunning", "lastTransitionTime": iso(10),
+                 "message": "2/2 pods running"},
+                {"type": "Restarting", "status": "False", "reason": "Recovered", "lastTransitionTime": iso(10)}],
+        },
+    }
+
+
+def pod(name, node, state, restarts=0):
+    return {"metadata": {"name": name, "creationTimestamp": iso(10), "uid": name + "-uid"},
+            "spec": {"nodeName": node},
+            "status": {"phase": "Running" if "running" in state else "Failed",
+                       "containerStatuses": [{"state": state, "restartCount": restarts}]}}
+
+
+def test_running_job_shows_progress_eta_checkpoint_goodput_pods_events():
+    pods = [pod("video-1-node-1", "node-2", {"running": {}}),
+            pod("video-1-node-0", "node-1", {"terminated": {"exitCode": 42, "reason": "HangDetected"}})]
+    events = [{"type": "Warning", "reason": "HangDetected", "message": "no step for 60s", "lastTimestamp": iso(12),
+               "involvedObject": {"kind": "Pod", "name": "video-1-node-0"}, "count": 2},
+              {"type": "Normal", "reason": "Restarted", "message": "attempt 2 from step 200",
+               "lastTimestamp": iso(10), "involvedObject": {"kind": "OmniTrainingJob", "name": "video-1"}}]
+    text = render_status(running_job(), pods, events, now=NOW)
+    lines = text.splitlines()
+    assert lines[0] == "OmniTrainingJob team-a/video-1"
+    assert "Running" in lines[1] and "running for 1h00m" in lines[1]
+    assert "restarts 2/3" in text
+    # 250 steps in 60 min -> 750 left at the same rate = 3 h
+    assert f"{progress_bar(250, 1000)}  step 250/1000   ETA 3h00m" in text
+    assert "step 200  /mnt/checkpoints/step-200  (5m00s ago)" in text
+    assert "Goodput:      91.2%  (badput: recovery 3m00s, startup 40s)" in text
+    assert "Excluded:     node-3" in text
+    assert "AllPodsRunning" in text and "2/2 pods running" in text
+    # pods sorted by name, with node and container state
+    pod_lines = [line for line in lines if line.strip().startswith("video-1-node-")]
+    assert pod_lines[0].split()[:2] == ["video-1-node-0", "node-1"] and "exited 42 HangDetected" in pod_lines[0]
+    assert pod_lines[1].split()[:2] == ["video-1-node-1", "node-2"] and "running" in pod_lines[1]
+    # events oldest first, with the repeat count
+    assert text.index("no step for 60s (x2)") < text.index("attempt 2 from step 200")
+    assert "pod/video-1-node-0" in text and "omnitrainingjob/video-1" in text
+
+
+def test_fresh_job_without_status_renders_placeholders():
+    job = {"metadata": {"name": "new", "namespace": "default"}, "spec": {"training": {"steps": 10}}}
+    text = render_status(job, [], [], now=NOW)
+    assert "Phase:        Pending" in text
+    assert "Progress:     - / 10" in text
+    assert "Checkpoint:   none yet" in text and "Goodput:      -" in text
+    assert "Pods: none" in text and "Events: none" in text
+
+
+def test_finished_job_shows_duration_and_no_eta():
+    job = running_job()
+    job["status"].update(phase="Succeeded", currentStep=1000, completionTime=iso(0), goodput=0.97)
+    text = render_status(job, [], [], now=NOW)
+    assert "Succeeded   (took 1h00m)" in text
+    assert "100.0%" in text and "ETA" not in text
+    assert "Goodput:      97.0%" in text
+
+
+def test_helpers():
+    assert progress_bar(0, 0) == "[" + "-" * 30 + "]   0.0%"
+    assert progress_bar(5, 10, width=10) == "[#####-----]  50.0%"
+    assert format_duration(59) == "59s" and format_duration(3600 * 25) == "1d1h" and format_duration(None) == "-"
+    start = NOW - timedelta(seconds=100)
+    assert estimate_eta(10, 20, start, NOW) == 100
+    assert estimate_eta(0, 20, start, NOW) is None
+    assert estimate_eta(20, 20, start, NOW) == 0.0
