@@ -18,7 +18,8 @@ import torch.distributed as dist
 from torch import nn
 
 from omnitrain.trainer.parallel.layout import ParallelLayout, RankCoords
-from omnitrain.trainer.parallel.ulysses import gather_sequence, padded_length, shard_context, shard_sequence
+from omnitrain.trainer.parallel.ulysses import (UlyssesAttention, gather_sequence, padded_length, shard_context,
+                                                shard_sequence)
 
 LossFn = Callable[[torch.Tensor, Any], torch.Tensor]
 
@@ -261,6 +262,9 @@ class ChunkRunner(nn.Module):
         ctx = shard_context(ctx, tokens, u, ur)
         x = shard_sequence(x_full, u, ur) if x_in is None else x_in
         for i in self.chunk_blocks[chunk]:
+            core = getattr(getattr(self.model.blocks[i], "attn", None), "core", None)
+            if isinstance(core, UlyssesAttention):
+                core.packed_tokens = tokens
             x = self.model.blocks[i](x, ctx)
         if not last:
             return x

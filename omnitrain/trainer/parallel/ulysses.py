@@ -78,13 +78,16 @@ class UlyssesAttention(nn.Module):
         self.core = core
         self.degree = degree
         self.group = group
+        # Real tokens of the micro-batch being run, set by the step before the blocks run, so that no block has to
+        # read cu_seqlens[-1] back from the device; None falls back to reading it.
+        self.packed_tokens: int | None = None
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx, *args, **kwargs) -> torch.Tensor:
         if q.shape[1] % self.degree:
             raise ValueError(f"{q.shape[1]} local heads do not split over ulysses={self.degree}; "
                              "numHeads must divide by tensor x ulysses")
         qkv = seq_to_heads(torch.stack((q, k, v), dim=1), self.degree, self.group)
-        real = packed_length(ctx)
+        real = self.packed_tokens if self.packed_tokens is not None else packed_length(ctx)
         padded = qkv.shape[0]
         qkv = qkv[:real]
         out = self.core(qkv[:, 0], qkv[:, 1], qkv[:, 2], ctx, *args, **kwargs)
