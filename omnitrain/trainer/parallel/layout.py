@@ -90,8 +90,5 @@ def check_layout(layout: ParallelLayout, world_size: int, *, num_heads: int, dep
     if layout.schedule == "1F1B" and layout.virtual_stages > 1:
         problems.append("spec.parallelism.pipelineSchedule: virtualStages > 1 needs pipelineSchedule "
                         "interleaved1F1B")
-    if layout.data_sharding == "fsdp" and layout.pp > 1:
-        problems.append("spec.parallelism.dataSharding: fsdp together with pipeline > 1 is not supported yet; "
-                        "use dataSharding replicate with pipeline parallelism")
     if problems:
         raise ValueError("; ".join(problems))

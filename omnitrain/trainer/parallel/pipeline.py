@@ -33,6 +33,7 @@ def run_pipeline(plan, microbatches: Sequence[Any], loss_fn: Callable) -> torch.
     pending: list = []
     stash: dict[tuple[int, int], tuple[torch.Tensor | None, torch.Tensor]] = {}
     loss_sum = None
+    last_backward = [a for a in actions if a.kind == "B"][-1]
 
     def send(tensor: torch.Tensor, chunk: int, kind: str, mb: int) -> None:
         # Non-blocking: a send never waits for its receiver, so the schedule order alone cannot deadlock.
@@ -48,11 +49,14 @@ def run_pipeline(plan, microbatches: Sequence[Any], loss_fn: Callable) -> torch.
         c, j = action.chunk, action.micro_batch
         args = microbatches[j]
         if action.kind == "F":
-            x_in = None
-            if c > 0:
-                shape, dtype = plan.activation_shape(args)
-                x_in = recv(shape, dtype, c - 1, c, "F", j).requires_grad_()
-            out = plan.forward_chunk(c, args, x_in, loss_fn, last=(c == chunks - 1))
+            received: list[torch.Tensor] = []
+
+            def receive(shape, dtype, c=c, j=j, received=received):
+                received.append(recv(shape, dtype, c - 1, c, "F", j).requires_grad_())
+                return received[0]
+
+            out = plan.forward_chunk(c, args, receive if c > 0 else None, loss_fn, last=(c == chunks - 1))
+            x_in = received[0] if received else None
             if c == chunks - 1:
                 out = out / m
                 loss_sum = out.detach() if loss_sum is None else loss_sum + out.detach()
@@ -61,8 +65,14 @@ def run_pipeline(plan, microbatches: Sequence[Any], loss_fn: Callable) -> torch.
             stash[(c, j)] = (x_in, out)
         else:
             x_in, out = stash.pop((c, j))
+            if plan.fsdp:
+                # Reduce-scatter a chunk's gradients once, after its last micro-batch (backwards run in micro-batch
+                # order per chunk); the embedder/head (the FSDP root) after this rank's very last backward.
+                for i in plan.chunk_blocks[c]:
+                    plan.model.blocks[i].set_requires_gradient_sync(j == m - 1, recurse=False)
+                plan.runner.set_requires_gradient_sync(action is last_backward, recurse=False)
             if c == chunks - 1:
-                out.backward()
+                (out * plan.loss_scale).backward()
             else:
                 grad = recv(out.shape, out.dtype, c + 1, c, "B", j)
                 torch.autograd.backward(out, grad)

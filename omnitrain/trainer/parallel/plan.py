@@ -85,6 +85,12 @@ class ParallelPlan:
     @property
     def num_chunks(self) -> int: return self.layout.pp * self.layout.virtual_stages
 
+    @property
+    def loss_scale(self) -> float:
+        """Factor on the loss before backward: FSDP averages gradients over data x ulysses, but Ulysses ranks hold
+        partial sums over their tokens that must be added, not averaged."""
+        return float(self.layout.ulysses) if self.fsdp else 1.0
+
     def describe(self) -> str:
         c, lay = self.coords, self.layout
         return (f"rank {self.rank}: dp {c.dp}/{lay.dp} pp {c.pp}/{lay.pp} ulysses {c.ulysses}/{lay.ulysses} "
@@ -92,13 +98,8 @@ class ParallelPlan:
                 f"blocks {[list(r) for _, r in sorted(self.chunk_blocks.items())]} sharding {lay.data_sharding}")
 
     # ---- the step -----------------------------------------------------------------------------------------------
-    def activation_shape(self, args) -> tuple[tuple[int, int], torch.dtype]:
-        """Shape of the activation between pipeline chunks for one micro-batch (this rank's sequence slice)."""
-        with torch.no_grad():
-            x, _ = self.model.embed(*args)
-        return (padded_length(x.shape[0], self.layout.ulysses) // self.layout.ulysses, x.shape[1]), x.dtype
-
-    def forward_chunk(self, chunk: int, args, x_in: torch.Tensor | None, loss_fn: LossFn, last: bool):
+    def forward_chunk(self, chunk: int, args, x_in: Callable | None, loss_fn: LossFn, last: bool):
+        """x_in: None on the first chunk, else a function (shape, dtype) -> the activation received for it."""
         return self.runner(chunk, args, x_in, loss_fn, last)
 
     def run_step(self, microbatches: Sequence[Any], loss_fn: LossFn) -> torch.Tensor:
@@ -116,7 +117,7 @@ class ParallelPlan:
                 if self.fsdp:
                     self.runner.set_requires_gradient_sync(j == m - 1)
                 mb_loss = self.forward_chunk(0, args, None, loss_fn, last=True) / m
-                (mb_loss * self.layout.ulysses if self.fsdp else mb_loss).backward()
+                (mb_loss * self.loss_scale).backward()
                 loss = mb_loss.detach() if loss is None else loss + mb_loss.detach()
         self._reduce_gradients()
         return self._report_loss(loss)
@@ -255,12 +256,15 @@ class ChunkRunner(nn.Module):
         self.chunk_blocks = chunk_blocks
         self.ulysses, self.ulysses_rank, self.ulysses_group = ulysses, ulysses_rank, ulysses_group
 
-    def forward(self, chunk: int, args, x_in: torch.Tensor | None, loss_fn: LossFn, last: bool):
+    def forward(self, chunk: int, args, x_in: Callable | None, loss_fn: LossFn, last: bool):
         u, ur = self.ulysses, self.ulysses_rank
         x_full, ctx = self.model.embed(*args)
         tokens = x_full.shape[0]
         ctx = shard_context(ctx, tokens, u, ur)
-        x = shard_sequence(x_full, u, ur) if x_in is None else x_in
+        if x_in is None:
+            x = shard_sequence(x_full, u, ur)
+        else:   # a receive from the previous stage: its shape follows from this micro-batch
+            x = x_in((padded_length(tokens, u) // u, x_full.shape[1]), x_full.dtype)
         for i in self.chunk_blocks[chunk]:
             core = getattr(getattr(self.model.blocks[i], "attn", None), "core", None)
             if isinstance(core, UlyssesAttention):

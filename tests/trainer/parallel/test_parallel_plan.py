@@ -38,8 +38,6 @@ def test_bad_layouts_name_the_field():
         check_layout(ParallelLayout(pp=4, virtual_stages=2, schedule="interleaved1F1B"), 4, **dims)
     with pytest.raises(ValueError, match="spec.parallelism.pipelineSchedule"):
         check_layout(ParallelLayout(pp=2, virtual_stages=2), 2, **dims)
-    with pytest.raises(ValueError, match="spec.parallelism.dataSharding"):
-        check_layout(ParallelLayout(dp=2, pp=2, data_sharding="fsdp"), 4, **dims)
 
 
 def test_split_blocks_is_contiguous_and_complete():
