@@ -5,7 +5,9 @@ seen at the first step, but packed micro-batches have a different token count ea
 context (conditioning vector, RoPE tables, cu_seqlens) is not a tensor it can pass. Here every chunk recomputes
 the context from the micro-batch with `model.embed` (the embedder is replicated on every pipeline rank and its
 gradients are summed over the pipeline group), so only the [tokens, hidden] activation and its gradient travel
-between stages, and the receiver knows their shape from the micro-batch it holds.
+between stages, and the receiver knows their shape from the micro-batch it holds. Messages carry tags (gloo
+matches by tag); NCCL ignores tags and pairs messages in order, which these schedules keep
+(schedule.messages_in_order, tested).
 """
 
 from __future__ import annotations

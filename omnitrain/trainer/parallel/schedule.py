@@ -100,3 +100,25 @@ def check_schedule(pp: int, virtual_stages: int, micro_batches: int, schedules: 
         if seen != expected or len(actions) != len(expected):
             raise AssertionError(f"rank {rank} runs {sorted(seen)}, expected {sorted(expected)}")
     assert chunks == sum(len(chunks_of_rank(r, pp, virtual_stages)) for r in range(pp))
+
+
+def messages_in_order(pp: int, virtual_stages: int, micro_batches: int, schedules: list[list[Action]]) -> bool:
+    """True when, for every pair of pipeline ranks and direction, the receiver asks for messages in the order the
+    sender sends them. Gloo matches our tags anyway; NCCL ignores tags and matches point-to-point messages in
+    order, so a schedule that passes this runs on NCCL too."""
+    chunks = pp * virtual_stages
+    sent: dict[tuple[int, int], list] = {}
+    wanted: dict[tuple[int, int], list] = {}
+    for rank, actions in enumerate(schedules):
+        for a in actions:
+            if a.kind == "F":
+                if a.chunk > 0:
+                    wanted.setdefault(((a.chunk - 1) % pp, rank), []).append(("F", a.chunk, a.micro_batch))
+                if a.chunk < chunks - 1:
+                    sent.setdefault((rank, (a.chunk + 1) % pp), []).append(("F", a.chunk + 1, a.micro_batch))
+            else:
+                if a.chunk < chunks - 1:
+                    wanted.setdefault(((a.chunk + 1) % pp, rank), []).append(("B", a.chunk, a.micro_batch))
+                if a.chunk > 0:
+                    sent.setdefault((rank, (a.chunk - 1) % pp), []).append(("B", a.chunk - 1, a.micro_batch))
+    return sent == wanted

@@ -10,7 +10,7 @@ from omnitrain.spec import JobSpec, ParallelismSpec, RunInfo, TrainerConfig
 from omnitrain.trainer.parallel import ParallelLayout, rank_coords, setup_parallel
 from omnitrain.trainer.parallel.layout import check_layout, global_rank
 from omnitrain.trainer.parallel.schedule import (build_schedule, check_schedule, interleaved_one_f_one_b,
-                                                 one_f_one_b, split_blocks)
+                                                 messages_in_order, one_f_one_b, split_blocks)
 from omnitrain.trainer.parallel.testing import run_on_ranks
 
 
@@ -46,10 +46,12 @@ def test_split_blocks_is_contiguous_and_complete():
         split_blocks(3, 4)
 
 
-@pytest.mark.parametrize("pp,v,m", [(2, 1, 1), (2, 1, 5), (4, 1, 8), (2, 2, 4), (4, 2, 8), (3, 3, 6), (2, 4, 2)])
+@pytest.mark.parametrize("pp,v,m", [(2, 1, 1), (2, 1, 5), (4, 1, 8), (2, 2, 4), (4, 2, 8), (3, 3, 6), (2, 4, 2), (4, 4, 16)])
 def test_schedules_run_everything_once_in_dependency_order(pp, v, m):
     kind = "interleaved1F1B" if v > 1 else "1F1B"
-    check_schedule(pp, v, m, [build_schedule(r, pp, v, m, kind) for r in range(pp)])
+    schedules = [build_schedule(r, pp, v, m, kind) for r in range(pp)]
+    check_schedule(pp, v, m, schedules)
+    assert messages_in_order(pp, v, m, schedules)   # so NCCL (no tags) pairs the same messages as gloo
 
 
 def _peak_in_flight(actions) -> int:
