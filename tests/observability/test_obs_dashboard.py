@@ -49,3 +49,12 @@ def test_every_panel_query_parses(tmp_path):
     result = subprocess.run(["promtool", "check", "rules", "dashboard_queries.yaml"], cwd=tmp_path,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed")
+def test_kustomize_builds_the_monitoring_bundle():
+    result = subprocess.run(["kubectl", "kustomize", str(KUSTOMIZATION.parent)], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    kinds = sorted(d["kind"] for d in yaml.safe_load_all(result.stdout))
+    assert kinds == ["ConfigMap", "PodMonitor", "PrometheusRule", "ServiceMonitor"]

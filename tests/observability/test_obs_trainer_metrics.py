@@ -172,3 +172,21 @@ def test_torn_last_line_is_skipped_not_fatal(tmp_path):
     assert len(log.records) == 1 and log.skipped_lines == 1
     with pytest.raises(FileNotFoundError, match="attempt-"):
         read_job_log(tmp_path / "missing")
+
+
+@pytest.mark.skipif(not GpuTelemetry().available, reason="no NVML/GPU on this machine (the CPU path is tested above)")
+def test_gpu_series_on_a_machine_with_nvml(tmp_path):
+    from omnitrain.observability.peaks import lookup_device
+    telemetry = GpuTelemetry()
+    readings = telemetry.read()
+    assert readings and all(r.memory_total_bytes and r.memory_total_bytes > 0 for r in readings)
+    assert all(r.utilization is None or 0 <= r.utilization <= 1 for r in readings)
+    print("NVML names:", telemetry.device_names(), "peaks:", [lookup_device(n) for n in telemetry.device_names()])
+    cb = MetricsCallback(job="gpu", attempt=0, total_steps=1, world_size=1, rank=0, local_rank=0, node="n",
+                         metrics_addr="127.0.0.1", metrics_port=0, log_dir=tmp_path)
+    try:
+        cb.on_train_start(step=0)
+        f = scrape(cb.bound_port)
+        assert len(f[tm.METRIC_GPU_MEMORY_TOTAL]) == len(readings)
+    finally:
+        cb.close()
