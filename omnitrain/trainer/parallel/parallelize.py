@@ -122,6 +122,9 @@ def setup_parallel(model: nn.Module, config=None, layout: ParallelLayout | None 
         for i in owned:
             fully_shard(model.blocks[i], mesh=grad_mesh)
         fully_shard(runner, mesh=grad_mesh)
+        # Multi-modal micro-batches leave some parameters unused on some ranks (no reference image, no video
+        # context): reduce zeros for them, or the ranks' reduce-scatters would not match.
+        runner.set_reduce_scatter_unused_params(True)
     return ParallelPlan(model=model, layout=layout, coords=coords, rank=rank, device=device, mesh=mesh,
                         chunk_blocks=chunk_blocks, dp_group=dp_group, pp_group=pp_group,
                         ulysses_group=ulysses_group, grad_group=grad_group, fsdp=fsdp, runner=runner,

@@ -115,12 +115,17 @@ class Embed(nn.Module):
         self.patch = nn.Linear(cfg.patch_dim, cfg.hidden_size)
         self.time = nn.Sequential(nn.Linear(cfg.frequency_embedding_size, cfg.hidden_size), nn.SiLU(),
                                   nn.Linear(cfg.hidden_size, cfg.hidden_size))
+        # Used only by some micro-batches (like a reference-image embedder when a batch has reference images), so
+        # data-parallel ranks differ in which parameters got gradients.
+        self.pair = nn.Linear(cfg.frequency_embedding_size, cfg.hidden_size)
 
     def forward(self, batch: StandinBatch, t: torch.Tensor):
         half = self.cfg.frequency_embedding_size // 2
         freqs = torch.exp(-torch.arange(half) * 9.2 / half)
         temb = torch.cat([torch.cos(t[:, None] * 1000 * freqs), torch.sin(t[:, None] * 1000 * freqs)], -1)
         cond = self.time(temb)[batch.sample_id]
+        if len(t) == 2:
+            cond = cond + self.pair(temb)[batch.sample_id]
         rot = batch.positions[:, None] * torch.exp(-torch.arange(self.cfg.head_dim // 2) * 2.0 / self.cfg.head_dim)
         lengths = batch.cu_seqlens[1:] - batch.cu_seqlens[:-1]
         ctx = StandinCtx(cond=cond, cos=rot.cos(), sin=rot.sin(), cu_seqlens=batch.cu_seqlens,
