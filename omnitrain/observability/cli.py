@@ -25,11 +25,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from omnitrain.observability.status_fetch import JobNotFound, fetch_job
+    from omnitrain.observability.status_fetch import ClusterUnreachable, JobNotFound, fetch_job
     from omnitrain.observability.status_view import render_status
     try:
         snapshot = fetch_job(args.job, args.namespace)
-    except JobNotFound as exc:
+    except (JobNotFound, ClusterUnreachable) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     sys.stdout.write(render_status(snapshot.job, snapshot.pods, snapshot.events))

@@ -29,28 +29,42 @@ class JobNotFound(LookupError):
     pass
 
 
+class ClusterUnreachable(ConnectionError):
+    pass
+
+
 def _load_config() -> None:
     from kubernetes import config
     try:
         config.load_kube_config()
-    except Exception:
-        config.load_incluster_config()
+    except Exception as kubeconfig_error:
+        try:
+            config.load_incluster_config()
+        except Exception:
+            raise ClusterUnreachable(f"no usable kubeconfig ({kubeconfig_error}); set KUBECONFIG, e.g. "
+                                     "`export KUBECONFIG=$PWD/.dev/cluster/kubeconfig` after `omnitrain dev up`"
+                                     ) from None
 
 
 def fetch_job(name: str, namespace: str) -> JobSnapshot:
     """The job object, the pods it owns and the events about either."""
     from kubernetes import client
     from kubernetes.client.exceptions import ApiException
+    from urllib3.exceptions import HTTPError
     _load_config()
     api_client = client.ApiClient()
     group, version, plural = crd_coordinates()
     try:
-        job = client.CustomObjectsApi(api_client).get_namespaced_custom_object(group, version, namespace, plural, name)
+        job = client.CustomObjectsApi(api_client).get_namespaced_custom_object(
+            group, version, namespace, plural, name, _request_timeout=10)
     except ApiException as exc:
         if exc.status == 404:
             raise JobNotFound(f"OmniTrainingJob {namespace}/{name} not found; list jobs with "
                               f"`kubectl get {plural} -n {namespace}`") from None
         raise
+    except HTTPError as exc:
+        raise ClusterUnreachable(f"cannot reach the API server at {api_client.configuration.host} ({exc}); "
+                                 "check KUBECONFIG and that the cluster is up") from None
     core = client.CoreV1Api(api_client)
     uid = (job.get("metadata") or {}).get("uid")
     pods = [api_client.sanitize_for_serialization(p) for p in core.list_namespaced_pod(namespace).items
@@ -61,4 +75,4 @@ def fetch_job(name: str, namespace: str) -> JobSnapshot:
     return JobSnapshot(job=job, pods=pods, events=events)
 
 
-__all__ = ["JobNotFound", "JobSnapshot", "crd_coordinates", "fetch_job"]
+__all__ = ["ClusterUnreachable", "JobNotFound", "JobSnapshot", "crd_coordinates", "fetch_job"]
