@@ -11,6 +11,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     status = subparsers.add_parser("status", help="one OmniTrainingJob at a glance (phase, progress, pods, events)")
     status.add_argument("job", help="name of the OmniTrainingJob")
     status.add_argument("-n", "--namespace", default="default")
+    status.add_argument("--no-live", action="store_true",
+                        help="do not scrape rank 0's metrics endpoint for tokens/s, MFU and step time")
     status.set_defaults(func=_status)
 
     report = subparsers.add_parser("report", help="PNG + HTML report of a job (loss, MFU, tokens/s, goodput)")
@@ -25,14 +27,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from omnitrain.observability.status_fetch import ClusterUnreachable, JobNotFound, fetch_job
+    from omnitrain.observability.status_fetch import ClusterUnreachable, JobNotFound, fetch_job, scrape_live_metrics
     from omnitrain.observability.status_view import render_status
     try:
         snapshot = fetch_job(args.job, args.namespace)
     except (JobNotFound, ClusterUnreachable) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    sys.stdout.write(render_status(snapshot.job, snapshot.pods, snapshot.events))
+    live = None
+    if not args.no_live:
+        port = int((snapshot.job.get("spec") or {}).get("metricsPort", 9400))
+        live = scrape_live_metrics(snapshot.pods, port)
+    sys.stdout.write(render_status(snapshot.job, snapshot.pods, snapshot.events, live=live))
     return 0
 
 

@@ -75,4 +75,29 @@ def fetch_job(name: str, namespace: str) -> JobSnapshot:
     return JobSnapshot(job=job, pods=pods, events=events)
 
 
-__all__ = ["ClusterUnreachable", "JobNotFound", "JobSnapshot", "crd_coordinates", "fetch_job"]
+def scrape_live_metrics(pods: list[dict], port: int, timeout_s: float = 2.0) -> dict[str, float] | None:
+    """Job figures from the pod that serves them (global rank 0) as {sample name: value}; None when no running pod's
+    endpoint answers (e.g. outside the cluster network)."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from omnitrain import contract
+    for pod in pods:
+        status = pod.get("status") or {}
+        ip = status.get("podIP")
+        if status.get("phase") != "Running" or not ip:
+            continue
+        try:
+            with urllib.request.urlopen(f"http://{ip}:{port}/metrics", timeout=timeout_s) as response:
+                text = response.read().decode()
+        except OSError:
+            continue
+        samples = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples
+                   if "le" not in s.labels and "quantile" not in s.labels}
+        if contract.METRIC_STEP in samples:
+            return samples
+    return None
+
+
+__all__ = ["scrape_live_metrics", "ClusterUnreachable", "JobNotFound", "JobSnapshot", "crd_coordinates", "fetch_job"]

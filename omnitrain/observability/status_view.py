@@ -109,8 +109,27 @@ def _event_time(event: dict):
             or parse_time((event.get("metadata") or {}).get("creationTimestamp")))
 
 
-def render_status(job: dict, pods: list[dict], events: list[dict], now: datetime | None = None) -> str:
-    """The text of `omnitrain status` for one OmniTrainingJob object and its pods and events."""
+def _live_text(live: dict[str, float]) -> str:
+    """Figures scraped from rank 0's endpoint (metric name -> value)."""
+    from omnitrain import contract
+    from omnitrain.observability import trainer_metrics as tm
+    parts = []
+    if tm.METRIC_TOKENS_PER_SECOND in live:
+        parts.append(f"{live[tm.METRIC_TOKENS_PER_SECOND]:,.0f} tokens/s")
+    if tm.METRIC_MFU in live:
+        parts.append(f"MFU {100 * live[tm.METRIC_MFU]:.1f}%")
+    count, total = live.get(tm.METRIC_STEP_SECONDS + "_count"), live.get(tm.METRIC_STEP_SECONDS + "_sum")
+    if count and total is not None:
+        parts.append(f"step {total / count:.2f}s (mean)")
+    if contract.METRIC_LOSS in live:
+        parts.append(f"loss {live[contract.METRIC_LOSS]:.4g}")
+    return "   ".join(parts) if parts else "-"
+
+
+def render_status(job: dict, pods: list[dict], events: list[dict], now: datetime | None = None,
+                  live: dict[str, float] | None = None) -> str:
+    """The text of `omnitrain status` for one OmniTrainingJob object and its pods and events; `live` holds figures
+    scraped from rank 0's metrics endpoint when it could be reached."""
     now = now or datetime.now(timezone.utc)
     meta, spec, status = job.get("metadata") or {}, job.get("spec") or {}, job.get("status") or {}
     name, namespace = meta.get("name", "?"), meta.get("namespace", "default")
@@ -145,6 +164,8 @@ def render_status(job: dict, pods: list[dict], events: list[dict], now: datetime
     lines.append(f"  Goodput:      {_goodput_text(status.get('goodput'))}")
     excluded = status.get("excludedNodes") or []
     lines.append(f"  Excluded:     {', '.join(excluded) if excluded else 'none'}")
+    if live:
+        lines.append(f"  Live:         {_live_text(live)}")
 
     conditions = status.get("conditions") or []
     if conditions:

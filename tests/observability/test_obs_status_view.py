@@ -89,3 +89,36 @@ def test_helpers():
     assert estimate_eta(10, 20, start, NOW) == 100
     assert estimate_eta(0, 20, start, NOW) is None
     assert estimate_eta(20, 20, start, NOW) == 0.0
+
+
+def test_live_figures_from_rank0_endpoint_are_shown():
+    live = {"omnitrain_train_tokens_per_second": 123456.0, "omnitrain_train_mfu_ratio": 0.4123,
+            "omnitrain_train_step_seconds_count": 10.0, "omnitrain_train_step_seconds_sum": 12.5,
+            "omnitrain_train_loss": 0.25}
+    text = render_status(running_job(), [], [], now=NOW, live=live)
+    assert "Live:         123,456 tokens/s   MFU 41.2%   step 1.25s (mean)   loss 0.25" in text
+    assert "Live:" not in render_status(running_job(), [], [], now=NOW)
+
+
+def test_scrape_live_metrics_reads_the_pod_that_serves_job_figures():
+    from omnitrain.observability.callback import MetricsCallback
+    from omnitrain.observability.status_fetch import scrape_live_metrics
+    node_only = MetricsCallback(job="j", attempt=0, total_steps=4, world_size=2, rank=1, local_rank=0,
+                                metrics_addr="127.0.0.2", metrics_port=0)
+    rank0 = MetricsCallback(job="j", attempt=0, total_steps=4, world_size=2, rank=0, local_rank=0,
+                            metrics_addr="127.0.0.1", metrics_port=0, peak_flops_per_device=1e9)
+    try:
+        for cb in (node_only, rank0):
+            cb.on_train_start(step=0)
+            cb.on_step_end(step=1, loss=0.5, tokens=1000, flops=4e8, step_seconds=0.5)
+        pods = [{"status": {"phase": "Pending"}},
+                {"status": {"phase": "Running", "podIP": "127.0.0.2"}},
+                {"status": {"phase": "Running", "podIP": "127.0.0.1"}}]
+        # each endpoint on its own port here; in a cluster every pod uses spec.metricsPort
+        assert scrape_live_metrics(pods[:2], node_only.bound_port) is None       # node figures only
+        live = scrape_live_metrics(pods, rank0.bound_port)
+        assert live["omnitrain_train_step"] == 1 and live["omnitrain_train_mfu_ratio"] == 0.4
+        assert live["omnitrain_train_tokens_per_second"] == 2000
+    finally:
+        node_only.close()
+        rank0.close()
