@@ -72,9 +72,10 @@ def make_job(metrics_port: int):
         pod = core.read_namespaced_pod(name, "ml")
         pod.status.phase = "Running"
         pod.status.pod_ip = "127.0.0.1" if name == "demo-node-0" else "127.0.0.3"
+        running = client.V1ContainerStateRunning(started_at=pod.metadata.creation_timestamp)
         pod.status.container_statuses = [client.V1ContainerStatus(
             name="trainer", image="omnitrain:latest", image_id="", ready=True, restart_count=0,
-            state=client.V1ContainerState(running=client.V1ContainerStateRunning(started_at=pod.metadata.creation_timestamp)))]
+            state=client.V1ContainerState(running=running))]
         core.replace_namespaced_pod_status(name, "ml", pod)
     for reason, obj in (("Restarted", {"kind": "OmniTrainingJob", "name": "demo", "uid": job["metadata"]["uid"],
                                        "apiVersion": f"{GROUP}/{VERSION}", "namespace": "ml"}),
