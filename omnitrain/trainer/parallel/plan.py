@@ -133,21 +133,48 @@ class ParallelPlan:
         return loss
 
     def _reduce_gradients(self) -> None:
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        for p in params:   # parameters a micro-batch did not use must still take part in the collectives
-            if p.grad is None:
+        if self.mesh is None:
+            return
+        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        live = []
+        for (name, p), used in zip(named, self._used_anywhere(named)):
+            if not used:   # no rank used it this step: no gradient, as in one process (AdamW skips it)
+                p.grad = None
+                continue
+            if p.grad is None:   # used elsewhere: this rank still takes part in the collectives, with zeros
                 p.grad = torch.zeros_like(p)
-        if self.tp_partial_names:   # names, not objects: FSDP swaps the Parameter objects
-            by_name = dict(self.model.named_parameters())
-            _all_reduce_coalesced([_local(by_name[n].grad) for n in self.tp_partial_names], self.tp_group)
+            live.append((name, p))
+        partial = set(self.tp_partial_names)   # names, not objects: FSDP swaps the Parameter objects
+        if partial:
+            _all_reduce_coalesced([_local(p.grad) for n, p in live if n in partial], self.tp_group)
         if self.layout.pp > 1:
-            shared = [p for n, p in self.model.named_parameters() if p.requires_grad and param_owner(n) == "shared"]
-            _all_reduce_coalesced([_local(p.grad) for p in shared], self.pp_group)
+            _all_reduce_coalesced([_local(p.grad) for n, p in live if param_owner(n) == "shared"], self.pp_group)
         if not self.fsdp and self.layout.dp * self.layout.ulysses > 1:
-            grads = [_local(p.grad) for p in params]
+            grads = [_local(p.grad) for _, p in live]
             _all_reduce_coalesced(grads, self.grad_group)
             if self.layout.dp > 1:
                 torch._foreach_mul_(grads, 1.0 / self.layout.dp)
+
+    def _used_anywhere(self, named) -> list[bool]:
+        """Whether any rank holding a parameter got a gradient for it this step (multi-modal micro-batches leave
+        e.g. the reference-image embedder unused on some ranks). FSDP has already reduced zeros for unused
+        parameters, so there an all-zero gradient on every shard counts as unused."""
+        if self.fsdp:
+            flags = [p.grad is not None and bool(_local(p.grad).any()) for _, p in named]
+        else:
+            flags = [p.grad is not None for _, p in named]
+        flags = torch.tensor(flags, dtype=torch.float32, device=self.device)
+        if self.layout.tp > 1:
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX, group=self.tp_group)
+        if self.layout.dp * self.layout.ulysses > 1:
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX, group=self.grad_group)
+        if self.layout.pp > 1:
+            shared = [i for i, (n, _) in enumerate(named) if param_owner(n) == "shared"]
+            if shared:
+                part = flags[shared].contiguous()
+                dist.all_reduce(part, op=dist.ReduceOp.MAX, group=self.pp_group)
+                flags[shared] = part
+        return [bool(f) for f in flags.tolist()]
 
     # ---- optimizer helpers --------------------------------------------------------------------------------------
     def parameters_for_optimizer(self) -> list[nn.Parameter]:
