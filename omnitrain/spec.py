@@ -176,6 +176,9 @@ class JobSpec(_Spec):
     scheduling: SchedulingSpec = Field(default_factory=SchedulingSpec)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     metrics_port: int = Field(9400, ge=1, le=65535, description="Prometheus port of each training pod.")
+    peak_flops_per_device: float | None = Field(
+        None, gt=0, description=("Peak dense FLOP/s of one device for MFU; only needed where the device is not in "
+                                 "omnitrain.observability.peaks (e.g. CPU). Unset there: no MFU is reported."))
 
 
 class FieldError(BaseModel):

@@ -20,7 +20,7 @@ from typing import Callable
 
 from omnitrain import contract
 from omnitrain.observability import mfu as mfu_math
-from omnitrain.observability.peaks import resolve_peak_flops
+from omnitrain.observability.peaks import configured_peak_flops, resolve_peak_flops
 from omnitrain.observability.step_log import StepLogWriter
 from omnitrain.observability.trainer_metrics import MetricsRole, TrainerMetrics
 
@@ -107,7 +107,11 @@ class MetricsCallback:
         port = int(env.get(contract.ENV_METRICS_PORT, spec.metrics_port))
         world_size = int(env.get("WORLD_SIZE", spec.parallelism.world_size))
         rank, local_rank = int(env.get("RANK", 0)), int(env.get("LOCAL_RANK", 0))
-        peak = resolve_peak_flops(detect_device_name(), spec.training.precision, env) if rank == 0 else None
+        peak = None
+        if rank == 0:  # the environment (OMNITRAIN_PEAK_FLOPS) wins over the spec, the spec over the table
+            peak = resolve_peak_flops(detect_device_name(), spec.training.precision, env)
+            if spec.peak_flops_per_device is not None and configured_peak_flops(env) is None:
+                peak = spec.peak_flops_per_device
         return cls(
             job=env.get(contract.ENV_JOB_NAME, run.job_name), attempt=int(env.get(contract.ENV_ATTEMPT, run.attempt)),
             total_steps=spec.training.steps, world_size=world_size, rank=rank, local_rank=local_rank,

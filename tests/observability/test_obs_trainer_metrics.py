@@ -190,3 +190,18 @@ def test_gpu_series_on_a_machine_with_nvml(tmp_path):
         assert len(f[tm.METRIC_GPU_MEMORY_TOTAL]) == len(readings)
     finally:
         cb.close()
+
+
+def test_spec_peak_is_used_when_the_environment_sets_none(tmp_path):
+    spec = JobSpec.model_validate({"peakFlopsPerDevice": 2.5e11, "checkpoint": {"localPath": str(tmp_path)}})
+    config = TrainerConfig(spec=spec, run=RunInfo(job_name="j"))
+    env = {contract.ENV_METRICS_PORT: "0", contract.ENV_POD_IP: "127.0.0.1", "RANK": "0", "LOCAL_RANK": "0"}
+    cb = MetricsCallback.from_config(config, environ=env)
+    cb.close()
+    assert cb.peak_flops_per_device == 2.5e11
+    assert cb.log_dir == tmp_path / "metrics"               # no persistent claim: the node-local disk
+    with_env = MetricsCallback.from_config(config, environ={**env, "OMNITRAIN_PEAK_FLOPS": "1e9"})
+    with_env.close()
+    assert with_env.peak_flops_per_device == 1e9
+    with pytest.raises(ValueError, match="peakFlopsPerDevice|greater than 0"):
+        JobSpec.model_validate({"peakFlopsPerDevice": 0})
