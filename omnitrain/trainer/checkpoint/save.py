@@ -1,0 +1,136 @@
+"""One checkpoint save of one rank, the same code in the background writer process and in a synchronous save.
+
+Order (each rank, collectives through an Exchange):
+ 1. write this rank's shard to `<local>/<job>/step-N/rank-R.pt` (fsync + atomic rename), crc32 while writing;
+ 2. gather everyone's result; if any rank failed (e.g. ENOSPC), nobody writes a manifest: the folder stays
+    incomplete, is never loaded, and the previous complete checkpoint stays the newest;
+ 3. the lowest rank of each node writes the manifest into its node-local folder;
+ 4. each rank copies its shard to the persistent folder; after all report durable, rank 0 writes the persistent
+    manifest (last);
+ 5. retention on both tiers.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from omnitrain.trainer.checkpoint import fsio
+from omnitrain.trainer.checkpoint.exchange import Exchange
+from omnitrain.trainer.checkpoint.manifest import (InvalidManifestError, Manifest, ShardFile, WorldLayout,
+                                                   read_manifest, write_manifest)
+from omnitrain.trainer.checkpoint.paths import shard_file_name, step_dir
+from omnitrain.trainer.checkpoint.retention import apply_retention
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SaveTarget:
+    """Where and as whom one rank saves (picklable: it travels to the writer process)."""
+
+    job: str
+    local_root: str
+    persistent_root: str | None
+    keep: int
+    rank: int
+    world_size: int
+    node_id: str
+    layout: WorldLayout
+    model_fingerprint: str
+
+
+@dataclass
+class SaveOutcome:
+    step: int
+    status: str                      # "complete", "exists" (never overwritten), "failed"
+    local_complete: bool = False
+    persistent_complete: bool = False
+    error: str = ""
+    bytes_written: int = 0
+    seconds: float = 0.0
+    timings: dict = field(default_factory=dict)
+
+
+def _is_complete(folder: Path) -> bool:
+    try:
+        return read_manifest(folder) is not None
+    except InvalidManifestError:
+        return False
+
+
+def _first_error(results: list[dict]) -> str:
+    bad = [r for r in results if r.get("error")]
+    return "; ".join(f"rank {r['rank']}: {r['error']}" for r in bad[:4])
+
+
+def save_rank(target: SaveTarget, step: int, state: Any, exchange: Exchange) -> SaveOutcome:
+    t0 = time.perf_counter()
+    local = step_dir(target.local_root, target.job, step)
+    persistent = step_dir(target.persistent_root, target.job, step) if target.persistent_root else None
+    name = shard_file_name(target.rank)
+    outcome = SaveOutcome(step=step, status="failed")
+
+    mine: dict = {"rank": target.rank, "node": target.node_id, "error": "", "exists": False}
+    if _is_complete(local) or (persistent is not None and _is_complete(persistent)):
+        mine["exists"] = True
+    else:
+        try:
+            size, crc = fsio.write_atomic(local / name, lambda w: torch.save(state, w))
+            mine.update(size=size, crc32=crc)
+        except Exception as e:  # noqa: BLE001 - reported to every rank; raising here would hang the others
+            mine["error"] = f"writing {local / name}: {type(e).__name__}: {e}"
+    results = exchange.gather(mine)
+    outcome.timings["local_write_s"] = time.perf_counter() - t0
+
+    if any(r["exists"] for r in results):
+        log.warning("checkpoint step %d already exists complete; not overwriting it", step)
+        outcome.status = "exists"
+        return outcome
+    if any(r["error"] for r in results):
+        outcome.error = _first_error(results)
+        log.error("checkpoint step %d FAILED, no manifest written (previous checkpoint stays the newest): %s",
+                  step, outcome.error)
+        return outcome
+
+    manifest = Manifest(job=target.job, step=step, layout=target.layout, model_fingerprint=target.model_fingerprint,
+                        files=[ShardFile(name=shard_file_name(r["rank"]), rank=r["rank"], size=r["size"],
+                                         crc32=r["crc32"]) for r in sorted(results, key=lambda r: r["rank"])])
+    node_leader = min(r["rank"] for r in results if r["node"] == target.node_id) == target.rank
+    if node_leader:
+        write_manifest(local, manifest)
+    outcome.local_complete = True
+    outcome.bytes_written = mine["size"]
+
+    if persistent is not None:
+        t1 = time.perf_counter()
+        replicated = {"rank": target.rank, "error": ""}
+        try:
+            size, crc = fsio.copy_atomic(local / name, persistent / name)
+            if (size, crc) != (mine["size"], mine["crc32"]):
+                replicated["error"] = f"replica of {name} differs from the local shard (size/crc32)"
+        except OSError as e:
+            replicated["error"] = f"replicating to {persistent / name}: {e}"
+        results = exchange.gather(replicated)
+        if any(r["error"] for r in results):
+            outcome.error = _first_error(results)
+            log.error("checkpoint step %d not replicated (node-local copies are complete): %s", step, outcome.error)
+        else:
+            if target.rank == 0:
+                write_manifest(persistent, manifest)
+            exchange.gather(None)    # everyone knows the persistent manifest exists before reporting
+            outcome.persistent_complete = True
+        outcome.timings["replicate_s"] = time.perf_counter() - t1
+
+    if node_leader:
+        apply_retention(target.local_root, target.job, target.keep)
+    if target.rank == 0 and outcome.persistent_complete:
+        apply_retention(target.persistent_root, target.job, target.keep)
+    outcome.status = "complete" if (outcome.persistent_complete or persistent is None) else "failed"
+    outcome.seconds = time.perf_counter() - t0
+    return outcome

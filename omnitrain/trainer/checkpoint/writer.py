@@ -1,0 +1,70 @@
+"""The background writer: a separate process per rank (not a thread: serialising and checksumming under the GIL
+would slow the training step). It maps the rank's shared-memory staging buffer once, then for each request
+rebuilds the state from it and runs save_rank. Its save-time collectives go through its own gloo group made of the
+writer processes only."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import socket
+import traceback
+
+from omnitrain.trainer.checkpoint.exchange import GroupExchange, SingleExchange
+from omnitrain.trainer.checkpoint.flatten import unflatten_state
+from omnitrain.trainer.checkpoint.save import SaveTarget, save_rank
+from omnitrain.trainer.checkpoint.staging import leaf_views
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+def _die_with_parent() -> None:
+    """A writer must not outlive its trainer (SIGKILL of the trainer, OOM): it would hold shared memory and a
+    half-open process group. Linux: ask the kernel to SIGKILL us when the parent goes."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def writer_main(target: SaveTarget, rendezvous: str | None, parent_pid: int, requests, results) -> None:
+    _die_with_parent()
+    if os.getppid() != parent_pid:      # the parent died before prctl took effect
+        os._exit(1)
+    import torch
+    torch.set_num_threads(1)
+    try:
+        if target.world_size > 1:
+            import torch.distributed as dist
+            dist.init_process_group("gloo", init_method=rendezvous, rank=target.rank,
+                                    world_size=target.world_size)
+            exchange = GroupExchange()
+        else:
+            exchange = SingleExchange()
+        views: list = []
+        while True:
+            msg = requests.get()
+            kind = msg[0]
+            if kind == "stop":
+                break
+            if kind == "buffers":
+                _, buffers, specs = msg
+                views = leaf_views(buffers, specs)
+            elif kind == "save":
+                _, step, skeleton = msg
+                outcome = save_rank(target, step, unflatten_state(skeleton, views), exchange)
+                results.put(("done", outcome))
+    except BaseException:
+        results.put(("crashed", traceback.format_exc()))
+        raise
+    finally:
+        if target.world_size > 1:
+            import torch.distributed as dist
+            if dist.is_initialized():
+                dist.destroy_process_group()
