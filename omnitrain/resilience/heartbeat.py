@@ -1,0 +1,199 @@
+"""Per-rank progress records ("heartbeats") that the watchdog reads from a separate process.
+
+Each rank owns one small JSON file `rank-NNNNN.json` in a pod-local folder (the launcher's OMNITRAIN_HEARTBEAT_DIR).
+A record is replaced atomically (write + rename), so a reader never sees a torn record and a rank that is stopped,
+holds the GIL or blocks in a collective simply stops refreshing its file. The record says which *section* the rank
+is in (setup / step / checkpoint / eval) so the watchdog can give a long checkpoint save a longer leash than a step.
+
+Cost: one ~150-byte write and one rename per training step (tens of microseconds), no collectives.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import json
+import logging
+import os
+import signal
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+log = logging.getLogger(__name__)
+
+ENV_HEARTBEAT_DIR = "OMNITRAIN_HEARTBEAT_DIR"
+SECTIONS = ("setup", "step", "checkpoint", "eval", "done")
+# The watchdog sends this before killing a hung worker; each rank dumps all its threads' stacks to a file.
+STACK_DUMP_SIGNAL = signal.SIGUSR1
+_RECORD_GLOB = "rank-*.json"
+
+
+def record_path(directory: str | os.PathLike, rank: int) -> Path:
+    return Path(directory) / f"rank-{rank:05d}.json"
+
+
+def stack_dump_path(directory: str | os.PathLike, rank: int) -> Path:
+    return Path(directory) / f"stacks-rank-{rank:05d}.txt"
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """What one rank last said about itself."""
+
+    rank: int
+    step: int                     # last completed step (the step resumed from before the first one)
+    section: str                  # one of SECTIONS
+    time: float                   # wall clock (time.time()) of the record
+    pid: int
+    step_seconds: float | None = None   # duration of the step that just completed, for learning the timeout
+
+    def to_json(self) -> str:
+        return json.dumps({k: v for k, v in asdict(self).items() if v is not None}, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Heartbeat":
+        data = json.loads(text)
+        return cls(rank=int(data["rank"]), step=int(data["step"]), section=str(data["section"]),
+                   time=float(data["time"]), pid=int(data["pid"]),
+                   step_seconds=None if data.get("step_seconds") is None else float(data["step_seconds"]))
+
+
+class HeartbeatWriter:
+    """Writes one rank's record. Cheap enough to call on every step; never raises into the training loop."""
+
+    def __init__(self, directory: str | os.PathLike, rank: int, clock: Callable[[], float] = time.time) -> None:
+        self.directory = Path(directory)
+        self.rank = rank
+        self._clock = clock
+        self._path = record_path(self.directory, rank)
+        self._tmp = self._path.with_name(f".{self._path.name}.tmp")
+        self.directory.mkdir(parents=True, exist_ok=True)
+
+    def beat(self, step: int, section: str, step_seconds: float | None = None) -> Heartbeat:
+        if section not in SECTIONS:
+            raise ValueError(f"heartbeat section {section!r} is not one of {SECTIONS}")
+        record = Heartbeat(rank=self.rank, step=int(step), section=section, time=self._clock(), pid=os.getpid(),
+                           step_seconds=step_seconds)
+        try:
+            self._tmp.write_text(record.to_json())
+            os.replace(self._tmp, self._path)
+        except OSError as exc:   # a full or vanished pod-local dir must not stop training
+            log.warning("heartbeat write failed: %s", exc)
+        return record
+
+
+def read_heartbeats(directory: str | os.PathLike) -> dict[int, Heartbeat]:
+    """All ranks' latest records; a rank whose file is missing or unreadable is simply absent."""
+    found: dict[int, Heartbeat] = {}
+    root = Path(directory)
+    if not root.is_dir():
+        return found
+    for path in root.glob(_RECORD_GLOB):
+        try:
+            record = Heartbeat.from_json(path.read_text())
+        except (OSError, ValueError, KeyError):
+            continue
+        found[record.rank] = record
+    return found
+
+
+class HeartbeatCallback:
+    """Training-loop callback: publishes this rank's step and section, and arms a stack dump on STACK_DUMP_SIGNAL.
+
+    Hooks used by omnitrain.trainer.train: on_train_start(step=...), on_step_end(step=..., step_seconds=...),
+    on_train_end(step=...). Checkpointing/evaluation mark their sections with `section("checkpoint", step)` (a
+    context manager) or on_checkpoint_start/on_checkpoint_blocked and on_eval_start/on_eval_end.
+    """
+
+    def __init__(self, directory: str | os.PathLike, rank: int, clock: Callable[[], float] = time.time,
+                 monotonic: Callable[[], float] = time.perf_counter) -> None:
+        self.writer = HeartbeatWriter(directory, rank, clock)
+        self.rank = rank
+        self._monotonic = monotonic
+        self._step = 0
+        self._last_mark: float | None = None
+        self._stack_file = None
+        self._arm_stack_dump(stack_dump_path(directory, rank))
+        self.writer.beat(0, "setup")
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> "HeartbeatCallback | None":
+        """None when not started under `omnitrain launch` (no heartbeat folder): nobody would read the records."""
+        env = os.environ if environ is None else environ
+        directory = env.get(ENV_HEARTBEAT_DIR)
+        if not directory:
+            return None
+        return cls(directory, rank=int(env.get("RANK", 0)))
+
+    def _arm_stack_dump(self, path: Path) -> None:
+        # faulthandler writes from the C signal handler, so it works while Python code holds the GIL in a loop
+        # that never returns to the interpreter's signal check (a plain Python handler would not run).
+        try:
+            self._stack_file = open(path, "w")
+            faulthandler.register(STACK_DUMP_SIGNAL, file=self._stack_file, all_threads=True)
+        except (OSError, ValueError, RuntimeError, AttributeError) as exc:
+            log.debug("stack dump on signal not armed: %s", exc)
+
+    @staticmethod
+    def _arg(state, kwargs: dict, name: str, default=None):
+        if name in kwargs:
+            return kwargs[name]
+        if isinstance(state, dict):
+            return state.get(name, default)
+        return getattr(state, name, default) if state is not None else default
+
+    def on_train_start(self, state=None, **kwargs) -> None:
+        self._step = int(self._arg(state, kwargs, "step", 0) or 0)
+        self._last_mark = self._monotonic()
+        self.writer.beat(self._step, "step")
+
+    def on_step_end(self, state=None, **kwargs) -> None:
+        now = self._monotonic()
+        self._step = int(self._arg(state, kwargs, "step", self._step + 1))
+        seconds = self._arg(state, kwargs, "step_seconds")
+        if seconds is None and self._last_mark is not None:
+            seconds = now - self._last_mark
+        self._last_mark = now
+        self.writer.beat(self._step, "step", None if seconds is None else float(seconds))
+
+    def on_train_end(self, state=None, **kwargs) -> None:
+        self.writer.beat(int(self._arg(state, kwargs, "step", self._step) or self._step), "done")
+
+    def enter(self, name: str, step: int | None = None) -> None:
+        self.writer.beat(self._step if step is None else int(step), name)
+
+    def leave(self) -> None:
+        # Back to "step": the time spent in the section must not count against the next step's duration.
+        self._last_mark = self._monotonic()
+        self.writer.beat(self._step, "step")
+
+    @contextmanager
+    def section(self, name: str, step: int | None = None) -> Iterator[None]:
+        self.enter(name, step)
+        try:
+            yield
+        finally:
+            self.leave()
+
+    def on_checkpoint_start(self, state=None, **kwargs) -> None:
+        self.enter("checkpoint", self._arg(state, kwargs, "step"))
+
+    def on_checkpoint_blocked(self, state=None, **kwargs) -> None:
+        self.leave()
+
+    def on_eval_start(self, state=None, **kwargs) -> None:
+        self.enter("eval", self._arg(state, kwargs, "step"))
+
+    def on_eval_end(self, state=None, **kwargs) -> None:
+        self.leave()
+
+    def close(self) -> None:
+        if self._stack_file is not None:
+            try:
+                faulthandler.unregister(STACK_DUMP_SIGNAL)
+            except (ValueError, RuntimeError):
+                pass
+            self._stack_file.close()
+            self._stack_file = None

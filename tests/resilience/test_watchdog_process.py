@@ -1,0 +1,104 @@
+"""The watchdog as a real process supervising a fake trainer process (heartbeats + a fake RDMA counter tree)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from omnitrain.contract import ExitCode, TerminationMessage
+from omnitrain.resilience.heartbeat import read_heartbeats
+
+FAKE = str(Path(__file__).with_name("fake_trainer.py"))
+TIMEOUT = 2.0
+
+
+def run_watchdog(tmp_path: Path, mode: str, *, rdma: bool = True, extra: list[str] = (), timeout: float = TIMEOUT,
+                 deadline: float = 90.0) -> tuple[subprocess.CompletedProcess, Path]:
+    hb = tmp_path / "hb"
+    rdma_root = tmp_path / "rdma"
+    cmd = [sys.executable, "-m", "omnitrain", "watchdog", "--timeout", str(timeout), "--workers", "1",
+           "--heartbeat-dir", str(hb), "--rdma-root", str(rdma_root), "--poll", "0.1", "--status-every", "1",
+           "--no-gpu-health", "--termination-log", str(tmp_path / "termination-log"), "--",
+           sys.executable, FAKE, mode, "--marker", str(tmp_path / "fault-began"), *extra]
+    if rdma:
+        cmd += ["--rdma-root", str(rdma_root)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=deadline, env=env)
+    return result, hb
+
+
+def termination(tmp_path: Path) -> TerminationMessage | None:
+    path = tmp_path / "termination-log"
+    return TerminationMessage.from_json(path.read_text()) if path.exists() else None
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("mode", ["sigstop", "blocked"])
+def test_stopped_or_blocked_trainer_with_stalled_counters_is_a_hang(tmp_path, mode):
+    result, hb = run_watchdog(tmp_path, mode)
+    ended = time.time()
+    assert result.returncode == ExitCode.HANG, result.stderr[-3000:]
+    msg = termination(tmp_path)
+    assert msg is not None and msg.reason == "HangDetected"
+    assert msg.step == 10
+    assert msg.evidence["stalled_ranks"] == [0]
+    assert msg.evidence["last_step_by_rank"] == {"0": 10}
+    assert msg.evidence["rdma"] != "no_evidence"
+    assert (hb / "hang-evidence.json").exists()
+    # The whole worker group is gone, stopped or not.
+    worker_pid = read_heartbeats(hb)[0].pid
+    assert not pid_alive(worker_pid)
+    began = float((tmp_path / "fault-began").read_text())
+    print(f"{mode}: detected and ended {ended - began:.2f}s after the fault (timeout {TIMEOUT}s)")
+
+
+def test_blocked_trainer_dumps_its_stack_before_the_kill(tmp_path):
+    result, hb = run_watchdog(tmp_path, "blocked")
+    assert result.returncode == ExitCode.HANG
+    dumps = termination(tmp_path).evidence["stack_dumps"]
+    assert len(dumps) == 1
+    text = Path(dumps[0]).read_text()
+    assert "fake_trainer.py" in text and "main" in text   # faulthandler's traceback of the blocked thread
+
+
+def test_no_rdma_devices_means_heartbeats_alone_decide(tmp_path):
+    result, _ = run_watchdog(tmp_path, "sigstop", rdma=False)
+    assert result.returncode == ExitCode.HANG
+    assert termination(tmp_path).evidence["rdma"] == "no_evidence"
+
+
+def test_slow_step_with_moving_counters_is_not_a_hang(tmp_path):
+    result, _ = run_watchdog(tmp_path, "slow", extra=["--slow", str(3 * TIMEOUT)])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "slow step" in result.stderr
+    assert termination(tmp_path) is None
+
+
+def test_workers_exit_code_passes_through(tmp_path):
+    crashed, _ = run_watchdog(tmp_path / "crash", "crash")
+    assert crashed.returncode == 1
+    assert termination(tmp_path / "crash") is None
+    ok, hb = run_watchdog(tmp_path / "ok", "ok")
+    assert ok.returncode == 0
+    assert read_heartbeats(hb)[0].section == "done"
+
+
+def test_missing_worker_command_is_a_clear_error(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "omnitrain", "watchdog", "--timeout", "5"], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == ExitCode.CONFIG
+    assert "needs the worker command after `--`" in result.stderr
+    assert "Traceback" not in result.stderr
