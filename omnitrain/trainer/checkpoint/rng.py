@@ -24,13 +24,15 @@ def capture_rng_state() -> dict:
 
 def restore_rng_state(state: dict) -> None:
     random.setstate(_as_python_state(state["python"]))
-    torch.set_rng_state(state["torch"])
+    # Loaded tensors may view one shared storage at an offset (see staging); the generator setters want their
+    # own contiguous storage, so hand them copies.
+    torch.set_rng_state(state["torch"].clone())
     if "numpy" in state:
         import numpy as np
         np.random.set_state(state["numpy"])
     if "cuda" in state and torch.cuda.is_available():
         # A resume on a different number of local devices restores the ones that exist.
-        states = state["cuda"][: torch.cuda.device_count()]
+        states = [s.clone() for s in state["cuda"][: torch.cuda.device_count()]]
         torch.cuda.set_rng_state_all(states)
 
 
