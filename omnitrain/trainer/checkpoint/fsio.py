@@ -20,12 +20,22 @@ class ChecksumWriter:
         self._f = f
         self.crc32 = 0
         self.size = 0
+        self.error: OSError | None = None   # torch.save turns a failing write into a vague RuntimeError
 
     def write(self, data) -> int:
-        view = memoryview(data)
+        view = memoryview(data).cast("B")
         self.crc32 = zlib.crc32(view, self.crc32)
         self.size += view.nbytes
-        return self._f.write(view)
+        # Unbuffered raw writes may be partial; loop so a full disk surfaces as OSError(ENOSPC) here rather than
+        # as a short count the serializer misreports.
+        done = 0
+        try:
+            while done < view.nbytes:
+                done += self._f.write(view[done:])
+        except OSError as e:
+            self.error = self.error or e
+            raise
+        return view.nbytes
 
     def flush(self) -> None:
         self._f.flush()
@@ -48,15 +58,18 @@ def write_atomic(final: Path, produce: Callable[[ChecksumWriter], None]) -> tupl
     and the previous content under `final` (if any) is untouched."""
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_name(final)
+    writer = None
     try:
-        with open(tmp, "wb") as f:
+        with open(tmp, "wb", buffering=0) as f:
             writer = ChecksumWriter(f)
             produce(writer)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, final)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        if writer is not None and writer.error is not None and writer.error is not e:
+            raise writer.error from e
         raise
     fsync_dir(final.parent)
     return writer.size, writer.crc32

@@ -12,6 +12,7 @@ Order (each rank, collectives through an Exchange):
 
 from __future__ import annotations
 
+import errno
 import logging
 import time
 from dataclasses import dataclass, field
@@ -85,6 +86,9 @@ def save_rank(target: SaveTarget, step: int, state: Any, exchange: Exchange) -> 
             mine.update(size=size, crc32=crc)
         except Exception as e:  # noqa: BLE001 - reported to every rank; raising here would hang the others
             mine["error"] = f"writing {local / name}: {type(e).__name__}: {e}"
+            if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+                mine["error"] += (f" (free space under {target.local_root} or lower checkpoint.keep; the previous "
+                                  f"complete checkpoint is untouched)")
     results = exchange.gather(mine)
     outcome.timings["local_write_s"] = time.perf_counter() - t0
 

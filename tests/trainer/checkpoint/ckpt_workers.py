@@ -145,3 +145,24 @@ def launch_ranks(fn, world: int, *args):
     from omnitrain.trainer.parallel.testing import free_port
     return mp.start_processes(_entry, args=(world, free_port(), fn, args), nprocs=world, join=False,
                               start_method="spawn")
+
+
+def _wait_for_file(path: str) -> str:
+    deadline = time.monotonic() + 120
+    Path(path + ".writer-waiting").write_text("")
+    while not Path(path).exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"gate {path} never opened")
+        time.sleep(0.02)
+    return "gate"
+
+
+class Gate:
+    """A state value whose unpickling in the writer process waits until a file exists: holds a save in flight
+    for as long as a test needs, without timing assumptions."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        return (_wait_for_file, (self.path,))
