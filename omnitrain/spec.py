@@ -105,6 +105,8 @@ class CheckpointSpec(_Spec):
     interval_steps: int = Field(50, ge=1, description="Steps between checkpoints.")
     async_save: bool = Field(True, alias="async", description="Write in the background; block only for the copy.")
     keep: int = Field(3, ge=1, description="Complete checkpoints kept on each tier.")
+    when_busy: Literal["wait", "skip"] = Field(
+        "wait", description="A checkpoint due while the previous one is still being written: wait for it or skip.")
 
 
 class ResilienceSpec(_Spec):
