@@ -37,7 +37,7 @@ def read_counters(root: str | os.PathLike = DEFAULT_RDMA_ROOT) -> dict[str, int]
             value = int(counter_file.read_text().strip())
         except (OSError, ValueError):
             continue   # a port going away mid-read is not evidence either way
-        device, port = counter_file.parents[2].name, counter_file.parents[0].name
+        device, port = counter_file.parents[3].name, counter_file.parents[1].name
         values[f"{device}/{port}/{counter_file.name}"] = value
     return values
 

@@ -1,0 +1,177 @@
+"""Why did an attempt fail? Pure classification of observed pods and nodes into one failure class.
+
+Input: what the operator sees (`observe_pod` / `observe_node` turn API objects, as dicts, into small records).
+Output: one `Failure` for the attempt — the most specific cause among the pods, because in a gang one root cause
+(a hang, a lost node) makes the other ranks fail too (their collectives break: plain crashes).
+
+Classes and what recovery does with them (omnitrain.resilience.recovery):
+  Permanent  config/data error (exit 3/4), image cannot be pulled, bad container config: fail, restart won't help
+  Hardware   exit 43 / termination reason HardwareFault: restart without the node, isolate it
+  NodeLost   node NotReady or deleted under a running pod: restart without the node
+  Preempted  scheduler preemption / eviction / DisruptionTarget: restart, not counted toward maxRestarts
+  Hang       exit 42 / HangDetected: restart
+  OOM        container OOMKilled: restart (counts; the no-progress counter stops a loop)
+  Crash      any other failure: restart
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+from omnitrain.contract import PERMANENT_EXIT_CODES, ExitCode, TerminationMessage
+
+
+class FailureClass(str, Enum):
+    PERMANENT = "Permanent"
+    HARDWARE = "Hardware"
+    NODE_LOST = "NodeLost"
+    PREEMPTED = "Preempted"
+    HANG = "Hang"
+    OOM = "OOM"
+    CRASH = "Crash"
+
+
+# Most specific first: the class that explains the others wins.
+PRECEDENCE = (FailureClass.PERMANENT, FailureClass.HARDWARE, FailureClass.NODE_LOST, FailureClass.PREEMPTED,
+              FailureClass.HANG, FailureClass.OOM, FailureClass.CRASH)
+
+# Waiting reasons of a container that will not start however often we restart.
+PERMANENT_WAITING_REASONS = frozenset({
+    "ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull", "CreateContainerConfigError",
+    "CreateContainerError",
+})
+# Pod-level reasons/conditions that mean "taken away", not "broken" (jobset PR #601: do not burn the budget).
+DISRUPTION_REASONS = frozenset({"Evicted", "Preempting", "PreemptionByScheduler", "EvictionByEvictionAPI",
+                                "TerminationByKubelet", "Shutdown", "NodeShutdown"})
+NODE_LOSS_REASONS = frozenset({"NodeLost", "DeletionByTaintManager", "DeletionByPodGC"})
+_PERMANENT_EXIT_REASONS = {ExitCode.CONFIG: "ConfigError", ExitCode.NO_PROGRESS: "NoProgress"}
+
+
+@dataclass(frozen=True)
+class PodObservation:
+    name: str
+    node: str | None = None
+    phase: str = "Running"                     # Pending / Running / Succeeded / Failed / Unknown
+    exit_code: int | None = None               # terminated main container
+    container_reason: str | None = None        # terminated reason (OOMKilled, Error, ...)
+    waiting_reason: str | None = None          # e.g. ImagePullBackOff
+    termination_message: str | None = None
+    pod_reason: str | None = None              # status.reason (Evicted, NodeLost, ...)
+    disruption_reason: str | None = None       # reason of a DisruptionTarget condition that is True
+    deleted: bool = False                      # metadata.deletionTimestamp set or the pod vanished
+
+
+@dataclass(frozen=True)
+class NodeObservation:
+    name: str
+    ready: bool = True
+    exists: bool = True
+
+
+@dataclass(frozen=True)
+class Failure:
+    failure_class: FailureClass
+    reason: str                                # short CamelCase, for conditions/events
+    message: str
+    pods: tuple[str, ...] = ()
+    nodes: tuple[str, ...] = ()                # nodes to keep out of the next attempt
+    isolate: bool = False                      # taint/label the nodes (hardware evidence)
+    step: int | None = None                    # last step a pod reported in its termination message
+    evidence: dict = field(default_factory=dict)
+
+    @property
+    def counts_toward_budget(self) -> bool:
+        return self.failure_class is not FailureClass.PREEMPTED
+
+    @property
+    def retryable(self) -> bool:
+        return self.failure_class is not FailureClass.PERMANENT
+
+
+def observe_node(node: dict | None, name: str) -> NodeObservation:
+    """A Node object (dict as the API returns it) or None when it is gone."""
+    if node is None:
+        return NodeObservation(name=name, ready=False, exists=False)
+    conditions = (node.get("status") or {}).get("conditions") or []
+    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+    return NodeObservation(name=name, ready=ready, exists=True)
+
+
+def observe_pod(pod: dict, main_container: str | None = None) -> PodObservation:
+    """A Pod object (dict, camelCase as kopf and the API return it) -> the facts classification needs."""
+    meta, spec, status = pod.get("metadata") or {}, pod.get("spec") or {}, pod.get("status") or {}
+    statuses = status.get("containerStatuses") or []
+    chosen = next((c for c in statuses if c.get("name") == main_container), statuses[0] if statuses else {})
+    state = chosen.get("state") or {}
+    # A restarted container's interesting end is in lastState (restartPolicy Never keeps it in state).
+    terminated = state.get("terminated") or (chosen.get("lastState") or {}).get("terminated") or {}
+    waiting = state.get("waiting") or {}
+    disruption = next((c.get("reason") for c in status.get("conditions") or []
+                       if c.get("type") == "DisruptionTarget" and c.get("status") == "True"), None)
+    return PodObservation(
+        name=meta.get("name", ""), node=spec.get("nodeName"), phase=status.get("phase", "Pending"),
+        exit_code=terminated.get("exitCode"), container_reason=terminated.get("reason"),
+        waiting_reason=waiting.get("reason"), termination_message=terminated.get("message"),
+        pod_reason=status.get("reason"), disruption_reason=disruption,
+        deleted=bool(meta.get("deletionTimestamp")))
+
+
+def _classify_pod(pod: PodObservation, nodes: dict[str, NodeObservation]) -> tuple[FailureClass, str, str] | None:
+    """(class, reason, message) for one pod, or None when this pod shows no failure."""
+    msg = TerminationMessage.from_json(pod.termination_message)
+    code = pod.exit_code
+    if pod.waiting_reason in PERMANENT_WAITING_REASONS:
+        return FailureClass.PERMANENT, pod.waiting_reason, f"pod {pod.name}: container cannot start " \
+                                                           f"({pod.waiting_reason}); fix the image or pod config"
+    if code is not None and code in PERMANENT_EXIT_CODES:
+        reason = msg.reason if msg else _PERMANENT_EXIT_REASONS[ExitCode(code)]
+        detail = f": {msg.message}" if msg and msg.message else ""
+        return FailureClass.PERMANENT, reason, f"pod {pod.name} exited with {code} ({reason}){detail}"
+    if code == ExitCode.HARDWARE or (msg and msg.reason == "HardwareFault"):
+        return FailureClass.HARDWARE, "HardwareFault", f"pod {pod.name} on {pod.node}: hardware fault" + (
+            f" ({msg.message})" if msg and msg.message else "")
+    node = nodes.get(pod.node) if pod.node else None
+    node_gone = node is not None and (not node.exists or not node.ready)
+    if node_gone or pod.pod_reason in NODE_LOSS_REASONS or pod.disruption_reason in NODE_LOSS_REASONS:
+        what = "deleted" if node is not None and not node.exists else "NotReady"
+        return FailureClass.NODE_LOST, "NodeLost", f"node {pod.node} of pod {pod.name} is {what}"
+    if pod.disruption_reason or pod.pod_reason in DISRUPTION_REASONS:
+        why = pod.disruption_reason or pod.pod_reason
+        return FailureClass.PREEMPTED, "Preempted", f"pod {pod.name} was disrupted ({why})"
+    if code == ExitCode.HANG or (msg and msg.reason == "HangDetected"):
+        return FailureClass.HANG, "HangDetected", f"pod {pod.name}: " + (msg.message if msg and msg.message
+                                                                         else "watchdog found no progress")
+    if pod.container_reason == "OOMKilled":
+        return FailureClass.OOM, "OOMKilled", f"pod {pod.name} ran out of memory (exit {code})"
+    if pod.phase == "Failed" or (code not in (None, 0)):
+        return FailureClass.CRASH, "Crash", f"pod {pod.name} failed (exit {code}, {pod.container_reason})"
+    if pod.deleted and pod.phase != "Succeeded":
+        return FailureClass.CRASH, "PodDeleted", f"pod {pod.name} was deleted while running"
+    return None
+
+
+def classify(pods: list[PodObservation], nodes: list[NodeObservation] | None = None) -> Failure | None:
+    """The attempt's failure, or None when no pod shows one (still running, or all succeeded)."""
+    by_name = {n.name: n for n in nodes or []}
+    found = [(pod, c) for pod in pods if (c := _classify_pod(pod, by_name)) is not None]
+    if not found:
+        return None
+    best = min(found, key=lambda pc: PRECEDENCE.index(pc[1][0]))
+    cls, reason, message = best[1]
+    same = [pod for pod, c in found if c[0] is cls]
+    bad_nodes: tuple[str, ...] = ()
+    if cls in (FailureClass.HARDWARE, FailureClass.NODE_LOST):
+        bad_nodes = tuple(sorted({p.node for p in same if p.node}))
+    steps = [m.step for p in same if (m := TerminationMessage.from_json(p.termination_message)) and m.step is not None]
+    evidence = {}
+    for p in same:
+        m = TerminationMessage.from_json(p.termination_message)
+        if m and m.evidence:
+            evidence = m.evidence
+            break
+    if len(same) > 1:
+        message += f" (and {len(same) - 1} more pod(s) alike)"
+    return Failure(failure_class=cls, reason=reason, message=message, pods=tuple(p.name for p in same),
+                   nodes=bad_nodes, isolate=cls is FailureClass.HARDWARE, step=min(steps) if steps else None,
+                   evidence=evidence)

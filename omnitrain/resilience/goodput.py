@@ -1,0 +1,157 @@
+"""Goodput of a job from its timeline of events (pure), with ml-goodput-measurement's definitions:
+
+  goodput = productive step time / job wall time
+  badput  = the rest, by cause:
+    startup             attempt created (or its pods Running again, after a restart) -> its first step begins,
+                        less the restore time
+    data_loading        the part of steps spent waiting for input
+    checkpoint_save     time the training loop was blocked by saves
+    checkpoint_restore  loading the checkpoint a restarted attempt resumes from
+    wasted_progress     steps redone because the next attempt resumed from an older checkpoint, and the work in
+                        flight between the last completed step and the failure
+    recovery            infrastructure recovery: failure -> detection -> teardown -> pods Running again
+    other               whatever the events do not explain (wall - everything above)
+
+Events are plain data; the operator builds them from pod/job transitions and the metrics log, bench/recovery.py
+from what it injects and observes. Times are wall-clock seconds; a STEP event is stamped at the step's end and
+carries its duration (excluding checkpoint blocking, which CHECKPOINT_SAVE carries).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+BADPUT_CAUSES = ("startup", "data_loading", "checkpoint_save", "checkpoint_restore", "wasted_progress", "recovery",
+                 "other")
+
+
+class EventKind(str, Enum):
+    ATTEMPT_START = "attempt_start"      # the attempt's pods were created (attempt 0: the job started)
+    PODS_RUNNING = "pods_running"        # every pod of the attempt is Running
+    RESTORE = "restore"                  # stamped at its end; seconds = duration, step = the step resumed from
+    STEP = "step"                        # stamped at its end; seconds = duration, data_seconds = input wait in it
+    CHECKPOINT_SAVE = "checkpoint_save"  # seconds = time the loop was blocked
+    FAILURE = "failure"                  # the fault happened (injected, or the last sign of life)
+    DETECTION = "detection"              # the fault was noticed (watchdog exit, pod Failed, node NotReady)
+    JOB_END = "job_end"
+
+
+@dataclass(frozen=True)
+class Event:
+    time: float
+    kind: EventKind
+    attempt: int = 0
+    step: int | None = None
+    seconds: float = 0.0
+    data_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class RecoveryTiming:
+    """One failure and what it took to get back to training."""
+
+    attempt: int                        # the attempt that failed
+    detection_seconds: float | None     # failure -> detection
+    relaunch_seconds: float | None      # detection -> the next attempt's pods Running
+    first_step_seconds: float | None    # pods Running -> the next attempt's first completed step
+
+
+@dataclass
+class GoodputReport:
+    wall_seconds: float
+    productive_seconds: float
+    badput_seconds: dict[str, float]
+    recoveries: list[RecoveryTiming] = field(default_factory=list)
+
+    @property
+    def goodput(self) -> float:
+        return self.productive_seconds / self.wall_seconds if self.wall_seconds > 0 else 0.0
+
+    def to_status(self) -> dict:
+        """The shape the operator puts in status.goodput (camelCase)."""
+        return {"ratio": round(self.goodput, 4), "wallSeconds": round(self.wall_seconds, 1),
+                "productiveSeconds": round(self.productive_seconds, 1),
+                "badputSeconds": {k: round(v, 1) for k, v in self.badput_seconds.items()}}
+
+
+def _first(events: list[Event], kind: EventKind) -> Event | None:
+    return next((e for e in events if e.kind is kind), None)
+
+
+def compute_goodput(events: list[Event]) -> GoodputReport:
+    if not events:
+        return GoodputReport(0.0, 0.0, {c: 0.0 for c in BADPUT_CAUSES})
+    events = sorted(events, key=lambda e: e.time)
+    attempts = sorted({e.attempt for e in events})
+    by_attempt = {a: [e for e in events if e.attempt == a] for a in attempts}
+    t0 = min(e.time for e in events)
+    end = _first(events, EventKind.JOB_END)
+    t_end = end.time if end is not None else max(e.time for e in events)
+    badput = {c: 0.0 for c in BADPUT_CAUSES}
+    productive = 0.0
+
+    def resumed_from(a: int) -> int:
+        restore = _first(by_attempt[a], EventKind.RESTORE)
+        if restore is not None and restore.step is not None:
+            return restore.step
+        first = _first(by_attempt[a], EventKind.STEP)
+        return (first.step - 1) if first is not None and first.step is not None else 0
+
+    resumes = {a: resumed_from(a) for a in attempts}
+    for a in attempts:
+        later = [resumes[b] for b in attempts if b > a]
+        redo_bound = min(later) if later else None
+        for e in by_attempt[a]:
+            if e.kind is EventKind.STEP:
+                data = min(max(e.data_seconds, 0.0), e.seconds)
+                if redo_bound is not None and e.step is not None and e.step > redo_bound:
+                    badput["wasted_progress"] += e.seconds
+                else:
+                    productive += e.seconds - data
+                    badput["data_loading"] += data
+            elif e.kind is EventKind.CHECKPOINT_SAVE:
+                badput["checkpoint_save"] += e.seconds
+            elif e.kind is EventKind.RESTORE:
+                badput["checkpoint_restore"] += e.seconds
+
+    def began(a: int, previous_failed: bool) -> float:
+        """Where an attempt's own time starts: its pods Running after a restart, else its creation."""
+        evs = by_attempt[a]
+        running = _first(evs, EventKind.PODS_RUNNING)
+        start = _first(evs, EventKind.ATTEMPT_START)
+        if previous_failed and running is not None:
+            return running.time
+        return start.time if start is not None else evs[0].time
+
+    recoveries: list[RecoveryTiming] = []
+    for i, a in enumerate(attempts):
+        evs = by_attempt[a]
+        steps = [e for e in evs if e.kind is EventKind.STEP]
+        restore = sum(e.seconds for e in evs if e.kind is EventKind.RESTORE)
+        start = began(a, i > 0)
+        if steps:
+            first_step_begins = steps[0].time - steps[0].seconds
+            badput["startup"] += max(0.0, first_step_begins - start - restore)
+        if i + 1 >= len(attempts):
+            continue
+        nxt = attempts[i + 1]
+        last_step_end = steps[-1].time if steps else start
+        failure = _first(evs, EventKind.FAILURE)
+        detection = _first(evs, EventKind.DETECTION)
+        t_fail = failure.time if failure is not None else (detection.time if detection is not None
+                                                          else last_step_end)
+        badput["wasted_progress"] += max(0.0, t_fail - last_step_end)   # the step in flight when it failed
+        t_back = began(nxt, True)
+        badput["recovery"] += max(0.0, t_back - t_fail)
+        next_steps = [e for e in by_attempt[nxt] if e.kind is EventKind.STEP]
+        recoveries.append(RecoveryTiming(
+            attempt=a,
+            detection_seconds=None if detection is None else max(0.0, detection.time - t_fail),
+            relaunch_seconds=None if detection is None else max(0.0, t_back - detection.time),
+            first_step_seconds=None if not next_steps else max(0.0, next_steps[0].time - t_back)))
+
+    wall = max(0.0, t_end - t0)
+    badput["other"] = max(0.0, wall - productive - sum(v for k, v in badput.items() if k != "other"))
+    return GoodputReport(wall_seconds=wall, productive_seconds=productive, badput_seconds=badput,
+                         recoveries=recoveries)

@@ -1,0 +1,131 @@
+"""What to do about a failed attempt. Pure: (failure, recovery state, spec.resilience) -> action + next state.
+
+Rules:
+- Permanent failures fail the job at once (restarting cannot fix a config or image error).
+- Preemption/eviction restarts without using the budget and without touching the no-progress counter.
+- Other failures count toward maxRestarts; the job fails when the budget is spent.
+- No-progress: a counted failure whose newest complete checkpoint is not newer than at the previous counted failure
+  adds one; maxNoProgressRestarts of those in a row end the job (a crash loop that never saves a new checkpoint).
+- Back-off before a counted restart: restartBackoffSeconds x 2^(counted restarts so far), capped.
+- Hardware evidence isolates the node (taint/label omnitrain.dev/isolated, when isolateNodes) and excludes it;
+  a lost node is excluded. Excluded nodes accumulate over attempts (status.excludedNodes).
+- With a known count of usable nodes smaller than the job needs, the action is Wait (not Fail): capacity may return.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from enum import Enum
+
+from omnitrain.resilience.classify import Failure, FailureClass
+from omnitrain.spec import ResilienceSpec
+
+ISOLATION_KEY = "omnitrain.dev/isolated"      # label and NoSchedule taint key put on a node with hardware evidence
+MAX_BACKOFF_SECONDS = 600.0
+
+
+class ActionKind(str, Enum):
+    GANG_RESTART = "GangRestart"
+    FAIL = "Fail"
+    WAIT = "Wait"
+
+
+@dataclass(frozen=True)
+class RecoveryState:
+    """What the operator keeps in status between attempts (survives operator restarts)."""
+
+    restarts: int = 0                          # counted toward maxRestarts
+    total_restarts: int = 0                    # including preemptions
+    no_progress_restarts: int = 0
+    checkpoint_step_at_last_failure: int | None = None
+    excluded_nodes: tuple[str, ...] = ()
+
+    def to_status(self) -> dict:
+        return {"restarts": self.restarts, "totalRestarts": self.total_restarts,
+                "noProgressRestarts": self.no_progress_restarts,
+                "checkpointStepAtLastFailure": self.checkpoint_step_at_last_failure,
+                "excludedNodes": list(self.excluded_nodes)}
+
+    @classmethod
+    def from_status(cls, status: dict | None) -> "RecoveryState":
+        s = status or {}
+        return cls(restarts=int(s.get("restarts") or 0), total_restarts=int(s.get("totalRestarts") or 0),
+                   no_progress_restarts=int(s.get("noProgressRestarts") or 0),
+                   checkpoint_step_at_last_failure=s.get("checkpointStepAtLastFailure"),
+                   excluded_nodes=tuple(s.get("excludedNodes") or ()))
+
+
+@dataclass(frozen=True)
+class RecoveryAction:
+    kind: ActionKind
+    reason: str                                # CamelCase for a condition/event
+    message: str
+    delay_seconds: float = 0.0                 # GangRestart: wait this long before creating the new attempt
+    exclude_nodes: tuple[str, ...] = ()        # all nodes the next attempt must avoid (accumulated)
+    isolate_nodes: tuple[str, ...] = ()        # nodes to taint/label now
+    state: RecoveryState = field(default_factory=RecoveryState)   # the state to store with this action
+
+
+def backoff_seconds(base: float, counted_restarts: int, cap: float = MAX_BACKOFF_SECONDS) -> float:
+    if base <= 0:
+        return 0.0
+    return float(min(cap, base * 2 ** counted_restarts))
+
+
+def plan_recovery(failure: Failure | None, state: RecoveryState, policy: ResilienceSpec,
+                  last_checkpoint_step: int | None, nodes_needed: int | None = None,
+                  usable_nodes: list[str] | None = None) -> RecoveryAction:
+    """`last_checkpoint_step`: the job's newest complete checkpoint now (None: none yet).
+    `usable_nodes`: schedulable, Ready nodes for the job if known (before this failure's exclusions)."""
+    if failure is None:
+        return RecoveryAction(ActionKind.WAIT, "NoFailure", "no pod shows a failure", state=state)
+    cls = failure.failure_class
+    if cls is FailureClass.PERMANENT:
+        return RecoveryAction(ActionKind.FAIL, failure.reason, f"{failure.message}; not restarting: restarting "
+                              "cannot fix this", state=state)
+
+    excluded = tuple(sorted(set(state.excluded_nodes) | set(failure.nodes)))
+    isolate = failure.nodes if (failure.isolate and policy.isolate_nodes) else ()
+    next_state = replace(state, total_restarts=state.total_restarts + 1, excluded_nodes=excluded)
+
+    if failure.counts_toward_budget:
+        if state.restarts >= policy.max_restarts:
+            return RecoveryAction(
+                ActionKind.FAIL, "RestartBudgetExhausted",
+                f"{failure.message}; {state.restarts} restart(s) used of maxRestarts={policy.max_restarts} "
+                "(raise spec.resilience.maxRestarts to allow more)", isolate_nodes=isolate, exclude_nodes=excluded,
+                state=replace(state, excluded_nodes=excluded))
+        previous = state.checkpoint_step_at_last_failure
+        if state.restarts == 0:
+            no_progress = 0       # the first failure only sets the reference point
+        else:
+            advanced = last_checkpoint_step is not None and (previous is None or last_checkpoint_step > previous)
+            no_progress = 0 if advanced else state.no_progress_restarts + 1
+        next_state = replace(next_state, restarts=state.restarts + 1, no_progress_restarts=no_progress,
+                             checkpoint_step_at_last_failure=last_checkpoint_step)
+        if no_progress >= policy.max_no_progress_restarts:
+            return RecoveryAction(
+                ActionKind.FAIL, "NoProgress",
+                f"{failure.message}; {no_progress} restart(s) in a row without a newer checkpoint than step "
+                f"{last_checkpoint_step} (maxNoProgressRestarts={policy.max_no_progress_restarts})",
+                isolate_nodes=isolate, exclude_nodes=excluded, state=next_state)
+        delay = backoff_seconds(policy.restart_backoff_seconds, state.restarts)
+    else:
+        delay = 0.0
+
+    if nodes_needed is not None and usable_nodes is not None:
+        left = [n for n in usable_nodes if n not in excluded]
+        if len(left) < nodes_needed:
+            return RecoveryAction(
+                ActionKind.WAIT, "InsufficientNodes",
+                f"{failure.message}; {len(left)} usable node(s) without the excluded {list(excluded)}, "
+                f"{nodes_needed} needed: waiting for capacity", exclude_nodes=excluded, isolate_nodes=isolate,
+                state=next_state)
+
+    resume = "from scratch" if last_checkpoint_step is None else f"from checkpoint step {last_checkpoint_step}"
+    counted = (f"restart {next_state.restarts}/{policy.max_restarts}" if failure.counts_toward_budget
+               else "not counted toward maxRestarts")
+    extra = f", excluding {list(excluded)}" if excluded else ""
+    return RecoveryAction(ActionKind.GANG_RESTART, failure.reason,
+                          f"{failure.message}; gang restart {resume} ({counted}{extra})",
+                          delay_seconds=delay, exclude_nodes=excluded, isolate_nodes=isolate, state=next_state)
