@@ -1,0 +1,79 @@
+"""Goodput from event timelines worked out by hand."""
+
+from __future__ import annotations
+
+import pytest
+
+from omnitrain.resilience.goodput import BADPUT_CAUSES, Event, EventKind, compute_goodput
+
+K = EventKind
+
+
+def steps(attempt: int, first_step: int, count: int, start: float, seconds: float, data: float = 0.0) -> list[Event]:
+    return [Event(start + (i + 1) * seconds, K.STEP, attempt, step=first_step + i, seconds=seconds,
+                  data_seconds=data) for i in range(count)]
+
+
+def test_uninterrupted_run():
+    # created at 0, first step begins at 10 (startup), 10 steps of 2 s with 0.5 s input wait each,
+    # one save blocking 1 s after step 5 (steps after it shift by 1 s), end at 31.
+    events = [Event(0, K.ATTEMPT_START, 0)]
+    events += steps(0, 1, 5, start=10, seconds=2, data=0.5)
+    events += [Event(21, K.CHECKPOINT_SAVE, 0, step=5, seconds=1)]
+    events += steps(0, 6, 5, start=21, seconds=2, data=0.5)
+    events += [Event(31, K.JOB_END, 0)]
+    report = compute_goodput(events)
+    assert report.wall_seconds == 31
+    assert report.productive_seconds == pytest.approx(15)          # 10 x (2 - 0.5)
+    assert report.badput_seconds == pytest.approx({
+        "startup": 10, "data_loading": 5, "checkpoint_save": 1, "checkpoint_restore": 0,
+        "wasted_progress": 0, "recovery": 0, "other": 0})
+    assert report.goodput == pytest.approx(15 / 31)
+    assert report.recoveries == []
+
+
+def test_failure_restart_from_checkpoint():
+    # Attempt 0: created 0, steps 1..6 of 1 s from t=5 (ends 11); checkpoint at step 4 (blocking 0.5 s, included
+    # in the timeline after step 4 ends at 9 -> steps 5, 6 end at 10.5, 11.5). Fault at 12 (0.5 s into step 7),
+    # detected at 20 (watchdog), pods Running again at 30; restore 2 s (ends 32) from step 4; steps 5..10 of 1 s
+    # from 33; job ends at 39.
+    events = [Event(0, K.ATTEMPT_START, 0)]
+    events += steps(0, 1, 4, start=5, seconds=1)
+    events += [Event(9.5, K.CHECKPOINT_SAVE, 0, step=4, seconds=0.5)]
+    events += steps(0, 5, 2, start=9.5, seconds=1)
+    events += [Event(12, K.FAILURE, 0), Event(20, K.DETECTION, 0),
+               Event(22, K.ATTEMPT_START, 1), Event(30, K.PODS_RUNNING, 1),
+               Event(32, K.RESTORE, 1, step=4, seconds=2)]
+    events += steps(1, 5, 6, start=33, seconds=1)
+    events += [Event(39, K.JOB_END, 1)]
+    report = compute_goodput(events)
+    b = report.badput_seconds
+    assert report.wall_seconds == 39
+    assert report.productive_seconds == pytest.approx(4 + 6)       # steps 1-4 of attempt 0 and 5-10 of attempt 1
+    assert b["wasted_progress"] == pytest.approx(2 + 0.5)         # steps 5, 6 redone + half of step 7 lost
+    assert b["recovery"] == pytest.approx(30 - 12)                 # fault -> pods Running again
+    assert b["checkpoint_restore"] == pytest.approx(2)
+    assert b["checkpoint_save"] == pytest.approx(0.5)
+    assert b["startup"] == pytest.approx(5 + (33 - 30 - 2))        # attempt 0: 5 s; attempt 1: 1 s after restore
+    assert b["other"] == pytest.approx(39 - 10 - sum(v for k, v in b.items() if k != "other"))
+    assert sum(b.values()) + report.productive_seconds == pytest.approx(39)
+    [rec] = report.recoveries
+    assert (rec.attempt, rec.detection_seconds, rec.relaunch_seconds, rec.first_step_seconds) == (0, 8, 10, 4)
+    status = report.to_status()
+    assert status["ratio"] == round(10 / 39, 4) and set(status["badputSeconds"]) == set(BADPUT_CAUSES)
+
+
+def test_without_failure_or_running_events():
+    # Only detection known (e.g. a pod Failed): the fault is dated at its detection; time since the last step is lost.
+    events = [Event(0, K.ATTEMPT_START, 0)] + steps(0, 1, 3, start=0, seconds=1) + [
+        Event(5, K.DETECTION, 0), Event(6, K.ATTEMPT_START, 1)] + steps(1, 1, 3, start=6, seconds=1)
+    report = compute_goodput(events)
+    assert report.badput_seconds["wasted_progress"] == pytest.approx(3 + 2)   # 3 steps redone + 3..5 in flight
+    assert report.badput_seconds["recovery"] == pytest.approx(1)
+    assert report.productive_seconds == pytest.approx(3)
+    assert report.recoveries[0].detection_seconds == 0
+
+
+def test_empty_timeline():
+    report = compute_goodput([])
+    assert report.goodput == 0 and report.wall_seconds == 0
