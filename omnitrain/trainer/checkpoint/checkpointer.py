@@ -62,7 +62,7 @@ class CheckpointConfig:
         return cls(job=job, local_root=spec.local_path,
                    persistent_root=spec.persistent_path if spec.persistent_claim else None,
                    interval_steps=spec.interval_steps, async_save=spec.async_save, keep=spec.keep,
-                   when_busy=getattr(spec, "when_busy", "wait"))
+                   when_busy=spec.when_busy)
 
 
 def _dist_info() -> tuple[int, int]:

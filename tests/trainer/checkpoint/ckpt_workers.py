@@ -60,12 +60,13 @@ def train_state(step, model, opt, sched, loader) -> dict:
             "scheduler": sched.state_dict(), "loader": loader.state_dict(), "rng": capture_rng_state()}
 
 
-def load_train_state(state, model, opt, sched, loader) -> int:
+def load_train_state(state, model, opt, sched, loader, rng: bool = True) -> int:
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["optimizer"])
     sched.load_state_dict(state["scheduler"])
     loader.load_state_dict(state["loader"])
-    restore_rng_state(state["rng"])
+    if rng:
+        restore_rng_state(state["rng"])
     return int(state["step"])
 
 
