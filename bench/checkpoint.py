@@ -1,7 +1,7 @@
 """Checkpoint benchmark: foreground blocking of an async save vs a synchronous save of the same state, and restore
 time from the node-local tier vs the persistent tier. Prints the numbers and ratios side by side, one run.
 
-    .venv/bin/python bench/checkpoint.py --mb 400 --repeats 3 [--root DIR]
+    .venv/bin/python bench/checkpoint.py --mb 400 --repeats 3 [--device cuda] [--root DIR]
 
 State: `--tensors` float32 tensors totalling `--mb` MiB (a stand-in for model + optimizer shards of one rank).
 Async numbers exclude the first save, which allocates the staging buffers (reported separately).
@@ -24,10 +24,11 @@ from omnitrain.trainer.checkpoint import CheckpointConfig, Checkpointer
 from omnitrain.trainer.checkpoint.paths import job_dir
 
 
-def make_state(mb: int, tensors: int) -> dict:
+def make_state(mb: int, tensors: int, device: str) -> dict:
     per = (mb << 20) // 4 // tensors
     g = torch.Generator().manual_seed(0)
-    return {"step": 0, "model": {f"layer{i}.weight": torch.randn(per, generator=g) for i in range(tensors)},
+    return {"step": 0, "model": {f"layer{i}.weight": torch.randn(per, generator=g).to(device)
+                                 for i in range(tensors)},
             "loader": {"position": 0}}
 
 
@@ -40,13 +41,14 @@ def main(argv=None) -> int:
     ap.add_argument("--mb", type=int, default=400)
     ap.add_argument("--tensors", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--device", default="cpu", help="where the state lives (cuda: staging buffers are pinned)")
     ap.add_argument("--root", default=None, help="folder for both tiers (default: a temporary folder)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.WARNING)
     root = Path(args.root or tempfile.mkdtemp(prefix="omnitrain-ckpt-bench-"))
-    state = make_state(args.mb, args.tensors)
-    status(f"state: {args.tensors} tensors, {args.mb} MiB; tiers under {root}")
+    state = make_state(args.mb, args.tensors, args.device)
+    status(f"state: {args.tensors} tensors, {args.mb} MiB on {args.device}; tiers under {root}")
 
     def config(name: str, async_save: bool) -> CheckpointConfig:
         return CheckpointConfig(job=name, local_root=str(root / "local"), persistent_root=str(root / "persistent"),
