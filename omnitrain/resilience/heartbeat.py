@@ -177,17 +177,24 @@ class HeartbeatCallback:
         finally:
             self.leave()
 
-    def on_checkpoint_start(self, state=None, **kwargs) -> None:
-        self.enter("checkpoint", self._arg(state, kwargs, "step"))
+    # Checkpointer listeners are called positionally: on_checkpoint_blocked(step, seconds).
+    def on_checkpoint_start(self, step=None, *_, **kwargs) -> None:
+        self.enter("checkpoint", self._step_of(step, kwargs))
 
-    def on_checkpoint_blocked(self, state=None, **kwargs) -> None:
+    def on_checkpoint_blocked(self, *_, **__) -> None:
         self.leave()
 
-    def on_eval_start(self, state=None, **kwargs) -> None:
-        self.enter("eval", self._arg(state, kwargs, "step"))
+    def on_eval_start(self, step=None, *_, **kwargs) -> None:
+        self.enter("eval", self._step_of(step, kwargs))
 
-    def on_eval_end(self, state=None, **kwargs) -> None:
+    def on_eval_end(self, *_, **__) -> None:
         self.leave()
+
+    def _step_of(self, step, kwargs: dict) -> int | None:
+        if isinstance(step, int):
+            return step
+        value = self._arg(step, kwargs, "step")
+        return None if value is None else int(value)
 
     def close(self) -> None:
         if self._stack_file is not None:

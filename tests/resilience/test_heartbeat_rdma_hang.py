@@ -193,3 +193,20 @@ def test_evidence_is_small_with_many_ranks():
 def test_policy_rejects_a_non_positive_timeout():
     with pytest.raises(ValueError, match="hangTimeoutSeconds"):
         HangPolicy(timeout=0)
+
+
+def test_checkpointer_style_positional_hooks(tmp_path):
+    cb = HeartbeatCallback(tmp_path, rank=0, clock=FakeClock(), monotonic=FakeClock(0.0))
+    try:
+        cb.on_train_start(step=0)
+        cb.on_step_end(step=1)
+        cb.on_checkpoint_start(1)
+        assert read_heartbeats(tmp_path)[0].section == "checkpoint"
+        cb.on_checkpoint_blocked(1, 0.25)          # as the Checkpointer notifies its listeners
+        assert read_heartbeats(tmp_path)[0].section == "step"
+        cb.on_eval_start(step=1)
+        assert read_heartbeats(tmp_path)[0].section == "eval"
+        cb.on_eval_end()
+        assert read_heartbeats(tmp_path)[0].section == "step"
+    finally:
+        cb.close()
