@@ -6,7 +6,7 @@
     if ckpt.should_save(step): ckpt.save(step, state)   # state: nested dict of tensors and Python values
     ckpt.close()                             # waits for the save in flight
 
-Async: the step blocks only for the copy into the reusable shared-memory staging buffer; a writer process (one per
+Construction is collective (rank 0 picks the writers' rendezvous port). Async: the step blocks only for the copy into the reusable shared-memory staging buffer; a writer process (one per
 rank) writes the node-local shard, replicates it and writes the manifests. At most one save is in flight; a new
 request while one is in flight waits (counted in saves_waited_busy) or is skipped (saves_skipped_busy) per
 `when_busy`. A failed save (e.g. disk full) raises CheckpointSaveError at the next save/wait/close.
@@ -192,9 +192,9 @@ class Checkpointer:
 
     def _any_rank_busy(self) -> bool:
         busy = self.in_flight_step is not None
-        if self.world_size == 1:
-            return busy
-        # Every rank must take the same decision, or the writers' collectives would pair different steps.
+        if self.world_size == 1 or self.config.when_busy == "wait":
+            return busy        # waiting is consistent by itself: each writer finishes the same save
+        # A skip must be decided by all ranks together, or the writers' collectives would pair different steps.
         return any(default_exchange().gather(busy))
 
     def save(self, step: int, state: Any) -> bool:
