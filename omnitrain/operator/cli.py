@@ -3,7 +3,49 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add this area's subcommands; imports of heavy modules happen inside the handlers."""
+    op = subparsers.add_parser("operator", help="run the OmniTrainingJob operator (kopf)")
+    op.add_argument("--verbose", action="store_true")
+    op.set_defaults(func=_operator)
+    c = subparsers.add_parser("crd", help="print the OmniTrainingJob CRD (YAML)")
+    c.set_defaults(func=_crd)
+    v = subparsers.add_parser("validate", help="check an OmniTrainingJob manifest like the operator does")
+    v.add_argument("file", help="YAML file with an OmniTrainingJob (or a bare spec)")
+    v.set_defaults(func=_validate)
+
+
+def _operator(args: argparse.Namespace) -> int:
+    from omnitrain.operator.run import run_operator
+    return run_operator(verbose=args.verbose)
+
+
+def _crd(args: argparse.Namespace) -> int:
+    from omnitrain.operator.crd import crd_yaml
+    sys.stdout.write(crd_yaml())
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    import yaml
+
+    from omnitrain.operator.reconcile import parse_spec
+    bad = 0
+    with open(args.file) as f:
+        for doc in yaml.safe_load_all(f):
+            if not doc:
+                continue
+            spec = doc.get("spec", doc) if doc.get("kind", "OmniTrainingJob") == "OmniTrainingJob" else None
+            if spec is None:
+                continue
+            name = (doc.get("metadata") or {}).get("name", args.file)
+            _, problems = parse_spec(spec)
+            for p in problems:
+                print(f"{name}: {p}", file=sys.stderr)
+            bad += bool(problems)
+            if not problems:
+                print(f"{name}: valid")
+    return 1 if bad else 0

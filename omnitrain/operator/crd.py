@@ -1,0 +1,187 @@
+"""The OmniTrainingJob CustomResourceDefinition, generated from the pydantic spec models (omnitrain.spec).
+
+Kubernetes wants a *structural* schema: every node typed, no $ref, no anyOf with null. Pydantic's JSON schema is
+rewritten into one: $refs inlined, `X | None` becomes X (optional = not listed in `required`), `gt` becomes
+minimum + exclusiveMinimum, literals become enums. Cross-field checks that are cheap in CEL live in
+x-kubernetes-validations so the API server rejects them before the operator ever sees the object; the rest stay in
+omnitrain.spec.validate_job_spec (applied by the operator).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import yaml
+
+from omnitrain.spec import JobSpec
+
+GROUP = "omnitrain.io"
+VERSION = "v1alpha1"
+KIND = "OmniTrainingJob"
+PLURAL = "omnitrainingjobs"
+SINGULAR = "omnitrainingjob"
+SHORT_NAMES = ["otj"]
+CATEGORIES = ["omnitrain", "all"]
+API_VERSION = f"{GROUP}/{VERSION}"
+CRD_NAME = f"{PLURAL}.{GROUP}"
+
+_KEEP = ("type", "description", "enum", "minimum", "maximum", "minLength", "maxLength", "minItems", "maxItems",
+         "pattern", "format", "default")
+
+
+def _resolve(node: dict, defs: dict) -> dict:
+    if "$ref" in node:
+        target = copy.deepcopy(defs[node["$ref"].rsplit("/", 1)[-1]])
+        extra = {k: v for k, v in node.items() if k != "$ref"}
+        target.update(extra)
+        return target
+    return node
+
+
+def to_structural(node: dict, defs: dict) -> dict:
+    """One pydantic JSON-schema node -> a Kubernetes structural-schema node (recursive)."""
+    node = _resolve(node, defs)
+    if "anyOf" in node:
+        branches = [b for b in node["anyOf"] if b.get("type") != "null"]
+        if len(branches) != 1:
+            raise ValueError(f"cannot express a union of {len(branches)} types structurally: {node}")
+        merged = dict(_resolve(branches[0], defs))
+        merged.update({k: v for k, v in node.items() if k not in ("anyOf",)})
+        node = merged
+    out: dict = {}
+    if "const" in node:
+        node = {**node, "enum": [node["const"]]}
+        node.setdefault("type", "string" if isinstance(node["const"], str) else "integer")
+    if "enum" in node and "type" not in node:
+        node = {**node, "type": "string"}
+    for key in _KEEP:
+        if key in node and not (key == "default" and (node[key] is None or node[key] in ({}, []))):
+            out[key] = node[key]
+    if "exclusiveMinimum" in node:
+        out["minimum"], out["exclusiveMinimum"] = node["exclusiveMinimum"], True
+    if "exclusiveMaximum" in node:
+        out["maximum"], out["exclusiveMaximum"] = node["exclusiveMaximum"], True
+    kind = node.get("type")
+    if kind == "object":
+        props = node.get("properties")
+        if props:
+            out["properties"] = {name: to_structural(sub, defs) for name, sub in props.items()}
+            required = [n for n in node.get("required", [])]
+            if required:
+                out["required"] = required
+        elif isinstance(node.get("additionalProperties"), dict):
+            out["additionalProperties"] = to_structural(node["additionalProperties"], defs)
+        else:
+            out["x-kubernetes-preserve-unknown-fields"] = True
+    elif kind == "array":
+        out["items"] = to_structural(node.get("items", {"type": "string"}), defs)
+    elif kind is None:
+        raise ValueError(f"schema node without a type: {node}")
+    return out
+
+
+def spec_schema() -> dict:
+    raw = JobSpec.model_json_schema(by_alias=True, mode="validation")
+    schema = to_structural(raw, raw.get("$defs", {}))
+    schema["description"] = "What to train, on how many nodes, and what to do with the result."
+    props = schema["properties"]
+    # Cheap cross-field checks at the API server; the full set runs in the operator (validate_job_spec).
+    props["parallelism"]["x-kubernetes-validations"] = [
+        {"rule": "self.tensor <= self.gpusPerNode",
+         "message": "tensor must be <= gpusPerNode: tensor-parallel groups stay inside one node", "fieldPath": ".tensor"},
+        {"rule": "self.pipelineSchedule != 'interleaved1F1B' || self.virtualStages >= 2",
+         "message": "interleaved1F1B needs virtualStages >= 2", "fieldPath": ".virtualStages"},
+    ]
+    props["training"]["x-kubernetes-validations"] = [
+        {"rule": "self.stage != 'dpo' || has(self.initFrom)",
+         "message": "stage dpo needs initFrom (the start and frozen reference checkpoint)", "fieldPath": ".initFrom"},
+    ]
+    return schema
+
+
+def _condition_schema() -> dict:
+    return {"type": "object", "required": ["type", "status"], "properties": {
+        "type": {"type": "string"},
+        "status": {"type": "string", "enum": ["True", "False", "Unknown"]},
+        "reason": {"type": "string"},
+        "message": {"type": "string"},
+        "lastTransitionTime": {"type": "string", "format": "date-time"},
+    }}
+
+
+def status_schema() -> dict:
+    s = lambda d=None: {"type": "string", **({"description": d} if d else {})}  # noqa: E731
+    i = lambda d=None: {"type": "integer", **({"description": d} if d else {})}  # noqa: E731
+    stage = {"type": "object", "properties": {"phase": s(), "name": s(), "message": s(),
+                                              "startTime": s(), "completionTime": s()}}
+    return {"type": "object", "description": "Written by the operator.", "properties": {
+        "phase": {"type": "string", "enum": ["Pending", "Running", "Restarting", "Suspended", "Succeeded", "Failed"]},
+        "conditions": {"type": "array", "items": _condition_schema(),
+                       "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+        "attempt": i("Current attempt; pods of attempt N are named <job>-a<N>-n<rank>."),
+        "launchedAttempt": i("Last attempt whose children were all created."),
+        "restarts": i("Gang restarts counted toward resilience.maxRestarts."),
+        "totalRestarts": i("Gang restarts including resumes and preemptions."),
+        "noProgressRestarts": i(),
+        "checkpointStepAtLastFailure": i(),
+        "currentStep": i(), "totalSteps": i(),
+        "lastCheckpoint": {"type": "object", "properties": {"step": i(), "path": s(), "time": s()}},
+        "excludedNodes": {"type": "array", "items": {"type": "string"}},
+        "children": {"type": "object", "properties": {
+            "pods": {"type": "array", "items": {"type": "string"}}, "service": s(), "configMap": s(),
+            "distillJob": s(), "deployment": s()}},
+        "startTime": s(), "completionTime": s(),
+        "lastFailure": {"type": "object", "properties": {"pod": s(), "node": s(), "exitCode": i(), "reason": s(),
+                                                          "message": s(), "time": s()}},
+        "goodput": {"type": "object", "x-kubernetes-preserve-unknown-fields": True,
+                    "description": "Productive fraction of wall time and badput seconds by cause."},
+        "message": s(), "observedGeneration": i(),
+        "promotion": {"type": "object", "properties": {"distill": stage, "inference": stage}},
+    }}
+
+
+PRINTER_COLUMNS = [
+    {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+    {"name": "Nodes", "type": "integer", "jsonPath": ".spec.parallelism.nodes"},
+    {"name": "Step", "type": "integer", "jsonPath": ".status.currentStep"},
+    {"name": "Total", "type": "integer", "jsonPath": ".status.totalSteps", "priority": 1},
+    {"name": "Attempt", "type": "integer", "jsonPath": ".status.attempt", "priority": 1},
+    {"name": "Restarts", "type": "integer", "jsonPath": ".status.restarts"},
+    {"name": "Checkpoint", "type": "integer", "jsonPath": ".status.lastCheckpoint.step"},
+    {"name": "Message", "type": "string", "jsonPath": ".status.message", "priority": 1},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+]
+
+
+def build_crd() -> dict:
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": CRD_NAME, "labels": {"app.kubernetes.io/part-of": "omnitrain"}},
+        "spec": {
+            "group": GROUP,
+            "scope": "Namespaced",
+            "names": {"kind": KIND, "listKind": f"{KIND}List", "plural": PLURAL, "singular": SINGULAR,
+                      "shortNames": SHORT_NAMES, "categories": CATEGORIES},
+            "versions": [{
+                "name": VERSION, "served": True, "storage": True,
+                "subresources": {"status": {}},
+                "additionalPrinterColumns": PRINTER_COLUMNS,
+                "schema": {"openAPIV3Schema": {
+                    "type": "object",
+                    "description": "A distributed training job of a video diffusion transformer.",
+                    "properties": {
+                        "apiVersion": {"type": "string"}, "kind": {"type": "string"},
+                        "metadata": {"type": "object"},
+                        "spec": spec_schema(),
+                        "status": status_schema(),
+                    },
+                }},
+            }],
+        },
+    }
+
+
+def crd_yaml() -> str:
+    header = "# Generated by `omnitrain crd` from omnitrain/spec.py; do not edit by hand.\n"
+    return header + yaml.safe_dump(build_crd(), sort_keys=False, width=120)

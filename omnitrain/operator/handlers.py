@@ -1,0 +1,145 @@
+"""Kopf handlers: thin. Every trigger (job created/changed/resumed, a pod event, the resync timer) runs the same
+level-triggered `Controller.reconcile(namespace, name)`; the decisions are in reconcile.py."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import kopf
+
+from omnitrain.operator import crd, plan, progress
+from omnitrain.operator.kube import Kube, now_iso, pod_views
+from omnitrain.operator.reconcile import RUNNING, reconcile
+from omnitrain.operator.settings import OperatorSettings
+from omnitrain.spec import JobSpec
+
+log = logging.getLogger("omnitrain.operator")
+
+
+class Controller:
+    """Runs reconciles, one at a time per job; triggers that arrive meanwhile fold into one more pass."""
+
+    def __init__(self, kube: Kube, settings: OperatorSettings, metrics=None) -> None:
+        self.kube, self.settings, self.metrics = kube, settings, metrics
+        self._guard = threading.Lock()
+        self._running: dict[tuple[str, str], bool] = {}   # key -> another pass wanted
+
+    def reconcile(self, namespace: str, name: str) -> None:
+        key = (namespace, name)
+        with self._guard:
+            if key in self._running:
+                self._running[key] = True
+                return
+            self._running[key] = False
+        try:
+            while True:
+                # A requeue (waiting for old pods to go) needs no loop here: their deletion events and the resync
+                # timer trigger the next pass.
+                self._reconcile_once(namespace, name)
+                with self._guard:
+                    again = self._running[key]
+                    self._running[key] = False
+                if not again:
+                    break
+        finally:
+            with self._guard:
+                self._running.pop(key, None)
+
+    def _reconcile_once(self, namespace: str, name: str) -> bool:
+        job = self.kube.get_job(namespace, name)
+        if job is None or job["metadata"].get("deletionTimestamp"):
+            if self.metrics is not None:
+                self.metrics.forget_job(namespace, name)
+            return False
+        meta = job["metadata"]
+        ref = plan.JobRef(name=name, namespace=namespace, uid=meta["uid"])
+        pods = pod_views(self.kube.list_pods(namespace, name))
+        decision = reconcile(ref, job.get("spec") or {}, job.get("status"), pods, now_iso(),
+                             generation=meta.get("generation"))
+        children = None
+        if decision.create_attempt is not None:
+            spec = JobSpec.model_validate(job.get("spec") or {})
+            children = plan.plan_children(ref, spec, decision.create_attempt, decision.status.get("excludedNodes"),
+                                          self.settings.plan_options())
+        self.kube.apply(job, decision, children)
+        if self.metrics is not None and decision.status.get("phase"):
+            self.metrics.set_job_phase(namespace, name, decision.status["phase"])
+            old = (job.get("status") or {}).get("totalRestarts") or 0
+            if (decision.status.get("totalRestarts") or 0) > old:
+                self.metrics.record_restart(namespace, name, reason=decision.events[-1].reason
+                                            if decision.events else "Restart")
+        return decision.requeue
+
+    def update_progress(self, namespace: str, name: str) -> None:
+        job = self.kube.get_job(namespace, name)
+        if job is None or (job.get("status") or {}).get("phase") != RUNNING:
+            return
+        spec = JobSpec.model_validate(job.get("spec") or {})
+        rank0 = next((p for p in pod_views(self.kube.list_pods(namespace, name))
+                      if p.rank == 0 and p.attempt == job["status"].get("attempt") and p.pod_ip), None)
+        if rank0 is None:
+            return
+        root = spec.checkpoint.persistent_path if spec.checkpoint.persistent_claim else spec.checkpoint.local_path
+        patch = progress.progress_patch(progress.scrape(rank0.pod_ip, spec.metrics_port), job["status"],
+                                        f"{root}/{name}", now_iso())
+        if patch:
+            self.kube.patch_status(namespace, name, patch)
+
+
+CONTROLLER: Controller | None = None
+
+
+def install(settings: OperatorSettings, kube: Kube | None = None, metrics=None) -> Controller:
+    """Create the controller the handlers use (called at start-up, before kopf runs)."""
+    global CONTROLLER
+    CONTROLLER = Controller(kube or Kube(exit_after_creates=settings.exit_after_creates), settings, metrics)
+    _register_timer(settings.resync_seconds)
+    return CONTROLLER
+
+
+def _timed(handler: str):
+    if CONTROLLER is not None and CONTROLLER.metrics is not None:
+        return CONTROLLER.metrics.time_reconcile(handler)
+    import contextlib
+    return contextlib.nullcontext()
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, **_) -> None:
+    # Kopf's bookkeeping goes to annotations: our status schema is structural and would prune status.kopf.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=crd.GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=crd.GROUP)
+    settings.posting.level = logging.WARNING          # our own events say what happened; no per-handler chatter
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.execution.max_workers = 8
+
+
+@kopf.on.resume(crd.GROUP, crd.VERSION, crd.PLURAL)
+@kopf.on.create(crd.GROUP, crd.VERSION, crd.PLURAL)
+@kopf.on.update(crd.GROUP, crd.VERSION, crd.PLURAL, field="spec")
+def job_changed(namespace: str, name: str, **_) -> None:
+    with _timed("job"):
+        assert CONTROLLER is not None
+        CONTROLLER.reconcile(namespace, name)
+
+
+@kopf.on.event("", "v1", "pods", labels={plan.LABEL_ROLE: "trainer", plan.LABEL_JOB: kopf.PRESENT})
+def pod_event(body: kopf.Body, namespace: str, **_) -> None:
+    owner = next((o for o in body.metadata.get("ownerReferences") or [] if o.get("kind") == crd.KIND), None)
+    if owner is None or CONTROLLER is None:
+        return
+    with _timed("pod"):
+        CONTROLLER.reconcile(namespace, owner["name"])
+
+
+def _register_timer(interval: float) -> None:
+    @kopf.timer(crd.GROUP, crd.VERSION, crd.PLURAL, interval=interval, idle=None)
+    def resync(namespace: str, name: str, status: kopf.Status, **_) -> None:
+        if status.get("phase") in ("Succeeded", "Failed"):
+            return
+        with _timed("timer"):
+            assert CONTROLLER is not None
+            CONTROLLER.reconcile(namespace, name)
+            CONTROLLER.update_progress(namespace, name)

@@ -1,0 +1,134 @@
+"""The thin layer that talks to the API server: read a job and its pods, carry out a Decision. Counts its calls
+(bench/launch.py reports API calls per pod)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import threading
+import uuid
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from omnitrain.operator import crd, plan
+from omnitrain.operator.reconcile import Decision, Event, PodView
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class CallCounter:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.calls = 0
+
+    def add(self) -> None:
+        with self._lock:
+            self.calls += 1
+
+
+class Kube:
+    """Typed wrappers over the few calls the operator makes."""
+
+    def __init__(self, api_client: client.ApiClient | None = None, exit_after_creates: int | None = None) -> None:
+        self.api_client = api_client or client.ApiClient()
+        self.counter = CallCounter()
+        original = self.api_client.call_api
+
+        def counted(*args, **kwargs):
+            self.counter.add()
+            return original(*args, **kwargs)
+
+        self.api_client.call_api = counted  # type: ignore[method-assign]
+        self.core = client.CoreV1Api(self.api_client)
+        self.custom = client.CustomObjectsApi(self.api_client)
+        self._exit_after_creates = exit_after_creates
+        self._creates = 0
+
+    # -- reads -----------------------------------------------------------------------------------------------
+    def get_job(self, namespace: str, name: str) -> dict | None:
+        try:
+            return self.custom.get_namespaced_custom_object(crd.GROUP, crd.VERSION, namespace, crd.PLURAL, name)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def list_pods(self, namespace: str, job: str) -> list[dict]:
+        result = self.core.list_namespaced_pod(namespace, label_selector=f"{plan.LABEL_JOB}={job}",
+                                               _preload_content=False)
+        import json
+        return json.loads(result.data)["items"]
+
+    # -- writes ----------------------------------------------------------------------------------------------
+    def create_if_absent(self, obj: dict) -> bool:
+        """True when created, False when it already existed (idempotent launch)."""
+        ns, kind = obj["metadata"]["namespace"], obj["kind"]
+        create = {"Pod": self.core.create_namespaced_pod, "Service": self.core.create_namespaced_service,
+                  "ConfigMap": self.core.create_namespaced_config_map}[kind]
+        try:
+            create(ns, obj)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+            if kind == "ConfigMap":  # the attempt number inside changes between attempts
+                self.core.patch_namespaced_config_map(obj["metadata"]["name"], ns, {"data": obj["data"]})
+            return False
+        self._creates += 1
+        if self._exit_after_creates is not None and self._creates >= self._exit_after_creates:
+            os._exit(17)  # fault injection (tests): the operator dies mid-launch
+        return True
+
+    def delete_pod(self, namespace: str, name: str) -> None:
+        try:
+            self.core.delete_namespaced_pod(name, namespace, grace_period_seconds=5,
+                                            propagation_policy="Background")
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+    def patch_status(self, namespace: str, name: str, status: dict) -> None:
+        self.custom.patch_namespaced_custom_object_status(crd.GROUP, crd.VERSION, namespace, crd.PLURAL, name,
+                                                          {"status": status})
+
+    def post_event(self, job: dict, event: Event) -> None:
+        meta = job["metadata"]
+        ts = dt.datetime.now(dt.timezone.utc)
+        body = client.CoreV1Event(
+            metadata=client.V1ObjectMeta(name=f"{meta['name']}.{uuid.uuid4().hex[:12]}", namespace=meta["namespace"]),
+            involved_object=client.V1ObjectReference(api_version=crd.API_VERSION, kind=crd.KIND, name=meta["name"],
+                                                     namespace=meta["namespace"], uid=meta["uid"]),
+            type=event.type, reason=event.reason, message=event.message[:1024], count=1,
+            first_timestamp=ts, last_timestamp=ts, source=client.V1EventSource(component="omnitrain-operator"))
+        try:
+            self.core.create_namespaced_event(meta["namespace"], body)
+        except ApiException:
+            pass  # events are informative; losing one must not stop reconciling
+
+    # -- carrying out a decision -----------------------------------------------------------------------------
+    def apply(self, job: dict, decision: Decision, children: list[dict] | None) -> None:
+        meta = job["metadata"]
+        ns, name = meta["namespace"], meta["name"]
+        for pod in decision.delete_pods:
+            self.delete_pod(ns, pod)
+        for child in children or []:
+            self.create_if_absent(child)
+        if decision.status != (job.get("status") or {}):
+            self.patch_status(ns, name, _with_nulls(job.get("status") or {}, decision.status))
+        for event in decision.events:
+            self.post_event(job, event)
+
+
+def _with_nulls(old: dict, new: dict) -> dict:
+    """A merge patch that also removes keys the new status dropped."""
+    patch = dict(new)
+    for key in old:
+        if key not in new and key != "kopf":
+            patch[key] = None
+    return patch
+
+
+def pod_views(pods: list[dict]) -> list[PodView]:
+    return [PodView.from_pod(p) for p in pods]

@@ -1,0 +1,235 @@
+"""The children of one attempt of a job, as plain Kubernetes objects: pure functions, no API calls.
+
+Names are deterministic (job, attempt, node rank) so that creating them is idempotent: an operator restarted
+mid-launch re-creates only what is missing, and AlreadyExists means "done".
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import yaml
+
+from omnitrain import contract
+from omnitrain.operator import crd
+from omnitrain.spec import JobSpec, RunInfo, TrainerConfig
+
+LABEL_JOB = "omnitrain.io/job-name"          # also what the PodMonitor selects (docs/contracts.md, Observability)
+LABEL_ATTEMPT = "omnitrain.io/attempt"
+LABEL_NODE_RANK = "omnitrain.io/node-rank"
+LABEL_ROLE = "omnitrain.io/role"
+LABEL_QUEUE = "kueue.x-k8s.io/queue-name"
+LABEL_HOSTNAME = "kubernetes.io/hostname"
+RACK_LABEL = "topology.kubernetes.io/rack"
+MAIN_CONTAINER = "trainer"
+CONFIG_VOLUME, LOCAL_VOLUME, PERSISTENT_VOLUME = "config", "local-checkpoints", "checkpoints"
+MASTER_PORT_BASE, MASTER_PORT_SPAN = 20000, 20000
+CLUSTER_DOMAIN = "cluster.local"
+MAX_NAME = 63
+
+# torchrun with one process per GPU; the rendezvous runs on rank 0 behind the headless Service (docs/contracts.md).
+DEFAULT_TRAIN_COMMAND = [
+    "torchrun", "--nnodes=$(PET_NNODES)", "--node-rank=$(PET_NODE_RANK)", "--nproc-per-node=$(PET_NPROC_PER_NODE)",
+    "--master-addr=$(MASTER_ADDR)", "--master-port=$(MASTER_PORT)",
+    "-m", "omnitrain", "train", "--config", contract.CONFIG_PATH,
+]
+
+
+@dataclass(frozen=True)
+class JobRef:
+    """The job a child belongs to (for names and ownerReferences)."""
+
+    name: str
+    namespace: str
+    uid: str
+
+
+@dataclass(frozen=True)
+class PlanOptions:
+    """Operator settings that shape the children (not part of the user's spec)."""
+
+    command: list[str] = field(default_factory=lambda: list(DEFAULT_TRAIN_COMMAND))
+    image_pull_policy: str = "IfNotPresent"
+    cluster_domain: str = CLUSTER_DOMAIN
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+
+def service_name(job: str) -> str:
+    # The Service name is a DNS label (<= 63); the pods' hostnames are separate labels under it.
+    return _fit(job, "")
+
+
+def config_map_name(job: str) -> str:
+    return _fit(job, "-config")
+
+
+def pod_name(job: str, attempt: int, rank: int) -> str:
+    return _fit(job, f"-a{attempt}-n{rank}")
+
+
+def pod_hostname(rank: int) -> str:
+    return f"n{rank}"
+
+
+def _fit(job: str, suffix: str) -> str:
+    """job + suffix within 63 characters; long job names are cut and keep a hash so they stay unique."""
+    name = job + suffix
+    if len(name) <= MAX_NAME:
+        return name
+    digest = hashlib.sha256(job.encode()).hexdigest()[:8]
+    keep = MAX_NAME - len(suffix) - len(digest) - 1
+    return f"{job[:keep].rstrip('-.')}-{digest}{suffix}"
+
+
+def master_port(uid: str) -> int:
+    """A port derived from the job uid: two jobs whose rank-0 pods share a machine (hostNetwork, local agent) differ."""
+    digest = int(hashlib.sha256(uid.encode()).hexdigest()[:8], 16)
+    return MASTER_PORT_BASE + digest % MASTER_PORT_SPAN
+
+
+def master_addr(job: JobRef, domain: str = CLUSTER_DOMAIN) -> str:
+    return f"{pod_hostname(0)}.{service_name(job.name)}.{job.namespace}.svc.{domain}"
+
+
+def owner_reference(job: JobRef) -> dict:
+    return {"apiVersion": crd.API_VERSION, "kind": crd.KIND, "name": job.name, "uid": job.uid,
+            "controller": True, "blockOwnerDeletion": True}
+
+
+def job_labels(job: str) -> dict[str, str]:
+    return {LABEL_JOB: job, "app.kubernetes.io/name": "omnitrain", "app.kubernetes.io/instance": job}
+
+
+def _label_value(value: str) -> str:
+    return value if len(value) <= MAX_NAME else _fit(value, "")
+
+
+def pod_labels(job: str, attempt: int, rank: int) -> dict[str, str]:
+    return {**job_labels(_label_value(job)), LABEL_ATTEMPT: str(attempt), LABEL_NODE_RANK: str(rank),
+            LABEL_ROLE: "trainer"}
+
+
+def render_config_map(job: JobRef, spec: JobSpec, attempt: int) -> dict:
+    config = TrainerConfig(spec=spec, run=RunInfo(job_name=job.name, namespace=job.namespace, job_uid=job.uid,
+                                                  attempt=attempt))
+    return {
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": config_map_name(job.name), "namespace": job.namespace,
+                     "labels": job_labels(_label_value(job.name)), "ownerReferences": [owner_reference(job)]},
+        "data": {contract.CONFIG_FILE: yaml.safe_dump(config.to_wire(), sort_keys=False)},
+    }
+
+
+def render_service(job: JobRef, spec: JobSpec) -> dict:
+    return {
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": service_name(job.name), "namespace": job.namespace,
+                     "labels": job_labels(_label_value(job.name)), "ownerReferences": [owner_reference(job)]},
+        "spec": {
+            "clusterIP": "None",
+            # Ranks must resolve rank 0 before it is Ready: torchrun's rendezvous is what makes it ready.
+            "publishNotReadyAddresses": True,
+            "selector": {LABEL_JOB: _label_value(job.name)},
+            "ports": [{"name": "rendezvous", "port": master_port(job.uid), "targetPort": master_port(job.uid)},
+                      {"name": "metrics", "port": spec.metrics_port, "targetPort": spec.metrics_port}],
+        },
+    }
+
+
+def _env(job: JobRef, spec: JobSpec, attempt: int, rank: int, options: PlanOptions) -> list[dict]:
+    p = spec.parallelism
+    plain = {
+        "PET_NNODES": str(p.nodes), "PET_NODE_RANK": str(rank), "PET_NPROC_PER_NODE": str(p.gpus_per_node),
+        "MASTER_ADDR": master_addr(job, options.cluster_domain), "MASTER_PORT": str(master_port(job.uid)),
+        "WORLD_SIZE": str(p.world_size),
+        contract.ENV_JOB_NAME: job.name, contract.ENV_ATTEMPT: str(attempt),
+        contract.ENV_METRICS_PORT: str(spec.metrics_port),
+        contract.TERMINATION_LOG_ENV: contract.DEFAULT_TERMINATION_LOG,
+        **options.extra_env,
+    }
+    env = [{"name": k, "value": v} for k, v in plain.items()]
+    env.append({"name": contract.ENV_POD_IP, "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}})
+    env.append({"name": contract.ENV_NODE_NAME, "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}})
+    return env
+
+
+def _affinity(job: str, excluded_nodes: list[str]) -> dict:
+    affinity: dict = {
+        # One pod per node: the gang is one process group per machine.
+        "podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{
+            "labelSelector": {"matchLabels": {LABEL_JOB: _label_value(job)}}, "topologyKey": LABEL_HOSTNAME}]},
+        # Ranks close together (same rack) when the cluster has rack labels; a preference, never a blocker.
+        "podAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{
+            "weight": 50, "podAffinityTerm": {
+                "labelSelector": {"matchLabels": {LABEL_JOB: _label_value(job)}}, "topologyKey": RACK_LABEL}}]},
+    }
+    if excluded_nodes:
+        affinity["nodeAffinity"] = {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{
+            "matchExpressions": [{"key": LABEL_HOSTNAME, "operator": "NotIn",
+                                  "values": sorted(set(excluded_nodes))}]}]}}
+    return affinity
+
+
+def render_pod(job: JobRef, spec: JobSpec, attempt: int, rank: int, excluded_nodes: list[str],
+               options: PlanOptions) -> dict:
+    sched = spec.scheduling
+    labels = pod_labels(job.name, attempt, rank)
+    if sched.queue_name:
+        labels[LABEL_QUEUE] = sched.queue_name
+    limits = {sched.gpu_resource: str(spec.parallelism.gpus_per_node)}
+    requests = dict(limits)
+    if spec.resources.cpu:
+        requests["cpu"] = spec.resources.cpu
+    if spec.resources.memory:
+        requests["memory"] = limits["memory"] = spec.resources.memory
+    mounts = [{"name": CONFIG_VOLUME, "mountPath": contract.CONFIG_MOUNT, "readOnly": True},
+              {"name": LOCAL_VOLUME, "mountPath": spec.checkpoint.local_path}]
+    volumes = [{"name": CONFIG_VOLUME, "configMap": {"name": config_map_name(job.name)}},
+               {"name": LOCAL_VOLUME, "hostPath": {"path": spec.checkpoint.local_path, "type": "DirectoryOrCreate"}}]
+    if spec.checkpoint.persistent_claim:
+        mounts.append({"name": PERSISTENT_VOLUME, "mountPath": spec.checkpoint.persistent_path})
+        volumes.append({"name": PERSISTENT_VOLUME,
+                        "persistentVolumeClaim": {"claimName": spec.checkpoint.persistent_claim}})
+    pod_spec: dict = {
+        "restartPolicy": "Never",  # the operator restarts the whole gang; a lone restarted rank never rejoins
+        "hostname": pod_hostname(rank),
+        "subdomain": service_name(job.name),
+        "affinity": _affinity(job.name, excluded_nodes),
+        "containers": [{
+            "name": MAIN_CONTAINER, "image": spec.image, "imagePullPolicy": options.image_pull_policy,
+            "command": list(options.command),
+            "env": _env(job, spec, attempt, rank, options),
+            "ports": [{"name": "metrics", "containerPort": spec.metrics_port},
+                      {"name": "rendezvous", "containerPort": master_port(job.uid)}],
+            "resources": {"limits": limits, "requests": requests},
+            "volumeMounts": mounts,
+            "terminationMessagePath": contract.DEFAULT_TERMINATION_LOG,
+            "terminationMessagePolicy": "FallbackToLogsOnError",
+        }],
+        "volumes": volumes,
+    }
+    if sched.node_selector:
+        pod_spec["nodeSelector"] = dict(sched.node_selector)
+    if sched.tolerations:
+        pod_spec["tolerations"] = [t.to_wire() for t in sched.tolerations]
+    if sched.priority_class_name:
+        pod_spec["priorityClassName"] = sched.priority_class_name
+    if sched.scheduler_name:
+        pod_spec["schedulerName"] = sched.scheduler_name
+    return {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": pod_name(job.name, attempt, rank), "namespace": job.namespace, "labels": labels,
+                     "ownerReferences": [owner_reference(job)]},
+        "spec": pod_spec,
+    }
+
+
+def plan_children(job: JobRef, spec: JobSpec, attempt: int, excluded_nodes: list[str] | None = None,
+                  options: PlanOptions | None = None) -> list[dict]:
+    """Everything one attempt needs, in creation order: ConfigMap, Service, then the pods by rank."""
+    options = options or PlanOptions()
+    excluded = list(excluded_nodes or [])
+    children = [render_config_map(job, spec, attempt), render_service(job, spec)]
+    children += [render_pod(job, spec, attempt, rank, excluded, options) for rank in range(spec.parallelism.nodes)]
+    return children

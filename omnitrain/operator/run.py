@@ -1,0 +1,36 @@
+"""Start the operator: settings from the environment, Kubernetes login, kopf's loop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+
+def run_operator(verbose: bool = False) -> int:
+    import kopf
+    from kubernetes import config
+
+    from omnitrain.operator import handlers
+    from omnitrain.operator.settings import OperatorSettings
+
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = OperatorSettings.from_env()
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+    metrics = None
+    if settings.metrics_port:
+        from omnitrain.observability.operator_metrics import start_operator_metrics_server
+        metrics = start_operator_metrics_server(settings.metrics_port)
+    handlers.install(settings, metrics=metrics)
+    logging.getLogger("omnitrain.operator").info(
+        "omnitrain operator: namespaces=%s resync=%ss command=%s", settings.namespaces or "all",
+        settings.resync_seconds, " ".join(settings.train_command))
+    kopf.configure(verbose=verbose)
+    asyncio.run(kopf.operator(
+        clusterwide=not settings.namespaces, namespaces=settings.namespaces or None,
+        standalone=settings.peering is None, peering_name=settings.peering,
+    ))
+    return 0

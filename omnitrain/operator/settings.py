@@ -1,0 +1,39 @@
+"""Operator settings from the environment (the Deployment sets them; tests override the pod command)."""
+
+from __future__ import annotations
+
+import os
+import shlex
+from dataclasses import dataclass, field
+
+from omnitrain.operator.plan import DEFAULT_TRAIN_COMMAND, PlanOptions
+
+
+@dataclass(frozen=True)
+class OperatorSettings:
+    namespaces: list[str] = field(default_factory=list)   # empty = cluster-wide
+    train_command: list[str] = field(default_factory=lambda: list(DEFAULT_TRAIN_COMMAND))
+    resync_seconds: float = 5.0          # timer: re-check every job (lost events, progress scrape)
+    metrics_port: int = 0                # operator's own Prometheus port; 0 = off
+    peering: str | None = None           # None = standalone (one replica, Recreate)
+    cluster_domain: str = "cluster.local"
+    # Fault injection for the restart-mid-launch test: exit hard after this many child creations.
+    exit_after_creates: int | None = None
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> "OperatorSettings":
+        e = os.environ if env is None else env
+        command = e.get("OMNITRAIN_TRAIN_COMMAND")
+        exit_after = e.get("OMNITRAIN_OPERATOR_EXIT_AFTER_CREATES")
+        return cls(
+            namespaces=[n for n in e.get("OMNITRAIN_NAMESPACES", "").split(",") if n],
+            train_command=shlex.split(command) if command else list(DEFAULT_TRAIN_COMMAND),
+            resync_seconds=float(e.get("OMNITRAIN_RESYNC_SECONDS", "5")),
+            metrics_port=int(e.get("OMNITRAIN_OPERATOR_METRICS_PORT", "0")),
+            peering=e.get("OMNITRAIN_PEERING") or None,
+            cluster_domain=e.get("OMNITRAIN_CLUSTER_DOMAIN", "cluster.local"),
+            exit_after_creates=int(exit_after) if exit_after else None,
+        )
+
+    def plan_options(self) -> PlanOptions:
+        return PlanOptions(command=list(self.train_command), cluster_domain=self.cluster_domain)

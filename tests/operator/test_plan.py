@@ -1,0 +1,133 @@
+"""The children of one attempt: names, ranks, env, resources, volumes, affinity, owner references."""
+
+import yaml
+
+from omnitrain import contract
+from omnitrain.operator import plan
+from omnitrain.spec import JobSpec, TrainerConfig
+
+JOB = plan.JobRef(name="video-dit", namespace="research", uid="0d9a3c1e-1111-2222-3333-444455556666")
+
+
+def _spec(**over) -> JobSpec:
+    base = {"parallelism": {"nodes": 3, "gpusPerNode": 4},
+            "checkpoint": {"localPath": "/mnt/nvme/ck", "persistentClaim": "ckpt-pvc"},
+            "scheduling": {"nodeSelector": {"pool": "gpu"}, "queueName": "team-a", "priorityClassName": "high",
+                           "schedulerName": "volcano",
+                           "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]},
+            "resources": {"cpu": "8", "memory": "64Gi"}}
+    base.update(over)
+    return JobSpec.model_validate(base)
+
+
+def _env(pod):
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in pod["spec"]["containers"][0]["env"]}
+
+
+def test_one_pod_per_node_with_ranks_and_rendezvous_env():
+    children = plan.plan_children(JOB, _spec(), attempt=2)
+    kinds = [c["kind"] for c in children]
+    assert kinds == ["ConfigMap", "Service", "Pod", "Pod", "Pod"]
+    pods = children[2:]
+    assert [p["metadata"]["name"] for p in pods] == ["video-dit-a2-n0", "video-dit-a2-n1", "video-dit-a2-n2"]
+    port = plan.master_port(JOB.uid)
+    for rank, pod in enumerate(pods):
+        env = _env(pod)
+        assert env["PET_NNODES"] == "3" and env["PET_NODE_RANK"] == str(rank) and env["PET_NPROC_PER_NODE"] == "4"
+        assert env["WORLD_SIZE"] == "12"
+        assert env["MASTER_ADDR"] == "n0.video-dit.research.svc.cluster.local"
+        assert env["MASTER_PORT"] == str(port)
+        assert env[contract.ENV_ATTEMPT] == "2" and env[contract.ENV_JOB_NAME] == "video-dit"
+        assert env[contract.ENV_POD_IP] == {"fieldRef": {"fieldPath": "status.podIP"}}
+        assert env[contract.ENV_NODE_NAME] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
+        labels = pod["metadata"]["labels"]
+        assert labels[plan.LABEL_NODE_RANK] == str(rank) and labels[plan.LABEL_ATTEMPT] == "2"
+        assert labels[plan.LABEL_QUEUE] == "team-a" and labels[plan.LABEL_JOB] == "video-dit"
+        assert pod["spec"]["hostname"] == f"n{rank}" and pod["spec"]["subdomain"] == "video-dit"
+        assert pod["spec"]["restartPolicy"] == "Never"
+
+
+def test_master_port_differs_between_jobs_and_is_stable():
+    other = plan.master_port("another-uid")
+    assert plan.master_port(JOB.uid) == plan.master_port(JOB.uid)
+    assert other != plan.master_port(JOB.uid)
+    assert all(plan.MASTER_PORT_BASE <= plan.master_port(f"u{i}") < plan.MASTER_PORT_BASE + plan.MASTER_PORT_SPAN
+               for i in range(100))
+
+
+def test_resources_scheduling_and_volumes():
+    pod = plan.plan_children(JOB, _spec(scheduling={"gpuResource": "amd.com/gpu"}), 0)[2]
+    container = pod["spec"]["containers"][0]
+    assert container["resources"]["limits"]["amd.com/gpu"] == "4"
+    assert container["resources"]["requests"] == {"amd.com/gpu": "4", "cpu": "8", "memory": "64Gi"}
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    assert mounts == {contract.CONFIG_MOUNT: "config", "/mnt/nvme/ck": "local-checkpoints",
+                      "/mnt/checkpoints": "checkpoints"}
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    assert volumes["config"]["configMap"]["name"] == "video-dit-config"
+    assert volumes["local-checkpoints"]["hostPath"]["path"] == "/mnt/nvme/ck"
+    assert volumes["checkpoints"]["persistentVolumeClaim"]["claimName"] == "ckpt-pvc"
+
+    pod = plan.plan_children(JOB, _spec(), 0)[2]
+    s = pod["spec"]
+    assert s["nodeSelector"] == {"pool": "gpu"} and s["priorityClassName"] == "high"
+    assert s["schedulerName"] == "volcano"
+    assert s["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+
+
+def test_no_persistent_volume_without_a_claim():
+    pod = plan.plan_children(JOB, JobSpec(), 0)[2]
+    assert [v["name"] for v in pod["spec"]["volumes"]] == ["config", "local-checkpoints"]
+
+
+def test_affinity_spreads_one_pod_per_node_and_excludes_isolated_nodes():
+    pod = plan.plan_children(JOB, _spec(), 1, excluded_nodes=["gpu-7", "gpu-2", "gpu-7"])[2]
+    aff = pod["spec"]["affinity"]
+    anti = aff["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][0]
+    assert anti["topologyKey"] == "kubernetes.io/hostname"
+    assert anti["labelSelector"]["matchLabels"] == {plan.LABEL_JOB: "video-dit"}
+    term = aff["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][0]
+    assert term["matchExpressions"] == [{"key": "kubernetes.io/hostname", "operator": "NotIn",
+                                         "values": ["gpu-2", "gpu-7"]}]
+    assert aff["podAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"][0]["podAffinityTerm"][
+        "topologyKey"] == plan.RACK_LABEL
+    assert "nodeAffinity" not in plan.plan_children(JOB, _spec(), 1)[2]["spec"]["affinity"]
+
+
+def test_service_config_map_and_owner_references():
+    cm, svc, *pods = plan.plan_children(JOB, _spec(), 4)
+    assert svc["spec"]["clusterIP"] == "None" and svc["spec"]["publishNotReadyAddresses"] is True
+    assert svc["spec"]["selector"] == {plan.LABEL_JOB: "video-dit"}
+    config = TrainerConfig.model_validate(yaml.safe_load(cm["data"][contract.CONFIG_FILE]))
+    assert config.run.job_name == "video-dit" and config.run.attempt == 4 and config.run.job_uid == JOB.uid
+    assert config.spec == _spec()
+    for obj in [cm, svc, *pods]:
+        (owner,) = obj["metadata"]["ownerReferences"]
+        assert owner == {"apiVersion": "omnitrain.io/v1alpha1", "kind": "OmniTrainingJob", "name": "video-dit",
+                         "uid": JOB.uid, "controller": True, "blockOwnerDeletion": True}
+
+
+def test_command_is_torchrun_by_default_and_configurable():
+    pod = plan.plan_children(JOB, _spec(), 0)[2]
+    command = pod["spec"]["containers"][0]["command"]
+    assert command[0] == "torchrun"
+    assert command[-5:] == ["-m", "omnitrain", "train", "--config", contract.CONFIG_PATH]
+    assert "--nnodes=$(PET_NNODES)" in command and "-m" in command
+    custom = plan.plan_children(JOB, _spec(), 0, options=plan.PlanOptions(command=["python", "-c", "pass"]))[2]
+    assert custom["spec"]["containers"][0]["command"] == ["python", "-c", "pass"]
+
+
+def test_long_names_stay_within_63_characters_and_unique():
+    long_a = "a" * 62 + "x"
+    long_b = "a" * 62 + "y"
+    names = set()
+    for name in (long_a, long_b):
+        job = plan.JobRef(name=name, namespace="ns", uid="u")
+        cm, svc, *pods = plan.plan_children(job, JobSpec.model_validate({"parallelism": {"nodes": 12}}), 1234)
+        for obj in [cm, svc, *pods]:
+            assert len(obj["metadata"]["name"]) <= 63
+            for value in obj["metadata"]["labels"].values():
+                assert len(value) <= 63
+            names.add(obj["metadata"]["name"])
+        assert len(pods[0]["spec"]["hostname"]) <= 63
+    assert len(names) == 2 * 14
