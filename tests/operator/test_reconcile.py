@@ -1,0 +1,145 @@
+"""The operator's decisions, step by step, as pure functions of (spec, status, pods)."""
+
+from omnitrain.contract import ExitCode, TerminationMessage
+from omnitrain.operator import plan
+from omnitrain.operator.reconcile import (FAILED, PENDING, RESTARTING, RUNNING, SUCCEEDED, SUSPENDED, PodFailure,
+                                          PodView, condition, decide_recovery, reconcile)
+from omnitrain.spec import JobSpec
+
+JOB = plan.JobRef(name="j", namespace="ns", uid="uid-1")
+SPEC = {"parallelism": {"nodes": 2, "gpusPerNode": 2}, "resilience": {"maxRestarts": 2}}
+
+
+def pods(attempt, *phases, codes=None, node="node-a"):
+    codes = codes or [None] * len(phases)
+    return [PodView(name=plan.pod_name("j", attempt, r), attempt=attempt, rank=r, phase=ph, node=f"{node}{r}",
+                    pod_ip=f"127.0.0.{r + 2}", exit_code=c) for r, (ph, c) in enumerate(zip(phases, codes))]
+
+
+def step(spec, status, observed, now="t"):
+    return reconcile(JOB, spec, status, observed, now, generation=1)
+
+
+def launched(spec=SPEC):
+    d = step(spec, None, [])
+    assert d.create_attempt == 0
+    return d.status
+
+
+def test_first_pass_validates_and_creates_attempt_zero():
+    d = step(SPEC, None, [])
+    assert d.create_attempt == 0 and d.delete_pods == []
+    assert d.status["phase"] == PENDING and d.status["attempt"] == 0 and d.status["launchedAttempt"] == 0
+    assert condition(d.status, "Valid")["status"] == "True"
+    assert condition(d.status, "Created")["status"] == "True"
+    assert d.status["children"]["pods"] == ["j-a0-n0", "j-a0-n1"]
+    assert [e.reason for e in d.events] == ["Created"]
+
+
+def test_invalid_spec_fails_with_the_field_named_and_creates_nothing():
+    bad = {"parallelism": {"nodes": 2, "gpusPerNode": 2, "tensor": 2, "pipeline": 3}}
+    d = step(bad, None, [])
+    assert d.create_attempt is None and d.delete_pods == []
+    assert d.status["phase"] == FAILED
+    valid = condition(d.status, "Valid")
+    assert valid["status"] == "False" and valid["reason"] == "InvalidSpec"
+    assert "spec.parallelism" in valid["message"]
+    assert d.events[0].type == "Warning" and d.events[0].reason == "InvalidSpec"
+    # schema-level problems (as if the API server let one through) also name the field
+    d = step({"training": {"steps": "many"}}, None, [])
+    assert d.status["phase"] == FAILED and "spec.training.steps" in d.status["message"]
+
+
+def test_restart_mid_launch_recreates_only_what_is_missing():
+    # status was never written (operator died after creating one pod): create again; AlreadyExists is fine
+    d = step(SPEC, None, pods(0, "Pending"))
+    assert d.create_attempt == 0
+
+
+def test_pending_running_succeeded_transitions():
+    st = launched()
+    d = step(SPEC, st, pods(0, "Pending", "Running"))
+    assert d.create_attempt is None and d.status["phase"] == PENDING
+    d = step(SPEC, d.status, pods(0, "Running", "Running"), now="t2")
+    assert d.status["phase"] == RUNNING and condition(d.status, "Running")["status"] == "True"
+    assert [e.reason for e in d.events] == ["Running"]
+    again = step(SPEC, d.status, pods(0, "Running", "Running"), now="t3")
+    assert again.events == [] and condition(again.status, "Running")["lastTransitionTime"] == "t2"
+    d = step(SPEC, again.status, pods(0, "Succeeded", "Succeeded"), now="t4")
+    assert d.status["phase"] == SUCCEEDED and d.status["completionTime"] == "t4"
+    assert condition(d.status, "Succeeded")["status"] == "True"
+    assert condition(d.status, "Running")["status"] == "False"
+    done = step(SPEC, d.status, pods(0, "Succeeded", "Succeeded"))
+    assert done.create_attempt is None and done.status == d.status
+
+
+def test_retryable_failure_restarts_the_gang_once_old_pods_are_gone():
+    st = step(SPEC, launched(), pods(0, "Running", "Running")).status
+    d = step(SPEC, st, pods(0, "Running", "Failed", codes=[None, ExitCode.ERROR]))
+    assert d.status["phase"] == RESTARTING and d.status["attempt"] == 1 and d.status["restarts"] == 1
+    assert sorted(d.delete_pods) == ["j-a0-n0", "j-a0-n1"] and d.create_attempt is None
+    assert d.status["lastFailure"]["pod"] == "j-a0-n1" and d.status["lastFailure"]["exitCode"] == 1
+    assert condition(d.status, "Restarting")["status"] == "True"
+    # the old gang is still terminating: wait, create nothing
+    old = [PodView(**{**p.__dict__, "deleting": True}) for p in pods(0, "Running", "Failed")]
+    w = step(SPEC, d.status, old)
+    assert w.create_attempt is None and w.delete_pods == [] and w.requeue
+    # gone: the next attempt is created
+    n = step(SPEC, w.status, [])
+    assert n.create_attempt == 1 and n.status["phase"] == PENDING and n.status["launchedAttempt"] == 1
+    assert condition(n.status, "Restarting")["status"] == "False"
+
+
+def test_permanent_exit_code_fails_the_job_and_stops_the_other_pods():
+    st = step(SPEC, launched(), pods(0, "Running", "Running")).status
+    msg = TerminationMessage(reason="ConfigError", message="data.path has no shards").to_json()
+    observed = pods(0, "Running", "Failed", codes=[None, ExitCode.CONFIG])
+    observed[1] = PodView(**{**observed[1].__dict__, "message": msg})
+    d = step(SPEC, st, observed)
+    assert d.status["phase"] == FAILED and d.delete_pods == ["j-a0-n0"]
+    failed = condition(d.status, "Failed")
+    assert failed["reason"] == "PermanentFailure" and "data.path has no shards" in failed["message"]
+    assert d.status["lastFailure"]["reason"] == "ConfigError"
+
+
+def test_restart_budget_is_enforced():
+    st = {**step(SPEC, launched(), pods(0, "Running", "Running")).status, "restarts": 2}
+    d = step(SPEC, st, pods(0, "Failed", "Running", codes=[ExitCode.HANG, None]))
+    assert d.status["phase"] == FAILED and condition(d.status, "Failed")["reason"] == "RestartLimitExceeded"
+
+
+def test_lost_pod_counts_as_a_failure():
+    st = step(SPEC, launched(), pods(0, "Running", "Running")).status
+    d = step(SPEC, st, pods(0, "Running"))
+    assert d.status["phase"] == RESTARTING and d.status["lastFailure"]["reason"] == "PodLost"
+
+
+def test_hardware_fault_excludes_the_node():
+    spec = JobSpec.model_validate(SPEC)
+    r = decide_recovery(PodFailure("p", "gpu-3", int(ExitCode.HARDWARE), "HardwareFault", "xid 79"), 0, spec)
+    assert r.restart and r.exclude_nodes == ("gpu-3",)
+    st = step(SPEC, launched(), pods(0, "Running", "Running")).status
+    d = step(SPEC, st, pods(0, "Failed", "Running", codes=[ExitCode.HARDWARE, None]))
+    assert d.status["excludedNodes"] == ["node-a0"]
+    off = {**SPEC, "resilience": {"isolateNodes": False}}
+    assert not decide_recovery(PodFailure("p", "gpu-3", 43, "x", ""), 0, JobSpec.model_validate(off)).exclude_nodes
+
+
+def test_suspend_deletes_pods_and_resume_starts_the_next_attempt():
+    st = step(SPEC, launched(), pods(0, "Running", "Running")).status
+    suspended = {**SPEC, "suspend": True}
+    d = step(suspended, st, pods(0, "Running", "Running"))
+    assert d.status["phase"] == SUSPENDED and sorted(d.delete_pods) == ["j-a0-n0", "j-a0-n1"]
+    assert condition(d.status, "Suspended")["status"] == "True" and d.create_attempt is None
+    d = step(suspended, d.status, [])
+    assert d.status["phase"] == SUSPENDED and d.events == []
+    r = step(SPEC, d.status, [])
+    assert r.create_attempt == 1 and r.status["attempt"] == 1 and r.status["restarts"] == 0
+    assert condition(r.status, "Suspended")["status"] == "False"
+    assert [e.reason for e in r.events] == ["Resumed", "Restarted"]
+
+
+def test_stale_pods_of_older_attempts_are_deleted():
+    st = {**launched(), "attempt": 1, "launchedAttempt": 1}
+    d = step(SPEC, st, pods(0, "Running") + pods(1, "Running", "Running"))
+    assert d.delete_pods == ["j-a0-n0"] and d.status["phase"] == RUNNING
