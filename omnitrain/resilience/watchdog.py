@@ -73,6 +73,27 @@ def _exit_code_of(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
 
 
+def _descendants(root: int) -> set[int]:
+    """All live descendants of `root` (Linux /proc), whatever session or process group they moved to."""
+    parent_of: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            parent_of[int(stat.parent.name)] = int(fields[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    children: dict[int, list[int]] = {}
+    for pid, ppid in parent_of.items():
+        children.setdefault(ppid, []).append(pid)
+    found, todo = set(), [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
 def _is_stopped(pid: int) -> bool:
     """True for a SIGSTOP'd/traced process (Linux /proc state T or t): it cannot answer a signal until resumed."""
     try:
@@ -104,6 +125,10 @@ class Supervisor:
         self.clock = clock
         self.heartbeat_dir = options.heartbeat_dir or tempfile.mkdtemp(prefix="omnitrain-heartbeat-")
         Path(self.heartbeat_dir).mkdir(parents=True, exist_ok=True)
+        # Records of an earlier run in a reused folder would be judged (and their pids signalled): start clean.
+        for stale in list(Path(self.heartbeat_dir).glob("rank-*.json")) + list(
+                Path(self.heartbeat_dir).glob("stacks-rank-*.txt")):
+            stale.unlink(missing_ok=True)
         self.proc: subprocess.Popen | None = None
         self.hang_detected_at: float | None = None
         self._forwarded: int | None = None
@@ -127,11 +152,15 @@ class Supervisor:
                 pass
 
     def _kill_workers(self) -> None:
+        """SIGKILL the whole worker tree. torchrun starts each rank in a session of its own, so killing our child's
+        process group is not enough: every descendant (and the ranks named by heartbeats) is killed as well."""
         assert self.proc is not None
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        pids = _descendants(self.proc.pid) | {hb.pid for hb in read_heartbeats(self.heartbeat_dir).values()}
+        for kill, target in [(os.killpg, self.proc.pid)] + [(os.kill, pid) for pid in sorted(pids)]:
+            try:
+                kill(target, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
         self.proc.wait()
 
     def _request_stack_dumps(self) -> list[str]:

@@ -53,6 +53,7 @@ def main() -> int:
     p.add_argument("--step-seconds", type=float, default=0.05)
     p.add_argument("--slow", type=float, default=0.0)
     p.add_argument("--marker", help="file touched (with a timestamp) when the fault begins")
+    p.add_argument("--fault-rank", type=int, help="only this rank faults; the others block as in a collective")
     args = p.parse_args()
     cb = HeartbeatCallback.from_env()
     assert cb is not None, "started without OMNITRAIN_HEARTBEAT_DIR"
@@ -70,6 +71,10 @@ def main() -> int:
 
     cb.on_train_start(step=0)
     step = run_steps(0, args.steps)
+    if args.fault_rank is not None and int(os.environ.get("RANK", 0)) != args.fault_rank:
+        if port:
+            port.moving.clear()
+        threading.Event().wait()          # waiting for the faulty peer in the next collective
     if args.marker:
         Path(args.marker).write_text(repr(time.time()))
     if args.mode == "sigstop":

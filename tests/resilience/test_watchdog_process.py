@@ -39,11 +39,21 @@ def termination(tmp_path: Path) -> TerminationMessage | None:
 
 
 def pid_alive(pid: int) -> bool:
+    """Running or stopped; a zombie (killed, waiting for init to reap it) is dead."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
         return False
-    return True
+    return state not in ("Z", "X")
+
+
+def all_dead(pids: list[int], deadline: float = 10.0) -> bool:
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        if not any(pid_alive(p) for p in pids):
+            return True
+        time.sleep(0.05)
+    return not any(pid_alive(p) for p in pids)
 
 
 @pytest.mark.parametrize("mode", ["sigstop", "blocked"])
@@ -60,7 +70,7 @@ def test_stopped_or_blocked_trainer_with_stalled_counters_is_a_hang(tmp_path, mo
     assert (hb / "hang-evidence.json").exists()
     # The whole worker group is gone, stopped or not.
     worker_pid = read_heartbeats(hb)[0].pid
-    assert not pid_alive(worker_pid)
+    assert all_dead([worker_pid])
     began = float((tmp_path / "fault-began").read_text())
     print(f"{mode}: detected and ended {ended - began:.2f}s after the fault (timeout {TIMEOUT}s)")
 
@@ -102,3 +112,24 @@ def test_missing_worker_command_is_a_clear_error(tmp_path):
     assert result.returncode == ExitCode.CONFIG
     assert "needs the worker command after `--`" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_under_torchrun_one_stopped_rank_ends_the_pod_and_no_worker_survives(tmp_path):
+    """The real launch path: watchdog -> torchrun (2 ranks, each in a session of its own) -> workers. Rank 1 is
+    SIGSTOP'd, rank 0 blocks waiting for it; the watchdog must kill both ranks, not only torchrun's group."""
+    hb = tmp_path / "hb"
+    torchrun = str(Path(sys.executable).with_name("torchrun"))
+    cmd = [sys.executable, "-m", "omnitrain", "watchdog", "--timeout", str(TIMEOUT), "--workers", "2",
+           "--startup-timeout", "120", "--heartbeat-dir", str(hb), "--poll", "0.1", "--no-gpu-health",
+           "--termination-log", str(tmp_path / "termination-log"), "--",
+           torchrun, "--standalone", "--nnodes=1", "--nproc-per-node=2", FAKE, "sigstop", "--fault-rank", "1",
+           "--rdma-root", str(tmp_path / "rdma"), "--marker", str(tmp_path / "fault-began")]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert result.returncode == ExitCode.HANG, result.stderr[-3000:]
+    msg = termination(tmp_path)
+    # whichever rank passed its leash first triggers; both stopped after step 10
+    assert msg.evidence["stalled_ranks"] and set(msg.evidence["stalled_ranks"]) <= {0, 1}
+    assert msg.evidence["last_step_by_rank"] == {"0": 10, "1": 10}
+    pids = [h.pid for h in read_heartbeats(hb).values()]
+    assert len(pids) == 2
+    assert all_dead(pids), "a rank outlived the watchdog"
