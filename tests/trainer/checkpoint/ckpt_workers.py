@@ -86,7 +86,7 @@ def _wait_forever_at(progress_dir: Path, rank: int, step: int) -> None:
 def tiny_train(rank: int, world: int, cfg: dict) -> dict:
     """cfg: total_steps, dropout, checkpoint (None: no checkpointing) with job/local_root ('{rank}' expands, one
     folder per simulated node)/persistent_root/interval/async/when_busy, park_at (step to wait at until killed),
-    progress_dir."""
+    progress_dir, gate_step + gate (path with '{rank}': that step's save is held mid-write)."""
     torch.set_num_threads(1)
     model, opt, sched, loader = build(rank, world, cfg.get("dropout", 0.0))
     ck = None
@@ -119,10 +119,13 @@ def tiny_train(rank: int, world: int, cfg: dict) -> dict:
         sched.step()
         losses[step] = loss.item()
         if ck is not None and (ck.should_save(step) or step == cfg["total_steps"]):
-            ck.save(step, train_state(step, model, opt, sched, loader))
+            state = train_state(step, model, opt, sched, loader)
+            if step == cfg.get("gate_step"):
+                state["gate"] = Gate(cfg["gate"].format(rank=rank))
+            ck.save(step, state)
             blocking.append(ck.last_blocking_seconds)
         if step == cfg.get("park_at"):
-            if ck is not None:
+            if ck is not None and cfg.get("gate_step") != step:
                 ck.wait()
             _wait_forever_at(Path(cfg["progress_dir"]), rank, step)
     if ck is not None:
@@ -158,12 +161,23 @@ def _wait_for_file(path: str) -> str:
     return "gate"
 
 
-class Gate:
-    """A state value whose unpickling in the writer process waits until a file exists: holds a save in flight
-    for as long as a test needs, without timing assumptions."""
+class _HoldDuringSave:
+    """Lives in the writer process; torch.save pickling it waits for the gate, i.e. the shard file is half
+    written while the save is held."""
 
     def __init__(self, path: str):
         self.path = path
 
     def __reduce__(self):
-        return (_wait_for_file, (self.path,))
+        return (str, (_wait_for_file(self.path),))
+
+
+class Gate:
+    """A state value that holds a save in flight inside the writer process, in the middle of writing the shard,
+    until a file exists: lets tests hold or kill a save mid-write without timing assumptions."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        return (_HoldDuringSave, (self.path,))

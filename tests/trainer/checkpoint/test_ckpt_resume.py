@@ -71,6 +71,39 @@ def test_sigkill_then_resume_matches_straight_run(tmp_path):
         assert resumed[r]["blocking"] and all(b >= 0 for b in resumed[r]["blocking"])
 
 
+def test_sigkill_mid_write_leaves_a_torn_checkpoint_that_is_skipped(tmp_path):
+    total = 8
+    straight = run_on_ranks(tiny_train, 2, {"total_steps": total})
+    ckpt = _ckpt(tmp_path)
+    progress = tmp_path / "progress"
+    progress.mkdir()
+    gate = str(tmp_path / "gate-{rank}")
+    ctx = launch_ranks(tiny_train, 2, {"total_steps": total, "checkpoint": ckpt, "park_at": 6, "gate_step": 6,
+                                       "gate": gate, "progress_dir": str(progress)})
+    try:
+        # both writers are inside torch.save of step 6 (shard half written), both trainers parked after step 6
+        _poll(lambda: all(Path(gate.format(rank=r) + ".writer-waiting").exists() for r in range(2)) and
+              all((progress / f"rank{r}-at-6").exists() for r in range(2)), "step 6 held mid-write")
+    finally:
+        for p in ctx.processes:
+            if p.is_alive():
+                os.kill(p.pid, signal.SIGKILL)
+        for p in ctx.processes:
+            p.join(timeout=30)
+    torn = [step_dir(ckpt["local_root"].format(rank=r), ckpt["job"], 6) for r in range(2)]
+    assert all(not (d / MANIFEST_NAME).exists() for d in torn)
+    assert all(any(f.name.startswith(".rank-") for f in d.iterdir()) for d in torn)    # half-written temp files
+
+    resumed = run_on_ranks(tiny_train, 2, {"total_steps": total, "checkpoint": ckpt})
+    for r in range(2):
+        assert resumed[r]["start"] == 3
+        for step, loss in resumed[r]["losses"].items():
+            assert loss == straight[r]["losses"][step], step
+        _assert_same_state(resumed[r]["final"], straight[r]["final"])
+    # the re-run wrote a complete step 6 over the torn folder
+    assert all((d / MANIFEST_NAME).exists() for d in torn)
+
+
 def test_resume_after_data_degree_change(tmp_path):
     ckpt = _ckpt(tmp_path, interval=2)
     before = run_on_ranks(tiny_train, 2, {"total_steps": 4, "checkpoint": ckpt})
