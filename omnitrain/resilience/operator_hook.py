@@ -1,0 +1,75 @@
+"""What the operator calls to decide a gang's recovery and to isolate nodes. Pure; no torch, no kopf.
+
+    from omnitrain.resilience.operator_hook import decide, isolation_patch, watchdog_command
+    outcome = decide(pod_views, nodes_by_name, job_status, spec, missing_pods=...)
+    # outcome.action.kind: GangRestart (after outcome.action.delay_seconds) | Fail | Wait; outcome.status_patch holds
+    # restarts/totalRestarts/noProgressRestarts/checkpointStepAtLastFailure/excludedNodes/lastFailureClass
+    for node in outcome.action.isolate_nodes: patch the Node with isolation_patch(node_object)
+
+`pod_views` are anything with the attributes of the operator's PodView (name, node, phase, exit_code, reason,
+message, deleting); `nodes_by_name` maps each node a pod ran on to its Node object (dict) or None when it is gone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Mapping
+
+from omnitrain import contract
+from omnitrain.resilience.classify import Failure, PodObservation, classify, observe_node
+from omnitrain.resilience.recovery import ISOLATION_KEY, RecoveryAction, RecoveryState, plan_recovery
+from omnitrain.spec import JobSpec
+
+
+@dataclass(frozen=True)
+class RecoveryOutcome:
+    failure: Failure | None
+    action: RecoveryAction
+    status_patch: dict
+
+
+def pod_observation(view, missing: bool = False) -> PodObservation:
+    """The operator's PodView (duck-typed) -> PodObservation. A missing pod (gone from the API) is a deleted one."""
+    reason = getattr(view, "reason", None)
+    return PodObservation(
+        name=view.name, node=getattr(view, "node", None),
+        phase="Failed" if missing else getattr(view, "phase", "Running"),
+        exit_code=getattr(view, "exit_code", None), container_reason=reason,
+        waiting_reason=getattr(view, "waiting_reason", None),
+        termination_message=getattr(view, "message", None), pod_reason=reason,
+        disruption_reason=getattr(view, "disruption_reason", None),
+        deleted=missing or bool(getattr(view, "deleting", False)))
+
+
+def last_checkpoint_step(status: Mapping | None) -> int | None:
+    step = ((status or {}).get("lastCheckpoint") or {}).get("step")
+    return None if step is None or int(step) < 0 else int(step)
+
+
+def decide(pods: Iterable, nodes: Mapping[str, dict | None], status: Mapping | None, spec: JobSpec,
+           missing_pods: Iterable = (), usable_nodes: list[str] | None = None) -> RecoveryOutcome:
+    observations = [pod_observation(p) for p in pods] + [pod_observation(p, missing=True) for p in missing_pods]
+    node_obs = [observe_node(obj, name) for name, obj in nodes.items()]
+    failure = classify(observations, node_obs)
+    state = RecoveryState.from_status(dict(status or {}))
+    action = plan_recovery(failure, state, spec.resilience, last_checkpoint_step(status),
+                           nodes_needed=spec.parallelism.nodes if usable_nodes is not None else None,
+                           usable_nodes=usable_nodes)
+    patch = action.state.to_status()
+    if failure is not None:
+        patch["lastFailureClass"] = failure.failure_class.value
+    return RecoveryOutcome(failure=failure, action=action, status_patch=patch)
+
+
+def isolation_patch(node: dict, reason: str = "HardwareFault") -> dict:
+    """Merge patch for a Node with hardware evidence: label + NoSchedule taint `omnitrain.dev/isolated`, keeping its
+    other taints. Idempotent; a human removes both after repair (docs/resilience.md)."""
+    taints = list(((node.get("spec") or {}).get("taints")) or [])
+    if not any(t.get("key") == ISOLATION_KEY for t in taints):
+        taints.append({"key": ISOLATION_KEY, "value": reason, "effect": "NoSchedule"})
+    return {"metadata": {"labels": {ISOLATION_KEY: "true"}}, "spec": {"taints": taints}}
+
+
+def watchdog_command(train_command: list[str], config_path: str = contract.CONFIG_PATH) -> list[str]:
+    """The pod command with the watchdog as the container's main process in front of torchrun."""
+    return ["omnitrain", "watchdog", "--config", config_path, "--", *train_command]
