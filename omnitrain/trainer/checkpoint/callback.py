@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 
 from omnitrain.trainer.checkpoint.checkpointer import CheckpointConfig, Checkpointer
+from omnitrain.trainer.checkpoint.flatten import rewrap_like
 from omnitrain.trainer.checkpoint.manifest import WorldLayout
 from omnitrain.trainer.checkpoint.rng import capture_rng_state, restore_rng_state
 
@@ -53,7 +54,8 @@ class CheckpointCallback:
         restored = self.checkpointer.restore()
         if restored is None:
             return 0, 0.0
-        train_state.load_state_dict(restored.state["train"])
+        # DTensor shards (FSDP/TP) were saved as local pieces; give them back their mesh and placements.
+        train_state.load_state_dict(rewrap_like(train_state.state_dict(), restored.state["train"]))
         restore_rng_state(restored.state["rng"])
         self._last_saved_step = restored.step
         return restored.step, restored.seconds

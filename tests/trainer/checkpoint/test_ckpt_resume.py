@@ -128,3 +128,10 @@ def test_replaced_node_restores_from_persistent_copy(tmp_path):
     for r in range(2):
         assert again[r]["start"] == 4
         _assert_same_state(again[r]["at_restore"], first[r]["final"])
+
+
+def test_dtensor_shards_round_trip_on_the_same_layout(tmp_path):
+    from ckpt_workers import sharded_save_restore
+    results = run_on_ranks(sharded_save_restore, 2, str(tmp_path))
+    assert [r["local_rows"] for r in results] == [(4, 4), (4, 4)]     # each rank stored only its shard
+    assert all(r["equal"] and r["is_dtensor"] for r in results)
