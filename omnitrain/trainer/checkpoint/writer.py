@@ -10,6 +10,7 @@ import os
 import signal
 import socket
 import traceback
+from datetime import timedelta
 
 from omnitrain.trainer.checkpoint.exchange import GroupExchange, SingleExchange
 from omnitrain.trainer.checkpoint.flatten import unflatten_state
@@ -42,8 +43,10 @@ def writer_main(target: SaveTarget, rendezvous: str | None, parent_pid: int, req
     try:
         if target.world_size > 1:
             import torch.distributed as dist
+            # A peer writer that crashed mid-save must not hold the others forever: its collective times out
+            # and the failure reaches the trainer as a crashed writer.
             dist.init_process_group("gloo", init_method=rendezvous, rank=target.rank,
-                                    world_size=target.world_size)
+                                    world_size=target.world_size, timeout=timedelta(minutes=10))
             exchange = GroupExchange()
         else:
             exchange = SingleExchange()
