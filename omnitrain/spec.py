@@ -128,6 +128,13 @@ class DistillSpec(_Spec):
     teacher_steps: int = Field(150, ge=2, description="Sampling steps of the teacher.")
     student_steps: int = Field(10, ge=1, description="Sampling steps of the student.")
     steps: int = Field(100, ge=1, description="Distillation optimizer steps (both phases together).")
+    trajectory_steps: int | None = Field(None, ge=0, description=(
+        "Steps of phase 1 (trajectory matching); the rest is phase 2 (distribution matching). Unset: half."))
+    learning_rate: float = Field(1e-4, gt=0, description="AdamW learning rate of the student (and fake score).")
+    batch_size: int = Field(8, ge=1, description="Requests (conditions + noise) per distillation step.")
+    distribution_weight: float = Field(0.1, ge=0, description="Weight of the distribution-matching loss in phase 2.")
+    guidance: float = Field(1.0, ge=0, description="Teacher classifier-free guidance scale baked into the student.")
+    teacher: str | None = Field(None, description="Teacher checkpoint; unset: the job's final checkpoint.")
 
 
 class InferenceSpec(_Spec):
@@ -251,6 +258,12 @@ def validate_job_spec(spec: JobSpec) -> list[FieldError]:
         errors.append(FieldError(
             field="spec.checkpoint.persistentClaim",
             message="promotion needs the final checkpoint on a persistent claim; set checkpoint.persistentClaim"))
+    distill = spec.promotion.distill
+    if distill and distill.enabled and distill.teacher_steps % distill.student_steps:
+        errors.append(FieldError(
+            field="spec.promotion.distill.teacherSteps",
+            message=(f"teacherSteps={distill.teacher_steps} must be a multiple of studentSteps="
+                     f"{distill.student_steps} (each student step covers whole teacher steps)")))
     return errors
 
 
