@@ -53,8 +53,8 @@ class RestoredCheckpoint:
     seconds: float
 
 
-def discover(roots: dict[str, str | None], job: str, fingerprint: str) -> dict[int, Candidate]:
-    """Complete checkpoints on the given tiers (tier -> root), by step."""
+def discover(roots: dict[str, str | None], job: str, fingerprint: str | None) -> dict[int, Candidate]:
+    """Complete checkpoints on the given tiers (tier -> root), by step. fingerprint None: any model config."""
     found: dict[int, Candidate] = {}
     for tier, root in roots.items():
         for step, folder in sorted(list_step_dirs(root, job).items()):
@@ -66,7 +66,8 @@ def discover(roots: dict[str, str | None], job: str, fingerprint: str) -> dict[i
             if manifest is None:
                 log.warning("skipping step-%d on %s tier (%s): no manifest (torn write)", step, tier, folder)
                 continue
-            manifest.check_belongs_to(job, fingerprint, folder)
+            manifest.check_belongs_to(job, manifest.model_fingerprint if fingerprint is None else fingerprint,
+                                      folder)
             found.setdefault(step, Candidate(step, manifest)).folders[tier] = folder
     return found
 
@@ -125,6 +126,13 @@ def with_sibling_folders(candidate: Candidate, roots: dict[str, str | None], job
     # keep the preference order local first
     candidate.folders = {t: candidate.folders[t] for t in TIERS if t in candidate.folders}
     return candidate
+
+
+def final_checkpoint(persistent_root: str, job: str) -> Candidate | None:
+    """The newest complete checkpoint of a job on the persistent tier: what promotion (distillation teacher,
+    serving) starts from. Read a rank's state with read_shard(candidate, rank) (checksums verified)."""
+    found = discover({"persistent": persistent_root}, job, None)
+    return found[max(found)] if found else None
 
 
 def restore_newest(roots: dict[str, str | None], job: str, fingerprint: str, current: WorldLayout, rank: int,

@@ -199,3 +199,17 @@ def test_layout_mapping_and_refusals():
         source_rank(WorldLayout(pp=2), WorldLayout(dp=2), 0)
     with pytest.raises(LayoutChangeError, match="FSDP"):
         source_rank(WorldLayout(dp=4, data_sharding="fsdp"), WorldLayout(dp=2, data_sharding="fsdp"), 0)
+
+
+def test_final_checkpoint_is_the_newest_complete_persistent_step(tmp_path):
+    from omnitrain.trainer.checkpoint.restore import final_checkpoint, read_shard
+    cfg = _config(tmp_path, async_save=False)
+    assert final_checkpoint(cfg.persistent_root, JOB) is None
+    ck = Checkpointer(cfg, model_config={"hidden": 64})
+    for s in (2, 4, 5):
+        ck.save(s, _state(s))
+    (step_dir(cfg.persistent_root, JOB, 6)).mkdir()          # a torn later folder does not count
+    final = final_checkpoint(cfg.persistent_root, JOB)
+    assert final.step == 5 and final.folders["persistent"] == step_dir(cfg.persistent_root, JOB, 5)
+    state, tier = read_shard(final, 0)
+    assert tier == "persistent" and torch.equal(state["model"]["w"], torch.full((64,), 5.0))
