@@ -55,11 +55,19 @@ def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor 
     return out.transpose(0, 1)
 
 
+class _ModeState(threading.local):
+    """The current mode, per thread. A deep copy of a model (student/fake-score copies of a teacher) gets a fresh,
+    mode-less state shared by the copy's layers (deepcopy's memo keeps it shared)."""
+
+    def __deepcopy__(self, memo):
+        return _ModeState()
+
+
 class ConditionAwareCore(nn.Module):
     """Wraps one block's attention core; which attention it computes is set by the `condition_attention` context
     of its owner (thread-local, so server threads do not see each other's modes)."""
 
-    def __init__(self, inner: nn.Module, layer: int, state: threading.local):
+    def __init__(self, inner: nn.Module, layer: int, state: _ModeState):
         super().__init__()
         self.inner = inner
         self.layer = layer
@@ -106,7 +114,7 @@ class ConditionAttention:
     def __init__(self, model: nn.Module):
         installed = [b.attn.core for b in model.blocks if isinstance(b.attn.core, ConditionAwareCore)]
         # A second Denoiser over the same model shares the installed cores (and their mode).
-        self._state = installed[0]._state if installed else threading.local()
+        self._state = installed[0]._state if installed else _ModeState()
         for i, block in enumerate(model.blocks):
             if not isinstance(block.attn.core, ConditionAwareCore):
                 block.attn.core = ConditionAwareCore(block.attn.core, i, self._state)
