@@ -15,6 +15,7 @@ COMMAND_MODULES = (
     "omnitrain.resilience.cli",      # watchdog
     "omnitrain.observability.cli",   # status, report
     "omnitrain.serving.cli",         # serve
+    "omnitrain.trainer.distill.cli",  # distill
 )
 
 
