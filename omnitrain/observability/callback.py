@@ -3,7 +3,7 @@
 Hooks (called by omnitrain.trainer.train on every rank; only global rank 0 records job figures, local rank 0 serves):
   on_train_start(step=<resumed from>, restore_seconds=...)
   on_step_end(step=..., loss=..., tokens=<whole job, this step>, flops=<model FLOPs, whole job, this step>,
-              step_seconds=<optional: measured here between calls when absent>)
+              step_seconds=<optional: measured here between calls when absent>, data_seconds=<optional: input wait>)
   on_train_end(step=..., reason="Completed")
 and event methods for the parts that know about them: on_checkpoint_blocked, on_checkpoint_complete, on_restore,
 on_hang, on_goodput. Each hook takes either keyword arguments or one state object with those attributes.
@@ -53,11 +53,12 @@ def _number(value) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def metrics_log_dir(checkpoint_persistent_path: str, checkpoint_local_path: str, has_persistent_claim: bool) -> Path:
-    """Where the metrics log of a job lives: beside the persistent checkpoints (they survive the pods), else on the
-    node-local disk."""
+def metrics_log_dir(checkpoint_persistent_path: str, checkpoint_local_path: str, has_persistent_claim: bool,
+                    job: str) -> Path:
+    """Where the metrics log of a job lives: `<root>/<job>/metrics`, beside the job's checkpoints
+    (docs/checkpointing.md) on the persistent tier (it survives the pods), else on the node-local disk."""
     base = checkpoint_persistent_path if has_persistent_claim else checkpoint_local_path
-    return Path(base) / METRICS_LOG_SUBDIR
+    return Path(base) / job / METRICS_LOG_SUBDIR
 
 
 def detect_device_name() -> str | None:
@@ -97,6 +98,8 @@ class MetricsCallback:
             TrainerMetrics(job, node=node, role=self.role) if self.role.serves else None)
         self.bound_port: int | None = None
         self._writer: StepLogWriter | None = None
+        self._pending: list[tuple[str, float, dict]] = []   # records from before on_train_start (a restore)
+        self._restore_recorded = False
         self._last_step_mark: float | None = None
 
     @classmethod
@@ -118,13 +121,20 @@ class MetricsCallback:
             node=env.get(contract.ENV_NODE_NAME, ""), metrics_addr=env.get(contract.ENV_POD_IP, "0.0.0.0"),
             metrics_port=port,
             log_dir=metrics_log_dir(spec.checkpoint.persistent_path, spec.checkpoint.local_path,
-                                    spec.checkpoint.persistent_claim is not None),
+                                    spec.checkpoint.persistent_claim is not None, run.job_name),
             peak_flops_per_device=peak, checkpoint_interval=spec.checkpoint.interval_steps)
 
     # --- helpers ------------------------------------------------------------------------------------------
     def _record(self, kind: str, **fields) -> None:
         if self._writer is not None:
             self._writer.write(kind, self._clock(), **fields)
+        elif self.log_dir is not None and not self._started:
+            # The checkpointer restores (and tells us) before the loop calls on_train_start: keep it for the log.
+            self._pending.append((kind, self._clock(), fields))
+
+    @property
+    def _started(self) -> bool:
+        return self._last_step_mark is not None
 
     @property
     def _job(self):
@@ -153,10 +163,13 @@ class MetricsCallback:
             m.peak_flops.set(self.peak_flops_per_device)
         if self.log_dir is not None:
             self._writer = StepLogWriter(self.log_dir, self.attempt)
+            for kind, when, fields in self._pending:
+                self._writer.write(kind, when, **fields)
+            self._pending.clear()
         self._record("start", step=step, total_steps=self.total_steps, world_size=self.world_size,
                      peak_flops=self.peak_flops_per_device)
         restore_seconds = _number(_field(state, kwargs, "restore_seconds"))
-        if restore_seconds is not None:
+        if restore_seconds and not self._restore_recorded:  # not already reported by the checkpointer
             self.on_restore(step=step, seconds=restore_seconds)
 
     def on_step_end(self, state=None, **kwargs) -> None:
@@ -171,6 +184,7 @@ class MetricsCallback:
         loss = _number(_field(state, kwargs, "loss"))
         tokens = _number(_field(state, kwargs, "tokens"))
         flops = _number(_field(state, kwargs, "flops"))
+        data_seconds = _number(_field(state, kwargs, "data_seconds"))
         m.step.set(step)
         if loss is not None:
             m.loss.set(loss)
@@ -185,8 +199,9 @@ class MetricsCallback:
                 mfu_value = mfu_math.mfu(flops, step_seconds, self.world_size, self.peak_flops_per_device)
                 if mfu_value is not None:
                     m.mfu.set(mfu_value)
+        extra = {"data_seconds": data_seconds} if data_seconds is not None else {}
         self._record("step", step=step, loss=loss, step_seconds=step_seconds, tokens=tokens, tokens_per_second=tps,
-                     mfu=mfu_value)
+                     mfu=mfu_value, **extra)
 
     def on_train_end(self, state=None, **kwargs) -> None:
         if self._job is not None:
@@ -208,6 +223,7 @@ class MetricsCallback:
 
     def on_restore(self, step: int, seconds: float) -> None:
         if self._job is not None:
+            self._restore_recorded = True
             self._job.restore_seconds.set(seconds)
             self._record("restore", step=step, seconds=seconds)
 

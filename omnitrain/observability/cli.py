@@ -20,8 +20,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     report.add_argument("--out", required=True, help="folder to write report.png and report.html into")
     report.add_argument("-n", "--namespace", default="default")
     report.add_argument("--metrics-dir", required=True,
-                        help="folder with the job's attempt-*.jsonl metrics log (<checkpoint persistentPath>/metrics "
-                             "on the job's volume)")
+                        help=("folder with the job's attempt-*.jsonl metrics log "
+                              "(<checkpoint persistentPath>/<job>/metrics on the job's volume)"))
     report.add_argument("--offline", action="store_true", help="do not read the job's status from the API server")
     report.set_defaults(func=_report)
 

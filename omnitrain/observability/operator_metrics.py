@@ -21,7 +21,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from prometheus_client.core import GaugeMetricFamily
 
 JOB_LABEL = "omnitrain_job"
-PHASES = ("Pending", "Created", "Running", "Restarting", "Suspended", "Succeeded", "Failed")
+# The CRD's status.phase values (omnitrain.operator.crd); listed so every phase has a series, 0 included.
+PHASES = ("Pending", "Running", "Restarting", "Suspended", "Succeeded", "Failed")
 
 METRIC_JOBS = "omnitrain_operator_jobs"
 METRIC_JOB_PHASE = "omnitrain_operator_job_phase"

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from omnitrain.observability.step_log import JobLog
+from omnitrain.resilience.goodput import Event, EventKind, compute_goodput
 
 
 @dataclass
@@ -28,8 +29,9 @@ class AttemptSummary:
 
 @dataclass
 class JobSummary:
-    """What the report shows, computed in hindsight from the whole log (wasted steps are known only after a restart
-    redid them)."""
+    """What the report shows. Goodput and badput come from omnitrain.resilience.goodput over the whole log (in
+    hindsight: wasted steps are known only after a restart redid them); the timeline shows goodput as it stood at
+    each moment."""
 
     attempts: list[AttemptSummary]
     steps: list[dict]                       # step records, each with "wasted": bool
@@ -43,6 +45,41 @@ class JobSummary:
     @property
     def goodput(self) -> float | None:
         return self.productive_seconds / self.wall_seconds if self.wall_seconds > 0 else None
+
+
+def events_from_log(log: JobLog) -> list[Event]:
+    """The metrics log as omnitrain.resilience.goodput events (one accounting of goodput for the whole project).
+
+    An attempt begins at its start record, or earlier by the restore the checkpointer reported before it; a failed
+    attempt's last sign of life is its last record (no FAILURE event: the log cannot see the crash itself)."""
+    events: list[Event] = []
+    restore_begins: dict[int, float] = {}
+    for r in log.of_kind("restore"):
+        restore_begins[r["attempt"]] = min(restore_begins.get(r["attempt"], r["time"]),
+                                           r["time"] - float(r.get("seconds") or 0))
+    for r in log.records:
+        kind, attempt, when = r["kind"], int(r["attempt"]), float(r["time"])
+        if kind == "start":
+            events.append(Event(min(when, restore_begins.get(attempt, when)), EventKind.ATTEMPT_START, attempt))
+        elif kind == "restore":
+            events.append(Event(when, EventKind.RESTORE, attempt, step=r.get("step"),
+                                seconds=float(r.get("seconds") or 0)))
+        elif kind == "step":
+            events.append(Event(when, EventKind.STEP, attempt, step=r["step"],
+                                seconds=float(r.get("step_seconds") or 0),
+                                data_seconds=float(r.get("data_seconds") or 0)))
+        elif kind == "checkpoint" and r.get("blocking_seconds"):
+            events.append(Event(when, EventKind.CHECKPOINT_SAVE, attempt, step=r.get("step"),
+                                seconds=float(r["blocking_seconds"])))
+        elif kind == "hang":
+            events.append(Event(when, EventKind.DETECTION, attempt, step=r.get("step")))
+        elif kind == "end" and r.get("reason") == "Completed":
+            events.append(Event(when, EventKind.JOB_END, attempt, step=r.get("step")))
+    return sorted(events, key=lambda e: e.time)
+
+
+# Each timeline point recomputes goodput from the events up to it: keep the work bounded for long jobs.
+TIMELINE_EVENT_BUDGET = 2_000_000
 
 
 def summarise(log: JobLog) -> JobSummary:
@@ -59,52 +96,29 @@ def summarise(log: JobLog) -> JobSummary:
         if r["kind"] == "end":
             a.end_reason = r.get("reason")
     ordered = [attempts[k] for k in sorted(attempts)]
-
-    # A step is wasted when a later attempt resumed from before it (the work was lost and redone).
-    def redo_bound(attempt: int) -> float:
-        later = [a.resumed_from for a in ordered if a.attempt > attempt]
-        return min(later) if later else float("inf")
-    bounds = {a.attempt: redo_bound(a.attempt) for a in ordered}
+    # Marked for the plots only (the accounting is compute_goodput's): steps a later attempt redid.
     for s in steps:
-        s["wasted"] = s["step"] > bounds[s["attempt"]]
+        later = [a.resumed_from for a in ordered if a.attempt > s["attempt"]]
+        s["wasted"] = bool(later) and s["step"] > min(later)
 
-    # A restore happens before the attempt's start record: the attempt really began `restore` seconds earlier.
-    restore = {a.attempt: 0.0 for a in ordered}
-    for r in log.of_kind("restore"):
-        restore[r["attempt"]] = restore.get(r["attempt"], 0.0) + float(r.get("seconds") or 0)
-    began = {a.attempt: a.start_time - restore[a.attempt] for a in ordered}
-    t0 = min(began.values(), default=None)
-    t_end = max((r["time"] for r in records), default=t0)
-    wall = (t_end - t0) if t0 is not None else 0.0
-    step_seconds = lambda s: float(s.get("step_seconds") or 0.0)  # noqa: E731
-    productive = sum(step_seconds(s) for s in steps if not s["wasted"])
-    badput = {
-        "wasted_progress": sum(step_seconds(s) for s in steps if s["wasted"]),
-        "checkpoint_save": sum(float(r.get("blocking_seconds") or 0) for r in log.of_kind("checkpoint")),
-        "checkpoint_restore": sum(restore.values()),
-        "startup": 0.0,     # from an attempt's start record to the beginning of its first step
-        "recovery": 0.0,    # from the last record of an attempt to the (restore) start of the next
-    }
-    for previous, current in zip(ordered, ordered[1:]):
-        if previous.last_time is not None:
-            badput["recovery"] += max(0.0, began[current.attempt] - previous.last_time)
-    for a in ordered:
-        first = next((s for s in steps if s["attempt"] == a.attempt), None)
-        if first is not None:
-            badput["startup"] += max(0.0, first["time"] - step_seconds(first) - a.start_time)
-    badput["other"] = max(0.0, wall - productive - sum(badput.values()))
-
-    timeline, done = [], 0.0
-    for s in steps:
-        if not s["wasted"]:
-            done += step_seconds(s)
-        elapsed = s["time"] - t0
-        if elapsed > 0:
-            timeline.append((elapsed, min(1.0, done / elapsed)))
-    if wall > 0 and (not timeline or timeline[-1][0] < wall):
-        timeline.append((wall, productive / wall))   # the job's last record, which may follow the last step
-    return JobSummary(attempts=ordered, steps=steps, t0=t0, wall_seconds=wall, productive_seconds=productive,
-                      badput_seconds=badput, goodput_timeline=timeline, checkpoints=log.of_kind("checkpoint"))
+    events = events_from_log(log)
+    report = compute_goodput(events)
+    t0 = events[0].time if events else None
+    timeline: list[tuple[float, float]] = []
+    if events:
+        # Cut after step events only: between an attempt's start and its first step (or restore) the accounting
+        # cannot yet know where it resumed from.
+        step_ends = [i + 1 for i, e in enumerate(events) if e.kind is EventKind.STEP]
+        points = max(10, min(150, TIMELINE_EVENT_BUDGET // len(events)))
+        stride = max(1, len(step_ends) // points)
+        cuts = sorted(set(step_ends[stride - 1::stride]) | {len(events)})
+        for cut in cuts:
+            partial = compute_goodput(events[:cut])
+            if partial.wall_seconds > 0:
+                timeline.append((events[cut - 1].time - t0, partial.goodput))
+    return JobSummary(attempts=ordered, steps=steps, t0=t0, wall_seconds=report.wall_seconds,
+                      productive_seconds=report.productive_seconds, badput_seconds=report.badput_seconds,
+                      goodput_timeline=timeline, checkpoints=log.of_kind("checkpoint"))
 
 
 def plot_report(summary: JobSummary, title: str, path: str | os.PathLike) -> Path:
@@ -235,7 +249,7 @@ def write_report(log: JobLog, out_dir: str | os.PathLike, job_name: str, status:
     """Write <out>/report.png and <out>/report.html; returns both paths."""
     if not log.of_kind("step"):
         raise ValueError("the metrics log has no step records yet; run the job for at least one step "
-                         "(or point --metrics-dir at the job's <persistentPath>/metrics folder)")
+                         "(or point --metrics-dir at the job's <persistentPath>/<job>/metrics folder)")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     summary = summarise(log)

@@ -154,13 +154,13 @@ def test_from_config_reads_the_pod_environment(tmp_path):
     cb = MetricsCallback.from_config(config, environ=env)
     try:
         assert (cb.job, cb.attempt, cb.total_steps, cb.peak_flops_per_device) == ("job-x", 2, 7, 1e9)
-        assert cb.log_dir == metrics_log_dir(str(tmp_path), "", True) == tmp_path / "metrics"
+        assert cb.log_dir == metrics_log_dir(str(tmp_path), "", True, "from-spec") == tmp_path / "from-spec" / "metrics"
         cb.on_train_start(step=3, restore_seconds=0.5)
         f = scrape(cb.bound_port)
         assert value(f, contract.METRIC_STEP, omnitrain_job="job-x") == 3
         assert value(f, tm.METRIC_RESTORE_SECONDS) == 0.5
         cb.on_train_end(step=3)
-        start = read_job_log(tmp_path / "metrics").of_kind("start")[0]
+        start = read_job_log(cb.log_dir).of_kind("start")[0]
         assert (start["attempt"], start["step"]) == (2, 3)
     finally:
         cb.close()
@@ -199,7 +199,7 @@ def test_spec_peak_is_used_when_the_environment_sets_none(tmp_path):
     cb = MetricsCallback.from_config(config, environ=env)
     cb.close()
     assert cb.peak_flops_per_device == 2.5e11
-    assert cb.log_dir == tmp_path / "metrics"               # no persistent claim: the node-local disk
+    assert cb.log_dir == tmp_path / "j" / "metrics"        # no persistent claim: the node-local disk
     with_env = MetricsCallback.from_config(config, environ={**env, "OMNITRAIN_PEAK_FLOPS": "1e9"})
     with_env.close()
     assert with_env.peak_flops_per_device == 1e9
