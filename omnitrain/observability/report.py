@@ -223,8 +223,11 @@ def render_html(summary: JobSummary, title: str, png_name: str, status: dict | N
         _row("wall time", f"{summary.wall_seconds:.1f} s"),
         _row("goodput (from the log)", f"{100 * summary.goodput:.1f}%" if summary.goodput is not None else "-"),
     ]
-    if "goodput" in status:
-        rows.append(_row("goodput (job status)", status["goodput"]))
+    status_goodput = status.get("goodput")
+    if isinstance(status_goodput, dict) and status_goodput.get("ratio") is not None:
+        rows.append(_row("goodput (job status)", f"{100 * float(status_goodput['ratio']):.1f}%"))
+    elif isinstance(status_goodput, (int, float)):
+        rows.append(_row("goodput (job status)", f"{100 * status_goodput:.1f}%"))
     badput = "".join(_row(cause, f"{seconds:.1f} s") for cause, seconds in summary.badput_seconds.items())
     attempts = "".join(
         f"<tr><td>{a.attempt}</td><td>{a.resumed_from}</td><td>{a.last_step if a.last_step is not None else '-'}"

@@ -143,8 +143,13 @@ def render_status(job: dict, pods: list[dict], events: list[dict], now: datetime
 
     max_restarts = (spec.get("resilience") or {}).get("maxRestarts")
     restarts = status.get("restarts", 0) or 0
+    total_restarts = status.get("totalRestarts")
     lines.append(f"  Attempt:      {status.get('attempt', 0)}   restarts {restarts}"
-                 + (f"/{max_restarts}" if max_restarts is not None else ""))
+                 + (f"/{max_restarts}" if max_restarts is not None else "")
+                 + (f" (all gang restarts incl. resumes/preemptions: {total_restarts})"
+                    if total_restarts not in (None, restarts) else ""))
+    if status.get("message"):
+        lines.append(f"  Message:      {status['message']}")
 
     total = status.get("totalSteps") or (spec.get("training") or {}).get("steps") or 0
     current = status.get("currentStep")
@@ -166,6 +171,17 @@ def render_status(job: dict, pods: list[dict], events: list[dict], now: datetime
     lines.append(f"  Excluded:     {', '.join(excluded) if excluded else 'none'}")
     if live:
         lines.append(f"  Live:         {_live_text(live)}")
+    failure = status.get("lastFailure") or {}
+    if failure:
+        exit_code = f" exited {failure['exitCode']}" if failure.get("exitCode") is not None else ""
+        lines.append(f"  Last failure: {failure.get('reason', '?')}: pod {failure.get('pod', '?')} on "
+                     f"{failure.get('node', '?')}{exit_code} ({_age(failure.get('time'), now)} ago)"
+                     + (f" - {failure['message']}" if failure.get("message") else ""))
+    promotion = status.get("promotion") or {}
+    stages = [f"{stage} {info.get('phase', '?')}" + (f" ({info['name']})" if info.get("name") else "")
+              for stage, info in promotion.items() if isinstance(info, dict)]
+    if stages:
+        lines.append(f"  Promotion:    {', '.join(stages)}")
 
     conditions = status.get("conditions") or []
     if conditions:

@@ -122,3 +122,18 @@ def test_scrape_live_metrics_reads_the_pod_that_serves_job_figures():
     finally:
         node_only.close()
         rank0.close()
+
+
+def test_failure_message_promotion_and_total_restarts():
+    job = running_job()
+    job["status"].update(
+        totalRestarts=3, message="restarting after a hang",
+        lastFailure={"pod": "video-1-a1-n0", "node": "node-1", "exitCode": 42, "reason": "HangDetected",
+                     "message": "no step for 60s", "time": iso(3)},
+        promotion={"distill": {"phase": "Running", "name": "video-1-distill"}})
+    text = render_status(job, [], [], now=NOW)
+    assert "restarts 2/3 (all gang restarts incl. resumes/preemptions: 3)" in text
+    assert "Message:      restarting after a hang" in text
+    assert ("Last failure: HangDetected: pod video-1-a1-n0 on node-1 exited 42 (3m00s ago) - no step for 60s"
+            in text)
+    assert "Promotion:    distill Running (video-1-distill)" in text
