@@ -3,6 +3,7 @@ fake RDMA counter tree while it "communicates". Modes:
   ok        N steps, exit 0
   sigstop   N steps, then SIGSTOP itself (counters stop with it)
   blocked   N steps, then blocks forever as in a collective whose peer died (counters stop)
+  spin      N steps, then spins in one C call that never releases the GIL (counters stop)
   slow      N steps, one step 'slow' seconds long while the counters keep moving, then N more; exit 0
   crash     N steps, then exit 1
 """
@@ -24,7 +25,8 @@ class FakePort:
     """Counter files of one RDMA port; a thread adds bytes while `moving` is set."""
 
     def __init__(self, root: str) -> None:
-        self.dir = Path(root) / "mlx5_0" / "ports" / "1" / "counters"
+        # one NIC per rank, as on GPU nodes (and no two writers on one file)
+        self.dir = Path(root) / f"mlx5_{os.environ.get('LOCAL_RANK', '0')}" / "ports" / "1" / "counters"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.value = 0
         self.moving = threading.Event()
@@ -47,7 +49,7 @@ class FakePort:
 
 def main() -> int:
     p = argparse.ArgumentParser()
-    p.add_argument("mode", choices=["ok", "sigstop", "blocked", "slow", "crash"])
+    p.add_argument("mode", choices=["ok", "sigstop", "blocked", "spin", "slow", "crash"])
     p.add_argument("--rdma-root")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--step-seconds", type=float, default=0.05)
@@ -85,6 +87,10 @@ def main() -> int:
         if port:
             port.moving.clear()
         threading.Event().wait()
+    elif args.mode == "spin":
+        if port:
+            port.moving.clear()
+        sum(range(10 ** 15))              # one builtin call: no bytecode boundary, the GIL is never released
     elif args.mode == "slow":
         time.sleep(args.slow)               # counters keep moving: a slow, healthy step
         step += 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -75,8 +76,10 @@ def test_stopped_or_blocked_trainer_with_stalled_counters_is_a_hang(tmp_path, mo
     print(f"{mode}: detected and ended {ended - began:.2f}s after the fault (timeout {TIMEOUT}s)")
 
 
-def test_blocked_trainer_dumps_its_stack_before_the_kill(tmp_path):
-    result, hb = run_watchdog(tmp_path, "blocked")
+@pytest.mark.parametrize("mode", ["blocked", "spin"])
+def test_hung_trainer_dumps_its_stack_before_the_kill(tmp_path, mode):
+    """faulthandler answers from its C signal handler: also while one C call holds the GIL (spin)."""
+    result, hb = run_watchdog(tmp_path, mode)
     assert result.returncode == ExitCode.HANG
     dumps = termination(tmp_path).evidence["stack_dumps"]
     assert len(dumps) == 1
@@ -94,6 +97,7 @@ def test_slow_step_with_moving_counters_is_not_a_hang(tmp_path):
     result, _ = run_watchdog(tmp_path, "slow", extra=["--slow", str(3 * TIMEOUT)])
     assert result.returncode == 0, result.stderr[-3000:]
     assert "slow step" in result.stderr
+    assert "watchdog: step" in result.stderr           # periodic status lines
     assert termination(tmp_path) is None
 
 
@@ -133,3 +137,39 @@ def test_under_torchrun_one_stopped_rank_ends_the_pod_and_no_worker_survives(tmp
     pids = [h.pid for h in read_heartbeats(hb).values()]
     assert len(pids) == 2
     assert all_dead(pids), "a rank outlived the watchdog"
+
+
+def test_sigterm_to_the_watchdog_reaches_the_workers(tmp_path):
+    """Pod deletion: the kubelet sends SIGTERM to the main process; the workers must get it too."""
+    hb = tmp_path / "hb"
+    cmd = [sys.executable, "-m", "omnitrain", "watchdog", "--timeout", "30", "--workers", "1", "--heartbeat-dir",
+           str(hb), "--poll", "0.1", "--no-gpu-health", "--termination-log", str(tmp_path / "termination-log"), "--",
+           sys.executable, FAKE, "ok", "--steps", "100000"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not read_heartbeats(hb) or read_heartbeats(hb)[0].step < 3:
+            assert time.monotonic() < deadline and proc.poll() is None, "the worker never started stepping"
+            time.sleep(0.05)
+        worker = read_heartbeats(hb)[0].pid
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM      # the worker died of the forwarded SIGTERM
+    assert all_dead([worker])
+    assert termination(tmp_path) is None                 # not a hang
+
+
+def test_gpu_health_is_a_clean_no_op_without_nvml():
+    from omnitrain.resilience.gpu_health import GpuHealth, new_ecc_errors
+    health = GpuHealth()
+    try:
+        if not health.available:
+            assert health.check() is None
+        else:                                            # a GPU machine: a healthy GPU shows no fault
+            assert health.check() is None
+    finally:
+        health.close()
+    assert new_ecc_errors({0: 2, 1: 0}, {0: 2, 1: 1, 2: 5}) == [1]
