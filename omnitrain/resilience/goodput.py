@@ -155,3 +155,31 @@ def compute_goodput(events: list[Event]) -> GoodputReport:
     badput["other"] = max(0.0, wall - productive - sum(v for k, v in badput.items() if k != "other"))
     return GoodputReport(wall_seconds=wall, productive_seconds=productive, badput_seconds=badput,
                          recoveries=recoveries)
+
+
+def events_from_metrics_log(records: list[dict], operator_events: list[Event] = ()) -> list[Event]:
+    """Events from the job's metrics log (omnitrain.observability.step_log records: start, step, checkpoint,
+    restore, end) plus what only the operator saw (attempt creation, pods Running, failure detection).
+    Without an operator ATTEMPT_START for an attempt, its `start` record (less its restore time) stands in."""
+    events = list(operator_events)
+    started = {e.attempt for e in events if e.kind is EventKind.ATTEMPT_START}
+    restore_seconds: dict[int, float] = {}
+    for r in records:
+        if r.get("kind") == "restore":
+            restore_seconds[int(r.get("attempt", 0))] = float(r.get("seconds") or 0.0)
+    for r in records:
+        kind, attempt, t = r.get("kind"), int(r.get("attempt", 0)), float(r.get("time", 0.0))
+        step = r.get("step")
+        if kind == "start" and attempt not in started:
+            events.append(Event(t - restore_seconds.get(attempt, 0.0), EventKind.ATTEMPT_START, attempt, step=step))
+        elif kind == "step":
+            events.append(Event(t, EventKind.STEP, attempt, step=step, seconds=float(r.get("step_seconds") or 0.0),
+                                data_seconds=float(r.get("data_seconds") or 0.0)))
+        elif kind == "checkpoint" and r.get("blocking_seconds") is not None:
+            events.append(Event(t, EventKind.CHECKPOINT_SAVE, attempt, step=step,
+                                seconds=float(r["blocking_seconds"])))
+        elif kind == "restore":
+            events.append(Event(t, EventKind.RESTORE, attempt, step=step, seconds=float(r.get("seconds") or 0.0)))
+        elif kind == "end" and r.get("reason", "Completed") == "Completed":
+            events.append(Event(t, EventKind.JOB_END, attempt, step=step))
+    return events

@@ -77,3 +77,30 @@ def test_without_failure_or_running_events():
 def test_empty_timeline():
     report = compute_goodput([])
     assert report.goodput == 0 and report.wall_seconds == 0
+
+
+def test_events_from_the_metrics_log_and_operator_events():
+    from omnitrain.resilience.goodput import events_from_metrics_log
+    records = [
+        {"kind": "start", "time": 10.0, "attempt": 0, "step": 0},
+        {"kind": "step", "time": 12.0, "attempt": 0, "step": 1, "step_seconds": 2.0},
+        {"kind": "checkpoint", "time": 12.5, "attempt": 0, "step": 1, "blocking_seconds": 0.5},
+        {"kind": "checkpoint", "time": 13.0, "attempt": 0, "step": 1, "complete": True},
+        {"kind": "step", "time": 14.5, "attempt": 0, "step": 2, "step_seconds": 2.0},
+        {"kind": "restore", "time": 31.0, "attempt": 1, "step": 1, "seconds": 1.0},
+        {"kind": "start", "time": 31.0, "attempt": 1, "step": 1},
+        {"kind": "step", "time": 33.0, "attempt": 1, "step": 2, "step_seconds": 2.0},
+        {"kind": "end", "time": 33.0, "attempt": 1, "step": 2, "reason": "Completed"},
+    ]
+    operator = [Event(0.0, K.ATTEMPT_START, 0), Event(20.0, K.DETECTION, 0), Event(29.0, K.PODS_RUNNING, 1)]
+    events = events_from_metrics_log(records, operator)
+    starts = sorted((e.attempt, e.time) for e in events if e.kind is K.ATTEMPT_START)
+    assert starts == [(0, 0.0), (1, 30.0)]            # attempt 1 from its start record less the restore
+    report = compute_goodput(events)
+    assert report.wall_seconds == 33
+    assert report.productive_seconds == pytest.approx(4)     # steps 1 (attempt 0) and 2 (attempt 1)
+    b = report.badput_seconds
+    assert b["wasted_progress"] == pytest.approx(2 + 5.5)    # step 2 redone; 14.5 -> 20 in flight until detection
+    assert b["recovery"] == pytest.approx(29 - 20)
+    assert b["checkpoint_save"] == 0.5 and b["checkpoint_restore"] == 1
+    assert b["startup"] == pytest.approx(10 + (31 - 29 - 1))
