@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from pydantic import ValidationError
 
-from omnitrain.contract import PERMANENT_EXIT_CODES, ExitCode, TerminationMessage
+from omnitrain.contract import TerminationMessage
 from omnitrain.operator import plan
 from omnitrain.spec import JobSpec, validate_job_spec
 
@@ -104,23 +104,12 @@ def first_failure(pods: list[PodView]) -> PodFailure | None:
 
 
 def decide_recovery(failure: PodFailure, restarts: int, spec: JobSpec) -> Recovery:
-    """The hook for gang restarts. Initial policy: permanent exit codes fail the job; anything else restarts the
-    whole gang until resilience.maxRestarts is spent; hardware faults keep their node out of later attempts.
-    omnitrain.resilience refines the classification; it plugs in here."""
-    code = failure.exit_code
-    if code is not None and code in PERMANENT_EXIT_CODES:
-        return Recovery(False, "PermanentFailure",
-                        f"pod {failure.pod} exited with {code} ({ExitCode(code).name}): {failure.message}".rstrip(": "))
-    if restarts >= spec.resilience.max_restarts:
-        return Recovery(False, "RestartLimitExceeded",
-                        f"pod {failure.pod} failed (exit {code}, {failure.reason}) after {restarts} restarts; "
-                        f"resilience.maxRestarts={spec.resilience.max_restarts}")
-    exclude: tuple[str, ...] = ()
-    if code == ExitCode.HARDWARE and spec.resilience.isolate_nodes and failure.node:
-        exclude = (failure.node,)
-    return Recovery(True, "GangRestart", f"pod {failure.pod} failed (exit {code}, {failure.reason}); restarting "
-                                         f"all pods (restart {restarts + 1} of {spec.resilience.max_restarts})",
-                    exclude_nodes=exclude)
+    """The hook for gang restarts, decided by omnitrain.resilience (classes, budget, preemptions not counted,
+    no-progress, hardware isolation): permanent failures fail the job; anything else restarts the whole gang until
+    resilience.maxRestarts is spent; hardware faults keep their node out of later attempts (isolateNodes).
+    The result has Recovery's attributes plus isolate_nodes, delay_seconds and status_patch (docs/resilience.md)."""
+    from omnitrain.resilience.operator_hook import decide_recovery as resilience_decide_recovery
+    return resilience_decide_recovery(failure, restarts, spec)
 
 
 # ---- conditions ------------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from typing import Iterable, Mapping
 
 from omnitrain import contract
 from omnitrain.resilience.classify import Failure, PodObservation, classify, observe_node
-from omnitrain.resilience.recovery import ISOLATION_KEY, RecoveryAction, RecoveryState, plan_recovery
+from omnitrain.resilience.recovery import ISOLATION_KEY, ActionKind, RecoveryAction, RecoveryState, plan_recovery
 from omnitrain.spec import JobSpec
 
 
@@ -73,3 +73,51 @@ def isolation_patch(node: dict, reason: str = "HardwareFault") -> dict:
 def watchdog_command(train_command: list[str], config_path: str = contract.CONFIG_PATH) -> list[str]:
     """The pod command with the watchdog as the container's main process in front of torchrun."""
     return ["omnitrain", "watchdog", "--config", config_path, "--", *train_command]
+
+
+@dataclass(frozen=True)
+class GangRecovery:
+    """The attributes of the operator's `reconcile.Recovery` (restart, reason, message, count_restart,
+    exclude_nodes) plus what the resilience policy adds."""
+
+    restart: bool
+    reason: str
+    message: str
+    count_restart: bool = True
+    exclude_nodes: tuple[str, ...] = ()
+    isolate_nodes: tuple[str, ...] = ()
+    delay_seconds: float = 0.0
+    wait: bool = False                 # neither restart nor fail yet (e.g. not enough usable nodes)
+    failure_class: str | None = None
+    status_patch: dict | None = None
+
+
+def decide_recovery(failure, restarts: int, spec: JobSpec, status: Mapping | None = None,
+                    nodes: Mapping[str, dict | None] | None = None) -> GangRecovery:
+    """Drop-in for `omnitrain.operator.reconcile.decide_recovery(failure, restarts, spec)` (its PodFailure:
+    pod, node, exit_code, reason, message) with the resilience classes and policy. Optional `status` (the job's
+    status: no-progress counter, last checkpoint, excluded nodes) and `nodes` (Node objects by name, None = gone).
+    Reasons stay the operator's: PermanentFailure / RestartLimitExceeded / GangRestart, plus NoProgress."""
+    # The operator's PodFailure carries the termination message already unpacked (reason + human message).
+    message = failure.message
+    if message and contract.TerminationMessage.from_json(message) is None:
+        message = contract.TerminationMessage(reason=failure.reason, message=message).to_json()
+    view = PodObservation(name=failure.pod, node=failure.node, phase="Failed", exit_code=failure.exit_code,
+                          container_reason=failure.reason, termination_message=message,
+                          pod_reason=failure.reason, deleted=failure.reason == "PodLost")
+    node_obs = [observe_node(obj, name) for name, obj in (nodes or {}).items()]
+    found = classify([view], node_obs)
+    state = RecoveryState.from_status({**dict(status or {}), "restarts": restarts})
+    action = plan_recovery(found, state, spec.resilience, last_checkpoint_step(status))
+    cls = found.failure_class.value if found is not None else None
+    patch = {**action.state.to_status(), **({"lastFailureClass": cls} if cls else {})}
+    common = dict(exclude_nodes=action.exclude_nodes, isolate_nodes=action.isolate_nodes, failure_class=cls,
+                  status_patch=patch, count_restart=found is not None and found.counts_toward_budget)
+    if action.kind is ActionKind.GANG_RESTART:
+        return GangRecovery(True, "GangRestart", f"[{cls}] {action.message}", delay_seconds=action.delay_seconds,
+                            **common)
+    if action.kind is ActionKind.WAIT:
+        return GangRecovery(False, action.reason, action.message, wait=True, **common)
+    reason = {"RestartBudgetExhausted": "RestartLimitExceeded", "NoProgress": "NoProgress"}.get(
+        action.reason, "PermanentFailure")
+    return GangRecovery(False, reason, f"[{cls}] {action.message}", **common)

@@ -7,8 +7,8 @@ Rules:
 - No-progress: a counted failure whose newest complete checkpoint is not newer than at the previous counted failure
   adds one; maxNoProgressRestarts of those in a row end the job (a crash loop that never saves a new checkpoint).
 - Back-off before a counted restart: restartBackoffSeconds x 2^(counted restarts so far), capped.
-- Hardware evidence isolates the node (taint/label omnitrain.dev/isolated, when isolateNodes) and excludes it;
-  a lost node is excluded. Excluded nodes accumulate over attempts (status.excludedNodes).
+- Hardware evidence isolates the node (taint/label omnitrain.dev/isolated) and excludes it, when isolateNodes;
+  a lost node is left to the scheduler. Excluded nodes accumulate over attempts (status.excludedNodes).
 - With a known count of usable nodes smaller than the job needs, the action is Wait (not Fail): capacity may return.
 """
 
@@ -84,8 +84,10 @@ def plan_recovery(failure: Failure | None, state: RecoveryState, policy: Resilie
         return RecoveryAction(ActionKind.FAIL, failure.reason, f"{failure.message}; not restarting: restarting "
                               "cannot fix this", state=state)
 
-    excluded = tuple(sorted(set(state.excluded_nodes) | set(failure.nodes)))
+    # Hardware evidence keeps a node out (when isolateNodes). A lost node is not excluded: while NotReady the
+    # scheduler avoids it anyway, and one that comes back (or is replaced under the same name) is fine to use.
     isolate = failure.nodes if (failure.isolate and policy.isolate_nodes) else ()
+    excluded = tuple(sorted(set(state.excluded_nodes) | set(isolate)))
     next_state = replace(state, total_restarts=state.total_restarts + 1, excluded_nodes=excluded)
 
     if failure.counts_toward_budget:

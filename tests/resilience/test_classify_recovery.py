@@ -178,14 +178,15 @@ def test_hardware_isolates_and_excluded_nodes_accumulate():
     assert action.state.excluded_nodes == ("n0", "n9")
     no_isolation = ResilienceSpec(isolate_nodes=False)
     assert plan_recovery(HW, RecoveryState(), no_isolation, 5).isolate_nodes == ()
+    assert plan_recovery(HW, RecoveryState(), no_isolation, 5).exclude_nodes == ()
     lost = plan_recovery(LOST, RecoveryState(), POLICY, last_checkpoint_step=5)
-    assert lost.exclude_nodes == ("n0",) and lost.isolate_nodes == ()
+    assert lost.exclude_nodes == () and lost.isolate_nodes == ()      # left to the scheduler (NotReady taints)
 
 
 def test_wait_for_capacity_when_too_few_nodes_remain():
-    action = plan_recovery(LOST, RecoveryState(), POLICY, 5, nodes_needed=2, usable_nodes=["n0", "n1"])
+    action = plan_recovery(HW, RecoveryState(), POLICY, 5, nodes_needed=2, usable_nodes=["n0", "n1"])
     assert action.kind is ActionKind.WAIT and action.reason == "InsufficientNodes"
-    ok = plan_recovery(LOST, RecoveryState(), POLICY, 5, nodes_needed=2, usable_nodes=["n0", "n1", "n2"])
+    ok = plan_recovery(HW, RecoveryState(), POLICY, 5, nodes_needed=2, usable_nodes=["n0", "n1", "n2"])
     assert ok.kind is ActionKind.GANG_RESTART
 
 

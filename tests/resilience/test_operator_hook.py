@@ -43,10 +43,11 @@ def test_deleted_node_and_vanished_pod_is_node_lost():
     out = decide([View("j-a0-n0", "gpu-0", "Running")], {"gpu-0": READY, "gpu-1": None}, {}, SPEC,
                  missing_pods=[View("j-a0-n1", "gpu-1", "Running")])
     assert out.failure.failure_class.value == "NodeLost"
-    assert out.action.exclude_nodes == ("gpu-1",) and out.action.isolate_nodes == ()
+    assert out.action.kind is ActionKind.GANG_RESTART
+    assert out.action.exclude_nodes == () and out.action.isolate_nodes == ()
     waiting = decide([View("j-a0-n0", "gpu-0", "Running")], {"gpu-0": READY, "gpu-1": None}, {}, SPEC,
-                     missing_pods=[View("j-a0-n1", "gpu-1", "Running")], usable_nodes=["gpu-0", "gpu-1"])
-    assert waiting.action.kind is ActionKind.WAIT
+                     missing_pods=[View("j-a0-n1", "gpu-1", "Running")], usable_nodes=["gpu-0"])
+    assert waiting.action.kind is ActionKind.WAIT and waiting.action.reason == "InsufficientNodes"
 
 
 def test_eviction_is_free_and_running_pods_need_nothing():
@@ -77,3 +78,39 @@ def test_operator_side_imports_no_torch():
     code = ("import sys, omnitrain.resilience.operator_hook, omnitrain.resilience.goodput; "
             "assert 'torch' not in sys.modules and 'kopf' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+@dataclass(frozen=True)
+class Failure:   # the attributes of omnitrain.operator.reconcile.PodFailure
+    pod: str
+    node: str | None
+    exit_code: int | None
+    reason: str
+    message: str
+
+
+def test_drop_in_decide_recovery_keeps_the_operators_reasons():
+    from omnitrain.resilience.operator_hook import decide_recovery
+    spec = JobSpec.model_validate({"resilience": {"maxRestarts": 2}})
+    config = TerminationMessage(reason="ConfigError", message="spec.data.path has no shards").to_json()
+    permanent = decide_recovery(Failure("p", "gpu-0", ExitCode.CONFIG, "Error", config), 0, spec)
+    assert (permanent.restart, permanent.reason) == (False, "PermanentFailure")
+    assert "spec.data.path has no shards" in permanent.message
+    hang = decide_recovery(Failure("p", "gpu-0", ExitCode.HANG, "HangDetected", "no progress"), 0, spec,
+                           status={"lastCheckpoint": {"step": 40}})
+    assert (hang.restart, hang.reason, hang.count_restart, hang.failure_class) == (True, "GangRestart", True, "Hang")
+    assert hang.status_patch["restarts"] == 1 and hang.status_patch["checkpointStepAtLastFailure"] == 40
+    spent = decide_recovery(Failure("p", "gpu-0", 1, "Error", ""), 2, spec)
+    assert (spent.restart, spent.reason) == (False, "RestartLimitExceeded")
+    hw = decide_recovery(Failure("p", "gpu-3", ExitCode.HARDWARE, "HardwareFault", "xid 79"), 0, spec)
+    assert hw.exclude_nodes == ("gpu-3",) and hw.isolate_nodes == ("gpu-3",)
+    off = JobSpec.model_validate({"resilience": {"isolateNodes": False}})
+    assert decide_recovery(Failure("p", "gpu-3", 43, "x", ""), 0, off).exclude_nodes == ()
+    evicted = decide_recovery(Failure("p", "gpu-1", None, "Evicted", ""), 2, spec)
+    assert evicted.restart and not evicted.count_restart          # preemption does not use the budget
+    lost = decide_recovery(Failure("p", "gpu-1", None, "PodLost", "gone"), 0, spec, nodes={"gpu-1": None})
+    assert lost.restart and lost.failure_class == "NodeLost"
+    no_progress = decide_recovery(Failure("p", "gpu-0", 1, "Error", ""), 1, spec,
+                                  status={"lastCheckpoint": {"step": 40}, "checkpointStepAtLastFailure": 40,
+                                          "noProgressRestarts": 1})
+    assert (no_progress.restart, no_progress.reason) == (False, "NoProgress")
