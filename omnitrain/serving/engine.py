@@ -40,8 +40,9 @@ class Prepared:
 
 class InferenceEngine:
     def __init__(self, checkpoint: str, fp8: bool = True, metrics: ServerMetrics | None = None,
-                 skip_fp8: tuple[str, ...] = ("head.proj",)):
+                 skip_fp8: tuple[str, ...] = ("head.proj",), config_path: str | None = None):
         self.checkpoint, self.fp8, self.skip_fp8 = checkpoint, fp8, skip_fp8
+        self.config_path = config_path
         self.metrics = metrics or ServerMetrics()
         self.loaded = threading.Event()
         self.load_error: str | None = None
@@ -53,7 +54,7 @@ class InferenceEngine:
         """Runs once (in a background thread of the server): readyz turns ready only when this has finished."""
         try:
             started = time.monotonic()
-            art = load_artifact(self.checkpoint)
+            art = self._load_model()
             replaced = quantize_linears(art.model, "rowwise", skip=self.skip_fp8) if self.fp8 else []
             self.denoiser = Denoiser(art.model, art.adapter)
             self.config, self.sampler_defaults = art.config, dict(art.sampler)
@@ -64,6 +65,26 @@ class InferenceEngine:
         except Exception as e:
             self.load_error = f"{type(e).__name__}: {e}"
             log.error("could not load %s: %s", self.checkpoint, self.load_error)
+
+    def _load_model(self):
+        """A model file; or, without distillation, a training checkpoint: a step folder or the job's checkpoint
+        folder (its newest complete step), whose model dimensions come from the trainer config."""
+        from pathlib import Path
+        path = Path(self.checkpoint)
+        if not path.is_dir():
+            return load_artifact(path)
+        if self.config_path is None:
+            raise ValueError(f"{path} is a checkpoint folder: pass --config (the trainer config) for its model")
+        import yaml
+
+        from omnitrain.spec import TrainerConfig
+        from omnitrain.trainer.checkpoint.paths import parse_step
+        from omnitrain.trainer.distill.run import load_teacher
+        with open(self.config_path) as f:
+            trainer_config = TrainerConfig.model_validate(yaml.safe_load(f))
+        steps = {parse_step(p.name): p for p in path.iterdir() if parse_step(p.name) is not None
+                 and (p / "manifest.json").is_file()}
+        return load_teacher(steps[max(steps)] if steps else path, trainer_config)
 
     def prepare(self, req: GenerateRequest) -> Prepared:
         cfg = self.config
