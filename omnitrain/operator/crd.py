@@ -136,7 +136,9 @@ def status_schema() -> dict:
         "goodput": {"type": "object", "x-kubernetes-preserve-unknown-fields": True,
                     "description": "Productive fraction of wall time and badput seconds by cause."},
         "message": s(), "observedGeneration": i(),
-        "promotion": {"type": "object", "properties": {"distill": stage, "inference": stage}},
+        "promotion": {"type": "object", "properties": {
+            "training": stage, "distill": stage, "inference": stage,
+            "chain": s("training -> distillation -> serving, each with its phase.")}},
     }}
 
 
