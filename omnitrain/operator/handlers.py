@@ -94,7 +94,6 @@ def install(settings: OperatorSettings, kube: Kube | None = None, metrics=None) 
     """Create the controller the handlers use (called at start-up, before kopf runs)."""
     global CONTROLLER
     CONTROLLER = Controller(kube or Kube(exit_after_creates=settings.exit_after_creates), settings, metrics)
-    _register_timer(settings.resync_seconds)
     return CONTROLLER
 
 
@@ -114,6 +113,8 @@ def configure(settings: kopf.OperatorSettings, **_) -> None:
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.execution.max_workers = 8
+    if CONTROLLER is not None:
+        Resync(CONTROLLER, CONTROLLER.settings.resync_seconds).start()
 
 
 @kopf.on.resume(crd.GROUP, crd.VERSION, crd.PLURAL)
@@ -134,12 +135,25 @@ def pod_event(body: kopf.Body, namespace: str, **_) -> None:
         CONTROLLER.reconcile(namespace, owner["name"])
 
 
-def _register_timer(interval: float) -> None:
-    @kopf.timer(crd.GROUP, crd.VERSION, crd.PLURAL, interval=interval, idle=None)
-    def resync(namespace: str, name: str, status: kopf.Status, **_) -> None:
-        if status.get("phase") in ("Succeeded", "Failed"):
-            return
-        with _timed("timer"):
-            assert CONTROLLER is not None
-            CONTROLLER.reconcile(namespace, name)
-            CONTROLLER.update_progress(namespace, name)
+class Resync(threading.Thread):
+    """Every few seconds: one list of all jobs, then reconcile and read progress of each unfinished one. Catches
+    what events missed and drives the progress scrape. A plain thread, not a kopf timer: kopf would put a finalizer
+    on every job for its timers, and deletion would wait on the operator."""
+
+    def __init__(self, controller: Controller, interval: float) -> None:
+        super().__init__(name="omnitrain-resync", daemon=True)
+        self.controller, self.interval = controller, interval
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.interval):
+            try:
+                for job in self.controller.kube.list_jobs(self.controller.settings.namespaces):
+                    meta = job["metadata"]
+                    if (job.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+                        continue
+                    with _timed("resync"):
+                        self.controller.reconcile(meta["namespace"], meta["name"])
+                        self.controller.update_progress(meta["namespace"], meta["name"])
+            except Exception:  # the next pass tries again; a resync must never kill the operator
+                log.exception("resync pass failed")

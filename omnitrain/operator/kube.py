@@ -56,6 +56,12 @@ class Kube:
                 return None
             raise
 
+    def list_jobs(self, namespaces: list[str]) -> list[dict]:
+        if not namespaces:
+            return self.custom.list_cluster_custom_object(crd.GROUP, crd.VERSION, crd.PLURAL)["items"]
+        return [j for ns in namespaces
+                for j in self.custom.list_namespaced_custom_object(crd.GROUP, crd.VERSION, ns, crd.PLURAL)["items"]]
+
     def list_pods(self, namespace: str, job: str) -> list[dict]:
         result = self.core.list_namespaced_pod(namespace, label_selector=f"{plan.LABEL_JOB}={job}",
                                                _preload_content=False)

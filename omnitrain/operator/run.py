@@ -13,8 +13,7 @@ def run_operator(verbose: bool = False) -> int:
     from omnitrain.operator import handlers
     from omnitrain.operator.settings import OperatorSettings
 
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    kopf.configure(verbose=verbose)   # kopf's log format for our lines too
     settings = OperatorSettings.from_env()
     try:
         config.load_incluster_config()
@@ -28,9 +27,8 @@ def run_operator(verbose: bool = False) -> int:
     logging.getLogger("omnitrain.operator").info(
         "omnitrain operator: namespaces=%s resync=%ss command=%s", settings.namespaces or "all",
         settings.resync_seconds, " ".join(settings.train_command))
-    kopf.configure(verbose=verbose)
     asyncio.run(kopf.operator(
-        clusterwide=not settings.namespaces, namespaces=settings.namespaces or None,
+        clusterwide=not settings.namespaces, namespaces=settings.namespaces,
         standalone=settings.peering is None, peering_name=settings.peering,
     ))
     return 0
