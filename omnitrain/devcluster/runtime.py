@@ -1,0 +1,184 @@
+"""Local state of pods the agent runs: the folder layout, shim start/stop, and reading what the shims recorded.
+Everything the agent knows about a container lives in files, so a restarted agent can rebuild it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omnitrain.devcluster import procs
+
+TERMINATION_MESSAGE_LIMIT = 4096
+FALLBACK_LOG_LINES = 80
+
+
+def pod_dir(root: Path, namespace: str, name: str) -> Path:
+    return root / "pods" / namespace / name
+
+
+def container_log(root: Path, namespace: str, name: str, container: str) -> Path:
+    return pod_dir(root, namespace, name) / f"{container}.log"
+
+
+@dataclass
+class ContainerRun:
+    """One container of a pod; its files live in <pod>/containers/<name>/."""
+    name: str
+    dir: Path
+    log: Path
+    restart_count: int = 0
+    last_terminated: dict | None = None     # lastState.terminated after a restart
+    next_start_at: float | None = None      # back-off before a restart
+    waiting_reason: str = "ContainerCreating"
+    waiting_message: str = ""
+    kill_sent: set = field(default_factory=set)
+
+    @property
+    def spec_path(self) -> Path: return self.dir / "spec.json"
+    @property
+    def termination_log(self) -> Path: return self.dir / "termination-log"
+
+    def started(self) -> dict | None:
+        return _read_json(self.dir / "started.json")
+
+    def exit(self) -> dict | None:
+        return _read_json(self.dir / "exit.json")
+
+    def child(self) -> tuple[int, int | None] | None:
+        return procs.read_pid_file(self.dir / "child.pid")
+
+    def shim_alive(self) -> bool:
+        return procs.running(self.dir / "shim.pid")
+
+    def is_running(self) -> bool:
+        """Started and not yet exited (the shim writes exit.json the moment the child ends)."""
+        return self.exit() is None and (self.started() is not None or self.shim_alive())
+
+    def launch(self, spec: dict) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        for stale in ("exit.json", "started.json", "child.pid", "shim.pid"):
+            (self.dir / stale).unlink(missing_ok=True)
+        self.termination_log.write_text("")
+        tmp = self.spec_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(spec))
+        os.replace(tmp, self.spec_path)
+        (self.dir / "restarts").write_text(str(self.restart_count))
+        procs.spawn_detached([sys.executable, "-m", "omnitrain.devcluster.shim", str(self.dir)], self.log,
+                             self.dir / "shim.pid", env=_shim_env())
+        self.kill_sent = set()
+        self.waiting_reason = ""
+
+    def signal(self, sig: int) -> None:
+        child = self.child()
+        if child is None or not procs.alive(*child):
+            return
+        try:
+            os.killpg(child[0], sig)
+        except ProcessLookupError:
+            pass
+        self.kill_sent.add(sig)
+
+    def archive_exit(self) -> None:
+        """Before a restart in place: the finished run becomes lastState."""
+        self.last_terminated = self.terminated_state()
+        (self.dir / "exit.json").rename(self.dir / f"exit.{self.restart_count}.json")
+        self.restart_count += 1
+        (self.dir / "restarts").write_text(str(self.restart_count))
+
+    def terminated_state(self, fallback_to_logs: bool = False) -> dict | None:
+        exit_info = self.exit()
+        if exit_info is None:
+            return None
+        code = int(exit_info["exitCode"])
+        reason = exit_info.get("reason") or ("Completed" if code == 0 else "Error")
+        message = _read_text(self.termination_log, TERMINATION_MESSAGE_LIMIT).strip()
+        if not message and exit_info.get("message"):
+            message = exit_info["message"]
+        if not message and fallback_to_logs and code != 0:
+            message = "\n".join(_read_text(self.log, 1 << 20).splitlines()[-FALLBACK_LOG_LINES:])[-2048:]
+        state = {"exitCode": code, "reason": reason, "startedAt": _rfc(exit_info.get("startedAt")),
+                 "finishedAt": _rfc(exit_info.get("finishedAt")), "containerID": self.container_id}
+        if exit_info.get("signal"):
+            state["signal"] = exit_info["signal"]
+        if message:
+            state["message"] = message
+        return state
+
+    @property
+    def container_id(self) -> str:
+        return f"omnitrain://{self.dir.parent.parent.name}/{self.name}/{self.restart_count}"
+
+    @classmethod
+    def load(cls, name: str, dir: Path, log: Path) -> "ContainerRun":
+        run = cls(name, dir, log)
+        try:
+            run.restart_count = int((dir / "restarts").read_text())
+        except (OSError, ValueError):
+            pass
+        if run.restart_count:
+            prev = dir / f"exit.{run.restart_count - 1}.json"
+            info = _read_json(prev)
+            if info:
+                run.last_terminated = {"exitCode": info["exitCode"], "reason": "Completed" if info["exitCode"] == 0
+                                       else "Error", "startedAt": _rfc(info.get("startedAt")),
+                                       "finishedAt": _rfc(info.get("finishedAt"))}
+        run.waiting_reason = "" if (dir / "spec.json").exists() else "ContainerCreating"
+        return run
+
+
+def kill_leftovers(pod_folder: Path) -> None:
+    """SIGKILL every container process group recorded under a pod folder (an orphan or a lost node's pod)."""
+    for pid_file in pod_folder.glob("containers/*/child.pid"):
+        entry = procs.read_pid_file(pid_file)
+        if entry and procs.alive(*entry):
+            try:
+                os.killpg(entry[0], signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def archive_pod_dir(folder: Path, uid: str) -> None:
+    """A new pod with the same name: keep the old one's logs under .gone/ instead of mixing them."""
+    if folder.exists():
+        gone = folder.parent / ".gone"
+        gone.mkdir(parents=True, exist_ok=True)
+        target = gone / f"{folder.name}-{uid or int(time.time())}"
+        if target.exists():
+            shutil.rmtree(target, ignore_errors=True)
+        folder.rename(target)
+
+
+def _shim_env() -> dict:
+    env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "PYTHONPATH")}
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _read_text(path: Path, limit: int) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - limit))
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _rfc(t: float | None) -> str | None:
+    if t is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))

@@ -1,0 +1,28 @@
+"""Session fixtures shared by all test areas.
+
+`local_cluster`: one real local cluster (etcd, kube-apiserver, controller-manager, scheduler, the node agent with
+two 2-GPU nodes) for the whole pytest session, in a temporary folder; torn down at the end. Interface: see
+omnitrain/devcluster/__init__.py. Set OMNITRAIN_TEST_CLUSTER_ROOT to keep the folder somewhere you can inspect.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def local_cluster(tmp_path_factory):
+    from omnitrain.devcluster.cluster import LocalCluster
+
+    root = Path(os.environ.get("OMNITRAIN_TEST_CLUSTER_ROOT") or tmp_path_factory.mktemp("local-cluster"))
+    cluster = LocalCluster(root)
+    try:
+        cluster.up(nodes=2, gpus_per_node=2)
+    except Exception:
+        cluster.down()
+        raise
+    yield cluster
+    cluster.down()
