@@ -108,7 +108,8 @@ def decide_recovery(failure, restarts: int, spec: JobSpec, status: Mapping | Non
     node_obs = [observe_node(obj, name) for name, obj in (nodes or {}).items()]
     found = classify([view], node_obs)
     state = RecoveryState.from_status({**dict(status or {}), "restarts": restarts})
-    action = plan_recovery(found, state, spec.resilience, last_checkpoint_step(status))
+    action = plan_recovery(found, state, spec.resilience, last_checkpoint_step(status),
+                           track_progress=status is not None)
     cls = found.failure_class.value if found is not None else None
     patch = {**action.state.to_status(), **({"lastFailureClass": cls} if cls else {})}
     common = dict(exclude_nodes=action.exclude_nodes, isolate_nodes=action.isolate_nodes, failure_class=cls,

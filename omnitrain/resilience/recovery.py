@@ -74,9 +74,10 @@ def backoff_seconds(base: float, counted_restarts: int, cap: float = MAX_BACKOFF
 
 def plan_recovery(failure: Failure | None, state: RecoveryState, policy: ResilienceSpec,
                   last_checkpoint_step: int | None, nodes_needed: int | None = None,
-                  usable_nodes: list[str] | None = None) -> RecoveryAction:
+                  usable_nodes: list[str] | None = None, track_progress: bool = True) -> RecoveryAction:
     """`last_checkpoint_step`: the job's newest complete checkpoint now (None: none yet).
-    `usable_nodes`: schedulable, Ready nodes for the job if known (before this failure's exclusions)."""
+    `usable_nodes`: schedulable, Ready nodes for the job if known (before this failure's exclusions).
+    `track_progress=False`: the caller keeps no checkpoint history, so the no-progress rule is not applied."""
     if failure is None:
         return RecoveryAction(ActionKind.WAIT, "NoFailure", "no pod shows a failure", state=state)
     cls = failure.failure_class
@@ -98,7 +99,7 @@ def plan_recovery(failure: Failure | None, state: RecoveryState, policy: Resilie
                 "(raise spec.resilience.maxRestarts to allow more)", isolate_nodes=isolate, exclude_nodes=excluded,
                 state=replace(state, excluded_nodes=excluded))
         previous = state.checkpoint_step_at_last_failure
-        if state.restarts == 0:
+        if state.restarts == 0 or not track_progress:
             no_progress = 0       # the first failure only sets the reference point
         else:
             advanced = last_checkpoint_step is not None and (previous is None or last_checkpoint_step > previous)

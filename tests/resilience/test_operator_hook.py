@@ -114,3 +114,6 @@ def test_drop_in_decide_recovery_keeps_the_operators_reasons():
                                   status={"lastCheckpoint": {"step": 40}, "checkpointStepAtLastFailure": 40,
                                           "noProgressRestarts": 1})
     assert (no_progress.restart, no_progress.reason) == (False, "NoProgress")
+    # without the job's status there is no checkpoint history: the no-progress rule cannot be judged
+    strict = JobSpec.model_validate({"resilience": {"maxRestarts": 5, "maxNoProgressRestarts": 1}})
+    assert decide_recovery(Failure("p", "gpu-0", 1, "Error", ""), 1, strict).restart
