@@ -63,6 +63,8 @@ class Controller:
             children = plan.plan_children(ref, spec, decision.create_attempt, decision.status.get("excludedNodes"),
                                           self.settings.plan_options())
         self.kube.apply(job, decision, children)
+        if decision.status.get("phase") == "Succeeded":
+            self.promote(namespace, name)
         if self.metrics is not None and decision.status.get("phase"):
             self.metrics.set_job_phase(namespace, name, decision.status["phase"])
             old = (job.get("status") or {}).get("totalRestarts") or 0
@@ -70,6 +72,13 @@ class Controller:
                 self.metrics.record_restart(namespace, name, reason=decision.events[-1].reason
                                             if decision.events else "Restart")
         return decision.requeue
+
+    def promote(self, namespace: str, name: str) -> None:
+        """A succeeded job's promotion chain (omnitrain/operator/promotion.py): distillation, then serving."""
+        from omnitrain.operator.promotion_kube import promote
+        job = self.kube.get_job(namespace, name)
+        if job is not None and not job["metadata"].get("deletionTimestamp"):
+            promote(self.kube, job, now_iso())
 
     def update_progress(self, namespace: str, name: str) -> None:
         job = self.kube.get_job(namespace, name)
@@ -150,10 +159,20 @@ class Resync(threading.Thread):
             try:
                 for job in self.controller.kube.list_jobs(self.controller.settings.namespaces):
                     meta = job["metadata"]
-                    if (job.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+                    phase = (job.get("status") or {}).get("phase")
+                    if phase == "Failed" or (phase == "Succeeded" and _promotion_settled(job)):
                         continue
                     with _timed("resync"):
                         self.controller.reconcile(meta["namespace"], meta["name"])
                         self.controller.update_progress(meta["namespace"], meta["name"])
             except Exception:  # the next pass tries again; a resync must never kill the operator
                 log.exception("resync pass failed")
+
+
+def _promotion_settled(job: dict) -> bool:
+    """A succeeded job stays on the resync list until its promotion chain has nothing left to watch."""
+    from omnitrain.operator.promotion import promotion_settled
+    try:
+        return promotion_settled(JobSpec.model_validate(job.get("spec") or {}), job.get("status") or {})
+    except ValueError:
+        return True
