@@ -12,8 +12,9 @@ request while one is in flight waits (counted in saves_waited_busy) or is skippe
 `when_busy`. A failed save (e.g. disk full) raises CheckpointSaveError at the next save/wait/close.
 
 Figures for metrics (plain attributes): last_complete_step (METRIC_LAST_CHECKPOINT_STEP), last_blocking_seconds,
-host_bytes_held, saves_completed/failed/skipped_busy/waited_busy; listeners get on_checkpoint_blocked(step,
-seconds), on_checkpoint_complete(step) and on_restore(step, seconds) (the observability MetricsCallback has them).
+host_bytes_held, saves_completed/failed/skipped_busy/waited_busy; listeners get on_checkpoint_start(step),
+on_checkpoint_blocked(step, seconds), on_checkpoint_complete(step) and on_restore(step, seconds) (the
+observability MetricsCallback and the resilience HeartbeatCallback have them; missing methods are skipped).
 """
 
 from __future__ import annotations
@@ -199,6 +200,7 @@ class Checkpointer:
 
     def save(self, step: int, state: Any) -> bool:
         """Checkpoint `state` as step `step`; returns False when skipped because a save was still in flight."""
+        self._notify("on_checkpoint_start", step)     # the watchdog's heartbeat: a long save is not a hang
         if not self.config.async_save:
             return self._save_sync(step, state)
         self.poll()

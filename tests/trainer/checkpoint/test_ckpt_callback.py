@@ -32,6 +32,9 @@ class Recorder:
     def __init__(self):
         self.events = []
 
+    def on_checkpoint_start(self, step):
+        self.events.append(("start", step))
+
     def on_checkpoint_blocked(self, step, seconds):
         self.events.append(("blocked", step))
 
@@ -74,6 +77,8 @@ def test_callback_saves_interval_and_final_and_resumes(tmp_path):
     first, cb = _run(config, 5, [rec])
     assert cb.last_complete_step == 5                          # the final save at the end
     assert ("complete", 2) in rec.events and ("complete", 4) in rec.events and ("blocked", 5) in rec.events
+    sections = [e for e in rec.events if e[0] in ("start", "blocked")]        # a section around each copy
+    assert sections == [("start", 2), ("blocked", 2), ("start", 4), ("blocked", 4), ("start", 5), ("blocked", 5)]
     assert sorted(list_step_dirs(tmp_path / "pv", "cb-job")) == [4, 5]   # keep 2
     assert read_manifest(tmp_path / "pv" / "cb-job" / "step-5").job == "cb-job"
     rec2 = Recorder()
