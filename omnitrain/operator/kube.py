@@ -7,6 +7,7 @@ import datetime as dt
 import os
 import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
@@ -32,8 +33,12 @@ class CallCounter:
 class Kube:
     """Typed wrappers over the few calls the operator makes."""
 
-    def __init__(self, api_client: client.ApiClient | None = None, exit_after_creates: int | None = None) -> None:
+    def __init__(self, api_client: client.ApiClient | None = None, exit_after_creates: int | None = None,
+                 create_workers: int = 16) -> None:
         self.api_client = api_client or client.ApiClient()
+        self.create_workers = max(1, create_workers)
+        # one connection per concurrent create, or urllib3 discards and reopens them
+        self.api_client.rest_client.pool_manager.connection_pool_kw["maxsize"] = max(4, self.create_workers)
         self.counter = CallCounter()
         original = self.api_client.call_api
 
@@ -46,6 +51,7 @@ class Kube:
         self.custom = client.CustomObjectsApi(self.api_client)
         self._exit_after_creates = exit_after_creates
         self._creates = 0
+        self._create_lock = threading.Lock()
 
     # -- reads -----------------------------------------------------------------------------------------------
     def get_job(self, namespace: str, name: str) -> dict | None:
@@ -82,8 +88,10 @@ class Kube:
             if kind == "ConfigMap":  # the attempt number inside changes between attempts
                 self.core.patch_namespaced_config_map(obj["metadata"]["name"], ns, {"data": obj["data"]})
             return False
-        self._creates += 1
-        if self._exit_after_creates is not None and self._creates >= self._exit_after_creates:
+        with self._create_lock:
+            self._creates += 1
+            creates = self._creates
+        if self._exit_after_creates is not None and creates >= self._exit_after_creates:
             os._exit(17)  # fault injection (tests): the operator dies mid-launch
         return True
 
@@ -119,8 +127,19 @@ class Kube:
         ns, name = meta["namespace"], meta["name"]
         for pod in decision.delete_pods:
             self.delete_pod(ns, pod)
-        for child in children or []:
-            self.create_if_absent(child)
+        children = children or []
+        # ConfigMap and Service first (pods mount/resolve them), then the pods in parallel: a 512-node gang is
+        # 512 round trips, and the scheduler can start on the first pods while the rest are being created.
+        for child in children:
+            if child["kind"] != "Pod":
+                self.create_if_absent(child)
+        pods = [c for c in children if c["kind"] == "Pod"]
+        if self.create_workers == 1 or len(pods) <= 1:
+            for pod in pods:
+                self.create_if_absent(pod)
+        else:
+            with ThreadPoolExecutor(max_workers=min(self.create_workers, len(pods))) as pool:
+                list(pool.map(self.create_if_absent, pods))  # list(): re-raise the first error
         if decision.status != (job.get("status") or {}):
             self.patch_status(ns, name, _with_nulls(job.get("status") or {}, decision.status))
         for event in decision.events:

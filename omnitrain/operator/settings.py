@@ -19,6 +19,7 @@ class OperatorSettings:
     cluster_domain: str = "cluster.local"
     # Fault injection for the restart-mid-launch test: exit hard after this many child creations.
     exit_after_creates: int | None = None
+    create_workers: int = 16             # concurrent pod creations per launch
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "OperatorSettings":
@@ -33,6 +34,7 @@ class OperatorSettings:
             peering=e.get("OMNITRAIN_PEERING") or None,
             cluster_domain=e.get("OMNITRAIN_CLUSTER_DOMAIN", "cluster.local"),
             exit_after_creates=int(exit_after) if exit_after else None,
+            create_workers=int(e.get("OMNITRAIN_CREATE_WORKERS", "16")),
         )
 
     def plan_options(self) -> PlanOptions:
