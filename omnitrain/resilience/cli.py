@@ -34,5 +34,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-gpu-health", action="store_true", help="skip NVML XID/ECC checks")
     p.add_argument("--termination-log", help="termination message file (default $OMNITRAIN_TERMINATION_LOG or "
                                              "/dev/termination-log)")
+    p.add_argument("--metrics-log-dir", help="append a `hang` record to the job's metrics log here (default from "
+                                             "--config on node rank 0: <checkpoint root>/<job>/metrics)")
+    p.add_argument("--attempt", type=int, help="attempt number for the metrics log (default $OMNITRAIN_ATTEMPT)")
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND ARGS...")
     p.set_defaults(func=_watchdog)

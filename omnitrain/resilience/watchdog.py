@@ -26,10 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+from omnitrain import contract
 from omnitrain.contract import ExitCode, TerminationMessage, write_termination_message
 from omnitrain.resilience.hang import Assessment, HangPolicy, StepTimeLearner, Verdict, assess
 from omnitrain.resilience.heartbeat import ENV_HEARTBEAT_DIR, STACK_DUMP_SIGNAL, read_heartbeats, stack_dump_path
-from omnitrain.resilience.rdma import DEFAULT_RDMA_ROOT, RdmaMonitor, read_counters
+from omnitrain.resilience.rdma import DEFAULT_RDMA_ROOT, ENV_RDMA_ROOT, RdmaMonitor, read_counters
 
 log = logging.getLogger("omnitrain.watchdog")
 
@@ -47,6 +48,8 @@ class WatchdogOptions:
     stack_dump_wait_seconds: float = 2.0
     gpu_health: bool = True
     termination_log: str | None = None        # default: contract's env/termination-log path
+    metrics_log_dir: str | None = None        # append a `hang` record to the job's metrics log (omnitrain report)
+    attempt: int = 0
 
 
 class HeartbeatWatch:
@@ -203,11 +206,27 @@ class Supervisor:
             evidence["rdma_counters"] = dict(list(counters.items())[:8])
         evidence["stack_dumps"] = self._request_stack_dumps()
         self._kill_workers()
+        self._log_hang(assessment, now)
         overdue = assessment.overdue
         message = (f"no step progress on rank(s) {[r.rank for r in overdue][:8]} for "
                    f"{max(r.age for r in overdue):.0f}s (limit {min(r.limit for r in overdue):.0f}s, "
                    f"section {overdue[0].section}) and no RDMA traffic")
         return self._end(ExitCode.HANG, "HangDetected", message, assessment, evidence)
+
+    def _log_hang(self, assessment: Assessment, now: float) -> None:
+        """A `hang` record in the job's metrics log: the report dates the detection from it. Best effort."""
+        if not self.options.metrics_log_dir:
+            return
+        try:
+            from omnitrain.observability.step_log import StepLogWriter
+            writer = StepLogWriter(self.options.metrics_log_dir, self.options.attempt)
+            try:
+                writer.write("hang", now, step=assessment.min_step,
+                             stalled_ranks=[r.rank for r in assessment.overdue][:16])
+            finally:
+                writer.close()
+        except Exception as exc:   # a missing volume must not change the pod's exit code
+            log.warning("watchdog: could not write the hang record to %s: %s", self.options.metrics_log_dir, exc)
 
     def _on_hardware(self, fault, assessment: Assessment | None) -> int:
         self._kill_workers()
@@ -270,24 +289,40 @@ class Supervisor:
                 self._kill_workers()
 
 
-def options_from_config(config_path: str | None, timeout: float | None, environ: dict[str, str]) -> tuple[
-        float, int]:
-    """(hang timeout, workers in this pod) from the trainer config and torchrun's env; explicit flags win."""
+@dataclass(frozen=True)
+class PodSettings:
+    """What the watchdog takes from the trainer config and the pod's environment."""
+
+    timeout: float
+    workers: int
+    metrics_log_dir: str | None = None    # the job's metrics log (written only by node rank 0's watchdog)
+    attempt: int = 0
+
+
+def settings_from_config(config_path: str | None, timeout: float | None, environ: dict[str, str]) -> PodSettings:
+    """Hang timeout, workers in this pod, metrics log and attempt from the trainer config and the operator's /
+    torchrun's env; an explicit --timeout wins."""
     workers = int(environ.get("PET_NPROC_PER_NODE", "0") or 0)
-    configured = None
+    configured, log_dir, attempt = None, None, int(environ.get(contract.ENV_ATTEMPT, "0") or 0)
     if config_path:
         import yaml
 
         from omnitrain.spec import TrainerConfig
         with open(config_path) as f:
             config = TrainerConfig.model_validate(yaml.safe_load(f))
-        configured = float(config.spec.resilience.hang_timeout_seconds)
-        workers = workers or config.spec.parallelism.gpus_per_node
+        spec = config.spec
+        configured = float(spec.resilience.hang_timeout_seconds)
+        workers = workers or spec.parallelism.gpus_per_node
+        attempt = int(environ.get(contract.ENV_ATTEMPT, config.run.attempt) or 0)
+        if int(environ.get("PET_NODE_RANK", "0") or 0) == 0:
+            # Same place as the observability callback's log (<root>/<job>/metrics), one writer per attempt file.
+            root = spec.checkpoint.persistent_path if spec.checkpoint.persistent_claim else spec.checkpoint.local_path
+            log_dir = str(Path(root) / config.run.job_name / "metrics")
     value = timeout if timeout is not None else configured
     if value is None:
         raise ValueError("omnitrain watchdog: give --config FILE (spec.resilience.hangTimeoutSeconds) "
                          "or --timeout SECONDS")
-    return value, workers or 1
+    return PodSettings(timeout=value, workers=workers or 1, metrics_log_dir=log_dir, attempt=attempt)
 
 
 def main(args) -> int:
@@ -296,20 +331,21 @@ def main(args) -> int:
     if command and command[0] == "--":
         command = command[1:]
     try:
-        timeout, workers = options_from_config(args.config, args.timeout, dict(os.environ))
+        pod = settings_from_config(args.config, args.timeout, dict(os.environ))
         if not command:
             raise ValueError("omnitrain watchdog needs the worker command after `--` "
                              "(e.g. -- torchrun ... -m omnitrain train --config FILE)")
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return int(ExitCode.CONFIG)
-    policy = HangPolicy(timeout=timeout, startup_timeout=args.startup_timeout,
+    policy = HangPolicy(timeout=pod.timeout, startup_timeout=args.startup_timeout,
                         long_section_timeout=args.long_section_timeout, learn=not args.no_learn,
                         warmup_steps=args.warmup_steps, safety_factor=args.safety_factor,
                         min_timeout=args.min_timeout)
     options = WatchdogOptions(
-        policy=policy, expected_workers=args.workers or workers, heartbeat_dir=args.heartbeat_dir,
-        rdma_root=args.rdma_root or os.environ.get("OMNITRAIN_RDMA_ROOT", DEFAULT_RDMA_ROOT),
+        policy=policy, expected_workers=args.workers or pod.workers, heartbeat_dir=args.heartbeat_dir,
+        rdma_root=args.rdma_root or os.environ.get(ENV_RDMA_ROOT, DEFAULT_RDMA_ROOT),
         poll_seconds=args.poll, status_every_seconds=args.status_every, gpu_health=not args.no_gpu_health,
-        termination_log=args.termination_log)
+        termination_log=args.termination_log, metrics_log_dir=args.metrics_log_dir or pod.metrics_log_dir,
+        attempt=args.attempt if args.attempt is not None else pod.attempt)
     return Supervisor(command, options).run()

@@ -20,12 +20,12 @@ TIMEOUT = 2.0
 
 
 def run_watchdog(tmp_path: Path, mode: str, *, rdma: bool = True, extra: list[str] = (), timeout: float = TIMEOUT,
-                 deadline: float = 90.0) -> tuple[subprocess.CompletedProcess, Path]:
+                 deadline: float = 90.0, watchdog_args: list[str] = ()) -> tuple[subprocess.CompletedProcess, Path]:
     hb = tmp_path / "hb"
     rdma_root = tmp_path / "rdma"
     cmd = [sys.executable, "-m", "omnitrain", "watchdog", "--timeout", str(timeout), "--workers", "1",
            "--heartbeat-dir", str(hb), "--rdma-root", str(rdma_root), "--poll", "0.1", "--status-every", "1",
-           "--no-gpu-health", "--termination-log", str(tmp_path / "termination-log"), "--",
+           "--no-gpu-health", "--termination-log", str(tmp_path / "termination-log"), *watchdog_args, "--",
            sys.executable, FAKE, mode, "--marker", str(tmp_path / "fault-began"), *extra]
     if rdma:
         cmd += ["--rdma-root", str(rdma_root)]
@@ -59,7 +59,8 @@ def all_dead(pids: list[int], deadline: float = 10.0) -> bool:
 
 @pytest.mark.parametrize("mode", ["sigstop", "blocked"])
 def test_stopped_or_blocked_trainer_with_stalled_counters_is_a_hang(tmp_path, mode):
-    result, hb = run_watchdog(tmp_path, mode)
+    result, hb = run_watchdog(tmp_path, mode, watchdog_args=["--metrics-log-dir", str(tmp_path / "metrics"),
+                                                             "--attempt", "2"])
     ended = time.time()
     assert result.returncode == ExitCode.HANG, result.stderr[-3000:]
     msg = termination(tmp_path)
@@ -72,6 +73,9 @@ def test_stopped_or_blocked_trainer_with_stalled_counters_is_a_hang(tmp_path, mo
     # The whole worker group is gone, stopped or not.
     worker_pid = read_heartbeats(hb)[0].pid
     assert all_dead([worker_pid])
+    # the job's metrics log gets a `hang` record (omnitrain report dates the detection from it)
+    [record] = [json.loads(line) for line in (tmp_path / "metrics" / "attempt-0002.jsonl").read_text().splitlines()]
+    assert (record["kind"], record["attempt"], record["step"], record["stalled_ranks"]) == ("hang", 2, 10, [0])
     began = float((tmp_path / "fault-began").read_text())
     print(f"{mode}: detected and ended {ended - began:.2f}s after the fault (timeout {TIMEOUT}s)")
 
@@ -173,3 +177,23 @@ def test_gpu_health_is_a_clean_no_op_without_nvml():
     finally:
         health.close()
     assert new_ecc_errors({0: 2, 1: 0}, {0: 2, 1: 1, 2: 5}) == [1]
+
+
+def test_settings_from_the_trainer_config_and_pod_env(tmp_path):
+    import yaml
+
+    from omnitrain.resilience.watchdog import settings_from_config
+    from omnitrain.spec import TrainerConfig
+    config = TrainerConfig.model_validate({
+        "spec": {"parallelism": {"nodes": 2, "gpusPerNode": 4}, "resilience": {"hangTimeoutSeconds": 90},
+                 "checkpoint": {"persistentClaim": "ckpt", "persistentPath": "/mnt/ckpt"}},
+        "run": {"jobName": "video", "attempt": 3}})
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config.to_wire()))
+    node0 = settings_from_config(str(path), None, {"PET_NPROC_PER_NODE": "4", "PET_NODE_RANK": "0"})
+    assert (node0.timeout, node0.workers, node0.attempt) == (90, 4, 3)
+    assert node0.metrics_log_dir == "/mnt/ckpt/video/metrics"
+    node1 = settings_from_config(str(path), 12, {"PET_NODE_RANK": "1", "OMNITRAIN_ATTEMPT": "4"})
+    assert (node1.timeout, node1.workers, node1.attempt, node1.metrics_log_dir) == (12, 4, 4, None)
+    with pytest.raises(ValueError, match="--timeout"):
+        settings_from_config(None, None, {})
