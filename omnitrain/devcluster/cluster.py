@@ -122,6 +122,36 @@ class LocalCluster:
             create_node(core, kwok_node_body(name, rack=f"kwok-rack-{i // 4}"))
         return names
 
+    def ensure_persistent_claim(self, namespace: str, claim: str, size: str = "10Gi") -> Path:
+        """A PersistentVolumeClaim bound to a hostPath PersistentVolume on `pv_dir(claim)` (the scheduler refuses
+        pods whose claim is missing or unbound). Idempotent; returns the folder the claim maps to."""
+        from kubernetes import client
+        from kubernetes.client.exceptions import ApiException
+        core = client.CoreV1Api(self.api_client())
+        folder = self.pv_dir(claim)
+        folder.mkdir(parents=True, exist_ok=True)
+        pv_name = f"omnitrain-local-{namespace}-{claim}"
+        pv = {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": pv_name},
+              "spec": {"capacity": {"storage": size}, "accessModes": ["ReadWriteMany"],
+                       "persistentVolumeReclaimPolicy": "Retain", "storageClassName": "omnitrain-local",
+                       "hostPath": {"path": str(folder)}, "claimRef": {"namespace": namespace, "name": claim}}}
+        pvc = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": claim},
+               "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "omnitrain-local",
+                        "volumeName": pv_name, "resources": {"requests": {"storage": size}}}}
+        for create in (lambda: core.create_persistent_volume(pv),
+                       lambda: core.create_namespaced_persistent_volume_claim(namespace, pvc)):
+            try:
+                create()
+            except ApiException as exc:
+                if exc.status != 409:
+                    raise
+        deadline = time.monotonic() + 60
+        while core.read_namespaced_persistent_volume_claim(claim, namespace).status.phase != "Bound":
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"PersistentVolumeClaim {namespace}/{claim} not Bound within 60 s")
+            time.sleep(0.2)  # polling the PV controller's binding with a deadline
+        return folder
+
     def add_node(self, name: str, gpus: int = 2) -> None:
         from kubernetes import client
         create_node(client.CoreV1Api(self.api_client()), local_node_body(name, NodeShape(gpus=gpus)))

@@ -31,7 +31,7 @@ def unique(prefix: str) -> str:
 def test_pod_runs_as_process_and_succeeds(local_cluster, core):
     name = unique("ok")
     core.create_namespaced_pod("default", pod_body(
-        name, 'echo "pid=$$ name=$POD_NAME ip=$POD_IP node=$NODE"',
+        name, 'echo "pid=$$$$ name=$POD_NAME ip=$POD_IP node=$NODE"',
         env=[{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
              {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
              {"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}]))
