@@ -1,0 +1,154 @@
+"""MM-DiT for video: text, reference, context and noisy video tokens of a sample in one sequence with full attention,
+adaLN-Zero timestep modulation, QK RMSNorm and 3D RoPE. Knows nothing about parallelism (docs/contracts.md)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from omnitrain.model.attention import AttentionCore
+from omnitrain.model.config import ModelConfig
+from omnitrain.model.packing import REFERENCE, CONTEXT, TEXT, VIDEO, PackedBatch
+from omnitrain.model.rope import apply_rope, rope_cos_sin
+
+
+@dataclass
+class BlockContext:
+    """What every block needs besides x. Per-token tensors have tokens as their first dimension (sequence
+    parallelism cuts those); cu_seqlens/max_seqlen describe the whole packed sequence."""
+
+    cond: torch.Tensor            # [L, hidden] timestep conditioning of each token's sample
+    cos: torch.Tensor             # [L, head_dim // 2]
+    sin: torch.Tensor
+    cu_seqlens: torch.Tensor      # [n + 1] int32
+    max_seqlen: int
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding of t in [0, 1] (scaled by 1000 like the usual integer diffusion steps): [n, dim]."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = t.float()[:, None] * 1000.0 * freqs[None]
+    emb = torch.cat((torch.cos(args), torch.sin(args)), dim=-1)
+    return F.pad(emb, (0, dim % 2))
+
+
+class Embedder(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.text = nn.Linear(cfg.text_dim, cfg.hidden_size)
+        self.patch = nn.Linear(cfg.patch_dim, cfg.hidden_size)   # shared by reference, context and video latents
+        self.kind = nn.Embedding(4, cfg.hidden_size)             # which kind of token
+        self.time = nn.Sequential(nn.Linear(cfg.frequency_embedding_size, cfg.hidden_size), nn.SiLU(),
+                                  nn.Linear(cfg.hidden_size, cfg.hidden_size))
+        nn.init.normal_(self.kind.weight, std=0.02)
+
+    def forward(self, batch: PackedBatch, t: torch.Tensor) -> tuple[torch.Tensor, BlockContext]:
+        kind = batch.kind
+        x = self.text.weight.new_zeros(batch.num_tokens, self.cfg.hidden_size)
+        for k, inputs, proj in ((TEXT, batch.text, self.text), (REFERENCE, batch.reference, self.patch),
+                                (CONTEXT, batch.context, self.patch), (VIDEO, batch.video, self.patch)):
+            if inputs.shape[0]:
+                x = x.index_put((torch.nonzero(kind == k).squeeze(1),), proj(inputs.to(x.dtype)))
+        x = x + self.kind(kind)
+        cond = self.time(timestep_embedding(t, self.cfg.frequency_embedding_size).to(x.dtype))[batch.sample_id]
+        cos, sin = rope_cos_sin(batch.positions, self.cfg.head_dim)
+        return x, BlockContext(cond=cond, cos=cos, sin=sin, cu_seqlens=batch.cu_seqlens, max_seqlen=batch.max_seqlen)
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        h = cfg.hidden_size
+        self.head_dim = cfg.head_dim
+        self.q, self.k, self.v, self.o = (nn.Linear(h, h) for _ in range(4))
+        self.q_norm = nn.RMSNorm(cfg.head_dim, eps=1e-6) if cfg.qk_norm else nn.Identity()
+        self.k_norm = nn.RMSNorm(cfg.head_dim, eps=1e-6) if cfg.qk_norm else nn.Identity()
+        self.core = AttentionCore()
+
+    def forward(self, x: torch.Tensor, ctx: BlockContext) -> torch.Tensor:
+        n = x.shape[0]
+        q = self.q_norm(self.q(x).view(n, -1, self.head_dim))     # heads from the shape: a TP shard has fewer
+        k = self.k_norm(self.k(x).view(n, -1, self.head_dim))
+        v = self.v(x).view(n, -1, self.head_dim)
+        q, k = apply_rope(q, ctx.cos, ctx.sin), apply_rope(k, ctx.cos, ctx.sin)
+        return self.o(self.core(q, k, v, ctx).reshape(n, -1))
+
+
+class Mlp(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.fc1 = nn.Linear(cfg.hidden_size, cfg.mlp_hidden)
+        self.fc2 = nn.Linear(cfg.mlp_hidden, cfg.hidden_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return x * (1 + scale) + shift
+
+
+class DiTBlock(nn.Module):
+    """adaLN-Zero block: shift/scale/gate for attention and for the MLP from the token's conditioning vector."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(cfg.hidden_size, elementwise_affine=False, eps=1e-6)
+        self.norm2 = nn.LayerNorm(cfg.hidden_size, elementwise_affine=False, eps=1e-6)
+        self.attn = SelfAttention(cfg)
+        self.mlp = Mlp(cfg)
+        self.adaln = nn.Linear(cfg.hidden_size, 6 * cfg.hidden_size)
+        nn.init.zeros_(self.adaln.weight)       # adaLN-Zero: every block starts as the identity
+        nn.init.zeros_(self.adaln.bias)
+
+    def forward(self, x: torch.Tensor, ctx: BlockContext) -> torch.Tensor:
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.adaln(F.silu(ctx.cond)).chunk(6, dim=-1)
+        x = x + gate1 * self.attn(modulate(self.norm1(x), shift1, scale1), ctx)
+        return x + gate2 * self.mlp(modulate(self.norm2(x), shift2, scale2))
+
+
+class FinalLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.norm = nn.LayerNorm(cfg.hidden_size, elementwise_affine=False, eps=1e-6)
+        self.adaln = nn.Linear(cfg.hidden_size, 2 * cfg.hidden_size)
+        self.proj = nn.Linear(cfg.hidden_size, cfg.patch_dim)
+        for layer in (self.adaln, self.proj):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, x: torch.Tensor, ctx: BlockContext) -> torch.Tensor:
+        shift, scale = self.adaln(F.silu(ctx.cond)).chunk(2, dim=-1)
+        return self.proj(modulate(self.norm(x), shift, scale))
+
+
+class MMDiT(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        if config.hidden_size % config.num_heads:
+            raise ValueError(f"hidden_size={config.hidden_size} is not divisible by num_heads={config.num_heads}")
+        self.config = config
+        self.embed = Embedder(config)
+        self.blocks = nn.ModuleList(DiTBlock(config) for _ in range(config.depth))
+        self.head = FinalLayer(config)
+
+    def forward(self, batch: PackedBatch, t: torch.Tensor) -> torch.Tensor:
+        """Prediction [tokens, patch_dim] for every token of the packed sequence (the loss picks video tokens)."""
+        x, ctx = self.embed(batch, t)
+        for block in self.blocks:
+            x = block(x, ctx)
+        return self.head(x, ctx)
+
+
+def randomize_(model: nn.Module, generator: torch.Generator, std: float = 0.05) -> nn.Module:
+    """Fill every parameter with noise (tests: the zero-initialised adaLN-Zero model would predict 0 everywhere)."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=generator) * std)
+    return model
