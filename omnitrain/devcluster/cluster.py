@@ -223,7 +223,14 @@ class LocalCluster:
         return json.loads(core.list_node(label_selector=selector, _preload_content=False).data)["items"]
 
 
+NOT_READY_TAINTS = ("node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable")
+
+
 def _node_ready(node: dict | None) -> bool:
+    """Ready, and schedulable: a new Node carries the not-ready taint (TaintNodesByCondition admission) until the
+    node lifecycle controller has seen the Ready condition."""
     if node is None:
+        return False
+    if any(t["key"] in NOT_READY_TAINTS for t in node.get("spec", {}).get("taints") or []):
         return False
     return any(c["type"] == "Ready" and c["status"] == "True" for c in node.get("status", {}).get("conditions") or [])
