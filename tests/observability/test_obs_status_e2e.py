@@ -10,6 +10,7 @@ import pytest
 from apiserver import api_server, find_binaries
 from omnitrain.observability.callback import MetricsCallback
 from omnitrain.observability.status_fetch import crd_coordinates
+from omnitrain.operator.crd import build_crd
 
 pytestmark = [pytest.mark.e2e,
               pytest.mark.skipif(find_binaries() is None and not os.environ.get("CI"),
@@ -30,16 +31,7 @@ def cluster(tmp_path_factory):
     with api_server(workdir) as kubeconfig:
         config.load_kube_config(str(kubeconfig))
         ext = client.ApiextensionsV1Api()
-        ext.create_custom_resource_definition({
-            "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-            "metadata": {"name": f"{PLURAL}.{GROUP}"},
-            "spec": {"group": GROUP, "scope": "Namespaced",
-                     "names": {"plural": PLURAL, "singular": "omnitrainingjob", "kind": "OmniTrainingJob",
-                               "shortNames": ["otj"]},
-                     "versions": [{"name": VERSION, "served": True, "storage": True,
-                                   "subresources": {"status": {}},
-                                   "schema": {"openAPIV3Schema": {"type": "object",
-                                                                  "x-kubernetes-preserve-unknown-fields": True}}}]}})
+        ext.create_custom_resource_definition(build_crd())     # the operator's real, structural schema
         deadline = time.monotonic() + 60
         while not any(c.type == "Established" and c.status == "True" for c in
                       (ext.read_custom_resource_definition(f"{PLURAL}.{GROUP}").status.conditions or [])):
@@ -59,7 +51,9 @@ def make_job(metrics_port: int):
     custom.patch_namespaced_custom_object_status(GROUP, VERSION, "ml", PLURAL, "demo", {"status": {
         "phase": "Running", "attempt": 1, "restarts": 1, "currentStep": 40, "totalSteps": 100, "startTime": now,
         "lastCheckpoint": {"step": 30, "path": "/mnt/checkpoints/step-30", "time": now},
-        "excludedNodes": ["node-9"], "goodput": 0.93,
+        "excludedNodes": ["node-9"],
+        "goodput": {"ratio": 0.93, "wallSeconds": 600.0, "productiveSeconds": 558.0,
+                    "badputSeconds": {"recovery": 30.0, "startup": 12.0}},
         "conditions": [{"type": "Running", "status": "True", "reason": "AllPodsRunning", "lastTransitionTime": now,
                         "message": "2/2 pods running"}]}})
     owner = [{"apiVersion": f"{GROUP}/{VERSION}", "kind": "OmniTrainingJob", "name": "demo",
@@ -102,7 +96,8 @@ def test_status_and_report_read_the_api_server(cluster, tmp_path):
         text = result.stdout
         assert text.startswith("OmniTrainingJob ml/demo")
         assert "Running" in text and "restarts 1/3" in text and "step 40/100" in text
-        assert "step 30  /mnt/checkpoints/step-30" in text and "Goodput:      93.0%" in text
+        assert "step 30  /mnt/checkpoints/step-30" in text
+        assert "Goodput:      93.0%  (badput: recovery 30s, startup 12s)" in text
         assert "Excluded:     node-9" in text and "AllPodsRunning" in text
         assert "demo-node-0" in text and "demo-node-1" in text and "someone-else" not in text
         assert "Restarted event" in text and "Unrelated event" not in text
