@@ -82,8 +82,9 @@ def build_dashboard() -> dict:
                minimum=0),
         _panel(8, "Loss", [(f"max({contract.METRIC_LOSS}{{{SEL}}})", "loss")], (12, 14, 12, 8)),
         _panel(9, "Goodput and badput by cause",
-               [(f"max by (cause) ({tm.METRIC_BADPUT}{{{SEL}}})", "{{cause}}")], (0, 22, 12, 8), unit="s",
-               stack=True, description="Wall time lost, stacked by cause; goodput is the stat at the top."),
+               [(f"max by (cause) ({om.METRIC_JOB_BADPUT}{{{SEL}}})", "{{cause}}")], (0, 22, 12, 8), unit="s",
+               stack=True, description="Job wall time lost, stacked by cause (operator, from "
+                                       "omnitrain.resilience.goodput); goodput is the stat at the top."),
         _panel(10, "Restarts", [(f"sum by (reason) (increase({om.METRIC_RESTARTS}_total{{{SEL}}}[1h]))", "{{reason}}"),
                                 (f"sum(increase({tm.METRIC_HANGS}_total{{{SEL}}}[1h]))", "hangs detected")],
                (12, 22, 12, 8), stack=True, minimum=0),

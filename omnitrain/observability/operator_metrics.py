@@ -8,7 +8,8 @@ Wiring (operator side):
     metrics = start_operator_metrics_server(port=8080)          # once, at start-up
     with metrics.time_reconcile("create"): ...                   # around each handler
     metrics.set_job_phase(ns, name, "Running"); metrics.record_restart(ns, name, reason="HangDetected")
-    metrics.observe_recovery(ns, name, seconds); metrics.set_job_goodput(ns, name, 0.97); metrics.forget_job(ns, name)
+    metrics.observe_recovery(ns, name, seconds); metrics.set_job_goodput(ns, name, 0.97, {"recovery": 42.0, ...})
+    metrics.forget_job(ns, name)
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ METRIC_RECONCILE_ERRORS = "omnitrain_operator_reconcile_errors"
 METRIC_RESTARTS = "omnitrain_operator_restarts"
 METRIC_RECOVERY = "omnitrain_operator_recovery_seconds"
 METRIC_JOB_GOODPUT = "omnitrain_operator_job_goodput_ratio"
+METRIC_JOB_BADPUT = "omnitrain_operator_job_badput_seconds"
 
 RECONCILE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 RECOVERY_BUCKETS = (1, 5, 10, 20, 30, 45, 60, 90, 120, 180, 300, 600, 1800)
@@ -64,6 +66,7 @@ class OperatorMetrics:
         self._lock = threading.Lock()
         self._phases: dict[tuple[str, str], str] = {}
         self._restart_reasons: dict[tuple[str, str], set[str]] = {}
+        self._badput_causes: dict[tuple[str, str], set[str]] = {}
         self._server = None
         r = self.registry
         r.register(_PhaseCollector(self))
@@ -76,6 +79,8 @@ class OperatorMetrics:
                                   ["namespace", JOB_LABEL], buckets=RECOVERY_BUCKETS, registry=r)
         self.goodput = Gauge(METRIC_JOB_GOODPUT, "Productive training time / wall time of the job (0..1).",
                              ["namespace", JOB_LABEL], registry=r)
+        self.badput = Gauge(METRIC_JOB_BADPUT, "Wall time of the job lost, by cause (resilience.goodput causes).",
+                            ["namespace", JOB_LABEL, "cause"], registry=r)
 
     # --- job state ------------------------------------------------------------------------------------------
     def set_job_phase(self, namespace: str, name: str, phase: str) -> None:
@@ -94,16 +99,25 @@ class OperatorMetrics:
     def observe_recovery(self, namespace: str, name: str, seconds: float) -> None:
         self.recovery.labels(namespace, name).observe(seconds)
 
-    def set_job_goodput(self, namespace: str, name: str, goodput: float) -> None:
+    def set_job_goodput(self, namespace: str, name: str, goodput: float,
+                        badput_seconds: dict[str, float] | None = None) -> None:
+        """E.g. from omnitrain.resilience.goodput: `set_job_goodput(ns, name, report.goodput, report.badput_seconds)`."""
         self.goodput.labels(namespace, name).set(goodput)
+        for cause, seconds in (badput_seconds or {}).items():
+            with self._lock:
+                self._badput_causes.setdefault((namespace, name), set()).add(cause)
+            self.badput.labels(namespace, name, cause).set(seconds)
 
     def forget_job(self, namespace: str, name: str) -> None:
         """Drop every series of a deleted job."""
         with self._lock:
             self._phases.pop((namespace, name), None)
             reasons = self._restart_reasons.pop((namespace, name), set())
+            causes = self._badput_causes.pop((namespace, name), set())
         for reason in reasons:
             self.restarts.remove(namespace, name, reason)
+        for cause in causes:
+            self.badput.remove(namespace, name, cause)
         for metric in (self.recovery, self.goodput):
             try:
                 metric.remove(namespace, name)

@@ -30,7 +30,7 @@ def test_phases_restarts_recovery_goodput_and_reconcile(metrics):
     metrics.record_restart("team-a", "video-1", "HangDetected")
     metrics.record_restart("team-a", "video-1", "NodeLost")
     metrics.observe_recovery("team-a", "video-1", 42.0)
-    metrics.set_job_goodput("team-a", "video-1", 0.95)
+    metrics.set_job_goodput("team-a", "video-1", 0.95, {"recovery": 42.0, "startup": 8.0})
     with metrics.time_reconcile("create"):
         pass
     with pytest.raises(RuntimeError):
@@ -47,6 +47,7 @@ def test_phases_restarts_recovery_goodput_and_reconcile(metrics):
     recovery_sum = [s.value for s in f[om.METRIC_RECOVERY] if s.name.endswith("_sum")]
     assert recovery_sum == [42.0]
     assert [s.value for s in f[om.METRIC_JOB_GOODPUT]] == [0.95]
+    assert {s.labels["cause"]: s.value for s in f[om.METRIC_JOB_BADPUT]} == {"recovery": 42.0, "startup": 8.0}
     counts = {s.labels["handler"]: s.value for s in f[om.METRIC_RECONCILE] if s.name.endswith("_count")}
     assert counts == {"create": 1, "update": 1}
     errors = {s.labels["handler"]: s.value for s in f[om.METRIC_RECONCILE_ERRORS] if s.name.endswith("_total")}
@@ -57,11 +58,12 @@ def test_forget_job_drops_its_series(metrics):
     metrics.set_job_phase("ns", "gone", "Succeeded")
     metrics.record_restart("ns", "gone", "PodFailed")
     metrics.observe_recovery("ns", "gone", 3)
-    metrics.set_job_goodput("ns", "gone", 0.9)
+    metrics.set_job_goodput("ns", "gone", 0.9, {"recovery": 1.0})
     metrics.set_job_phase("ns", "kept", "Running")
     metrics.forget_job("ns", "gone")
     f = scrape(metrics.serve(0))
-    for family in (om.METRIC_JOB_PHASE, om.METRIC_RESTARTS, om.METRIC_RECOVERY, om.METRIC_JOB_GOODPUT):
+    for family in (om.METRIC_JOB_PHASE, om.METRIC_RESTARTS, om.METRIC_RECOVERY, om.METRIC_JOB_GOODPUT,
+                   om.METRIC_JOB_BADPUT):
         assert all(s.labels.get("omnitrain_job") != "gone" for s in f.get(family, [])), family
     assert {s.labels["omnitrain_job"] for s in f[om.METRIC_JOB_PHASE]} == {"kept"}
 
