@@ -10,40 +10,73 @@ from omnitrain.trainer.parallel import ParallelLayout, setup_parallel
 
 TINY = ModelConfig(hidden_size=32, depth=4, num_heads=4, mlp_ratio=2.0, latent_channels=2, patch_size=(1, 2, 2),
                    text_dim=8, frequency_embedding_size=16)
-# Packed micro-batches of samples with different lengths; odd totals exercise the Ulysses padding.
+# (text tokens, latent frames, latent side, reference image?, video context?) of each sample, per micro-batch:
+# packed samples of different lengths; odd totals exercise the Ulysses padding.
+SAMPLES = [
+    [(3, 1, 4, False, False), (5, 2, 4, True, False), (2, 1, 2, False, True)],
+    [(4, 3, 2, False, False), (7, 1, 4, False, False)],
+    [(2, 2, 4, False, True), (3, 1, 2, True, False), (6, 1, 2, False, False), (1, 1, 2, False, False)],
+    [(5, 1, 4, True, True), (4, 2, 2, False, False)],
+]
+# Lengths for the stand-in model (tests of parameters that only some micro-batches use).
 LENGTHS = [[7, 12, 4], [9, 3, 10, 1], [15, 6], [5, 5, 8, 3], [11, 13], [2, 17, 4], [6, 9, 9], [14, 3, 3]]
 
 
-def build_model(seed: int = 0):
-    from standin_model import StandinDiT
+def build_model(seed: int = 0, kind: str = "mmdit"):
+    if kind == "standin":
+        from standin_model import StandinDiT
+        torch.manual_seed(seed)
+        return StandinDiT(TINY)
+    from omnitrain.model.mmdit import MMDiT, randomize_
     torch.manual_seed(seed)
-    return StandinDiT(TINY)
+    # Random everywhere: adaLN-Zero would leave the blocks' gradients zero at the first step, testing nothing.
+    return randomize_(MMDiT(TINY), torch.Generator().manual_seed(seed))
 
 
-def global_microbatches(count: int, seed: int = 1) -> list[tuple]:
-    from standin_model import make_batch
+def _mmdit_microbatch(specs, g: torch.Generator) -> tuple:
+    from omnitrain.model.packing import SampleRecord, pack
+    c = TINY.latent_channels
+    records = []
+    for text, frames, side, reference, context in specs:
+        records.append(SampleRecord(
+            text=torch.randn(text, TINY.text_dim, generator=g),
+            video=torch.randn(c, frames, side, side, generator=g),
+            reference=torch.randn(c, 1, side, side, generator=g) if reference else None,
+            context=torch.randn(c, frames, side, side, generator=g) if context else None))
+    batch = pack(records, TINY.patch_size)
+    batch.target = torch.randn(batch.video.shape, generator=g)
+    return batch, torch.rand(len(specs), generator=g)
+
+
+def global_microbatches(count: int, seed: int = 1, kind: str = "mmdit") -> list[tuple]:
     g = torch.Generator().manual_seed(seed)
+    if kind == "mmdit":
+        return [_mmdit_microbatch(SAMPLES[i % len(SAMPLES)], g) for i in range(count)]
+    from standin_model import make_batch
     out = []
     for i in range(count):
-        batch = make_batch(LENGTHS[i % len(LENGTHS)], TINY, g)
-        t = torch.rand(len(LENGTHS[i % len(LENGTHS)]), generator=g)
-        out.append((batch, t))
+        lengths = LENGTHS[i % len(LENGTHS)]
+        out.append((make_batch(lengths, TINY, g), torch.rand(len(lengths), generator=g)))
     return out
 
 
 def loss_fn(prediction, args):
+    """Flow-matching-style regression on the video tokens only (other tokens are conditioning)."""
+    batch = args[0]
+    if hasattr(batch, "target_mask"):
+        return ((prediction[batch.target_mask] - batch.target) ** 2).mean()
     from standin_model import masked_mse
     return masked_mse(prediction, args)
 
 
-def train(rank: int, world_size: int, layout: ParallelLayout, steps: int = 2) -> dict:
-    model = build_model()
+def train(rank: int, world_size: int, layout: ParallelLayout, steps: int = 2, kind: str = "mmdit") -> dict:
+    model = build_model(kind=kind)
     plan = setup_parallel(model, layout=layout)
     optimizer = torch.optim.AdamW(plan.parameters_for_optimizer(), lr=1e-2, foreach=False)
     m = layout.micro_batches
     report = {"losses": [], "norms": [], "describe": plan.describe()}
     for step in range(steps):
-        everything = global_microbatches(layout.dp * m, seed=100 + step)
+        everything = global_microbatches(layout.dp * m, seed=100 + step, kind=kind)
         index, count = plan.data_shard
         mine = everything[index * m:(index + 1) * m]
         loss = plan.run_step(mine, loss_fn)
@@ -57,10 +90,10 @@ def train(rank: int, world_size: int, layout: ParallelLayout, steps: int = 2) ->
     return report
 
 
-def reference(layout: ParallelLayout, steps: int = 2) -> dict:
+def reference(layout: ParallelLayout, steps: int = 2, kind: str = "mmdit") -> dict:
     """The same run in this process: all data-parallel ranks' micro-batches as one rank's micro-batches."""
     single = ParallelLayout(micro_batches=layout.dp * layout.micro_batches)
-    return train(0, 1, single, steps)
+    return train(0, 1, single, steps, kind)
 
 
 def load_and_step(rank: int, world_size: int, layout: ParallelLayout, state: dict) -> dict:
