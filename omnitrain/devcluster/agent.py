@@ -142,6 +142,9 @@ class Agent:
 
     @staticmethod
     def _mount_namespaces_work() -> bool:
+        """Private mount namespaces need root (or CAP_SYS_ADMIN); OMNITRAIN_DEV_MOUNT_NS=0 forces the fallback."""
+        if os.environ.get("OMNITRAIN_DEV_MOUNT_NS") == "0":
+            return False
         try:
             return subprocess.run(["unshare", "--mount", "--propagation", "private", "true"],
                                   capture_output=True, timeout=10).returncode == 0
@@ -358,6 +361,9 @@ class Agent:
     # -- starting containers (pool threads: DNS names may need to wait for other pods' IPs) ---------------------
     def _start_containers(self, run: PodRun, names: list[str]) -> None:
         try:
+            if run.pod["spec"].get("initContainers"):
+                raise podspec.PodConfigError("initContainers are not supported by the local node agent; "
+                                             "run that step at the start of the main container's command")
             for name in names:
                 container = next(c for c in run.pod["spec"]["containers"] if c["name"] == name)
                 spec = self._container_spec(run, container)
@@ -467,6 +473,9 @@ class Agent:
         for run in list(self.pods.values()):
             if run.deleted:
                 continue
+            if run.delete_deadline is None and run.last_status is not None \
+                    and run.last_status["phase"] in ("Succeeded", "Failed"):
+                continue   # finished for good: nothing on disk can change any more
             if run.delete_deadline is not None:
                 self._progress_deletion(run, now)
                 continue

@@ -75,3 +75,33 @@ def test_missing_configmap_key_is_reported_not_run(local_cluster, core):
     assert pod.status.phase == "Pending"
     assert "absent" in pod.status.container_statuses[0].state.waiting.message
     assert not local_cluster.container_log("default", name, "main").exists()
+
+
+def test_fallback_without_mount_namespace_rewrites_paths(local_cluster, tmp_path):
+    """Where `unshare` is not permitted, mountPaths in args/env/workingDir point at the host folders instead."""
+    import json
+    from omnitrain.devcluster.agent import Agent, PodRun
+    from omnitrain.devcluster.runtime import ContainerRun
+    from omnitrain.devcluster.testing import wait_for
+
+    agent = Agent(tmp_path, local_cluster.control_plane().kubeconfig("agent"))
+    agent.mount_ns = False
+    container = {"name": "main", "image": "x", "workingDir": "/work",
+                 "command": ["sh", "-c", 'echo "$OUT" > /ckpt/out.txt; pwd > /ckpt/cwd.txt'],
+                 "env": [{"name": "OUT", "value": "saved under /ckpt"}],
+                 "volumeMounts": [{"name": "nvme", "mountPath": "/ckpt"}, {"name": "w", "mountPath": "/work"}]}
+    pod = {"metadata": {"name": "fallback", "namespace": "default", "uid": "u"},
+           "spec": {"nodeName": "local-node-0", "containers": [container],
+                    "volumes": [{"name": "nvme", "hostPath": {"path": "/mnt/nvme"}}, {"name": "w", "emptyDir": {}}]}}
+    folder = tmp_path / "pods" / "default" / "fallback"
+    run = PodRun("default", "fallback", "u", "local-node-0", "127.200.0.2", folder, pod)
+    run.containers["main"] = ContainerRun("main", folder / "containers" / "main", folder / "main.log")
+    spec = agent._container_spec(run, container)
+    assert spec["mounts"] == []
+    run.containers["main"].launch(spec)
+    exit_info = wait_for(run.containers["main"].exit, 30, "container exit")
+    assert exit_info["exitCode"] == 0, (folder / "main.log").read_text()
+    nvme = tmp_path / "nodes" / "local-node-0" / "mnt" / "nvme"
+    assert (nvme / "out.txt").read_text() == f"saved under {nvme}\n"
+    assert (nvme / "cwd.txt").read_text() == f"{folder / 'volumes' / 'w'}\n"
+    assert json.loads(spec["env"]["OMNITRAIN_PATH_MAP"])["/ckpt"] == str(nvme)
