@@ -21,13 +21,23 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from omnitrain.model.config import ModelConfig  # noqa: E402
+from omnitrain.model.flops import TokenCounts, training_flops  # noqa: E402
+from omnitrain.model.mmdit import MMDiT, randomize_  # noqa: E402
+from omnitrain.model.packing import SampleRecord, pack  # noqa: E402
 from omnitrain.observability.mfu import tokens_per_second  # noqa: E402
 from omnitrain.trainer.parallel import ParallelLayout, setup_parallel  # noqa: E402
 from omnitrain.trainer.parallel.testing import run_on_ranks  # noqa: E402
 
 BENCH_MODEL = ModelConfig(hidden_size=128, depth=4, num_heads=4, mlp_ratio=4.0, latent_channels=4,
                           patch_size=(1, 2, 2), text_dim=32, frequency_embedding_size=64)
-SAMPLE_LENGTHS = [[96, 160, 64, 192], [200, 56, 128, 128], [256, 64, 96, 96], [32, 224, 160, 96]]
+# (text tokens, latent frames, latent side, reference image?, video context?) per sample, per micro-batch:
+# 4 packed micro-batches of about 500 tokens each, samples of different lengths.
+MICRO_BATCHES = [
+    [(24, 4, 16, False, False), (16, 2, 16, True, False), (20, 1, 12, False, True)],
+    [(32, 3, 20, False, False), (12, 2, 12, False, False)],
+    [(16, 2, 12, False, True), (24, 2, 16, True, False), (8, 2, 12, False, False), (30, 1, 12, False, False)],
+    [(20, 4, 12, True, True), (28, 2, 16, False, False)],
+]
 
 LAYOUTS = {
     "single": ParallelLayout(micro_batches=4),
@@ -41,32 +51,42 @@ LAYOUTS = {
 }
 
 
-def _model_and_batches(step: int, count: int):
-    """The model under test and `count` packed micro-batches (same on every layout)."""
-    sys.path.insert(0, os.path.join(REPO, "tests", "trainer", "parallel"))
-    from standin_model import StandinDiT, make_batch, masked_mse
+def step_microbatches(step: int) -> list[tuple]:
+    """The step's 4 packed micro-batches (the same on every layout), with a regression target on video tokens."""
     g = torch.Generator().manual_seed(1000 + step)
-    batches = []
-    for i in range(count):
-        lengths = SAMPLE_LENGTHS[i % len(SAMPLE_LENGTHS)]
-        batches.append((make_batch(lengths, BENCH_MODEL, g), torch.rand(len(lengths), generator=g)))
-    return StandinDiT, batches, masked_mse
+    c = BENCH_MODEL.latent_channels
+    out = []
+    for specs in MICRO_BATCHES:
+        records = [SampleRecord(text=torch.randn(text, BENCH_MODEL.text_dim, generator=g),
+                                video=torch.randn(c, frames, side, side, generator=g),
+                                reference=torch.randn(c, 1, side, side, generator=g) if ref else None,
+                                context=torch.randn(c, frames, side, side, generator=g) if ctx else None)
+                   for text, frames, side, ref, ctx in specs]
+        batch = pack(records, BENCH_MODEL.patch_size)
+        batch.target = torch.randn(batch.video.shape, generator=g)
+        out.append((batch, torch.rand(len(specs), generator=g)))
+    return out
+
+
+def video_mse(prediction, args):
+    batch = args[0]
+    return ((prediction[batch.target_mask] - batch.target) ** 2).mean()
 
 
 def bench_worker(rank: int, world_size: int, layout: ParallelLayout, steps: int) -> dict:
-    model_cls, _, loss_fn = _model_and_batches(0, 0)
     torch.manual_seed(0)
-    plan = setup_parallel(model_cls(BENCH_MODEL), layout=layout)
+    model = randomize_(MMDiT(BENCH_MODEL), torch.Generator().manual_seed(0))
+    plan = setup_parallel(model, layout=layout)
     optimizer = torch.optim.AdamW(plan.parameters_for_optimizer(), lr=1e-4, foreach=False)
     m = layout.micro_batches
-    times, tokens = [], 0
+    times, tokens, flops = [], 0, 0
     for step in range(steps + 1):
-        _, everything, _ = _model_and_batches(step, layout.dp * m)
+        everything = step_microbatches(step)
         index, _ = plan.data_shard
         if torch.distributed.is_initialized():
             torch.distributed.barrier()
         start = time.perf_counter()
-        plan.run_step(everything[index * m:(index + 1) * m], loss_fn)
+        plan.run_step(everything[index * m:(index + 1) * m], video_mse)
         plan.clip_grad_norm_(1.0)
         optimizer.step()
         optimizer.zero_grad()
@@ -74,8 +94,10 @@ def bench_worker(rank: int, world_size: int, layout: ParallelLayout, steps: int)
             torch.distributed.barrier()
         if step > 0:   # step 0 is warm-up
             times.append(time.perf_counter() - start)
-            tokens += sum(int(b.cu_seqlens[-1]) for b, _ in everything)
-    return {"step_s": statistics.median(times), "tokens_per_s": tokens_per_second(tokens, sum(times))}
+            tokens += sum(b.num_tokens for b, _ in everything)
+            flops += sum(training_flops(BENCH_MODEL, TokenCounts.of_batch(b)) for b, _ in everything)
+    return {"step_s": statistics.median(times), "tokens_per_s": tokens_per_second(tokens, sum(times)),
+            "gflops_per_s": flops / sum(times) / 1e9}
 
 
 def main(argv=None) -> None:
@@ -97,12 +119,13 @@ def main(argv=None) -> None:
         print(f"[bench] {name}: step {results[name]['step_s']:.3f} s, {results[name]['tokens_per_s']:.0f} tokens/s",
               flush=True)
     base = results.get("single", next(iter(results.values())))
-    print(f"\nmodel hidden={BENCH_MODEL.hidden_size} depth={BENCH_MODEL.depth} heads={BENCH_MODEL.num_heads}; "
-          f"{sum(map(sum, SAMPLE_LENGTHS))} tokens per step, packed samples of different lengths")
-    print(f"{'layout':<18}{'procs':>6}{'step s':>10}{'tokens/s':>12}{'vs single':>11}")
+    tokens = sum(b.num_tokens for b, _ in step_microbatches(0))
+    print(f"\nMMDiT hidden={BENCH_MODEL.hidden_size} depth={BENCH_MODEL.depth} heads={BENCH_MODEL.num_heads}; "
+          f"{tokens} tokens per step in {len(MICRO_BATCHES)} packed micro-batches; {args.steps} timed steps")
+    print(f"{'layout':<18}{'procs':>6}{'step s':>10}{'tokens/s':>12}{'GFLOP/s':>10}{'vs single':>11}")
     for name, r in results.items():
         print(f"{name:<18}{LAYOUTS[name].world_size:>6}{r['step_s']:>10.3f}{r['tokens_per_s']:>12.0f}"
-              f"{r['tokens_per_s'] / base['tokens_per_s']:>10.2f}x")
+              f"{r['gflops_per_s']:>10.2f}{r['tokens_per_s'] / base['tokens_per_s']:>10.2f}x")
     if args.plot:
         import matplotlib
         matplotlib.use("Agg")
