@@ -1,6 +1,6 @@
 """A stand-in for `omnitrain train` in the operator e2e fault tests (until the real training loop runs there): reads
 the trainer config, advances a deterministic state one "step" at a time (state = sha256(state, step)), checkpoints
-it every checkpoint.intervalSteps on the node-local checkpoint folder (atomic rename, newest wins), resumes from the
+it every checkpoint.intervalSteps (persistent claim if any, else node-local folder; atomic rename), resumes from the
 newest checkpoint, heartbeats through HeartbeatCallback, and leaves its pid so a test can stop or kill it.
 
 The final state of an interrupted run equals `chain(steps)` only if every restart resumed from a checkpoint
@@ -53,7 +53,8 @@ def main() -> int:
     config = TrainerConfig.model_validate(yaml.safe_load(open(args.config)))
     spec, run = config.spec, config.run
     os.environ.setdefault("RANK", os.environ.get("PET_NODE_RANK", "0"))
-    folder = job_dir(spec.checkpoint.local_path, run.job_name)
+    root = spec.checkpoint.persistent_path if spec.checkpoint.persistent_claim else spec.checkpoint.local_path
+    folder = job_dir(root, run.job_name)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"trainer-attempt-{run.attempt}.pid").write_text(str(os.getpid()))
     heartbeat = HeartbeatCallback.from_env()

@@ -132,3 +132,55 @@ def test_fault_restarts_from_the_checkpoint_and_ends_like_an_uninterrupted_run(c
     assert [a["attempt"] for a in attempts] == [0, 1]
     assert attempts[0]["resumed_from"] == 0 and attempts[1]["resumed_from"] >= 2 * INTERVAL
     assert json.loads((folder / "final.json").read_text())["state"] == chain(STEPS)
+
+
+def test_deleted_node_restarts_the_gang_on_another_node_from_the_persistent_checkpoint(cluster_with_operator):
+    from kubernetes import client
+
+    from omnitrain.operator import crd
+    cluster, api, namespace, log = cluster_with_operator
+    core = client.CoreV1Api(api)
+    name = f"nodeloss-{uuid.uuid4().hex[:5]}"
+    pool = [f"{name}-a", f"{name}-b"]
+    for node in pool:
+        cluster.add_node(node)
+    cluster.wait_nodes_ready(pool, timeout_s=60)
+    for node in pool:
+        core.patch_node(node, {"metadata": {"labels": {"omnitrain.dev/e2e-pool": name}}})
+    # A statically bound persistent volume: what checkpoint.persistentClaim maps to (<cluster>/pv/<claim>).
+    core.create_persistent_volume({"metadata": {"name": f"{name}-pv"}, "spec": {
+        "capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteMany"], "storageClassName": "",
+        "hostPath": {"path": f"/unused/{name}"},
+        "claimRef": {"namespace": namespace, "name": f"{name}-ckpt"}}})
+    core.create_namespaced_persistent_volume_claim(namespace, {"metadata": {"name": f"{name}-ckpt"}, "spec": {
+        "accessModes": ["ReadWriteMany"], "storageClassName": "", "volumeName": f"{name}-pv",
+        "resources": {"requests": {"storage": "1Gi"}}}})
+    wait_until(lambda: core.read_namespaced_persistent_volume_claim(f"{name}-ckpt", namespace).status.phase == "Bound",
+               60, "the claim bound")
+    spec = {"parallelism": {"nodes": 1, "gpusPerNode": 1}, "training": {"steps": STEPS},
+            "checkpoint": {"persistentClaim": f"{name}-ckpt", "persistentPath": "/mnt/checkpoints",
+                           "localPath": f"/omnitrain-e2e/{name}", "intervalSteps": INTERVAL},
+            "resilience": {"hangTimeoutSeconds": 5, "maxRestarts": 2},
+            "scheduling": {"nodeSelector": {"omnitrain.dev/e2e-pool": name}}}
+    client.CustomObjectsApi(api).create_namespaced_custom_object(
+        crd.GROUP, crd.VERSION, namespace, crd.PLURAL,
+        {"apiVersion": crd.API_VERSION, "kind": crd.KIND, "metadata": {"name": name}, "spec": spec})
+    folder = cluster.pv_dir(f"{name}-ckpt") / name
+    wait_until(lambda: (folder / f"chain-step-{2 * INTERVAL}.json").exists(), DEADLINE,
+               f"a checkpoint at step {2 * INTERVAL} (operator log: {log})")
+    first = [p for p in core.list_namespaced_pod(namespace).items if p.metadata.name.startswith(f"{name}-a0")][0]
+    lost_node = first.spec.node_name
+    fault_at = time.time()
+    assert cluster.delete_node(lost_node)
+    st = wait_until(lambda: (s := job_status(api, namespace, name)).get("phase") in ("Succeeded", "Failed") and s,
+                    DEADLINE, f"job {name} to finish (operator log: {log})")
+    print(f"node deletion: job finished {time.time() - fault_at:.1f}s after the fault, status {st.get('phase')}, "
+          f"last failure {st.get('lastFailure')}")
+    assert st["phase"] == "Succeeded", st
+    assert st["attempt"] >= 1
+    attempts = [json.loads(line) for line in (folder / "attempts.log").read_text().splitlines()]
+    assert attempts[0]["resumed_from"] == 0 and attempts[-1]["resumed_from"] >= 2 * INTERVAL
+    assert json.loads((folder / "final.json").read_text())["state"] == chain(STEPS)
+    survivor = [n for n in pool if n != lost_node][0]
+    finished = [p for p in core.list_namespaced_pod(namespace).items if p.metadata.name.startswith(f"{name}-a")]
+    assert all(p.spec.node_name == survivor for p in finished if p.status.phase == "Succeeded")
