@@ -1,0 +1,116 @@
+"""`make demo`: the whole loop on this machine, end to end.
+
+Starts the local cluster (.dev/cluster), installs the CRD, runs the operator, applies examples/quickstart.yaml
+(a tiny DiT on 2 nodes x 2 CPU "GPUs"), prints progress until the job ends, then the status view and a report.
+The cluster stays up afterwards for kubectl (the export line is printed); `make clean` stops it.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+JOB = "quickstart"
+NAMESPACE = "default"
+CLAIM = "quickstart-checkpoints"
+TIMEOUT_S = float(os.environ.get("OMNITRAIN_DEMO_TIMEOUT", "1200"))
+
+
+def log(msg: str) -> None:
+    print(f"[demo {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def kubectl(kubeconfig: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    from omnitrain.devcluster.binaries import bin_dir
+    return subprocess.run([str(bin_dir() / "kubectl"), f"--kubeconfig={kubeconfig}", *args], check=check,
+                          text=True, capture_output=True)
+
+
+def install_crd(kubeconfig: Path) -> None:
+    kubectl(kubeconfig, "apply", "--server-side", "--force-conflicts", "-f",
+            str(REPO / "manifests" / "crd" / "omnitrainingjobs.yaml"))
+    kubectl(kubeconfig, "wait", "--for=condition=Established", "--timeout=60s",
+            "crd/omnitrainingjobs.omnitrain.io")
+    log("CRD omnitrainingjobs.omnitrain.io installed")
+
+
+def start_operator(kubeconfig: Path, logfile: Path) -> subprocess.Popen:
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
+    proc = subprocess.Popen([sys.executable, "-m", "omnitrain", "operator"], env=env,
+                            stdout=open(logfile, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    log(f"operator started (pid {proc.pid}, log {logfile})")
+    return proc
+
+
+def remove_previous_run(kubeconfig: Path) -> None:
+    """A second `make demo` starts the job afresh rather than finding the old one Succeeded."""
+    done = kubectl(kubeconfig, "delete", "otj", JOB, "-n", NAMESPACE, "--ignore-not-found", "--wait=true",
+                   "--timeout=120s", check=False)
+    if "deleted" in done.stdout:
+        kubectl(kubeconfig, "wait", "--for=delete", "pod", "-l", f"omnitrain.io/job-name={JOB}", "-n", NAMESPACE,
+                "--timeout=120s", check=False)
+        log("removed the previous quickstart run")
+
+
+def read_job(kubeconfig: Path) -> dict:
+    import json
+    out = kubectl(kubeconfig, "get", "otj", JOB, "-n", NAMESPACE, "-o", "json", check=False)
+    return json.loads(out.stdout) if out.returncode == 0 else {}
+
+
+def watch(kubeconfig: Path, operator: subprocess.Popen) -> str:
+    started = time.monotonic()
+    last_line = ""
+    while time.monotonic() - started < TIMEOUT_S:
+        if operator.poll() is not None:
+            raise SystemExit(f"the operator exited with {operator.returncode}; see .dev/operator.log")
+        status = read_job(kubeconfig).get("status", {})
+        phase = status.get("phase", "Pending")
+        ckpt = (status.get("lastCheckpoint") or {}).get("step", "-")
+        line = (f"phase={phase} attempt={status.get('attempt', 0)} restarts={status.get('restarts', 0)} "
+                f"step={status.get('currentStep', 0)}/{status.get('totalSteps', '?')} checkpoint={ckpt}")
+        if line != last_line:
+            log(f"{time.monotonic() - started:6.1f}s  {line}")
+            last_line = line
+        if phase in ("Succeeded", "Failed"):
+            return phase
+        time.sleep(1.0)  # a progress display polling the API server, not synchronisation
+    raise SystemExit(f"the job did not finish within {TIMEOUT_S:.0f} s (OMNITRAIN_DEMO_TIMEOUT)")
+
+
+def main() -> int:
+    from omnitrain.devcluster.cluster import LocalCluster
+
+    t0 = time.monotonic()
+    root = REPO / ".dev" / "cluster"
+    cluster = LocalCluster(root).up(nodes=2, gpus_per_node=2, log=log)
+    kubeconfig = cluster.kubeconfig
+    install_crd(kubeconfig)
+    cluster.ensure_persistent_claim(NAMESPACE, CLAIM)
+    operator = start_operator(kubeconfig, REPO / ".dev" / "operator.log")
+    try:
+        remove_previous_run(kubeconfig)
+        kubectl(kubeconfig, "apply", "-f", str(REPO / "examples" / "quickstart.yaml"))
+        log(f"applied examples/quickstart.yaml; watching OmniTrainingJob {JOB}")
+        phase = watch(kubeconfig, operator)
+        env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
+        print(flush=True)
+        subprocess.run([sys.executable, "-m", "omnitrain", "status", JOB, "-n", NAMESPACE, "--no-live"], env=env)
+        report_dir = REPO / ".dev" / "report"
+        subprocess.run([sys.executable, "-m", "omnitrain", "report", JOB, "-n", NAMESPACE, "--out", str(report_dir),
+                        "--metrics-dir", str(cluster.pv_dir(CLAIM) / JOB / "metrics")], env=env, check=False)
+        log(f"report: {report_dir / 'report.png'} and {report_dir / 'report.html'}")
+    finally:
+        operator.terminate()
+        operator.wait(timeout=30)
+    log(f"job {JOB} {phase} in {time.monotonic() - t0:.0f} s in all (cluster left running)")
+    print(f"export KUBECONFIG={kubeconfig}   # kubectl get otj,pods; `make clean` stops the cluster")
+    return 0 if phase == "Succeeded" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
