@@ -77,7 +77,7 @@ def bench_worker(rank: int, world_size: int, layout: ParallelLayout, steps: int)
     torch.manual_seed(0)
     model = randomize_(MMDiT(BENCH_MODEL), torch.Generator().manual_seed(0))
     plan = setup_parallel(model, layout=layout)
-    optimizer = torch.optim.AdamW(plan.parameters_for_optimizer(), lr=1e-4, foreach=False)
+    optimizer = torch.optim.AdamW(plan.parameters_for_optimizer(), lr=1e-4, foreach=True)
     m = layout.micro_batches
     times, tokens, flops = [], 0, 0
     for step in range(steps + 1):

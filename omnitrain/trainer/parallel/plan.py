@@ -177,8 +177,14 @@ class ParallelPlan:
         return [bool(f) for f in flags.tolist()]
 
     # ---- optimizer helpers --------------------------------------------------------------------------------------
-    def parameters_for_optimizer(self) -> list[nn.Parameter]:
-        return [p for p in self.model.parameters() if p.requires_grad]
+    def parameters_for_optimizer(self) -> list[dict]:
+        """Two parameter groups, plain tensors then DTensors (TP/FSDP shards; either may be empty): the foreach
+        optimizer kernels (the default on GPU) refuse a list that mixes both. Always two, so that optimizer state
+        dicts keep their structure when only the data or Ulysses degree changes."""
+        from torch.distributed.tensor import DTensor
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        return [{"params": [p for p in params if not isinstance(p, DTensor)]},
+                {"params": [p for p in params if isinstance(p, DTensor)]}]
 
     @torch.no_grad()
     def grad_norm(self) -> torch.Tensor:
@@ -215,7 +221,7 @@ class ParallelPlan:
         if max_norm > 0:
             coef = max_norm / (float(norm) + 1e-6)
             if coef < 1.0 and math.isfinite(coef):
-                for p in self.parameters_for_optimizer():
+                for p in self.model.parameters():
                     if p.grad is not None:
                         p.grad.mul_(coef)
         return norm.float()

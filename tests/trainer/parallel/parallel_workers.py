@@ -72,7 +72,7 @@ def loss_fn(prediction, args):
 def train(rank: int, world_size: int, layout: ParallelLayout, steps: int = 2, kind: str = "mmdit") -> dict:
     model = build_model(kind=kind)
     plan = setup_parallel(model, layout=layout)
-    optimizer = torch.optim.AdamW(plan.parameters_for_optimizer(), lr=1e-2, foreach=False)
+    optimizer = torch.optim.AdamW(plan.parameters_for_optimizer(), lr=1e-2, foreach=True)  # GPU default
     m = layout.micro_batches
     report = {"losses": [], "norms": [], "describe": plan.describe()}
     for step in range(steps):
