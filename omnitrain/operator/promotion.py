@@ -71,8 +71,14 @@ def served_checkpoint(job: plan.JobRef, spec: JobSpec) -> str:
     return f"{root}/{job.name}"
 
 
+LABEL_PROMOTED_FROM = "omnitrain.io/promoted-from"
+
+
 def _labels(job: str, role: str) -> dict[str, str]:
-    return {**plan.job_labels(plan._label_value(job)), plan.LABEL_ROLE: role}
+    # Not the training pods' omnitrain.io/job-name label: the job's reconcile treats pods with that label as its
+    # gang (and cleans up leftovers of a finished job).
+    return {LABEL_PROMOTED_FROM: plan._label_value(job), "app.kubernetes.io/name": "omnitrain",
+            "app.kubernetes.io/instance": plan._label_value(job), plan.LABEL_ROLE: role}
 
 
 def _volumes(job: plan.JobRef, spec: JobSpec) -> tuple[list[dict], list[dict]]:
@@ -145,7 +151,7 @@ def render_serving(job: plan.JobRef, spec: JobSpec, options: PromotionOptions) -
                                                                           "failureThreshold": 6},
                  "volumeMounts": mounts, "resources": _resources(spec)}
     labels = _labels(job.name, LABEL_ROLE_SERVE)
-    selector = {plan.LABEL_JOB: labels[plan.LABEL_JOB], plan.LABEL_ROLE: LABEL_ROLE_SERVE}
+    selector = {LABEL_PROMOTED_FROM: labels[LABEL_PROMOTED_FROM], plan.LABEL_ROLE: LABEL_ROLE_SERVE}
     meta = {"namespace": job.namespace, "labels": labels, "ownerReferences": [plan.owner_reference(job)]}
     deployment = {
         "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": serve_name(job.name), **meta},

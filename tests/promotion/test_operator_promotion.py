@@ -114,3 +114,9 @@ def test_operator_side_imports_no_torch():
     import sys
     code = "import sys, omnitrain.operator.promotion; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+
+
+def test_promotion_pods_are_not_mistaken_for_the_training_gang():
+    d = plan_promotion(JOB, _spec(), _succeeded(), None, None, NOW)
+    labels = d.create[0]["spec"]["template"]["metadata"]["labels"]
+    assert plan.LABEL_JOB not in labels and labels["omnitrain.io/promoted-from"] == "video"
