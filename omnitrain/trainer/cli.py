@@ -1,9 +1,71 @@
-"""Subcommands of this area (registered by omnitrain.cli)."""
+"""Subcommands of this area (registered by omnitrain.cli): `train` and `data synth`."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add this area's subcommands; imports of heavy modules happen inside the handlers."""
+    train = subparsers.add_parser("train", help="Run training from a TrainerConfig (YAML/JSON); torchrun-aware.")
+    train.add_argument("--config", required=True, help="TrainerConfig file (the operator's ConfigMap).")
+    train.set_defaults(func=_train)
+
+    data = subparsers.add_parser("data", help="Dataset tools.")
+    data_sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    synth = data_sub.add_parser("synth", help="Write a synthetic dataset of pre-encoded samples as Parquet shards.")
+    synth.add_argument("--out", required=True, help="Folder for shard-*.parquet.")
+    synth.add_argument("--samples", type=int, default=256)
+    synth.add_argument("--shards", type=int, default=4)
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--max-frames", type=int, default=4, help="Longest clip in latent frames.")
+    synth.add_argument("--max-side", type=int, default=8, help="Longest latent side.")
+    synth.add_argument("--preset", default="tiny", help="Model preset whose latent channels/text width to use.")
+    synth.set_defaults(func=_synth)
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from omnitrain.model.config import resolve_model_config
+    from omnitrain.trainer.data.synthetic import SynthSpec, write_synthetic
+    for name in ("samples", "shards", "max_frames", "max_side"):
+        if getattr(args, name) < 1:
+            print(f"--{name.replace('_', '-')} must be at least 1", file=sys.stderr)
+            return 2
+    model = resolve_model_config(args.preset)
+    write_synthetic(args.out, SynthSpec(samples=args.samples, shards=args.shards, seed=args.seed,
+                                        max_frames=args.max_frames, max_side=args.max_side,
+                                        latent_channels=model.latent_channels, text_dim=model.text_dim,
+                                        patch_size=model.patch_size),
+                    log=lambda line: print(line, flush=True))
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from omnitrain.contract import ExitCode, TerminationMessage, write_termination_message
+    from omnitrain.trainer.config_io import ConfigError, load_trainer_config
+    try:
+        config = load_trainer_config(args.config)
+    except ConfigError as error:
+        print(f"omnitrain train: {error}", file=sys.stderr, flush=True)
+        write_termination_message(TerminationMessage(reason="ConfigError", message=str(error)[:1000]))
+        return ExitCode.CONFIG
+
+    import torch.distributed as dist
+
+    from omnitrain.trainer.data.reader import DataError
+    from omnitrain.trainer.train import TrainConfigError, train
+    try:
+        result = train(config)
+    except (DataError, TrainConfigError) as error:
+        print(f"omnitrain train: {error}", file=sys.stderr, flush=True)
+        write_termination_message(TerminationMessage(reason="ConfigError", message=str(error)[:1000]))
+        return ExitCode.CONFIG
+    except Exception as error:
+        write_termination_message(TerminationMessage(reason="Error", message=f"{type(error).__name__}: {error}"[:1000]))
+        raise
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    write_termination_message(TerminationMessage(reason="Completed", step=result.step))
+    return ExitCode.OK

@@ -8,6 +8,7 @@ the loader's state_dict, so a resumed run yields exactly the same next batches."
 
 from __future__ import annotations
 
+from omnitrain.model.flops import TokenCounts
 from omnitrain.model.packing import PackedBatch, SampleRecord, pack, sample_tokens
 from omnitrain.trainer.data.balance import CostModel, assign_balanced, assign_sequential
 from omnitrain.trainer.data.reader import DataError, ShardReader
@@ -30,12 +31,14 @@ def records_of(sample: DataSample, pairs: bool) -> list[SampleRecord]:
 class PackedLoader:
     def __init__(self, reader: ShardReader, patch_size: tuple[int, int, int], token_budget: int, cost: CostModel,
                  dp_rank: int = 0, dp_size: int = 1, micro_batches: int = 1, balance: bool = True,
-                 pairs: bool = False):
+                 pairs: bool = False, text_dim: int | None = None, latent_channels: int | None = None):
         self.reader, self.patch_size, self.token_budget, self.cost = reader, patch_size, token_budget, cost
         self.dp_rank, self.dp_size, self.micro_batches = dp_rank, dp_size, micro_batches
         self.balance, self.pairs = balance, pairs
+        self.text_dim, self.latent_channels = text_dim, latent_channels
         self.carry: list[tuple[tuple, DataSample]] = []
         self.last_step_tokens = 0          # real tokens of the whole step (all ranks)
+        self.last_step_counts = TokenCounts(0, 0, 0, 0)   # the same, split for the FLOP count
 
     # -- resumable position ---------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -51,7 +54,18 @@ class PackedLoader:
             self.carry.append((tuple(pos), sample))
 
     # -- one step ---------------------------------------------------------------------------------------------
+    def _check(self, sample: DataSample) -> None:
+        if self.text_dim is not None and sample.text.shape[1] != self.text_dim:
+            raise DataError(f"sample {sample.key}: text embedding width {sample.text.shape[1]} but spec.model.textDim="
+                            f"{self.text_dim}; use a dataset encoded for this model or change textDim")
+        for name in ("video", "reference", "context", "loser"):
+            latent = getattr(sample, name)
+            if self.latent_channels is not None and latent is not None and latent.shape[0] != self.latent_channels:
+                raise DataError(f"sample {sample.key}: {name} latent has {latent.shape[0]} channels but "
+                                f"spec.model.latentChannels={self.latent_channels}; use a matching dataset")
+
     def _tokens(self, sample: DataSample) -> int:
+        self._check(sample)
         n = sum(sample_tokens(r, self.patch_size) for r in records_of(sample, self.pairs))
         if n > self.token_budget:
             raise DataError(f"sample {sample.key} has {n} tokens, more than spec.data.tokenBudget="
@@ -88,6 +102,12 @@ class PackedLoader:
         # what did not fit goes first next step, in stream order; then untried pending, then the misses
         self.carry = left + pending + self.carry
         self.last_step_tokens = sum(n for (_, _, n), b in zip(taken, where) if b is not None)
+        self.last_step_counts = TokenCounts(0, 0, 0, 0)
+        for samples in out:
+            for s in samples:
+                for r in records_of(s, self.pairs):
+                    text = r.text.shape[0]
+                    self.last_step_counts += TokenCounts.from_lengths([text], [sample_tokens(r, self.patch_size) - text])
         if any(not samples for samples in out):
             raise DataError(f"a step of {bins} micro-batches got an empty one; lower parallelism.microBatches or "
                             "raise spec.data.tokenBudget")

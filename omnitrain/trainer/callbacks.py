@@ -1,0 +1,35 @@
+"""The one place where training-loop callbacks are registered.
+
+Hooks (each optional on a callback), called on every rank with keywords:
+  restore(train_state) -> (step, seconds)      before the loop (checkpointing)
+  on_train_start(state=TrainState, step=<resumed from>, restore_seconds=...)
+  on_step_end(state=TrainState, step=, loss=, tokens=, flops=, step_seconds=, data_seconds=)
+  on_train_end(state=TrainState, step=, reason=)
+"""
+
+from __future__ import annotations
+
+import logging
+
+log = logging.getLogger(__name__)
+
+
+def default_callbacks(config) -> list:
+    """Callbacks for a TrainerConfig: metrics, checkpointing (which reports to metrics) and heartbeats."""
+    from omnitrain.observability.callback import MetricsCallback
+    from omnitrain.resilience.heartbeat import HeartbeatCallback
+    from omnitrain.trainer.checkpoint.callback import CheckpointCallback
+
+    metrics = MetricsCallback.from_config(config)
+    callbacks: list = [metrics, CheckpointCallback.from_trainer_config(config, listeners=[metrics])]
+    heartbeat = HeartbeatCallback.from_env()
+    if heartbeat is not None:
+        callbacks.append(heartbeat)
+    return callbacks
+
+
+def call(callbacks: list, hook: str, **kwargs) -> None:
+    for cb in callbacks:
+        fn = getattr(cb, hook, None)
+        if fn is not None:
+            fn(**kwargs)

@@ -1,0 +1,171 @@
+"""The training loop: TrainerConfig in, trained model (and checkpoints, metrics) out.
+
+    omnitrain train --config FILE      (one process, or under torchrun: gloo on CPU, nccl on GPU)
+
+One step: this rank's packed micro-batches from the loader -> noise and timesteps from a generator seeded by
+(seed, step, data rank) -> plan.run_step (forward/backward over the micro-batches on the parallel layout) -> clip ->
+AdamW -> LR schedule -> callbacks. Seeding per step (instead of carrying RNG state) makes a resumed run draw the same
+noise as an uninterrupted one and keeps runs bitwise reproducible on CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from omnitrain.model.flops import TokenCounts, training_flops
+from omnitrain.model.mmdit import MMDiT
+from omnitrain.spec import TrainerConfig
+from omnitrain.trainer.callbacks import call, default_callbacks
+from omnitrain.trainer.data.balance import CostModel
+from omnitrain.trainer.data.loader import PackedLoader
+from omnitrain.trainer.data.reader import ShardReader
+from omnitrain.trainer.dataset_setup import ensure_dataset
+from omnitrain.trainer.lr_schedule import warmup_cosine
+from omnitrain.trainer.objectives import DiffusionDPOLoss, FlowMatchingLoss, dpo_inputs, flow_matching_inputs
+from omnitrain.trainer.state import TrainState
+
+
+class TrainConfigError(ValueError):
+    """Bad training config; the message names the field and the fix (exit code CONFIG)."""
+
+
+@dataclass
+class TrainResult:
+    step: int
+    losses: list[float]
+    state: TrainState
+
+
+def step_seed(seed: int, step: int, data_rank: int) -> int:
+    return (seed * 1_000_003 + step) * 10_007 + data_rank
+
+
+def load_initial_weights(path: str, model: torch.nn.Module) -> None:
+    """spec.training.initFrom: a checkpoint step folder (rank-0 shard holding state['train']['model']), or a torch
+    file with a state dict (plain, or under 'model')."""
+    from omnitrain.trainer.checkpoint.paths import shard_file_name
+    target = Path(path)
+    file = target / shard_file_name(0) if target.is_dir() else target
+    if not file.is_file():
+        raise TrainConfigError(f"spec.training.initFrom: {path} is neither a model file nor a checkpoint step folder")
+    data = torch.load(file, map_location="cpu", weights_only=False)
+    for key in ("train", "model"):
+        if isinstance(data, dict) and isinstance(data.get(key), dict):
+            data = data[key]
+    if isinstance(data, dict) and isinstance(data.get("model"), dict):
+        data = data["model"]
+    try:
+        model.load_state_dict(data)
+    except (RuntimeError, TypeError) as error:
+        raise TrainConfigError(f"spec.training.initFrom: {file} does not fit spec.model ({error})") from error
+
+
+def _world() -> tuple[int, int, int]:
+    """(global rank, local rank, node rank) from torchrun's environment."""
+    return (int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)),
+            int(os.environ.get("GROUP_RANK", 0)))
+
+
+def _slowest(seconds: float, device: torch.device) -> float:
+    if not dist.is_initialized():
+        return seconds
+    t = torch.tensor([seconds], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t)
+
+
+def train(config: TrainerConfig, callbacks: list | None = None, log=print) -> TrainResult:
+    from omnitrain.trainer.parallel import init_distributed, setup_parallel
+
+    spec = config.spec
+    training = spec.training
+    model_cfg = spec.model.resolve()
+    rank, local_rank, node_rank = _world()
+    ensure_dataset(spec.data, model_cfg, is_writer=(local_rank == 0 and node_rank == 0),
+                   log=log if rank == 0 else (lambda *_: None))
+    init_distributed()
+    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+
+    torch.manual_seed(training.seed)                 # identical initial model on every rank
+    model = MMDiT(model_cfg)
+    if training.init_from:
+        load_initial_weights(training.init_from, model)
+    reference = None
+    if training.stage == "dpo":
+        if not training.init_from:
+            raise TrainConfigError("spec.training.initFrom: stage dpo needs the checkpoint that is both the start "
+                                   "and the frozen reference")
+        reference = MMDiT(model_cfg)
+        reference.load_state_dict(model.state_dict())
+        reference.to(device)
+    plan = setup_parallel(model.to(device), config)
+    optimizer = torch.optim.AdamW(plan.parameters_for_optimizer(), lr=training.learning_rate,
+                                  betas=(0.9, 0.95), weight_decay=training.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda i: warmup_cosine(i, training.warmup_steps, training.steps))
+    dp_index, dp_count = plan.data_shard
+    loader = PackedLoader(ShardReader(spec.data.path, spec.data.on_corrupt), model_cfg.patch_size,
+                          spec.data.token_budget, CostModel.of(model_cfg), dp_rank=dp_index, dp_size=dp_count,
+                          micro_batches=spec.parallelism.micro_batches, balance=spec.data.balance,
+                          pairs=training.stage == "dpo", text_dim=model_cfg.text_dim,
+                          latent_channels=model_cfg.latent_channels)
+    state = TrainState(model=plan.model, optimizer=optimizer, lr_scheduler=scheduler, data_loader=loader,
+                       rng=torch.Generator())
+    callbacks = default_callbacks(config) if callbacks is None else callbacks
+    start, restore_seconds = 0, 0.0
+    for cb in callbacks:
+        if hasattr(cb, "restore"):
+            start, restore_seconds = cb.restore(state)
+    state.step = start
+    call(callbacks, "on_train_start", state=state, step=start, restore_seconds=restore_seconds)
+    if rank == 0:
+        log(f"train: {training.stage} {spec.model.preset} ({sum(p.numel() for p in model.parameters()):,} params) "
+            f"from step {start} to {training.steps}; {plan.describe() if hasattr(plan, 'describe') else ''}")
+
+    loss_fn = FlowMatchingLoss() if reference is None else DiffusionDPOLoss(reference, training.dpo_beta)
+    make_inputs = flow_matching_inputs if reference is None else dpo_inputs
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
+                if training.precision == "bf16" and device.type == "cuda" else contextlib.nullcontext())
+    losses: list[float] = []
+    reason = "Completed"
+    try:
+        for step in range(start + 1, training.steps + 1):
+            began = time.perf_counter()
+            batches = loader.next_step()
+            data_seconds = time.perf_counter() - began
+            state.rng.manual_seed(step_seed(training.seed, step, dp_index))
+            microbatches = []
+            for batch in batches:
+                noisy, s = make_inputs(batch, state.rng, training.logit_normal_mean, training.logit_normal_std,
+                                       training.timestep_shift)
+                microbatches.append((noisy.to(device), s.to(device)))
+            with autocast:
+                loss = plan.run_step(microbatches, loss_fn)
+            if training.grad_clip > 0:
+                plan.clip_grad_norm_(training.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            state.step = step
+            loss_value = float(loss)
+            losses.append(loss_value)
+            step_seconds = _slowest(time.perf_counter() - began, device)
+            counts: TokenCounts = loader.last_step_counts
+            if rank == 0 and (step % training.log_every == 0 or step == training.steps):
+                log(f"step {step}/{training.steps} loss {loss_value:.4f} lr {scheduler.get_last_lr()[0]:.2e} "
+                    f"tokens/s {counts.tokens / step_seconds:,.0f} step {step_seconds * 1000:.0f} ms", flush=True)
+            call(callbacks, "on_step_end", state=state, step=step, loss=loss_value, tokens=counts.tokens,
+                 flops=training_flops(model_cfg, counts), step_seconds=step_seconds, data_seconds=data_seconds)
+    except BaseException:
+        reason = "Error"
+        raise
+    finally:
+        call(callbacks, "on_train_end", state=state, step=state.step, reason=reason)
+    return TrainResult(step=state.step, losses=losses, state=state)

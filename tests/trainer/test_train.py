@@ -1,0 +1,142 @@
+import copy
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from omnitrain.cli import main
+from omnitrain.contract import ExitCode
+from omnitrain.trainer.data.reader import list_shards
+from omnitrain.trainer.train import train
+
+sys.path.insert(0, str(Path(__file__).parent))
+from train_helpers import config_dict, make_config, write_config  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _quiet(*_, **__):
+    pass
+
+
+def test_loss_falls_on_synthetic_data(tmp_path):
+    lines = []
+    result = train(make_config(tmp_path, steps=40), callbacks=[], log=lambda line, **_: lines.append(line))
+    assert len(list_shards(tmp_path / "data")) == 2            # the synthetic dataset was written on demand
+    first, last = sum(result.losses[:5]) / 5, sum(result.losses[-5:]) / 5
+    assert last < 0.7 * first, result.losses
+    progress = [line for line in lines if line.startswith("step ")]
+    assert len(progress) == 20 and "tokens/s" in progress[-1] and "loss" in progress[-1]
+
+
+def _params(result):
+    return {k: v.detach().clone() for k, v in result.state.model.state_dict().items()}
+
+
+def test_same_config_gives_bitwise_same_parameters(tmp_path):
+    a = _params(train(make_config(tmp_path, steps=5), callbacks=[], log=_quiet))
+    b = _params(train(make_config(tmp_path, steps=5), callbacks=[], log=_quiet))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    c = _params(train(make_config(tmp_path, steps=5, seed=1), callbacks=[], log=_quiet))
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+class Snapshot:
+    def __init__(self, at):
+        self.at, self.saved = at, None
+
+    def on_step_end(self, state, step, **_):
+        if step == self.at:
+            self.saved = copy.deepcopy(state.state_dict())
+
+
+class Restore:
+    def __init__(self, saved):
+        self.saved = saved
+        self.started = None
+
+    def restore(self, state):
+        state.load_state_dict(copy.deepcopy(self.saved))
+        return self.saved["step"], 0.0
+
+    def on_train_start(self, step, **_):
+        self.started = step
+
+
+def test_resume_from_train_state_is_exact(tmp_path):
+    snap = Snapshot(at=3)
+    full = train(make_config(tmp_path, steps=6), callbacks=[snap], log=_quiet)
+    assert snap.saved["loader"]["carry"] is not None
+    restore = Restore(snap.saved)
+    resumed = train(make_config(tmp_path, steps=6), callbacks=[restore], log=_quiet)
+    assert restore.started == 3 and len(resumed.losses) == 3
+    assert resumed.losses == full.losses[3:]
+    a, b = _params(full), _params(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_dpo_starts_at_log2_and_trains(tmp_path):
+    pre = train(make_config(tmp_path, steps=3), callbacks=[], log=_quiet)
+    weights = tmp_path / "init.pt"
+    torch.save({"model": pre.state.model.state_dict()}, weights)
+    dpo = train(make_config(tmp_path, steps=4, stage="dpo", initFrom=str(weights), dpoBeta=50.0, learningRate=1e-3),
+                callbacks=[], log=_quiet)
+    assert dpo.losses[0] == pytest.approx(math.log(2.0), abs=1e-6)   # policy == reference at the start
+    assert all(math.isfinite(x) for x in dpo.losses) and dpo.losses[-1] != dpo.losses[0]
+
+
+def test_bad_config_exits_with_config_code_naming_the_field(tmp_path, monkeypatch, capsys):
+    term = tmp_path / "termination"
+    monkeypatch.setenv("OMNITRAIN_TERMINATION_LOG", str(term))
+    bad = config_dict(tmp_path)
+    bad["spec"]["training"]["learningRate"] = -1
+    assert main(["train", "--config", write_config(tmp_path / "bad.yaml", bad)]) == ExitCode.CONFIG
+    assert "spec.training.learningRate" in capsys.readouterr().err
+    msg = json.loads(term.read_text())
+    assert msg["reason"] == "ConfigError" and "learningRate" in msg["message"]
+
+    dpo = config_dict(tmp_path)
+    dpo["spec"]["training"]["stage"] = "dpo"
+    assert main(["train", "--config", write_config(tmp_path / "dpo.yaml", dpo)]) == ExitCode.CONFIG
+    assert "initFrom" in json.loads(term.read_text())["message"]
+
+    no_data = config_dict(tmp_path)
+    del no_data["spec"]["data"]["synthetic"]
+    no_data["spec"]["data"]["path"] = str(tmp_path / "empty")
+    assert main(["train", "--config", write_config(tmp_path / "nodata.yaml", no_data)]) == ExitCode.CONFIG
+    assert "spec.data.path" in json.loads(term.read_text())["message"]
+
+
+def test_data_synth_command(tmp_path, capsys):
+    assert main(["data", "synth", "--out", str(tmp_path / "d"), "--samples", "10", "--shards", "3"]) == 0
+    assert len(list_shards(tmp_path / "d")) == 3
+    assert "shard 3/3" in capsys.readouterr().out
+
+
+def test_torchrun_two_processes_gloo(tmp_path):
+    data = config_dict(tmp_path, steps=4)
+    data["spec"]["parallelism"] = {"nodes": 1, "gpusPerNode": 2}
+    data["spec"]["checkpoint"]["intervalSteps"] = 2
+    cfg = write_config(tmp_path / "config.yaml", data)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMNITRAIN_TERMINATION_LOG": str(tmp_path / "termination"),
+           "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "omnitrain", "train", "--config", cfg],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "step 4/4" in proc.stdout
+    assert json.loads((tmp_path / "termination").read_text()) == {"reason": "Completed", "step": 4}
+    assert (tmp_path / "persistent" / "looptest").is_dir() or (tmp_path / "local" / "looptest").is_dir()
