@@ -26,10 +26,6 @@ CLAIM = "promotion-ckpt"
 
 
 def _binaries_present() -> bool:
-    try:
-        from omnitrain.devcluster.binaries import find_binaries   # noqa: F401
-    except ImportError:
-        pass
     cache = Path(os.environ.get("OMNITRAIN_CACHE", Path.home() / ".cache" / "omnitrain")) / "bin"
     return any(cache.glob("k8s-*/kube-apiserver"))
 
