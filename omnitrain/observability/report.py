@@ -121,6 +121,15 @@ def summarise(log: JobLog) -> JobSummary:
                       goodput_timeline=timeline, checkpoints=log.of_kind("checkpoint"))
 
 
+def _time_unit(seconds: float) -> tuple[str, float]:
+    """An axis unit that keeps the numbers readable: seconds for a test run, hours for a real one."""
+    if seconds < 180:
+        return "seconds", 1.0
+    if seconds < 3 * 3600:
+        return "minutes", 60.0
+    return "hours", 3600.0
+
+
 def plot_report(summary: JobSummary, title: str, path: str | os.PathLike) -> Path:
     import matplotlib
     matplotlib.use("Agg")
@@ -180,19 +189,20 @@ def plot_report(summary: JobSummary, title: str, path: str | os.PathLike) -> Pat
     ax.grid(alpha=0.3)
 
     ax = axes[1, 1]
+    unit, scale = _time_unit(summary.wall_seconds)
     if summary.goodput_timeline:
         xs, ys = zip(*summary.goodput_timeline)
-        ax.plot([x / 60 for x in xs], [100 * y for y in ys], color=colours[2], lw=1.6, label="goodput so far")
+        ax.plot([x / scale for x in xs], [100 * y for y in ys], color=colours[2], lw=1.6, label="goodput so far")
     t0 = summary.t0 or 0.0
     for k, (previous, current) in enumerate(zip(summary.attempts, summary.attempts[1:])):
         if previous.last_time is not None:
-            ax.axvspan((previous.last_time - t0) / 60, (current.start_time - t0) / 60, color="crimson", alpha=0.15,
-                       label="down (restart)" if k == 0 else None)
-        ax.axvline((current.start_time - t0) / 60, color="crimson", ls="--", lw=1)
+            ax.axvspan((previous.last_time - t0) / scale, (current.start_time - t0) / scale, color="crimson",
+                       alpha=0.15, label="down (restart)" if k == 0 else None)
+        ax.axvline((current.start_time - t0) / scale, color="crimson", ls="--", lw=1)
     ax.axhline(90, color="gray", ls=":", lw=1, label="90% alert threshold")
     goodput = summary.goodput
     ax.set(title=f"Goodput timeline (final {100 * goodput:.1f}%)" if goodput is not None else "Goodput timeline",
-           xlabel="wall-clock minutes since job start", ylabel="goodput (%)", ylim=(0, 105))
+           xlabel=f"wall-clock {unit} since job start", ylabel="goodput (%)", ylim=(0, 105))
     ax.legend(loc="lower right", fontsize=8)
     ax.grid(alpha=0.3)
 

@@ -69,3 +69,19 @@ def test_mfu_is_none_without_a_peak_and_rejects_nonsense():
     with pytest.raises(ValueError, match="num_devices"):
         m.mfu(1e12, 1.0, 0, 1e12)
     assert m.tokens_per_second(1000, 0.5) == 2000
+
+
+def test_dit_flops_agree_with_the_dense_transformer_formula():
+    """The MFU numerator (omnitrain.model.flops) against PaLM's 6N + 12·depth·hidden·L per token for training,
+    with N counted from the real model's parameters."""
+    from omnitrain.model.config import PRESETS
+    from omnitrain.model.flops import TokenCounts, training_flops
+    from omnitrain.model.mmdit import MMDiT
+
+    cfg = PRESETS["small"]
+    params = sum(p.numel() for p in MMDiT(cfg).parameters())
+    for text, patches in ((16, 64), (64, 960)):                     # short and long sequences
+        counts = TokenCounts.from_lengths([text] * 8, [patches] * 8)
+        reference = (m.dense_transformer_train_flops_per_token(params) * counts.tokens
+                     + 12 * cfg.depth * cfg.hidden_size * counts.sum_sq_seqlens)
+        assert training_flops(cfg, counts) == pytest.approx(reference, rel=0.03)
