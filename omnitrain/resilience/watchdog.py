@@ -97,6 +97,23 @@ def _descendants(root: int) -> set[int]:
     return found
 
 
+def _die_with_parent() -> None:
+    """In the worker child before exec: SIGKILL it when the watchdog dies (Linux prctl PR_SET_PDEATHSIG)."""
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _environ_has(pid: int, name: str, value: str) -> bool:
+    try:
+        entries = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return f"{name}={value}".encode() in entries
+
+
 def _is_stopped(pid: int) -> bool:
     """True for a SIGSTOP'd/traced process (Linux /proc state T or t): it cannot answer a signal until resumed."""
     try:
@@ -140,30 +157,39 @@ class Supervisor:
     def _start(self) -> None:
         env = dict(os.environ)
         env[ENV_HEARTBEAT_DIR] = self.heartbeat_dir
-        # A new session: the whole worker tree (torchrun's agent and its ranks) is one process group to kill.
-        self.proc = subprocess.Popen(self.command, env=env, start_new_session=True)
+        # Same process group as the watchdog: whoever kills the pod's group (a local node agent) kills the workers
+        # too; and if the watchdog itself is SIGKILLed, the kernel kills its direct child (PDEATHSIG).
+        self.proc = subprocess.Popen(self.command, env=env, preexec_fn=_die_with_parent)
         log.info("watchdog: started workers (pid %d): %s; heartbeats in %s", self.proc.pid,
                  " ".join(self.command), self.heartbeat_dir)
+
+    def _worker_pids(self) -> list[int]:
+        """The direct child, all its descendants (torchrun starts each rank in a session of its own, outside any
+        process group we could signal) and the ranks named by heartbeats that carry our heartbeat folder."""
+        assert self.proc is not None
+        pids = {self.proc.pid} | _descendants(self.proc.pid)
+        pids |= {hb.pid for hb in read_heartbeats(self.heartbeat_dir).values()
+                 if _environ_has(hb.pid, ENV_HEARTBEAT_DIR, self.heartbeat_dir)}
+        return sorted(pids)
+
+    def _signal_workers(self, signum: int) -> None:
+        for pid in self._worker_pids():
+            try:
+                os.kill(pid, signum)
+            except (ProcessLookupError, PermissionError):
+                pass
 
     def _forward(self, signum, _frame) -> None:
         # Pod deletion sends SIGTERM to us (the container's main process): pass it on so workers stop cleanly.
         self._forwarded = signum
         if self.proc is not None and self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signum)
-            except ProcessLookupError:
-                pass
+            self._signal_workers(signum)
 
     def _kill_workers(self) -> None:
-        """SIGKILL the whole worker tree. torchrun starts each rank in a session of its own, so killing our child's
-        process group is not enough: every descendant (and the ranks named by heartbeats) is killed as well."""
+        """SIGKILL the whole worker tree, twice: a process forked during the first walk is caught by the second."""
         assert self.proc is not None
-        pids = _descendants(self.proc.pid) | {hb.pid for hb in read_heartbeats(self.heartbeat_dir).values()}
-        for kill, target in [(os.killpg, self.proc.pid)] + [(os.kill, pid) for pid in sorted(pids)]:
-            try:
-                kill(target, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+        for _ in range(2):
+            self._signal_workers(signal.SIGKILL)
         self.proc.wait()
 
     def _request_stack_dumps(self) -> list[str]:

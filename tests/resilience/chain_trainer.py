@@ -63,15 +63,27 @@ def main() -> int:
         log.write(json.dumps({"attempt": run.attempt, "resumed_from": start}) + "\n")
     if heartbeat:
         heartbeat.on_train_start(step=start)
+    events = open(folder / "events.jsonl", "a")   # for bench/recovery.py's goodput
+
+    def emit(kind: str, **fields) -> None:
+        events.write(json.dumps({"kind": kind, "time": time.time(), "attempt": run.attempt, **fields}) + "\n")
+        events.flush()
+
+    if start:
+        emit("restore", step=start, seconds=0.0)
     for step in range(start + 1, spec.training.steps + 1):
+        began = time.time()
         time.sleep(STEP_SECONDS)
         state = advance(state, step)
         if heartbeat:
             heartbeat.on_step_end(step=step)
+        emit("step", step=step, seconds=time.time() - began)
         if step % spec.checkpoint.interval_steps == 0:
+            began = time.time()
             tmp = folder / f".chain-step-{step}.tmp"
             tmp.write_text(json.dumps({"step": step, "state": state}))
             os.replace(tmp, folder / f"chain-step-{step}.json")
+            emit("checkpoint_save", step=step, seconds=time.time() - began)
         print(f"step {step}", flush=True)
     (folder / "final.json").write_text(json.dumps({"step": spec.training.steps, "state": state}))
     if heartbeat:

@@ -197,3 +197,24 @@ def test_settings_from_the_trainer_config_and_pod_env(tmp_path):
     assert (node1.timeout, node1.workers, node1.attempt, node1.metrics_log_dir) == (12, 4, 4, None)
     with pytest.raises(ValueError, match="--timeout"):
         settings_from_config(None, None, {})
+
+
+def test_a_killed_watchdog_takes_its_workers_along(tmp_path):
+    """A node agent that SIGKILLs the pod's main process (or its process group) leaves no training process."""
+    hb = tmp_path / "hb"
+    cmd = [sys.executable, "-m", "omnitrain", "watchdog", "--timeout", "30", "--workers", "1", "--heartbeat-dir",
+           str(hb), "--poll", "0.1", "--no-gpu-health", "--", sys.executable, FAKE, "ok", "--steps", "100000"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not read_heartbeats(hb) or read_heartbeats(hb)[0].step < 3:
+            assert time.monotonic() < deadline and proc.poll() is None, "the worker never started stepping"
+            time.sleep(0.05)
+        worker = read_heartbeats(hb)[0].pid
+        assert os.getpgid(worker) == os.getpgid(proc.pid)      # one process group with the watchdog
+        proc.kill()
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert all_dead([worker])
