@@ -144,9 +144,15 @@ class MetricsCallback:
     # --- training-loop hooks ------------------------------------------------------------------------------
     def on_train_start(self, state=None, **kwargs) -> None:
         if self.metrics is not None and self.metrics_port is not None:
-            self.bound_port = self.metrics.serve(self.metrics_addr, self.metrics_port)
-            log.info("metrics endpoint on %s:%d (job figures: %s, node figures: %s)", self.metrics_addr,
-                     self.bound_port, self.role.job_level, self.role.node_level)
+            try:
+                self.bound_port = self.metrics.serve(self.metrics_addr, self.metrics_port)
+                log.info("metrics endpoint on %s:%d (job figures: %s, node figures: %s)", self.metrics_addr,
+                         self.bound_port, self.role.job_level, self.role.node_level)
+            except OSError as exc:
+                # Training goes on without an endpoint (the OmniTrainMetricsMissing alert will say so): losing
+                # the metrics must not cost the GPUs' work.
+                log.error("metrics endpoint %s:%s not started (%s); set spec.metricsPort to a free port",
+                          self.metrics_addr, self.metrics_port, exc)
         self._last_step_mark = self._monotonic()
         m = self._job
         if m is None:

@@ -205,3 +205,21 @@ def test_spec_peak_is_used_when_the_environment_sets_none(tmp_path):
     assert with_env.peak_flops_per_device == 1e9
     with pytest.raises(ValueError, match="peakFlopsPerDevice|greater than 0"):
         JobSpec.model_validate({"peakFlopsPerDevice": 0})
+
+
+def test_busy_metrics_port_does_not_stop_training(tmp_path, caplog):
+    import socket
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        cb = MetricsCallback(job="demo", attempt=0, total_steps=2, world_size=1, rank=0, local_rank=0,
+                             metrics_addr="127.0.0.1", metrics_port=port, log_dir=tmp_path)
+        try:
+            with caplog.at_level("ERROR"):
+                history = tiny_training_run(cb, steps=2)
+            assert len(history) == 2 and cb.bound_port is None
+            assert "set spec.metricsPort to a free port" in caplog.text
+            assert [r["step"] for r in read_job_log(tmp_path).of_kind("step")] == [1, 2]   # the log still works
+        finally:
+            cb.close()
