@@ -17,6 +17,8 @@ from omnitrain.trainer.checkpoint.fsio import write_bytes_atomic
 FORMAT = "omnitrain-model/1"
 # Until MMDiT has a denoiser adapter, promotion runs on the contract-shaped tiny conditional DiT.
 DEFAULT_FACTORY = "omnitrain.serving.testing:build_tiny"
+# Training checkpoints hold MMDiT state dicts; promotion loads them through the caching-ready adapter.
+MMDIT_FACTORY = "omnitrain.serving.mmdit_adapter:build_mmdit"
 
 
 @dataclass
@@ -65,4 +67,4 @@ def load_artifact(path: str | Path) -> ModelArtifact:
                          sampler=data.get("sampler", {}), meta=data.get("meta", {}))
 
 
-__all__ = ["DEFAULT_FACTORY", "FORMAT", "ModelArtifact", "build_model", "load_artifact", "save_artifact"]
+__all__ = ["DEFAULT_FACTORY", "FORMAT", "MMDIT_FACTORY", "ModelArtifact", "build_model", "load_artifact", "save_artifact"]

@@ -40,7 +40,7 @@ class Prepared:
 
 class InferenceEngine:
     def __init__(self, checkpoint: str, fp8: bool = True, metrics: ServerMetrics | None = None,
-                 skip_fp8: tuple[str, ...] = ("head.proj",), config_path: str | None = None):
+                 skip_fp8: tuple[str, ...] = ("embed", "head.proj"), config_path: str | None = None):
         self.checkpoint, self.fp8, self.skip_fp8 = checkpoint, fp8, skip_fp8
         self.config_path = config_path
         self.metrics = metrics or ServerMetrics()
@@ -118,8 +118,11 @@ class InferenceEngine:
         d = self.sampler_defaults
         sampler = SamplerConfig(steps=req.steps or d.get("steps", 10), method=req.method or d.get("method", "euler"),
                                 shift=req.shift or d.get("shift", 1.0), guidance=req.guidance)
+        def grid(x):
+            return None if x is None else (x.shape[1] // pt, x.shape[2] // ph, x.shape[3] // pw)
         conds = Conditions(text=text, reference=latent_tokens(reference, "reference", 1),
-                           context=latent_tokens(context, "context"))
+                           context=latent_tokens(context, "context"), reference_grid=grid(reference),
+                           context_grid=grid(context), video_grid=(req.frames // pt, req.height // ph, req.width // pw))
         return Prepared(conds, noise, shape, sampler, req)
 
     def run_batch(self, batch: list[Prepared]) -> list[dict]:

@@ -98,3 +98,38 @@ def test_distill_command_names_the_missing_teacher(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 3
     assert "spec.promotion.distill.teacher" in done.stderr and "no complete checkpoint" in done.stderr
+
+
+def test_distill_from_a_training_checkpoint_of_mmdit_and_serve_the_student(tmp_path):
+    from omnitrain.model.mmdit import MMDiT, randomize_
+    from omnitrain.serving.api import GenerateRequest, encode_array
+    from omnitrain.serving.artifact import MMDIT_FACTORY
+    from omnitrain.serving.engine import InferenceEngine
+    from omnitrain.spec import TrainerConfig
+    from omnitrain.trainer.distill.run import run_distill
+
+    spec = {"model": {"hiddenSize": 32, "depth": 2, "numHeads": 4, "textDim": 16},
+            "checkpoint": {"persistentClaim": "ckpt", "persistentPath": str(tmp_path / "pv")},
+            "training": {"logEvery": 100},
+            "promotion": {"distill": {"teacherSteps": 20, "studentSteps": 4, "steps": 4, "batchSize": 2}}}
+    config = TrainerConfig.model_validate({"spec": spec, "run": {"jobName": "mm"}})
+    cfg = config.spec.model.resolve()
+    torch.manual_seed(0)
+    teacher = randomize_(MMDiT(cfg), torch.Generator().manual_seed(0))
+    for step in (10, 20):     # the newest complete step folder is the teacher; step-30 is torn (no manifest)
+        folder = tmp_path / "pv" / "mm" / f"step-{step}"
+        folder.mkdir(parents=True)
+        torch.save({"train": {"model": teacher.state_dict(), "step": step}}, folder / "rank-00000.pt")
+        (folder / "manifest.json").write_text("{}")
+    (tmp_path / "pv" / "mm" / "step-30").mkdir()
+    lines = []
+    out = run_distill(config, log=lines.append)
+    assert "step-20" in lines[0]
+    student = load_artifact(out)
+    assert student.factory == MMDIT_FACTORY and student.meta["teacher"].endswith("step-20")
+    engine = InferenceEngine(str(out), fp8=True)
+    engine.load()
+    req = GenerateRequest.model_validate({"text": encode_array(torch.randn(3, 16)), "frames": 2, "height": 4,
+                                          "width": 4, "guidance": 2.0})
+    res = engine.run_batch([engine.prepare(req)])[0]
+    assert res["shape"] == [cfg.latent_channels, 2, 4, 4] and res["steps"] == 4

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from omnitrain.serving.artifact import DEFAULT_FACTORY, ModelArtifact, build_model, load_artifact, save_artifact
+from omnitrain.serving.artifact import MMDIT_FACTORY, ModelArtifact, build_model, load_artifact, save_artifact
 from omnitrain.serving.denoiser import Denoiser
 from omnitrain.serving.paths import student_path
 from omnitrain.spec import TrainerConfig
@@ -50,10 +50,13 @@ def load_teacher(path: str | Path, trainer_config: TrainerConfig) -> ModelArtifa
     if not isinstance(model_state, dict):
         raise DistillConfigError(f"spec.promotion.distill.teacher: {shard} has no state['train']['model'] (a sharded "
                                  "layout?); export a full model first")
+    # A wrapped model (DDP) saves under "module."; the model's own names are what MMDiT loads.
+    model_state = {k.removeprefix("module."): v for k, v in model_state.items()}
     config = trainer_config.spec.model.resolve()
-    model, adapter = build_model(DEFAULT_FACTORY, config)
+    model, adapter = build_model(MMDIT_FACTORY, config)
     model.load_state_dict(model_state)
-    return ModelArtifact(model=model.eval(), adapter=adapter, config=config, meta={"checkpoint": str(path)})
+    return ModelArtifact(model=model.eval(), adapter=adapter, config=config, factory=MMDIT_FACTORY,
+                         meta={"checkpoint": str(path)})
 
 
 def distill_config(trainer_config: TrainerConfig) -> DistillConfig:

@@ -36,7 +36,10 @@ class SyntheticTask:
     def request(self, g: torch.Generator) -> Request:
         text = torch.randn(self.text_tokens, self.config.text_dim, generator=g)
         ref = torch.randn(self.reference_tokens, self.config.patch_dim, generator=g) if self.reference_tokens else None
-        return Request(Conditions(text=text, reference=ref), self.video_tokens)
+        # Grids for models with 3D positions: the tokens as one row of patches.
+        return Request(Conditions(text=text, reference=ref, video_grid=(1, 1, self.video_tokens),
+                                  reference_grid=(1, 1, self.reference_tokens) if ref is not None else None),
+                       self.video_tokens)
 
     def clean_video(self, request: Request, g: torch.Generator) -> torch.Tensor:
         c = request.conditions
