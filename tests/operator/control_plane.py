@@ -59,8 +59,9 @@ def _ready(url: str, procs, logs) -> bool:
 
 
 @contextmanager
-def control_plane(workdir: Path):
-    """Yields the kubeconfig path of a fresh control plane; stops it afterwards."""
+def control_plane(workdir: Path, scheduler: bool = False, kwok: bool = False):
+    """Yields the kubeconfig path of a fresh control plane; stops it afterwards. With `scheduler`, kube-scheduler
+    binds pods; with `kwok`, nodes annotated kwok.x-k8s.io/node=fake run their pods as simulated ones."""
     bins = find_binaries()
     assert bins is not None, "no control-plane binaries; run `make cluster-bins`"
     workdir.mkdir(parents=True, exist_ok=True)
@@ -103,8 +104,21 @@ def control_plane(workdir: Path):
         # The garbage collector deletes a job's children through their ownerReferences.
         start("kube-controller-manager", [
             str(bins / "kube-controller-manager"), f"--kubeconfig={kubeconfig}",
-            "--controllers=garbagecollector,namespace", "--leader-elect=false", "--bind-address=127.0.0.1",
+            # nodelifecycle lifts the not-ready taint the API server puts on new (kwok) nodes once they are Ready
+            "--controllers=garbagecollector,namespace" + (",nodelifecycle" if kwok else ""), "--leader-elect=false", "--bind-address=127.0.0.1",
             f"--secure-port={free_port()}", "--concurrent-gc-syncs=5"])
+        if scheduler:
+            config = workdir / "scheduler.yaml"
+            config.write_text(
+                "apiVersion: kubescheduler.config.k8s.io/v1\nkind: KubeSchedulerConfiguration\n"
+                f"clientConnection: {{kubeconfig: '{kubeconfig}', qps: 2000, burst: 4000}}\n"
+                "leaderElection: {leaderElect: false}\n")
+            start("kube-scheduler", [str(bins / "kube-scheduler"), f"--config={config}",
+                                     "--bind-address=127.0.0.1", f"--secure-port={free_port()}"])
+        if kwok:
+            start("kwok", [str(bins / "kwok"), f"--kubeconfig={kubeconfig}", "--manage-all-nodes=false",
+                           "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
+                           "--cidr=10.0.0.1/16", f"--server-address=127.0.0.1:{free_port()}"])
         yield kubeconfig
     finally:
         for proc in reversed(procs):

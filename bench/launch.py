@@ -1,0 +1,181 @@
+"""Launch latency of the operator against kwok nodes: time from `create OmniTrainingJob` to all pods created and to
+all pods Running, and the operator's API calls per pod, for 64- and 512-node jobs; pod creation one at a time vs.
+concurrent (OMNITRAIN_CREATE_WORKERS), side by side in one run.
+
+    .venv/bin/python bench/launch.py [--nodes 64 512] [--workers 1 16]
+
+Starts etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok ($OMNITRAIN_CACHE/bin, `make
+cluster-bins`); fake GPU nodes (8 x nvidia.com/gpu) are created here with kwok's annotation and taint. The operator
+runs in this process (kopf in a thread) so its API calls can be counted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests" / "operator"))  # the control-plane starter the e2e tests use
+
+from control_plane import control_plane, wait_until  # noqa: E402
+
+KWOK = "kwok.x-k8s.io/node"
+
+
+def make_nodes(core, count: int, racks: int = 8) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+    capacity = {"cpu": "96", "memory": "1536Gi", "pods": "110", "nvidia.com/gpu": "8"}
+
+    def one(i: int) -> None:
+        name = f"gpu-{i:04d}"
+        core.create_node({"metadata": {"name": name, "annotations": {KWOK: "fake"},
+                                       "labels": {"type": "kwok", "kubernetes.io/hostname": name,
+                                                  "topology.kubernetes.io/rack": f"rack-{i % racks}"}},
+                          "spec": {"taints": [{"key": KWOK, "value": "fake", "effect": "NoSchedule"}]}})
+        core.patch_node_status(name, {"status": {"capacity": capacity, "allocatable": capacity}})
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(one, range(count)))
+
+
+class PodClock:
+    """Watches the job's pods: when the last one was created and when the last one was Running."""
+
+    def __init__(self, api, namespace: str, job: str, expected: int) -> None:
+        self.api, self.ns, self.job, self.expected = api, namespace, job, expected
+        self.created: dict[str, float] = {}
+        self.running: dict[str, float] = {}
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+        self.thread.start()
+
+    def _watch(self) -> None:
+        from kubernetes import client, watch
+        core = client.CoreV1Api(self.api)
+        w = watch.Watch()
+        while not self.stop.is_set():
+            for ev in w.stream(core.list_namespaced_pod, self.ns, label_selector=f"omnitrain.io/job-name={self.job}",
+                               timeout_seconds=5):
+                pod, now = ev["object"], time.monotonic()
+                self.created.setdefault(pod.metadata.name, now)
+                if pod.status and pod.status.phase == "Running":
+                    self.running.setdefault(pod.metadata.name, now)
+                if self.stop.is_set():
+                    break
+
+    def done(self) -> bool:
+        return len(self.running) >= self.expected
+
+
+def run_operator(kube, workers: int):
+    import kopf
+
+    from omnitrain.operator import handlers
+    from omnitrain.operator.settings import OperatorSettings
+    settings = OperatorSettings(resync_seconds=5.0, create_workers=workers)
+    kube.create_workers = workers
+    handlers.install(settings, kube=kube)
+    stop, ready = threading.Event(), threading.Event()
+    thread = threading.Thread(target=lambda: asyncio.run(kopf.operator(
+        clusterwide=True, standalone=True, stop_flag=stop, ready_flag=ready)), daemon=True)
+    thread.start()
+    ready.wait(60)
+    return stop, thread
+
+
+def measure(api, kube, nodes: int, workers: int, tag: str) -> dict:
+    from kubernetes import client
+
+    from omnitrain.operator import crd
+    ns = f"bench-{tag}"
+    client.CoreV1Api(api).create_namespace({"metadata": {"name": ns}})
+    spec = {"parallelism": {"nodes": nodes, "gpusPerNode": 8}, "training": {"steps": 10},
+            "scheduling": {"nodeSelector": {"type": "kwok"},
+                           "tolerations": [{"key": KWOK, "operator": "Exists", "effect": "NoSchedule"}]}}
+    clock = PodClock(api, ns, "launch", nodes)
+    calls0 = kube.counter.calls
+    t0 = time.monotonic()
+    client.CustomObjectsApi(api).create_namespaced_custom_object(
+        crd.GROUP, crd.VERSION, ns, crd.PLURAL,
+        {"apiVersion": crd.API_VERSION, "kind": crd.KIND, "metadata": {"name": "launch"}, "spec": spec})
+    last = [time.monotonic()]
+
+    def progress():
+        if time.monotonic() - last[0] > 5:
+            last[0] = time.monotonic()
+            print(f"  ... {len(clock.created)}/{nodes} created, {len(clock.running)}/{nodes} running", flush=True)
+        return clock.done()
+    wait_until(progress, 600, f"{nodes} pods Running", interval=0.2)
+    # the operator sees Running too and writes the phase: count its calls until then
+    wait_until(lambda: (client.CustomObjectsApi(api).get_namespaced_custom_object(
+        crd.GROUP, crd.VERSION, ns, crd.PLURAL, "launch").get("status") or {}).get("phase") == "Running",
+        120, "phase Running", interval=0.2)
+    calls = kube.counter.calls - calls0
+    clock.stop.set()
+    created = max(clock.created.values()) - t0
+    running = max(clock.running.values()) - t0
+    # clean up: the next measurement starts from empty nodes
+    client.CustomObjectsApi(api).delete_namespaced_custom_object(crd.GROUP, crd.VERSION, ns, crd.PLURAL, "launch")
+    core = client.CoreV1Api(api)
+    core.delete_collection_namespaced_pod(ns, grace_period_seconds=0)
+    wait_until(lambda: not core.list_namespaced_pod(ns, limit=1).items, 300, "pods gone", interval=0.5)
+    return {"nodes": nodes, "workers": workers, "created_s": created, "running_s": running,
+            "calls_per_pod": calls / nodes}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--nodes", type=int, nargs="+", default=[64, 512])
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 16])
+    args = parser.parse_args()
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    from kubernetes import client, config
+
+    from omnitrain.operator.kube import Kube
+    with tempfile.TemporaryDirectory(prefix="omnitrain-bench-launch-") as tmp, \
+            control_plane(Path(tmp), scheduler=True, kwok=True) as kubeconfig:
+        os.environ["KUBECONFIG"] = str(kubeconfig)
+        config.load_kube_config(str(kubeconfig))
+        api = config.new_client_from_config(str(kubeconfig))
+        import yaml
+        client.ApiextensionsV1Api(api).create_custom_resource_definition(
+            yaml.safe_load((REPO / "manifests" / "crd" / "omnitrainingjobs.yaml").read_text()))
+        most = max(args.nodes)
+        print(f"creating {most} kwok nodes ...", flush=True)
+        make_nodes(client.CoreV1Api(api), most)
+        kube = Kube(client.ApiClient())
+        stop, thread = run_operator(kube, args.workers[0])
+        results = []
+        try:
+            for nodes in args.nodes:
+                for workers in args.workers:
+                    kube.create_workers = workers
+                    r = measure(api, kube, nodes, workers, f"{nodes}-{workers}")
+                    print(f"nodes={nodes:4d} workers={workers:2d}: all created {r['created_s']:6.2f} s, "
+                          f"all Running {r['running_s']:6.2f} s, operator API calls/pod {r['calls_per_pod']:.2f}",
+                          flush=True)
+                    results.append(r)
+        finally:
+            stop.set()
+            thread.join(30)
+        print("\n| nodes | create workers | all pods created (s) | all pods Running (s) | operator API calls / pod |")
+        print("|---|---|---|---|---|")
+        for r in results:
+            print(f"| {r['nodes']} | {r['workers']} | {r['created_s']:.2f} | {r['running_s']:.2f} | "
+                  f"{r['calls_per_pod']:.2f} |")
+        for nodes in args.nodes:
+            by = {r["workers"]: r for r in results if r["nodes"] == nodes}
+            if len(by) >= 2:
+                lo, hi = min(by), max(by)
+                print(f"nodes={nodes}: created {by[lo]['created_s'] / by[hi]['created_s']:.2f}x faster with "
+                      f"{hi} workers than {lo}; Running {by[lo]['running_s'] / by[hi]['running_s']:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
