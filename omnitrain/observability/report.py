@@ -181,8 +181,10 @@ def plot_report(summary: JobSummary, title: str, path: str | os.PathLike) -> Pat
         ax.plot(*zip(*pts), ".", ms=3, color=colours[0], label="step time")
     blocking = [(c["step"], c["blocking_seconds"]) for c in summary.checkpoints if c.get("blocking_seconds")]
     if blocking:
-        ax.bar([b[0] for b in blocking], [b[1] for b in blocking], width=max(1, len(summary.steps) // 100),
-               color=colours[3], label="checkpoint blocking")
+        # stems, not bars: bars wide enough to see would merge when checkpoints are frequent
+        ax.vlines([b[0] for b in blocking], 0, [b[1] for b in blocking], color=colours[3], lw=1.2)
+        ax.plot([b[0] for b in blocking], [b[1] for b in blocking], "s", ms=3, color=colours[3],
+                label="checkpoint blocking")
     ax.set(title="Step time and checkpoint blocking", xlabel="step", ylabel="seconds")
     ax.set_ylim(0, 1.25 * max([p[1] for p in pts] + [b[1] for b in blocking] + [1e-3]))
     ax.legend(loc="upper right", fontsize=8)
