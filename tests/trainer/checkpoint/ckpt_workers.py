@@ -137,7 +137,8 @@ def tiny_train(rank: int, world: int, cfg: dict) -> dict:
 
 def _entry(rank: int, world: int, port: int, fn, args) -> None:
     torch.set_num_threads(1)
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     fn(rank, world, *args)
 
