@@ -21,8 +21,10 @@ def default_callbacks(config) -> list:
     from omnitrain.trainer.checkpoint.callback import CheckpointCallback
 
     metrics = MetricsCallback.from_config(config)
-    callbacks: list = [metrics, CheckpointCallback.from_trainer_config(config, listeners=[metrics])]
     heartbeat = HeartbeatCallback.from_env()
+    # the heartbeat listens too: a save's foreground part is a "checkpoint" section, not a stalled step
+    listeners = [metrics] + ([heartbeat] if heartbeat is not None else [])
+    callbacks: list = [metrics, CheckpointCallback.from_trainer_config(config, listeners=listeners)]
     if heartbeat is not None:
         callbacks.append(heartbeat)
     return callbacks
