@@ -1,0 +1,79 @@
+"""The operator on the project's local cluster (omnitrain/devcluster): scheduler, node agent and garbage collector
+are real, and the pods really run (a stand-in trainer, tests/operator/stand_in_trainer.py, set through the
+operator's OMNITRAIN_TRAIN_COMMAND). A retryable exit in attempt 0 leads to one gang restart; attempt 1 succeeds."""
+
+from __future__ import annotations
+
+import json
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from conftest import REPO, OperatorProcess
+from jobs import cond, create_job, events, pod_names, status
+from omnitrain.devcluster.testing import wait_for
+
+pytestmark = pytest.mark.e2e
+LOCAL_PATH = "/var/lib/omnitrain-e2e"
+
+
+@pytest.fixture(scope="module")
+def cluster_operator(local_cluster, tmp_path_factory):
+    api = local_cluster.api_client()
+    body = yaml.safe_load((REPO / "manifests" / "crd" / "omnitrainingjobs.yaml").read_text())
+    ext = client.ApiextensionsV1Api(api)
+    try:
+        ext.create_custom_resource_definition(body)
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+        ext.patch_custom_resource_definition(body["metadata"]["name"], body)
+    wait_for(lambda: any(c.type == "Established" and c.status == "True" for c in
+                         ext.read_custom_resource_definition(body["metadata"]["name"]).status.conditions or []),
+             30, "CRD Established")
+    namespace = f"otj-{uuid.uuid4().hex[:6]}"
+    client.CoreV1Api(api).create_namespace({"metadata": {"name": namespace}})
+    command = f"{sys.executable} {Path(__file__).with_name('stand_in_trainer.py')}"
+    # only this namespace: other areas' tests may run their own operator on the same cluster
+    op = OperatorProcess(local_cluster.kubeconfig, tmp_path_factory.mktemp("operator-lc") / "operator.log",
+                         {"OMNITRAIN_TRAIN_COMMAND": command, "OMNITRAIN_NAMESPACES": namespace})
+    yield api, namespace, op
+    op.stop()
+
+
+def test_pods_run_for_real_gang_restart_then_success(local_cluster, cluster_operator):
+    api, ns, op = cluster_operator
+    nodes = local_cluster.node_names[:2]
+    for node in nodes:  # attempt 0: rank 1 crashes (retryable); attempt 1: everyone exits 0
+        folder = local_cluster.node_dir(node) / LOCAL_PATH.lstrip("/")
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "fault-plan.json").write_text(json.dumps({"0/1": 1}))
+    create_job(api, ns, "real", {"parallelism": {"nodes": 2, "gpusPerNode": 1}, "training": {"steps": 5},
+                                 "checkpoint": {"localPath": LOCAL_PATH}, "resilience": {"maxRestarts": 1}})
+    wait_for(lambda: status(api, ns, "real").get("phase") in ("Succeeded", "Failed"), 120,
+             "the job to finish", interval=0.2)
+    st = status(api, ns, "real")
+    assert st["phase"] == "Succeeded", (st, op.tail())
+    assert st["attempt"] == 1 and st["restarts"] == 1
+    assert st["lastFailure"]["pod"] == "real-a0-n1" and st["lastFailure"]["exitCode"] == 1
+    assert st["lastFailure"]["reason"] == "InjectedFault"
+    assert cond(st, "Succeeded")["status"] == "True"
+    assert {"Created", "GangRestart", "Restarted", "Succeeded"} <= {e.reason for e in events(api, ns, "real")}
+    assert pod_names(api, ns, "real") == ["real-a1-n0", "real-a1-n1"]  # attempt 0's pods were deleted
+
+    seen = {}
+    for node in nodes:
+        for f in (local_cluster.node_dir(node) / LOCAL_PATH.lstrip("/")).glob("attempt1-rank*.json"):
+            seen[f.name] = (node, json.loads(f.read_text()))
+    assert sorted(seen) == ["attempt1-rank0.json", "attempt1-rank1.json"]
+    (node0, r0), (node1, r1) = seen["attempt1-rank0.json"], seen["attempt1-rank1.json"]
+    assert node0 != node1  # one pod per node
+    assert r0["config_attempt"] == 1 and r0["job"] == "real"
+    assert r1["env"]["PET_NODE_RANK"] == "1" and r1["env"]["WORLD_SIZE"] == "2"
+    # rank 0's DNS name (through the headless Service) reached rank 1 as rank 0's pod IP
+    assert r1["env"]["MASTER_ADDR"] == r0["env"]["POD_IP"] and r1["env"]["NODE_NAME"] == node1
