@@ -7,7 +7,8 @@ HeartbeatCallback, moves a fake RDMA counter tree while it "communicates", check
 from its newest checkpoint. Faults are injected in the worker (SIGSTOP, blocked forever, crash). For the goodput
 run this script plays the operator's part locally: classify the attempt's end (omnitrain.resilience.classify),
 plan the recovery (omnitrain.resilience.recovery) and relaunch; goodput comes from omnitrain.resilience.goodput.
-Not measured here (needs the operator and the local cluster): pod teardown/scheduling and time to all pods Running.
+With --cluster: the same faults through the operator on a local cluster (omnitrain.devcluster): detection, time to
+all pods Running again, first step after the restart, and the job's goodput.
 """
 
 from __future__ import annotations
@@ -242,6 +243,140 @@ def goodput_run(quick: bool, plot: str | None) -> None:
         print(f"  plot: {plot}")
 
 
+# --- through the operator on the local cluster ------------------------------------------------------------
+
+CHAIN = REPO / "tests" / "resilience" / "chain_trainer.py"
+
+
+def _until(condition, deadline: float, what: str, interval: float = 0.1):
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)   # polling the API with a deadline
+    raise TimeoutError(f"timed out waiting for {what}")
+
+
+def _parse_time(text) -> float:
+    import datetime as dt
+    if hasattr(text, "timestamp"):
+        return text.timestamp()
+    return dt.datetime.fromisoformat(str(text).replace("Z", "+00:00")).timestamp()
+
+
+def cluster_faults(steps: int = 60, interval: int = 5) -> None:
+    """Per fault kind: detection, all pods Running again, first step after the restart, job goodput. The trainer is
+    tests/resilience/chain_trainer.py (0.2 s steps) under `omnitrain watchdog` with hangTimeoutSeconds=5."""
+    import yaml
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    from omnitrain.devcluster.cluster import LocalCluster
+    from omnitrain.operator import crd
+    from omnitrain.resilience.goodput import Event, EventKind, compute_goodput
+
+    root = Path(tempfile.mkdtemp(prefix="omnitrain-recovery-bench-"))
+    cluster = LocalCluster(root)
+    cluster.up(nodes=2, gpus_per_node=2)
+    operator = None
+    try:
+        api = cluster.api_client()
+        core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
+        ext = client.ApiextensionsV1Api(api)
+        body = yaml.safe_load((REPO / "manifests" / "crd" / "omnitrainingjobs.yaml").read_text())
+        ext.create_custom_resource_definition(body)
+        _until(lambda: any(c.type == "Established" and c.status == "True" for c in
+                           ext.read_custom_resource_definition(body["metadata"]["name"]).status.conditions or []),
+               30, "CRD")
+        ns = "bench"
+        core.create_namespace({"metadata": {"name": ns}})
+        _until(lambda: any(a.metadata.name == "default" for a in core.list_namespaced_service_account(ns).items),
+               60, "service account")
+        command = (f"{sys.executable} -m omnitrain watchdog --config /etc/omnitrain/config.yaml --poll 0.2 "
+                   f"--no-gpu-health -- {sys.executable} {CHAIN} --config /etc/omnitrain/config.yaml")
+        env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig), "OMNITRAIN_RESYNC_SECONDS": "1",
+               "OMNITRAIN_NAMESPACES": ns, "OMNITRAIN_TRAIN_COMMAND": command, "OMP_NUM_THREADS": "1"}
+        operator = subprocess.Popen([sys.executable, "-m", "omnitrain", "operator"], env=env,
+                                    stdout=open(root / "operator.log", "w"), stderr=subprocess.STDOUT)
+        print("  fault     detection  pods Running again  first step after  job wall  goodput  (s after the fault)")
+        for fault in ("sigstop", "kill", "node"):
+            name = f"bench-{fault}"
+            claim = f"{name}-ckpt"
+            pool = [f"{name}-a", f"{name}-b"]
+            for node in pool:
+                cluster.add_node(node)
+            cluster.wait_nodes_ready(pool, log=lambda *_: None, timeout_s=60)
+            for node in pool:
+                core.patch_node(node, {"metadata": {"labels": {"omnitrain.dev/bench-pool": name}}})
+            core.create_persistent_volume({"metadata": {"name": f"{name}-pv"}, "spec": {
+                "capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteMany"], "storageClassName": "",
+                "hostPath": {"path": f"/unused/{name}"}, "claimRef": {"namespace": ns, "name": claim}}})
+            core.create_namespaced_persistent_volume_claim(ns, {"metadata": {"name": claim}, "spec": {
+                "accessModes": ["ReadWriteMany"], "storageClassName": "", "volumeName": f"{name}-pv",
+                "resources": {"requests": {"storage": "1Gi"}}}})
+            _until(lambda: core.read_namespaced_persistent_volume_claim(claim, ns).status.phase == "Bound", 60, "PVC")
+            spec = {"parallelism": {"nodes": 1, "gpusPerNode": 1}, "training": {"steps": steps},
+                    "checkpoint": {"persistentClaim": claim, "persistentPath": "/mnt/checkpoints",
+                                   "localPath": f"/omnitrain-bench/{name}", "intervalSteps": interval},
+                    "resilience": {"hangTimeoutSeconds": 5, "maxRestarts": 3},
+                    "scheduling": {"nodeSelector": {"omnitrain.dev/bench-pool": name}}}
+            created = time.time()
+            custom.create_namespaced_custom_object(crd.GROUP, crd.VERSION, ns, crd.PLURAL, {
+                "apiVersion": crd.API_VERSION, "kind": crd.KIND, "metadata": {"name": name}, "spec": spec})
+            folder = cluster.pv_dir(claim) / name
+            _until(lambda: (folder / f"chain-step-{2 * interval}.json").exists(), 120, "second checkpoint")
+
+            def attempt_pod(n: int):
+                pods = [p for p in core.list_namespaced_pod(ns).items if p.metadata.name.startswith(f"{name}-a{n}-")]
+                return pods[0] if pods else None
+
+            first = attempt_pod(0)
+            first_running = _parse_time(first.status.start_time) if first.status.start_time else created
+            fault_at = time.time()
+            if fault == "node":
+                cluster.delete_node(first.spec.node_name)
+            else:
+                pid = int((folder / "trainer-attempt-0.pid").read_text())
+                os.kill(pid, signal.SIGSTOP if fault == "sigstop" else signal.SIGKILL)
+
+            def detected():
+                pod = attempt_pod(0)
+                return pod is None or pod.status.phase == "Failed" or attempt_pod(1) is not None
+            _until(detected, 120, "failure noticed")
+            detection = time.time()
+            _until(lambda: (p := attempt_pod(1)) is not None and p.status.phase in ("Running", "Succeeded"), 120,
+                   "attempt 1 running")
+            running = time.time()
+
+            def finished():
+                st = custom.get_namespaced_custom_object(crd.GROUP, crd.VERSION, ns, crd.PLURAL, name).get("status")
+                return st if st and st.get("phase") in ("Succeeded", "Failed") else None
+            st = _until(finished, 180, "job finished")
+            ended = time.time()
+            records = [json.loads(line) for line in (folder / "events.jsonl").read_text().splitlines()]
+            first_step = min(r["time"] for r in records if r["attempt"] >= 1 and r["kind"] == "step")
+            timeline = [Event(created, EventKind.ATTEMPT_START, 0), Event(first_running, EventKind.PODS_RUNNING, 0),
+                        Event(fault_at, EventKind.FAILURE, 0), Event(detection, EventKind.DETECTION, 0),
+                        Event(running, EventKind.PODS_RUNNING, 1), Event(ended, EventKind.JOB_END, 1)]
+            timeline += [Event(r["time"], EventKind(r["kind"]), r["attempt"], step=r.get("step"),
+                               seconds=r.get("seconds", 0.0)) for r in records]
+            report = compute_goodput(timeline)
+            print(f"  {fault:8s}  {detection - fault_at:9.1f}  {running - fault_at:18.1f}  "
+                  f"{first_step - fault_at:16.1f}  {ended - created:8.1f}  {100 * report.goodput:6.1f}%  "
+                  f"({st['phase']}, last failure {st.get('lastFailure', {}).get('reason')})", flush=True)
+            print("            badput: " + ", ".join(f"{k} {v:.1f}s" for k, v in report.badput_seconds.items()
+                                                     if v >= 0.05), flush=True)
+    except ApiException as exc:
+        print(f"  cluster run failed: {exc}")
+        raise
+    finally:
+        if operator is not None:
+            operator.terminate()
+            operator.wait(timeout=30)
+        cluster.down()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="mode")
@@ -259,6 +394,8 @@ def main() -> int:
     w.add_argument("--slow-seconds", type=float, default=0.0)
     parser.add_argument("--quick", action="store_true", help="one timeout, a shorter goodput run")
     parser.add_argument("--plot", help="PNG of the goodput run's wall time by cause")
+    parser.add_argument("--cluster", action="store_true",
+                        help="also run the faults through the operator on a local cluster (needs the cluster binaries)")
     args = parser.parse_args()
     if args.mode == "worker":
         return worker(args)
@@ -271,6 +408,10 @@ def main() -> int:
     print("Goodput with injected faults (SIGSTOP, crash, blocked), local relaunch via classify + plan_recovery:",
           flush=True)
     goodput_run(args.quick, args.plot)
+    if args.cluster:
+        print("Through the operator on the local cluster (SIGSTOP / SIGKILL of the trainer, node deleted):",
+              flush=True)
+        cluster_faults()
     return 0
 
 
