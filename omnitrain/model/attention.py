@@ -2,9 +2,9 @@
 
 Backends, selected per call by capability (never assumed):
 - "flash": flash_attn_varlen_func, when flash-attn is importable, the tensors are on CUDA and fp16/bf16.
-- "sdpa_mask": PyTorch SDPA over the whole packed sequence with a block-diagonal boolean mask (one kernel call; the
-  mask costs L^2 bytes, so it is used up to MASK_MAX_TOKENS).
-- "sdpa_loop": PyTorch SDPA once per sample (no mask memory; many small calls).
+- "sdpa_mask": GPU without flash-attn: PyTorch SDPA over the whole packed sequence with a block-diagonal boolean mask
+  (one kernel call instead of one per sample; the mask costs L^2 bytes, so it is used up to MASK_MAX_TOKENS).
+- "sdpa_loop": CPU (and long GPU sequences): PyTorch SDPA once per sample; no wasted cross-sample scores.
 - "math": explicit matmul + softmax per sample; the numerical reference, and countable by FlopCounterMode.
 """
 
@@ -29,7 +29,9 @@ def flash_available() -> bool:
 def select_backend(q: torch.Tensor) -> str:
     if _forced is not None:
         return _forced
-    if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and flash_available():
+    if not q.is_cuda:
+        return "sdpa_loop"      # CPU: the mask path computes every cross-sample score too (3x slower, bench/train.py)
+    if q.dtype in (torch.float16, torch.bfloat16) and flash_available():
         return "flash"
     return "sdpa_mask" if q.shape[0] <= MASK_MAX_TOKENS else "sdpa_loop"
 

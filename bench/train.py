@@ -1,0 +1,116 @@
+"""Data-pipeline and single-process training numbers, measured side by side in one run:
+
+1. packing efficiency: real tokens / token budget of NaViT-style packed micro-batches, vs padding every sample of
+   the same micro-batches to the longest one;
+2. balance across data-parallel ranks: max/mean estimated compute per rank with the balancer, greedy packing in
+   stream order, and round-robin;
+3. single-process training of the tiny model: median step time and tokens/s per attention backend.
+
+    OMP_NUM_THREADS=1 .venv/bin/python bench/train.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from omnitrain.model.attention import force_backend
+from omnitrain.model.config import PRESETS
+from omnitrain.model.packing import SampleRecord, sample_tokens
+from omnitrain.spec import TrainerConfig
+from omnitrain.trainer.data.balance import (CostModel, assign_balanced, assign_round_robin, assign_sequential,
+                                            bin_costs, imbalance)
+from omnitrain.trainer.data.loader import PackedLoader
+from omnitrain.trainer.data.reader import ShardReader
+from omnitrain.trainer.data.synthetic import SynthSpec, write_synthetic
+from omnitrain.trainer.train import train
+
+
+def _length(sample, patch) -> int:
+    return sample_tokens(SampleRecord(text=sample.text, video=sample.video, reference=sample.reference,
+                                      context=sample.context), patch)
+
+
+def packing(folder: Path, budget: int, steps: int) -> None:
+    cfg = PRESETS["tiny"]
+    loader = PackedLoader(ShardReader(folder), cfg.patch_size, budget, CostModel.of(cfg), micro_batches=4)
+    packed_real = packed_capacity = padded_real = padded_capacity = 0
+    for _ in range(steps):
+        for samples in loader.next_global_step():
+            lengths = [_length(s, cfg.patch_size) for s in samples]
+            packed_real += sum(lengths)
+            packed_capacity += budget
+            padded_real += sum(lengths)
+            padded_capacity += len(lengths) * max(lengths)
+    print(f"packing ({steps} steps x 4 micro-batches, budget {budget} tokens):")
+    print(f"  packed (real / budget)            {packed_real / packed_capacity:.3f}")
+    print(f"  padded to longest (real / padded) {padded_real / padded_capacity:.3f}")
+
+
+def balance(folder: Path, ranks: int, samples_per_step: int, steps: int) -> None:
+    cfg = PRESETS["tiny"]
+    cost = CostModel.of(cfg)
+    reader = ShardReader(folder)
+    results = {"balancer (LPT by cost)": [], "greedy in stream order": [], "round-robin": []}
+    for _ in range(steps):
+        lengths = [_length(next(reader)[1], cfg.patch_size) for _ in range(samples_per_step)]
+        costs = [cost(n) for n in lengths]
+        cap = 10 ** 9       # compare assignment policies alone, not the budget
+        results["balancer (LPT by cost)"].append(imbalance(bin_costs(assign_balanced(costs, lengths, ranks, cap),
+                                                                     costs, ranks)))
+        per_rank = -(-sum(lengths) // ranks)
+        results["greedy in stream order"].append(imbalance(bin_costs(
+            assign_sequential(lengths, ranks, per_rank + max(lengths)), costs, ranks)))
+        results["round-robin"].append(imbalance(bin_costs(assign_round_robin(len(lengths), ranks), costs, ranks)))
+    print(f"balance: max/mean rank cost, {ranks} ranks, {samples_per_step} samples per step, mean of {steps} steps "
+          f"(cost = {cost.linear:.3g} L + {cost.quadratic:.3g} L^2)")
+    for name, values in results.items():
+        print(f"  {name:<24} {statistics.mean(values):.3f}")
+
+
+def throughput(root: Path, steps: int) -> None:
+    print(f"single-process training, tiny model, {steps} steps after 2 warm-up steps (median):")
+    for backend in ("sdpa_mask", "sdpa_loop"):
+        cfg = TrainerConfig.model_validate({"spec": {
+            "data": {"path": str(root / "data"), "synthetic": {"samples": 256, "shards": 2}, "tokenBudget": 1024},
+            "training": {"steps": steps + 2, "warmupSteps": 2}}, "run": {"jobName": "bench"}})
+        times, tokens = [], []
+
+        class Timer:
+            def on_step_end(self, step, step_seconds, tokens: int, **_):
+                if step > 2:
+                    times.append(step_seconds)
+                    tokens_per.append(tokens)
+
+        tokens_per = tokens
+        with force_backend(backend):
+            train(cfg, callbacks=[Timer()], log=lambda *a, **k: None)
+        step = statistics.median(times)
+        print(f"  {backend:<10} step {step * 1000:6.0f} ms   tokens/s {statistics.mean(tokens) / step:8.0f}")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=8)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        skewed = root / "skewed"
+        write_synthetic(skewed, SynthSpec(samples=512, shards=2, max_frames=8, max_side=16), log=lambda *_: None)
+        t0 = time.perf_counter()
+        packing(skewed, budget=2048, steps=20)
+        balance(skewed, ranks=8, samples_per_step=64, steps=8)
+        throughput(root, args.steps)
+        print(f"({time.perf_counter() - t0:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
