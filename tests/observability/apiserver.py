@@ -95,7 +95,7 @@ def api_server(workdir: Path):
             proc.terminate()
         for proc in reversed(procs):
             try:
-                proc.wait(timeout=30)
+                proc.wait(timeout=5)    # a throw-away server: no need to wait out its graceful shutdown
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
