@@ -43,6 +43,9 @@ def writer_main(target: SaveTarget, rendezvous: str | None, parent_pid: int, req
     try:
         if target.world_size > 1:
             import torch.distributed as dist
+            # Under torchrun this env var (inherited from the trainer) makes every rank a *client* of the agent's
+            # store; the writers' own rendezvous needs rank 0 to host its store, or they all wait forever.
+            os.environ.pop("TORCHELASTIC_USE_AGENT_STORE", None)
             # A peer writer that crashed mid-save must not hold the others forever: its collective times out
             # and the failure reaches the trainer as a crashed writer.
             dist.init_process_group("gloo", init_method=rendezvous, rank=target.rank,
