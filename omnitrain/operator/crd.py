@@ -124,6 +124,8 @@ def status_schema() -> dict:
         "totalRestarts": i("Gang restarts including resumes and preemptions."),
         "noProgressRestarts": i(),
         "checkpointStepAtLastFailure": i(),
+        "lastFailureClass": s("Class of the last failure (omnitrain.resilience.classify)."),
+        "restartNotBefore": s("Back-off: the next attempt starts no earlier than this."),
         "currentStep": i(), "totalSteps": i(),
         "lastCheckpoint": {"type": "object", "properties": {"step": i(), "path": s(), "time": s()}},
         "excludedNodes": {"type": "array", "items": {"type": "string"}},

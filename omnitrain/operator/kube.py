@@ -103,6 +103,16 @@ class Kube:
             if exc.status != 404:
                 raise
 
+    def isolate_node(self, name: str) -> None:
+        """Label + NoSchedule taint (omnitrain.resilience.operator_hook.isolation_patch); a gone node is fine."""
+        from omnitrain.resilience.operator_hook import isolation_patch
+        try:
+            node = self.api_client.sanitize_for_serialization(self.core.read_node(name))
+            self.core.patch_node(name, isolation_patch(node))
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
     def patch_status(self, namespace: str, name: str, status: dict) -> None:
         self.custom.patch_namespaced_custom_object_status(crd.GROUP, crd.VERSION, namespace, crd.PLURAL, name,
                                                           {"status": status})
@@ -127,6 +137,8 @@ class Kube:
         ns, name = meta["namespace"], meta["name"]
         for pod in decision.delete_pods:
             self.delete_pod(ns, pod)
+        for node in decision.isolate_nodes:
+            self.isolate_node(node)
         children = children or []
         # ConfigMap and Service first (pods mount/resolve them), then the pods in parallel: a 512-node gang is
         # 512 round trips, and the scheduler can start on the first pods while the rest are being created.

@@ -6,6 +6,7 @@ The thin layer in handlers.py/kube.py reads the objects, calls `reconcile`, and 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from pydantic import ValidationError
@@ -69,6 +70,7 @@ class Decision:
     status: dict = field(default_factory=dict)  # the full new status
     events: list[Event] = field(default_factory=list)
     requeue: bool = False                       # look again soon (waiting for pods to go away)
+    isolate_nodes: list[str] = field(default_factory=list)  # label+taint these nodes (hardware evidence)
 
 
 # ---- recovery policy -------------------------------------------------------------------------------------------
@@ -103,13 +105,20 @@ def first_failure(pods: list[PodView]) -> PodFailure | None:
     return PodFailure(pod=p.name, node=p.node, exit_code=p.exit_code, reason=reason, message=detail[:500])
 
 
-def decide_recovery(failure: PodFailure, restarts: int, spec: JobSpec) -> Recovery:
+def decide_recovery(failure: PodFailure, restarts: int, spec: JobSpec, status: dict | None = None) -> Recovery:
     """The hook for gang restarts, decided by omnitrain.resilience (classes, budget, preemptions not counted,
     no-progress, hardware isolation): permanent failures fail the job; anything else restarts the whole gang until
     resilience.maxRestarts is spent; hardware faults keep their node out of later attempts (isolateNodes).
     The result has Recovery's attributes plus isolate_nodes, delay_seconds and status_patch (docs/resilience.md)."""
     from omnitrain.resilience.operator_hook import decide_recovery as resilience_decide_recovery
-    return resilience_decide_recovery(failure, restarts, spec)
+    return resilience_decide_recovery(failure, restarts, spec, status=status)
+
+
+def add_seconds(timestamp: str, seconds: float) -> str:
+    """RFC 3339 (second resolution, UTC, as the operator writes them) plus seconds; comparable as strings."""
+    import datetime as dt
+    t = dt.datetime.strptime(timestamp, "%Y-%m-%dT%H:%M:%SZ") + dt.timedelta(seconds=math.ceil(seconds))
+    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 # ---- conditions ------------------------------------------------------------------------------------------------
@@ -212,6 +221,10 @@ def reconcile(job: plan.JobRef, raw_spec: dict, status: dict | None, pods: list[
         st["conditions"] = conditions
         d.requeue = True      # the whole old gang must be gone before the new one starts (ports, GPUs)
         return d
+    if phase == RESTARTING and st.get("restartNotBefore") and now < st["restartNotBefore"]:
+        st["conditions"] = conditions
+        d.requeue = True      # back-off between counted restarts (resilience.restartBackoffSeconds)
+        return d
 
     launched = st.get("launchedAttempt")
     expected = {plan.pod_name(job.name, attempt, r) for r in range(spec.parallelism.nodes)}
@@ -243,7 +256,11 @@ def reconcile(job: plan.JobRef, raw_spec: dict, status: dict | None, pods: list[
         st["lastFailure"] = {"pod": failure.pod, "node": failure.node, "exitCode": failure.exit_code,
                              "reason": failure.reason, "message": failure.message, "time": now}
         st["lastFailure"] = {k: v for k, v in st["lastFailure"].items() if v is not None}
-        recovery = decide_recovery(failure, int(st["restarts"]), spec)
+        recovery = decide_recovery(failure, int(st["restarts"]), spec, status=st)
+        d.isolate_nodes = list(getattr(recovery, "isolate_nodes", ()) or ())
+        # the no-progress counter, checkpoint at this failure, failure class: kept for the next decision
+        st.update({k: v for k, v in (getattr(recovery, "status_patch", None) or {}).items()
+                   if k not in ("restarts", "totalRestarts", "excludedNodes")})
         if not recovery.restart:
             st.update(phase=FAILED, message=recovery.message, completionTime=now)
             conditions = set_condition(conditions, "Running", False, recovery.reason, recovery.message, now)
@@ -255,6 +272,11 @@ def reconcile(job: plan.JobRef, raw_spec: dict, status: dict | None, pods: list[
         excluded = sorted(set(st.get("excludedNodes") or []) | set(recovery.exclude_nodes))
         if excluded:
             st["excludedNodes"] = excluded
+        delay = float(getattr(recovery, "delay_seconds", 0.0) or 0.0)
+        if delay > 0:
+            st["restartNotBefore"] = add_seconds(now, delay)
+        else:
+            st.pop("restartNotBefore", None)
         st.update(attempt=attempt + 1, phase=RESTARTING, message=recovery.message,
                   restarts=int(st["restarts"]) + (1 if recovery.count_restart else 0),
                   totalRestarts=int(st["totalRestarts"]) + 1)

@@ -25,10 +25,15 @@ class OperatorSettings:
     def from_env(cls, env: dict[str, str] | None = None) -> "OperatorSettings":
         e = os.environ if env is None else env
         command = e.get("OMNITRAIN_TRAIN_COMMAND")
+        default = list(DEFAULT_TRAIN_COMMAND)
+        if e.get("OMNITRAIN_WATCHDOG", "1") != "0":
+            # the in-pod watchdog is the container's main process: it ends a hung gang with exit 42 + evidence
+            from omnitrain.resilience.operator_hook import watchdog_command
+            default = watchdog_command(default)
         exit_after = e.get("OMNITRAIN_OPERATOR_EXIT_AFTER_CREATES")
         return cls(
             namespaces=[n for n in e.get("OMNITRAIN_NAMESPACES", "").split(",") if n],
-            train_command=shlex.split(command) if command else list(DEFAULT_TRAIN_COMMAND),
+            train_command=shlex.split(command) if command else default,
             resync_seconds=float(e.get("OMNITRAIN_RESYNC_SECONDS", "5")),
             metrics_port=int(e.get("OMNITRAIN_OPERATOR_METRICS_PORT", "0")),
             peering=e.get("OMNITRAIN_PEERING") or None,

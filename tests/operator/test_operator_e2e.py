@@ -120,13 +120,13 @@ def test_operator_killed_mid_launch_creates_no_duplicates(api, start_operator, o
     spec = {**SPEC, "parallelism": {"nodes": 4, "gpusPerNode": 1}}
     operator.stop()  # the session operator must not finish the launch for us
     try:
-        dying = start_operator({"OMNITRAIN_OPERATOR_EXIT_AFTER_CREATES": "3"})  # ConfigMap, Service, one pod
+        # one create at a time so the exit lands after exactly: ConfigMap, Service, one pod
+        dying = start_operator({"OMNITRAIN_OPERATOR_EXIT_AFTER_CREATES": "3", "OMNITRAIN_CREATE_WORKERS": "1"})
         create_job(api, ns, "crashy", spec)
         wait_until(lambda: dying.proc.poll() is not None, 60, "operator exit mid-launch")
         assert dying.proc.returncode == 17, dying.tail()
         expected = [f"crashy-a0-n{r}" for r in range(4)]
-        half = pod_names(api, ns, "crashy")  # pods are created in parallel: some were in flight at the exit
-        assert half and set(half) < set(expected), half
+        assert pod_names(api, ns, "crashy") == ["crashy-a0-n0"]
         assert "launchedAttempt" not in status(api, ns, "crashy")
         start_operator()
         wait_until(lambda: len(pods(api, ns, "crashy")) == 4 and status(api, ns, "crashy").get("launchedAttempt")

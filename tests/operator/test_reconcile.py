@@ -143,3 +143,23 @@ def test_stale_pods_of_older_attempts_are_deleted():
     st = {**launched(), "attempt": 1, "launchedAttempt": 1}
     d = step(SPEC, st, pods(0, "Running") + pods(1, "Running", "Running"))
     assert d.delete_pods == ["j-a0-n0"] and d.status["phase"] == RUNNING
+
+
+def test_back_off_delays_the_next_attempt():
+    spec = {**SPEC, "resilience": {"maxRestarts": 3, "restartBackoffSeconds": 30}}
+    st = step(spec, launched(spec), pods(0, "Running", "Running"), now="2026-01-01T00:00:00Z").status
+    d = step(spec, st, pods(0, "Failed", "Running", codes=[ExitCode.ERROR, None]), now="2026-01-01T00:00:00Z")
+    assert d.status["phase"] == RESTARTING and d.status["restartNotBefore"] == "2026-01-01T00:00:30Z"
+    early = step(spec, d.status, [], now="2026-01-01T00:00:10Z")
+    assert early.create_attempt is None and early.requeue
+    late = step(spec, early.status, [], now="2026-01-01T00:00:31Z")
+    assert late.create_attempt == 1
+
+
+def test_hardware_fault_isolates_the_node_and_records_the_class():
+    st = step(SPEC, launched(), pods(0, "Running", "Running")).status
+    d = step(SPEC, st, pods(0, "Running", "Failed", codes=[None, ExitCode.HARDWARE]))
+    assert d.isolate_nodes == ["node-a1"] and d.status["excludedNodes"] == ["node-a1"]
+    assert d.status["lastFailureClass"] == "Hardware"
+    crash = step(SPEC, st, pods(0, "Running", "Failed", codes=[None, ExitCode.ERROR]))
+    assert crash.isolate_nodes == [] and crash.status["lastFailureClass"] == "Crash"

@@ -1,0 +1,31 @@
+"""Operator settings from the environment: the pod command (torchrun behind the watchdog, or an override)."""
+
+from omnitrain.operator.plan import DEFAULT_TRAIN_COMMAND
+from omnitrain.operator.settings import OperatorSettings
+
+
+def test_default_command_is_torchrun_behind_the_watchdog():
+    s = OperatorSettings.from_env({})
+    assert s.train_command[:2] == ["omnitrain", "watchdog"]
+    assert s.train_command[-len(DEFAULT_TRAIN_COMMAND):] == DEFAULT_TRAIN_COMMAND
+    assert OperatorSettings.from_env({"OMNITRAIN_WATCHDOG": "0"}).train_command == DEFAULT_TRAIN_COMMAND
+
+
+def test_overrides():
+    s = OperatorSettings.from_env({"OMNITRAIN_TRAIN_COMMAND": "python -c 'print(1)'", "OMNITRAIN_NAMESPACES": "a,b",
+                                   "OMNITRAIN_RESYNC_SECONDS": "2", "OMNITRAIN_CREATE_WORKERS": "4"})
+    assert s.train_command == ["python", "-c", "print(1)"] and s.namespaces == ["a", "b"]
+    assert s.resync_seconds == 2.0 and s.create_workers == 4 and s.peering is None
+    assert s.plan_options().command == ["python", "-c", "print(1)"]
+
+
+def test_operator_side_never_imports_torch():
+    import subprocess
+    import sys
+    code = ("import sys, omnitrain.operator.handlers, omnitrain.operator.run, omnitrain.operator.promotion_kube, "
+            "omnitrain.resilience.operator_hook; from omnitrain.operator.settings import OperatorSettings; "
+            "OperatorSettings.from_env({}); from omnitrain.cli import build_parser; build_parser(); "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
