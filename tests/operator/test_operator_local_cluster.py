@@ -39,11 +39,51 @@ def cluster_operator(local_cluster, tmp_path_factory):
     namespace = f"otj-{uuid.uuid4().hex[:6]}"
     client.CoreV1Api(api).create_namespace({"metadata": {"name": namespace}})
     command = f"{sys.executable} {Path(__file__).with_name('stand_in_trainer.py')}"
+    folder = tmp_path_factory.mktemp("operator-lc")
+    # The operator runs as the ServiceAccount of manifests/rbac (the cluster authorizes with RBAC): the test fails
+    # if the ClusterRole lacks a permission the operator uses.
+    kubeconfig = service_account_kubeconfig(api, local_cluster.kubeconfig, folder / "operator-kubeconfig")
     # only this namespace: other areas' tests may run their own operator on the same cluster
-    op = OperatorProcess(local_cluster.kubeconfig, tmp_path_factory.mktemp("operator-lc") / "operator.log",
+    op = OperatorProcess(kubeconfig, folder / "operator.log",
                          {"OMNITRAIN_TRAIN_COMMAND": command, "OMNITRAIN_NAMESPACES": namespace})
     yield api, namespace, op
     op.stop()
+
+
+def _create_or_replace(create, replace, body):
+    try:
+        create(body)
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+        replace(body["metadata"]["name"], body)
+
+
+def service_account_kubeconfig(api, admin_kubeconfig: Path, path: Path) -> Path:
+    core, rbac = client.CoreV1Api(api), client.RbacAuthorizationV1Api(api)
+    docs = {d["kind"]: d for f in sorted((REPO / "manifests" / "rbac").glob("*.yaml"))
+            if f.name != "kustomization.yaml" for d in yaml.safe_load_all(f.read_text()) if d}
+    sa = docs["ServiceAccount"]
+    ns = sa["metadata"]["namespace"]
+    try:
+        core.create_namespace({"metadata": {"name": ns}})
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+    _create_or_replace(lambda b: core.create_namespaced_service_account(ns, b),
+                       lambda n, b: core.replace_namespaced_service_account(n, ns, b), sa)
+    _create_or_replace(rbac.create_cluster_role, rbac.replace_cluster_role, docs["ClusterRole"])
+    _create_or_replace(rbac.create_cluster_role_binding, rbac.replace_cluster_role_binding,
+                       docs["ClusterRoleBinding"])
+    token = core.create_namespaced_service_account_token(
+        sa["metadata"]["name"], ns, {"spec": {"expirationSeconds": 3600}}).status.token
+    admin = yaml.safe_load(admin_kubeconfig.read_text())
+    cluster = admin["clusters"][0]
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "clusters": [cluster], "current-context": "operator",
+        "users": [{"name": "operator", "user": {"token": token}}],
+        "contexts": [{"name": "operator", "context": {"cluster": cluster["name"], "user": "operator"}}]}))
+    return path
 
 
 def test_pods_run_for_real_gang_restart_then_success(local_cluster, cluster_operator):
