@@ -139,4 +139,6 @@ def test_torchrun_two_processes_gloo(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "step 4/4" in proc.stdout
     assert json.loads((tmp_path / "termination").read_text()) == {"reason": "Completed", "step": 4}
-    assert (tmp_path / "persistent" / "looptest").is_dir() or (tmp_path / "local" / "looptest").is_dir()
+    for step in (2, 4):     # interval saves and the final one, by both ranks (no persistent claim: local tier)
+        manifest = json.loads((tmp_path / "local" / "looptest" / f"step-{step}" / "manifest.json").read_text())
+        assert manifest["step"] == step
