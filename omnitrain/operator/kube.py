@@ -95,9 +95,9 @@ class Kube:
             os._exit(17)  # fault injection (tests): the operator dies mid-launch
         return True
 
-    def delete_pod(self, namespace: str, name: str) -> None:
+    def delete_pod(self, namespace: str, name: str, force: bool = False) -> None:
         try:
-            self.core.delete_namespaced_pod(name, namespace, grace_period_seconds=5,
+            self.core.delete_namespaced_pod(name, namespace, grace_period_seconds=0 if force else 5,
                                             propagation_policy="Background")
         except ApiException as exc:
             if exc.status != 404:
@@ -137,6 +137,8 @@ class Kube:
         ns, name = meta["namespace"], meta["name"]
         for pod in decision.delete_pods:
             self.delete_pod(ns, pod)
+        for pod in decision.force_delete_pods:
+            self.delete_pod(ns, pod, force=True)
         for node in decision.isolate_nodes:
             self.isolate_node(node)
         children = children or []

@@ -18,6 +18,7 @@ from omnitrain.spec import JobSpec, validate_job_spec
 PENDING, RUNNING, RESTARTING, SUSPENDED, SUCCEEDED, FAILED = (
     "Pending", "Running", "Restarting", "Suspended", "Succeeded", "Failed")
 TERMINAL = (SUCCEEDED, FAILED)
+FORCE_DELETE_AFTER_SECONDS = 60   # after the deletion deadline: the kubelet had its grace period and then some
 CONDITION_TYPES = ("Valid", "Created", "Running", "Restarting", "Suspended", "Succeeded", "Failed")
 
 
@@ -35,6 +36,7 @@ class PodView:
     reason: str | None = None
     message: str | None = None
     deleting: bool = False
+    deletion_timestamp: str | None = None
 
     @classmethod
     def from_pod(cls, pod: dict) -> "PodView":
@@ -51,7 +53,7 @@ class PodView:
                    rank=int(labels.get(plan.LABEL_NODE_RANK, -1)), phase=status.get("phase") or "Pending",
                    node=(pod.get("spec") or {}).get("nodeName"), pod_ip=status.get("podIP"), exit_code=exit_code,
                    reason=reason or status.get("reason"), message=message or status.get("message"),
-                   deleting=bool(meta.get("deletionTimestamp")))
+                   deleting=bool(meta.get("deletionTimestamp")), deletion_timestamp=meta.get("deletionTimestamp"))
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,7 @@ class Decision:
     events: list[Event] = field(default_factory=list)
     requeue: bool = False                       # look again soon (waiting for pods to go away)
     isolate_nodes: list[str] = field(default_factory=list)  # label+taint these nodes (hardware evidence)
+    force_delete_pods: list[str] = field(default_factory=list)  # stuck terminating (node dead): grace period 0
 
 
 # ---- recovery policy -------------------------------------------------------------------------------------------
@@ -218,6 +221,9 @@ def reconcile(job: plan.JobRef, raw_spec: dict, status: dict | None, pods: list[
         d.delete_pods = [p.name for p in pods if not p.deleting]
 
     if phase == RESTARTING and stale:
+        # A pod on a dead node stays Terminating forever (no kubelet confirms); the next gang must not wait on it.
+        d.force_delete_pods = [p.name for p in stale if p.deleting and p.deletion_timestamp
+                               and add_seconds(p.deletion_timestamp, FORCE_DELETE_AFTER_SECONDS) <= now]
         st["conditions"] = conditions
         d.requeue = True      # the whole old gang must be gone before the new one starts (ports, GPUs)
         return d

@@ -163,3 +163,16 @@ def test_hardware_fault_isolates_the_node_and_records_the_class():
     assert d.status["lastFailureClass"] == "Hardware"
     crash = step(SPEC, st, pods(0, "Running", "Failed", codes=[None, ExitCode.ERROR]))
     assert crash.isolate_nodes == [] and crash.status["lastFailureClass"] == "Crash"
+
+
+def test_pods_stuck_terminating_are_force_deleted_before_the_next_attempt():
+    st = step(SPEC, launched(), pods(0, "Running", "Running")).status
+    d = step(SPEC, st, pods(0, "Failed", "Running", codes=[ExitCode.ERROR, None]))
+    # the deletion timestamp is the end of the grace period; a dead node never confirms
+    stuck = [PodView(**{**p.__dict__, "deleting": True, "deletion_timestamp": "2026-01-01T00:00:05Z"})
+             for p in pods(0, "Failed", "Running")]
+    soon = step(SPEC, d.status, stuck, now="2026-01-01T00:00:30Z")
+    assert soon.force_delete_pods == [] and soon.requeue and soon.create_attempt is None
+    late = step(SPEC, soon.status, stuck, now="2026-01-01T00:01:06Z")
+    assert late.force_delete_pods == ["j-a0-n0", "j-a0-n1"] and late.create_attempt is None
+    assert step(SPEC, late.status, [], now="2026-01-01T00:01:07Z").create_attempt == 1
