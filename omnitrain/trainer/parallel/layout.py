@@ -87,6 +87,10 @@ def check_layout(layout: ParallelLayout, world_size: int, *, num_heads: int, dep
                         f"{depth} blocks")
     if layout.schedule == "interleaved1F1B" and layout.virtual_stages < 2 and layout.pp > 1:
         problems.append("spec.parallelism.virtualStages: interleaved1F1B needs virtualStages >= 2")
+    if layout.schedule == "interleaved1F1B" and layout.pp > 1 and layout.micro_batches % layout.pp:
+        problems.append(f"spec.parallelism.microBatches: interleaved1F1B sends micro-batches through the stages in "
+                        f"groups of pipeline={layout.pp}; set microBatches to a multiple of it "
+                        f"(now {layout.micro_batches})")
     if layout.schedule == "1F1B" and layout.virtual_stages > 1:
         problems.append("spec.parallelism.pipelineSchedule: virtualStages > 1 needs pipelineSchedule "
                         "interleaved1F1B")

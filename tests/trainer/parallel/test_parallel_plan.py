@@ -36,6 +36,8 @@ def test_bad_layouts_name_the_field():
         check_layout(ParallelLayout(tp=2, ulysses=4), 8, **dims)
     with pytest.raises(ValueError, match="spec.parallelism.pipeline: .* 8 stages"):
         check_layout(ParallelLayout(pp=4, virtual_stages=2, schedule="interleaved1F1B"), 4, **dims)
+    with pytest.raises(ValueError, match="spec.parallelism.microBatches: .* multiple"):
+        check_layout(ParallelLayout(pp=2, virtual_stages=2, schedule="interleaved1F1B", micro_batches=3), 2, **dims)
     with pytest.raises(ValueError, match="spec.parallelism.pipelineSchedule"):
         check_layout(ParallelLayout(pp=2, virtual_stages=2), 2, **dims)
 
