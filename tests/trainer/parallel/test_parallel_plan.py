@@ -37,7 +37,8 @@ def test_bad_layouts_name_the_field():
     with pytest.raises(ValueError, match="spec.parallelism.pipeline: .* 8 stages"):
         check_layout(ParallelLayout(pp=4, virtual_stages=2, schedule="interleaved1F1B"), 4, **dims)
     with pytest.raises(ValueError, match="spec.parallelism.microBatches: .* multiple"):
-        check_layout(ParallelLayout(pp=2, virtual_stages=2, schedule="interleaved1F1B", micro_batches=3), 2, **dims)
+        check_layout(ParallelLayout(pp=2, virtual_stages=2, schedule="interleaved1F1B", micro_batches=3), 2,
+                     **dims)
     with pytest.raises(ValueError, match="spec.parallelism.pipelineSchedule"):
         check_layout(ParallelLayout(pp=2, virtual_stages=2), 2, **dims)
 
@@ -48,7 +49,8 @@ def test_split_blocks_is_contiguous_and_complete():
         split_blocks(3, 4)
 
 
-@pytest.mark.parametrize("pp,v,m", [(2, 1, 1), (2, 1, 5), (4, 1, 8), (2, 2, 4), (4, 2, 8), (3, 3, 6), (2, 4, 2), (4, 4, 16)])
+@pytest.mark.parametrize("pp,v,m", [(2, 1, 1), (2, 1, 5), (4, 1, 8), (2, 2, 4), (4, 2, 8), (3, 3, 6), (2, 4, 2),
+                                    (4, 4, 16)])
 def test_schedules_run_everything_once_in_dependency_order(pp, v, m):
     kind = "interleaved1F1B" if v > 1 else "1F1B"
     schedules = [build_schedule(r, pp, v, m, kind) for r in range(pp)]
