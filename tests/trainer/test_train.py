@@ -142,3 +142,42 @@ def test_torchrun_two_processes_gloo(tmp_path):
     for step in (2, 4):     # interval saves and the final one, by both ranks (no persistent claim: local tier)
         manifest = json.loads((tmp_path / "local" / "looptest" / f"step-{step}" / "manifest.json").read_text())
         assert manifest["step"] == step
+
+
+class CrashAt:
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, step, **_):
+        if step == self.step:
+            raise RuntimeError("injected crash")
+
+
+def test_crash_and_resume_with_the_real_checkpoint_callback(tmp_path):
+    from omnitrain.trainer.checkpoint.callback import CheckpointCallback
+    reference = _params(train(make_config(tmp_path, steps=6), callbacks=[], log=_quiet))
+    data = config_dict(tmp_path, steps=6)
+    data["spec"]["checkpoint"].update({"intervalSteps": 3, "async": False})
+    from omnitrain.spec import TrainerConfig
+    config = TrainerConfig.model_validate(data)
+    with pytest.raises(RuntimeError, match="injected"):
+        train(config, callbacks=[CheckpointCallback.from_trainer_config(config), CrashAt(4)], log=_quiet)
+    start = _StartRecorder()
+    resumed = train(config, callbacks=[CheckpointCallback.from_trainer_config(config), start], log=_quiet)
+    assert start.started == 3 and len(resumed.losses) == 3
+    got = _params(resumed)
+    assert all(torch.equal(reference[k], got[k]) for k in reference)
+
+
+class _StartRecorder:
+    started = None
+
+    def on_train_start(self, step, **_):
+        self.started = step
+
+
+def test_bf16_precision_on_cpu_runs_in_fp32(tmp_path):
+    """bf16 autocast is a GPU path; on CPU the same config must give the fp32 result bit for bit."""
+    a = _params(train(make_config(tmp_path, steps=2), callbacks=[], log=_quiet))
+    b = _params(train(make_config(tmp_path, steps=2, precision="bf16"), callbacks=[], log=_quiet))
+    assert all(torch.equal(a[k], b[k]) for k in a)
