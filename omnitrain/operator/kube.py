@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import threading
 import uuid
@@ -71,7 +72,6 @@ class Kube:
     def list_pods(self, namespace: str, job: str) -> list[dict]:
         result = self.core.list_namespaced_pod(namespace, label_selector=f"{plan.LABEL_JOB}={job}",
                                                _preload_content=False)
-        import json
         return json.loads(result.data)["items"]
 
     # -- writes ----------------------------------------------------------------------------------------------
