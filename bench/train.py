@@ -53,7 +53,7 @@ def packing(folder: Path, budget: int, steps: int) -> None:
     print(f"  padded to longest (real / padded) {padded_real / padded_capacity:.3f}")
 
 
-def balance(folder: Path, ranks: int, samples_per_step: int, steps: int) -> None:
+def balance(folder: Path, ranks: int, samples_per_step: int, steps: int) -> dict[str, float]:
     cfg = PRESETS["tiny"]
     cost = CostModel.of(cfg)
     reader = ShardReader(folder)
@@ -72,18 +72,20 @@ def balance(folder: Path, ranks: int, samples_per_step: int, steps: int) -> None
           f"(cost = {cost.linear:.3g} L + {cost.quadratic:.3g} L^2)")
     for name, values in results.items():
         print(f"  {name:<24} {statistics.mean(values):.3f}")
+    return {name: statistics.mean(values) for name, values in results.items()}
 
 
-def throughput(root: Path, steps: int) -> None:
+def throughput(root: Path, steps: int) -> list[float]:
     print(f"single-process training, tiny model, {steps} steps after 2 warm-up steps (median):")
     for backend in ("sdpa_mask", "sdpa_loop"):
         cfg = TrainerConfig.model_validate({"spec": {
             "data": {"path": str(root / "data"), "synthetic": {"samples": 256, "shards": 2}, "tokenBudget": 1024},
             "training": {"steps": steps + 2, "warmupSteps": 2}}, "run": {"jobName": "bench"}})
-        times, tokens = [], []
+        times, tokens, losses = [], [], []
 
         class Timer:
-            def on_step_end(self, step, step_seconds, tokens: int, **_):
+            def on_step_end(self, step, step_seconds, tokens: int, loss: float, **_):
+                losses.append(loss)
                 if step > 2:
                     times.append(step_seconds)
                     tokens_per.append(tokens)
@@ -93,11 +95,33 @@ def throughput(root: Path, steps: int) -> None:
             train(cfg, callbacks=[Timer()], log=lambda *a, **k: None)
         step = statistics.median(times)
         print(f"  {backend:<10} step {step * 1000:6.0f} ms   tokens/s {statistics.mean(tokens) / step:8.0f}")
+    return losses
+
+
+def plot(path: str, balance_results: dict[str, float], losses: list[float]) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    names = list(balance_results)
+    left.bar(range(len(names)), [balance_results[n] for n in names], color=["tab:green", "tab:orange", "tab:red"])
+    left.axhline(1.0, color="black", linewidth=0.8)
+    left.set_xticks(range(len(names)), [n.split(" (")[0] for n in names])
+    left.set_ylabel("max / mean rank cost")
+    left.set_title("balance over 8 data-parallel ranks")
+    right.plot(range(1, len(losses) + 1), losses)
+    right.set_xlabel("step")
+    right.set_ylabel("flow-matching loss")
+    right.set_title("tiny model, synthetic data, one process")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"plot -> {path}")
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--plot", help="write a PNG of the balance and the loss curve here")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
@@ -106,8 +130,10 @@ def main(argv=None) -> int:
         write_synthetic(skewed, SynthSpec(samples=512, shards=2, max_frames=8, max_side=16), log=lambda *_: None)
         t0 = time.perf_counter()
         packing(skewed, budget=2048, steps=20)
-        balance(skewed, ranks=8, samples_per_step=64, steps=8)
-        throughput(root, args.steps)
+        balance_results = balance(skewed, ranks=8, samples_per_step=64, steps=8)
+        losses = throughput(root, args.steps)
+        if args.plot:
+            plot(args.plot, balance_results, losses)
         print(f"({time.perf_counter() - t0:.0f} s)")
     return 0
 

@@ -107,7 +107,8 @@ class PackedLoader:
             for s in samples:
                 for r in records_of(s, self.pairs):
                     text = r.text.shape[0]
-                    self.last_step_counts += TokenCounts.from_lengths([text], [sample_tokens(r, self.patch_size) - text])
+                    patches = sample_tokens(r, self.patch_size) - text
+                    self.last_step_counts += TokenCounts.from_lengths([text], [patches])
         if any(not samples for samples in out):
             raise DataError(f"a step of {bins} micro-batches got an empty one; lower parallelism.microBatches or "
                             "raise spec.data.tokenBudget")
