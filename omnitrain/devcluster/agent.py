@@ -180,8 +180,8 @@ class Agent:
     def _watch_pods(self) -> None:
         from kubernetes import watch
         listing = self._list_raw(self.core.list_pod_for_all_namespaces)
-        self.events.put(("pod_sync", listing["items"]))
         rv = listing["metadata"]["resourceVersion"]
+        self.events.put(("pod_sync", listing["items"], rv))
         for event in watch.Watch().stream(self.core.list_pod_for_all_namespaces, resource_version=rv,
                                           timeout_seconds=300, allow_watch_bookmarks=True):
             if self.stop_event.is_set():
@@ -266,15 +266,16 @@ class Agent:
                 del self.pods[key]
 
     # -- pod events ------------------------------------------------------------------------------------------
-    def _on_pod_sync(self, pods: list[dict]) -> None:
+    def _on_pod_sync(self, pods: list[dict], list_rv: str) -> None:
         seen = set()
         for pod in pods:
             seen.add((pod["metadata"]["namespace"], pod["metadata"]["name"]))
             self._on_pod("ADDED", pod)
         for key, run in list(self.pods.items()):
-            if key not in seen:
+            # Only what the listing should have shown: a pod admitted from a newer event is not gone.
+            if key not in seen and _rv(run.pod) <= _rv_value(list_rv):
                 self._forget(run, kill=True)
-        self._kill_orphans(seen)
+        self._kill_orphans(seen | set(self.pods))
 
     def _kill_orphans(self, live: set) -> None:
         """Pod folders with processes but no pod object (deleted while the agent was down)."""
@@ -635,6 +636,18 @@ class Agent:
         return {"phase": phase, "conditions": conditions, "hostIP": "127.0.0.1",
                 "hostIPs": [{"ip": "127.0.0.1"}], "podIP": run.ip, "podIPs": [{"ip": run.ip}],
                 "startTime": run.start_time, "containerStatuses": statuses, "qosClass": "BestEffort"}
+
+
+def _rv_value(rv: str | None) -> int:
+    """resourceVersions are opaque to clients in general; from one etcd they are its revision numbers."""
+    try:
+        return int(rv or 0)
+    except ValueError:
+        return 0
+
+
+def _rv(pod: dict) -> int:
+    return _rv_value(pod["metadata"].get("resourceVersion"))
 
 
 def _child_alive(c: runtime.ContainerRun) -> bool:
