@@ -165,6 +165,10 @@ def parse_spec(raw: dict) -> tuple[JobSpec | None, list[str]]:
 def reconcile(job: plan.JobRef, raw_spec: dict, status: dict | None, pods: list[PodView], now: str,
               generation: int | None = None) -> Decision:
     st = dict(status or {})
+    valid = condition(st, "Valid") or {}
+    if (st.get("phase") == FAILED and valid.get("status") == "False" and generation is not None
+            and st.get("observedGeneration") != generation):
+        st = {}   # the spec that failed validation was edited: judge the new one from scratch (nothing was created)
     d = Decision(status=st)
     conditions = list(st.get("conditions") or [])
     phase = st.get("phase")

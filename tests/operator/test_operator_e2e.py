@@ -84,6 +84,10 @@ def test_semantically_invalid_spec_fails_without_children(api, operator, namespa
     assert pods(api, ns, "bad") == []
     assert core.list_namespaced_service(ns).items == [] and core.list_namespaced_config_map(
         ns, label_selector=plan.LABEL_JOB).items == []
+    # fixing the spec starts the job
+    patch_spec(api, ns, "bad", {"parallelism": {"pipeline": 1}})
+    wait_until(lambda: pod_names(api, ns, "bad") == ["bad-a0-n0"], T, "the pod of the fixed job")
+    assert cond(status(api, ns, "bad"), "Valid")["status"] == "True"
 
 
 def test_suspend_deletes_pods_and_resume_relaunches(api, operator, namespace):

@@ -176,3 +176,14 @@ def test_pods_stuck_terminating_are_force_deleted_before_the_next_attempt():
     late = step(SPEC, soon.status, stuck, now="2026-01-01T00:01:06Z")
     assert late.force_delete_pods == ["j-a0-n0", "j-a0-n1"] and late.create_attempt is None
     assert step(SPEC, late.status, [], now="2026-01-01T00:01:07Z").create_attempt == 1
+
+
+def test_an_invalid_spec_that_is_fixed_gets_a_fresh_start():
+    bad = {"parallelism": {"nodes": 1, "gpusPerNode": 2, "pipeline": 3}}
+    failed = reconcile(JOB, bad, None, [], "t1", generation=1)
+    assert failed.status["phase"] == FAILED and failed.status["observedGeneration"] == 1
+    same = reconcile(JOB, bad, failed.status, [], "t2", generation=1)
+    assert same.status["phase"] == FAILED and same.create_attempt is None and same.events == []
+    fixed = reconcile(JOB, SPEC, failed.status, [], "t3", generation=2)
+    assert fixed.create_attempt == 0 and fixed.status["phase"] == PENDING
+    assert condition(fixed.status, "Valid")["status"] == "True" and condition(fixed.status, "Failed") is None
