@@ -54,7 +54,8 @@ class Embedder(nn.Module):
         for k, inputs, proj in ((TEXT, batch.text, self.text), (REFERENCE, batch.reference, self.patch),
                                 (CONTEXT, batch.context, self.patch), (VIDEO, batch.video, self.patch)):
             if inputs.shape[0]:
-                x = x.index_put((torch.nonzero(kind == k).squeeze(1),), proj(inputs.to(x.dtype)))
+                # under autocast the projection comes back in bf16; the residual stream keeps the weights' dtype
+                x = x.index_put((torch.nonzero(kind == k).squeeze(1),), proj(inputs.to(x.dtype)).to(x.dtype))
         x = x + self.kind(kind)
         cond = self.time(timestep_embedding(t, self.cfg.frequency_embedding_size).to(x.dtype))[batch.sample_id]
         cos, sin = rope_cos_sin(batch.positions, self.cfg.head_dim)
@@ -77,6 +78,8 @@ class SelfAttention(nn.Module):
         k = self.k_norm(self.k(x).view(n, -1, self.head_dim))
         v = self.v(x).view(n, -1, self.head_dim)
         q, k = apply_rope(q, ctx.cos, ctx.sin), apply_rope(k, ctx.cos, ctx.sin)
+        # autocast runs RMSNorm in fp32: bring q/k back to v's (bf16) dtype so flash-attn can be selected
+        q, k = q.to(v.dtype), k.to(v.dtype)
         return self.o(self.core(q, k, v, ctx).reshape(n, -1))
 
 

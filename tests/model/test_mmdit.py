@@ -148,3 +148,23 @@ def test_gradients_reach_every_parameter():
     out.square().mean().backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert missing == []
+
+
+def test_bf16_autocast_forward_and_backward():
+    """The GPU bf16 path's dtype handling, exercised with CPU autocast: q/k/v reach attention in one dtype."""
+    gen = torch.Generator().manual_seed(7)
+    recs = _records(gen, SPECS)
+    model = _model()
+    batch, t = pack(recs, CFG.patch_size), torch.rand(len(recs), generator=gen)
+    seen = []
+    core = model.blocks[0].attn.core
+    handle = core.register_forward_hook(lambda m, args, out: seen.append({a.dtype for a in args[:3]}))
+    with torch.no_grad():
+        ref = model(batch, t)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(batch, t)
+    handle.remove()
+    assert seen[-1] == {torch.bfloat16}
+    torch.testing.assert_close(out.float(), ref, rtol=0.1, atol=0.05)
+    out.float().square().mean().backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in model.parameters())
