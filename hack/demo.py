@@ -26,8 +26,11 @@ def log(msg: str) -> None:
 
 def kubectl(kubeconfig: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     from omnitrain.devcluster.binaries import bin_dir
-    return subprocess.run([str(bin_dir() / "kubectl"), f"--kubeconfig={kubeconfig}", *args], check=check,
-                          text=True, capture_output=True)
+    done = subprocess.run([str(bin_dir() / "kubectl"), f"--kubeconfig={kubeconfig}", *args], text=True,
+                          capture_output=True)
+    if check and done.returncode:
+        raise SystemExit(f"kubectl {' '.join(args)} failed ({done.returncode}):\n{done.stderr}")
+    return done
 
 
 def install_crd(kubeconfig: Path) -> None:
@@ -90,7 +93,9 @@ def main() -> int:
     cluster = LocalCluster(root).up(nodes=2, gpus_per_node=2, log=log)
     kubeconfig = cluster.kubeconfig
     install_crd(kubeconfig)
-    cluster.ensure_persistent_claim(NAMESPACE, CLAIM)
+    # The local cluster has no dynamic provisioner: bind the quickstart's claim (same size as in the example, so
+    # the apply below leaves it as it is) to a hostPath volume first.
+    cluster.ensure_persistent_claim(NAMESPACE, CLAIM, size="5Gi")
     operator = start_operator(kubeconfig, REPO / ".dev" / "operator.log")
     try:
         remove_previous_run(kubeconfig)

@@ -584,7 +584,7 @@ class Agent:
             run.last_status = status
         except ApiException as exc:
             if exc.status != 404:
-                log.warning("status of %s/%s: %s", *run.key, exc.reason)
+                log.warning("status of %s/%s: %s %s", *run.key, exc.reason, (exc.body or "")[:600])
 
     def pod_status(self, run: PodRun) -> dict:
         pod = run.pod
@@ -635,7 +635,7 @@ class Agent:
             conditions.append({"type": ctype, "status": text, "lastTransitionTime": run.transitions[ctype][1]})
         return {"phase": phase, "conditions": conditions, "hostIP": "127.0.0.1",
                 "hostIPs": [{"ip": "127.0.0.1"}], "podIP": run.ip, "podIPs": [{"ip": run.ip}],
-                "startTime": run.start_time, "containerStatuses": statuses, "qosClass": "BestEffort"}
+                "startTime": run.start_time, "containerStatuses": statuses}
 
 
 def _rv_value(rv: str | None) -> int:
