@@ -85,6 +85,19 @@ def watch(kubeconfig: Path, operator: subprocess.Popen) -> str:
     raise SystemExit(f"the job did not finish within {TIMEOUT_S:.0f} s (OMNITRAIN_DEMO_TIMEOUT)")
 
 
+def print_loss_trend(metrics_dir: Path) -> None:
+    """The quickstart must really learn: the mean loss of the last steps against the first ones."""
+    from omnitrain.observability.step_log import read_job_log
+    losses = [r["loss"] for r in read_job_log(metrics_dir).of_kind("step") if r.get("loss") is not None]
+    if len(losses) < 10:
+        log(f"only {len(losses)} logged losses in {metrics_dir}")
+        return
+    window = max(3, len(losses) // 5)
+    first, last = sum(losses[:window]) / window, sum(losses[-window:]) / window
+    log(f"loss: mean of the first {window} steps {first:.3f} -> last {window} steps {last:.3f} "
+        f"({(last - first) / first:+.0%})")
+
+
 def main() -> int:
     from omnitrain.devcluster.cluster import LocalCluster
 
@@ -105,9 +118,11 @@ def main() -> int:
         env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
         print(flush=True)
         subprocess.run([sys.executable, "-m", "omnitrain", "status", JOB, "-n", NAMESPACE, "--no-live"], env=env)
+        metrics_dir = cluster.pv_dir(CLAIM) / JOB / "metrics"
+        print_loss_trend(metrics_dir)
         report_dir = REPO / ".dev" / "report"
         subprocess.run([sys.executable, "-m", "omnitrain", "report", JOB, "-n", NAMESPACE, "--out", str(report_dir),
-                        "--metrics-dir", str(cluster.pv_dir(CLAIM) / JOB / "metrics")], env=env, check=False)
+                        "--metrics-dir", str(metrics_dir)], env=env, check=False)
         log(f"report: {report_dir / 'report.png'} and {report_dir / 'report.html'}")
     finally:
         operator.terminate()
