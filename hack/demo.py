@@ -17,6 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 JOB = "quickstart"
 NAMESPACE = "default"
 CLAIM = "quickstart-checkpoints"
+LOCAL_PATH = "/var/lib/omnitrain/quickstart"   # spec.checkpoint.localPath in examples/quickstart.yaml
 TIMEOUT_S = float(os.environ.get("OMNITRAIN_DEMO_TIMEOUT", "1200"))
 
 
@@ -49,14 +50,22 @@ def start_operator(kubeconfig: Path, logfile: Path) -> subprocess.Popen:
     return proc
 
 
-def remove_previous_run(kubeconfig: Path) -> None:
-    """A second `make demo` starts the job afresh rather than finding the old one Succeeded."""
+def remove_previous_run(cluster, kubeconfig: Path) -> None:
+    """A second `make demo` starts the job afresh: without the old job, and without its checkpoints and metrics log
+    (a job of the same name would otherwise resume from the old final checkpoint and stop at once)."""
+    import shutil
     done = kubectl(kubeconfig, "delete", "otj", JOB, "-n", NAMESPACE, "--ignore-not-found", "--wait=true",
                    "--timeout=120s", check=False)
     if "deleted" in done.stdout:
         kubectl(kubeconfig, "wait", "--for=delete", "pod", "-l", f"omnitrain.io/job-name={JOB}", "-n", NAMESPACE,
                 "--timeout=120s", check=False)
-        log("removed the previous quickstart run")
+    leftovers = [cluster.pv_dir(CLAIM) / JOB] + [cluster.node_dir(n) / LOCAL_PATH.lstrip("/")
+                                                 for n in cluster.node_names]
+    for folder in leftovers:
+        if folder.exists():
+            shutil.rmtree(folder)
+    if "deleted" in done.stdout:
+        log("removed the previous quickstart run, its checkpoints and its metrics log")
 
 
 def read_job(kubeconfig: Path) -> dict:
@@ -111,7 +120,7 @@ def main() -> int:
     cluster.ensure_persistent_claim(NAMESPACE, CLAIM, size="5Gi")
     operator = start_operator(kubeconfig, REPO / ".dev" / "operator.log")
     try:
-        remove_previous_run(kubeconfig)
+        remove_previous_run(cluster, kubeconfig)
         kubectl(kubeconfig, "apply", "-f", str(REPO / "examples" / "quickstart.yaml"))
         log(f"applied examples/quickstart.yaml; watching OmniTrainingJob {JOB}")
         phase = watch(kubeconfig, operator)
