@@ -17,6 +17,9 @@ from omnitrain.operator import crd, plan
 from omnitrain.operator.reconcile import Decision, Event, PodView
 
 
+REQUEST_TIMEOUT = (10.0, 60.0)   # connect, read (seconds)
+
+
 def now_iso() -> str:
     return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -45,6 +48,9 @@ class Kube:
 
         def counted(*args, **kwargs):
             self.counter.add()
+            if kwargs.get("_request_timeout") is None:
+                # a call that never returns would hold the job's reconcile (and every trigger folded into it)
+                kwargs["_request_timeout"] = REQUEST_TIMEOUT
             return original(*args, **kwargs)
 
         self.api_client.call_api = counted  # type: ignore[method-assign]
