@@ -29,8 +29,9 @@ def now_rfc3339(t: float | None = None) -> str:
 
 def ready_condition(heartbeat: str, ready: bool = True) -> dict:
     return {"type": "Ready", "status": "True" if ready else "False", "lastHeartbeatTime": heartbeat,
-            "lastTransitionTime": heartbeat, "reason": "KubeletReady" if ready else "NodeAgentStopped",
-            "message": "omnitrain local node agent is posting ready status" if ready else "node agent stopped"}
+            "lastTransitionTime": heartbeat, "reason": "KubeletReady" if ready else "NodeAgentNotRunning",
+            "message": "omnitrain local node agent is posting ready status" if ready else
+            "no omnitrain node agent has taken this node over yet"}
 
 
 def local_node_body(name: str, shape: NodeShape) -> dict:
@@ -46,7 +47,8 @@ def local_node_body(name: str, shape: NodeShape) -> dict:
         "status": {"capacity": capacity, "allocatable": dict(capacity),
                    "addresses": [{"type": "InternalIP", "address": "127.0.0.1"},
                                  {"type": "Hostname", "address": name}],
-                   "conditions": [ready_condition(now)],
+                   # NotReady until the agent takes it over: a Ready node then means an agent runs its pods
+                   "conditions": [ready_condition(now, ready=False)],
                    "nodeInfo": _node_info("omnitrain-local-agent")},
     }
 

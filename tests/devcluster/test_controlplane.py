@@ -49,7 +49,8 @@ def test_nodes_registered_with_gpus_topology_and_lease(local_cluster):
         assert "topology.kubernetes.io/zone" in labels and "omnitrain.dev/rack" in labels
         assert any(c.type == "Ready" and c.status == "True" for c in node.status.conditions)
         assert not [t for t in node.spec.taints or [] if t.effect in ("NoSchedule", "NoExecute")]
-    renewed = {n: coord.read_namespaced_lease(n, "kube-node-lease").spec.renew_time for n in renewed_names}
+    renewed = {n: wait_for(lambda n=n: coord.read_namespaced_lease(n, "kube-node-lease").spec.renew_time, 30,
+                           f"lease of {n}") for n in renewed_names}
     wait_for(lambda: all(coord.read_namespaced_lease(n, "kube-node-lease").spec.renew_time > t
                          for n, t in renewed.items()), 30, "node leases renewed")
 
