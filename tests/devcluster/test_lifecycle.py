@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -18,6 +20,11 @@ pytestmark = pytest.mark.e2e
 def core(local_cluster):
     from kubernetes import client
     return client.CoreV1Api(local_cluster.api_client())
+
+
+def _cli(root: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "omnitrain", "dev", "--root", str(root), *args],
+                          capture_output=True, text=True, timeout=120)
 
 
 def _pids(path: Path) -> list[int]:
@@ -89,14 +96,16 @@ def test_agent_restart_readopts_running_pod(local_cluster, core):
 def test_node_deletion_kills_its_pods(local_cluster, core):
     tag = uuid.uuid4().hex[:6]
     node, name = f"doomed-{tag}", f"lost-{tag}"
-    local_cluster.add_node(node)
+    added = _cli(local_cluster.root, "node", "add", node)
+    assert added.returncode == 0, added.stderr
     local_cluster.wait_nodes_ready([node])
     script = "sleep 300 & echo $$$$ $! > /data/pids; wait"
     core.create_namespaced_pod("default", _pod(name, script, tag, nodeName=node))
     wait_pod_phase(core, "default", name, "Running")
     pid_file = local_cluster.node_dir(node) / f"test-{tag}" / "pids"
     pids = wait_for(lambda: len(_pids(pid_file)) == 2 and _pids(pid_file), 30, "pids written")
-    assert local_cluster.delete_node(node)
+    deleted = _cli(local_cluster.root, "node", "delete", node)
+    assert deleted.returncode == 0, deleted.stderr
     wait_for(lambda: not any(_alive(p) for p in pids), 30, "processes of the lost node's pod to end")
     assert node not in local_cluster.node_names
     core.delete_namespaced_pod(name, "default", grace_period_seconds=0)
