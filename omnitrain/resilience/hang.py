@@ -3,7 +3,7 @@
 Rules (docs/resilience.md):
 - Every rank has a leash that depends on its section: `step` gets the step timeout (spec.resilience.
   hangTimeoutSeconds, or less when learned from observed step times x a safety factor after warm-up, never more);
-  `checkpoint` and `eval` get a longer leash (a long save is not a hang); `setup`, and a rank that has not written
+  `checkpoint`, `eval` and `finish` (final save, waiting for background writes) get a longer leash; `setup`, and a rank that has not written
   yet, get the start-up leash (rendezvous waits for pods still being scheduled); `done` has none.
 - A rank past its leash is overdue. Overdue + RDMA counters unchanged for that long (or no RDMA devices) = HANG.
   Overdue + counters still moving = SLOW: logged, not killed.
@@ -131,7 +131,7 @@ class Assessment:
 def _limit(policy: HangPolicy, section: str, step_timeout: float) -> float:
     if section == "step":
         return step_timeout
-    if section in ("checkpoint", "eval"):
+    if section in ("checkpoint", "eval", "finish"):
         return max(policy.long_section, step_timeout)
     if section == "done":
         return math.inf

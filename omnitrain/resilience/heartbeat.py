@@ -24,7 +24,7 @@ from typing import Callable, Iterator
 log = logging.getLogger(__name__)
 
 ENV_HEARTBEAT_DIR = "OMNITRAIN_HEARTBEAT_DIR"
-SECTIONS = ("setup", "step", "checkpoint", "eval", "done")
+SECTIONS = ("setup", "step", "checkpoint", "eval", "finish", "done")
 # The watchdog sends this before killing a hung worker; each rank dumps all its threads' stacks to a file.
 STACK_DUMP_SIGNAL = signal.SIGUSR1
 _RECORD_GLOB = "rank-*.json"
@@ -124,7 +124,7 @@ class HeartbeatCallback:
     """Training-loop callback: publishes this rank's step and section, and arms a stack dump on STACK_DUMP_SIGNAL.
 
     Hooks used by omnitrain.trainer.train: on_train_start(step=...), on_step_end(step=..., step_seconds=...),
-    on_train_end(step=...). Checkpointing/evaluation mark their sections with `section("checkpoint", step)` (a
+    on_train_end(step=...) (registered before the checkpoint callback, so the final save runs in "finish"). Checkpointing/evaluation mark their sections with `section("checkpoint", step)` (a
     context manager) or on_checkpoint_start/on_checkpoint_blocked and on_eval_start/on_eval_end.
     """
 
@@ -135,6 +135,7 @@ class HeartbeatCallback:
         self._monotonic = monotonic
         self._step = 0
         self._last_mark: float | None = None
+        self._finishing = False
         self._stack_file = None
         self._arm_stack_dump(stack_dump_path(directory, rank))
         self.writer.beat(0, "setup")
@@ -180,7 +181,14 @@ class HeartbeatCallback:
         self.writer.beat(self._step, "step", None if seconds is None else float(seconds))
 
     def on_train_end(self, state=None, **kwargs) -> None:
-        self.writer.beat(int(self._arg(state, kwargs, "step", self._step) or self._step), "done")
+        # What follows the loop (the final save, waiting for background checkpoint writes, leaving the process
+        # group) is long and step-free: it gets the long leash, and sections ending inside it stay there.
+        self._finishing = True
+        self.writer.beat(int(self._arg(state, kwargs, "step", self._step) or self._step), "finish")
+
+    def on_exit(self) -> None:
+        """Everything is written: nothing left to watch for this rank."""
+        self.writer.beat(self._step, "done")
 
     def enter(self, name: str, step: int | None = None) -> None:
         self.writer.beat(self._step if step is None else int(step), name)
@@ -188,7 +196,7 @@ class HeartbeatCallback:
     def leave(self) -> None:
         # Back to "step": the time spent in the section must not count against the next step's duration.
         self._last_mark = self._monotonic()
-        self.writer.beat(self._step, "step")
+        self.writer.beat(self._step, "finish" if self._finishing else "step")
 
     @contextmanager
     def section(self, name: str, step: int | None = None) -> Iterator[None]:

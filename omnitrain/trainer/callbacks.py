@@ -24,9 +24,10 @@ def default_callbacks(config) -> list:
     heartbeat = HeartbeatCallback.from_env()
     # the heartbeat listens too: a save's foreground part is a "checkpoint" section, not a stalled step
     listeners = [metrics] + ([heartbeat] if heartbeat is not None else [])
-    callbacks: list = [metrics, CheckpointCallback.from_trainer_config(config, listeners=listeners)]
-    if heartbeat is not None:
-        callbacks.append(heartbeat)
+    # the heartbeat goes before checkpointing: its on_train_end marks the final save and the wait for background
+    # writes as the "finish" section (long leash), not a stalled step (the watchdog killed such pods otherwise)
+    callbacks: list = [metrics] + ([heartbeat] if heartbeat is not None else [])
+    callbacks.append(CheckpointCallback.from_trainer_config(config, listeners=listeners))
     return callbacks
 
 

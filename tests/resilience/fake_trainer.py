@@ -99,6 +99,7 @@ def main() -> int:
     elif args.mode == "crash":
         return 1
     cb.on_train_end(step=step)
+    cb.on_exit()
     return 0
 
 

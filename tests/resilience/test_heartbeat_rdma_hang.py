@@ -65,6 +65,11 @@ def test_callback_sections_and_step_durations(tmp_path):
         hb = read_heartbeats(tmp_path)[1]
         assert hb.step_seconds == 1.0          # the save is not counted as step time
         cb.on_train_end(step=42)
+        assert read_heartbeats(tmp_path)[1].section == "finish"
+        cb.on_checkpoint_start(42)              # the final save, after the loop
+        cb.on_checkpoint_blocked(42, 0.5)
+        assert read_heartbeats(tmp_path)[1].section == "finish"   # not back to a "step" that never comes
+        cb.on_exit()
         assert read_heartbeats(tmp_path)[1].section == "done"
     finally:
         cb.close()
@@ -147,6 +152,8 @@ def test_learned_timeout_excludes_warmup_and_never_exceeds_the_configured_one():
     ("checkpoint", 100, None, Verdict.OK),          # long save: longer leash (5 x 30)
     ("checkpoint", 151, None, Verdict.HANG),
     ("setup", 200, None, Verdict.OK),               # start-up leash (10 x 30)
+    ("finish", 100, None, Verdict.OK),             # final save + waiting for background writes
+    ("finish", 151, None, Verdict.HANG),
     ("done", 10_000, None, Verdict.OK),
 ])
 def test_assess_by_section_and_traffic(section, age, rdma_since, verdict):
