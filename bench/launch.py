@@ -59,14 +59,17 @@ class PodClock:
         core = client.CoreV1Api(self.api)
         w = watch.Watch()
         while not self.stop.is_set():
-            for ev in w.stream(core.list_namespaced_pod, self.ns, label_selector=f"omnitrain.io/job-name={self.job}",
-                               timeout_seconds=5):
-                pod, now = ev["object"], time.monotonic()
-                self.created.setdefault(pod.metadata.name, now)
-                if pod.status and pod.status.phase == "Running":
-                    self.running.setdefault(pod.metadata.name, now)
-                if self.stop.is_set():
-                    break
+            try:
+                for ev in w.stream(core.list_namespaced_pod, self.ns,
+                                   label_selector=f"omnitrain.io/job-name={self.job}", timeout_seconds=5):
+                    pod, now = ev["object"], time.monotonic()
+                    self.created.setdefault(pod.metadata.name, now)
+                    if pod.status and pod.status.phase == "Running":
+                        self.running.setdefault(pod.metadata.name, now)
+                    if self.stop.is_set():
+                        break
+            except Exception as exc:  # an overloaded API server answers a watch with 504: watch again (relists)
+                print(f"  (pod watch: {exc.__class__.__name__}; watching again)", flush=True)
 
     def done(self) -> bool:
         return len(self.running) >= self.expected
@@ -125,13 +128,41 @@ def measure(api, kube, nodes: int, workers: int, tag: str) -> dict:
     core.delete_collection_namespaced_pod(ns, grace_period_seconds=0)
     wait_until(lambda: not core.list_namespaced_pod(ns, limit=1).items, 300, "pods gone", interval=0.5)
     return {"nodes": nodes, "workers": workers, "created_s": created, "running_s": running,
-            "calls_per_pod": calls / nodes}
+            "calls_per_pod": calls / nodes, "created_at": sorted(t - t0 for t in clock.created.values()),
+            "running_at": sorted(t - t0 for t in clock.running.values())}
+
+
+def plot(results: list[dict], path: Path) -> None:
+    """Pods created / Running over time after the apply, one panel per job size."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    sizes = sorted({r["nodes"] for r in results})
+    fig, axes = plt.subplots(1, len(sizes), figsize=(5.5 * len(sizes), 4), squeeze=False)
+    for ax, nodes in zip(axes[0], sizes):
+        for r in (r for r in results if r["nodes"] == nodes):
+            for key, style in (("created_at", "--"), ("running_at", "-")):
+                xs = r[key]
+                ax.step(xs, range(1, len(xs) + 1), style, where="post",
+                        label=f"{key.split('_')[0]}, {r['workers']} create worker(s)")
+        ax.set_title(f"{nodes}-node job on kwok nodes")
+        ax.set_xlabel("seconds after create OmniTrainingJob")
+        ax.set_ylabel("pods")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
 
 
 def main() -> int:
+    import signal
+    # SIGTERM (e.g. `timeout`) unwinds through the context managers, so the control plane is stopped too
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--nodes", type=int, nargs="+", default=[64, 512])
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 16])
+    parser.add_argument("--plot", type=Path, default=REPO / "docs" / "img" / "launch.png")
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     from kubernetes import client, config
@@ -168,6 +199,8 @@ def main() -> int:
         for r in results:
             print(f"| {r['nodes']} | {r['workers']} | {r['created_s']:.2f} | {r['running_s']:.2f} | "
                   f"{r['calls_per_pod']:.2f} |")
+        plot(results, args.plot)
+        print(f"plot: {args.plot}")
         for nodes in args.nodes:
             by = {r["workers"]: r for r in results if r["nodes"] == nodes}
             if len(by) >= 2:
