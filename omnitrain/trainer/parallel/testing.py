@@ -36,7 +36,7 @@ def _entry(rank: int, world_size: int, port: int, out_dir: str, fn: Callable, ar
         dist.destroy_process_group()
 
 
-def run_on_ranks(fn: Callable, world_size: int, *args: Any, timeout_s: float = 300) -> list[Any]:
+def run_on_ranks(fn: Callable, world_size: int, *args: Any, timeout_s: float = 280) -> list[Any]:
     import torch
     import torch.multiprocessing as mp
 

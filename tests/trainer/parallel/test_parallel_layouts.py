@@ -53,7 +53,7 @@ def assert_same_tensors(got: dict, want: dict, what: str, atol: float) -> None:
         torch.testing.assert_close(got[name], want[name], rtol=2e-4, atol=atol, msg=lambda m: f"{what} {name}: {m}")
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(300)  # generous: the shared 2-core machine is often loaded 5-10x
 @pytest.mark.parametrize("name", list(LAYOUTS))
 def test_layout_matches_single_process(name):
     layout = LAYOUTS[name]
@@ -65,7 +65,7 @@ def test_layout_matches_single_process(name):
     assert all(not torch.allclose(first[n], want["params"][n]) for n in first)
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(300)  # generous: the shared 2-core machine is often loaded 5-10x
 @pytest.mark.parametrize("name", list(UNUSED_PARAMETER_LAYOUTS))
 def test_parameters_unused_on_some_ranks(name):
     layout = UNUSED_PARAMETER_LAYOUTS[name]

@@ -115,7 +115,7 @@ def test_load_full_state_dict_refuses_a_mismatch_and_changes_nothing():
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(300)  # generous: the shared 2-core machine is often loaded 5-10x
 def test_state_saved_under_one_layout_loads_under_another():
     """Checkpoint resharding: full state from FSDP x TP (4 ranks) into pipeline x Ulysses (4 ranks)."""
     trained = run_on_ranks(workers.train, 4, ParallelLayout(dp=2, tp=2, data_sharding="fsdp"))[0]["params"]
