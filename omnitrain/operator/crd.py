@@ -88,7 +88,8 @@ def spec_schema() -> dict:
     # Cheap cross-field checks at the API server; the full set runs in the operator (validate_job_spec).
     props["parallelism"]["x-kubernetes-validations"] = [
         {"rule": "self.tensor <= self.gpusPerNode",
-         "message": "tensor must be <= gpusPerNode: tensor-parallel groups stay inside one node", "fieldPath": ".tensor"},
+         "message": "tensor must be <= gpusPerNode: tensor-parallel groups stay inside one node",
+         "fieldPath": ".tensor"},
         {"rule": "self.pipelineSchedule != 'interleaved1F1B' || self.virtualStages >= 2",
          "message": "interleaved1F1B needs virtualStages >= 2", "fieldPath": ".virtualStages"},
     ]

@@ -105,7 +105,8 @@ def control_plane(workdir: Path, scheduler: bool = False, kwok: bool = False):
         start("kube-controller-manager", [
             str(bins / "kube-controller-manager"), f"--kubeconfig={kubeconfig}",
             # nodelifecycle lifts the not-ready taint the API server puts on new (kwok) nodes once they are Ready
-            "--controllers=garbagecollector,namespace" + (",nodelifecycle" if kwok else ""), "--leader-elect=false", "--bind-address=127.0.0.1",
+            "--controllers=garbagecollector,namespace" + (",nodelifecycle" if kwok else ""),
+            "--leader-elect=false", "--bind-address=127.0.0.1",
             f"--secure-port={free_port()}", "--concurrent-gc-syncs=5"])
         if scheduler:
             config = workdir / "scheduler.yaml"
