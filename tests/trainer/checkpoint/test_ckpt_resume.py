@@ -4,10 +4,12 @@ on gloo ranks with the tiny training loop of ckpt_workers."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from ckpt_workers import launch_ranks, tiny_train
@@ -38,9 +40,17 @@ def _assert_same_state(a: dict, b: dict) -> None:
             assert torch.equal(a["optimizer"][k][n], b["optimizer"][k][n]), (k, n)
 
 
-def test_sigkill_then_resume_matches_straight_run(tmp_path):
-    total = 8
-    straight = run_on_ranks(tiny_train, 2, {"total_steps": total, "dropout": 0.2})
+TOTAL = 8
+
+
+@pytest.fixture(scope="module")
+def straight():
+    """An uninterrupted 2-rank run without checkpointing: the reference both kill tests compare with."""
+    return run_on_ranks(tiny_train, 2, {"total_steps": TOTAL, "dropout": 0.2})
+
+
+def test_sigkill_then_resume_matches_straight_run(tmp_path, straight):
+    total = TOTAL
 
     ckpt = _ckpt(tmp_path)
     progress = tmp_path / "progress"
@@ -71,14 +81,14 @@ def test_sigkill_then_resume_matches_straight_run(tmp_path):
         assert resumed[r]["blocking"] and all(b >= 0 for b in resumed[r]["blocking"])
 
 
-def test_sigkill_mid_write_leaves_a_torn_checkpoint_that_is_skipped(tmp_path):
-    total = 8
-    straight = run_on_ranks(tiny_train, 2, {"total_steps": total})
+def test_sigkill_mid_write_leaves_a_torn_checkpoint_that_is_skipped(tmp_path, straight):
+    total = TOTAL
     ckpt = _ckpt(tmp_path)
     progress = tmp_path / "progress"
     progress.mkdir()
     gate = str(tmp_path / "gate-{rank}")
-    ctx = launch_ranks(tiny_train, 2, {"total_steps": total, "checkpoint": ckpt, "park_at": 6, "gate_step": 6,
+    ctx = launch_ranks(tiny_train, 2, {"total_steps": total, "dropout": 0.2, "checkpoint": ckpt, "park_at": 6,
+                                       "gate_step": 6,
                                        "gate": gate, "progress_dir": str(progress)})
     try:
         # both writers are inside torch.save of step 6 (shard half written), both trainers parked after step 6
@@ -94,7 +104,7 @@ def test_sigkill_mid_write_leaves_a_torn_checkpoint_that_is_skipped(tmp_path):
     assert all(not (d / MANIFEST_NAME).exists() for d in torn)
     assert all(any(f.name.startswith(".rank-") for f in d.iterdir()) for d in torn)    # half-written temp files
 
-    resumed = run_on_ranks(tiny_train, 2, {"total_steps": total, "checkpoint": ckpt})
+    resumed = run_on_ranks(tiny_train, 2, {"total_steps": total, "dropout": 0.2, "checkpoint": ckpt})
     for r in range(2):
         assert resumed[r]["start"] == 3
         for step, loss in resumed[r]["losses"].items():
@@ -104,10 +114,18 @@ def test_sigkill_mid_write_leaves_a_torn_checkpoint_that_is_skipped(tmp_path):
     assert all((d / MANIFEST_NAME).exists() for d in torn)
 
 
-def test_resume_after_data_degree_change(tmp_path):
+def test_replaced_node_then_data_degree_change(tmp_path):
     ckpt = _ckpt(tmp_path, interval=2)
     before = run_on_ranks(tiny_train, 2, {"total_steps": 4, "checkpoint": ckpt})
-    after = run_on_ranks(tiny_train, 1, {"total_steps": 6, "checkpoint": ckpt})[0]
+    # node 1 replaced (its NVMe is empty): it reads the persistent copy, node 0 its local one
+    shutil.rmtree(tmp_path / "nodes" / "node1")
+    again = run_on_ranks(tiny_train, 2, {"total_steps": 4, "checkpoint": ckpt})
+    assert [r["restored_tier"] for r in again] == ["local", "persistent"]
+    for r in range(2):
+        assert again[r]["start"] == 4
+        _assert_same_state(again[r]["at_restore"], before[r]["final"])
+
+    after = run_on_ranks(tiny_train, 1, {"total_steps": 6, "checkpoint": ckpt})[0]      # dp2 -> dp1
     assert after["start"] == 4 and after["restored_from"] == 0
     _assert_same_state(after["at_restore"], before[0]["final"])
     # dp1 takes the whole global batch the two dp ranks split: same gradients up to summation order
@@ -116,18 +134,6 @@ def test_resume_after_data_degree_change(tmp_path):
         assert abs(after["losses"][step] - reference["losses"][step]) < 1e-6
     for k, v in after["final"]["model"].items():
         torch.testing.assert_close(v, reference["final"]["model"][k], rtol=1e-5, atol=1e-6)
-
-
-def test_replaced_node_restores_from_persistent_copy(tmp_path):
-    ckpt = _ckpt(tmp_path, interval=2)
-    first = run_on_ranks(tiny_train, 2, {"total_steps": 4, "checkpoint": ckpt})
-    import shutil
-    shutil.rmtree(tmp_path / "nodes" / "node1")          # node 1 replaced: its NVMe is empty
-    again = run_on_ranks(tiny_train, 2, {"total_steps": 4, "checkpoint": ckpt})
-    assert [r["restored_tier"] for r in again] == ["local", "persistent"]
-    for r in range(2):
-        assert again[r]["start"] == 4
-        _assert_same_state(again[r]["at_restore"], first[r]["final"])
 
 
 def test_dtensor_shards_round_trip_on_the_same_layout(tmp_path):
