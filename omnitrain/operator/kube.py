@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import os
 import threading
 import uuid
@@ -17,6 +18,7 @@ from omnitrain.operator import crd, plan
 from omnitrain.operator.reconcile import Decision, Event, PodView
 
 
+log = logging.getLogger("omnitrain.operator")
 REQUEST_TIMEOUT = (10.0, 60.0)   # connect, read (seconds)
 
 
@@ -125,6 +127,8 @@ class Kube:
 
     def post_event(self, job: dict, event: Event) -> None:
         meta = job["metadata"]
+        log.log(logging.WARNING if event.type == "Warning" else logging.INFO, "%s/%s %s: %s",
+                 meta["namespace"], meta["name"], event.reason, event.message)
         ts = dt.datetime.now(dt.timezone.utc)
         body = client.CoreV1Event(
             metadata=client.V1ObjectMeta(name=f"{meta['name']}.{uuid.uuid4().hex[:12]}", namespace=meta["namespace"]),

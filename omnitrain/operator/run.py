@@ -14,6 +14,9 @@ def run_operator(verbose: bool = False) -> int:
     from omnitrain.operator.settings import OperatorSettings
 
     kopf.configure(verbose=verbose)   # kopf's log format for our lines too
+    if not verbose:
+        # one "Handler succeeded" line per pod event drowns the transitions (logged by kube.post_event)
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     settings = OperatorSettings.from_env()
     try:
         config.load_incluster_config()
