@@ -45,6 +45,7 @@ class TerminationMessage:
     step: int | None = None          # last completed training step
     checkpoint_step: int | None = None  # newest complete checkpoint
     evidence: dict = field(default_factory=dict)
+    goodput: dict | None = None      # the job's goodput at the end (GoodputReport.to_status), rank 0's pod only
 
     def to_json(self) -> str:
         return json.dumps({k: v for k, v in asdict(self).items() if v not in (None, {}, "")}, sort_keys=True)
@@ -60,7 +61,8 @@ class TerminationMessage:
             return None
         if not isinstance(data, dict) or "reason" not in data:
             return None
-        known = {k: data[k] for k in ("reason", "message", "step", "checkpoint_step", "evidence") if k in data}
+        known = {k: data[k] for k in ("reason", "message", "step", "checkpoint_step", "evidence", "goodput")
+                 if k in data}
         return cls(**known)
 
 
@@ -79,6 +81,8 @@ METRIC_STEP = "omnitrain_train_step"
 METRIC_TOTAL_STEPS = "omnitrain_train_total_steps"
 METRIC_LAST_CHECKPOINT_STEP = "omnitrain_checkpoint_last_complete_step"
 METRIC_LOSS = "omnitrain_train_loss"
+METRIC_GOODPUT = "omnitrain_goodput_ratio"
+METRIC_BADPUT = "omnitrain_badput_seconds"   # label cause: omnitrain.resilience.goodput.BADPUT_CAUSES
 
 # Environment the operator sets on every training pod (besides torchrun's MASTER_ADDR/PORT, PET_*).
 ENV_JOB_NAME = "OMNITRAIN_JOB_NAME"

@@ -274,6 +274,8 @@ class RunInfo(_Spec):
     namespace: str = "default"
     job_uid: str = ""
     attempt: int = Field(0, ge=0)
+    job_created: str = Field("", description="The job's metadata.creationTimestamp (RFC 3339): where its wall time, "
+                                            "and so its goodput, starts.")
 
 
 class TrainerConfig(_Spec):

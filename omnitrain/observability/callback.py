@@ -21,13 +21,23 @@ from typing import Callable
 from omnitrain import contract
 from omnitrain.observability import mfu as mfu_math
 from omnitrain.observability.peaks import configured_peak_flops, resolve_peak_flops
-from omnitrain.observability.step_log import StepLogWriter
+from omnitrain.observability.step_log import StepLogWriter, read_job_log
 from omnitrain.observability.trainer_metrics import MetricsRole, TrainerMetrics
+from omnitrain.timestamps import parse_rfc3339
 
 log = logging.getLogger(__name__)
 
 METRICS_LOG_SUBDIR = "metrics"
+GOODPUT_EVERY_SECONDS = 30.0   # recomputing walks the whole job's log: often enough for a dashboard, cheap
 _MISSING = object()
+
+
+def parse_timestamp(text: str | None) -> float | None:
+    """run.jobCreated -> epoch seconds; None (goodput then counts from the first attempt's start) if absent."""
+    when = parse_rfc3339(text)
+    if text and when is None:
+        log.warning("run.jobCreated %r is not an RFC 3339 time; goodput counts from the first attempt's start", text)
+    return when
 
 
 def _field(state, kwargs: dict, name: str, default=None):
@@ -84,7 +94,8 @@ class MetricsCallback:
     def __init__(self, *, job: str, attempt: int, total_steps: int, world_size: int, rank: int, local_rank: int,
                  node: str = "", metrics_addr: str = "0.0.0.0", metrics_port: int | None = 9400,
                  log_dir: str | os.PathLike | None = None, peak_flops_per_device: float | None = None,
-                 checkpoint_interval: int | None = None, clock: Callable[[], float] = time.time,
+                 checkpoint_interval: int | None = None, job_created: float | None = None,
+                 goodput_every_seconds: float = GOODPUT_EVERY_SECONDS, clock: Callable[[], float] = time.time,
                  monotonic: Callable[[], float] = time.perf_counter) -> None:
         self.job, self.attempt, self.total_steps = job, attempt, total_steps
         self.world_size, self.rank, self.local_rank = world_size, rank, local_rank
@@ -101,6 +112,12 @@ class MetricsCallback:
         self._pending: list[tuple[str, float, dict]] = []   # records from before on_train_start (a restore)
         self._restore_recorded = False
         self._last_step_mark: float | None = None
+        # Goodput (rank 0): the whole job's log (earlier attempts read once at start, this one as it is written),
+        # recomputed every goodput_every_seconds and at the end; the final report goes to the termination message.
+        self.job_created, self.goodput_every_seconds = job_created, goodput_every_seconds
+        self._log_records: list[dict] = []
+        self._goodput_mark: float | None = None
+        self.goodput_report = None
 
     @classmethod
     def from_config(cls, config, environ: dict[str, str] | None = None) -> "MetricsCallback":
@@ -122,12 +139,15 @@ class MetricsCallback:
             metrics_port=port,
             log_dir=metrics_log_dir(spec.checkpoint.persistent_path, spec.checkpoint.local_path,
                                     spec.checkpoint.persistent_claim is not None, run.job_name),
-            peak_flops_per_device=peak, checkpoint_interval=spec.checkpoint.interval_steps)
+            peak_flops_per_device=peak, checkpoint_interval=spec.checkpoint.interval_steps,
+            job_created=parse_timestamp(run.job_created))
 
     # --- helpers ------------------------------------------------------------------------------------------
     def _record(self, kind: str, **fields) -> None:
         if self._writer is not None:
-            self._writer.write(kind, self._clock(), **fields)
+            when = self._clock()
+            self._writer.write(kind, when, **fields)
+            self._log_records.append({"kind": kind, "time": when, "attempt": self.attempt, **fields})
         elif self.log_dir is not None and not self._started:
             # The checkpointer restores (and tells us) before the loop calls on_train_start: keep it for the log.
             self._pending.append((kind, self._clock(), fields))
@@ -168,10 +188,13 @@ class MetricsCallback:
         if self.peak_flops_per_device is not None:
             m.peak_flops.set(self.peak_flops_per_device)
         if self.log_dir is not None:
+            self._log_records = self._earlier_attempts()
             self._writer = StepLogWriter(self.log_dir, self.attempt)
             for kind, when, fields in self._pending:
                 self._writer.write(kind, when, **fields)
+                self._log_records.append({"kind": kind, "time": when, "attempt": self.attempt, **fields})
             self._pending.clear()
+            self._goodput_mark = self._monotonic()
         self._record("start", step=step, total_steps=self.total_steps, world_size=self.world_size,
                      peak_flops=self.peak_flops_per_device)
         restore_seconds = _number(_field(state, kwargs, "restore_seconds"))
@@ -208,10 +231,15 @@ class MetricsCallback:
         extra = {"data_seconds": data_seconds} if data_seconds is not None else {}
         self._record("step", step=step, loss=loss, step_seconds=step_seconds, tokens=tokens, tokens_per_second=tps,
                      mfu=mfu_value, **extra)
+        if self._goodput_mark is not None and now - self._goodput_mark >= self.goodput_every_seconds:
+            self._goodput_mark = now
+            self._update_goodput()
 
     def on_train_end(self, state=None, **kwargs) -> None:
         if self._job is not None:
             self._record("end", step=_field(state, kwargs, "step"), reason=_field(state, kwargs, "reason", "Completed"))
+            if self._goodput_mark is not None:
+                self._update_goodput()
         if self._writer is not None:
             self._writer.close()
             self._writer = None
@@ -243,6 +271,24 @@ class MetricsCallback:
             self._job.goodput.set(goodput)
             self._job.set_badput(badput_seconds or {})
             self._record("goodput", goodput=goodput, badput_seconds=badput_seconds or {})
+
+    # --- goodput ------------------------------------------------------------------------------------------
+    def _earlier_attempts(self) -> list[dict]:
+        """Records of the attempts before this one (a torn last line of a killed attempt is skipped)."""
+        try:
+            log_ = read_job_log(self.log_dir)
+        except FileNotFoundError:
+            return []
+        return [r for r in log_.records if int(r.get("attempt", -1)) < self.attempt]
+
+    def _update_goodput(self) -> None:
+        from omnitrain.resilience.goodput import Event, EventKind, compute_goodput, events_from_metrics_log
+        operator = [Event(self.job_created, EventKind.ATTEMPT_START, 0)] if self.job_created is not None else []
+        report = compute_goodput(events_from_metrics_log(self._log_records, operator))
+        if report.wall_seconds <= 0:
+            return
+        self.goodput_report = report
+        self.on_goodput(report.goodput, report.badput_seconds)
 
     def close(self) -> None:
         if self._writer is not None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from omnitrain.observability.step_log import JobLog
-from omnitrain.resilience.goodput import Event, EventKind, compute_goodput
+from omnitrain.resilience.goodput import Event, EventKind, compute_goodput, events_from_metrics_log
 
 
 @dataclass
@@ -48,34 +48,8 @@ class JobSummary:
 
 
 def events_from_log(log: JobLog) -> list[Event]:
-    """The metrics log as omnitrain.resilience.goodput events (one accounting of goodput for the whole project).
-
-    An attempt begins at its start record, or earlier by the restore the checkpointer reported before it; a failed
-    attempt's last sign of life is its last record (no FAILURE event: the log cannot see the crash itself)."""
-    events: list[Event] = []
-    restore_begins: dict[int, float] = {}
-    for r in log.of_kind("restore"):
-        restore_begins[r["attempt"]] = min(restore_begins.get(r["attempt"], r["time"]),
-                                           r["time"] - float(r.get("seconds") or 0))
-    for r in log.records:
-        kind, attempt, when = r["kind"], int(r["attempt"]), float(r["time"])
-        if kind == "start":
-            events.append(Event(min(when, restore_begins.get(attempt, when)), EventKind.ATTEMPT_START, attempt))
-        elif kind == "restore":
-            events.append(Event(when, EventKind.RESTORE, attempt, step=r.get("step"),
-                                seconds=float(r.get("seconds") or 0)))
-        elif kind == "step":
-            events.append(Event(when, EventKind.STEP, attempt, step=r["step"],
-                                seconds=float(r.get("step_seconds") or 0),
-                                data_seconds=float(r.get("data_seconds") or 0)))
-        elif kind == "checkpoint" and r.get("blocking_seconds"):
-            events.append(Event(when, EventKind.CHECKPOINT_SAVE, attempt, step=r.get("step"),
-                                seconds=float(r["blocking_seconds"])))
-        elif kind == "hang":
-            events.append(Event(when, EventKind.DETECTION, attempt, step=r.get("step")))
-        elif kind == "end" and r.get("reason") == "Completed":
-            events.append(Event(when, EventKind.JOB_END, attempt, step=r.get("step")))
-    return sorted(events, key=lambda e: e.time)
+    """The metrics log as omnitrain.resilience.goodput events (one accounting of goodput for the whole project)."""
+    return events_from_metrics_log(log.records)
 
 
 # Each timeline point recomputes goodput from the events up to it: keep the work bounded for long jobs.

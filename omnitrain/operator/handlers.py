@@ -9,7 +9,7 @@ import threading
 import kopf
 
 from omnitrain.operator import crd, plan, progress
-from omnitrain.operator.kube import Kube, now_iso, pod_views
+from omnitrain.operator.kube import Kube, now_iso, parse_time, pod_views
 from omnitrain.operator.reconcile import RUNNING, reconcile
 from omnitrain.operator.settings import OperatorSettings
 from omnitrain.spec import JobSpec
@@ -53,7 +53,7 @@ class Controller:
                 self.metrics.forget_job(namespace, name)
             return False
         meta = job["metadata"]
-        ref = plan.JobRef(name=name, namespace=namespace, uid=meta["uid"])
+        ref = plan.JobRef(name=name, namespace=namespace, uid=meta["uid"], created=meta.get("creationTimestamp") or "")
         pods = pod_views(self.kube.list_pods(namespace, name))
         decision = reconcile(ref, job.get("spec") or {}, job.get("status"), pods, now_iso(),
                              generation=meta.get("generation"))
@@ -66,12 +66,24 @@ class Controller:
         if decision.status.get("phase") == "Succeeded":
             self.promote(namespace, name)
         if self.metrics is not None and decision.status.get("phase"):
-            self.metrics.set_job_phase(namespace, name, decision.status["phase"])
-            old = (job.get("status") or {}).get("totalRestarts") or 0
-            if (decision.status.get("totalRestarts") or 0) > old:
-                self.metrics.record_restart(namespace, name, reason=decision.events[-1].reason
-                                            if decision.events else "Restart")
+            restart_reason = decision.events[-1].reason if decision.events else "Restart"
+            self._record_metrics(namespace, name, job.get("status") or {}, decision.status, restart_reason)
         return decision.requeue
+
+    def _record_metrics(self, namespace: str, name: str, old: dict, new: dict, restart_reason: str) -> None:
+        self.metrics.set_job_phase(namespace, name, new["phase"])
+        if (new.get("totalRestarts") or 0) > (old.get("totalRestarts") or 0):
+            self.metrics.record_restart(namespace, name, reason=restart_reason)
+        recovered = new["phase"] == RUNNING and old.get("phase") != RUNNING and (new.get("attempt") or 0) > 0
+        failed_at = parse_time((new.get("lastFailure") or {}).get("time"))
+        if recovered and failed_at is not None:
+            # failure noticed -> the next attempt's pods all Running (the operator's part of a recovery)
+            self.metrics.observe_recovery(namespace, name, max(0.0, parse_time(now_iso()) - failed_at))
+        self._record_goodput(namespace, name, new.get("goodput"))
+
+    def _record_goodput(self, namespace: str, name: str, goodput: dict | None) -> None:
+        if self.metrics is not None and isinstance(goodput, dict) and goodput.get("ratio") is not None:
+            self.metrics.set_job_goodput(namespace, name, float(goodput["ratio"]), goodput.get("badputSeconds"))
 
     def promote(self, namespace: str, name: str) -> None:
         """A succeeded job's promotion chain (omnitrain/operator/promotion.py): distillation, then serving."""
@@ -94,6 +106,7 @@ class Controller:
                                         f"{root}/{name}", now_iso())
         if patch:
             self.kube.patch_status(namespace, name, patch)
+            self._record_goodput(namespace, name, patch.get("goodput"))
 
 
 CONTROLLER: Controller | None = None

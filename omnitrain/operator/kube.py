@@ -16,6 +16,7 @@ from kubernetes.client.exceptions import ApiException
 
 from omnitrain.operator import crd, plan
 from omnitrain.operator.reconcile import Decision, Event, PodView
+from omnitrain.timestamps import now_rfc3339, parse_rfc3339
 
 
 log = logging.getLogger("omnitrain.operator")
@@ -23,7 +24,11 @@ REQUEST_TIMEOUT = (10.0, 60.0)   # connect, read (seconds)
 
 
 def now_iso() -> str:
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return now_rfc3339()
+
+
+def parse_time(text: str | None) -> float | None:
+    return parse_rfc3339(text)
 
 
 class CallCounter:

@@ -43,6 +43,7 @@ class JobRef:
     name: str
     namespace: str
     uid: str
+    created: str = ""   # metadata.creationTimestamp: the trainer's goodput counts wall time from here
 
 
 @dataclass(frozen=True)
@@ -112,7 +113,7 @@ def pod_labels(job: str, attempt: int, rank: int) -> dict[str, str]:
 
 def render_config_map(job: JobRef, spec: JobSpec, attempt: int) -> dict:
     config = TrainerConfig(spec=spec, run=RunInfo(job_name=job.name, namespace=job.namespace, job_uid=job.uid,
-                                                  attempt=attempt))
+                                                  attempt=attempt, job_created=job.created))
     return {
         "apiVersion": "v1", "kind": "ConfigMap",
         "metadata": {"name": config_map_name(job.name), "namespace": job.namespace,

@@ -10,18 +10,22 @@ from prometheus_client.parser import text_string_to_metric_families
 from omnitrain import contract
 
 
-def parse_progress(text: str) -> dict[str, float]:
-    """The contract metrics present in an exposition text (others ignored)."""
-    wanted = {contract.METRIC_STEP, contract.METRIC_TOTAL_STEPS, contract.METRIC_LAST_CHECKPOINT_STEP}
-    found: dict[str, float] = {}
+def parse_progress(text: str) -> dict:
+    """The contract metrics present in an exposition text (others ignored): name -> value, and for the badput
+    gauge name -> {cause: seconds}."""
+    wanted = {contract.METRIC_STEP, contract.METRIC_TOTAL_STEPS, contract.METRIC_LAST_CHECKPOINT_STEP,
+              contract.METRIC_GOODPUT}
+    found: dict = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name in wanted and sample.name not in found:
                 found[sample.name] = sample.value
+            elif sample.name == contract.METRIC_BADPUT and "cause" in sample.labels:
+                found.setdefault(sample.name, {})[sample.labels["cause"]] = sample.value
     return found
 
 
-def progress_patch(metrics: dict[str, float], status: dict, checkpoint_root: str, now: str) -> dict:
+def progress_patch(metrics: dict, status: dict, checkpoint_root: str, now: str) -> dict:
     """The status fields that change (empty when nothing is new)."""
     patch: dict = {}
     if contract.METRIC_STEP in metrics:
@@ -34,12 +38,19 @@ def progress_patch(metrics: dict[str, float], status: dict, checkpoint_root: str
             patch["totalSteps"] = total
     if contract.METRIC_LAST_CHECKPOINT_STEP in metrics:
         ck = int(metrics[contract.METRIC_LAST_CHECKPOINT_STEP])
-        if ck >= 0 and ck != (status.get("lastCheckpoint") or {}).get("step"):
+        if ck > 0 and ck != (status.get("lastCheckpoint") or {}).get("step"):   # 0: none yet
             patch["lastCheckpoint"] = {"step": ck, "path": checkpoint_root, "time": now}
+    if contract.METRIC_GOODPUT in metrics:
+        badput = metrics.get(contract.METRIC_BADPUT, {})
+        goodput = {"ratio": round(metrics[contract.METRIC_GOODPUT], 4),
+                   "badputSeconds": {k: round(v, 1) for k, v in sorted(badput.items())}}
+        old = status.get("goodput") or {}
+        if any(old.get(k) != v for k, v in goodput.items()):
+            patch["goodput"] = goodput
     return patch
 
 
-def scrape(pod_ip: str, port: int, timeout: float = 2.0) -> dict[str, float]:
+def scrape(pod_ip: str, port: int, timeout: float = 2.0) -> dict:
     try:
         with urllib.request.urlopen(f"http://{pod_ip}:{port}/metrics", timeout=timeout) as response:
             return parse_progress(response.read().decode("utf-8", "replace"))

@@ -108,6 +108,14 @@ def first_failure(pods: list[PodView]) -> PodFailure | None:
     return PodFailure(pod=p.name, node=p.node, exit_code=p.exit_code, reason=reason, message=detail[:500])
 
 
+def final_goodput(pods: list[PodView]) -> dict | None:
+    """The job's goodput as rank 0's trainer computed it at the end (its termination message): the trainer reads
+    the whole job's metrics log on the persistent volume, which the operator does not mount."""
+    rank0 = next((p for p in pods if p.rank == 0), None)
+    term = TerminationMessage.from_json(rank0.message) if rank0 is not None else None
+    return term.goodput if term is not None and isinstance(term.goodput, dict) else None
+
+
 def decide_recovery(failure: PodFailure, restarts: int, spec: JobSpec, status: dict | None = None) -> Recovery:
     """The hook for gang restarts, decided by omnitrain.resilience (classes, budget, preemptions not counted,
     no-progress, hardware isolation): permanent failures fail the job; anything else restarts the whole gang until
@@ -302,6 +310,9 @@ def reconcile(job: plan.JobRef, raw_spec: dict, status: dict | None, pods: list[
     if phases and all(ph == "Succeeded" for ph in phases):
         msg = f"all {len(phases)} pods of attempt {attempt} succeeded"
         st.update(phase=SUCCEEDED, message=msg, completionTime=now)
+        final = final_goodput(current)
+        if final is not None:
+            st["goodput"] = final
         conditions = set_condition(conditions, "Running", False, "Completed", msg, now)
         conditions = set_condition(conditions, "Succeeded", True, "Completed", msg, now)
         d.events.append(Event("Normal", "Succeeded", msg))

@@ -159,19 +159,24 @@ def compute_goodput(events: list[Event]) -> GoodputReport:
 
 def events_from_metrics_log(records: list[dict], operator_events: list[Event] = ()) -> list[Event]:
     """Events from the job's metrics log (omnitrain.observability.step_log records: start, step, checkpoint,
-    restore, end) plus what only the operator saw (attempt creation, pods Running, failure detection).
-    Without an operator ATTEMPT_START for an attempt, its `start` record (less its restore time) stands in."""
+    restore, hang, end) plus what only the operator saw (attempt creation, pods Running, failure detection).
+
+    Without an operator ATTEMPT_START for an attempt, its `start` record stands in, moved back to where the restore
+    the checkpointer reported before it began. A failed attempt's last sign of life is its last record: the log
+    cannot see the crash itself, only a hang the watchdog reported (DETECTION)."""
     events = list(operator_events)
     started = {e.attempt for e in events if e.kind is EventKind.ATTEMPT_START}
-    restore_seconds: dict[int, float] = {}
+    restore_begins: dict[int, float] = {}
     for r in records:
         if r.get("kind") == "restore":
-            restore_seconds[int(r.get("attempt", 0))] = float(r.get("seconds") or 0.0)
+            attempt, t = int(r.get("attempt", 0)), float(r.get("time", 0.0))
+            begin = t - float(r.get("seconds") or 0.0)
+            restore_begins[attempt] = min(restore_begins.get(attempt, begin), begin)
     for r in records:
         kind, attempt, t = r.get("kind"), int(r.get("attempt", 0)), float(r.get("time", 0.0))
         step = r.get("step")
         if kind == "start" and attempt not in started:
-            events.append(Event(t - restore_seconds.get(attempt, 0.0), EventKind.ATTEMPT_START, attempt, step=step))
+            events.append(Event(min(t, restore_begins.get(attempt, t)), EventKind.ATTEMPT_START, attempt, step=step))
         elif kind == "step":
             events.append(Event(t, EventKind.STEP, attempt, step=step, seconds=float(r.get("step_seconds") or 0.0),
                                 data_seconds=float(r.get("data_seconds") or 0.0)))
@@ -180,6 +185,8 @@ def events_from_metrics_log(records: list[dict], operator_events: list[Event] = 
                                 seconds=float(r["blocking_seconds"])))
         elif kind == "restore":
             events.append(Event(t, EventKind.RESTORE, attempt, step=step, seconds=float(r.get("seconds") or 0.0)))
+        elif kind == "hang":
+            events.append(Event(t, EventKind.DETECTION, attempt, step=step))
         elif kind == "end" and r.get("reason", "Completed") == "Completed":
             events.append(Event(t, EventKind.JOB_END, attempt, step=step))
-    return events
+    return sorted(events, key=lambda e: e.time)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -67,5 +68,6 @@ def _train(args: argparse.Namespace) -> int:
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
-    write_termination_message(TerminationMessage(reason="Completed", step=result.step))
+    if int(os.environ.get("LOCAL_RANK", "0")) == 0:   # one writer per pod: rank 0's message carries the goodput
+        write_termination_message(TerminationMessage(reason="Completed", step=result.step, goodput=result.goodput))
     return ExitCode.OK

@@ -41,6 +41,7 @@ class TrainResult:
     step: int
     losses: list[float]
     state: TrainState
+    goodput: dict | None = None   # the job's goodput at the end (rank 0; GoodputReport.to_status)
 
 
 def step_seed(seed: int, step: int, data_rank: int) -> int:
@@ -168,4 +169,6 @@ def train(config: TrainerConfig, callbacks: list | None = None, log=print) -> Tr
         raise
     finally:
         call(callbacks, "on_train_end", state=state, step=state.step, reason=reason)
-    return TrainResult(step=state.step, losses=losses, state=state)
+    report = next((cb.goodput_report for cb in callbacks if getattr(cb, "goodput_report", None) is not None), None)
+    return TrainResult(step=state.step, losses=losses, state=state,
+                       goodput=report.to_status() if report is not None else None)

@@ -93,3 +93,39 @@ def test_report_cli_offline_and_clear_errors(tmp_path):
     empty = subprocess.run(cli + ["--out", str(tmp_path / "o3"), "--metrics-dir", str(tmp_path / "empty")],
                            capture_output=True, text=True)
     assert empty.returncode == 1 and "no step records" in empty.stderr
+
+
+def test_rank_zero_keeps_the_jobs_goodput_from_its_creation_across_attempts(tmp_path):
+    """The callback of the resumed attempt reads the crashed attempt's log, counts wall time from the job's
+    creation (run.jobCreated) and ends with the same accounting as the offline report plus the time before the
+    first attempt started; the gauge and the final report (termination message) carry it."""
+    from omnitrain.observability import trainer_metrics as tm
+    clock = FakeClock()
+    created = clock.t - 7.0                          # 7 s from `kubectl apply` to the first attempt's start
+    run_attempt(tmp_path, clock, attempt=0, resume_from=0, last_step=6, crash=True)
+    clock.t += 30.0
+    cb = MetricsCallback(job="demo", attempt=1, total_steps=12, world_size=1, rank=0, local_rank=0,
+                         metrics_port=None, log_dir=tmp_path, clock=clock, job_created=created,
+                         goodput_every_seconds=0.0)
+    clock.t += 1.0
+    cb.on_restore(step=4, seconds=1.0)
+    cb.on_train_start(step=4)
+    clock.t += 5.0
+    for step in range(5, 13):
+        clock.t += 2.0
+        cb.on_step_end(step=step, loss=0.1, tokens=100, flops=1e9, step_seconds=2.0)
+        if step == 5:   # recomputed while training (every 0 s here): wall so far, productive steps so far
+            mid = cb.goodput_report
+            assert mid.wall_seconds == pytest.approx(7.0 + 5 + 12 + 30 + 1 + 5 + 2 + 0.5)   # 0.5: checkpoint at 4
+            assert mid.productive_seconds == pytest.approx(4 * 2.0 + 2.0)   # steps 1-4 (5, 6 redone) and 5
+    cb.on_train_end(step=12, reason="Completed")
+    offline = summarise(read_job_log(tmp_path))
+    final = cb.goodput_report
+    assert final.wall_seconds == pytest.approx(offline.wall_seconds + 7.0)
+    assert final.productive_seconds == pytest.approx(offline.productive_seconds)
+    assert final.badput_seconds["startup"] == pytest.approx(offline.badput_seconds["startup"] + 7.0)
+    assert final.badput_seconds["wasted_progress"] == pytest.approx(4.0)
+    gauge = cb.metrics.registry.get_sample_value(tm.METRIC_GOODPUT, {tm.JOB_LABEL: "demo"})
+    assert gauge == pytest.approx(final.goodput)
+    status = final.to_status()
+    assert status["ratio"] == pytest.approx(24.0 / (7.0 + 17.5 + 30 + 1 + 5 + 16), abs=1e-4) and status["badputSeconds"]["recovery"] == 30.0

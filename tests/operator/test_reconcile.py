@@ -1,5 +1,7 @@
 """The operator's decisions, step by step, as pure functions of (spec, status, pods)."""
 
+import dataclasses
+
 from omnitrain.contract import ExitCode, TerminationMessage
 from omnitrain.operator import plan
 from omnitrain.operator.reconcile import (FAILED, PENDING, RESTARTING, RUNNING, SUCCEEDED, SUSPENDED, PodFailure,
@@ -187,3 +189,16 @@ def test_an_invalid_spec_that_is_fixed_gets_a_fresh_start():
     fixed = reconcile(JOB, SPEC, failed.status, [], "t3", generation=2)
     assert fixed.create_attempt == 0 and fixed.status["phase"] == PENDING
     assert condition(fixed.status, "Valid")["status"] == "True" and condition(fixed.status, "Failed") is None
+
+
+def test_success_keeps_rank_zeros_final_goodput():
+    st = step(SPEC, launched(), pods(0, "Running", "Running")).status
+    done = pods(0, "Succeeded", "Succeeded")
+    goodput = {"ratio": 0.87, "wallSeconds": 100.0, "productiveSeconds": 87.0, "badputSeconds": {"startup": 13.0}}
+    messages = [TerminationMessage(reason="Completed", step=10, goodput=goodput), TerminationMessage("Completed")]
+    done = [dataclasses.replace(p, message=m.to_json()) for p, m in zip(done, messages)]
+    d = step(SPEC, st, done)
+    assert d.status["phase"] == SUCCEEDED and d.status["goodput"] == goodput
+    # a trainer that wrote no goodput (e.g. a stand-in command) leaves the field to the progress scrape
+    plain = pods(0, "Succeeded", "Succeeded")
+    assert "goodput" not in step(SPEC, st, plain).status

@@ -297,6 +297,10 @@ def test_real_trainer_one_rank_sigstopped_resumes_and_matches_an_uninterrupted_r
         assert st["phase"] == "Succeeded", (st, pod_logs(cluster, api, namespace, name))
         assert st["restarts"] == 1 and st["lastFailure"]["exitCode"] == 42
         assert st["lastFailure"]["reason"] == "HangDetected"
+        # rank 0's final goodput, from the whole job's metrics log: the hang and the restart are badput
+        goodput = st["goodput"]
+        assert 0 < goodput["ratio"] < 1 and goodput["wallSeconds"] > goodput["productiveSeconds"] > 0
+        assert goodput["badputSeconds"]["recovery"] > 0, goodput
         interrupted = final_checkpoint(str(persistent), name)
         assert interrupted.step == TRAIN_STEPS
         assert ref.wait(timeout=300) == 0, (tmp_path / "reference.log").read_text()[-3000:]

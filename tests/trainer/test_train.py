@@ -138,7 +138,11 @@ def test_torchrun_two_processes_gloo(tmp_path):
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "step 4/4" in proc.stdout
-    assert json.loads((tmp_path / "termination").read_text()) == {"reason": "Completed", "step": 4}
+    # one writer (local rank 0, here global rank 0): the job's goodput over its whole metrics log rides along
+    message = json.loads((tmp_path / "termination").read_text())
+    assert {k: message[k] for k in ("reason", "step")} == {"reason": "Completed", "step": 4}
+    goodput = message["goodput"]
+    assert 0 < goodput["ratio"] <= 1 and goodput["productiveSeconds"] <= goodput["wallSeconds"]
     for step in (2, 4):     # interval saves and the final one, by both ranks (no persistent claim: local tier)
         manifest = json.loads((tmp_path / "local" / "looptest" / f"step-{step}" / "manifest.json").read_text())
         assert manifest["step"] == step

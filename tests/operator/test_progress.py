@@ -1,0 +1,46 @@
+"""Rank 0's metrics endpoint -> status fields (pure: exposition text in, status patch out)."""
+
+from prometheus_client import CollectorRegistry, Gauge, generate_latest
+
+from omnitrain import contract
+from omnitrain.operator.progress import parse_progress, progress_patch
+
+
+def exposition(step=None, checkpoint=None, goodput=None, badput=None) -> str:
+    r = CollectorRegistry()
+    if step is not None:
+        Gauge(contract.METRIC_STEP, "", ["omnitrain_job"], registry=r).labels("j").set(step)
+        Gauge(contract.METRIC_TOTAL_STEPS, "", ["omnitrain_job"], registry=r).labels("j").set(100)
+    if checkpoint is not None:
+        Gauge(contract.METRIC_LAST_CHECKPOINT_STEP, "", ["omnitrain_job"], registry=r).labels("j").set(checkpoint)
+    if goodput is not None:
+        Gauge(contract.METRIC_GOODPUT, "", ["omnitrain_job"], registry=r).labels("j").set(goodput)
+    if badput:
+        g = Gauge(contract.METRIC_BADPUT, "", ["omnitrain_job", "cause"], registry=r)
+        for cause, seconds in badput.items():
+            g.labels("j", cause).set(seconds)
+    Gauge("omnitrain_unrelated", "", registry=r).set(3)
+    return generate_latest(r).decode()
+
+
+def test_step_checkpoint_and_goodput_reach_status():
+    metrics = parse_progress(exposition(step=12, checkpoint=10, goodput=0.91234,
+                                        badput={"startup": 4.04, "recovery": 0.0}))
+    patch = progress_patch(metrics, {}, "/mnt/ckpt/j", "t1")
+    assert patch["currentStep"] == 12 and patch["totalSteps"] == 100
+    assert patch["lastCheckpoint"] == {"step": 10, "path": "/mnt/ckpt/j", "time": "t1"}
+    assert patch["goodput"] == {"ratio": 0.9123, "badputSeconds": {"recovery": 0.0, "startup": 4.0}}
+    # nothing new: no patch (the operator does not write status every resync)
+    status = {"currentStep": 12, "totalSteps": 100, "lastCheckpoint": patch["lastCheckpoint"],
+              "goodput": patch["goodput"]}
+    assert progress_patch(metrics, status, "/mnt/ckpt/j", "t2") == {}
+
+
+def test_no_checkpoint_yet_and_no_goodput_yet_leave_status_alone():
+    # the trainer reports 0 until its first checkpoint completes; goodput is absent until first computed
+    patch = progress_patch(parse_progress(exposition(step=3, checkpoint=0)), {}, "/mnt/ckpt/j", "t1")
+    assert patch == {"currentStep": 3, "totalSteps": 100}
+
+
+def test_broken_endpoint_text_is_no_news():
+    assert progress_patch(parse_progress(""), {"currentStep": 5}, "/x", "t") == {}
