@@ -21,9 +21,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests" / "operator"))  # the control-plane starter the e2e tests use
+sys.path.insert(0, str(REPO))
 
-from control_plane import control_plane, wait_until  # noqa: E402
+from omnitrain.devcluster.testing import wait_for  # noqa: E402
+from omnitrain.devcluster.throwaway import control_plane  # noqa: E402
 
 KWOK = "kwok.x-k8s.io/node"
 
@@ -113,9 +114,9 @@ def measure(api, kube, nodes: int, workers: int, tag: str) -> dict:
             last[0] = time.monotonic()
             print(f"  ... {len(clock.created)}/{nodes} created, {len(clock.running)}/{nodes} running", flush=True)
         return clock.done()
-    wait_until(progress, 600, f"{nodes} pods Running", interval=0.2)
+    wait_for(progress, 600, f"{nodes} pods Running", interval=0.2)
     # the operator sees Running too and writes the phase: count its calls until then
-    wait_until(lambda: (client.CustomObjectsApi(api).get_namespaced_custom_object(
+    wait_for(lambda: (client.CustomObjectsApi(api).get_namespaced_custom_object(
         crd.GROUP, crd.VERSION, ns, crd.PLURAL, "launch").get("status") or {}).get("phase") == "Running",
         120, "phase Running", interval=0.2)
     calls = kube.counter.calls - calls0
@@ -126,7 +127,7 @@ def measure(api, kube, nodes: int, workers: int, tag: str) -> dict:
     client.CustomObjectsApi(api).delete_namespaced_custom_object(crd.GROUP, crd.VERSION, ns, crd.PLURAL, "launch")
     core = client.CoreV1Api(api)
     core.delete_collection_namespaced_pod(ns, grace_period_seconds=0)
-    wait_until(lambda: not core.list_namespaced_pod(ns, limit=1).items, 300, "pods gone", interval=0.5)
+    wait_for(lambda: not core.list_namespaced_pod(ns, limit=1).items, 300, "pods gone", interval=0.5)
     return {"nodes": nodes, "workers": workers, "created_s": created, "running_s": running,
             "calls_per_pod": calls / nodes, "created_at": sorted(t - t0 for t in clock.created.values()),
             "running_at": sorted(t - t0 for t in clock.running.values())}

@@ -7,8 +7,9 @@ import time
 
 import pytest
 
-from apiserver import api_server, find_binaries
 from omnitrain.observability.callback import MetricsCallback
+from omnitrain.devcluster.testing import wait_for
+from omnitrain.devcluster.throwaway import control_plane, find_binaries
 from omnitrain.observability.status_fetch import crd_coordinates
 from omnitrain.operator.crd import build_crd
 
@@ -28,15 +29,13 @@ def omnitrain(kubeconfig, *args):
 def cluster(tmp_path_factory):
     from kubernetes import client, config
     workdir = tmp_path_factory.mktemp("apiserver")
-    with api_server(workdir) as kubeconfig:
+    with control_plane(workdir) as kubeconfig:
         config.load_kube_config(str(kubeconfig))
         ext = client.ApiextensionsV1Api()
         ext.create_custom_resource_definition(build_crd())     # the operator's real, structural schema
-        deadline = time.monotonic() + 60
-        while not any(c.type == "Established" and c.status == "True" for c in
-                      (ext.read_custom_resource_definition(f"{PLURAL}.{GROUP}").status.conditions or [])):
-            assert time.monotonic() < deadline, "CRD not established"
-            time.sleep(0.2)
+        wait_for(lambda: any(c.type == "Established" and c.status == "True" for c in
+                             (ext.read_custom_resource_definition(f"{PLURAL}.{GROUP}").status.conditions or [])),
+                 60, "CRD Established")
         client.CoreV1Api().create_namespace({"metadata": {"name": "ml"}})
         yield kubeconfig
 

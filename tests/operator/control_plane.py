@@ -1,132 +1,14 @@
-"""A real etcd + kube-apiserver + kube-controller-manager (garbage collector) for the operator's e2e tests, used
-until the project's `local_cluster` fixture (omnitrain/devcluster) is available. There is no kubelet: the tests play
-its part by writing pod status (phase, exit code, termination message) through the API, as kwok does.
-Binaries: `make cluster-bins` ($OMNITRAIN_CACHE/bin/k8s-*)."""
+"""The operator e2e tests' control plane (omnitrain.devcluster.throwaway: etcd, kube-apiserver, garbage collector;
+optionally scheduler and kwok) and their polling helper."""
 
 from __future__ import annotations
 
-import glob
-import os
-import socket
-import ssl
-import subprocess
-import time
-import urllib.request
-from contextlib import contextmanager
-from pathlib import Path
+from omnitrain.devcluster.testing import wait_for
+from omnitrain.devcluster.throwaway import control_plane, find_binaries, free_port
 
-CACHE = Path(os.environ.get("OMNITRAIN_CACHE", Path.home() / ".cache" / "omnitrain"))
-TOKEN = "operator-e2e-token"
-
-
-def find_binaries() -> Path | None:
-    for folder in sorted(glob.glob(str(CACHE / "bin" / "k8s-*")), reverse=True):
-        if all(os.access(Path(folder) / b, os.X_OK) for b in ("etcd", "kube-apiserver", "kube-controller-manager")):
-            return Path(folder)
-    return None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+__all__ = ["control_plane", "find_binaries", "free_port", "wait_until"]
 
 
 def wait_until(condition, deadline_s: float, what: str, interval: float = 0.1):
     """Poll a condition until it returns something truthy; fail naming what was awaited."""
-    deadline = time.monotonic() + deadline_s
-    last = None
-    while time.monotonic() < deadline:
-        last = condition()
-        if last:
-            return last
-        time.sleep(interval)  # polling with a deadline, not synchronisation by sleep
-    raise AssertionError(f"timed out after {deadline_s}s waiting for {what}; last value: {last!r}")
-
-
-def _ready(url: str, procs, logs) -> bool:
-    for proc, log in zip(procs, logs):
-        if proc.poll() is not None:
-            raise RuntimeError(f"{log.name} exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-    ctx = ssl.create_default_context()
-    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
-    try:
-        req = urllib.request.Request(url, headers={"Authorization": f"Bearer {TOKEN}"})
-        with urllib.request.urlopen(req, timeout=2, context=ctx) as r:
-            return r.status == 200
-    except OSError:
-        return False
-
-
-@contextmanager
-def control_plane(workdir: Path, scheduler: bool = False, kwok: bool = False):
-    """Yields the kubeconfig path of a fresh control plane; stops it afterwards. With `scheduler`, kube-scheduler
-    binds pods; with `kwok`, nodes annotated kwok.x-k8s.io/node=fake run their pods as simulated ones."""
-    bins = find_binaries()
-    assert bins is not None, "no control-plane binaries; run `make cluster-bins`"
-    workdir.mkdir(parents=True, exist_ok=True)
-    etcd_port, peer_port, api_port = free_port(), free_port(), free_port()
-    subprocess.run(["openssl", "genrsa", "-out", str(workdir / "sa.key"), "2048"], check=True, capture_output=True)
-    subprocess.run(["openssl", "rsa", "-in", str(workdir / "sa.key"), "-pubout", "-out", str(workdir / "sa.pub")],
-                   check=True, capture_output=True)
-    (workdir / "tokens.csv").write_text(f'{TOKEN},admin,admin,"system:masters"\n')
-    kubeconfig = workdir / "kubeconfig"
-    procs, logs = [], []
-
-    def start(name, argv):
-        log = workdir / f"{name}.log"
-        logs.append(log)
-        procs.append(subprocess.Popen(argv, stdout=open(log, "w"), stderr=subprocess.STDOUT))
-
-    try:
-        start("etcd", [str(bins / "etcd"), "--data-dir", str(workdir / "etcd"),
-                       "--listen-client-urls", f"http://127.0.0.1:{etcd_port}",
-                       "--advertise-client-urls", f"http://127.0.0.1:{etcd_port}",
-                       "--listen-peer-urls", f"http://127.0.0.1:{peer_port}",
-                       "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer_port}",
-                       "--initial-cluster", f"default=http://127.0.0.1:{peer_port}",
-                       "--quota-backend-bytes", "268435456", "--unsafe-no-fsync"])
-        start("kube-apiserver", [
-            str(bins / "kube-apiserver"), f"--etcd-servers=http://127.0.0.1:{etcd_port}",
-            "--bind-address=127.0.0.1", f"--secure-port={api_port}", f"--cert-dir={workdir / 'certs'}",
-            f"--token-auth-file={workdir / 'tokens.csv'}", "--authorization-mode=AlwaysAllow",
-            f"--service-account-key-file={workdir / 'sa.pub'}",
-            f"--service-account-signing-key-file={workdir / 'sa.key'}",
-            "--service-account-issuer=https://kubernetes.default.svc", "--service-cluster-ip-range=10.96.0.0/24",
-            "--disable-admission-plugins=ServiceAccount", "--enable-priority-and-fairness=false"])
-        wait_until(lambda: _ready(f"https://127.0.0.1:{api_port}/readyz", procs, logs), 120, "kube-apiserver ready")
-        kubeconfig.write_text(
-            "apiVersion: v1\nkind: Config\ncurrent-context: e2e\n"
-            f"clusters: [{{name: e2e, cluster: {{server: 'https://127.0.0.1:{api_port}', "
-            f"certificate-authority: '{workdir / 'certs' / 'apiserver.crt'}'}}}}]\n"
-            f"users: [{{name: admin, user: {{token: {TOKEN}}}}}]\n"
-            "contexts: [{name: e2e, context: {cluster: e2e, user: admin}}]\n")
-        # The garbage collector deletes a job's children through their ownerReferences.
-        start("kube-controller-manager", [
-            str(bins / "kube-controller-manager"), f"--kubeconfig={kubeconfig}",
-            # nodelifecycle lifts the not-ready taint the API server puts on new (kwok) nodes once they are Ready
-            "--controllers=garbagecollector,namespace" + (",nodelifecycle" if kwok else ""),
-            "--leader-elect=false", "--bind-address=127.0.0.1",
-            f"--secure-port={free_port()}", "--concurrent-gc-syncs=5"])
-        if scheduler:
-            config = workdir / "scheduler.yaml"
-            config.write_text(
-                "apiVersion: kubescheduler.config.k8s.io/v1\nkind: KubeSchedulerConfiguration\n"
-                f"clientConnection: {{kubeconfig: '{kubeconfig}', qps: 2000, burst: 4000}}\n"
-                "leaderElection: {leaderElect: false}\n")
-            start("kube-scheduler", [str(bins / "kube-scheduler"), f"--config={config}",
-                                     "--bind-address=127.0.0.1", f"--secure-port={free_port()}"])
-        if kwok:
-            start("kwok", [str(bins / "kwok"), f"--kubeconfig={kubeconfig}", "--manage-all-nodes=false",
-                           "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
-                           "--cidr=10.0.0.1/16", f"--server-address=127.0.0.1:{free_port()}"])
-        yield kubeconfig
-    finally:
-        for proc in reversed(procs):
-            proc.terminate()
-        for proc in reversed(procs):
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    return wait_for(condition, deadline_s, what, interval)
