@@ -14,6 +14,7 @@ from pathlib import Path
 
 from omnitrain.observability.step_log import JobLog
 from omnitrain.resilience.goodput import Event, EventKind, compute_goodput, events_from_metrics_log
+from omnitrain.timestamps import parse_rfc3339
 
 
 @dataclass
@@ -47,16 +48,19 @@ class JobSummary:
         return self.productive_seconds / self.wall_seconds if self.wall_seconds > 0 else None
 
 
-def events_from_log(log: JobLog) -> list[Event]:
-    """The metrics log as omnitrain.resilience.goodput events (one accounting of goodput for the whole project)."""
-    return events_from_metrics_log(log.records)
+def events_from_log(log: JobLog, job_started: float | None = None) -> list[Event]:
+    """The metrics log as omnitrain.resilience.goodput events (one accounting of goodput for the whole project).
+    With the job's start (status.startTime) its wall time counts from there, as the trainer's own figure in
+    status.goodput does; without it, from the first attempt's start record."""
+    operator = [Event(job_started, EventKind.ATTEMPT_START, 0)] if job_started is not None else []
+    return events_from_metrics_log(log.records, operator)
 
 
 # Each timeline point recomputes goodput from the events up to it: keep the work bounded for long jobs.
 TIMELINE_EVENT_BUDGET = 2_000_000
 
 
-def summarise(log: JobLog) -> JobSummary:
+def summarise(log: JobLog, job_started: float | None = None) -> JobSummary:
     starts = sorted(log.of_kind("start"), key=lambda r: (r["attempt"], r["time"]))
     attempts = {r["attempt"]: AttemptSummary(r["attempt"], r["time"], int(r.get("step") or 0)) for r in starts}
     records = sorted(log.records, key=lambda r: r["time"])
@@ -75,7 +79,7 @@ def summarise(log: JobLog) -> JobSummary:
         later = [a.resumed_from for a in ordered if a.attempt > s["attempt"]]
         s["wasted"] = bool(later) and s["step"] > min(later)
 
-    events = events_from_log(log)
+    events = events_from_log(log, job_started)
     report = compute_goodput(events)
     t0 = events[0].time if events else None
     timeline: list[tuple[float, float]] = []
@@ -241,7 +245,7 @@ def write_report(log: JobLog, out_dir: str | os.PathLike, job_name: str, status:
                          "(or point --metrics-dir at the job's <persistentPath>/<job>/metrics folder)")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    summary = summarise(log)
+    summary = summarise(log, parse_rfc3339((status or {}).get("startTime")))
     title = f"OmniTrainingJob {job_name}"
     png = plot_report(summary, title, out / "report.png")
     page = out / "report.html"

@@ -125,6 +125,8 @@ def test_rank_zero_keeps_the_jobs_goodput_from_its_creation_across_attempts(tmp_
     assert final.productive_seconds == pytest.approx(offline.productive_seconds)
     assert final.badput_seconds["startup"] == pytest.approx(offline.badput_seconds["startup"] + 7.0)
     assert final.badput_seconds["wasted_progress"] == pytest.approx(4.0)
+    # the report, given the job's start (status.startTime), agrees with the trainer's figure
+    assert summarise(read_job_log(tmp_path), job_started=created).goodput == pytest.approx(final.goodput)
     gauge = cb.metrics.registry.get_sample_value(tm.METRIC_GOODPUT, {tm.JOB_LABEL: "demo"})
     assert gauge == pytest.approx(final.goodput)
     status = final.to_status()
