@@ -52,6 +52,13 @@ class ParallelismSpec(_Spec):
     micro_batches: int = Field(1, ge=1, le=1024, description="Micro-batches per step and data-parallel rank.")
     data_sharding: Literal["replicate", "fsdp"] = Field("replicate",
                                                         description="Replicated (DDP) or sharded (FSDP) states.")
+    elastic_ulysses: bool = Field(False, description=(
+        "Run each micro-batch at the smallest Ulysses degree dividing ulysses that keeps data.tokenBudget / ulysses "
+        "tokens per rank; short micro-batches run whole on single ranks or sub-groups (pipeline=1, tensor=1, "
+        "dataSharding replicate)."))
+    gradient_reduce: Literal["coalesced", "overlapped"] = Field("coalesced", description=(
+        "Replicated gradients: one coalesced all-reduce after backward, or bucketed all-reduces overlapped with the "
+        "last micro-batch's backward (pipeline=1, tensor=1, dataSharding replicate)."))
 
     @property
     def world_size(self) -> int:
@@ -250,6 +257,8 @@ def validate_job_spec(spec: JobSpec) -> list[FieldError]:
             field="spec.parallelism.microBatches",
             message=(f"microBatches={p.micro_batches} < pipeline={p.pipeline} leaves stages idle; "
                      f"set microBatches >= {p.pipeline}")))
+    errors += replicated_path_errors(p.pipeline, p.tensor, p.ulysses, p.data_sharding, p.elastic_ulysses,
+                                     p.gradient_reduce)
     if spec.training.stage == "dpo" and not spec.training.init_from:
         errors.append(FieldError(
             field="spec.training.initFrom",
@@ -264,6 +273,23 @@ def validate_job_spec(spec: JobSpec) -> list[FieldError]:
             field="spec.promotion.distill.teacherSteps",
             message=(f"teacherSteps={distill.teacher_steps} must be a multiple of studentSteps="
                      f"{distill.student_steps} (each student step covers whole teacher steps)")))
+    return errors
+
+
+def replicated_path_errors(pipeline: int, tensor: int, ulysses: int, data_sharding: str, elastic_ulysses: bool,
+                           gradient_reduce: str) -> list[FieldError]:
+    """Elastic Ulysses and the overlapped gradient all-reduce exist for the replicated data/Ulysses path only
+    (also checked by the trainer's omnitrain.trainer.parallel.layout.check_layout)."""
+    errors = []
+    for name, wanted in (("elasticUlysses", elastic_ulysses), ("gradientReduce", gradient_reduce == "overlapped")):
+        if wanted and (pipeline > 1 or tensor > 1 or data_sharding != "replicate"):
+            errors.append(FieldError(
+                field=f"spec.parallelism.{name}",
+                message=(f"supported with pipeline=1, tensor=1 and dataSharding replicate only (now pipeline="
+                         f"{pipeline}, tensor={tensor}, dataSharding {data_sharding}); turn it off or change those")))
+    if elastic_ulysses and ulysses < 2:
+        errors.append(FieldError(field="spec.parallelism.elasticUlysses",
+                                 message="needs ulysses >= 2 (it picks a degree up to ulysses per micro-batch)"))
     return errors
 
 

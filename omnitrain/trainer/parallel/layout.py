@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from omnitrain.spec import replicated_path_errors
+
 MESH_DIMS = ("dp", "pp", "ulysses", "tp")   # outermost first: the DeviceMesh shape follows this order
 
 
@@ -26,6 +28,9 @@ class ParallelLayout:
     schedule: str = "1F1B"          # or "interleaved1F1B"
     micro_batches: int = 1
     data_sharding: str = "replicate"  # or "fsdp"
+    elastic_ulysses: bool = False     # per-micro-batch Ulysses degree (elastic.py)
+    grad_reduce: str = "coalesced"    # or "overlapped": bucketed all-reduce during backward (overlap.py)
+    grad_bucket_mb: float = 25.0      # bucket size of the overlapped all-reduce
 
     @property
     def world_size(self) -> int:
@@ -41,7 +46,8 @@ class ParallelLayout:
         return cls(dp=parallelism.data_degree(), pp=parallelism.pipeline, ulysses=parallelism.ulysses,
                    tp=parallelism.tensor, virtual_stages=parallelism.virtual_stages,
                    schedule=parallelism.pipeline_schedule, micro_batches=parallelism.micro_batches,
-                   data_sharding=parallelism.data_sharding)
+                   data_sharding=parallelism.data_sharding, elastic_ulysses=parallelism.elastic_ulysses,
+                   grad_reduce=parallelism.gradient_reduce)
 
 
 @dataclass(frozen=True)
@@ -94,5 +100,11 @@ def check_layout(layout: ParallelLayout, world_size: int, *, num_heads: int, dep
     if layout.schedule == "1F1B" and layout.virtual_stages > 1:
         problems.append("spec.parallelism.pipelineSchedule: virtualStages > 1 needs pipelineSchedule "
                         "interleaved1F1B")
+    problems += replicated_path_problems(layout)
     if problems:
         raise ValueError("; ".join(problems))
+
+
+def replicated_path_problems(layout: ParallelLayout) -> list[str]:
+    return [str(e) for e in replicated_path_errors(layout.pp, layout.tp, layout.ulysses, layout.data_sharding,
+                                                   layout.elastic_ulysses, layout.grad_reduce)]

@@ -125,7 +125,19 @@ def setup_parallel(model: nn.Module, config=None, layout: ParallelLayout | None 
         # Multi-modal micro-batches leave some parameters unused on some ranks (no reference image, no video
         # context): reduce zeros for them, or the ranks' reduce-scatters would not match.
         runner.set_reduce_scatter_unused_params(True)
+    # Both need pipeline = tensor = 1 (check_layout): the data x ulysses group is then the whole world.
+    elastic_groups = {}
+    if layout.elastic_ulysses:
+        from omnitrain.trainer.parallel.elastic import new_subgroups
+        u = layout.ulysses
+        elastic_groups = new_subgroups([range(d * u, (d + 1) * u) for d in range(layout.dp)], u, rank)
+    grad_reducer = None
+    if layout.grad_reduce == "overlapped" and layout.dp * layout.ulysses > 1:
+        from omnitrain.trainer.parallel.overlap import OverlappedGradReducer
+        grad_reducer = OverlappedGradReducer(model, dist.new_group(list(range(world))), layout.dp,
+                                             int(layout.grad_bucket_mb * (1 << 20)))
     return ParallelPlan(model=model, layout=layout, coords=coords, rank=rank, device=device, mesh=mesh,
                         chunk_blocks=chunk_blocks, dp_group=dp_group, pp_group=pp_group,
                         ulysses_group=ulysses_group, grad_group=grad_group, fsdp=fsdp, runner=runner,
-                        tp_group=mesh.get_group("tp"), tp_partial_names=tp_partial)
+                        tp_group=mesh.get_group("tp"), tp_partial_names=tp_partial,
+                        elastic_groups=elastic_groups, grad_reducer=grad_reducer)

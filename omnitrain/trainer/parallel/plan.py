@@ -56,6 +56,8 @@ class ParallelPlan:
     tp_group: Any = None
     tp_partial_names: list[str] = field(default_factory=list)  # replicated params inside the TP region
     runner: nn.Module | None = None  # ChunkRunner: the module the step calls (the FSDP root when sharded)
+    elastic_groups: dict[int, Any] = field(default_factory=dict)   # elastic Ulysses: degree -> my sub-group
+    grad_reducer: Any = None         # OverlappedGradReducer when layout.grad_reduce == "overlapped"
 
     # ---- where this rank sits -------------------------------------------------------------------------------
     @property
@@ -95,19 +97,28 @@ class ParallelPlan:
         c, lay = self.coords, self.layout
         return (f"rank {self.rank}: dp {c.dp}/{lay.dp} pp {c.pp}/{lay.pp} ulysses {c.ulysses}/{lay.ulysses} "
                 f"tp {c.tp}/{lay.tp} chunks {sorted(self.chunk_blocks)} "
-                f"blocks {[list(r) for _, r in sorted(self.chunk_blocks.items())]} sharding {lay.data_sharding}")
+                f"blocks {[list(r) for _, r in sorted(self.chunk_blocks.items())]} sharding {lay.data_sharding} "
+                f"gradients {lay.grad_reduce}{' elastic ulysses' if lay.elastic_ulysses else ''}")
 
     # ---- the step -----------------------------------------------------------------------------------------------
     def forward_chunk(self, chunk: int, args, x_in: Callable | None, loss_fn: LossFn, last: bool):
         """x_in: None on the first chunk, else a function (shape, dtype) -> the activation received for it."""
         return self.runner(chunk, args, x_in, loss_fn, last)
 
-    def run_step(self, microbatches: Sequence[Any], loss_fn: LossFn) -> torch.Tensor:
+    def run_step(self, microbatches: Sequence[Any], loss_fn: LossFn, schedule=None) -> torch.Tensor:
         """Forward + backward over this rank's micro-batches (each a tuple of model.embed arguments); gradients are
-        reduced and ready for optimizer.step(). Returns the step's mean loss over all data-parallel ranks."""
+        reduced and ready for optimizer.step(). Returns the step's mean loss over all data-parallel ranks.
+        schedule: an elastic.ElasticSchedule (layout.elastic_ulysses) saying which micro-batches of the Ulysses
+        group this rank runs at which degree."""
         if not microbatches:
             raise ValueError("run_step needs at least one micro-batch")
-        if self.layout.pp > 1:
+        arm = self.grad_reducer.arm if self.grad_reducer is not None else None
+        if schedule is not None:
+            from omnitrain.trainer.parallel.elastic import run_elastic_step
+            loss = run_elastic_step(self, microbatches, loss_fn, schedule, before_last_backward=arm)
+            if self.layout.ulysses > 1:   # each rank holds its micro-batches' share of the group's loss
+                dist.all_reduce(loss, group=self.ulysses_group)
+        elif self.layout.pp > 1:
             from omnitrain.trainer.parallel.pipeline import run_pipeline
             loss = run_pipeline(self, microbatches, loss_fn)
         else:
@@ -117,6 +128,8 @@ class ParallelPlan:
                 if self.fsdp:
                     self.runner.set_requires_gradient_sync(j == m - 1)
                 mb_loss = self.forward_chunk(0, args, None, loss_fn, last=True) / m
+                if arm is not None and j == m - 1:
+                    arm()
                 (mb_loss * self.loss_scale).backward()
                 loss = mb_loss.detach() if loss is None else loss + mb_loss.detach()
         self._reduce_gradients()
@@ -134,6 +147,9 @@ class ParallelPlan:
 
     def _reduce_gradients(self) -> None:
         if self.mesh is None:
+            return
+        if self.grad_reducer is not None:   # launched during backward (overlap.py); the coalesced path otherwise
+            self.grad_reducer.finish()
             return
         named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         live = []

@@ -83,6 +83,8 @@ class UlyssesAttention(nn.Module):
         self.packed_tokens: int | None = None
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx, *args, **kwargs) -> torch.Tensor:
+        if self.degree == 1:   # elastic Ulysses runs short micro-batches whole on one rank (elastic.py)
+            return self.core(q, k, v, ctx, *args, **kwargs)
         if q.shape[1] % self.degree:
             raise ValueError(f"{q.shape[1]} local heads do not split over ulysses={self.degree}; "
                              "numHeads must divide by tensor x ulysses")

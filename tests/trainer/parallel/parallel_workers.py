@@ -18,6 +18,17 @@ SAMPLES = [
     [(2, 2, 4, False, True), (3, 1, 2, True, False), (6, 1, 2, False, False), (1, 1, 2, False, False)],
     [(5, 1, 4, True, True), (4, 2, 2, False, False)],
 ]
+# Micro-batches of 32, 7, 9, 4, 12 and 11 tokens: with tokenBudget 32 elastic Ulysses runs them at degrees
+# 4, 1, 2, 1, 2, 2 of ulysses=4 (1 or 2 of ulysses=2).
+ELASTIC_SAMPLES = [
+    SAMPLES[2],
+    [(3, 1, 4, False, False)],
+    [(4, 3, 2, False, False), (1, 1, 2, False, False)],
+    [(2, 1, 2, False, True)],
+    [(3, 1, 2, True, False), (6, 1, 2, False, False)],
+    [(7, 1, 4, False, False)],
+]
+ELASTIC_BUDGET = 32
 # Lengths for the stand-in model (tests of parameters that only some micro-batches use).
 LENGTHS = [[7, 12, 4], [9, 3, 10, 1], [15, 6], [5, 5, 8, 3], [11, 13], [2, 17, 4], [6, 9, 9], [14, 3, 3]]
 
@@ -50,8 +61,9 @@ def _mmdit_microbatch(specs, g: torch.Generator) -> tuple:
 
 def global_microbatches(count: int, seed: int = 1, kind: str = "mmdit") -> list[tuple]:
     g = torch.Generator().manual_seed(seed)
-    if kind == "mmdit":
-        return [_mmdit_microbatch(SAMPLES[i % len(SAMPLES)], g) for i in range(count)]
+    if kind in ("mmdit", "elastic"):
+        samples = ELASTIC_SAMPLES if kind == "elastic" else SAMPLES
+        return [_mmdit_microbatch(samples[i % len(samples)], g) for i in range(count)]
     from standin_model import make_batch
     out = []
     for i in range(count):
@@ -79,15 +91,28 @@ def train(rank: int, world_size: int, layout: ParallelLayout, steps: int = 2, ki
         everything = global_microbatches(layout.dp * m, seed=100 + step, kind=kind)
         index, count = plan.data_shard
         mine = everything[index * m:(index + 1) * m]
-        loss = plan.run_step(mine, loss_fn)
+        schedule = None
+        if layout.elastic_ulysses:
+            from omnitrain.trainer.parallel.elastic import plan_elastic
+            schedule = plan_elastic([b.num_tokens for b, _ in mine], layout.ulysses, ELASTIC_BUDGET)
+            report.setdefault("degrees", schedule.degrees)
+            mine = [mb if plan.ulysses_rank in schedule.ranks_of(j) else None for j, mb in enumerate(mine)]
+        loss = plan.run_step(mine, loss_fn, schedule=schedule)
         if step == 0:
             report["grads"] = plan.full_state_dict(grads=True)
+            if plan.grad_reducer is not None:
+                report["buckets"] = (plan.grad_reducer.launched_during_backward, len(plan.grad_reducer.buckets))
         report["norms"].append(float(plan.clip_grad_norm_(0.05)))
         report["losses"].append(float(loss))
         optimizer.step()
         optimizer.zero_grad()
     report["params"] = plan.full_state_dict()
     return report
+
+
+def train_layouts(rank: int, world_size: int, layouts: dict, steps: int = 2, kind: str = "mmdit") -> dict:
+    """Several layouts of the same world, one after the other in the same processes (compared with each other)."""
+    return {name: train(rank, world_size, layout, steps, kind) for name, layout in layouts.items()}
 
 
 def reference(layout: ParallelLayout, steps: int = 2, kind: str = "mmdit") -> dict:
