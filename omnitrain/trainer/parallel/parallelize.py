@@ -82,8 +82,8 @@ def setup_parallel(model: nn.Module, config=None, layout: ParallelLayout | None 
 
     if world == 1:
         runner = ChunkRunner(model, chunk_blocks, 1, 0, None)
-        return ParallelPlan(model=model, layout=layout, coords=coords, rank=0, device=device,
-                            chunk_blocks=chunk_blocks, runner=runner)
+        return _apply_memory(ParallelPlan(model=model, layout=layout, coords=coords, rank=0, device=device,
+                                          chunk_blocks=chunk_blocks, runner=runner), config)
 
     from torch.distributed.device_mesh import init_device_mesh
     mesh = init_device_mesh(device.type, layout.shape, mesh_dim_names=MESH_DIMS)
@@ -136,8 +136,17 @@ def setup_parallel(model: nn.Module, config=None, layout: ParallelLayout | None 
         from omnitrain.trainer.parallel.overlap import OverlappedGradReducer
         grad_reducer = OverlappedGradReducer(model, dist.new_group(list(range(world))), layout.dp,
                                              int(layout.grad_bucket_mb * (1 << 20)))
-    return ParallelPlan(model=model, layout=layout, coords=coords, rank=rank, device=device, mesh=mesh,
+    plan = ParallelPlan(model=model, layout=layout, coords=coords, rank=rank, device=device, mesh=mesh,
                         chunk_blocks=chunk_blocks, dp_group=dp_group, pp_group=pp_group,
                         ulysses_group=ulysses_group, grad_group=grad_group, fsdp=fsdp, runner=runner,
                         tp_group=mesh.get_group("tp"), tp_partial_names=tp_partial,
                         elastic_groups=elastic_groups, grad_reducer=grad_reducer)
+    return _apply_memory(plan, config)
+
+
+def _apply_memory(plan: ParallelPlan, config) -> ParallelPlan:
+    """spec.memory (activation offload and recompute) from the trainer config; none without one."""
+    if config is None:
+        return plan
+    from omnitrain.trainer.memory import configure_memory
+    return configure_memory(plan, config.spec.memory.offload, config.spec.memory.recompute)

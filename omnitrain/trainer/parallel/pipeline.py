@@ -57,7 +57,8 @@ def run_pipeline(plan, microbatches: Sequence[Any], loss_fn: Callable) -> torch.
                 received.append(recv(shape, dtype, c - 1, c, "F", j).requires_grad_())
                 return received[0]
 
-            out = plan.forward_chunk(c, args, receive if c > 0 else None, loss_fn, last=(c == chunks - 1))
+            out = plan.forward_chunk(c, args, receive if c > 0 else None, loss_fn, last=(c == chunks - 1),
+                                     micro_batch=j)
             x_in = received[0] if received else None
             if c == chunks - 1:
                 out = out / m
@@ -67,6 +68,7 @@ def run_pipeline(plan, microbatches: Sequence[Any], loss_fn: Callable) -> torch.
             stash[(c, j)] = (x_in, out)
         else:
             x_in, out = stash.pop((c, j))
+            plan.before_backward(c, j)   # before the gradient's receive: a prefetch overlaps the wait
             if plan.fsdp:
                 # Reduce-scatter a chunk's gradients once, after its last micro-batch (backwards run in micro-batch
                 # order per chunk); the embedder/head (the FSDP root) after this rank's very last backward.
@@ -78,6 +80,7 @@ def run_pipeline(plan, microbatches: Sequence[Any], loss_fn: Callable) -> torch.
             else:
                 grad = recv(out.shape, out.dtype, c + 1, c, "B", j)
                 torch.autograd.backward(out, grad)
+            plan.after_backward(c, j)
             if c > 0:
                 send(x_in.grad, c - 1, "B", j)
     for work in pending:

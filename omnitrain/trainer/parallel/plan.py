@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from omnitrain.trainer.memory.recompute import run_block
 from omnitrain.trainer.parallel.layout import ParallelLayout, RankCoords
 from omnitrain.trainer.parallel.ulysses import (UlyssesAttention, gather_sequence, padded_length, shard_context,
                                                 shard_sequence)
@@ -58,6 +59,7 @@ class ParallelPlan:
     runner: nn.Module | None = None  # ChunkRunner: the module the step calls (the FSDP root when sharded)
     elastic_groups: dict[int, Any] = field(default_factory=dict)   # elastic Ulysses: degree -> my sub-group
     grad_reducer: Any = None         # OverlappedGradReducer when layout.grad_reduce == "overlapped"
+    memory: Any = None               # ActivationMemory (omnitrain.trainer.memory) when activations are offloaded
 
     # ---- where this rank sits -------------------------------------------------------------------------------
     @property
@@ -101,9 +103,22 @@ class ParallelPlan:
                 f"gradients {lay.grad_reduce}{' elastic ulysses' if lay.elastic_ulysses else ''}")
 
     # ---- the step -----------------------------------------------------------------------------------------------
-    def forward_chunk(self, chunk: int, args, x_in: Callable | None, loss_fn: LossFn, last: bool):
-        """x_in: None on the first chunk, else a function (shape, dtype) -> the activation received for it."""
-        return self.runner(chunk, args, x_in, loss_fn, last)
+    def forward_chunk(self, chunk: int, args, x_in: Callable | None, loss_fn: LossFn, last: bool,
+                      micro_batch: int | None = None):
+        """x_in: None on the first chunk, else a function (shape, dtype) -> the activation received for it.
+        micro_batch: its index in this step's schedule, so that its saved activations can be offloaded."""
+        if self.memory is None or micro_batch is None:
+            return self.runner(chunk, args, x_in, loss_fn, last)
+        with self.memory.forward(chunk, micro_batch):
+            return self.runner(chunk, args, x_in, loss_fn, last)
+
+    def before_backward(self, chunk: int, micro_batch: int) -> None:
+        if self.memory is not None:   # brings offloaded activations back (policy.offload_plan says when)
+            self.memory.before_backward(chunk, micro_batch)
+
+    def after_backward(self, chunk: int, micro_batch: int) -> None:
+        if self.memory is not None:
+            self.memory.after_backward(chunk, micro_batch)
 
     def run_step(self, microbatches: Sequence[Any], loss_fn: LossFn, schedule=None) -> torch.Tensor:
         """Forward + backward over this rank's micro-batches (each a tuple of model.embed arguments); gradients are
@@ -113,6 +128,11 @@ class ParallelPlan:
         if not microbatches:
             raise ValueError("run_step needs at least one micro-batch")
         arm = self.grad_reducer.arm if self.grad_reducer is not None else None
+        if self.memory is not None and schedule is None:
+            from omnitrain.trainer.parallel.schedule import build_schedule
+            lay = self.layout
+            self.memory.start_step(build_schedule(self.pp_rank, lay.pp, lay.virtual_stages if lay.pp > 1 else 1,
+                                                  len(microbatches), lay.schedule))
         if schedule is not None:
             from omnitrain.trainer.parallel.elastic import run_elastic_step
             loss = run_elastic_step(self, microbatches, loss_fn, schedule, before_last_backward=arm)
@@ -127,10 +147,12 @@ class ParallelPlan:
             for j, args in enumerate(microbatches):
                 if self.fsdp:
                     self.runner.set_requires_gradient_sync(j == m - 1)
-                mb_loss = self.forward_chunk(0, args, None, loss_fn, last=True) / m
+                mb_loss = self.forward_chunk(0, args, None, loss_fn, last=True, micro_batch=j) / m
                 if arm is not None and j == m - 1:
                     arm()
+                self.before_backward(0, j)
                 (mb_loss * self.loss_scale).backward()
+                self.after_backward(0, j)
                 loss = mb_loss.detach() if loss is None else loss + mb_loss.detach()
         self._reduce_gradients()
         return self._report_loss(loss)
@@ -298,6 +320,8 @@ class ChunkRunner(nn.Module):
     context; the tokens too on chunk 0), this chunk's blocks, and on the last chunk the head and the loss over the
     whole packed sequence (gathered from the Ulysses group). A module so that FSDP can make it the root."""
 
+    recompute = "none"   # spec.memory.recompute, per block (omnitrain.trainer.memory.recompute)
+
     def __init__(self, model: nn.Module, chunk_blocks: dict[int, range], ulysses: int, ulysses_rank: int,
                  ulysses_group):
         super().__init__()
@@ -318,7 +342,7 @@ class ChunkRunner(nn.Module):
             core = getattr(getattr(self.model.blocks[i], "attn", None), "core", None)
             if isinstance(core, UlyssesAttention):
                 core.packed_tokens = tokens
-            x = self.model.blocks[i](x, ctx)
+            x = run_block(self.model.blocks[i], x, ctx, self.recompute)
         if not last:
             return x
         prediction = gather_sequence(self.model.head(x, ctx), tokens, u, ur, self.ulysses_group)
