@@ -124,6 +124,11 @@ class Mount:
         return {"source": self.source, "target": self.target, "readOnly": self.read_only}
 
 
+def claim_dir(root: Path, claim: str) -> Path:
+    """The folder behind a PersistentVolumeClaim, by claim name (the provisioner's volumes point here too)."""
+    return root / "pv" / claim
+
+
 @dataclass(frozen=True)
 class VolumeLayout:
     """Where each kind of volume lives on this machine."""
@@ -138,7 +143,7 @@ class VolumeLayout:
         if "emptyDir" in volume:
             return self.pod_dir / "volumes" / volume["name"]
         if "persistentVolumeClaim" in volume:
-            return self.root / "pv" / volume["persistentVolumeClaim"]["claimName"]
+            return claim_dir(self.root, volume["persistentVolumeClaim"]["claimName"])
         if "configMap" in volume or "secret" in volume:
             return self.pod_dir / "volumes" / volume["name"]
         return None
