@@ -126,8 +126,12 @@ class ResilienceSpec(_Spec):
 
 
 class MemorySpec(_Spec):
-    offload: Literal["none", "pipelineAware", "all"] = Field("none", description="Activation offload policy.")
-    recompute: Literal["none", "selective", "full"] = Field("none", description="Activation recompute policy.")
+    offload: Literal["none", "pipelineAware", "all"] = Field("none", description=(
+        "Activation offload to host memory: pipelineAware offloads the micro-batches whose backward waits behind "
+        "other pipeline work (earlier stages hold more), all offloads every one."))
+    recompute: Literal["none", "selective", "full"] = Field("none", description=(
+        "Activation recompute per block: selective keeps matmul and attention outputs and recomputes the rest, "
+        "full keeps only block inputs."))
 
 
 class DistillSpec(_Spec):
@@ -259,6 +263,16 @@ def validate_job_spec(spec: JobSpec) -> list[FieldError]:
                      f"set microBatches >= {p.pipeline}")))
     errors += replicated_path_errors(p.pipeline, p.tensor, p.ulysses, p.data_sharding, p.elastic_ulysses,
                                      p.gradient_reduce)
+    if spec.memory.offload == "pipelineAware" and p.pipeline == 1:
+        errors.append(FieldError(
+            field="spec.memory.offload",
+            message=("pipelineAware offloads activations that wait on the device while other pipeline stages' work "
+                     "runs; with pipeline=1 every backward follows its forward and nothing would be offloaded. "
+                     "Use none, or all to offload every micro-batch")))
+    if spec.memory.offload != "none" and p.elastic_ulysses:
+        errors.append(FieldError(
+            field="spec.memory.offload",
+            message="elasticUlysses runs its own per-micro-batch schedule, which offload does not follow; use none"))
     if spec.training.stage == "dpo" and not spec.training.init_from:
         errors.append(FieldError(
             field="spec.training.initFrom",

@@ -15,6 +15,7 @@ from omnitrain.trainer.memory.recompute import keeps_output
 from omnitrain.trainer.parallel import ParallelLayout, setup_parallel
 from omnitrain.trainer.parallel.schedule import Action, build_schedule
 
+sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent / "parallel"))
 import parallel_workers as workers  # noqa: E402
 
@@ -137,3 +138,43 @@ def test_recompute_reruns_with_the_forwards_module_state(mode):
     # ... and the recomputation used the forward's value (7), not the current one
     torch.testing.assert_close(x2.grad, 7 * scale2.detach() * (x2 * scale2).detach().cos())
     torch.testing.assert_close(scale2.grad, 7 * x2.detach() * (x2 * scale2).detach().cos())
+
+
+def test_spec_rejects_offload_that_cannot_take_effect():
+    from omnitrain.spec import JobSpec, validate_job_spec
+
+    def errors(**memory):
+        spec = JobSpec.model_validate({"memory": memory, "parallelism": {"gpusPerNode": 2, "pipeline": 2,
+                                                                         "microBatches": 2}})
+        return [e for e in validate_job_spec(spec) if e.field == "spec.memory.offload"]
+
+    assert not errors(offload="pipelineAware", recompute="selective")
+    single = JobSpec.model_validate({"memory": {"offload": "pipelineAware"}})
+    assert [e.field for e in validate_job_spec(single)] == ["spec.memory.offload"]
+    assert "pipeline=1" in str(validate_job_spec(single)[0])
+    assert not validate_job_spec(JobSpec.model_validate({"memory": {"offload": "all", "recompute": "full"}}))
+
+
+def test_trainer_applies_spec_memory_in_one_process(tmp_path, monkeypatch):
+    from train_helpers import config_dict
+
+    from omnitrain import trainer
+    from omnitrain.spec import TrainerConfig
+    from omnitrain.trainer.train import train
+
+    configured = []
+
+    def spy(plan, offload, recompute, *args, **kwargs):
+        configured.append(configure_memory(plan, offload, recompute, *args, **kwargs))
+        return configured[-1]
+
+    monkeypatch.setattr(trainer.memory, "configure_memory", spy)
+    torch.set_num_threads(1)
+    plain = train(TrainerConfig.model_validate(config_dict(tmp_path, steps=3)), callbacks=[], log=lambda *a, **k: 0)
+    data = config_dict(tmp_path, steps=3)
+    data["spec"]["memory"] = {"offload": "all", "recompute": "selective"}
+    offloaded = train(TrainerConfig.model_validate(data), callbacks=[], log=lambda *a, **k: 0)
+    assert offloaded.losses == pytest.approx(plain.losses, rel=1e-5)
+    plan = configured[-1]
+    assert plan.runner.recompute == "selective" and plan.memory.account.offloaded > 0
+    assert configured[0].memory is None      # offload none: no hooks at all
