@@ -84,6 +84,7 @@ def _slowest(seconds: float, device: torch.device) -> float:
 
 def train(config: TrainerConfig, callbacks: list | None = None, log=print) -> TrainResult:
     from omnitrain.trainer.parallel import init_distributed, setup_parallel
+    from omnitrain.trainer.parallel.elastic import PrefetchingLoader, plan_elastic
 
     spec = config.spec
     training = spec.training
@@ -117,6 +118,11 @@ def train(config: TrainerConfig, callbacks: list | None = None, log=print) -> Tr
                           micro_batches=spec.parallelism.micro_batches, balance=spec.data.balance,
                           pairs=training.stage == "dpo", text_dim=model_cfg.text_dim,
                           latent_channels=model_cfg.latent_channels)
+    elastic = plan.layout.elastic_ulysses
+    if elastic:   # step N+1's micro-batches and where they run are worked out while step N trains
+        cost = CostModel.of(model_cfg)
+        loader = PrefetchingLoader(loader, lambda batches: plan_elastic(
+            [b.num_tokens for b in batches], plan.ulysses_size, spec.data.token_budget, cost))
     state = TrainState(model=plan.model, optimizer=optimizer, lr_scheduler=scheduler, data_loader=loader,
                        rng=torch.Generator())
     callbacks = default_callbacks(config) if callbacks is None else callbacks
@@ -139,16 +145,17 @@ def train(config: TrainerConfig, callbacks: list | None = None, log=print) -> Tr
     try:
         for step in range(start + 1, training.steps + 1):
             began = time.perf_counter()
-            batches = loader.next_step()
+            batches, schedule = loader.next_step() if elastic else (loader.next_step(), None)
             data_seconds = time.perf_counter() - began
             state.rng.manual_seed(step_seed(training.seed, step, dp_index))
             microbatches = []
-            for batch in batches:
+            for j, batch in enumerate(batches):   # all of them: the noise of each follows from the ones before
                 noisy, s = make_inputs(batch, state.rng, training.logit_normal_mean, training.logit_normal_std,
                                        training.timestep_shift)
-                microbatches.append((noisy.to(device), s.to(device)))
+                runs_here = schedule is None or plan.ulysses_rank in schedule.ranks_of(j)
+                microbatches.append((noisy.to(device), s.to(device)) if runs_here else None)
             with autocast:
-                loss = plan.run_step(microbatches, loss_fn)
+                loss = plan.run_step(microbatches, loss_fn, schedule=schedule)
             if training.grad_clip > 0:
                 plan.clip_grad_norm_(training.grad_clip)
             optimizer.step()
@@ -168,6 +175,8 @@ def train(config: TrainerConfig, callbacks: list | None = None, log=print) -> Tr
         reason = "Error"
         raise
     finally:
+        if elastic:
+            loader.close()
         call(callbacks, "on_train_end", state=state, step=state.step, reason=reason)
     report = next((cb.goodput_report for cb in callbacks if getattr(cb, "goodput_report", None) is not None), None)
     return TrainResult(step=state.step, losses=losses, state=state,

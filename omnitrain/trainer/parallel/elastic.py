@@ -211,5 +211,9 @@ class PrefetchingLoader:
         self._position = None
 
     def close(self) -> None:
-        self._drain()
+        """Waits for the step being prepared; its errors (e.g. data running out after the last step) are dropped:
+        nobody asked for that step."""
+        if self._pending is not None:
+            self._pending.exception()
+            self._pending = None
         self._pool.shutdown(wait=True)

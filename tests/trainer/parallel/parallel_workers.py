@@ -131,3 +131,26 @@ def load_and_step(rank: int, world_size: int, layout: ParallelLayout, state: dic
     index, _ = plan.data_shard
     loss = plan.run_step(everything[index * m:(index + 1) * m], loss_fn)
     return {"loss": float(loss), "grads": plan.full_state_dict(grads=True), "params": plan.full_state_dict()}
+
+
+def train_loop(rank: int, world_size: int, config: dict) -> dict:
+    """The real training loop (omnitrain.trainer.train) on this rank, without callbacks: its losses and the
+    degrees elastic Ulysses picked."""
+    from omnitrain.spec import TrainerConfig
+    from omnitrain.trainer.parallel import elastic
+    from omnitrain.trainer.train import train as train_loop_
+    degrees = []
+    plan = elastic.plan_elastic
+
+    def recording(*args, **kwargs):
+        schedule = plan(*args, **kwargs)
+        degrees.extend(schedule.degrees)
+        return schedule
+
+    elastic.plan_elastic = recording
+    try:
+        result = train_loop_(TrainerConfig.model_validate(config), callbacks=[], log=lambda *_, **__: None)
+    finally:
+        elastic.plan_elastic = plan
+    return {"losses": result.losses, "degrees": degrees,
+            "params": {n: p.detach().clone() for n, p in result.state.model.named_parameters()}}
