@@ -4,7 +4,8 @@
 It manages every Node labelled omnitrain.dev/local=true (keeps its Ready condition and Lease fresh), watches all
 pods and runs those bound to its nodes: one shim (omnitrain.devcluster.shim) per container run, state in
 <root>/pods/<ns>/<name>/. Status is patched only when it changed. A restarted agent re-adopts running pods from
-those folders. Deleting a managed Node kills its pods' processes (a lost machine).
+those folders. Deleting a managed Node kills its pods' processes (a lost machine). It also runs the provisioner of
+the default StorageClass (omnitrain.devcluster.provisioner): the process that owns the folders owns the volumes.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from omnitrain.contract import TERMINATION_LOG_ENV
-from omnitrain.devcluster import podspec, runtime
+from omnitrain.devcluster import podspec, provisioner, runtime
 from omnitrain.devcluster.nodes import KWOK_ANNOTATION, LOCAL_LABEL, now_rfc3339, ready_condition
 
 log = logging.getLogger("omnitrain.devcluster.agent")
@@ -108,11 +109,15 @@ class Agent:
         self.start_pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="start")
         self.mount_ns = self._mount_namespaces_work()
         self.venv_bin = str(Path(sys.executable).parent)
+        self.provisioner = provisioner.Provisioner(self._api_client, root, self.stop_event)
 
     # -- entry -------------------------------------------------------------------------------------------------
     def run(self) -> None:
         log.info("agent starting (root %s, mount namespaces %s)", self.root, "on" if self.mount_ns else "off")
-        for target, name in ((self._watch_nodes, "nodes"), (self._watch_pods, "pods"), (self._heartbeat, "beat")):
+        for target, name in ((self._watch_nodes, "nodes"), (self._watch_pods, "pods"), (self._heartbeat, "beat"),
+                             (self.provisioner.watch_claims, "pvc-watch"),
+                             (self.provisioner.watch_volumes, "pv-watch"),
+                             (self.provisioner.reconcile_loop, "provisioner")):
             threading.Thread(target=self._guard(target), name=name, daemon=True).start()
         while not self.stop_event.is_set():
             deadline = time.monotonic() + TICK_S

@@ -9,11 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from omnitrain.devcluster import kwok, procs, runtime
+from omnitrain.devcluster import kwok, procs, provisioner, runtime
 from omnitrain.devcluster.binaries import REPO_ROOT, ensure_binaries
 from omnitrain.devcluster.controlplane import ControlPlane, free_port
 from omnitrain.devcluster.nodes import (LOCAL_LABEL, NodeShape, create_node, delete_node, kwok_node_body,
                                         local_node_body)
+from omnitrain.devcluster.podspec import claim_dir
 
 DEFAULT_ROOT = REPO_ROOT / ".dev" / "cluster"
 
@@ -48,7 +49,7 @@ class LocalCluster:
         return self.root / "nodes" / node
 
     def pv_dir(self, claim: str) -> Path:
-        return self.root / "pv" / claim
+        return claim_dir(self.root, claim)
 
     def pod_dir(self, namespace: str, name: str) -> Path:
         return runtime.pod_dir(self.root, namespace, name)
@@ -83,6 +84,9 @@ class LocalCluster:
         for i, name in enumerate(local_node_names(nodes)):
             if create_node(core, local_node_body(name, NodeShape(gpus=gpus_per_node, rack=f"rack-{i // 2}"))):
                 log(f"[dev] registered node {name} ({gpus_per_node} nvidia.com/gpu)")
+        if provisioner.ensure_storage_class(client.StorageV1Api(self.api_client())):
+            log(f"[dev] default StorageClass {provisioner.STORAGE_CLASS} (provisioner {provisioner.PROVISIONER}, "
+                f"volumes under {self.root / 'pv'})")
         self.start_agent(log)
         if kwok_nodes:
             self.start_kwok(kwok_nodes, log)
@@ -123,33 +127,29 @@ class LocalCluster:
         return names
 
     def ensure_persistent_claim(self, namespace: str, claim: str, size: str = "10Gi") -> Path:
-        """A PersistentVolumeClaim bound to a hostPath PersistentVolume on `pv_dir(claim)` (the scheduler refuses
-        pods whose claim is missing or unbound). Idempotent; returns the folder the claim maps to."""
+        """A ReadWriteMany PersistentVolumeClaim of the default class, waited for until Bound (the scheduler refuses
+        pods whose claim is missing or unbound); the agent's provisioner backs it with `pv_dir(claim)`.
+        Idempotent (an existing claim is left as it is); returns that folder."""
         from kubernetes import client
         from kubernetes.client.exceptions import ApiException
         core = client.CoreV1Api(self.api_client())
-        folder = self.pv_dir(claim)
-        folder.mkdir(parents=True, exist_ok=True)
-        pv_name = f"omnitrain-local-{namespace}-{claim}"
-        pv = {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": pv_name},
-              "spec": {"capacity": {"storage": size}, "accessModes": ["ReadWriteMany"],
-                       "persistentVolumeReclaimPolicy": "Retain", "storageClassName": "omnitrain-local",
-                       "hostPath": {"path": str(folder)}, "claimRef": {"namespace": namespace, "name": claim}}}
         pvc = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": claim},
-               "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "omnitrain-local",
-                        "volumeName": pv_name, "resources": {"requests": {"storage": size}}}}
-        for create in (lambda: core.create_persistent_volume(pv),
-                       lambda: core.create_namespaced_persistent_volume_claim(namespace, pvc)):
-            try:
-                create()
-            except ApiException as exc:
-                if exc.status != 409:
-                    raise
+               "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": provisioner.STORAGE_CLASS,
+                        "resources": {"requests": {"storage": size}}}}
+        try:
+            core.create_namespaced_persistent_volume_claim(namespace, pvc)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
         deadline = time.monotonic() + 60
         while core.read_namespaced_persistent_volume_claim(claim, namespace).status.phase != "Bound":
             if time.monotonic() > deadline:
-                raise TimeoutError(f"PersistentVolumeClaim {namespace}/{claim} not Bound within 60 s")
-            time.sleep(0.2)  # polling the PV controller's binding with a deadline
+                raise TimeoutError(f"PersistentVolumeClaim {namespace}/{claim} not Bound within 60 s (the node agent "
+                                   f"provisions it: see {self.root / 'logs' / 'agent.log'} and the claim's events)")
+            time.sleep(0.2)  # polling the provisioner and the PV controller's binding with a deadline
+        folder = self.pv_dir(claim)
+        # a claim bound to a volume made by hand maps to the same folder, which then may not exist yet
+        folder.mkdir(parents=True, exist_ok=True)
         return folder
 
     def add_node(self, name: str, gpus: int = 2) -> None:
