@@ -47,6 +47,22 @@ def test_pod_runs_as_process_and_succeeds(local_cluster, core):
     assert conditions["PodScheduled"] == "True" and conditions["Ready"] == "False"
 
 
+def test_burstable_pod_starts_and_runs(local_cluster, core):
+    """Regression: the agent once reported status.qosClass=BestEffort; the API server refused every status patch of
+    a pod with requests (Burstable: qosClass is immutable) and such pods never left Pending."""
+    name = unique("burstable")
+    core.create_namespaced_pod("default", pod_body(name, "echo started; sleep 600",
+                                                   resources={"requests": {"cpu": "100m", "memory": "64Mi"}}))
+    try:
+        pod = wait_pod_phase(core, "default", name, {"Running", "Succeeded", "Failed"})
+        assert pod.status.phase == "Running" and pod.status.qos_class == "Burstable"
+        assert pod.spec.node_name in local_cluster.node_names
+        wait_for(lambda: "started" in local_cluster.container_log("default", name, "main").read_text(), 30,
+                 "the container's output")
+    finally:
+        core.delete_namespaced_pod(name, "default", grace_period_seconds=0)
+
+
 def test_failing_pod_reports_exit_code_and_termination_message(core):
     name = unique("fail")
     core.create_namespaced_pod("default", pod_body(
