@@ -15,7 +15,10 @@ Interface used by other areas' tests (stable):
   `<container>.log`, emptyDir/configMap volumes), `.container_log(namespace, name, container)`,
   `.api_client()` (a configured kubernetes ApiClient), `.add_node(name)`, `.delete_node(name)`,
   `.start_kwok(count) -> [node names]` (fake nodes, annotation kwok.x-k8s.io/node=fake, taint
-  kwok.x-k8s.io/node=fake:NoSchedule; pods there go Running and stay Running until deleted).
+  kwok.x-k8s.io/node=fake:NoSchedule; pods there go Running and stay Running until deleted),
+  `.ensure_persistent_claim(namespace, claim)` (creates a claim, waits for Bound, returns `.pv_dir(claim)`).
+- Storage: the default StorageClass `omnitrain-local`, provisioned by the agent (omnitrain.devcluster.provisioner):
+  any claim of it, or without a class, gets a hostPath PV on `.pv_dir(claim)`; a PVC applied with kubectl ends Bound.
 - omnitrain.devcluster.testing: `wait_for(predicate, timeout, what)`, `wait_pod_phase`, `wait_pod_gone`.
 
 Pods on agent nodes: image ignored, command+args run with the repo's venv first on PATH; each pod gets its own
