@@ -51,6 +51,7 @@ def storage_class_body() -> dict:
 class Provision:
     namespace: str
     claim: str
+    uid: str
     folder: Path
     volume: dict
 
@@ -130,7 +131,7 @@ def plan(claims: list[dict], volumes: list[dict], classes: list[dict], root: Pat
         if reason:
             actions.append(Refuse(meta["namespace"], meta["name"], meta["uid"], reason))
             continue
-        actions.append(Provision(meta["namespace"], meta["name"], claim_dir(root, meta["name"]),
+        actions.append(Provision(meta["namespace"], meta["name"], meta["uid"], claim_dir(root, meta["name"]),
                                  volume_for(claim, by_name[claim["spec"]["storageClassName"]], root)))
     for volume in volumes:
         meta = volume["metadata"]
@@ -141,14 +142,21 @@ def plan(claims: list[dict], volumes: list[dict], classes: list[dict], root: Pat
     return actions
 
 
-def refusal_event(refuse: Refuse, now: str) -> dict:
-    """A core/v1 Event on the claim; its name is fixed per claim so a repeated refusal is one event (409)."""
+def claim_event(action: Provision | Refuse, now: str) -> dict:
+    """A core/v1 Event on the claim, what `kubectl describe pvc` shows. Its name is fixed per claim and reason, so
+    saying the same thing again (a restarted agent, a re-plan) is one event (409), not a stream."""
+    if isinstance(action, Refuse):
+        kind, reason, message = "Warning", "ProvisioningFailed", action.message
+    else:
+        kind, reason = "Normal", "ProvisioningSucceeded"
+        message = f"Successfully provisioned volume {action.volume['metadata']['name']} on {action.folder}"
     return {"apiVersion": "v1", "kind": "Event",
-            "metadata": {"name": f"{refuse.claim}.{COMPONENT}-{refuse.uid[:8]}", "namespace": refuse.namespace},
-            "involvedObject": {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "namespace": refuse.namespace,
-                               "name": refuse.claim, "uid": refuse.uid},
-            "reason": "ProvisioningFailed", "message": refuse.message, "type": "Warning",
-            "source": {"component": COMPONENT}, "firstTimestamp": now, "lastTimestamp": now, "count": 1}
+            "metadata": {"name": f"{action.claim[:200]}.{action.uid[:8]}.{reason.lower()}",
+                         "namespace": action.namespace},
+            "involvedObject": {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "namespace": action.namespace,
+                               "name": action.claim, "uid": action.uid},
+            "reason": reason, "message": message, "type": kind, "source": {"component": COMPONENT},
+            "firstTimestamp": now, "lastTimestamp": now, "count": 1}
 
 
 def ensure_storage_class(storage_api) -> bool:
@@ -223,18 +231,23 @@ class Provisioner:
             return
         log.info("provisioned %s for claim %s/%s on %s", action.volume["metadata"]["name"], action.namespace,
                  action.claim, action.folder)
+        self._event(action)
 
     def _refuse(self, action: Refuse) -> None:
         from kubernetes.client.exceptions import ApiException
         if action.uid in self.reported:
             return
+        self._event(action)
+        self.reported.add(action.uid)
+        log.warning("claim %s/%s not provisioned: %s", action.namespace, action.claim, action.message)
+
+    def _event(self, action: Provision | Refuse) -> None:
+        from kubernetes.client.exceptions import ApiException
         try:
-            self.core.create_namespaced_event(action.namespace, refusal_event(action, now_rfc3339()))
+            self.core.create_namespaced_event(action.namespace, claim_event(action, now_rfc3339()))
         except ApiException as exc:
             if exc.status != 409:
                 raise
-        self.reported.add(action.uid)
-        log.warning("claim %s/%s not provisioned: %s", action.namespace, action.claim, action.message)
 
     def _delete(self, action: Delete) -> None:
         from kubernetes import client

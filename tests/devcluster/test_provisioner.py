@@ -53,6 +53,13 @@ def test_a_claim_handed_over_gets_a_prebound_hostpath_volume_on_the_folder_pods_
     assert action.folder == pod_sees == Path(spec["hostPath"]["path"]) == ROOT / "pv" / "ckpt"
 
 
+def test_provisioning_is_reported_on_the_claim():
+    [action] = plan([claim()], [], [CLASS], ROOT)
+    event = provisioner.claim_event(action, "2026-01-01T00:00:00Z")
+    assert event["type"] == "Normal" and event["reason"] == "ProvisioningSucceeded"
+    assert "pvc-11111111-aaaa" in event["message"] and event["involvedObject"]["name"] == "ckpt"
+
+
 def test_reclaim_policy_follows_the_class():
     retain = {**CLASS, "reclaimPolicy": "Retain"}
     [action] = plan([claim()], [], [retain], ROOT)
@@ -88,8 +95,8 @@ def test_unsupported_requests_are_refused_naming_the_field():
     for field, spec in cases.items():
         [action] = plan([claim(**spec)], [], [CLASS], ROOT)
         assert isinstance(action, Refuse) and action.message.startswith(field), (field, action)
-        event = provisioner.refusal_event(action, "2026-01-01T00:00:00Z")
-        assert event["type"] == "Warning" and event["reason"] == "ProvisioningFailed"
+        event = provisioner.claim_event(action, "2026-01-01T00:00:00Z")
+        assert (event["type"], event["reason"], event["message"]) == ("Warning", "ProvisioningFailed", action.message)
         assert event["involvedObject"]["uid"] == "11111111-aaaa" and event["metadata"]["namespace"] == "team"
     assert plan([claim(volumeMode="Filesystem", selector={})], [], [CLASS], ROOT)[0].__class__ is Provision
 

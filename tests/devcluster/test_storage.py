@@ -40,6 +40,11 @@ def claim_phase(core, namespace: str, name: str) -> str:
     return core.read_namespaced_persistent_volume_claim(name, namespace).status.phase
 
 
+def claim_event(core, namespace: str, name: str, reason: str):
+    events = core.list_namespaced_event(namespace, field_selector=f"involvedObject.name={name}").items
+    return next((e for e in events if e.reason == reason), None)
+
+
 def test_quickstart_claim_is_provisioned_and_pods_write_to_its_folder(local_cluster, core, namespace):
     from kubernetes import client
     body = quickstart_claim()
@@ -54,6 +59,7 @@ def test_quickstart_claim_is_provisioned_and_pods_write_to_its_folder(local_clus
     assert volume.spec.claim_ref.uid == pvc.metadata.uid
     assert volume.spec.host_path.path == str(local_cluster.pv_dir(name))
     assert pvc.status.capacity["storage"] == body["spec"]["resources"]["requests"]["storage"]
+    wait_for(lambda: claim_event(core, namespace, name, "ProvisioningSucceeded"), 30, "a ProvisioningSucceeded event")
 
     tag = uuid.uuid4().hex[:6]
     pod = f"writer-{tag}"
@@ -91,9 +97,7 @@ def test_claim_with_a_selector_gets_an_event_naming_the_field(core, namespace):
         "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}},
         "selector": {"matchLabels": {"tier": "fast"}}}})
 
-    def refusal():
-        events = core.list_namespaced_event(namespace, field_selector=f"involvedObject.name={name}").items
-        return next((e for e in events if e.reason == "ProvisioningFailed"), None)
-    event = wait_for(refusal, 60, f"a ProvisioningFailed event on claim {namespace}/{name}")
+    event = wait_for(lambda: claim_event(core, namespace, name, "ProvisioningFailed"), 60,
+                     f"a ProvisioningFailed event on claim {namespace}/{name}")
     assert event.type == "Warning" and "spec.selector" in event.message
     assert claim_phase(core, namespace, name) == "Pending"
