@@ -22,16 +22,13 @@ import torch
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from omnitrain.model.config import ModelConfig  # noqa: E402
 from omnitrain.model.mmdit import MMDiT, randomize_  # noqa: E402
-from omnitrain.model.packing import SampleRecord, pack  # noqa: E402
 from omnitrain.trainer.parallel import ParallelLayout, setup_parallel  # noqa: E402
 from omnitrain.trainer.parallel import ulysses as ulysses_module  # noqa: E402
 from omnitrain.trainer.parallel.elastic import plan_elastic  # noqa: E402
 from omnitrain.trainer.parallel.testing import run_on_ranks  # noqa: E402
+from train_layouts import BENCH_MODEL, step_microbatches, video_mse  # noqa: E402  (this folder)
 
-BENCH_MODEL = ModelConfig(hidden_size=128, depth=4, num_heads=4, mlp_ratio=4.0, latent_channels=4,
-                          patch_size=(1, 2, 2), text_dim=32, frequency_embedding_size=64)
 TOKEN_BUDGET = 512
 # (text tokens, latent frames, latent side, reference image?, video context?) per sample, per micro-batch.
 MICRO_BATCHES = [
@@ -48,27 +45,6 @@ MODES = {   # name -> (elastic, gradient reduce)
     "elastic, coalesced": (True, "coalesced"),
     "elastic, overlapped": (True, "overlapped"),
 }
-
-
-def step_microbatches(step: int) -> list[tuple]:
-    g = torch.Generator().manual_seed(1000 + step)
-    c = BENCH_MODEL.latent_channels
-    out = []
-    for specs in MICRO_BATCHES:
-        records = [SampleRecord(text=torch.randn(text, BENCH_MODEL.text_dim, generator=g),
-                                video=torch.randn(c, frames, side, side, generator=g),
-                                reference=torch.randn(c, 1, side, side, generator=g) if ref else None,
-                                context=torch.randn(c, frames, side, side, generator=g) if ctx else None)
-                   for text, frames, side, ref, ctx in specs]
-        batch = pack(records, BENCH_MODEL.patch_size)
-        batch.target = torch.randn(batch.video.shape, generator=g)
-        out.append((batch, torch.rand(len(specs), generator=g)))
-    return out
-
-
-def video_mse(prediction, args):
-    batch = args[0]
-    return ((prediction[batch.target_mask] - batch.target) ** 2).mean()
 
 
 class _Counter:
@@ -96,7 +72,7 @@ def bench_worker(rank: int, world_size: int, rounds: int, steps: int, bucket_mb:
                                 grad_reduce=reduce, grad_bucket_mb=bucket_mb)
         plan = setup_parallel(model, layout=layout)
         runs[name] = (plan, torch.optim.AdamW(plan.parameters_for_optimizer(), lr=1e-4, foreach=True))
-    batches = step_microbatches(0)
+    batches = step_microbatches(0, MICRO_BATCHES)
     tokens = [b.num_tokens for b, _ in batches]
     schedule = plan_elastic(tokens, world_size, TOKEN_BUDGET)
     times = {name: [] for name in MODES}

@@ -51,12 +51,12 @@ LAYOUTS = {
 }
 
 
-def step_microbatches(step: int) -> list[tuple]:
-    """The step's 4 packed micro-batches (the same on every layout), with a regression target on video tokens."""
+def step_microbatches(step: int, micro_batches: list = MICRO_BATCHES) -> list[tuple]:
+    """The step's packed micro-batches (the same on every layout), with a regression target on video tokens."""
     g = torch.Generator().manual_seed(1000 + step)
     c = BENCH_MODEL.latent_channels
     out = []
-    for specs in MICRO_BATCHES:
+    for specs in micro_batches:
         records = [SampleRecord(text=torch.randn(text, BENCH_MODEL.text_dim, generator=g),
                                 video=torch.randn(c, frames, side, side, generator=g),
                                 reference=torch.randn(c, 1, side, side, generator=g) if ref else None,
