@@ -18,7 +18,6 @@ Scope: pipeline == 1, tensor == 1, replicated data (layout.check_layout refuses 
 from __future__ import annotations
 
 import contextlib
-import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -176,16 +175,14 @@ class PrefetchingLoader:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="omnitrain-prefetch")
         self._pending: Future | None = None
         self._position: dict | None = None      # loader position after the last step handed out
-        self._lock = threading.Lock()
         self.last_step_tokens = 0
         self.last_step_counts = getattr(loader, "last_step_counts", None)
 
     def _produce(self):
-        with self._lock:
-            batches = self.loader.next_step()
-            schedule = self.make_schedule(batches) if self.make_schedule else None
-            return batches, schedule, self.loader.last_step_tokens, self.loader.last_step_counts, \
-                self.loader.state_dict()
+        # Only ever one call at a time: next_step runs it here only while nothing is pending.
+        batches = self.loader.next_step()
+        schedule = self.make_schedule(batches) if self.make_schedule else None
+        return batches, schedule, self.loader.last_step_tokens, self.loader.last_step_counts, self.loader.state_dict()
 
     def next_step(self):
         """(this rank's micro-batches, their schedule or None) of the next step; starts preparing the one after."""
