@@ -202,7 +202,11 @@ class Provisioner:
         while not self.stop_event.is_set():
             self.dirty.wait(RESYNC_S)
             self.dirty.clear()
-            self.reconcile()
+            try:
+                self.reconcile()
+            except Exception:
+                self.dirty.set()   # retried as soon as the agent's guard restarts the loop, not a resync later
+                raise
 
     def reconcile(self) -> None:
         actions = plan(self._items(self.core.list_persistent_volume_claim_for_all_namespaces),
