@@ -115,9 +115,6 @@ def main() -> int:
     cluster = LocalCluster(root).up(nodes=2, gpus_per_node=2, log=log)
     kubeconfig = cluster.kubeconfig
     install_crd(kubeconfig)
-    # The local cluster has no dynamic provisioner: bind the quickstart's claim (same size as in the example, so
-    # the apply below leaves it as it is) to a hostPath volume first.
-    cluster.ensure_persistent_claim(NAMESPACE, CLAIM, size="5Gi")
     operator = start_operator(kubeconfig, REPO / ".dev" / "operator.log")
     try:
         remove_previous_run(cluster, kubeconfig)

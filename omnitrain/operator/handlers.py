@@ -101,9 +101,8 @@ class Controller:
                       if p.rank == 0 and p.attempt == job["status"].get("attempt") and p.pod_ip), None)
         if rank0 is None:
             return
-        root = spec.checkpoint.persistent_path if spec.checkpoint.persistent_claim else spec.checkpoint.local_path
         patch = progress.progress_patch(progress.scrape(rank0.pod_ip, spec.metrics_port), job["status"],
-                                        f"{root}/{name}", now_iso())
+                                        plan.checkpoint_root(spec, name), now_iso())
         if patch:
             self.kube.patch_status(namespace, name, patch)
             self._record_goodput(namespace, name, patch.get("goodput"))

@@ -111,6 +111,12 @@ def pod_labels(job: str, attempt: int, rank: int) -> dict[str, str]:
             LABEL_ROLE: "trainer"}
 
 
+def checkpoint_root(spec: JobSpec, job: str) -> str:
+    """Where the job's checkpoints live as the pods see it (docs/checkpointing.md): status.lastCheckpoint.path."""
+    root = spec.checkpoint.persistent_path if spec.checkpoint.persistent_claim else spec.checkpoint.local_path
+    return f"{root}/{job}"
+
+
 def render_config_map(job: JobRef, spec: JobSpec, attempt: int) -> dict:
     config = TrainerConfig(spec=spec, run=RunInfo(job_name=job.name, namespace=job.namespace, job_uid=job.uid,
                                                   attempt=attempt, job_created=job.created))

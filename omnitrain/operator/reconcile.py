@@ -108,12 +108,22 @@ def first_failure(pods: list[PodView]) -> PodFailure | None:
     return PodFailure(pod=p.name, node=p.node, exit_code=p.exit_code, reason=reason, message=detail[:500])
 
 
-def final_goodput(pods: list[PodView]) -> dict | None:
-    """The job's goodput as rank 0's trainer computed it at the end (its termination message): the trainer reads
-    the whole job's metrics log on the persistent volume, which the operator does not mount."""
+def final_progress(pods: list[PodView], checkpoint_root: str, now: str) -> dict:
+    """Status fields from rank 0's termination message at success: the last step, the final checkpoint and the
+    job's goodput as the trainer computed them (the progress scrape may have missed the last seconds, and the
+    goodput needs the whole metrics log on the persistent volume, which the operator does not mount)."""
     rank0 = next((p for p in pods if p.rank == 0), None)
     term = TerminationMessage.from_json(rank0.message) if rank0 is not None else None
-    return term.goodput if term is not None and isinstance(term.goodput, dict) else None
+    if term is None:
+        return {}
+    fields: dict = {}
+    if term.step is not None:
+        fields["currentStep"] = term.step
+    if term.checkpoint_step:
+        fields["lastCheckpoint"] = {"step": term.checkpoint_step, "path": checkpoint_root, "time": now}
+    if isinstance(term.goodput, dict):
+        fields["goodput"] = term.goodput
+    return fields
 
 
 def decide_recovery(failure: PodFailure, restarts: int, spec: JobSpec, status: dict | None = None) -> Recovery:
@@ -310,9 +320,7 @@ def reconcile(job: plan.JobRef, raw_spec: dict, status: dict | None, pods: list[
     if phases and all(ph == "Succeeded" for ph in phases):
         msg = f"all {len(phases)} pods of attempt {attempt} succeeded"
         st.update(phase=SUCCEEDED, message=msg, completionTime=now)
-        final = final_goodput(current)
-        if final is not None:
-            st["goodput"] = final
+        st.update(final_progress(current, plan.checkpoint_root(spec, job.name), now))
         conditions = set_condition(conditions, "Running", False, "Completed", msg, now)
         conditions = set_condition(conditions, "Succeeded", True, "Completed", msg, now)
         d.events.append(Event("Normal", "Succeeded", msg))

@@ -69,5 +69,6 @@ def _train(args: argparse.Namespace) -> int:
         if dist.is_initialized():
             dist.destroy_process_group()
     if int(os.environ.get("LOCAL_RANK", "0")) == 0:   # one writer per pod: rank 0's message carries the goodput
-        write_termination_message(TerminationMessage(reason="Completed", step=result.step, goodput=result.goodput))
+        write_termination_message(TerminationMessage(reason="Completed", step=result.step, goodput=result.goodput,
+                                                     checkpoint_step=result.checkpoint_step))
     return ExitCode.OK

@@ -42,6 +42,7 @@ class TrainResult:
     losses: list[float]
     state: TrainState
     goodput: dict | None = None   # the job's goodput at the end (rank 0; GoodputReport.to_status)
+    checkpoint_step: int | None = None   # the newest complete checkpoint after the final save
 
 
 def step_seed(seed: int, step: int, data_rank: int) -> int:
@@ -179,5 +180,6 @@ def train(config: TrainerConfig, callbacks: list | None = None, log=print) -> Tr
             loader.close()
         call(callbacks, "on_train_end", state=state, step=state.step, reason=reason)
     report = next((cb.goodput_report for cb in callbacks if getattr(cb, "goodput_report", None) is not None), None)
-    return TrainResult(step=state.step, losses=losses, state=state,
+    saved = next((cb.last_complete_step for cb in callbacks if getattr(cb, "last_complete_step", None)), None)
+    return TrainResult(step=state.step, losses=losses, state=state, checkpoint_step=saved,
                        goodput=report.to_status() if report is not None else None)

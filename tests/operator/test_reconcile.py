@@ -191,14 +191,16 @@ def test_an_invalid_spec_that_is_fixed_gets_a_fresh_start():
     assert condition(fixed.status, "Valid")["status"] == "True" and condition(fixed.status, "Failed") is None
 
 
-def test_success_keeps_rank_zeros_final_goodput():
+def test_success_takes_the_last_step_checkpoint_and_goodput_from_rank_zero():
     st = step(SPEC, launched(), pods(0, "Running", "Running")).status
-    done = pods(0, "Succeeded", "Succeeded")
+    st["currentStep"] = 8           # the last progress scrape, seconds before the end
     goodput = {"ratio": 0.87, "wallSeconds": 100.0, "productiveSeconds": 87.0, "badputSeconds": {"startup": 13.0}}
-    messages = [TerminationMessage(reason="Completed", step=10, goodput=goodput), TerminationMessage("Completed")]
-    done = [dataclasses.replace(p, message=m.to_json()) for p, m in zip(done, messages)]
-    d = step(SPEC, st, done)
-    assert d.status["phase"] == SUCCEEDED and d.status["goodput"] == goodput
-    # a trainer that wrote no goodput (e.g. a stand-in command) leaves the field to the progress scrape
-    plain = pods(0, "Succeeded", "Succeeded")
-    assert "goodput" not in step(SPEC, st, plain).status
+    messages = [TerminationMessage(reason="Completed", step=40, checkpoint_step=40, goodput=goodput),
+                TerminationMessage("Completed")]
+    done = [dataclasses.replace(p, message=m.to_json()) for p, m in zip(pods(0, "Succeeded", "Succeeded"), messages)]
+    d = step(SPEC, st, done, now="t9")
+    assert d.status["phase"] == SUCCEEDED and d.status["goodput"] == goodput and d.status["currentStep"] == 40
+    assert d.status["lastCheckpoint"] == {"step": 40, "path": "/mnt/nvme/omnitrain/j", "time": "t9"}
+    # a trainer that wrote no termination message (e.g. a stand-in command) leaves those fields as they were
+    plain = step(SPEC, st, pods(0, "Succeeded", "Succeeded")).status
+    assert "goodput" not in plain and "lastCheckpoint" not in plain and plain["currentStep"] == 8

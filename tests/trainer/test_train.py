@@ -140,7 +140,8 @@ def test_torchrun_two_processes_gloo(tmp_path):
     assert "step 4/4" in proc.stdout
     # one writer (local rank 0, here global rank 0): the job's goodput over its whole metrics log rides along
     message = json.loads((tmp_path / "termination").read_text())
-    assert {k: message[k] for k in ("reason", "step")} == {"reason": "Completed", "step": 4}
+    assert {k: message[k] for k in ("reason", "step", "checkpoint_step")} == {"reason": "Completed", "step": 4,
+                                                                             "checkpoint_step": 4}
     goodput = message["goodput"]
     assert 0 < goodput["ratio"] <= 1 and goodput["productiveSeconds"] <= goodput["wallSeconds"]
     for step in (2, 4):     # interval saves and the final one, by both ranks (no persistent claim: local tier)
