@@ -45,17 +45,20 @@ def _status(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from omnitrain.observability.report import write_report
     from omnitrain.observability.step_log import read_job_log
-    status = None
+    status, created = None, None
     if not args.offline:
         from omnitrain.observability.status_fetch import fetch_job
+        from omnitrain.timestamps import parse_rfc3339
         try:
-            status = fetch_job(args.job, args.namespace).job.get("status") or {}
+            job = fetch_job(args.job, args.namespace).job
+            status = job.get("status") or {}
+            created = parse_rfc3339((job.get("metadata") or {}).get("creationTimestamp"))
         except Exception as exc:  # the log alone still makes a report; say what is missing
             print(f"warning: job status not read from the API server ({exc}); the report uses the metrics log only",
                   file=sys.stderr)
     try:
         log = read_job_log(args.metrics_dir)
-        png, page = write_report(log, args.out, f"{args.namespace}/{args.job}", status)
+        png, page = write_report(log, args.out, f"{args.namespace}/{args.job}", status, job_created=created)
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

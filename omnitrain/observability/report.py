@@ -237,15 +237,18 @@ th,td{{border:1px solid #ccc;padding:4px 10px;text-align:left}} img{{max-width:1
 """
 
 
-def write_report(log: JobLog, out_dir: str | os.PathLike, job_name: str, status: dict | None = None
-                 ) -> tuple[Path, Path]:
-    """Write <out>/report.png and <out>/report.html; returns both paths."""
+def write_report(log: JobLog, out_dir: str | os.PathLike, job_name: str, status: dict | None = None,
+                 job_created: float | None = None) -> tuple[Path, Path]:
+    """Write <out>/report.png and <out>/report.html; returns both paths. Goodput counts from job_created (the
+    job's metadata.creationTimestamp, where the trainer's status.goodput counts from), else status.startTime, else
+    the first attempt's start."""
     if not log.of_kind("step"):
         raise ValueError("the metrics log has no step records yet; run the job for at least one step "
                          "(or point --metrics-dir at the job's <persistentPath>/<job>/metrics folder)")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    summary = summarise(log, parse_rfc3339((status or {}).get("startTime")))
+    started = job_created if job_created is not None else parse_rfc3339((status or {}).get("startTime"))
+    summary = summarise(log, started)
     title = f"OmniTrainingJob {job_name}"
     png = plot_report(summary, title, out / "report.png")
     page = out / "report.html"
