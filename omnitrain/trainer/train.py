@@ -83,9 +83,24 @@ def _slowest(seconds: float, device: torch.device) -> float:
     return float(t)
 
 
+def step_inputs(batches, schedule, ulysses_rank: int, rng: torch.Generator, make_inputs, training,
+                device) -> list:
+    """The (noisy batch, timesteps) micro-batches this rank runs; None for those of its Ulysses group it does not.
+    batches: the loader's micro-batches, or its ElasticStep with elastic Ulysses (schedule)."""
+    fixed = batches.fixed if schedule is not None else batches
+    noised = []
+    for batch in fixed:   # all of them, as the fixed degree does: the noise of each follows from the ones before
+        noised.append(make_inputs(batch, rng, training.logit_normal_mean, training.logit_normal_std,
+                                  training.timestep_shift))
+    if schedule is None:
+        return [(noisy.to(device), s.to(device)) for noisy, s in noised]
+    return [tuple(t.to(device) for t in batches.take(k, noised)) if ulysses_rank in schedule.ranks_of(k) else None
+            for k in range(len(batches.bins))]
+
+
 def train(config: TrainerConfig, callbacks: list | None = None, log=print) -> TrainResult:
     from omnitrain.trainer.parallel import init_distributed, setup_parallel
-    from omnitrain.trainer.parallel.elastic import PrefetchingLoader, plan_elastic
+    from omnitrain.trainer.parallel.elastic import PrefetchingLoader, RegroupedLoss, step_schedule
 
     spec = config.spec
     training = spec.training
@@ -114,16 +129,15 @@ def train(config: TrainerConfig, callbacks: list | None = None, log=print) -> Tr
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda i: warmup_cosine(i, training.warmup_steps, training.steps))
     dp_index, dp_count = plan.data_shard
+    elastic = plan.layout.elastic_ulysses
     loader = PackedLoader(ShardReader(spec.data.path, spec.data.on_corrupt), model_cfg.patch_size,
                           spec.data.token_budget, CostModel.of(model_cfg), dp_rank=dp_index, dp_size=dp_count,
                           micro_batches=spec.parallelism.micro_batches, balance=spec.data.balance,
                           pairs=training.stage == "dpo", text_dim=model_cfg.text_dim,
-                          latent_channels=model_cfg.latent_channels)
-    elastic = plan.layout.elastic_ulysses
+                          latent_channels=model_cfg.latent_channels,
+                          elastic_ulysses=plan.ulysses_size if elastic else 0)
     if elastic:   # step N+1's micro-batches and where they run are worked out while step N trains
-        cost = CostModel.of(model_cfg)
-        loader = PrefetchingLoader(loader, lambda batches: plan_elastic(
-            [b.num_tokens for b in batches], plan.ulysses_size, spec.data.token_budget, cost))
+        loader = PrefetchingLoader(loader, lambda step: step_schedule(step, plan.ulysses_size))
     state = TrainState(model=plan.model, optimizer=optimizer, lr_scheduler=scheduler, data_loader=loader,
                        rng=torch.Generator())
     callbacks = default_callbacks(config) if callbacks is None else callbacks
@@ -138,6 +152,8 @@ def train(config: TrainerConfig, callbacks: list | None = None, log=print) -> Tr
             f"from step {start} to {training.steps}; {plan.describe() if hasattr(plan, 'describe') else ''}")
 
     loss_fn = FlowMatchingLoss() if reference is None else DiffusionDPOLoss(reference, training.dpo_beta)
+    if elastic:
+        loss_fn = RegroupedLoss(loss_fn)
     make_inputs = flow_matching_inputs if reference is None else dpo_inputs
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
                 if training.precision == "bf16" and device.type == "cuda" else contextlib.nullcontext())
@@ -149,12 +165,8 @@ def train(config: TrainerConfig, callbacks: list | None = None, log=print) -> Tr
             batches, schedule = loader.next_step() if elastic else (loader.next_step(), None)
             data_seconds = time.perf_counter() - began
             state.rng.manual_seed(step_seed(training.seed, step, dp_index))
-            microbatches = []
-            for j, batch in enumerate(batches):   # all of them: the noise of each follows from the ones before
-                noisy, s = make_inputs(batch, state.rng, training.logit_normal_mean, training.logit_normal_std,
-                                       training.timestep_shift)
-                runs_here = schedule is None or plan.ulysses_rank in schedule.ranks_of(j)
-                microbatches.append((noisy.to(device), s.to(device)) if runs_here else None)
+            microbatches = step_inputs(batches, schedule, plan.ulysses_rank, state.rng, make_inputs, training,
+                                       device)
             with autocast:
                 loss = plan.run_step(microbatches, loss_fn, schedule=schedule)
             if training.grad_clip > 0:

@@ -6,6 +6,7 @@ the per-token matmuls and the attention term. Pure functions."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 from omnitrain.model.config import ModelConfig
 from omnitrain.model.flops import TokenCounts, attention_core_flops, block_flops
@@ -67,3 +68,100 @@ def imbalance(loads: list[float]) -> float:
     """max / mean (1.0 = perfect balance)."""
     mean = sum(loads) / len(loads)
     return max(loads) / mean if mean else 1.0
+
+
+# -- elastic Ulysses: a Ulysses group's samples packed at the granularity of the per-micro-batch degree ----------
+
+def divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def degree_for(tokens: int, ulysses: int, token_budget: int) -> int:
+    """Smallest divisor d of the Ulysses degree with tokens <= token_budget * d / ulysses (same per-rank tokens as
+    the fixed degree); the full degree for anything longer."""
+    for d in divisors(ulysses):
+        if tokens * ulysses <= token_budget * d:
+            return d
+    return ulysses
+
+
+@dataclass(frozen=True)
+class ElasticBin:
+    """One micro-batch of an elastic step: samples (indices into the group's samples, in stream order) run on the
+    aligned sub-group of ranks first .. first + degree - 1 of the Ulysses group."""
+
+    samples: tuple[int, ...]
+    degree: int
+    first: int
+
+
+def rank_loads(bins: Sequence[ElasticBin], costs: Sequence[float], ulysses: int) -> list[float]:
+    """Estimated compute per rank of the Ulysses group: each sample's cost split evenly over its bin's ranks."""
+    load = [0.0] * ulysses
+    for b in bins:
+        for r in range(b.first, b.first + b.degree):
+            load[r] += sum(costs[i] for i in b.samples) / b.degree
+    return load
+
+
+def assign_elastic(tokens: Sequence[int], costs: Sequence[float], ulysses: int, token_budget: int,
+                   tolerance: float = 0.05) -> list[ElasticBin]:
+    """Pack one Ulysses group's samples into micro-batches for elastic degrees (pure).
+
+    Each sample gets the smallest degree its length allows (degree_for) and is placed, costliest first, on the
+    aligned sub-group whose busiest rank is least loaded: placing samples rather than whole micro-batches is what
+    balances the ranks, because a sample's cost (attention quadratic in its own length) does not depend on what it
+    is packed with. While the busiest rank exceeds the mean by more than `tolerance`, a sample on it is widened to
+    the next degree (on whichever aligned sub-group) if that lowers the maximum (few short samples: sharing them
+    beats ranks idling, at the price of their all-to-all). Then the samples of each (sub-group, degree) are cut
+    into micro-batches of at most token_budget * degree / ulysses tokens (first fit, longest first), so no rank
+    holds more tokens than the fixed degree's. Full-degree micro-batches are the long samples packed up to the
+    whole budget."""
+    n = len(tokens)
+    degrees = [degree_for(t, ulysses, token_budget) for t in tokens]
+    first = [0] * n
+    load = [0.0] * ulysses
+
+    def moved(i: int, d: int, s: int) -> list[float]:
+        """The loads with sample i on ranks s .. s + d - 1 instead of where it is."""
+        out = list(load)
+        for r in range(first[i], first[i] + degrees[i]):
+            out[r] -= costs[i] / degrees[i]
+        for r in range(s, s + d):
+            out[r] += costs[i] / d
+        return out
+
+    for i in sorted(range(n), key=lambda i: (-degrees[i], -costs[i], i)):
+        d = degrees[i]
+        first[i] = min(range(0, ulysses, d), key=lambda s: (max(load[s:s + d]), s))
+        for r in range(first[i], first[i] + d):
+            load[r] += costs[i] / d
+    wider = {d: next(w for w in divisors(ulysses) if w > d and w % d == 0) for d in divisors(ulysses)[:-1]}
+    mean = sum(load) / ulysses
+    while mean and max(load) > mean * (1 + tolerance):   # each pass lowers the maximum and widens one sample
+        busiest = max(range(ulysses), key=lambda r: (load[r], -r))
+        options = [(max(moved(i, wider[degrees[i]], start)), i, start) for i in range(n)
+                   if degrees[i] < ulysses and first[i] <= busiest < first[i] + degrees[i]
+                   for start in range(0, ulysses, wider[degrees[i]])]
+        if not options or min(options)[0] >= max(load):
+            break
+        _, i, start = min(options)
+        load = moved(i, wider[degrees[i]], start)
+        degrees[i], first[i] = wider[degrees[i]], start
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i in range(n):
+        groups.setdefault((-degrees[i], first[i]), []).append(i)
+    bins = []
+    for (neg_d, start), members in sorted(groups.items()):
+        capacity = token_budget * -neg_d // ulysses
+        packed: list[list[int]] = []
+        used: list[int] = []
+        for i in sorted(members, key=lambda i: (-tokens[i], i)):
+            b = next((b for b in range(len(packed)) if used[b] + tokens[i] <= capacity), None)
+            if b is None:
+                packed.append([]), used.append(0)
+                b = len(packed) - 1
+            packed[b].append(i)
+            used[b] += tokens[i]
+        bins += [ElasticBin(samples=tuple(sorted(p)), degree=-neg_d, first=start) for p in packed]
+    return bins

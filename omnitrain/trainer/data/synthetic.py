@@ -32,14 +32,25 @@ class SynthSpec:
     text_dim: int = 32
     patch_size: tuple[int, int, int] = (1, 2, 2)
     row_group_size: int = 32
+    # > 0: a mixed-length dataset (what elastic Ulysses is for): this fraction of rows are long clips of the maximal
+    # size; the others draw frames and sides up to half the maximum.
+    long_fraction: float = 0.0
 
 
 def _sample(key: int, spec: SynthSpec, classes: dict, gen: torch.Generator) -> DataSample:
     k = int(torch.randint(CLASSES, (1,), generator=gen))
     pt, ph, pw = spec.patch_size
-    frames = pt * int(torch.randint(1, max(1, spec.max_frames // pt) + 1, (1,), generator=gen))
-    sides = [ph * int(torch.randint(1, max(1, spec.max_side // ph) + 1, (1,), generator=gen)),
-             pw * int(torch.randint(1, max(1, spec.max_side // pw) + 1, (1,), generator=gen))]
+    # the draw only happens for mixed-length datasets, so existing datasets stay what they were
+    long = spec.long_fraction > 0 and float(torch.rand(1, generator=gen)) < spec.long_fraction
+    div = 1 if spec.long_fraction == 0 else 2
+
+    def size(most: int, patch: int) -> int:
+        if long:
+            return patch * max(1, most // patch)
+        return patch * int(torch.randint(1, max(1, most // patch // div) + 1, (1,), generator=gen))
+
+    frames = size(spec.max_frames, pt)
+    sides = [size(spec.max_side, ph), size(spec.max_side, pw)]
     text_len = int(torch.randint(4, 17, (1,), generator=gen))
     text = classes["text"][k] + 0.1 * torch.randn(text_len, spec.text_dim, generator=gen)
     t = torch.arange(frames, dtype=torch.float32)[:, None, None]

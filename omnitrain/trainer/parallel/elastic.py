@@ -8,7 +8,10 @@ the group, and the gradients stay what the fixed degree computes: every rank's g
 micro-batches (and tokens) it ran, summed over data x ulysses as before.
 
 Planning is a pure function of the micro-batches' token counts (`plan_elastic`), identical on every rank; the
-training loop computes it one step ahead in the background (`PrefetchingLoader`). Execution (`run_elastic_step`)
+training loop computes it one step ahead in the background (`PrefetchingLoader`). There the loader hands over an
+ElasticStep: the group's samples already cut into micro-batches at the granularity of the degrees and placed on
+balanced sub-groups (data.balance.assign_elastic); `step_schedule` only orders them, and `RegroupedLoss` weighs
+each sample so that the loss stays the fixed degree's over the same samples. Execution (`run_elastic_step`)
 visits the micro-batches in the schedule's one global order on every rank, which cannot deadlock: the earliest
 unfinished micro-batch always has all its ranks done with everything before it.
 
@@ -25,20 +28,9 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.distributed as dist
 
+from omnitrain.trainer.data.balance import degree_for, divisors  # noqa: F401  (the loader packs by the same rule)
+from omnitrain.trainer.objectives import DiffusionDPOLoss, dpo_loss, per_sample_error
 from omnitrain.trainer.parallel.ulysses import UlyssesAttention
-
-
-def divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
-
-
-def degree_for(tokens: int, ulysses: int, token_budget: int) -> int:
-    """Smallest divisor d of the Ulysses degree with tokens <= token_budget * d / ulysses (same per-rank tokens as
-    the fixed degree); the full degree for anything longer."""
-    for d in divisors(ulysses):
-        if tokens * ulysses <= token_budget * d:
-            return d
-    return ulysses
 
 
 @dataclass(frozen=True)
@@ -85,6 +77,36 @@ def plan_elastic(tokens: Sequence[int], ulysses: int, token_budget: int,
         for r in range(start, start + d):
             load[r] += costs[j] / d
     return ElasticSchedule(ulysses=ulysses, degrees=tuple(degrees), first=tuple(first), order=tuple(order))
+
+
+def step_schedule(step, ulysses: int) -> ElasticSchedule:
+    """The schedule of a loader's ElasticStep, whose micro-batches are already placed: widest and costliest
+    first, as plan_elastic orders."""
+    count = len(step.bins)
+    order = sorted(range(count), key=lambda k: (-step.bins[k].degree, -step.bin_cost(k), k))
+    return ElasticSchedule(ulysses=ulysses, degrees=tuple(b.degree for b in step.bins),
+                           first=tuple(b.first for b in step.bins), order=tuple(order))
+
+
+class RegroupedLoss:
+    """loss_fn over an ElasticStep's micro-batches (loader.RegroupedBatch): the per-sample loss (per pair for DPO)
+    weighted by loss_weights, so that the step's loss and gradients are the fixed degree's mean over its own
+    micro-batches, whatever micro-batches the samples were re-cut into."""
+
+    def __init__(self, base: Callable):
+        self.base = base
+
+    def __call__(self, prediction: torch.Tensor, microbatch) -> torch.Tensor:
+        batch = microbatch[0]
+        weights = batch.loss_weights.to(prediction.device)
+        err = per_sample_error(prediction, batch)
+        if not isinstance(self.base, DiffusionDPOLoss):
+            return (err * weights).sum()
+        with torch.no_grad():
+            ref_err = per_sample_error(self.base.reference(*microbatch), batch)
+        pairs = torch.stack([dpo_loss(err[p:p + 1], err[p + 1:p + 2], ref_err[p:p + 1], ref_err[p + 1:p + 2],
+                                      self.base.beta) for p in range(0, batch.num_samples, 2)])
+        return (pairs * weights[0::2]).sum()
 
 
 def fixed_schedule(count: int, ulysses: int) -> ElasticSchedule:

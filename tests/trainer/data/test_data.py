@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from omnitrain.model.config import PRESETS
-from omnitrain.trainer.data.balance import (CostModel, assign_balanced, assign_round_robin, bin_costs, imbalance)
+from omnitrain.trainer.data.balance import (CostModel, assign_balanced, assign_elastic, assign_round_robin,
+                                            bin_costs, imbalance, rank_loads)
 from omnitrain.trainer.data.loader import PackedLoader
 from omnitrain.trainer.data.reader import DataError, ShardReader, list_shards
 from omnitrain.trainer.data.schema import SCHEMA, decode, encode
@@ -137,3 +138,86 @@ def test_empty_folder_and_oversized_sample_are_clear_errors(dataset, tmp_path):
     with pytest.raises(DataError, match="tokenBudget"):
         for _ in range(50):
             loader.next_step()
+
+
+def _check_elastic_bins(bins, tokens, ulysses, budget):
+    assert sorted(i for b in bins for i in b.samples) == list(range(len(tokens)))     # every sample exactly once
+    for b in bins:
+        assert ulysses % b.degree == 0 and b.first % b.degree == 0 and b.first + b.degree <= ulysses
+        assert sum(tokens[i] for i in b.samples) * ulysses <= budget * b.degree    # the fixed degree's tokens per rank
+
+
+def test_elastic_packing_of_mostly_short_clips_is_degree_one_and_balanced():
+    rng = random.Random(5)
+    cost = CostModel.of(CFG)
+    for ulysses in (2, 4):
+        budget = 4096
+        tokens = [rng.randint(40, 500) for _ in range(60)] + [rng.randint(budget // 2 + 1, budget) for _ in range(3)]
+        rng.shuffle(tokens)
+        costs = [cost(n) for n in tokens]
+        bins = assign_elastic(tokens, costs, ulysses, budget)
+        _check_elastic_bins(bins, tokens, ulysses, budget)
+        degrees = [b.degree for b in bins]
+        assert degrees.count(1) >= 0.7 * len(bins), degrees
+        assert [sum(tokens[i] for i in b.samples) > budget // 2 for b in bins if b.degree == ulysses].count(True) == 3
+        assert imbalance(rank_loads(bins, costs, ulysses)) < 1.05
+        # the same micro-batches at the fixed degree would leave every rank 1/u of each: balanced, but all-to-all
+        assert sum(rank_loads(bins, costs, ulysses)) == pytest.approx(sum(costs))
+
+
+def test_elastic_packing_widens_short_samples_rather_than_idle_ranks():
+    cost = CostModel.of(CFG)
+    tokens = [200, 180]                        # two short samples, four ranks: degree 1 would idle two of them
+    bins = assign_elastic(tokens, [cost(n) for n in tokens], 4, 1024)
+    _check_elastic_bins(bins, tokens, 4, 1024)
+    assert imbalance(rank_loads(bins, [cost(n) for n in tokens], 4)) < 1.2
+    assert sorted(b.degree for b in bins) == [2, 2]
+    many = [100] * 8                           # enough short ones: each stays on one rank
+    bins = assign_elastic(many, [cost(n) for n in many], 4, 1024)
+    assert {b.degree for b in bins} == {1} and imbalance(rank_loads(bins, [cost(n) for n in many], 4)) == 1.0
+
+
+@pytest.fixture(scope="module")
+def mixed_dataset(tmp_path_factory):
+    out = tmp_path_factory.mktemp("mixed")
+    write_synthetic(out, SynthSpec(samples=96, shards=2, seed=3, max_frames=8, max_side=16, long_fraction=0.1),
+                    log=lambda *_: None)
+    return out
+
+
+def test_elastic_loader_keeps_the_steps_samples_and_position_and_recuts_them(mixed_dataset):
+    kw = dict(token_budget=2560, micro_batches=3, dp_size=2)
+    for rank in (0, 1):
+        fixed, elastic = _loader(mixed_dataset, dp_rank=rank, **kw), _loader(mixed_dataset, dp_rank=rank,
+                                                                               elastic_ulysses=4, **kw)
+        ones = total = 0
+        for _ in range(4):
+            want, step = fixed.next_step(), elastic.next_step()
+            assert [b.num_tokens for b in step.fixed] == [b.num_tokens for b in want]
+            for a, b in zip(step.fixed, want):
+                assert torch.equal(a.video, b.video) and torch.equal(a.cu_seqlens, b.cu_seqlens)
+            assert elastic.state_dict() == fixed.state_dict()
+            assert sum(step.bin_tokens(k) for k in range(len(step.bins))) == sum(b.num_tokens for b in want)
+            _check_elastic_bins(step.bins, step.tokens, 4, 2560)
+            assert imbalance(rank_loads(step.bins, step.costs, 4)) < 1.1
+            ones += sum(b.degree == 1 for b in step.bins)
+            total += len(step.bins)
+        assert ones >= 0.6 * total
+    saved = elastic.state_dict()
+    after = [elastic.next_step().where for _ in range(2)]
+    again = _loader(mixed_dataset, dp_rank=1, elastic_ulysses=4, **kw)
+    again.load_state_dict(saved)
+    assert [again.next_step().where for _ in range(2)] == after
+
+
+def test_take_samples_rebuilds_micro_batches_sample_by_sample(mixed_dataset):
+    from omnitrain.model.packing import pack
+    from omnitrain.trainer.data.loader import records_of, take_samples
+    rows = [s for _, (_, s) in zip(range(6), ShardReader(mixed_dataset))]
+    a = pack([r for s in rows[:3] for r in records_of(s, False)], CFG.patch_size)
+    b = pack([r for s in rows[3:] for r in records_of(s, False)], CFG.patch_size)
+    got = take_samples([a, b], [(1, 2), (0, 0), (1, 0)])
+    want = pack([r for s in (rows[5], rows[0], rows[3]) for r in records_of(s, False)], CFG.patch_size)
+    for name in ("text", "reference", "context", "video", "kind", "sample_id", "positions", "cu_seqlens"):
+        assert torch.equal(getattr(got, name), getattr(want, name)), name
+    assert got.video_grids == want.video_grids

@@ -140,17 +140,17 @@ def train_loop(rank: int, world_size: int, config: dict) -> dict:
     from omnitrain.trainer.parallel import elastic
     from omnitrain.trainer.train import train as train_loop_
     degrees = []
-    plan = elastic.plan_elastic
+    plan = elastic.step_schedule
 
     def recording(*args, **kwargs):
         schedule = plan(*args, **kwargs)
         degrees.extend(schedule.degrees)
         return schedule
 
-    elastic.plan_elastic = recording
+    elastic.step_schedule = recording
     try:
         result = train_loop_(TrainerConfig.model_validate(config), callbacks=[], log=lambda *_, **__: None)
     finally:
-        elastic.plan_elastic = plan
+        elastic.step_schedule = plan
     return {"losses": result.losses, "degrees": degrees,
             "params": {n: p.detach().clone() for n, p in result.state.model.named_parameters()}}
