@@ -1,5 +1,6 @@
 """Kopf handlers: thin. Every trigger (job created/changed/resumed, a pod event, the resync timer) runs the same
-level-triggered `Controller.reconcile(namespace, name)`; the decisions are in reconcile.py."""
+level-triggered `Controller.reconcile(namespace, name)`; the decisions are in reconcile.py. A Node that is deleted
+or stops being Ready wakes the resync pass at once (its pods' kubelet will send no pod event)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ class Controller:
         self.kube, self.settings, self.metrics = kube, settings, metrics
         self._guard = threading.Lock()
         self._running: dict[tuple[str, str], bool] = {}   # key -> another pass wanted
+        self.wake = threading.Event()                       # run the next resync pass now
 
     def reconcile(self, namespace: str, name: str) -> None:
         key = (namespace, name)
@@ -55,8 +57,9 @@ class Controller:
         meta = job["metadata"]
         ref = plan.JobRef(name=name, namespace=namespace, uid=meta["uid"], created=meta.get("creationTimestamp") or "")
         pods = pod_views(self.kube.list_pods(namespace, name))
+        nodes = self.kube.nodes({p.node for p in pods if p.node and p.phase in ("Pending", "Running", "Unknown")})
         decision = reconcile(ref, job.get("spec") or {}, job.get("status"), pods, now_iso(),
-                             generation=meta.get("generation"))
+                             generation=meta.get("generation"), nodes=nodes)
         children = None
         if decision.create_attempt is not None:
             spec = JobSpec.model_validate(job.get("spec") or {})
@@ -157,6 +160,14 @@ def pod_event(body: kopf.Body, namespace: str, **_) -> None:
         CONTROLLER.reconcile(namespace, owner["name"])
 
 
+@kopf.on.event("", "v1", "nodes")
+def node_event(type: str | None, body: kopf.Body, **_) -> None:
+    if CONTROLLER is not None and CONTROLLER.kube.observe_node(type, dict(body)):
+        log.warning("node %s %s: looking at every job now", body.metadata.get("name"),
+                    "deleted" if type == "DELETED" else "is not Ready")
+        CONTROLLER.wake.set()
+
+
 class Resync(threading.Thread):
     """Every few seconds: one list of all jobs, then reconcile and read progress of each unfinished one. Catches
     what events missed and drives the progress scrape. A plain thread, not a kopf timer: kopf would put a finalizer
@@ -168,7 +179,11 @@ class Resync(threading.Thread):
         self.stopped = threading.Event()
 
     def run(self) -> None:
-        while not self.stopped.wait(self.interval):
+        while not self.stopped.is_set():
+            self.controller.wake.wait(self.interval)
+            self.controller.wake.clear()
+            if self.stopped.is_set():
+                break
             try:
                 for job in self.controller.kube.list_jobs(self.controller.settings.namespaces):
                     meta = job["metadata"]

@@ -66,6 +66,10 @@ class Kube:
         self._exit_after_creates = exit_after_creates
         self._creates = 0
         self._create_lock = threading.Lock()
+        # Node objects from the operator's Node watch (handlers.node_event), None for a deleted one; a name not in
+        # here is read directly, so the answer is right before the watch's first listing too.
+        self._nodes: dict[str, dict | None] = {}
+        self._nodes_lock = threading.Lock()
 
     # -- reads -----------------------------------------------------------------------------------------------
     def get_job(self, namespace: str, name: str) -> dict | None:
@@ -86,6 +90,35 @@ class Kube:
         result = self.core.list_namespaced_pod(namespace, label_selector=f"{plan.LABEL_JOB}={job}",
                                                _preload_content=False)
         return json.loads(result.data)["items"]
+
+    def nodes(self, names: set[str] | list[str]) -> dict[str, dict | None]:
+        """The Node objects by name, None for one that is gone (404)."""
+        out: dict[str, dict | None] = {}
+        for name in sorted(set(names)):
+            with self._nodes_lock:
+                if name in self._nodes:
+                    out[name] = self._nodes[name]
+                    continue
+            try:
+                out[name] = json.loads(self.core.read_node(name, _preload_content=False).data)
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+                out[name] = None
+        return out
+
+    def observe_node(self, event_type: str | None, node: dict) -> bool:
+        """Keep the Node cache; True when this event took a Ready node away (deleted, or Ready no longer True)."""
+        from omnitrain.resilience.classify import observe_node
+        name = node["metadata"]["name"]
+        new = None if event_type == "DELETED" else node
+        with self._nodes_lock:
+            known = name in self._nodes
+            old = self._nodes.get(name)
+            self._nodes[name] = new
+        was_ready = not known or (old is not None and observe_node(old, name).ready)
+        is_ready = new is not None and observe_node(new, name).ready
+        return event_type is not None and was_ready and not is_ready
 
     # -- writes ----------------------------------------------------------------------------------------------
     def create_if_absent(self, obj: dict) -> bool:

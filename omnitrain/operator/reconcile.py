@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 
 from pydantic import ValidationError
 
-from omnitrain.contract import TerminationMessage
+from omnitrain.contract import PERMANENT_EXIT_CODES, ExitCode, TerminationMessage
 from omnitrain.operator import plan
+from omnitrain.resilience.classify import observe_node
 from omnitrain.spec import JobSpec, validate_job_spec
 
 PENDING, RUNNING, RESTARTING, SUSPENDED, SUCCEEDED, FAILED = (
@@ -108,6 +109,32 @@ def first_failure(pods: list[PodView]) -> PodFailure | None:
     return PodFailure(pod=p.name, node=p.node, exit_code=p.exit_code, reason=reason, message=detail[:500])
 
 
+def node_lost(pod: PodView, nodes: dict[str, dict | None] | None) -> bool:
+    """The pod is bound to a Node that is gone (None) or not Ready; a node not in `nodes` is not judged."""
+    if not pod.node or nodes is None or pod.node not in nodes or pod.phase in ("Succeeded", "Failed"):
+        return False
+    seen = observe_node(nodes[pod.node], pod.node)
+    return not seen.exists or not seen.ready
+
+
+def node_lost_failure(pods: list[PodView], nodes: dict[str, dict | None] | None) -> PodFailure | None:
+    """The lowest-rank pod on a lost node, as a failure: the node's kubelet will never report the pod's end, and
+    waiting for the pod garbage collector (~40 s after a Node is deleted, minutes for NotReady) idles the gang."""
+    lost = sorted((p for p in pods if node_lost(p, nodes)), key=lambda p: p.rank)
+    if not lost:
+        return None
+    p = lost[0]
+    what = "deleted" if nodes is not None and nodes.get(p.node) is None else "NotReady"
+    return PodFailure(pod=p.name, node=p.node, exit_code=None, reason="NodeLost",
+                      message=f"node {p.node} of pod {p.name} is {what}")
+
+
+def explains_more_than_node_loss(failure: PodFailure) -> bool:
+    """Permanent and hardware failures outrank a lost node (omnitrain.resilience.classify.PRECEDENCE)."""
+    return failure.exit_code in PERMANENT_EXIT_CODES or failure.exit_code == ExitCode.HARDWARE \
+        or failure.reason == "HardwareFault"
+
+
 def final_progress(pods: list[PodView], checkpoint_root: str, now: str) -> dict:
     """Status fields from rank 0's termination message at success: the last step, the final checkpoint and the
     job's goodput as the trainer computed them (the progress scrape may have missed the last seconds, and the
@@ -126,13 +153,14 @@ def final_progress(pods: list[PodView], checkpoint_root: str, now: str) -> dict:
     return fields
 
 
-def decide_recovery(failure: PodFailure, restarts: int, spec: JobSpec, status: dict | None = None) -> Recovery:
+def decide_recovery(failure: PodFailure, restarts: int, spec: JobSpec, status: dict | None = None,
+                    nodes: dict[str, dict | None] | None = None) -> Recovery:
     """The hook for gang restarts, decided by omnitrain.resilience (classes, budget, preemptions not counted,
     no-progress, hardware isolation): permanent failures fail the job; anything else restarts the whole gang until
     resilience.maxRestarts is spent; hardware faults keep their node out of later attempts (isolateNodes).
     The result has Recovery's attributes plus isolate_nodes, delay_seconds and status_patch (docs/resilience.md)."""
     from omnitrain.resilience.operator_hook import decide_recovery as resilience_decide_recovery
-    return resilience_decide_recovery(failure, restarts, spec, status=status)
+    return resilience_decide_recovery(failure, restarts, spec, status=status, nodes=nodes)
 
 
 def add_seconds(timestamp: str, seconds: float) -> str:
@@ -181,7 +209,9 @@ def parse_spec(raw: dict) -> tuple[JobSpec | None, list[str]]:
 
 
 def reconcile(job: plan.JobRef, raw_spec: dict, status: dict | None, pods: list[PodView], now: str,
-              generation: int | None = None) -> Decision:
+              generation: int | None = None, nodes: dict[str, dict | None] | None = None) -> Decision:
+    """`nodes`: the Node objects the unfinished pods are bound to, by name; None for a node that is gone (404).
+    Pods on a gone or NotReady node count as lost at once and are force-deleted (no kubelet will confirm)."""
     st = dict(status or {})
     valid = condition(st, "Valid") or {}
     if (st.get("phase") == FAILED and valid.get("status") == "False" and generation is not None
@@ -244,8 +274,10 @@ def reconcile(job: plan.JobRef, raw_spec: dict, status: dict | None, pods: list[
 
     if phase == RESTARTING and stale:
         # A pod on a dead node stays Terminating forever (no kubelet confirms); the next gang must not wait on it.
-        d.force_delete_pods = [p.name for p in stale if p.deleting and p.deletion_timestamp
-                               and add_seconds(p.deletion_timestamp, FORCE_DELETE_AFTER_SECONDS) <= now]
+        d.force_delete_pods = [p.name for p in stale if node_lost(p, nodes) or (
+            p.deleting and p.deletion_timestamp
+            and add_seconds(p.deletion_timestamp, FORCE_DELETE_AFTER_SECONDS) <= now)]
+        d.delete_pods = [n for n in d.delete_pods if n not in d.force_delete_pods]
         st["conditions"] = conditions
         d.requeue = True      # the whole old gang must be gone before the new one starts (ports, GPUs)
         return d
@@ -277,6 +309,9 @@ def reconcile(job: plan.JobRef, raw_spec: dict, status: dict | None, pods: list[
     # Launched: a missing pod of this attempt was lost (deleted, evicted, node gone).
     missing = sorted(expected - present)
     failure = first_failure(current)
+    lost = node_lost_failure(current, nodes)
+    if lost is not None and (failure is None or not explains_more_than_node_loss(failure)):
+        failure = lost
     if failure is None and missing:
         failure = PodFailure(pod=missing[0], node=None, exit_code=None, reason="PodLost",
                              message="the pod disappeared (deleted, evicted or its node was removed)")
@@ -284,7 +319,7 @@ def reconcile(job: plan.JobRef, raw_spec: dict, status: dict | None, pods: list[
         st["lastFailure"] = {"pod": failure.pod, "node": failure.node, "exitCode": failure.exit_code,
                              "reason": failure.reason, "message": failure.message, "time": now}
         st["lastFailure"] = {k: v for k, v in st["lastFailure"].items() if v is not None}
-        recovery = decide_recovery(failure, int(st["restarts"]), spec, status=st)
+        recovery = decide_recovery(failure, int(st["restarts"]), spec, status=st, nodes=nodes)
         d.isolate_nodes = list(getattr(recovery, "isolate_nodes", ()) or ())
         # the no-progress counter, checkpoint at this failure, failure class: kept for the next decision
         st.update({k: v for k, v in (getattr(recovery, "status_patch", None) or {}).items()
@@ -294,7 +329,9 @@ def reconcile(job: plan.JobRef, raw_spec: dict, status: dict | None, pods: list[
             conditions = set_condition(conditions, "Running", False, recovery.reason, recovery.message, now)
             conditions = set_condition(conditions, "Failed", True, recovery.reason, recovery.message, now)
             st["conditions"] = conditions
-            d.delete_pods = [p.name for p in pods if p.phase in ("Pending", "Running", "Unknown") and not p.deleting]
+            d.delete_pods = [p.name for p in pods if p.phase in ("Pending", "Running", "Unknown") and not p.deleting
+                             and not node_lost(p, nodes)]
+            d.force_delete_pods = [p.name for p in pods if node_lost(p, nodes)]
             d.events.append(Event("Warning", recovery.reason, recovery.message))
             return d
         excluded = sorted(set(st.get("excludedNodes") or []) | set(recovery.exclude_nodes))
@@ -311,7 +348,8 @@ def reconcile(job: plan.JobRef, raw_spec: dict, status: dict | None, pods: list[
         conditions = set_condition(conditions, "Running", False, recovery.reason, recovery.message, now)
         conditions = set_condition(conditions, "Restarting", True, recovery.reason, recovery.message, now)
         st["conditions"] = conditions
-        d.delete_pods = [p.name for p in pods if not p.deleting]
+        d.delete_pods = [p.name for p in pods if not p.deleting and not node_lost(p, nodes)]
+        d.force_delete_pods = [p.name for p in pods if node_lost(p, nodes)]
         d.events.append(Event("Warning", recovery.reason, recovery.message))
         d.requeue = True
         return d

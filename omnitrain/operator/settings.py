@@ -20,6 +20,7 @@ class OperatorSettings:
     # Fault injection for the restart-mid-launch test: exit hard after this many child creations.
     exit_after_creates: int | None = None
     create_workers: int = 16             # concurrent pod creations per launch
+    pod_env: dict[str, str] = field(default_factory=dict)   # added to every training pod (NCCL_*, thread counts)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "OperatorSettings":
@@ -40,7 +41,21 @@ class OperatorSettings:
             cluster_domain=e.get("OMNITRAIN_CLUSTER_DOMAIN", "cluster.local"),
             exit_after_creates=int(exit_after) if exit_after else None,
             create_workers=int(e.get("OMNITRAIN_CREATE_WORKERS", "16")),
+            pod_env=parse_pod_env(e.get("OMNITRAIN_POD_ENV", "")),
         )
 
     def plan_options(self) -> PlanOptions:
-        return PlanOptions(command=list(self.train_command), cluster_domain=self.cluster_domain)
+        return PlanOptions(command=list(self.train_command), cluster_domain=self.cluster_domain,
+                           extra_env=dict(self.pod_env))
+
+
+def parse_pod_env(text: str) -> dict[str, str]:
+    """OMNITRAIN_POD_ENV: shell words NAME=VALUE, e.g. 'NCCL_IB_HCA=mlx5 OMP_NUM_THREADS=1'."""
+    env = {}
+    for word in shlex.split(text):
+        name, sep, value = word.partition("=")
+        if not sep or not name.replace("_", "").isalnum() or name[0].isdigit():
+            raise ValueError(f"OMNITRAIN_POD_ENV: {word!r} is not NAME=VALUE; "
+                             "write e.g. 'OMP_NUM_THREADS=1 NCCL_DEBUG=WARN'")
+        env[name] = value
+    return env

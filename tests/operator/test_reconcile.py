@@ -204,3 +204,45 @@ def test_success_takes_the_last_step_checkpoint_and_goodput_from_rank_zero():
     # a trainer that wrote no termination message (e.g. a stand-in command) leaves those fields as they were
     plain = step(SPEC, st, pods(0, "Succeeded", "Succeeded")).status
     assert "goodput" not in plain and "lastCheckpoint" not in plain and plain["currentStep"] == 8
+
+
+def node(name, ready="True"):
+    return {"metadata": {"name": name}, "status": {"conditions": [{"type": "Ready", "status": ready}]}}
+
+
+def test_a_pod_on_a_deleted_or_not_ready_node_restarts_the_gang_at_once_and_is_force_deleted():
+    st = step(SPEC, launched(), pods(0, "Running", "Running")).status
+    running = pods(0, "Running", "Running")
+    healthy = reconcile(JOB, SPEC, st, running, "t", generation=1, nodes={"node-a0": node("node-a0"),
+                                                                          "node-a1": node("node-a1")})
+    assert healthy.status["phase"] == RUNNING
+    for gone, what in ((None, "deleted"), (node("node-a1", "Unknown"), "NotReady"),
+                       (node("node-a1", "False"), "NotReady")):
+        d = reconcile(JOB, SPEC, st, running, "t", generation=1, nodes={"node-a0": node("node-a0"), "node-a1": gone})
+        assert d.status["phase"] == RESTARTING and d.status["attempt"] == 1 and d.status["restarts"] == 1
+        assert d.status["lastFailure"]["reason"] == "NodeLost" and d.status["lastFailure"]["node"] == "node-a1"
+        assert "exitCode" not in d.status["lastFailure"] and what in d.status["lastFailure"]["message"]
+        assert d.status["lastFailureClass"] == "NodeLost"
+        # no kubelet will confirm the deletion of the lost node's pod: grace period 0 now, not 60 s later
+        assert d.delete_pods == ["j-a0-n0"] and d.force_delete_pods == ["j-a0-n1"]
+    # the next pass: the healthy pod is terminating normally, the lost one is still there (force delete again)
+    terminating = [PodView(**{**p.__dict__, "deleting": True, "deletion_timestamp": "2026-01-01T00:00:05Z"})
+                   for p in running]
+    w = reconcile(JOB, SPEC, d.status, terminating, "2026-01-01T00:00:06Z", generation=1,
+                  nodes={"node-a0": node("node-a0"), "node-a1": None})
+    assert w.force_delete_pods == ["j-a0-n1"] and w.delete_pods == [] and w.create_attempt is None and w.requeue
+
+
+def test_a_lost_node_outranks_the_crash_it_caused_but_not_a_permanent_failure():
+    st = step(SPEC, launched(), pods(0, "Running", "Running")).status
+    nodes = {"node-a0": node("node-a0"), "node-a1": None}
+    # rank 0's collective broke because rank 1's node vanished: the node is the cause
+    crashed = reconcile(JOB, SPEC, st, pods(0, "Failed", "Running", codes=[ExitCode.ERROR, None]), "t",
+                        generation=1, nodes=nodes)
+    assert crashed.status["lastFailure"]["reason"] == "NodeLost" and crashed.status["phase"] == RESTARTING
+    observed = pods(0, "Failed", "Running", codes=[ExitCode.CONFIG, None])
+    permanent = reconcile(JOB, SPEC, st, observed, "t", generation=1, nodes=nodes)
+    assert permanent.status["phase"] == FAILED and permanent.force_delete_pods == ["j-a0-n1"]
+    # a node the kube layer did not report is not judged
+    assert reconcile(JOB, SPEC, st, pods(0, "Running", "Running"), "t", generation=1,
+                     nodes={}).status["phase"] == RUNNING

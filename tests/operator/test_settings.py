@@ -19,6 +19,21 @@ def test_overrides():
     assert s.plan_options().command == ["python", "-c", "print(1)"]
 
 
+def test_pod_env_reaches_every_training_pod_and_bad_words_are_refused():
+    import pytest
+
+    from omnitrain.operator.plan import JobRef, render_pod
+    from omnitrain.spec import JobSpec
+    s = OperatorSettings.from_env({"OMNITRAIN_POD_ENV": "OMP_NUM_THREADS=1 NCCL_DEBUG='WARN INIT'"})
+    assert s.pod_env == {"OMP_NUM_THREADS": "1", "NCCL_DEBUG": "WARN INIT"}
+    pod = render_pod(JobRef(name="j", namespace="ns", uid="u"), JobSpec.model_validate({}), 0, 0, [],
+                     s.plan_options())
+    env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
+    assert env["OMP_NUM_THREADS"] == "1" and env["NCCL_DEBUG"] == "WARN INIT"
+    with pytest.raises(ValueError, match="OMNITRAIN_POD_ENV.*NAME=VALUE"):
+        OperatorSettings.from_env({"OMNITRAIN_POD_ENV": "OMP_NUM_THREADS"})
+
+
 def test_operator_side_never_imports_torch():
     import subprocess
     import sys
