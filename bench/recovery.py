@@ -7,8 +7,9 @@ HeartbeatCallback, moves a fake RDMA counter tree while it "communicates", check
 from its newest checkpoint. Faults are injected in the worker (SIGSTOP, blocked forever, crash). For the goodput
 run this script plays the operator's part locally: classify the attempt's end (omnitrain.resilience.classify),
 plan the recovery (omnitrain.resilience.recovery) and relaunch; goodput comes from omnitrain.resilience.goodput.
-With --cluster: the same faults through the operator on a local cluster (omnitrain.devcluster): detection, time to
-all pods Running again, first step after the restart, and the job's goodput.
+With --cluster: faults through the operator on a local cluster (omnitrain.devcluster) with the real trainer (a rank
+SIGSTOP'd, a rank SIGKILLed, a node deleted): detection, time to all pods Running again, first step after the
+restart, and the job's goodput.
 """
 
 from __future__ import annotations
@@ -265,7 +266,7 @@ def goodput_run(quick: bool, plot: str | None) -> None:
 
 # --- through the operator on the local cluster ------------------------------------------------------------
 
-CHAIN = REPO / "tests" / "resilience" / "chain_trainer.py"
+CLUSTER_STEPS, CLUSTER_INTERVAL = 30, 10
 
 
 def _until(condition, deadline: float, what: str, interval: float = 0.1):
@@ -285,20 +286,23 @@ def _parse_time(text) -> float:
     return dt.datetime.fromisoformat(str(text).replace("Z", "+00:00")).timestamp()
 
 
-def cluster_faults(steps: int = 60, interval: int = 5) -> None:
-    """Per fault kind: detection, all pods Running again, first step after the restart, job goodput. The trainer is
-    tests/resilience/chain_trainer.py (0.2 s steps) under `omnitrain watchdog` with hangTimeoutSeconds=5."""
+def cluster_faults(steps: int = CLUSTER_STEPS, interval: int = CLUSTER_INTERVAL) -> None:
+    """Per fault kind: detection, all pods Running again, first step after the restart, the job's goodput (rank 0's,
+    from status.goodput). The operator's default pod command: `omnitrain watchdog` in front of torchrun running the
+    real `omnitrain train` (tiny preset, gloo), 2 pods x 1 rank on a pool of three 1-GPU nodes, hangTimeoutSeconds=5;
+    the fault hits rank 1 (its process, or its node) right after the first complete checkpoint."""
     import yaml
     from kubernetes import client
     from kubernetes.client.exceptions import ApiException
 
     from omnitrain.devcluster.cluster import LocalCluster
+    from omnitrain.devcluster.procs import find_pid_by_env
     from omnitrain.operator import crd
-    from omnitrain.resilience.goodput import Event, EventKind, compute_goodput
+    from omnitrain.trainer.checkpoint.restore import final_checkpoint
 
     root = Path(tempfile.mkdtemp(prefix="omnitrain-recovery-bench-"))
     cluster = LocalCluster(root)
-    cluster.up(nodes=2, gpus_per_node=2)
+    cluster.up(nodes=1, gpus_per_node=1)
     operator = None
     try:
         api = cluster.api_client()
@@ -313,80 +317,78 @@ def cluster_faults(steps: int = 60, interval: int = 5) -> None:
         core.create_namespace({"metadata": {"name": ns}})
         _until(lambda: any(a.metadata.name == "default" for a in core.list_namespaced_service_account(ns).items),
                60, "service account")
-        command = (f"{sys.executable} -m omnitrain watchdog --config /etc/omnitrain/config.yaml --poll 0.2 "
-                   f"--no-gpu-health -- {sys.executable} {CHAIN} --config /etc/omnitrain/config.yaml")
-        env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig), "OMNITRAIN_RESYNC_SECONDS": "1",
-               "OMNITRAIN_NAMESPACES": ns, "OMNITRAIN_TRAIN_COMMAND": command, "OMP_NUM_THREADS": "1"}
+        env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig), "OMNITRAIN_RESYNC_SECONDS": "5",
+               "OMNITRAIN_NAMESPACES": ns, "OMP_NUM_THREADS": "1", "OMNITRAIN_POD_ENV": "OMP_NUM_THREADS=1"}
+        env.pop("OMNITRAIN_TRAIN_COMMAND", None)
         operator = subprocess.Popen([sys.executable, "-m", "omnitrain", "operator"], env=env,
                                     stdout=open(root / "operator.log", "w"), stderr=subprocess.STDOUT)
-        print("  fault     detection  pods Running again  first step after  job wall  goodput  (s after the fault)")
+        print(f"  real trainer, {steps} steps, checkpoint every {interval}, 2 pods x 1 rank; seconds after the fault")
+        print("  fault     detection  pods Running again  first step after  job wall  goodput  last failure")
         for fault in ("sigstop", "kill", "node"):
             name = f"bench-{fault}"
             claim = f"{name}-ckpt"
-            pool = [f"{name}-a", f"{name}-b"]
+            pool = [f"{name}-{x}" for x in "abc"]
             for node in pool:
-                cluster.add_node(node)
+                cluster.add_node(node, gpus=1)
             cluster.wait_nodes_ready(pool, log=lambda *_: None, timeout_s=60)
             for node in pool:
                 core.patch_node(node, {"metadata": {"labels": {"omnitrain.dev/bench-pool": name}}})
-            core.create_persistent_volume({"metadata": {"name": f"{name}-pv"}, "spec": {
-                "capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteMany"], "storageClassName": "",
-                "hostPath": {"path": f"/unused/{name}"}, "claimRef": {"namespace": ns, "name": claim}}})
             core.create_namespaced_persistent_volume_claim(ns, {"metadata": {"name": claim}, "spec": {
-                "accessModes": ["ReadWriteMany"], "storageClassName": "", "volumeName": f"{name}-pv",
-                "resources": {"requests": {"storage": "1Gi"}}}})
-            _until(lambda: core.read_namespaced_persistent_volume_claim(claim, ns).status.phase == "Bound", 60, "PVC")
-            spec = {"parallelism": {"nodes": 1, "gpusPerNode": 1}, "training": {"steps": steps},
+                "accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Gi"}}}})
+            spec = {"parallelism": {"nodes": 2, "gpusPerNode": 1},
+                    "data": {"path": "/mnt/checkpoints/data", "synthetic": {"samples": 64, "shards": 2},
+                             "tokenBudget": 512},
+                    "training": {"steps": steps, "learningRate": 3e-3, "warmupSteps": 3},
                     "checkpoint": {"persistentClaim": claim, "persistentPath": "/mnt/checkpoints",
                                    "localPath": f"/omnitrain-bench/{name}", "intervalSteps": interval},
                     "resilience": {"hangTimeoutSeconds": 5, "maxRestarts": 3},
                     "scheduling": {"nodeSelector": {"omnitrain.dev/bench-pool": name}}}
-            created = time.time()
             custom.create_namespaced_custom_object(crd.GROUP, crd.VERSION, ns, crd.PLURAL, {
                 "apiVersion": crd.API_VERSION, "kind": crd.KIND, "metadata": {"name": name}, "spec": spec})
-            folder = cluster.pv_dir(claim) / name
-            _until(lambda: (folder / f"chain-step-{2 * interval}.json").exists(), 120, "second checkpoint")
+            persistent = cluster.pv_dir(claim)
+            _until(lambda: (c := final_checkpoint(str(persistent), name)) is not None and c.step >= interval, 300,
+                   "the first complete checkpoint")
 
-            def attempt_pod(n: int):
-                pods = [p for p in core.list_namespaced_pod(ns).items if p.metadata.name.startswith(f"{name}-a{n}-")]
-                return pods[0] if pods else None
+            def attempt_pods(n: int) -> list:
+                return [p for p in core.list_namespaced_pod(ns).items if p.metadata.name.startswith(f"{name}-a{n}-")]
 
-            first = attempt_pod(0)
-            first_running = _parse_time(first.status.start_time) if first.status.start_time else created
+            victim = next(p for p in attempt_pods(0) if p.metadata.name.endswith("-n1"))
             fault_at = time.time()
             if fault == "node":
-                cluster.delete_node(first.spec.node_name)
+                cluster.delete_node(victim.spec.node_name)
             else:
-                pid = int((folder / "trainer-attempt-0.pid").read_text())
+                pid = _until(lambda: find_pid_by_env({"OMNITRAIN_JOB_NAME": name, "OMNITRAIN_ATTEMPT": "0",
+                                                      "RANK": "1"}, ("OMNITRAIN_HEARTBEAT_DIR",)), 30, "rank 1")
                 os.kill(pid, signal.SIGSTOP if fault == "sigstop" else signal.SIGKILL)
 
             def detected():
-                pod = attempt_pod(0)
-                return pod is None or pod.status.phase == "Failed" or attempt_pod(1) is not None
-            _until(detected, 120, "failure noticed")
+                pods = attempt_pods(0)
+                return (len(pods) < 2 or any(p.status.phase == "Failed" or p.metadata.deletion_timestamp
+                                             for p in pods) or attempt_pods(1))
+            _until(detected, 120, "failure noticed", interval=0.05)
             detection = time.time()
-            _until(lambda: (p := attempt_pod(1)) is not None and p.status.phase in ("Running", "Succeeded"), 120,
-                   "attempt 1 running")
+            _until(lambda: len(pods := attempt_pods(1)) == 2 and all(p.status.phase == "Running" for p in pods),
+                   120, "attempt 1 running", interval=0.05)
             running = time.time()
 
             def finished():
                 st = custom.get_namespaced_custom_object(crd.GROUP, crd.VERSION, ns, crd.PLURAL, name).get("status")
                 return st if st and st.get("phase") in ("Succeeded", "Failed") else None
-            st = _until(finished, 180, "job finished")
-            ended = time.time()
-            records = [json.loads(line) for line in (folder / "events.jsonl").read_text().splitlines()]
-            first_step = min(r["time"] for r in records if r["attempt"] >= 1 and r["kind"] == "step")
-            timeline = [Event(created, EventKind.ATTEMPT_START, 0), Event(first_running, EventKind.PODS_RUNNING, 0),
-                        Event(fault_at, EventKind.FAILURE, 0), Event(detection, EventKind.DETECTION, 0),
-                        Event(running, EventKind.PODS_RUNNING, 1), Event(ended, EventKind.JOB_END, 1)]
-            timeline += [Event(r["time"], EventKind(r["kind"]), r["attempt"], step=r.get("step"),
-                               seconds=r.get("seconds", 0.0)) for r in records]
-            report = compute_goodput(timeline)
+            st = _until(finished, 300, "job finished")
+            log = persistent / name / "metrics" / "attempt-0001.jsonl"
+            records = [json.loads(line) for line in log.read_text().splitlines()]
+            first_step = min(r["time"] for r in records if r["kind"] == "step")
+            goodput = st.get("goodput") or {}
+            failure = st.get("lastFailure", {})
             print(f"  {fault:8s}  {detection - fault_at:9.1f}  {running - fault_at:18.1f}  "
-                  f"{first_step - fault_at:16.1f}  {ended - created:8.1f}  {100 * report.goodput:6.1f}%  "
-                  f"({st['phase']}, last failure {st.get('lastFailure', {}).get('reason')})", flush=True)
-            print("            badput: " + ", ".join(f"{k} {v:.1f}s" for k, v in report.badput_seconds.items()
-                                                     if v >= 0.05), flush=True)
+                  f"{first_step - fault_at:16.1f}  {goodput.get('wallSeconds', 0):8.1f}  "
+                  f"{100 * goodput.get('ratio', 0):6.1f}%  {st['phase']}, {failure.get('reason')} "
+                  f"({failure.get('exitCode', '-')})", flush=True)
+            print("            badput: " + ", ".join(f"{k} {v:.1f}s" for k, v in
+                                                     (goodput.get("badputSeconds") or {}).items() if v >= 0.05),
+                  flush=True)
+            for node in pool:
+                cluster.delete_node(node)
     except ApiException as exc:
         print(f"  cluster run failed: {exc}")
         raise
@@ -416,9 +418,13 @@ def main() -> int:
     parser.add_argument("--plot", help="PNG of the goodput run's wall time by cause")
     parser.add_argument("--cluster", action="store_true",
                         help="also run the faults through the operator on a local cluster (needs the cluster binaries)")
+    parser.add_argument("--cluster-only", action="store_true", help="only the local-cluster part")
     args = parser.parse_args()
     if args.mode == "worker":
         return worker(args)
+    if args.cluster_only:
+        cluster_faults()
+        return 0
     print("Heartbeat cost (HeartbeatCallback.on_step_end: JSON record + atomic rename):", flush=True)
     heartbeat_cost()
     print("Watchdog detection (fault injected in the worker -> watchdog ended the pod):", flush=True)
@@ -431,7 +437,7 @@ def main() -> int:
           flush=True)
     goodput_run(args.quick, args.plot)
     if args.cluster:
-        print("Through the operator on the local cluster (SIGSTOP / SIGKILL of the trainer, node deleted):",
+        print("Through the operator on the local cluster (a rank SIGSTOP'd / SIGKILLed, its node deleted):",
               flush=True)
         cluster_faults()
     return 0

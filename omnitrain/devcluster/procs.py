@@ -92,3 +92,17 @@ def _signal(pid: int, sig: int, group: bool) -> None:
             os.kill(pid, sig)
     except ProcessLookupError:
         pass
+
+
+def find_pid_by_env(values: dict[str, str], names: tuple[str, ...] = ()) -> int | None:
+    """A local process whose environment has all `values` and defines all `names`: how fault injection finds one
+    rank of one attempt among the pods the node agent runs (None when there is none, yet)."""
+    want = {f"{k}={v}".encode() for k, v in values.items()}
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            entries = set(environ.read_bytes().split(b"\0"))
+        except OSError:
+            continue
+        if want <= entries and all(any(e.startswith(n.encode() + b"=") for e in entries) for n in names):
+            return int(environ.parent.name)
+    return None

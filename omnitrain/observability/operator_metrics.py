@@ -101,7 +101,8 @@ class OperatorMetrics:
 
     def set_job_goodput(self, namespace: str, name: str, goodput: float,
                         badput_seconds: dict[str, float] | None = None) -> None:
-        """E.g. from omnitrain.resilience.goodput: `set_job_goodput(ns, name, report.goodput, report.badput_seconds)`."""
+        """E.g. from omnitrain.resilience.goodput:
+        `set_job_goodput(ns, name, report.goodput, report.badput_seconds)`."""
         self.goodput.labels(namespace, name).set(goodput)
         for cause, seconds in (badput_seconds or {}).items():
             with self._lock:

@@ -239,8 +239,9 @@ def plan_promotion(job: plan.JobRef, spec: JobSpec, status: dict, distill_job: d
                      "message": "distillation failed: nothing to serve" if failed else "waiting for distillation"}
         elif deployment is None and prev.get("phase") not in (PROGRESSING, READY):
             d.create.extend(render_serving(job, spec, options))
+            where = endpoint(job, spec, options.cluster_domain)
             stage = {"phase": PROGRESSING, "name": serve_name(job.name), "startTime": now,
-                     "message": f"serving {served_checkpoint(job, spec)} at {endpoint(job, spec, options.cluster_domain)}"}
+                     "message": f"serving {served_checkpoint(job, spec)} at {where}"}
             d.events.append(Event("Normal", "ServingCreated", stage["message"]))
         else:
             phase, message = serving_phase(deployment, replicas)

@@ -3,8 +3,9 @@
 Rules (docs/resilience.md):
 - Every rank has a leash that depends on its section: `step` gets the step timeout (spec.resilience.
   hangTimeoutSeconds, or less when learned from observed step times x a safety factor after warm-up, never more);
-  `checkpoint`, `eval` and `finish` (final save, waiting for background writes) get a longer leash; `setup`, and a rank that has not written
-  yet, get the start-up leash (rendezvous waits for pods still being scheduled); `done` has none.
+  `checkpoint`, `eval` and `finish` (final save, waiting for background writes) get a longer leash; `setup`, and a
+  rank that has not written yet, get the start-up leash (rendezvous waits for pods still being scheduled); `done`
+  has none.
 - A rank past its leash is overdue. Overdue + RDMA counters unchanged for that long (or no RDMA devices) = HANG.
   Overdue + counters still moving = SLOW: logged, not killed.
 """

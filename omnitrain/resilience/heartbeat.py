@@ -124,8 +124,9 @@ class HeartbeatCallback:
     """Training-loop callback: publishes this rank's step and section, and arms a stack dump on STACK_DUMP_SIGNAL.
 
     Hooks used by omnitrain.trainer.train: on_train_start(step=...), on_step_end(step=..., step_seconds=...),
-    on_train_end(step=...) (registered before the checkpoint callback, so the final save runs in "finish"). Checkpointing/evaluation mark their sections with `section("checkpoint", step)` (a
-    context manager) or on_checkpoint_start/on_checkpoint_blocked and on_eval_start/on_eval_end.
+    on_train_end(step=...) (registered before the checkpoint callback, so the final save runs in "finish").
+    Checkpointing/evaluation mark their sections with `section("checkpoint", step)` (a context manager) or
+    on_checkpoint_start/on_checkpoint_blocked and on_eval_start/on_eval_end.
     """
 
     def __init__(self, directory: str | os.PathLike, rank: int, clock: Callable[[], float] = time.time,

@@ -57,7 +57,8 @@ def load_artifact(path: str | Path) -> ModelArtifact:
                                 "(<persistentPath>/<job>/promotion/student.pt) or a teacher snapshot")
     data = torch.load(path, map_location="cpu", weights_only=False)
     if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise ValueError(f"{path} is not an {FORMAT} file (found format {data.get('format') if isinstance(data, dict) else type(data).__name__!r})")
+        found = data.get("format") if isinstance(data, dict) else type(data).__name__
+        raise ValueError(f"{path} is not an {FORMAT} file (found format {found!r})")
     cfg = dict(data["config"])
     cfg["patch_size"] = tuple(cfg["patch_size"])
     config = ModelConfig(**cfg)
@@ -67,4 +68,5 @@ def load_artifact(path: str | Path) -> ModelArtifact:
                          sampler=data.get("sampler", {}), meta=data.get("meta", {}))
 
 
-__all__ = ["DEFAULT_FACTORY", "FORMAT", "MMDIT_FACTORY", "ModelArtifact", "build_model", "load_artifact", "save_artifact"]
+__all__ = ["DEFAULT_FACTORY", "FORMAT", "MMDIT_FACTORY", "ModelArtifact", "build_model", "load_artifact",
+           "save_artifact"]

@@ -38,7 +38,8 @@ def patchify(latent: torch.Tensor, patch_size: tuple[int, int, int]) -> torch.Te
     return x.permute(1, 3, 5, 0, 2, 4, 6).reshape((t // pt) * (h // ph) * (w // pw), c * pt * ph * pw)
 
 
-def unpatchify(tokens: torch.Tensor, shape: tuple[int, int, int, int], patch_size: tuple[int, int, int]) -> torch.Tensor:
+def unpatchify(tokens: torch.Tensor, shape: tuple[int, int, int, int],
+               patch_size: tuple[int, int, int]) -> torch.Tensor:
     """The inverse of patchify for a latent of `shape` [C, T, H, W]."""
     c, t, h, w = shape
     pt, ph, pw = patch_size

@@ -130,4 +130,5 @@ def test_rank_zero_keeps_the_jobs_goodput_from_its_creation_across_attempts(tmp_
     gauge = cb.metrics.registry.get_sample_value(tm.METRIC_GOODPUT, {tm.JOB_LABEL: "demo"})
     assert gauge == pytest.approx(final.goodput)
     status = final.to_status()
-    assert status["ratio"] == pytest.approx(24.0 / (7.0 + 17.5 + 30 + 1 + 5 + 16), abs=1e-4) and status["badputSeconds"]["recovery"] == 30.0
+    assert status["ratio"] == pytest.approx(24.0 / (7.0 + 17.5 + 30 + 1 + 5 + 16), abs=1e-4)
+    assert status["badputSeconds"]["recovery"] == 30.0

@@ -106,17 +106,9 @@ def job_status(api, namespace: str, name: str) -> dict:
 
 def find_rank_pid(job: str, attempt: int, rank: int) -> int | None:
     """The training process of one rank, found by the env the operator and torchrun give it."""
-    want = {f"OMNITRAIN_JOB_NAME={job}".encode(), f"OMNITRAIN_ATTEMPT={attempt}".encode(), f"RANK={rank}".encode(),
-            b"OMNITRAIN_HEARTBEAT_DIR"}
-    for environ in Path("/proc").glob("[0-9]*/environ"):
-        try:
-            entries = environ.read_bytes().split(b"\0")
-        except OSError:
-            continue
-        keys = {e.split(b"=", 1)[0] for e in entries}
-        if all(w in entries or w in keys for w in want):
-            return int(environ.parent.name)
-    return None
+    from omnitrain.devcluster.procs import find_pid_by_env
+    return find_pid_by_env({"OMNITRAIN_JOB_NAME": job, "OMNITRAIN_ATTEMPT": str(attempt), "RANK": str(rank)},
+                           ("OMNITRAIN_HEARTBEAT_DIR",))
 
 
 def pod_logs(cluster, api, namespace: str, job: str) -> str:

@@ -6,10 +6,11 @@
     if ckpt.should_save(step): ckpt.save(step, state)   # state: nested dict of tensors and Python values
     ckpt.close()                             # waits for the save in flight
 
-Construction is collective (rank 0 picks the writers' rendezvous port). Async: the step blocks only for the copy into the reusable shared-memory staging buffer; a writer process (one per
-rank) writes the node-local shard, replicates it and writes the manifests. At most one save is in flight; a new
-request while one is in flight waits (counted in saves_waited_busy) or is skipped (saves_skipped_busy) per
-`when_busy`. A failed save (e.g. disk full) raises CheckpointSaveError at the next save/wait/close.
+Construction is collective (rank 0 picks the writers' rendezvous port). Async: the step blocks only for the copy
+into the reusable shared-memory staging buffer; a writer process (one per rank) writes the node-local shard,
+replicates it and writes the manifests. At most one save is in flight; a new request while one is in flight
+waits (counted in saves_waited_busy) or is skipped (saves_skipped_busy) per `when_busy`. A failed save (e.g. disk
+full) raises CheckpointSaveError at the next save/wait/close.
 
 Figures for metrics (plain attributes): last_complete_step (METRIC_LAST_CHECKPOINT_STEP), last_blocking_seconds,
 host_bytes_held, saves_completed/failed/skipped_busy/waited_busy; listeners get on_checkpoint_start(step),

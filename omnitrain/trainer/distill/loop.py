@@ -104,7 +104,8 @@ def distill(teacher: Denoiser, student: Denoiser, draw: Callable[[torch.Generato
             with torch.no_grad():
                 x0_teacher = x0_from_velocity(noisy, s, teacher_v(noisy, s))
                 fake.model.eval()
-                x0_fake = x0_from_velocity(noisy, s, torch.cat(fake.velocity_masked(conds, list(noisy.split(lengths)), s)))
+                fake_velocity = fake.velocity_masked(conds, list(noisy.split(lengths)), s)
+                x0_fake = x0_from_velocity(noisy, s, torch.cat(fake_velocity))
             dm = distribution_matching_loss(x0, x0_teacher, x0_fake)
             stats.distribution_loss.append(dm.item())
             loss = loss + cfg.distribution_weight * dm
