@@ -13,6 +13,7 @@ one process per node, and CPU kernels sum in a different order with more threads
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -229,16 +230,20 @@ def assert_recovered_like_the_reference(st: dict, persistent: Path, name: str, r
         assert not different, f"rank {rank}: {different[:5]}"
 
 
-def test_real_trainer_one_rank_sigstopped_resumes_and_matches_an_uninterrupted_run(trainer_operator, reference):
-    """Rank 1 SIGSTOP'd after the first checkpoint: rank 0 blocks in its all-reduce, the watchdog finds no progress
-    and ends the pod with 42 (HangDetected); restart, resume, Succeeded, same parameters as uninterrupted."""
+def test_real_trainer_one_rank_sigstopped_in_a_two_pod_gang_resumes_and_matches_an_uninterrupted_run(
+        trainer_operator, reference):
+    """2 pods x 1 rank; rank 1 SIGSTOP'd after the first checkpoint: rank 0, in the other pod, blocks in its
+    cross-pod all-reduce; both watchdogs find no progress and end their pods with 42 (HangDetected); restart,
+    resume, Succeeded, same parameters as uninterrupted."""
     name = f"hang-{uuid.uuid4().hex[:5]}"
-    persistent = create_job(trainer_operator, name, {"nodes": 1, "gpusPerNode": 2})
-    wait_first_checkpoint(trainer_operator, persistent, name)
-    os.kill(wait_until(lambda: find_rank_pid(name, 0, 1), 30, "rank 1's process"), signal.SIGSTOP)
-    st = wait_finished(trainer_operator, name)
-    assert st["lastFailure"]["exitCode"] == 42 and st["lastFailure"]["reason"] == "HangDetected", st
-    assert_recovered_like_the_reference(st, persistent, name, reference)
+    with node_pool(trainer_operator, name, 2):
+        persistent = create_job(trainer_operator, name, {"nodes": 2, "gpusPerNode": 1},
+                                {"scheduling": {"nodeSelector": {"omnitrain.dev/e2e-pool": name}}})
+        wait_first_checkpoint(trainer_operator, persistent, name)
+        os.kill(wait_until(lambda: find_rank_pid(name, 0, 1), 30, "rank 1's process"), signal.SIGSTOP)
+        st = wait_finished(trainer_operator, name)
+        assert st["lastFailure"]["exitCode"] == 42 and st["lastFailure"]["reason"] == "HangDetected", st
+        assert_recovered_like_the_reference(st, persistent, name, reference)
 
 
 def test_real_trainer_one_rank_killed_resumes_and_matches_an_uninterrupted_run(trainer_operator, reference):
@@ -251,6 +256,26 @@ def test_real_trainer_one_rank_killed_resumes_and_matches_an_uninterrupted_run(t
     st = wait_finished(trainer_operator, name)
     assert st["lastFailure"]["exitCode"] == 1 and st["lastFailureClass"] == "Crash", st
     assert_recovered_like_the_reference(st, persistent, name, reference)
+
+
+@contextlib.contextmanager
+def node_pool(trainer_operator, name: str, count: int):
+    """`count` fresh 1-GPU local nodes labelled omnitrain.dev/e2e-pool=<name> (the job's nodeSelector), deleted after:
+    each gang gets nodes of its own, whatever earlier tests left on the shared ones."""
+    from kubernetes import client
+    cluster, api, _, _ = trainer_operator
+    core = client.CoreV1Api(api)
+    pool = [f"{name}-{chr(ord('a') + i)}" for i in range(count)]
+    for node in pool:
+        cluster.add_node(node, gpus=1)
+    try:
+        cluster.wait_nodes_ready(pool, timeout_s=60)
+        for node in pool:
+            core.patch_node(node, {"metadata": {"labels": {"omnitrain.dev/e2e-pool": name}}})
+        yield pool
+    finally:
+        for node in pool:
+            cluster.delete_node(node)
 
 
 def attempt_pods(core, namespace: str, name: str, attempt: int) -> list:
@@ -267,13 +292,7 @@ def test_real_trainer_node_deleted_restarts_the_gang_on_another_node_from_the_pe
     cluster, api, namespace, log = trainer_operator
     core = client.CoreV1Api(api)
     name = f"node-{uuid.uuid4().hex[:5]}"
-    pool = [f"{name}-{x}" for x in "abc"]
-    for node in pool:
-        cluster.add_node(node, gpus=1)
-    try:
-        cluster.wait_nodes_ready(pool, timeout_s=60)
-        for node in pool:
-            core.patch_node(node, {"metadata": {"labels": {"omnitrain.dev/e2e-pool": name}}})
+    with node_pool(trainer_operator, name, 3) as pool:
         persistent = create_job(trainer_operator, name, {"nodes": 2, "gpusPerNode": 1},
                                 {"scheduling": {"nodeSelector": {"omnitrain.dev/e2e-pool": name}}})
         wait_first_checkpoint(trainer_operator, persistent, name)
@@ -296,6 +315,3 @@ def test_real_trainer_node_deleted_restarts_the_gang_on_another_node_from_the_pe
         records = [json.loads(line) for line in (persistent / name / "metrics" / "attempt-0001.jsonl").open()]
         assert any(r["kind"] == "restore" and r.get("step", 0) >= TRAIN_INTERVAL for r in records), records[:5]
         assert_recovered_like_the_reference(st, persistent, name, reference)
-    finally:
-        for node in pool:
-            cluster.delete_node(node)
