@@ -106,3 +106,14 @@ def find_pid_by_env(values: dict[str, str], names: tuple[str, ...] = ()) -> int 
         if want <= entries and all(any(e.startswith(n.encode() + b"=") for e in entries) for n in names):
             return int(environ.parent.name)
     return None
+
+
+def end_child(proc: subprocess.Popen, grace_s: float = 20.0) -> int:
+    """SIGTERM a child we started, SIGKILL it after `grace_s`; its exit code (reaped either way)."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            return proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return proc.wait()

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from omnitrain.devcluster.procs import end_child
 from omnitrain.observability.callback import MetricsCallback
 from omnitrain.trainer.parallel.testing import free_port
 
@@ -92,9 +93,4 @@ def test_prometheus_evaluates_our_rules_on_a_live_endpoint(tmp_path, trainer_end
         stale = wait_for(lambda: query(base, 'ALERTS{alertname="OmniTrainCheckpointStale"}'), 30, "stale pending")
         assert stale[0]["metric"]["alertstate"] == "pending"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        end_child(proc, grace_s=10)

@@ -66,13 +66,8 @@ class OperatorProcess:
                                      stdout=open(self.log, "a"), stderr=subprocess.STDOUT)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        from omnitrain.devcluster.procs import end_child
+        end_child(self.proc)
 
     def tail(self) -> str:
         return self.log.read_text()[-4000:]

@@ -14,6 +14,7 @@ import pytest
 import torch
 import yaml
 
+from omnitrain.devcluster.procs import end_child
 from omnitrain.serving.api import encode_array
 from omnitrain.serving.artifact import ModelArtifact, load_artifact, save_artifact
 from omnitrain.serving.testing import build_tiny
@@ -63,12 +64,7 @@ def operator_process(local_cluster, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "omnitrain", "operator"], env=env, stdout=open(log, "w"),
                             stderr=subprocess.STDOUT)
     yield log
-    proc.terminate()
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    end_child(proc)
 
 
 def test_succeeded_job_is_distilled_served_and_answers(local_cluster, operator_process):

@@ -26,6 +26,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from omnitrain.devcluster.procs import end_child
+
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[2]
@@ -72,12 +74,7 @@ def trainer_operator(local_cluster, tmp_path_factory):
     try:
         yield local_cluster, api, namespace, log
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        end_child(proc)
 
 
 def _has_default_sa(api, namespace: str) -> bool:
