@@ -221,7 +221,8 @@ def main() -> None:
     print("\n== FP8 e4m3 linears vs fp32 (relative L2 error of the model output) ==")
     print(f"per-tensor scales: {fp8['tensor']:.4f}  rowwise scales: {fp8['rowwise']:.4f}")
     if "gpu_fp8_s" in fp8:
-        print(f"GPU 8192x4096x4096: bf16 {fp8['gpu_bf16_s'] * 1e3:.3f} ms  fp8 scaled_mm {fp8['gpu_fp8_s'] * 1e3:.3f} ms"
+        print(f"GPU 8192x4096x4096: bf16 {fp8['gpu_bf16_s'] * 1e3:.3f} ms  "
+              f"fp8 scaled_mm {fp8['gpu_fp8_s'] * 1e3:.3f} ms"
               f"  speedup x{fp8['gpu_bf16_s'] / fp8['gpu_fp8_s']:.2f}")
     else:
         print("speed: n/a (no sm89+ GPU; the CPU path is an exact emulation, not a fast kernel)")
