@@ -11,9 +11,10 @@ from dataclasses import dataclass, field
 
 from pydantic import ValidationError
 
-from omnitrain.contract import PERMANENT_EXIT_CODES, ExitCode, TerminationMessage
+from omnitrain.contract import TerminationMessage
 from omnitrain.operator import plan
 from omnitrain.resilience.classify import observe_node
+from omnitrain.resilience.operator_hook import outranks_node_loss
 from omnitrain.spec import JobSpec, validate_job_spec
 
 PENDING, RUNNING, RESTARTING, SUSPENDED, SUCCEEDED, FAILED = (
@@ -129,10 +130,14 @@ def node_lost_failure(pods: list[PodView], nodes: dict[str, dict | None] | None)
                       message=f"node {p.node} of pod {p.name} is {what}")
 
 
-def explains_more_than_node_loss(failure: PodFailure) -> bool:
-    """Permanent and hardware failures outrank a lost node (omnitrain.resilience.classify.PRECEDENCE)."""
-    return failure.exit_code in PERMANENT_EXIT_CODES or failure.exit_code == ExitCode.HARDWARE \
-        or failure.reason == "HardwareFault"
+def teardown(pods: list[PodView], nodes: dict[str, dict | None] | None,
+             unfinished_only: bool = False) -> tuple[list[str], list[str]]:
+    """(pods to delete, pods to force-delete): those on a lost node get grace period 0, since no kubelet will
+    confirm a normal deletion; pods already terminating are left to it."""
+    lost = [p.name for p in pods if node_lost(p, nodes)]
+    delete = [p.name for p in pods if not p.deleting and p.name not in lost
+              and (not unfinished_only or p.phase in ("Pending", "Running", "Unknown"))]
+    return delete, lost
 
 
 def final_progress(pods: list[PodView], checkpoint_root: str, now: str) -> dict:
@@ -310,7 +315,7 @@ def reconcile(job: plan.JobRef, raw_spec: dict, status: dict | None, pods: list[
     missing = sorted(expected - present)
     failure = first_failure(current)
     lost = node_lost_failure(current, nodes)
-    if lost is not None and (failure is None or not explains_more_than_node_loss(failure)):
+    if lost is not None and (failure is None or not outranks_node_loss(failure)):
         failure = lost
     if failure is None and missing:
         failure = PodFailure(pod=missing[0], node=None, exit_code=None, reason="PodLost",
@@ -329,9 +334,7 @@ def reconcile(job: plan.JobRef, raw_spec: dict, status: dict | None, pods: list[
             conditions = set_condition(conditions, "Running", False, recovery.reason, recovery.message, now)
             conditions = set_condition(conditions, "Failed", True, recovery.reason, recovery.message, now)
             st["conditions"] = conditions
-            d.delete_pods = [p.name for p in pods if p.phase in ("Pending", "Running", "Unknown") and not p.deleting
-                             and not node_lost(p, nodes)]
-            d.force_delete_pods = [p.name for p in pods if node_lost(p, nodes)]
+            d.delete_pods, d.force_delete_pods = teardown(pods, nodes, unfinished_only=True)
             d.events.append(Event("Warning", recovery.reason, recovery.message))
             return d
         excluded = sorted(set(st.get("excludedNodes") or []) | set(recovery.exclude_nodes))
@@ -348,8 +351,7 @@ def reconcile(job: plan.JobRef, raw_spec: dict, status: dict | None, pods: list[
         conditions = set_condition(conditions, "Running", False, recovery.reason, recovery.message, now)
         conditions = set_condition(conditions, "Restarting", True, recovery.reason, recovery.message, now)
         st["conditions"] = conditions
-        d.delete_pods = [p.name for p in pods if not p.deleting and not node_lost(p, nodes)]
-        d.force_delete_pods = [p.name for p in pods if node_lost(p, nodes)]
+        d.delete_pods, d.force_delete_pods = teardown(pods, nodes)
         d.events.append(Event("Warning", recovery.reason, recovery.message))
         d.requeue = True
         return d

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Iterable, Mapping
 
 from omnitrain import contract
-from omnitrain.resilience.classify import Failure, PodObservation, classify, observe_node
+from omnitrain.resilience.classify import PRECEDENCE, Failure, FailureClass, PodObservation, classify, observe_node
 from omnitrain.resilience.recovery import ISOLATION_KEY, ActionKind, RecoveryAction, RecoveryState, plan_recovery
 from omnitrain.spec import JobSpec
 
@@ -92,21 +92,32 @@ class GangRecovery:
     status_patch: dict | None = None
 
 
+def failure_observation(failure) -> PodObservation:
+    """The operator's PodFailure (pod, node, exit_code, reason, message: the termination message already unpacked)
+    as the pod observation classification reads."""
+    message = failure.message
+    if message and contract.TerminationMessage.from_json(message) is None:
+        message = contract.TerminationMessage(reason=failure.reason, message=message).to_json()
+    return PodObservation(name=failure.pod, node=failure.node, phase="Failed", exit_code=failure.exit_code,
+                          container_reason=failure.reason, termination_message=message,
+                          pod_reason=failure.reason, deleted=failure.reason == "PodLost")
+
+
+def outranks_node_loss(failure) -> bool:
+    """Whether this pod failure explains more than a lost node would (PRECEDENCE: permanent and hardware failures
+    do; a crash, e.g. of a rank whose peer's node vanished, does not)."""
+    found = classify([failure_observation(failure)])
+    return found is not None and PRECEDENCE.index(found.failure_class) < PRECEDENCE.index(FailureClass.NODE_LOST)
+
+
 def decide_recovery(failure, restarts: int, spec: JobSpec, status: Mapping | None = None,
                     nodes: Mapping[str, dict | None] | None = None) -> GangRecovery:
     """Drop-in for `omnitrain.operator.reconcile.decide_recovery(failure, restarts, spec)` (its PodFailure:
     pod, node, exit_code, reason, message) with the resilience classes and policy. Optional `status` (the job's
     status: no-progress counter, last checkpoint, excluded nodes) and `nodes` (Node objects by name, None = gone).
     Reasons stay the operator's: PermanentFailure / RestartLimitExceeded / GangRestart, plus NoProgress."""
-    # The operator's PodFailure carries the termination message already unpacked (reason + human message).
-    message = failure.message
-    if message and contract.TerminationMessage.from_json(message) is None:
-        message = contract.TerminationMessage(reason=failure.reason, message=message).to_json()
-    view = PodObservation(name=failure.pod, node=failure.node, phase="Failed", exit_code=failure.exit_code,
-                          container_reason=failure.reason, termination_message=message,
-                          pod_reason=failure.reason, deleted=failure.reason == "PodLost")
     node_obs = [observe_node(obj, name) for name, obj in (nodes or {}).items()]
-    found = classify([view], node_obs)
+    found = classify([failure_observation(failure)], node_obs)
     state = RecoveryState.from_status({**dict(status or {}), "restarts": restarts})
     action = plan_recovery(found, state, spec.resilience, last_checkpoint_step(status),
                            track_progress=status is not None)
