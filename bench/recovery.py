@@ -269,23 +269,6 @@ def goodput_run(quick: bool, plot: str | None) -> None:
 CLUSTER_STEPS, CLUSTER_INTERVAL = 30, 10
 
 
-def _until(condition, deadline: float, what: str, interval: float = 0.1):
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        value = condition()
-        if value:
-            return value
-        time.sleep(interval)   # polling the API with a deadline
-    raise TimeoutError(f"timed out waiting for {what}")
-
-
-def _parse_time(text) -> float:
-    import datetime as dt
-    if hasattr(text, "timestamp"):
-        return text.timestamp()
-    return dt.datetime.fromisoformat(str(text).replace("Z", "+00:00")).timestamp()
-
-
 def cluster_faults(steps: int = CLUSTER_STEPS, interval: int = CLUSTER_INTERVAL) -> None:
     """Per fault kind: detection, all pods Running again, first step after the restart, the job's goodput (rank 0's,
     from status.goodput). The operator's default pod command: `omnitrain watchdog` in front of torchrun running the
@@ -297,6 +280,7 @@ def cluster_faults(steps: int = CLUSTER_STEPS, interval: int = CLUSTER_INTERVAL)
 
     from omnitrain.devcluster.cluster import LocalCluster
     from omnitrain.devcluster.procs import find_pid_by_env
+    from omnitrain.devcluster.testing import wait_for
     from omnitrain.operator import crd
     from omnitrain.trainer.checkpoint.restore import final_checkpoint
 
@@ -310,12 +294,12 @@ def cluster_faults(steps: int = CLUSTER_STEPS, interval: int = CLUSTER_INTERVAL)
         ext = client.ApiextensionsV1Api(api)
         body = yaml.safe_load((REPO / "manifests" / "crd" / "omnitrainingjobs.yaml").read_text())
         ext.create_custom_resource_definition(body)
-        _until(lambda: any(c.type == "Established" and c.status == "True" for c in
+        wait_for(lambda: any(c.type == "Established" and c.status == "True" for c in
                            ext.read_custom_resource_definition(body["metadata"]["name"]).status.conditions or []),
                30, "CRD")
         ns = "bench"
         core.create_namespace({"metadata": {"name": ns}})
-        _until(lambda: any(a.metadata.name == "default" for a in core.list_namespaced_service_account(ns).items),
+        wait_for(lambda: any(a.metadata.name == "default" for a in core.list_namespaced_service_account(ns).items),
                60, "service account")
         env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig), "OMNITRAIN_RESYNC_SECONDS": "5",
                "OMNITRAIN_NAMESPACES": ns, "OMP_NUM_THREADS": "1", "OMNITRAIN_POD_ENV": "OMP_NUM_THREADS=1"}
@@ -346,7 +330,7 @@ def cluster_faults(steps: int = CLUSTER_STEPS, interval: int = CLUSTER_INTERVAL)
             custom.create_namespaced_custom_object(crd.GROUP, crd.VERSION, ns, crd.PLURAL, {
                 "apiVersion": crd.API_VERSION, "kind": crd.KIND, "metadata": {"name": name}, "spec": spec})
             persistent = cluster.pv_dir(claim)
-            _until(lambda: (c := final_checkpoint(str(persistent), name)) is not None and c.step >= interval, 300,
+            wait_for(lambda: (c := final_checkpoint(str(persistent), name)) is not None and c.step >= interval, 300,
                    "the first complete checkpoint")
 
             def attempt_pods(n: int) -> list:
@@ -357,7 +341,7 @@ def cluster_faults(steps: int = CLUSTER_STEPS, interval: int = CLUSTER_INTERVAL)
             if fault == "node":
                 cluster.delete_node(victim.spec.node_name)
             else:
-                pid = _until(lambda: find_pid_by_env({"OMNITRAIN_JOB_NAME": name, "OMNITRAIN_ATTEMPT": "0",
+                pid = wait_for(lambda: find_pid_by_env({"OMNITRAIN_JOB_NAME": name, "OMNITRAIN_ATTEMPT": "0",
                                                       "RANK": "1"}, ("OMNITRAIN_HEARTBEAT_DIR",)), 30, "rank 1")
                 os.kill(pid, signal.SIGSTOP if fault == "sigstop" else signal.SIGKILL)
 
@@ -365,16 +349,16 @@ def cluster_faults(steps: int = CLUSTER_STEPS, interval: int = CLUSTER_INTERVAL)
                 pods = attempt_pods(0)
                 return (len(pods) < 2 or any(p.status.phase == "Failed" or p.metadata.deletion_timestamp
                                              for p in pods) or attempt_pods(1))
-            _until(detected, 120, "failure noticed", interval=0.05)
+            wait_for(detected, 120, "failure noticed", interval=0.05)
             detection = time.time()
-            _until(lambda: len(pods := attempt_pods(1)) == 2 and all(p.status.phase == "Running" for p in pods),
+            wait_for(lambda: len(pods := attempt_pods(1)) == 2 and all(p.status.phase == "Running" for p in pods),
                    120, "attempt 1 running", interval=0.05)
             running = time.time()
 
             def finished():
                 st = custom.get_namespaced_custom_object(crd.GROUP, crd.VERSION, ns, crd.PLURAL, name).get("status")
                 return st if st and st.get("phase") in ("Succeeded", "Failed") else None
-            st = _until(finished, 300, "job finished")
+            st = wait_for(finished, 300, "job finished")
             log = persistent / name / "metrics" / "attempt-0001.jsonl"
             records = [json.loads(line) for line in log.read_text().splitlines()]
             first_step = min(r["time"] for r in records if r["kind"] == "step")

@@ -10,10 +10,11 @@ import threading
 import kopf
 
 from omnitrain.operator import crd, plan, progress
-from omnitrain.operator.kube import Kube, now_iso, parse_time, pod_views
+from omnitrain.operator.kube import Kube, now_iso, pod_views
 from omnitrain.operator.reconcile import RUNNING, reconcile
 from omnitrain.operator.settings import OperatorSettings
 from omnitrain.spec import JobSpec
+from omnitrain.timestamps import parse_rfc3339
 
 log = logging.getLogger("omnitrain.operator")
 
@@ -78,10 +79,10 @@ class Controller:
         if (new.get("totalRestarts") or 0) > (old.get("totalRestarts") or 0):
             self.metrics.record_restart(namespace, name, reason=restart_reason)
         recovered = new["phase"] == RUNNING and old.get("phase") != RUNNING and (new.get("attempt") or 0) > 0
-        failed_at = parse_time((new.get("lastFailure") or {}).get("time"))
+        failed_at = parse_rfc3339((new.get("lastFailure") or {}).get("time"))
         if recovered and failed_at is not None:
             # failure noticed -> the next attempt's pods all Running (the operator's part of a recovery)
-            self.metrics.observe_recovery(namespace, name, max(0.0, parse_time(now_iso()) - failed_at))
+            self.metrics.observe_recovery(namespace, name, max(0.0, parse_rfc3339(now_iso()) - failed_at))
         self._record_goodput(namespace, name, new.get("goodput"))
 
     def _record_goodput(self, namespace: str, name: str, goodput: dict | None) -> None:

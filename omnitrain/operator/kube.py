@@ -16,7 +16,7 @@ from kubernetes.client.exceptions import ApiException
 
 from omnitrain.operator import crd, plan
 from omnitrain.operator.reconcile import Decision, Event, PodView
-from omnitrain.timestamps import now_rfc3339, parse_rfc3339
+from omnitrain.timestamps import now_rfc3339
 
 
 log = logging.getLogger("omnitrain.operator")
@@ -25,10 +25,6 @@ REQUEST_TIMEOUT = (10.0, 60.0)   # connect, read (seconds)
 
 def now_iso() -> str:
     return now_rfc3339()
-
-
-def parse_time(text: str | None) -> float | None:
-    return parse_rfc3339(text)
 
 
 class CallCounter:

@@ -77,10 +77,16 @@ def per_sample_error(prediction: torch.Tensor, batch: PackedBatch) -> torch.Tens
     return total / count
 
 
+def dpo_pair_losses(err_w: torch.Tensor, err_l: torch.Tensor, ref_err_w: torch.Tensor, ref_err_l: torch.Tensor,
+                    beta: float) -> torch.Tensor:
+    """[pairs] Diffusion-DPO loss of each (winner, loser) pair."""
+    margin = (err_w - ref_err_w) - (err_l - ref_err_l)
+    return -F.logsigmoid(-beta / 2 * margin)
+
+
 def dpo_loss(err_w: torch.Tensor, err_l: torch.Tensor, ref_err_w: torch.Tensor, ref_err_l: torch.Tensor,
              beta: float) -> torch.Tensor:
-    margin = (err_w - ref_err_w) - (err_l - ref_err_l)
-    return -F.logsigmoid(-beta / 2 * margin).mean()
+    return dpo_pair_losses(err_w, err_l, ref_err_w, ref_err_l, beta).mean()
 
 
 class FlowMatchingLoss:
@@ -98,8 +104,12 @@ class DiffusionDPOLoss:
         self.beta = beta
 
     def __call__(self, prediction: torch.Tensor, microbatch) -> torch.Tensor:
+        return self.pair_losses(prediction, microbatch).mean()
+
+    def pair_losses(self, prediction: torch.Tensor, microbatch) -> torch.Tensor:
+        """[pairs] the loss of each (winner, loser) pair of the micro-batch."""
         batch = microbatch[0]
         with torch.no_grad():
             ref = self.reference(*microbatch)
         err, ref_err = per_sample_error(prediction, batch), per_sample_error(ref, batch)
-        return dpo_loss(err[0::2], err[1::2], ref_err[0::2], ref_err[1::2], self.beta)
+        return dpo_pair_losses(err[0::2], err[1::2], ref_err[0::2], ref_err[1::2], self.beta)

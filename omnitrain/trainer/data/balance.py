@@ -6,7 +6,7 @@ the per-token matmuls and the attention term. Pure functions."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterable, Sequence
 
 from omnitrain.model.config import ModelConfig
 from omnitrain.model.flops import TokenCounts, attention_core_flops, block_flops
@@ -95,13 +95,25 @@ class ElasticBin:
     first: int
 
 
+def spread_loads(placements: Iterable[tuple[int, int, float]], ulysses: int) -> list[float]:
+    """Estimated compute per rank of a Ulysses group from (first rank, degree, cost) placements: each cost split
+    evenly over its ranks."""
+    load = [0.0] * ulysses
+    for first, degree, cost in placements:
+        for r in range(first, first + degree):
+            load[r] += cost / degree
+    return load
+
+
+def least_loaded_start(load: Sequence[float], degree: int) -> int:
+    """The first rank of the aligned sub-group of `degree` ranks whose busiest rank is least loaded (lowest first
+    rank on ties)."""
+    return min(range(0, len(load), degree), key=lambda s: (max(load[s:s + degree]), s))
+
+
 def rank_loads(bins: Sequence[ElasticBin], costs: Sequence[float], ulysses: int) -> list[float]:
     """Estimated compute per rank of the Ulysses group: each sample's cost split evenly over its bin's ranks."""
-    load = [0.0] * ulysses
-    for b in bins:
-        for r in range(b.first, b.first + b.degree):
-            load[r] += sum(costs[i] for i in b.samples) / b.degree
-    return load
+    return spread_loads(((b.first, b.degree, sum(costs[i] for i in b.samples)) for b in bins), ulysses)
 
 
 def assign_elastic(tokens: Sequence[int], costs: Sequence[float], ulysses: int, token_budget: int,
@@ -133,7 +145,7 @@ def assign_elastic(tokens: Sequence[int], costs: Sequence[float], ulysses: int, 
 
     for i in sorted(range(n), key=lambda i: (-degrees[i], -costs[i], i)):
         d = degrees[i]
-        first[i] = min(range(0, ulysses, d), key=lambda s: (max(load[s:s + d]), s))
+        first[i] = least_loaded_start(load, d)
         for r in range(first[i], first[i] + d):
             load[r] += costs[i] / d
     wider = {d: next(w for w in divisors(ulysses) if w > d and w % d == 0) for d in divisors(ulysses)[:-1]}

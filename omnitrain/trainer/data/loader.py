@@ -106,13 +106,12 @@ class ElasticStep:
             members += [(j, i * r + t) for t in range(r)]
         batch = take_samples([b for b, _ in noised], members)
         s = torch.cat([noised[j][1][i:i + 1] for j, i in members])
-        weights = []
-        for j, i in members:
-            if r == 2:
-                weights.append(1.0 / (m * (self.fixed[j].num_samples // 2)))
-            else:
-                video = self.fixed[j].video_sample_id()
-                weights.append(float((video == i).sum()) / (m * video.numel()))
+        if r == 2:
+            weights = [1.0 / (m * (self.fixed[j].num_samples // 2)) for j, _ in members]
+        else:   # each fixed micro-batch's video tokens per sample, counted once
+            video = {j: torch.bincount(self.fixed[j].video_sample_id(), minlength=self.fixed[j].num_samples)
+                     for j in {j for j, _ in members}}
+            weights = [float(video[j][i]) / (m * float(video[j].sum())) for j, i in members]
         scale = torch.tensor(weights, dtype=torch.float64) * len(self.bins)
         return RegroupedBatch(**{f.name: getattr(batch, f.name) for f in dataclasses.fields(batch)},
                               loss_weights=scale.float()), s

@@ -28,8 +28,8 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.distributed as dist
 
-from omnitrain.trainer.data.balance import degree_for, divisors  # noqa: F401  (the loader packs by the same rule)
-from omnitrain.trainer.objectives import DiffusionDPOLoss, dpo_loss, per_sample_error
+from omnitrain.trainer.data.balance import degree_for, divisors, least_loaded_start, spread_loads
+from omnitrain.trainer.objectives import DiffusionDPOLoss, per_sample_error
 from omnitrain.trainer.parallel.ulysses import UlyssesAttention
 
 
@@ -52,11 +52,7 @@ class ElasticSchedule:
 
     def loads(self, costs: Sequence[float]) -> list[float]:
         """Estimated compute per rank: a micro-batch's cost split evenly over its ranks."""
-        load = [0.0] * self.ulysses
-        for j, c in enumerate(costs):
-            for r in self.ranks_of(j):
-                load[r] += c / self.degrees[j]
-        return load
+        return spread_loads(zip(self.first, self.degrees, costs), self.ulysses)
 
 
 def plan_elastic(tokens: Sequence[int], ulysses: int, token_budget: int,
@@ -72,8 +68,7 @@ def plan_elastic(tokens: Sequence[int], ulysses: int, token_budget: int,
     first = [0] * len(tokens)
     for j in order:
         d = degrees[j]
-        start = min(range(0, ulysses, d), key=lambda s: (max(load[s:s + d]), s))
-        first[j] = start
+        start = first[j] = least_loaded_start(load, d)
         for r in range(start, start + d):
             load[r] += costs[j] / d
     return ElasticSchedule(ulysses=ulysses, degrees=tuple(degrees), first=tuple(first), order=tuple(order))
@@ -99,14 +94,9 @@ class RegroupedLoss:
     def __call__(self, prediction: torch.Tensor, microbatch) -> torch.Tensor:
         batch = microbatch[0]
         weights = batch.loss_weights.to(prediction.device)
-        err = per_sample_error(prediction, batch)
-        if not isinstance(self.base, DiffusionDPOLoss):
-            return (err * weights).sum()
-        with torch.no_grad():
-            ref_err = per_sample_error(self.base.reference(*microbatch), batch)
-        pairs = torch.stack([dpo_loss(err[p:p + 1], err[p + 1:p + 2], ref_err[p:p + 1], ref_err[p + 1:p + 2],
-                                      self.base.beta) for p in range(0, batch.num_samples, 2)])
-        return (pairs * weights[0::2]).sum()
+        if isinstance(self.base, DiffusionDPOLoss):   # one weight per pair, on its winner
+            return (self.base.pair_losses(prediction, microbatch) * weights[0::2]).sum()
+        return (per_sample_error(prediction, batch) * weights).sum()
 
 
 def fixed_schedule(count: int, ulysses: int) -> ElasticSchedule:
@@ -188,8 +178,8 @@ class PrefetchingLoader:
     trains. Its state_dict is the position after the steps handed out (not the one being prepared), so a checkpoint
     resumes exactly where training was. A thread, not a process: packing is tensor copies that release the GIL.
 
-        prefetch = PrefetchingLoader(loader, lambda batches: plan_elastic([b.num_tokens for b in batches], ...))
-        batches, schedule = prefetch.next_step()
+        prefetch = PrefetchingLoader(loader, lambda step: step_schedule(step, ulysses))   # loader: elastic_ulysses
+        step, schedule = prefetch.next_step()
     """
 
     def __init__(self, loader, make_schedule: Callable[[list], Any] | None = None):
