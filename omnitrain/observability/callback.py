@@ -282,9 +282,8 @@ class MetricsCallback:
         return [r for r in log_.records if int(r.get("attempt", -1)) < self.attempt]
 
     def _update_goodput(self) -> None:
-        from omnitrain.resilience.goodput import Event, EventKind, compute_goodput, events_from_metrics_log
-        operator = [Event(self.job_created, EventKind.ATTEMPT_START, 0)] if self.job_created is not None else []
-        report = compute_goodput(events_from_metrics_log(self._log_records, operator))
+        from omnitrain.resilience.goodput import compute_goodput, events_from_metrics_log
+        report = compute_goodput(events_from_metrics_log(self._log_records, job_started=self.job_created))
         if report.wall_seconds <= 0:
             return
         self.goodput_report = report

@@ -52,8 +52,7 @@ def events_from_log(log: JobLog, job_started: float | None = None) -> list[Event
     """The metrics log as omnitrain.resilience.goodput events (one accounting of goodput for the whole project).
     With the job's start (status.startTime) its wall time counts from there, as the trainer's own figure in
     status.goodput does; without it, from the first attempt's start record."""
-    operator = [Event(job_started, EventKind.ATTEMPT_START, 0)] if job_started is not None else []
-    return events_from_metrics_log(log.records, operator)
+    return events_from_metrics_log(log.records, job_started=job_started)
 
 
 # Each timeline point recomputes goodput from the events up to it: keep the work bounded for long jobs.

@@ -157,14 +157,18 @@ def compute_goodput(events: list[Event]) -> GoodputReport:
                          recoveries=recoveries)
 
 
-def events_from_metrics_log(records: list[dict], operator_events: list[Event] = ()) -> list[Event]:
+def events_from_metrics_log(records: list[dict], operator_events: list[Event] = (),
+                            job_started: float | None = None) -> list[Event]:
     """Events from the job's metrics log (omnitrain.observability.step_log records: start, step, checkpoint,
     restore, hang, end) plus what only the operator saw (attempt creation, pods Running, failure detection).
 
     Without an operator ATTEMPT_START for an attempt, its `start` record stands in, moved back to where the restore
     the checkpointer reported before it began. A failed attempt's last sign of life is its last record: the log
-    cannot see the crash itself, only a hang the watchdog reported (DETECTION)."""
+    cannot see the crash itself, only a hang the watchdog reported (DETECTION). `job_started` (the job's creation):
+    the first attempt starts there, so scheduling and start-up count as badput."""
     events = list(operator_events)
+    if job_started is not None:
+        events.append(Event(job_started, EventKind.ATTEMPT_START, 0))
     started = {e.attempt for e in events if e.kind is EventKind.ATTEMPT_START}
     restore_begins: dict[int, float] = {}
     for r in records:
