@@ -4,10 +4,12 @@ operator (status, ConfigMap) and the trainer (the job's creation time its goodpu
 from __future__ import annotations
 
 import datetime as dt
+import time
 
 
-def now_rfc3339() -> str:
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+def now_rfc3339(t: float | None = None) -> str:
+    """Now (or epoch seconds `t`) as the API server writes times."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() if t is None else t))
 
 
 def parse_rfc3339(text: str | None) -> float | None:

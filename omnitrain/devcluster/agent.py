@@ -28,7 +28,8 @@ from pathlib import Path
 
 from omnitrain.contract import TERMINATION_LOG_ENV
 from omnitrain.devcluster import podspec, provisioner, runtime
-from omnitrain.devcluster.nodes import KWOK_ANNOTATION, LOCAL_LABEL, now_rfc3339, ready_condition
+from omnitrain.devcluster.nodes import KWOK_ANNOTATION, LOCAL_LABEL, ready_condition
+from omnitrain.timestamps import now_rfc3339
 
 log = logging.getLogger("omnitrain.devcluster.agent")
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
+
+from omnitrain.timestamps import now_rfc3339
 
 LOCAL_LABEL = "omnitrain.dev/local"
 RACK_LABEL = "omnitrain.dev/rack"
@@ -21,10 +22,6 @@ class NodeShape:
     pods: int = 110
     zone: str = "local-zone-a"
     rack: str = "rack-0"
-
-
-def now_rfc3339(t: float | None = None) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() if t is None else t))
 
 
 def ready_condition(heartbeat: str, ready: bool = True) -> dict:

@@ -24,8 +24,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from omnitrain.devcluster.nodes import now_rfc3339
 from omnitrain.devcluster.podspec import claim_dir
+from omnitrain.timestamps import now_rfc3339
 
 log = logging.getLogger("omnitrain.devcluster.provisioner")
 
