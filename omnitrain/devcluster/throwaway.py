@@ -7,7 +7,6 @@ Binaries: `make cluster-bins` (omnitrain.devcluster.binaries.bin_dir)."""
 from __future__ import annotations
 
 import os
-import socket
 import ssl
 import subprocess
 import urllib.request
@@ -15,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from omnitrain.devcluster.binaries import bin_dir
+from omnitrain.devcluster.controlplane import free_port
 from omnitrain.devcluster.testing import wait_for
 
 TOKEN = "throwaway-admin-token"
@@ -25,12 +25,6 @@ def find_binaries() -> Path | None:
     folder = bin_dir()
     ok = all(os.access(folder / b, os.X_OK) for b in ("etcd", "kube-apiserver", "kube-controller-manager"))
     return folder if ok else None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _api_ready(url: str) -> bool:

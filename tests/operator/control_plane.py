@@ -3,8 +3,9 @@ optionally scheduler and kwok) and their polling helper."""
 
 from __future__ import annotations
 
+from omnitrain.devcluster.controlplane import free_port
 from omnitrain.devcluster.testing import wait_for
-from omnitrain.devcluster.throwaway import control_plane, find_binaries, free_port
+from omnitrain.devcluster.throwaway import control_plane, find_binaries
 
 __all__ = ["control_plane", "find_binaries", "free_port", "wait_until"]
 
