@@ -82,16 +82,6 @@ def _has_default_sa(api, namespace: str) -> bool:
     return any(sa.metadata.name == "default"
                for sa in client.CoreV1Api(api).list_namespaced_service_account(namespace).items)
 
-def bound_claim(core, namespace: str, claim: str) -> None:
-    """A statically bound persistent volume: what checkpoint.persistentClaim maps to (<cluster>/pv/<claim>)."""
-    core.create_persistent_volume({"metadata": {"name": f"{claim}-pv"}, "spec": {
-        "capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteMany"], "storageClassName": "",
-        "hostPath": {"path": f"/unused/{claim}"}, "claimRef": {"namespace": namespace, "name": claim}}})
-    core.create_namespaced_persistent_volume_claim(namespace, {"metadata": {"name": claim}, "spec": {
-        "accessModes": ["ReadWriteMany"], "storageClassName": "", "volumeName": f"{claim}-pv",
-        "resources": {"requests": {"storage": "1Gi"}}}})
-    wait_until(lambda: core.read_namespaced_persistent_volume_claim(claim, namespace).status.phase == "Bound", 60,
-               "the claim bound")
 
 def job_status(api, namespace: str, name: str) -> dict:
     from kubernetes import client
@@ -178,20 +168,20 @@ def reference(tmp_path_factory):
 
 
 def create_job(trainer_operator, name: str, parallelism: dict, extra: dict | None = None) -> Path:
-    """A job on its own bound claim; returns the claim's folder (the persistent checkpoint root)."""
+    """A job on its own claim (provisioned by the local cluster); returns the claim's folder (the persistent checkpoint root)."""
     from kubernetes import client
 
     from omnitrain.operator import crd
     cluster, api, namespace, log = trainer_operator
     claim = f"{name}-ckpt"
-    bound_claim(client.CoreV1Api(api), namespace, claim)
+    persistent = cluster.ensure_persistent_claim(namespace, claim, size="1Gi")
     spec = {**TRAIN_SPEC, "parallelism": parallelism,
             "checkpoint": {**TRAIN_SPEC["checkpoint"], "persistentClaim": claim, "localPath": f"/omnitrain-e2e/{name}"},
             "metricsPort": 19400 + int(uuid.uuid4().int % 500), **(extra or {})}
     client.CustomObjectsApi(api).create_namespaced_custom_object(
         crd.GROUP, crd.VERSION, namespace, crd.PLURAL,
         {"apiVersion": crd.API_VERSION, "kind": crd.KIND, "metadata": {"name": name}, "spec": spec})
-    return cluster.pv_dir(claim)
+    return persistent
 
 
 def wait_first_checkpoint(trainer_operator, persistent: Path, name: str) -> None:
