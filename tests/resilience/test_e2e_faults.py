@@ -168,7 +168,8 @@ def reference(tmp_path_factory):
 
 
 def create_job(trainer_operator, name: str, parallelism: dict, extra: dict | None = None) -> Path:
-    """A job on its own claim (provisioned by the local cluster); returns the claim's folder (the persistent checkpoint root)."""
+    """A job on its own claim (provisioned by the local cluster); returns the claim's folder (the persistent
+    checkpoint root)."""
     from kubernetes import client
 
     from omnitrain.operator import crd
