@@ -6,12 +6,12 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 export OMNITRAIN_CACHE ?= $(HOME)/.cache/omnitrain
 
-.PHONY: setup promtool cluster-bins demo test test-fast crd clean
+.PHONY: setup promtool cluster-bins demo lint format test test-fast crd clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ".[trainer,report,test]"
+	$(BIN)/pip install -q -e ".[trainer,report,test,lint]"
 	@touch $@
 
 # promtool (Debian's prometheus package) checks the alert rules in the tests.
@@ -26,11 +26,23 @@ cluster-bins:
 demo: setup cluster-bins
 	$(BIN)/python hack/demo.py
 
-test: setup cluster-bins
+# Static checks (configuration in pyproject.toml): lint, formatting, types at the typed boundaries, and the import
+# layers of docs/contracts.md. Part of `make test`.
+lint: setup
+	$(BIN)/ruff check omnitrain tests bench hack
+	$(BIN)/ruff format --check omnitrain tests bench hack
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+format: setup
+	$(BIN)/ruff check --fix omnitrain tests bench hack
+	$(BIN)/ruff format omnitrain tests bench hack
+
+test: lint cluster-bins
 	$(BIN)/python -m pytest -q -ra tests
 
 # Unit tests only: no control plane.
-test-fast: setup
+test-fast: lint
 	$(BIN)/python -m pytest -q -ra -m "not e2e" tests
 
 crd: setup
