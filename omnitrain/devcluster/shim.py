@@ -27,7 +27,8 @@ def _write_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def exec_in_namespace(container_dir: Path) -> None:
+def exec_in_namespace(container_dir: Path) -> int:
+    """Binds the volumes, then becomes the container's command; returns (127) only when that cannot start."""
     spec = json.loads((container_dir / "spec.json").read_text())
     for mount in spec["mounts"]:
         source, target = mount["source"], mount["target"]
@@ -40,10 +41,10 @@ def exec_in_namespace(container_dir: Path) -> None:
         subprocess.run(["mount", "--bind", source, target], check=True)
         if mount.get("readOnly"):
             subprocess.run(["mount", "-o", "remount,bind,ro", target], check=True)
-    _exec(spec)
+    return _exec(spec)
 
 
-def _exec(spec: dict) -> None:
+def _exec(spec: dict) -> int:
     if spec.get("workingDir"):
         os.makedirs(spec["workingDir"], exist_ok=True)
         os.chdir(spec["workingDir"])
@@ -51,7 +52,7 @@ def _exec(spec: dict) -> None:
         os.execvpe(spec["argv"][0], spec["argv"], spec["env"])
     except OSError as exc:
         print(f"[shim] cannot start {spec['argv'][0]!r}: {exc}", file=sys.stderr, flush=True)
-        os._exit(127)
+        return 127   # what a shell reports for a command it cannot run
 
 
 def supervise(container_dir: Path) -> int:
@@ -98,8 +99,7 @@ def supervise(container_dir: Path) -> int:
 
 def main(argv: list[str]) -> int:
     if argv and argv[0] == "--exec":
-        exec_in_namespace(Path(argv[1]))
-        return 127
+        return exec_in_namespace(Path(argv[1]))
     return supervise(Path(argv[0]))
 
 
