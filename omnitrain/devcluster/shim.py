@@ -19,12 +19,7 @@ import time
 from pathlib import Path
 
 from omnitrain.devcluster import procs
-
-
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)
+from omnitrain.devcluster.runtime import write_json
 
 
 def exec_in_namespace(container_dir: Path) -> int:
@@ -75,11 +70,11 @@ def supervise(container_dir: Path) -> int:
         child = subprocess.Popen(argv, env=env, process_group=0, cwd=cwd)
     except OSError as exc:
         print(f"[shim] cannot start {argv[0]!r}: {exc}", file=sys.stderr, flush=True)
-        _write_json(container_dir / "exit.json", {"exitCode": 128, "reason": "StartError", "message": str(exc),
+        write_json(container_dir / "exit.json", {"exitCode": 128, "reason": "StartError", "message": str(exc),
                                                   "startedAt": started_at, "finishedAt": time.time()})
         return 0
     procs.write_pid_file(container_dir / "child.pid", child.pid)
-    _write_json(container_dir / "started.json", {"startedAt": started_at, "pid": child.pid})
+    write_json(container_dir / "started.json", {"startedAt": started_at, "pid": child.pid})
     while True:
         try:
             code = child.wait()
@@ -92,7 +87,7 @@ def supervise(container_dir: Path) -> int:
         os.killpg(child.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
-    _write_json(container_dir / "exit.json", {"exitCode": exit_code, "signal": -code if code < 0 else None,
+    write_json(container_dir / "exit.json", {"exitCode": exit_code, "signal": -code if code < 0 else None,
                                               "startedAt": started_at, "finishedAt": time.time()})
     return 0
 
