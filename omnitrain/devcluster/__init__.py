@@ -3,8 +3,9 @@
 `omnitrain dev up` (or `LocalCluster(root).up(...)`) starts, on 127.0.0.1 only: etcd, kube-apiserver (own CA,
 client certificates, Node,RBAC authorization), kube-controller-manager (all non-cloud controllers: garbage
 collector, job, node lifecycle, pod GC, service accounts), kube-scheduler, and the local node agent
-(omnitrain.devcluster.agent) that registers Nodes `local-node-<i>` with `nvidia.com/gpu` capacity and really runs
-the pods bound to them as process groups. Optionally kwok with fake 8-GPU nodes (`kwok-node-<i>`).
+(omnitrain.devcluster.agent, whose docstring lists its modules) that registers Nodes `local-node-<i>` with
+`nvidia.com/gpu` capacity and really runs the pods bound to them as process groups. Optionally kwok with fake
+8-GPU nodes (`kwok-node-<i>`).
 
 Interface used by other areas' tests (stable):
 

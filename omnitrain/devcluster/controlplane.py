@@ -5,7 +5,6 @@ in state.json so a restart (or `dev status` from another shell) finds the same c
 from __future__ import annotations
 
 import json
-import os
 import socket
 import ssl
 import time

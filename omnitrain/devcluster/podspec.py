@@ -35,6 +35,18 @@ def rewrite_dns_names(text: str, resolve: Callable[[str, str, str], str]) -> str
     return POD_DNS_NAME.sub(lambda m: resolve(m.group(1), m.group(2), m.group(3)), text)
 
 
+def dns_target_ip(pods: list[dict], hostname: str, subdomain: str) -> str | None:
+    """The IP of the live pod `<hostname>.<subdomain>` names among one namespace's pods; None until it has one."""
+    for pod in pods:
+        spec = pod["spec"]
+        if spec.get("hostname") == hostname and spec.get("subdomain") == subdomain \
+                and not pod["metadata"].get("deletionTimestamp"):
+            ip = (pod.get("status") or {}).get("podIP")
+            if ip:
+                return ip
+    return None
+
+
 def field_ref(pod: dict, path: str, pod_ip: str) -> str:
     meta = pod["metadata"]
     simple = {"metadata.name": meta["name"], "metadata.namespace": meta.get("namespace", "default"),

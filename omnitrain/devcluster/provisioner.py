@@ -238,7 +238,6 @@ class Provisioner:
         self._event(action)
 
     def _refuse(self, action: Refuse) -> None:
-        from kubernetes.client.exceptions import ApiException
         if action.uid in self.reported:
             return
         self._event(action)

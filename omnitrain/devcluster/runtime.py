@@ -1,5 +1,6 @@
-"""Local state of pods the agent runs: the folder layout, shim start/stop, and reading what the shims recorded.
-Everything the agent knows about a container lives in files, so a restarted agent can rebuild it."""
+"""Local state of pods the agent runs: the folder layout, pod IPs, shim start/stop, and reading what the shims
+recorded. Everything the agent knows about a container lives in files, so a restarted agent can rebuild it;
+`PodRun.state()` is the snapshot that `podstatus.pod_status` renders."""
 
 from __future__ import annotations
 
@@ -8,11 +9,14 @@ import os
 import shutil
 import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from omnitrain.devcluster import procs
+from omnitrain.devcluster.podstatus import ContainerState, PodState
+from omnitrain.timestamps import now_rfc3339
 
 TERMINATION_MESSAGE_LIMIT = 4096
 FALLBACK_LOG_LINES = 80
@@ -45,10 +49,10 @@ class ContainerRun:
     def termination_log(self) -> Path: return self.dir / "termination-log"
 
     def started(self) -> dict | None:
-        return _read_json(self.dir / "started.json")
+        return read_json(self.dir / "started.json")
 
     def exit(self) -> dict | None:
-        return _read_json(self.dir / "exit.json")
+        return read_json(self.dir / "exit.json")
 
     def child(self) -> tuple[int, int | None] | None:
         return procs.read_pid_file(self.dir / "child.pid")
@@ -65,9 +69,7 @@ class ContainerRun:
         for stale in ("exit.json", "started.json", "child.pid", "shim.pid"):
             (self.dir / stale).unlink(missing_ok=True)
         self.termination_log.write_text("")
-        tmp = self.spec_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(spec))
-        os.replace(tmp, self.spec_path)
+        write_json(self.spec_path, spec)
         (self.dir / "restarts").write_text(str(self.restart_count))
         procs.spawn_detached([sys.executable, "-m", "omnitrain.devcluster.shim", str(self.dir)], self.log,
                              self.dir / "shim.pid", env=_shim_env())
@@ -114,6 +116,15 @@ class ContainerRun:
     def container_id(self) -> str:
         return f"omnitrain://{self.dir.parent.parent.name}/{self.name}/{self.restart_count}"
 
+    def state(self, fallback_to_logs: bool, probe_ready: bool) -> ContainerState:
+        terminated = self.terminated_state(fallback_to_logs)
+        started = self.started()
+        return ContainerState(name=self.name, terminated=terminated,
+                              started_at=started["startedAt"] if started is not None else None,
+                              waiting_reason=self.waiting_reason, restart_count=self.restart_count,
+                              container_id=self.container_id, last_terminated=self.last_terminated,
+                              probe_ready=probe_ready)
+
     @classmethod
     def load(cls, name: str, dir: Path, log: Path) -> "ContainerRun":
         run = cls(name, dir, log)
@@ -123,13 +134,71 @@ class ContainerRun:
             pass
         if run.restart_count:
             prev = dir / f"exit.{run.restart_count - 1}.json"
-            info = _read_json(prev)
+            info = read_json(prev)
             if info:
                 run.last_terminated = {"exitCode": info["exitCode"], "reason": "Completed" if info["exitCode"] == 0
                                        else "Error", "startedAt": _rfc(info.get("startedAt")),
                                        "finishedAt": _rfc(info.get("finishedAt"))}
         run.waiting_reason = "" if (dir / "spec.json").exists() else "ContainerCreating"
         return run
+
+
+@dataclass
+class PodRun:
+    """A pod the agent runs: identity, its folder and containers, and what the agent decided about it so far."""
+    namespace: str
+    name: str
+    uid: str
+    node: str
+    ip: str
+    dir: Path
+    pod: dict
+    containers: dict[str, ContainerRun] = field(default_factory=dict)
+    starting: bool = False
+    config_error: str = ""
+    delete_deadline: float | None = None
+    deleted: bool = False
+    ready: dict[str, bool] = field(default_factory=dict)          # readiness probe results per container
+    probe_due: dict[str, float] = field(default_factory=dict)
+    rendered: dict | None = None        # the status rendered last (its conditions' transition times carry over)
+    last_status: dict | None = None     # the status last accepted by the API server
+    start_time: str = ""
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.namespace, self.name
+
+    def spec_of(self, name: str) -> dict:
+        """The pod spec's container of that name."""
+        return next(c for c in self.pod["spec"]["containers"] if c["name"] == name)
+
+    def state(self) -> PodState:
+        containers = {}
+        for container in self.pod["spec"]["containers"]:
+            c = self.containers[container["name"]]
+            fallback = container.get("terminationMessagePolicy") == "FallbackToLogsOnError"
+            containers[c.name] = c.state(fallback, self.ready.get(c.name, False))
+        return PodState(ip=self.ip, start_time=self.start_time, containers=containers, config_error=self.config_error)
+
+
+class IPAllocator:
+    """127.<a>.<b>.<c> addresses from a counter kept on disk (never reused in a cluster's life, so a stale
+    address of a deleted pod never points at a new one). 127.0.x.x is left to the host."""
+
+    def __init__(self, state: Path):
+        self.state = state
+        self.lock = threading.Lock()
+
+    def allocate(self) -> str:
+        with self.lock:
+            try:
+                index = int(self.state.read_text())
+            except (OSError, ValueError):
+                index = 0
+            self.state.write_text(str(index + 1))
+        a, rest = 1 + index // (250 * 250), index % (250 * 250)
+        return f"127.{a}.{rest // 250}.{rest % 250 + 2}"
 
 
 def kill_leftovers(pod_folder: Path) -> None:
@@ -160,11 +229,19 @@ def _shim_env() -> dict:
     return env
 
 
-def _read_json(path: Path) -> dict | None:
+def read_json(path: Path) -> dict | None:
+    """A JSON file the agent or a shim wrote; None when absent or torn."""
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Atomically: a reader (a restarted agent) sees the old file or the new one, never half of one."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
 
 
 def _read_text(path: Path, limit: int) -> str:
@@ -179,6 +256,4 @@ def _read_text(path: Path, limit: int) -> str:
 
 
 def _rfc(t: float | None) -> str | None:
-    if t is None:
-        return None
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+    return None if t is None else now_rfc3339(t)

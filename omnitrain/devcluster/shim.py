@@ -19,15 +19,11 @@ import time
 from pathlib import Path
 
 from omnitrain.devcluster import procs
+from omnitrain.devcluster.runtime import write_json
 
 
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)
-
-
-def exec_in_namespace(container_dir: Path) -> None:
+def exec_in_namespace(container_dir: Path) -> int:
+    """Binds the volumes, then becomes the container's command; returns (127) only when that cannot start."""
     spec = json.loads((container_dir / "spec.json").read_text())
     for mount in spec["mounts"]:
         source, target = mount["source"], mount["target"]
@@ -40,10 +36,10 @@ def exec_in_namespace(container_dir: Path) -> None:
         subprocess.run(["mount", "--bind", source, target], check=True)
         if mount.get("readOnly"):
             subprocess.run(["mount", "-o", "remount,bind,ro", target], check=True)
-    _exec(spec)
+    return _exec(spec)
 
 
-def _exec(spec: dict) -> None:
+def _exec(spec: dict) -> int:
     if spec.get("workingDir"):
         os.makedirs(spec["workingDir"], exist_ok=True)
         os.chdir(spec["workingDir"])
@@ -51,7 +47,7 @@ def _exec(spec: dict) -> None:
         os.execvpe(spec["argv"][0], spec["argv"], spec["env"])
     except OSError as exc:
         print(f"[shim] cannot start {spec['argv'][0]!r}: {exc}", file=sys.stderr, flush=True)
-        os._exit(127)
+        return 127   # what a shell reports for a command it cannot run
 
 
 def supervise(container_dir: Path) -> int:
@@ -74,11 +70,11 @@ def supervise(container_dir: Path) -> int:
         child = subprocess.Popen(argv, env=env, process_group=0, cwd=cwd)
     except OSError as exc:
         print(f"[shim] cannot start {argv[0]!r}: {exc}", file=sys.stderr, flush=True)
-        _write_json(container_dir / "exit.json", {"exitCode": 128, "reason": "StartError", "message": str(exc),
+        write_json(container_dir / "exit.json", {"exitCode": 128, "reason": "StartError", "message": str(exc),
                                                   "startedAt": started_at, "finishedAt": time.time()})
         return 0
     procs.write_pid_file(container_dir / "child.pid", child.pid)
-    _write_json(container_dir / "started.json", {"startedAt": started_at, "pid": child.pid})
+    write_json(container_dir / "started.json", {"startedAt": started_at, "pid": child.pid})
     while True:
         try:
             code = child.wait()
@@ -91,15 +87,14 @@ def supervise(container_dir: Path) -> int:
         os.killpg(child.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
-    _write_json(container_dir / "exit.json", {"exitCode": exit_code, "signal": -code if code < 0 else None,
+    write_json(container_dir / "exit.json", {"exitCode": exit_code, "signal": -code if code < 0 else None,
                                               "startedAt": started_at, "finishedAt": time.time()})
     return 0
 
 
 def main(argv: list[str]) -> int:
     if argv and argv[0] == "--exec":
-        exec_in_namespace(Path(argv[1]))
-        return 127
+        return exec_in_namespace(Path(argv[1]))
     return supervise(Path(argv[0]))
 
 

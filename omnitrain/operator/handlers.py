@@ -118,8 +118,7 @@ CONTROLLER: Controller | None = None
 def install(settings: OperatorSettings, kube: Kube | None = None, metrics=None) -> Controller:
     """Create the controller the handlers use (called at start-up, before kopf runs)."""
     global CONTROLLER
-    CONTROLLER = Controller(kube or Kube(exit_after_creates=settings.exit_after_creates,
-                                         create_workers=settings.create_workers), settings, metrics)
+    CONTROLLER = Controller(kube or Kube(create_workers=settings.create_workers), settings, metrics)
     return CONTROLLER
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import os
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -40,8 +39,7 @@ class CallCounter:
 class Kube:
     """Typed wrappers over the few calls the operator makes."""
 
-    def __init__(self, api_client: client.ApiClient | None = None, exit_after_creates: int | None = None,
-                 create_workers: int = 16) -> None:
+    def __init__(self, api_client: client.ApiClient | None = None, create_workers: int = 16) -> None:
         self.api_client = api_client or client.ApiClient()
         self.create_workers = max(1, create_workers)
         # one connection per concurrent create, or urllib3 discards and reopens them
@@ -59,9 +57,6 @@ class Kube:
         self.api_client.call_api = counted  # type: ignore[method-assign]
         self.core = client.CoreV1Api(self.api_client)
         self.custom = client.CustomObjectsApi(self.api_client)
-        self._exit_after_creates = exit_after_creates
-        self._creates = 0
-        self._create_lock = threading.Lock()
         # Node objects from the operator's Node watch (handlers.node_event), None for a deleted one; a name not in
         # here is read directly, so the answer is right before the watch's first listing too.
         self._nodes: dict[str, dict | None] = {}
@@ -130,11 +125,6 @@ class Kube:
             if kind == "ConfigMap":  # the attempt number inside changes between attempts
                 self.core.patch_namespaced_config_map(obj["metadata"]["name"], ns, {"data": obj["data"]})
             return False
-        with self._create_lock:
-            self._creates += 1
-            creates = self._creates
-        if self._exit_after_creates is not None and creates >= self._exit_after_creates:
-            os._exit(17)  # fault injection (tests): the operator dies mid-launch
         return True
 
     def delete_pod(self, namespace: str, name: str, force: bool = False) -> None:

@@ -17,8 +17,6 @@ class OperatorSettings:
     metrics_port: int = 0                # operator's own Prometheus port; 0 = off
     peering: str | None = None           # None = standalone (one replica, Recreate)
     cluster_domain: str = "cluster.local"
-    # Fault injection for the restart-mid-launch test: exit hard after this many child creations.
-    exit_after_creates: int | None = None
     create_workers: int = 16             # concurrent pod creations per launch
     pod_env: dict[str, str] = field(default_factory=dict)   # added to every training pod (NCCL_*, thread counts)
 
@@ -31,7 +29,6 @@ class OperatorSettings:
             # the in-pod watchdog is the container's main process: it ends a hung gang with exit 42 + evidence
             from omnitrain.resilience.operator_hook import watchdog_command
             default = watchdog_command(default)
-        exit_after = e.get("OMNITRAIN_OPERATOR_EXIT_AFTER_CREATES")
         return cls(
             namespaces=[n for n in e.get("OMNITRAIN_NAMESPACES", "").split(",") if n],
             train_command=shlex.split(command) if command else default,
@@ -39,7 +36,6 @@ class OperatorSettings:
             metrics_port=int(e.get("OMNITRAIN_OPERATOR_METRICS_PORT", "0")),
             peering=e.get("OMNITRAIN_PEERING") or None,
             cluster_domain=e.get("OMNITRAIN_CLUSTER_DOMAIN", "cluster.local"),
-            exit_after_creates=int(exit_after) if exit_after else None,
             create_workers=int(e.get("OMNITRAIN_CREATE_WORKERS", "16")),
             pod_env=parse_pod_env(e.get("OMNITRAIN_POD_ENV", "")),
         )

@@ -95,3 +95,14 @@ def test_path_rewrite_fallback():
     assert rewrite_paths("/ckpt", mounts) == "/root/c/nodes/n0/mnt/nvme"
     assert rewrite_paths("/ckptx/a /data/ckpt", mounts) == "/ckptx/a /data/ckpt"
     assert Path(rewrite_paths("/ckpt/a", mounts)).parts[-1] == "a"
+
+
+def test_dns_target_ip_is_the_live_pod_with_that_hostname_and_subdomain():
+    from omnitrain.devcluster.podspec import dns_target_ip
+
+    def p(host, ip=None, deleting=False, sub="svc"):
+        meta = {"name": host, **({"deletionTimestamp": "2026-01-01T00:00:00Z"} if deleting else {})}
+        return {"metadata": meta, "spec": {"hostname": host, "subdomain": sub}, "status": {"podIP": ip} if ip else {}}
+    pods = [p("n0", "127.1.0.2", deleting=True), p("n0", "127.1.0.3", sub="other"), p("n1"), p("n0", "127.1.0.4")]
+    assert dns_target_ip(pods, "n0", "svc") == "127.1.0.4"
+    assert dns_target_ip(pods, "n1", "svc") is None   # no IP yet: the caller waits

@@ -80,12 +80,16 @@ def test_missing_configmap_key_is_reported_not_run(local_cluster, core):
 def test_fallback_without_mount_namespace_rewrites_paths(local_cluster, tmp_path):
     """Where `unshare` is not permitted, mountPaths in args/env/workingDir point at the host folders instead."""
     import json
-    from omnitrain.devcluster.agent import Agent, PodRun
-    from omnitrain.devcluster.runtime import ContainerRun
+
+    from kubernetes import config
+
+    from omnitrain.devcluster.agentapi import AgentApi
+    from omnitrain.devcluster.launch import Launcher
+    from omnitrain.devcluster.runtime import ContainerRun, PodRun
     from omnitrain.devcluster.testing import wait_for
 
-    agent = Agent(tmp_path, local_cluster.control_plane().kubeconfig("agent"))
-    agent.mount_ns = False
+    api = AgentApi(config.new_client_from_config(str(local_cluster.control_plane().kubeconfig("agent"))))
+    launcher = Launcher(tmp_path, api, mount_ns=False)
     container = {"name": "main", "image": "x", "workingDir": "/work",
                  "command": ["sh", "-c", 'echo "$OUT" > /ckpt/out.txt; pwd > /ckpt/cwd.txt'],
                  "env": [{"name": "OUT", "value": "saved under /ckpt"}],
@@ -96,7 +100,7 @@ def test_fallback_without_mount_namespace_rewrites_paths(local_cluster, tmp_path
     folder = tmp_path / "pods" / "default" / "fallback"
     run = PodRun("default", "fallback", "u", "local-node-0", "127.200.0.2", folder, pod)
     run.containers["main"] = ContainerRun("main", folder / "containers" / "main", folder / "main.log")
-    spec = agent._container_spec(run, container)
+    spec = launcher.container_spec(run, container)
     assert spec["mounts"] == []
     run.containers["main"].launch(spec)
     exit_info = wait_for(run.containers["main"].exit, 30, "container exit")

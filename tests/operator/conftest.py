@@ -55,14 +55,16 @@ def api(e2e_kubeconfig):
 
 
 class OperatorProcess:
-    def __init__(self, kubeconfig: Path, log: Path, extra_env: dict[str, str] | None = None) -> None:
+    def __init__(self, kubeconfig: Path, log: Path, extra_env: dict[str, str] | None = None,
+                 command: list[str] | None = None) -> None:
+        self.command = command or [sys.executable, "-m", "omnitrain", "operator"]
         self.env = {**os.environ, "KUBECONFIG": str(kubeconfig), "OMNITRAIN_RESYNC_SECONDS": "1",
                     "OMNITRAIN_TRAIN_COMMAND": STAND_IN_COMMAND, "OMP_NUM_THREADS": "1", **(extra_env or {})}
         self.log = log
         self.start()
 
     def start(self) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "omnitrain", "operator"], env=self.env,
+        self.proc = subprocess.Popen(self.command, env=self.env,
                                      stdout=open(self.log, "a"), stderr=subprocess.STDOUT)
 
     def stop(self) -> None:
@@ -82,11 +84,12 @@ def operator(e2e_kubeconfig, tmp_path_factory):
 
 @pytest.fixture
 def start_operator(e2e_kubeconfig, tmp_path):
-    """Start extra operator processes (for the restart test); all are stopped afterwards."""
+    """Start extra operator processes (for the restart test), optionally through another launcher (`command`);
+    all are stopped afterwards."""
     started = []
 
-    def start(extra_env=None):
-        op = OperatorProcess(e2e_kubeconfig, tmp_path / f"operator-{len(started)}.log", extra_env)
+    def start(extra_env=None, command=None):
+        op = OperatorProcess(e2e_kubeconfig, tmp_path / f"operator-{len(started)}.log", extra_env, command)
         started.append(op)
         return op
     yield start

@@ -4,13 +4,16 @@ restart mid-launch, gang restart and permanent failure, progress from rank 0's m
 from __future__ import annotations
 
 import http.server
+import sys
 import threading
+from pathlib import Path
 
 import pytest
 import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+import dying_operator
 from control_plane import wait_until
 from jobs import cond, create_job, events, get_job, patch_spec, pod_names, pods, set_all, set_pod, status
 from omnitrain import contract
@@ -125,10 +128,11 @@ def test_operator_killed_mid_launch_creates_no_duplicates(api, start_operator, o
     operator.stop()  # the session operator must not finish the launch for us
     try:
         # one create at a time so the exit lands after exactly: ConfigMap, Service, one pod
-        dying = start_operator({"OMNITRAIN_OPERATOR_EXIT_AFTER_CREATES": "3", "OMNITRAIN_CREATE_WORKERS": "1"})
+        dying = start_operator({"OMNITRAIN_CREATE_WORKERS": "1"},
+                               command=[sys.executable, str(Path(dying_operator.__file__)), "3"])
         create_job(api, ns, "crashy", spec)
         wait_until(lambda: dying.proc.poll() is not None, 60, "operator exit mid-launch")
-        assert dying.proc.returncode == 17, dying.tail()
+        assert dying.proc.returncode == dying_operator.EXIT_CODE, dying.tail()
         expected = [f"crashy-a0-n{r}" for r in range(4)]
         assert pod_names(api, ns, "crashy") == ["crashy-a0-n0"]
         assert "launchedAttempt" not in status(api, ns, "crashy")

@@ -37,6 +37,8 @@ def _die_with_parent() -> None:
 def writer_main(target: SaveTarget, rendezvous: str | None, parent_pid: int, requests, results) -> None:
     _die_with_parent()
     if os.getppid() != parent_pid:      # the parent died before prctl took effect
+        # An orphan that owns nothing yet ends at once: multiprocessing's exit handling (finalizers, flushing
+        # queues) would only talk to a parent that is gone.
         os._exit(1)
     import torch
     torch.set_num_threads(1)
