@@ -223,22 +223,23 @@ def failure(p: _Pass) -> Decision | None:
     assert action.failure is not None           # decide() classifies before it plans
     seen = last_failure(action.failure, now)
     st.last_failure_class = action.failure.failure_class.value
-    d.isolate_nodes = list(action.isolate_nodes)
     match action:
         case Wait():
             # Neither restart nor fail: the failed pods stay (they are the evidence), the recovery state is not
-            # advanced, and the job says why it waits.
+            # advanced, and the job says why it waits; the event and the isolation only when the wait begins.
             old = st.last_failure
             if old is None or (old.pod, old.reason) != (seen.pod, seen.reason):
                 st.last_failure = seen
             restarting = st.condition("Restarting")
             if restarting is None or restarting.reason != action.reason:
                 d.events.append(Event("Warning", action.reason, action.message))
+                d.isolate_nodes = list(action.isolate_nodes)
             st.phase, st.message = PENDING, action.message
             st.set_condition("Running", False, action.reason, action.message, now)
             st.set_condition("Restarting", False, action.reason, action.message, now)
             d.requeue_after_seconds = WAIT_RECHECK_SECONDS
         case Fail():
+            d.isolate_nodes = list(action.isolate_nodes)
             d.status = st = action.state.apply(st)
             st.last_failure = seen
             st.phase, st.message, st.completion_time = FAILED, action.message, now
@@ -247,6 +248,7 @@ def failure(p: _Pass) -> Decision | None:
             d.delete_pods, d.force_delete_pods = teardown(p.pods, p.nodes, unfinished_only=True)
             d.events.append(Event("Warning", action.reason, action.message))
         case GangRestart():
+            d.isolate_nodes = list(action.isolate_nodes)
             d.status = st = action.state.apply(st)
             st.last_failure = seen
             st.restart_not_before = add_seconds(now, action.delay_seconds) if action.delay_seconds > 0 else None

@@ -165,7 +165,7 @@ def _classify_pod(pod: PodObservation, nodes: dict[str, NodeObservation]) -> tup
     if code == ExitCode.HARDWARE or (msg and msg.reason == "HardwareFault"):
         return FailureClass.HARDWARE, "HardwareFault", f"pod {pod.name} on {pod.node}: hardware fault" + (
             f" ({msg.message})" if msg and msg.message else "")
-    node = nodes.get(pod.node) if pod.node else None
+    node = nodes.get(pod.node) if pod.node and pod.phase != "Succeeded" else None   # a finished rank lost nothing
     node_gone = node is not None and (not node.exists or not node.ready)
     if node_gone or pod.pod_reason in NODE_LOSS_REASONS or pod.disruption_reason in NODE_LOSS_REASONS:
         what = "deleted" if node is not None and not node.exists else "NotReady"

@@ -261,3 +261,23 @@ def test_a_lost_node_outranks_the_crash_it_caused_but_not_a_permanent_failure():
     assert permanent.status.phase == FAILED and permanent.force_delete_pods == ["j-a0-n1"]
     # a node the kube layer did not report is not judged
     assert step(SPEC, st, pods(0, "Running", "Running"), nodes={}).status.phase == RUNNING
+
+
+def test_wait_keeps_the_job_pending_with_the_reason_and_looks_again():
+    st = step(SPEC, launched(), pods(0, "Running", "Running")).status
+    failed = pods(0, "Failed", "Running", codes=[ExitCode.HARDWARE, None])
+    # node-a0 is isolated by the failure: one usable node left, two needed
+    d = reconcile(JOB, parse_spec(SPEC), st, failed, "t", generation=1, usable_nodes=["node-a0", "node-a1"])
+    assert d.status.phase == PENDING and d.status.attempt == 0 and d.status.restarts == 0
+    assert d.create_attempt is None and d.delete_pods == [] and d.requeue_after_seconds == 10
+    restarting = condition(d.status, "Restarting")
+    assert restarting["status"] == "False" and restarting["reason"] == "InsufficientNodes"
+    assert condition(d.status, "Failed") is None and d.status.last_failure.pod == "j-a0-n0"
+    assert [e.reason for e in d.events] == ["InsufficientNodes"] and d.isolate_nodes == ["node-a0"]
+    again = reconcile(JOB, parse_spec(SPEC), d.status, failed, "t2", generation=1,
+                      usable_nodes=["node-a0", "node-a1"])
+    assert again.status.phase == PENDING and again.events == [] and again.status.last_failure.time == "t"
+    # capacity came back: the gang restarts without the isolated node
+    go = reconcile(JOB, parse_spec(SPEC), again.status, failed, "t3", generation=1,
+                   usable_nodes=["node-a0", "node-a1", "node-a2"])
+    assert go.status.phase == RESTARTING and go.status.attempt == 1 and go.status.excluded_nodes == ["node-a0"]
