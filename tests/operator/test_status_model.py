@@ -46,3 +46,14 @@ def test_set_condition_keeps_the_transition_time_until_the_status_flips():
     st.set_condition("Running", False, "Completed", "done", "t3")
     assert st.condition("Running").last_transition_time == "t3" and len(st.conditions) == 1
     assert st.condition("Failed") is None
+
+
+def test_the_status_write_is_a_merge_patch_that_removes_what_disappeared():
+    from omnitrain.operator.kube import status_patch
+    old = {"phase": "Restarting", "restartNotBefore": "2026-01-01T00:00:30Z", "attempt": 1,
+           "lastFailure": {"pod": "p", "exitCode": 1, "reason": "Error"}, "conditions": [{"type": "Valid", "status": "True"}]}
+    new = JobStatus.from_wire({**old, "restartNotBefore": None, "phase": "Pending",
+                               "lastFailure": {"pod": "q", "reason": "NodeLost"}}).to_wire()
+    assert status_patch(old, new) == {"phase": "Pending", "restartNotBefore": None,
+                                      "lastFailure": {"pod": "q", "exitCode": None, "reason": "NodeLost"}}
+    assert status_patch(new, new) == {}
