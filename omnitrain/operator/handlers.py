@@ -14,6 +14,8 @@ import kopf
 
 from omnitrain.operator import crd, plan, progress
 from omnitrain.operator.kube import Kube, now_iso, pod_views
+from omnitrain.operator.promotion import promotion_settled
+from omnitrain.operator.promotion_kube import promote
 from omnitrain.operator.reconcile import parse_spec, reconcile
 from omnitrain.operator.settings import OperatorSettings
 from omnitrain.spec import JobSpec
@@ -137,7 +139,6 @@ class Controller:
 
     def promote(self, job: dict, spec: JobSpec, status: JobStatus) -> None:
         """A succeeded job's promotion chain (omnitrain/operator/promotion.py): distillation, then serving."""
-        from omnitrain.operator.promotion_kube import promote
         promote(self.kube, job, spec, status, now_iso())
 
     def update_progress(self, namespace: str, name: str) -> None:
@@ -247,6 +248,5 @@ class Resync(threading.Thread):
 
 def _promotion_settled(job: dict, status: JobStatus) -> bool:
     """A succeeded job stays on the resync list until its promotion chain has nothing left to watch."""
-    from omnitrain.operator.promotion import promotion_settled
     spec = parse_spec(job.get("spec")).spec
     return spec is None or promotion_settled(spec, status)

@@ -17,6 +17,7 @@ from kubernetes.client.exceptions import ApiException
 from omnitrain.operator import crd, plan
 from omnitrain.operator.reconcile import Decision, Event
 from omnitrain.resilience.classify import NodeObservation, PodObservation, observe_node, observe_pod
+from omnitrain.resilience.operator_hook import isolation_patch
 from omnitrain.status import JobStatus
 from omnitrain.timestamps import now_rfc3339
 
@@ -152,7 +153,6 @@ class Kube:
 
     def isolate_node(self, name: str) -> None:
         """Label + NoSchedule taint (omnitrain.resilience.operator_hook.isolation_patch); a gone node is fine."""
-        from omnitrain.resilience.operator_hook import isolation_patch
         try:
             node = self.api_client.sanitize_for_serialization(self.core.read_node(name))
             self.core.patch_node(name, isolation_patch(node))
