@@ -51,7 +51,8 @@ def test_set_condition_keeps_the_transition_time_until_the_status_flips():
 def test_the_status_write_is_a_merge_patch_that_removes_what_disappeared():
     from omnitrain.operator.kube import status_patch
     old = {"phase": "Restarting", "restartNotBefore": "2026-01-01T00:00:30Z", "attempt": 1,
-           "lastFailure": {"pod": "p", "exitCode": 1, "reason": "Error"}, "conditions": [{"type": "Valid", "status": "True"}]}
+           "lastFailure": {"pod": "p", "exitCode": 1, "reason": "Error"},
+           "conditions": [{"type": "Valid", "status": "True"}]}
     new = JobStatus.from_wire({**old, "restartNotBefore": None, "phase": "Pending",
                                "lastFailure": {"pod": "q", "reason": "NodeLost"}}).to_wire()
     assert status_patch(old, new) == {"phase": "Pending", "restartNotBefore": None,
