@@ -128,9 +128,10 @@ class Controller:
             self.metrics.record_restart(namespace, name, reason=restart_reason)
         recovered = new.phase == RUNNING and old.phase != RUNNING and (new.attempt or 0) > 0
         failed_at = parse_rfc3339(new.last_failure.time if new.last_failure else None)
-        if recovered and failed_at is not None:
+        now = parse_rfc3339(now_iso())
+        if recovered and failed_at is not None and now is not None:
             # failure noticed -> the next attempt's pods all Running (the operator's part of a recovery)
-            self.metrics.observe_recovery(namespace, name, max(0.0, parse_rfc3339(now_iso()) - failed_at))
+            self.metrics.observe_recovery(namespace, name, max(0.0, now - failed_at))
         self._record_goodput(namespace, name, new.goodput)
 
     def _record_goodput(self, namespace: str, name: str, goodput: dict | None) -> None:
