@@ -12,6 +12,17 @@ import os
 from dataclasses import asdict, dataclass, field
 from enum import IntEnum
 
+# The CRD's coordinates: the operator serves them, `omnitrain status` and the tests address jobs by them.
+GROUP = "omnitrain.io"
+VERSION = "v1alpha1"
+KIND = "OmniTrainingJob"
+PLURAL = "omnitrainingjobs"
+SINGULAR = "omnitrainingjob"
+SHORT_NAMES = ["otj"]
+CATEGORIES = ["omnitrain", "all"]
+API_VERSION = f"{GROUP}/{VERSION}"
+CRD_NAME = f"{PLURAL}.{GROUP}"
+
 CONFIG_MOUNT = "/etc/omnitrain"
 CONFIG_FILE = "config.yaml"
 CONFIG_PATH = f"{CONFIG_MOUNT}/{CONFIG_FILE}"

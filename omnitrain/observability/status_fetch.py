@@ -5,17 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# The CRD's coordinates; the operator's CRD module is the source of truth when it names them.
-DEFAULT_GROUP, DEFAULT_VERSION, DEFAULT_PLURAL = "omnitrain.io", "v1alpha1", "omnitrainingjobs"
-
-
-def crd_coordinates() -> tuple[str, str, str]:
-    try:
-        from omnitrain.operator import crd  # the CLI may load the operator side; only the trainer must not
-    except Exception:
-        return DEFAULT_GROUP, DEFAULT_VERSION, DEFAULT_PLURAL
-    return (getattr(crd, "GROUP", DEFAULT_GROUP), getattr(crd, "VERSION", DEFAULT_VERSION),
-            getattr(crd, "PLURAL", DEFAULT_PLURAL))
+from omnitrain.contract import GROUP, PLURAL, VERSION
 
 
 @dataclass
@@ -53,14 +43,13 @@ def fetch_job(name: str, namespace: str) -> JobSnapshot:
     from urllib3.exceptions import HTTPError
     _load_config()
     api_client = client.ApiClient()
-    group, version, plural = crd_coordinates()
     try:
         job = client.CustomObjectsApi(api_client).get_namespaced_custom_object(
-            group, version, namespace, plural, name, _request_timeout=10)
+            GROUP, VERSION, namespace, PLURAL, name, _request_timeout=10)
     except ApiException as exc:
         if exc.status == 404:
             raise JobNotFound(f"OmniTrainingJob {namespace}/{name} not found; list jobs with "
-                              f"`kubectl get {plural} -n {namespace}`") from None
+                              f"`kubectl get {PLURAL} -n {namespace}`") from None
         raise
     except HTTPError as exc:
         raise ClusterUnreachable(f"cannot reach the API server at {api_client.configuration.host} ({exc}); "
@@ -100,4 +89,4 @@ def scrape_live_metrics(pods: list[dict], port: int, timeout_s: float = 2.0) -> 
     return None
 
 
-__all__ = ["scrape_live_metrics", "ClusterUnreachable", "JobNotFound", "JobSnapshot", "crd_coordinates", "fetch_job"]
+__all__ = ["scrape_live_metrics", "ClusterUnreachable", "JobNotFound", "JobSnapshot", "fetch_job"]

@@ -1,14 +1,15 @@
 """`omnitrain status`: one job at a glance, rendered as text from the dicts the API server returns.
 
 `render_status` is a pure function of (job, pods, events, now), tested without a cluster; the fetch lives in
-status_fetch.py. Status fields are the operator's (phase, conditions, attempt, restarts, currentStep, totalSteps,
-lastCheckpoint{step,path,time}, excludedNodes, startTime, completionTime, goodput); a field the operator has not
-written yet shows as "-", never as an error.
+status_fetch.py. The job's status is read through its model (omnitrain.status.JobStatus); a field the operator has
+not written yet shows as "-", never as an error.
 """
 
 from __future__ import annotations
 
 from datetime import datetime, timezone
+
+from omnitrain.status import JobStatus
 
 BAR_WIDTH = 30
 MAX_EVENTS = 10
@@ -60,23 +61,19 @@ def estimate_eta(current: int, total: int, start: datetime | None, now: datetime
     return (total - current) / rate
 
 
-def _goodput_text(goodput) -> str:
-    """The operator may write a number or {ratio|value, badputSeconds{cause: s}}."""
+def _goodput_text(goodput: dict | None) -> str:
+    """{ratio|value, badputSeconds{cause: s}} (JobStatus reads a bare number as the ratio)."""
     if goodput is None:
         return "-"
-    if isinstance(goodput, (int, float)):
-        return f"{100 * goodput:.1f}%"
-    if isinstance(goodput, dict):
-        ratio = goodput.get("ratio", goodput.get("value", goodput.get("goodput")))
-        text = f"{100 * float(ratio):.1f}%" if ratio is not None else "-"
-        badput = goodput.get("badputSeconds") or goodput.get("badput") or {}
-        if isinstance(badput, dict) and badput:
-            parts = ", ".join(f"{cause} {format_duration(float(s))}" for cause, s in
-                              sorted(badput.items(), key=lambda kv: -float(kv[1])) if float(s) > 0)
-            if parts:
-                text += f"  (badput: {parts})"
-        return text
-    return str(goodput)
+    ratio = goodput.get("ratio", goodput.get("value", goodput.get("goodput")))
+    text = f"{100 * float(ratio):.1f}%" if ratio is not None else "-"
+    badput = goodput.get("badputSeconds") or goodput.get("badput") or {}
+    if isinstance(badput, dict) and badput:
+        parts = ", ".join(f"{cause} {format_duration(float(s))}" for cause, s in
+                          sorted(badput.items(), key=lambda kv: -float(kv[1])) if float(s) > 0)
+        if parts:
+            text += f"  (badput: {parts})"
+    return text
 
 
 def _container_state(pod: dict) -> str:
@@ -131,28 +128,29 @@ def render_status(job: dict, pods: list[dict], events: list[dict], now: datetime
     """The text of `omnitrain status` for one OmniTrainingJob object and its pods and events; `live` holds figures
     scraped from rank 0's metrics endpoint when it could be reached."""
     now = now or datetime.now(timezone.utc)
-    meta, spec, status = job.get("metadata") or {}, job.get("spec") or {}, job.get("status") or {}
+    meta, spec = job.get("metadata") or {}, job.get("spec") or {}
+    status = JobStatus.from_wire(job.get("status"))
     name, namespace = meta.get("name", "?"), meta.get("namespace", "default")
     lines = [f"OmniTrainingJob {namespace}/{name}"]
 
-    phase = status.get("phase") or "Pending"
-    start, end = parse_time(status.get("startTime")), parse_time(status.get("completionTime"))
+    phase = status.phase or "Pending"
+    start, end = parse_time(status.start_time), parse_time(status.completion_time)
     runtime = ((end or now) - start).total_seconds() if start else None
     lines.append(f"  Phase:        {phase}" + (f"   (running for {format_duration(runtime)})" if runtime and not end
                                                 else f"   (took {format_duration(runtime)})" if runtime else ""))
 
     max_restarts = (spec.get("resilience") or {}).get("maxRestarts")
-    restarts = status.get("restarts", 0) or 0
-    total_restarts = status.get("totalRestarts")
-    lines.append(f"  Attempt:      {status.get('attempt', 0)}   restarts {restarts}"
+    restarts = status.restarts or 0
+    total_restarts = status.total_restarts
+    lines.append(f"  Attempt:      {status.attempt or 0}   restarts {restarts}"
                  + (f"/{max_restarts}" if max_restarts is not None else "")
                  + (f" (all gang restarts incl. resumes/preemptions: {total_restarts})"
                     if total_restarts not in (None, restarts) else ""))
-    if status.get("message"):
-        lines.append(f"  Message:      {status['message']}")
+    if status.message:
+        lines.append(f"  Message:      {status.message}")
 
-    total = status.get("totalSteps") or (spec.get("training") or {}).get("steps") or 0
-    current = status.get("currentStep")
+    total = status.total_steps or (spec.get("training") or {}).get("steps") or 0
+    current = status.current_step
     if current is None:
         lines.append(f"  Progress:     - / {total or '-'}")
     else:
@@ -160,38 +158,36 @@ def render_status(job: dict, pods: list[dict], events: list[dict], now: datetime
         eta_text = f"   ETA {format_duration(eta)}" if eta else ""
         lines.append(f"  Progress:     {progress_bar(int(current), int(total))}  step {current}/{total}{eta_text}")
 
-    checkpoint = status.get("lastCheckpoint") or {}
-    if checkpoint:
-        lines.append(f"  Checkpoint:   step {checkpoint.get('step', '-')}  {checkpoint.get('path', '')}"
-                     f"  ({_age(checkpoint.get('time'), now)} ago)")
+    checkpoint = status.last_checkpoint
+    if checkpoint is not None:
+        lines.append(f"  Checkpoint:   step {checkpoint.step if checkpoint.step is not None else '-'}  "
+                     f"{checkpoint.path or ''}  ({_age(checkpoint.time, now)} ago)")
     else:
         lines.append("  Checkpoint:   none yet")
-    lines.append(f"  Goodput:      {_goodput_text(status.get('goodput'))}")
-    excluded = status.get("excludedNodes") or []
+    lines.append(f"  Goodput:      {_goodput_text(status.goodput)}")
+    excluded = status.excluded_nodes
     lines.append(f"  Excluded:     {', '.join(excluded) if excluded else 'none'}")
     if live:
         lines.append(f"  Live:         {_live_text(live)}")
-    failure = status.get("lastFailure") or {}
-    if failure:
-        exit_code = f" exited {failure['exitCode']}" if failure.get("exitCode") is not None else ""
-        lines.append(f"  Last failure: {failure.get('reason', '?')}: pod {failure.get('pod', '?')} on "
-                     f"{failure.get('node', '?')}{exit_code} ({_age(failure.get('time'), now)} ago)"
-                     + (f" - {failure['message']}" if failure.get("message") else ""))
-    promotion = status.get("promotion") or {}
-    stages = [f"{stage} {info.get('phase', '?')}" + (f" ({info['name']})" if info.get("name") else "")
-              for stage, info in promotion.items() if isinstance(info, dict)]
+    failure = status.last_failure
+    if failure is not None:
+        exit_code = f" exited {failure.exit_code}" if failure.exit_code is not None else ""
+        lines.append(f"  Last failure: {failure.reason or '?'}: pod {failure.pod or '?'} on "
+                     f"{failure.node or '?'}{exit_code} ({_age(failure.time, now)} ago)"
+                     + (f" - {failure.message}" if failure.message else ""))
+    promotion = status.promotion
+    stages = [f"{stage} {info.phase or '?'}" + (f" ({info.name})" if info.name else "")
+              for stage, info in ((("training", promotion.training), ("distill", promotion.distill),
+                                   ("inference", promotion.inference)) if promotion else ()) if info is not None]
     if stages:
         lines.append(f"  Promotion:    {', '.join(stages)}")
 
-    conditions = status.get("conditions") or []
-    if conditions:
+    if status.conditions:
         lines.append("Conditions:")
         rows = [["TYPE", "STATUS", "REASON", "AGE", "MESSAGE"]]
-        for c in conditions:
-            rows.append([c.get("type", ""), c.get("status", ""), c.get("reason", ""),
-                         _age(c.get("lastTransitionTime"), now), c.get("message", "")])
+        for c in status.conditions:
+            rows.append([c.type, c.status, c.reason or "", _age(c.last_transition_time, now), c.message or ""])
         lines += _table(rows)
-
     lines.append("Pods:" if pods else "Pods: none")
     if pods:
         rows = [["NAME", "NODE", "PHASE", "CONTAINER", "RESTARTS", "AGE"]]

@@ -1,4 +1,5 @@
-"""The OmniTrainingJob CustomResourceDefinition, generated from the pydantic spec models (omnitrain.spec).
+"""The OmniTrainingJob CustomResourceDefinition, generated from the pydantic spec and status models (omnitrain.spec,
+omnitrain.status).
 
 Kubernetes wants a *structural* schema: every node typed, no $ref, no anyOf with null. Pydantic's JSON schema is
 rewritten into one: $refs inlined, `X | None` becomes X (optional = not listed in `required`), `gt` becomes
@@ -13,17 +14,13 @@ import copy
 
 import yaml
 
+from omnitrain.contract import API_VERSION, CATEGORIES, CRD_NAME, GROUP, KIND, PLURAL, SHORT_NAMES, SINGULAR, VERSION
 from omnitrain.spec import JobSpec
+from omnitrain.status import JobStatus
 
-GROUP = "omnitrain.io"
-VERSION = "v1alpha1"
-KIND = "OmniTrainingJob"
-PLURAL = "omnitrainingjobs"
-SINGULAR = "omnitrainingjob"
-SHORT_NAMES = ["otj"]
-CATEGORIES = ["omnitrain", "all"]
-API_VERSION = f"{GROUP}/{VERSION}"
-CRD_NAME = f"{PLURAL}.{GROUP}"
+# The coordinates live in omnitrain.contract; re-exported here for the operator's modules.
+__all__ = ["API_VERSION", "CATEGORIES", "CRD_NAME", "GROUP", "KIND", "PLURAL", "SHORT_NAMES", "SINGULAR", "VERSION",
+           "build_crd", "crd_yaml", "spec_schema", "status_schema", "to_structural"]
 
 _KEEP = ("type", "description", "enum", "minimum", "maximum", "minLength", "maxLength", "minItems", "maxItems",
          "pattern", "format", "default")
@@ -61,6 +58,7 @@ def to_structural(node: dict, defs: dict) -> dict:
         out["minimum"], out["exclusiveMinimum"] = node["exclusiveMinimum"], True
     if "exclusiveMaximum" in node:
         out["maximum"], out["exclusiveMaximum"] = node["exclusiveMaximum"], True
+    out.update({k: v for k, v in node.items() if k.startswith("x-kubernetes-")})   # e.g. list-map keys
     kind = node.get("type")
     if kind == "object":
         props = node.get("properties")
@@ -100,49 +98,11 @@ def spec_schema() -> dict:
     return schema
 
 
-def _condition_schema() -> dict:
-    return {"type": "object", "required": ["type", "status"], "properties": {
-        "type": {"type": "string"},
-        "status": {"type": "string", "enum": ["True", "False", "Unknown"]},
-        "reason": {"type": "string"},
-        "message": {"type": "string"},
-        "lastTransitionTime": {"type": "string", "format": "date-time"},
-    }}
-
-
 def status_schema() -> dict:
-    s = lambda d=None: {"type": "string", **({"description": d} if d else {})}  # noqa: E731
-    i = lambda d=None: {"type": "integer", **({"description": d} if d else {})}  # noqa: E731
-    stage = {"type": "object", "properties": {"phase": s(), "name": s(), "message": s(),
-                                              "startTime": s(), "completionTime": s()}}
-    return {"type": "object", "description": "Written by the operator.", "properties": {
-        "phase": {"type": "string", "enum": ["Pending", "Running", "Restarting", "Suspended", "Succeeded", "Failed"]},
-        "conditions": {"type": "array", "items": _condition_schema(),
-                       "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
-        "attempt": i("Current attempt; pods of attempt N are named <job>-a<N>-n<rank>."),
-        "launchedAttempt": i("Last attempt whose children were all created."),
-        "restarts": i("Gang restarts counted toward resilience.maxRestarts."),
-        "totalRestarts": i("Gang restarts including resumes and preemptions."),
-        "noProgressRestarts": i(),
-        "checkpointStepAtLastFailure": i(),
-        "lastFailureClass": s("Class of the last failure (omnitrain.resilience.classify)."),
-        "restartNotBefore": s("Back-off: the next attempt starts no earlier than this."),
-        "currentStep": i(), "totalSteps": i(),
-        "lastCheckpoint": {"type": "object", "properties": {"step": i(), "path": s(), "time": s()}},
-        "excludedNodes": {"type": "array", "items": {"type": "string"}},
-        "children": {"type": "object", "properties": {
-            "pods": {"type": "array", "items": {"type": "string"}}, "service": s(), "configMap": s(),
-            "distillJob": s(), "deployment": s()}},
-        "startTime": s(), "completionTime": s(),
-        "lastFailure": {"type": "object", "properties": {"pod": s(), "node": s(), "exitCode": i(), "reason": s(),
-                                                          "message": s(), "time": s()}},
-        "goodput": {"type": "object", "x-kubernetes-preserve-unknown-fields": True,
-                    "description": "Productive fraction of wall time and badput seconds by cause."},
-        "message": s(), "observedGeneration": i(),
-        "promotion": {"type": "object", "properties": {
-            "training": stage, "distill": stage, "inference": stage,
-            "chain": s("training -> distillation -> serving, each with its phase.")}},
-    }}
+    raw = JobStatus.model_json_schema(by_alias=True, mode="validation")
+    schema = to_structural(raw, raw.get("$defs", {}))
+    schema["description"] = "Written by the operator."
+    return schema
 
 
 PRINTER_COLUMNS = [
@@ -195,5 +155,5 @@ class _NoAliases(yaml.SafeDumper):
 
 
 def crd_yaml() -> str:
-    header = "# Generated by `omnitrain crd` from omnitrain/spec.py; do not edit by hand.\n"
+    header = "# Generated by `omnitrain crd` from omnitrain/spec.py and omnitrain/status.py; do not edit by hand.\n"
     return header + yaml.dump(build_crd(), Dumper=_NoAliases, sort_keys=False, width=120)

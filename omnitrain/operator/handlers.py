@@ -6,26 +6,51 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections.abc import Callable
+from typing import Protocol
 
 import kopf
 
 from omnitrain.operator import crd, plan, progress
 from omnitrain.operator.kube import Kube, now_iso, pod_views
-from omnitrain.operator.reconcile import RUNNING, reconcile
+from omnitrain.operator.promotion import promotion_settled
+from omnitrain.operator.promotion_kube import promote
+from omnitrain.operator.reconcile import parse_spec, reconcile
 from omnitrain.operator.settings import OperatorSettings
 from omnitrain.spec import JobSpec
+from omnitrain.status import FAILED, RUNNING, SUCCEEDED, JobStatus
 from omnitrain.timestamps import parse_rfc3339
 
 log = logging.getLogger("omnitrain.operator")
 
 
-class Controller:
-    """Runs reconciles, one at a time per job; triggers that arrive meanwhile fold into one more pass."""
+class Timer(Protocol):
+    def start(self) -> None: ...
+    def cancel(self) -> None: ...
 
-    def __init__(self, kube: Kube, settings: OperatorSettings, metrics=None) -> None:
+
+TimerFactory = Callable[[float, Callable[[], None]], Timer]
+
+
+def daemon_timer(delay: float, fn: Callable[[], None]) -> Timer:
+    timer = threading.Timer(delay, fn)
+    timer.daemon = True          # a pending retry must not keep the operator from exiting
+    return timer
+
+
+class Controller:
+    """Runs reconciles, one at a time per job; triggers that arrive meanwhile fold into one more pass. A Decision's
+    requeue_after_seconds schedules one more pass at that time (a restart's back-off ends on time, not at the next
+    resync); one timer per job, the earliest wins."""
+
+    def __init__(self, kube: Kube, settings: OperatorSettings, metrics=None, timer: TimerFactory = daemon_timer,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.kube, self.settings, self.metrics = kube, settings, metrics
         self._guard = threading.Lock()
         self._running: dict[tuple[str, str], bool] = {}   # key -> another pass wanted
+        self._timers: dict[tuple[str, str], tuple[float, Timer]] = {}   # key -> (due, timer)
+        self._timer, self._clock = timer, clock
         self.wake = threading.Event()                       # run the next resync pass now
 
     def reconcile(self, namespace: str, name: str) -> None:
@@ -35,11 +60,10 @@ class Controller:
                 self._running[key] = True
                 return
             self._running[key] = False
+        requeue_after: float | None = None
         try:
             while True:
-                # A requeue (waiting for old pods to go) needs no loop here: their deletion events and the resync
-                # timer trigger the next pass.
-                self._reconcile_once(namespace, name)
+                requeue_after = self._reconcile_once(namespace, name)
                 with self._guard:
                     again = self._running[key]
                     self._running[key] = False
@@ -48,68 +72,93 @@ class Controller:
         finally:
             with self._guard:
                 self._running.pop(key, None)
+        if requeue_after is not None:
+            self.schedule(namespace, name, requeue_after)
 
-    def _reconcile_once(self, namespace: str, name: str) -> bool:
+    def schedule(self, namespace: str, name: str, delay: float) -> None:
+        """One more pass of this job `delay` seconds from now, unless one is due earlier already."""
+        key, due = (namespace, name), self._clock() + max(0.0, delay)
+        with self._guard:
+            pending = self._timers.get(key)
+            if pending is not None and pending[0] <= due:
+                return
+            if pending is not None:
+                pending[1].cancel()
+            timer = self._timer(max(0.0, delay), lambda: self._fire(key, timer))
+            self._timers[key] = (due, timer)
+        timer.start()
+
+    def _fire(self, key: tuple[str, str], timer: Timer) -> None:
+        with self._guard:
+            if self._timers.get(key, (None, None))[1] is timer:
+                del self._timers[key]
+        try:
+            self.reconcile(*key)
+        except Exception:  # the resync pass tries again; a timer thread must not die loudly
+            log.exception("scheduled reconcile of %s/%s failed", *key)
+
+    def _reconcile_once(self, namespace: str, name: str) -> float | None:
         job = self.kube.get_job(namespace, name)
         if job is None or job["metadata"].get("deletionTimestamp"):
             if self.metrics is not None:
                 self.metrics.forget_job(namespace, name)
-            return False
+            return None
         meta = job["metadata"]
         ref = plan.JobRef(name=name, namespace=namespace, uid=meta["uid"], created=meta.get("creationTimestamp") or "")
+        checked = parse_spec(job.get("spec"))          # once per pass; everything below gets the model
+        old = JobStatus.from_wire(job.get("status"))
         pods = pod_views(self.kube.list_pods(namespace, name))
-        nodes = self.kube.nodes({p.node for p in pods if p.node and p.phase in ("Pending", "Running", "Unknown")})
-        decision = reconcile(ref, job.get("spec") or {}, job.get("status"), pods, now_iso(),
-                             generation=meta.get("generation"), nodes=nodes)
+        nodes = self.kube.nodes({p.node for p in pods if p.node and p.unfinished})
+        decision = reconcile(ref, checked, old, pods, now_iso(), generation=meta.get("generation"), nodes=nodes)
         children = None
-        if decision.create_attempt is not None:
-            spec = JobSpec.model_validate(job.get("spec") or {})
-            children = plan.plan_children(ref, spec, decision.create_attempt, decision.status.get("excludedNodes"),
+        if decision.create_attempt is not None and checked.spec is not None:
+            children = plan.plan_children(ref, checked.spec, decision.create_attempt, decision.status.excluded_nodes,
                                           self.settings.plan_options())
         self.kube.apply(job, decision, children)
-        if decision.status.get("phase") == "Succeeded":
-            self.promote(namespace, name)
-        if self.metrics is not None and decision.status.get("phase"):
+        if decision.status.phase == SUCCEEDED and checked.spec is not None:
+            self.promote({**job, "status": decision.status.to_wire()}, checked.spec, decision.status)
+        if self.metrics is not None and decision.status.phase:
             restart_reason = decision.events[-1].reason if decision.events else "Restart"
-            self._record_metrics(namespace, name, job.get("status") or {}, decision.status, restart_reason)
-        return decision.requeue
+            self._record_metrics(namespace, name, old, decision.status, restart_reason)
+        return decision.requeue_after_seconds
 
-    def _record_metrics(self, namespace: str, name: str, old: dict, new: dict, restart_reason: str) -> None:
-        self.metrics.set_job_phase(namespace, name, new["phase"])
-        if (new.get("totalRestarts") or 0) > (old.get("totalRestarts") or 0):
+    def _record_metrics(self, namespace: str, name: str, old: JobStatus, new: JobStatus, restart_reason: str) -> None:
+        self.metrics.set_job_phase(namespace, name, new.phase)
+        if (new.total_restarts or 0) > (old.total_restarts or 0):
             self.metrics.record_restart(namespace, name, reason=restart_reason)
-        recovered = new["phase"] == RUNNING and old.get("phase") != RUNNING and (new.get("attempt") or 0) > 0
-        failed_at = parse_rfc3339((new.get("lastFailure") or {}).get("time"))
-        if recovered and failed_at is not None:
+        recovered = new.phase == RUNNING and old.phase != RUNNING and (new.attempt or 0) > 0
+        failed_at = parse_rfc3339(new.last_failure.time if new.last_failure else None)
+        now = parse_rfc3339(now_iso())
+        if recovered and failed_at is not None and now is not None:
             # failure noticed -> the next attempt's pods all Running (the operator's part of a recovery)
-            self.metrics.observe_recovery(namespace, name, max(0.0, parse_rfc3339(now_iso()) - failed_at))
-        self._record_goodput(namespace, name, new.get("goodput"))
+            self.metrics.observe_recovery(namespace, name, max(0.0, now - failed_at))
+        self._record_goodput(namespace, name, new.goodput)
 
     def _record_goodput(self, namespace: str, name: str, goodput: dict | None) -> None:
         if self.metrics is not None and isinstance(goodput, dict) and goodput.get("ratio") is not None:
             self.metrics.set_job_goodput(namespace, name, float(goodput["ratio"]), goodput.get("badputSeconds"))
 
-    def promote(self, namespace: str, name: str) -> None:
+    def promote(self, job: dict, spec: JobSpec, status: JobStatus) -> None:
         """A succeeded job's promotion chain (omnitrain/operator/promotion.py): distillation, then serving."""
-        from omnitrain.operator.promotion_kube import promote
-        job = self.kube.get_job(namespace, name)
-        if job is not None and not job["metadata"].get("deletionTimestamp"):
-            promote(self.kube, job, now_iso())
+        promote(self.kube, job, spec, status, now_iso())
 
     def update_progress(self, namespace: str, name: str) -> None:
         job = self.kube.get_job(namespace, name)
-        if job is None or (job.get("status") or {}).get("phase") != RUNNING:
+        status = JobStatus.from_wire(job.get("status")) if job is not None else None
+        if job is None or status is None or status.phase != RUNNING:
             return
-        spec = JobSpec.model_validate(job.get("spec") or {})
-        rank0 = next((p for p in pod_views(self.kube.list_pods(namespace, name))
-                      if p.rank == 0 and p.attempt == job["status"].get("attempt") and p.pod_ip), None)
-        if rank0 is None:
+        checked = parse_spec(job.get("spec"))
+        if checked.spec is None:
             return
-        patch = progress.progress_patch(progress.scrape(rank0.pod_ip, spec.metrics_port), job["status"],
-                                        plan.checkpoint_root(spec, name), now_iso())
-        if patch:
-            self.kube.patch_status(namespace, name, patch)
-            self._record_goodput(namespace, name, patch.get("goodput"))
+        spec = checked.spec
+        rank0_ip = next((p.pod_ip for p in pod_views(self.kube.list_pods(namespace, name))
+                         if p.rank == 0 and p.attempt == status.attempt and p.pod_ip), None)
+        if rank0_ip is None:
+            return
+        new = progress.progress_status(progress.scrape(rank0_ip, spec.metrics_port), status,
+                                       plan.checkpoint_root(spec, name), now_iso())
+        if self.kube.write_status(job, new):
+            self._record_goodput(namespace, name, new.goodput)
 
 
 CONTROLLER: Controller | None = None
@@ -187,8 +236,8 @@ class Resync(threading.Thread):
             try:
                 for job in self.controller.kube.list_jobs(self.controller.settings.namespaces):
                     meta = job["metadata"]
-                    phase = (job.get("status") or {}).get("phase")
-                    if phase == "Failed" or (phase == "Succeeded" and _promotion_settled(job)):
+                    status = JobStatus.from_wire(job.get("status"))
+                    if status.phase == FAILED or (status.phase == SUCCEEDED and _promotion_settled(job, status)):
                         continue
                     with _timed("resync"):
                         self.controller.reconcile(meta["namespace"], meta["name"])
@@ -197,10 +246,7 @@ class Resync(threading.Thread):
                 log.exception("resync pass failed")
 
 
-def _promotion_settled(job: dict) -> bool:
+def _promotion_settled(job: dict, status: JobStatus) -> bool:
     """A succeeded job stays on the resync list until its promotion chain has nothing left to watch."""
-    from omnitrain.operator.promotion import promotion_settled
-    try:
-        return promotion_settled(JobSpec.model_validate(job.get("spec") or {}), job.get("status") or {})
-    except ValueError:
-        return True
+    spec = parse_spec(job.get("spec")).spec
+    return spec is None or promotion_settled(spec, status)

@@ -14,7 +14,10 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from omnitrain.operator import crd, plan
-from omnitrain.operator.reconcile import Decision, Event, PodView
+from omnitrain.operator.reconcile import Decision, Event
+from omnitrain.resilience.classify import NodeObservation, PodObservation, observe_node, observe_pod
+from omnitrain.resilience.operator_hook import isolation_patch
+from omnitrain.status import JobStatus
 from omnitrain.timestamps import now_rfc3339
 
 
@@ -82,7 +85,11 @@ class Kube:
                                                _preload_content=False)
         return json.loads(result.data)["items"]
 
-    def nodes(self, names: set[str] | list[str]) -> dict[str, dict | None]:
+    def nodes(self, names: set[str] | list[str]) -> dict[str, NodeObservation]:
+        """What the Nodes of these names look like (gone: exists=False)."""
+        return {name: observe_node(obj, name) for name, obj in self._node_objects(names).items()}
+
+    def _node_objects(self, names: set[str] | list[str]) -> dict[str, dict | None]:
         """The Node objects by name, None for one that is gone (404)."""
         out: dict[str, dict | None] = {}
         for name in sorted(set(names)):
@@ -100,7 +107,6 @@ class Kube:
 
     def observe_node(self, event_type: str | None, node: dict) -> bool:
         """Keep the Node cache; True when this event took a Ready node away (deleted, or Ready no longer True)."""
-        from omnitrain.resilience.classify import observe_node
         name = node["metadata"]["name"]
         new = None if event_type == "DELETED" else node
         with self._nodes_lock:
@@ -137,7 +143,6 @@ class Kube:
 
     def isolate_node(self, name: str) -> None:
         """Label + NoSchedule taint (omnitrain.resilience.operator_hook.isolation_patch); a gone node is fine."""
-        from omnitrain.resilience.operator_hook import isolation_patch
         try:
             node = self.api_client.sanitize_for_serialization(self.core.read_node(name))
             self.core.patch_node(name, isolation_patch(node))
@@ -145,9 +150,19 @@ class Kube:
             if exc.status != 404:
                 raise
 
-    def patch_status(self, namespace: str, name: str, status: dict) -> None:
+    def patch_status(self, namespace: str, name: str, patch: dict) -> None:
+        """A JSON merge patch of status (camelCase; None removes a field)."""
         self.custom.patch_namespaced_custom_object_status(crd.GROUP, crd.VERSION, namespace, crd.PLURAL, name,
-                                                          {"status": status})
+                                                          {"status": patch})
+
+    def write_status(self, job: dict, status: JobStatus) -> bool:
+        """Make the job's status `status`: a merge patch of what differs from the status `job` was read with, with
+        nulls for fields that must disappear (e.g. restartNotBefore). True when something was written."""
+        patch = status_patch(job.get("status") or {}, status.to_wire())
+        if patch:
+            meta = job["metadata"]
+            self.patch_status(meta["namespace"], meta["name"], patch)
+        return bool(patch)
 
     def post_event(self, job: dict, event: Event) -> None:
         meta = job["metadata"]
@@ -167,8 +182,7 @@ class Kube:
 
     # -- carrying out a decision -----------------------------------------------------------------------------
     def apply(self, job: dict, decision: Decision, children: list[dict] | None) -> None:
-        meta = job["metadata"]
-        ns, name = meta["namespace"], meta["name"]
+        ns = job["metadata"]["namespace"]
         for pod in decision.delete_pods:
             self.delete_pod(ns, pod)
         for pod in decision.force_delete_pods:
@@ -188,20 +202,29 @@ class Kube:
         else:
             with ThreadPoolExecutor(max_workers=min(self.create_workers, len(pods))) as pool:
                 list(pool.map(self.create_if_absent, pods))  # list(): re-raise the first error
-        if decision.status != (job.get("status") or {}):
-            self.patch_status(ns, name, _with_nulls(job.get("status") or {}, decision.status))
+        self.write_status(job, decision.status)
         for event in decision.events:
             self.post_event(job, event)
 
 
-def _with_nulls(old: dict, new: dict) -> dict:
-    """A merge patch that also removes keys the new status dropped."""
-    patch = dict(new)
+def status_patch(old: dict, new: dict, top: bool = True) -> dict:
+    """The JSON merge patch (RFC 7386) from `old` to `new`: changed keys, objects patched key by key (a merge
+    patch merges nested objects, so a dropped nested key needs its null too), lists whole, None for dropped keys."""
+    patch: dict = {}
+    for key, value in new.items():
+        before = old.get(key)
+        if isinstance(value, dict) and isinstance(before, dict):
+            inner = status_patch(before, value, top=False)
+            if inner:
+                patch[key] = inner
+        elif key not in old or before != value:
+            patch[key] = value
     for key in old:
-        if key not in new and key != "kopf":
+        if key not in new and not (top and key == "kopf"):
             patch[key] = None
     return patch
 
 
-def pod_views(pods: list[dict]) -> list[PodView]:
-    return [PodView.from_pod(p) for p in pods]
+def pod_views(pods: list[dict]) -> list[PodObservation]:
+    """The pods as the decisions read them; each termination message is parsed here, once."""
+    return [observe_pod(p, plan.MAIN_CONTAINER, plan.LABEL_ATTEMPT, plan.LABEL_NODE_RANK) for p in pods]

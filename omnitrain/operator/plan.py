@@ -58,22 +58,22 @@ class PlanOptions:
 
 def service_name(job: str) -> str:
     # The Service name is a DNS label (<= 63); the pods' hostnames are separate labels under it.
-    return _fit(job, "")
+    return fit_name(job, "")
 
 
 def config_map_name(job: str) -> str:
-    return _fit(job, "-config")
+    return fit_name(job, "-config")
 
 
 def pod_name(job: str, attempt: int, rank: int) -> str:
-    return _fit(job, f"-a{attempt}-n{rank}")
+    return fit_name(job, f"-a{attempt}-n{rank}")
 
 
 def pod_hostname(rank: int) -> str:
     return f"n{rank}"
 
 
-def _fit(job: str, suffix: str) -> str:
+def fit_name(job: str, suffix: str) -> str:
     """job + suffix within 63 characters; long job names are cut and keep a hash so they stay unique."""
     name = job + suffix
     if len(name) <= MAX_NAME:
@@ -102,12 +102,13 @@ def job_labels(job: str) -> dict[str, str]:
     return {LABEL_JOB: job, "app.kubernetes.io/name": "omnitrain", "app.kubernetes.io/instance": job}
 
 
-def _label_value(value: str) -> str:
-    return value if len(value) <= MAX_NAME else _fit(value, "")
+def label_value(value: str) -> str:
+    """A job name as a label value (<= 63 characters; long names cut the way fit_name cuts them)."""
+    return value if len(value) <= MAX_NAME else fit_name(value, "")
 
 
 def pod_labels(job: str, attempt: int, rank: int) -> dict[str, str]:
-    return {**job_labels(_label_value(job)), LABEL_ATTEMPT: str(attempt), LABEL_NODE_RANK: str(rank),
+    return {**job_labels(label_value(job)), LABEL_ATTEMPT: str(attempt), LABEL_NODE_RANK: str(rank),
             LABEL_ROLE: "trainer"}
 
 
@@ -123,7 +124,7 @@ def render_config_map(job: JobRef, spec: JobSpec, attempt: int) -> dict:
     return {
         "apiVersion": "v1", "kind": "ConfigMap",
         "metadata": {"name": config_map_name(job.name), "namespace": job.namespace,
-                     "labels": job_labels(_label_value(job.name)), "ownerReferences": [owner_reference(job)]},
+                     "labels": job_labels(label_value(job.name)), "ownerReferences": [owner_reference(job)]},
         "data": {contract.CONFIG_FILE: yaml.safe_dump(config.to_wire(), sort_keys=False)},
     }
 
@@ -132,12 +133,12 @@ def render_service(job: JobRef, spec: JobSpec) -> dict:
     return {
         "apiVersion": "v1", "kind": "Service",
         "metadata": {"name": service_name(job.name), "namespace": job.namespace,
-                     "labels": job_labels(_label_value(job.name)), "ownerReferences": [owner_reference(job)]},
+                     "labels": job_labels(label_value(job.name)), "ownerReferences": [owner_reference(job)]},
         "spec": {
             "clusterIP": "None",
             # Ranks must resolve rank 0 before it is Ready: torchrun's rendezvous is what makes it ready.
             "publishNotReadyAddresses": True,
-            "selector": {LABEL_JOB: _label_value(job.name)},
+            "selector": {LABEL_JOB: label_value(job.name)},
             "ports": [{"name": "rendezvous", "port": master_port(job.uid), "targetPort": master_port(job.uid)},
                       {"name": "metrics", "port": spec.metrics_port, "targetPort": spec.metrics_port}],
         },
@@ -161,20 +162,45 @@ def _env(job: JobRef, spec: JobSpec, attempt: int, rank: int, options: PlanOptio
     return env
 
 
-def _affinity(job: str, excluded_nodes: list[str]) -> dict:
+def excluded_nodes_affinity(excluded_nodes: list[str]) -> dict:
+    """Node affinity that keeps a pod off the excluded (isolated) nodes; {} when there are none."""
+    if not excluded_nodes:
+        return {}
+    return {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{
+        "matchExpressions": [{"key": LABEL_HOSTNAME, "operator": "NotIn", "values": sorted(set(excluded_nodes))}]}]}}}
+
+
+def pod_skeleton(spec: JobSpec, containers: list[dict], volumes: list[dict], restart_policy: str,
+                 excluded_nodes: list[str] | None = None, affinity: dict | None = None) -> dict:
+    """The pod spec every pod of a job starts from (training gang and promotion children alike): the containers
+    and volumes given, spec.scheduling (nodeSelector, tolerations, priorityClassName, schedulerName) and the
+    affinity given plus the node exclusions."""
+    sched = spec.scheduling
+    pod: dict = {"restartPolicy": restart_policy, "containers": containers, "volumes": volumes}
+    merged = {**(affinity or {}), **excluded_nodes_affinity(list(excluded_nodes or []))}
+    if merged:
+        pod["affinity"] = merged
+    if sched.node_selector:
+        pod["nodeSelector"] = dict(sched.node_selector)
+    if sched.tolerations:
+        pod["tolerations"] = [t.to_wire() for t in sched.tolerations]
+    if sched.priority_class_name:
+        pod["priorityClassName"] = sched.priority_class_name
+    if sched.scheduler_name:
+        pod["schedulerName"] = sched.scheduler_name
+    return pod
+
+
+def _affinity(job: str) -> dict:
     affinity: dict = {
         # One pod per node: the gang is one process group per machine.
         "podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{
-            "labelSelector": {"matchLabels": {LABEL_JOB: _label_value(job)}}, "topologyKey": LABEL_HOSTNAME}]},
+            "labelSelector": {"matchLabels": {LABEL_JOB: label_value(job)}}, "topologyKey": LABEL_HOSTNAME}]},
         # Ranks close together (same rack) when the cluster has rack labels; a preference, never a blocker.
         "podAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{
             "weight": 50, "podAffinityTerm": {
-                "labelSelector": {"matchLabels": {LABEL_JOB: _label_value(job)}}, "topologyKey": RACK_LABEL}}]},
+                "labelSelector": {"matchLabels": {LABEL_JOB: label_value(job)}}, "topologyKey": RACK_LABEL}}]},
     }
-    if excluded_nodes:
-        affinity["nodeAffinity"] = {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{
-            "matchExpressions": [{"key": LABEL_HOSTNAME, "operator": "NotIn",
-                                  "values": sorted(set(excluded_nodes))}]}]}}
     return affinity
 
 
@@ -198,32 +224,20 @@ def render_pod(job: JobRef, spec: JobSpec, attempt: int, rank: int, excluded_nod
         mounts.append({"name": PERSISTENT_VOLUME, "mountPath": spec.checkpoint.persistent_path})
         volumes.append({"name": PERSISTENT_VOLUME,
                         "persistentVolumeClaim": {"claimName": spec.checkpoint.persistent_claim}})
-    pod_spec: dict = {
-        "restartPolicy": "Never",  # the operator restarts the whole gang; a lone restarted rank never rejoins
-        "hostname": pod_hostname(rank),
-        "subdomain": service_name(job.name),
-        "affinity": _affinity(job.name, excluded_nodes),
-        "containers": [{
-            "name": MAIN_CONTAINER, "image": spec.image, "imagePullPolicy": options.image_pull_policy,
-            "command": list(options.command),
-            "env": _env(job, spec, attempt, rank, options),
-            "ports": [{"name": "metrics", "containerPort": spec.metrics_port},
-                      {"name": "rendezvous", "containerPort": master_port(job.uid)}],
-            "resources": {"limits": limits, "requests": requests},
-            "volumeMounts": mounts,
-            "terminationMessagePath": contract.DEFAULT_TERMINATION_LOG,
-            "terminationMessagePolicy": "FallbackToLogsOnError",
-        }],
-        "volumes": volumes,
+    container = {
+        "name": MAIN_CONTAINER, "image": spec.image, "imagePullPolicy": options.image_pull_policy,
+        "command": list(options.command),
+        "env": _env(job, spec, attempt, rank, options),
+        "ports": [{"name": "metrics", "containerPort": spec.metrics_port},
+                  {"name": "rendezvous", "containerPort": master_port(job.uid)}],
+        "resources": {"limits": limits, "requests": requests},
+        "volumeMounts": mounts,
+        "terminationMessagePath": contract.DEFAULT_TERMINATION_LOG,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
     }
-    if sched.node_selector:
-        pod_spec["nodeSelector"] = dict(sched.node_selector)
-    if sched.tolerations:
-        pod_spec["tolerations"] = [t.to_wire() for t in sched.tolerations]
-    if sched.priority_class_name:
-        pod_spec["priorityClassName"] = sched.priority_class_name
-    if sched.scheduler_name:
-        pod_spec["schedulerName"] = sched.scheduler_name
+    # restartPolicy Never: the operator restarts the whole gang; a lone restarted rank never rejoins
+    pod_spec = pod_skeleton(spec, [container], volumes, "Never", excluded_nodes, _affinity(job.name))
+    pod_spec["hostname"], pod_spec["subdomain"] = pod_hostname(rank), service_name(job.name)
     return {
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": pod_name(job.name, attempt, rank), "namespace": job.namespace, "labels": labels,

@@ -1,5 +1,5 @@
-"""Training progress from rank 0's Prometheus endpoint -> a status patch. A missing or broken endpoint is "no news":
-the trainer may not serve yet, or may be between attempts; it is never an error the operator retries on."""
+"""Training progress from rank 0's Prometheus endpoint -> the job's status with it. A missing or broken endpoint is
+"no news": the trainer may not serve yet, or may be between attempts; it is never an error the operator retries on."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import urllib.request
 from prometheus_client.parser import text_string_to_metric_families
 
 from omnitrain import contract
+from omnitrain.status import JobStatus, LastCheckpoint
 
 
 def parse_progress(text: str) -> dict:
@@ -25,29 +26,23 @@ def parse_progress(text: str) -> dict:
     return found
 
 
-def progress_patch(metrics: dict, status: dict, checkpoint_root: str, now: str) -> dict:
-    """The status fields that change (empty when nothing is new)."""
-    patch: dict = {}
+def progress_status(metrics: dict, status: JobStatus, checkpoint_root: str, now: str) -> JobStatus:
+    """`status` with what the metrics say is new (equal to `status` when nothing is)."""
+    new = status.model_copy(deep=True)
     if contract.METRIC_STEP in metrics:
-        step = int(metrics[contract.METRIC_STEP])
-        if step != status.get("currentStep"):
-            patch["currentStep"] = step
+        new.current_step = int(metrics[contract.METRIC_STEP])
     if contract.METRIC_TOTAL_STEPS in metrics:
-        total = int(metrics[contract.METRIC_TOTAL_STEPS])
-        if total != status.get("totalSteps"):
-            patch["totalSteps"] = total
+        new.total_steps = int(metrics[contract.METRIC_TOTAL_STEPS])
     if contract.METRIC_LAST_CHECKPOINT_STEP in metrics:
         ck = int(metrics[contract.METRIC_LAST_CHECKPOINT_STEP])
-        if ck > 0 and ck != (status.get("lastCheckpoint") or {}).get("step"):   # 0: none yet
-            patch["lastCheckpoint"] = {"step": ck, "path": checkpoint_root, "time": now}
+        if ck > 0 and ck != (status.last_checkpoint.step if status.last_checkpoint else None):   # 0: none yet
+            new.last_checkpoint = LastCheckpoint(step=ck, path=checkpoint_root, time=now)
     if contract.METRIC_GOODPUT in metrics:
         badput = metrics.get(contract.METRIC_BADPUT, {})
-        goodput = {"ratio": round(metrics[contract.METRIC_GOODPUT], 4),
+        scraped = {"ratio": round(metrics[contract.METRIC_GOODPUT], 4),
                    "badputSeconds": {k: round(v, 1) for k, v in sorted(badput.items())}}
-        old = status.get("goodput") or {}
-        if any(old.get(k) != v for k, v in goodput.items()):
-            patch["goodput"] = goodput
-    return patch
+        new.goodput = {**(status.goodput or {}), **scraped}   # keeps what the trainer's final figures added
+    return new
 
 
 def scrape(pod_ip: str, port: int, timeout: float = 2.0) -> dict:

@@ -16,6 +16,7 @@ from omnitrain.operator import plan
 from omnitrain.operator.reconcile import Event
 from omnitrain.serving.paths import student_path
 from omnitrain.spec import JobSpec
+from omnitrain.status import JobStatus, Promotion, PromotionStage
 
 PENDING, RUNNING, SUCCEEDED, FAILED = "Pending", "Running", "Succeeded", "Failed"
 PROGRESSING, READY = "Progressing", "Ready"
@@ -39,16 +40,16 @@ class PromotionOptions:
 @dataclass
 class PromotionDecision:
     create: list[dict] = field(default_factory=list)
-    promotion: dict = field(default_factory=dict)          # the new status.promotion
+    promotion: Promotion = field(default_factory=Promotion)   # the new status.promotion
     events: list[Event] = field(default_factory=list)
 
 
 def distill_job_name(job: str) -> str:
-    return plan._fit(job, "-distill")
+    return plan.fit_name(job, "-distill")
 
 
 def serve_name(job: str) -> str:
-    return plan._fit(job, "-serve")
+    return plan.fit_name(job, "-serve")
 
 
 def wanted(spec: JobSpec) -> tuple[bool, bool]:
@@ -77,8 +78,8 @@ LABEL_PROMOTED_FROM = "omnitrain.io/promoted-from"
 def _labels(job: str, role: str) -> dict[str, str]:
     # Not the training pods' omnitrain.io/job-name label: the job's reconcile treats pods with that label as its
     # gang (and cleans up leftovers of a finished job).
-    return {LABEL_PROMOTED_FROM: plan._label_value(job), "app.kubernetes.io/name": "omnitrain",
-            "app.kubernetes.io/instance": plan._label_value(job), plan.LABEL_ROLE: role}
+    return {LABEL_PROMOTED_FROM: plan.label_value(job), "app.kubernetes.io/name": "omnitrain",
+            "app.kubernetes.io/instance": plan.label_value(job), plan.LABEL_ROLE: role}
 
 
 def _volumes(job: plan.JobRef, spec: JobSpec) -> tuple[list[dict], list[dict]]:
@@ -95,18 +96,6 @@ def _volumes(job: plan.JobRef, spec: JobSpec) -> tuple[list[dict], list[dict]]:
     return mounts, volumes
 
 
-def _pod_spec(spec: JobSpec, container: dict, volumes: list[dict], restart: str) -> dict:
-    sched = spec.scheduling
-    pod: dict = {"restartPolicy": restart, "containers": [container], "volumes": volumes}
-    if sched.node_selector:
-        pod["nodeSelector"] = dict(sched.node_selector)
-    if sched.tolerations:
-        pod["tolerations"] = [t.to_wire() for t in sched.tolerations]
-    if sched.priority_class_name:
-        pod["priorityClassName"] = sched.priority_class_name
-    return pod
-
-
 def _resources(spec: JobSpec) -> dict:
     gpu = {spec.scheduling.gpu_resource: "1"}
     requests = dict(gpu)
@@ -115,7 +104,8 @@ def _resources(spec: JobSpec) -> dict:
     return {"limits": gpu, "requests": requests}
 
 
-def render_distill_job(job: plan.JobRef, spec: JobSpec, options: PromotionOptions) -> dict:
+def render_distill_job(job: plan.JobRef, spec: JobSpec, options: PromotionOptions,
+                       excluded_nodes: list[str] | None = None) -> dict:
     mounts, volumes = _volumes(job, spec)
     container = {"name": DISTILL_CONTAINER, "image": spec.image, "imagePullPolicy": options.image_pull_policy,
                  "command": list(options.distill_command), "volumeMounts": mounts, "resources": _resources(spec),
@@ -132,11 +122,12 @@ def render_distill_job(job: plan.JobRef, spec: JobSpec, options: PromotionOption
                      "containerName": DISTILL_CONTAINER, "operator": "In",
                      "values": sorted(int(c) for c in contract.PERMANENT_EXIT_CODES)}}]},
                  "template": {"metadata": {"labels": labels},
-                              "spec": _pod_spec(spec, container, volumes, "Never")}},
+                              "spec": plan.pod_skeleton(spec, [container], volumes, "Never", excluded_nodes)}},
     }
 
 
-def render_serving(job: plan.JobRef, spec: JobSpec, options: PromotionOptions) -> list[dict]:
+def render_serving(job: plan.JobRef, spec: JobSpec, options: PromotionOptions,
+                   excluded_nodes: list[str] | None = None) -> list[dict]:
     inf = spec.promotion.inference
     port = inf.port
     mounts, volumes = _volumes(job, spec)
@@ -156,7 +147,8 @@ def render_serving(job: plan.JobRef, spec: JobSpec, options: PromotionOptions) -
     deployment = {
         "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": serve_name(job.name), **meta},
         "spec": {"replicas": inf.replicas, "selector": {"matchLabels": selector},
-                 "template": {"metadata": {"labels": labels}, "spec": _pod_spec(spec, container, volumes, "Always")}},
+                 "template": {"metadata": {"labels": labels},
+                              "spec": plan.pod_skeleton(spec, [container], volumes, "Always", excluded_nodes)}},
     }
     service = {
         "apiVersion": "v1", "kind": "Service", "metadata": {"name": serve_name(job.name), **meta},
@@ -189,83 +181,86 @@ def serving_phase(observed: dict | None, replicas: int) -> tuple[str, str]:
     return PROGRESSING, f"{ready}/{replicas} replicas ready"
 
 
-def chain(promotion: dict) -> str:
-    stages = [("training", promotion.get("training")), ("distillation", promotion.get("distill")),
-              ("serving", promotion.get("inference"))]
-    return " -> ".join(f"{name}:{s['phase']}" for name, s in stages if s)
+def chain(promotion: Promotion) -> str:
+    stages = [("training", promotion.training), ("distillation", promotion.distill),
+              ("serving", promotion.inference)]
+    return " -> ".join(f"{name}:{s.phase}" for name, s in stages if s)
 
 
-def plan_promotion(job: plan.JobRef, spec: JobSpec, status: dict, distill_job: dict | None,
+def plan_promotion(job: plan.JobRef, spec: JobSpec, status: JobStatus, distill_job: dict | None,
                    deployment: dict | None, now: str, options: PromotionOptions | None = None
                    ) -> PromotionDecision | None:
-    """None when there is nothing to promote (job not Succeeded, or promotion not configured)."""
+    """None when there is nothing to promote (job not Succeeded, or promotion not configured). The children keep
+    off the nodes the training excluded (isolated hardware)."""
     do_distill, do_serve = wanted(spec)
-    if status.get("phase") != SUCCEEDED or not (do_distill or do_serve):
+    if status.phase != SUCCEEDED or not (do_distill or do_serve):
         return None
     options = options or PromotionOptions()
-    old = status.get("promotion") or {}
-    new: dict = {"training": {"phase": SUCCEEDED, "name": job.name,
-                              "completionTime": status.get("completionTime", now)}}
+    excluded = list(status.excluded_nodes)
+    old = status.promotion or Promotion()
+    new = Promotion(training=PromotionStage(phase=SUCCEEDED, name=job.name,
+                                            completion_time=status.completion_time or now))
     d = PromotionDecision(promotion=new)
     upstream_ok = True
     if do_distill:
-        prev = old.get("distill") or {}
-        if prev.get("phase") in (SUCCEEDED, FAILED):
-            stage = dict(prev)                  # terminal: recorded, whatever happened to the Job object since
-        elif distill_job is None and not prev:
-            d.create.append(render_distill_job(job, spec, options))
-            stage = {"phase": RUNNING, "name": distill_job_name(job.name), "startTime": now,
-                     "message": f"teacher = final checkpoint, student -> {served_checkpoint(job, spec)}"}
+        prev = old.distill or PromotionStage()
+        if prev.phase in (SUCCEEDED, FAILED):
+            stage = prev.model_copy()           # terminal: recorded, whatever happened to the Job object since
+        elif distill_job is None and prev == PromotionStage():
+            d.create.append(render_distill_job(job, spec, options, excluded))
+            stage = PromotionStage(phase=RUNNING, name=distill_job_name(job.name), start_time=now,
+                                   message=f"teacher = final checkpoint, student -> {served_checkpoint(job, spec)}")
             d.events.append(Event("Normal", "DistillationStarted",
                                   f"job {distill_job_name(job.name)}: {spec.promotion.distill.teacher_steps} -> "
                                   f"{spec.promotion.distill.student_steps} sampling steps"))
         else:
             phase, message = distill_phase(distill_job) if distill_job is not None else (
                 FAILED, "distillation job disappeared before it finished")
-            stage = {**prev, "phase": phase, "name": distill_job_name(job.name), "message": message}
-            stage.setdefault("startTime", now)
+            stage = prev.model_copy(update={"phase": phase, "name": distill_job_name(job.name), "message": message,
+                                            "start_time": prev.start_time or now})
             if phase in (SUCCEEDED, FAILED):
-                stage["completionTime"] = now
+                stage.completion_time = now
                 d.events.append(Event("Normal" if phase == SUCCEEDED else "Warning", f"Distillation{phase}",
                                       message))
-        new["distill"] = stage
-        upstream_ok = stage["phase"] == SUCCEEDED
+        new.distill = stage
+        upstream_ok = stage.phase == SUCCEEDED
     if do_serve:
-        prev = old.get("inference") or {}
+        prev = old.inference or PromotionStage()
         replicas = spec.promotion.inference.replicas
         if not upstream_ok:
-            failed = new["distill"]["phase"] == FAILED
-            stage = {"phase": FAILED if failed else PENDING, "name": serve_name(job.name),
-                     "message": "distillation failed: nothing to serve" if failed else "waiting for distillation"}
-        elif deployment is None and prev.get("phase") not in (PROGRESSING, READY):
-            d.create.extend(render_serving(job, spec, options))
+            failed = new.distill is not None and new.distill.phase == FAILED
+            stage = PromotionStage(phase=FAILED if failed else PENDING, name=serve_name(job.name),
+                                   message="distillation failed: nothing to serve" if failed
+                                   else "waiting for distillation")
+        elif deployment is None and prev.phase not in (PROGRESSING, READY):
+            d.create.extend(render_serving(job, spec, options, excluded))
             where = endpoint(job, spec, options.cluster_domain)
-            stage = {"phase": PROGRESSING, "name": serve_name(job.name), "startTime": now,
-                     "message": f"serving {served_checkpoint(job, spec)} at {where}"}
-            d.events.append(Event("Normal", "ServingCreated", stage["message"]))
+            stage = PromotionStage(phase=PROGRESSING, name=serve_name(job.name), start_time=now,
+                                   message=f"serving {served_checkpoint(job, spec)} at {where}")
+            d.events.append(Event("Normal", "ServingCreated", stage.message or ""))
         else:
             phase, message = serving_phase(deployment, replicas)
             if deployment is None:
                 phase, message = FAILED, "serving deployment was deleted"
-            stage = {**prev, "phase": phase, "name": serve_name(job.name),
-                     "message": f"{message}; {endpoint(job, spec, options.cluster_domain)}"}
-            if phase == READY and prev.get("phase") != READY:
-                stage["completionTime"] = now
-                d.events.append(Event("Normal", "ServingReady", stage["message"]))
-        new["inference"] = stage
-    new["chain"] = chain(new)
+            stage = prev.model_copy(update={"phase": phase, "name": serve_name(job.name),
+                                            "message": f"{message}; {endpoint(job, spec, options.cluster_domain)}"})
+            if phase == READY and prev.phase != READY:
+                stage.completion_time = now
+                d.events.append(Event("Normal", "ServingReady", stage.message or ""))
+        new.inference = stage
+    new.chain = chain(new)
     return d
 
 
-def promotion_settled(spec: JobSpec, status: dict) -> bool:
+def promotion_settled(spec: JobSpec, status: JobStatus) -> bool:
     """Nothing left for the operator to watch: every enabled stage reached Succeeded/Ready/Failed."""
     do_distill, do_serve = wanted(spec)
     if not (do_distill or do_serve):
         return True
-    promotion = status.get("promotion") or {}
-    if do_distill and (promotion.get("distill") or {}).get("phase") not in (SUCCEEDED, FAILED):
+    promotion = status.promotion or Promotion()
+    if do_distill and (promotion.distill.phase if promotion.distill else None) not in (SUCCEEDED, FAILED):
         return False
-    if do_serve and (promotion.get("inference") or {}).get("phase") not in (READY, FAILED):
+    if do_serve and (promotion.inference.phase if promotion.inference else None) not in (READY, FAILED):
         return False
     return True
 

@@ -1,5 +1,5 @@
 """The thin API layer of promotion: read the distillation Job and serving Deployment of a succeeded job, run the
-pure planner (omnitrain.operator.promotion), create what it returns, patch status.promotion, post its events."""
+pure planner (omnitrain.operator.promotion), create what it returns, write status.promotion, post its events."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from omnitrain.operator import plan
 from omnitrain.operator.promotion import (DEFAULT_DISTILL_COMMAND, DEFAULT_SERVE_COMMAND, PromotionOptions,
                                           distill_job_name, plan_promotion, serve_name)
 from omnitrain.spec import JobSpec
+from omnitrain.status import JobStatus
 
 
 def options_from_env(env: dict[str, str] | None = None) -> PromotionOptions:
@@ -47,12 +48,12 @@ def _create(api_client, obj: dict) -> None:
             raise
 
 
-def promote(kube, job: dict, now: str, options: PromotionOptions | None = None) -> bool:
-    """One promotion pass for `job` (a dict from the API). True when something changed."""
+def promote(kube, job: dict, spec: JobSpec, status: JobStatus, now: str,
+            options: PromotionOptions | None = None) -> bool:
+    """One promotion pass for `job` (a dict from the API, `status` its status as the caller knows it now). True when
+    something changed."""
     meta = job["metadata"]
     ns, name = meta["namespace"], meta["name"]
-    spec = JobSpec.model_validate(job.get("spec") or {})
-    status = job.get("status") or {}
     ref = plan.JobRef(name=name, namespace=ns, uid=meta["uid"])
     api = kube.api_client
     distill = _read(client.BatchV1Api(api).read_namespaced_job, distill_job_name(name), ns)
@@ -62,9 +63,7 @@ def promote(kube, job: dict, now: str, options: PromotionOptions | None = None) 
         return False
     for obj in decision.create:
         _create(api, obj)
-    changed = decision.promotion != status.get("promotion")
-    if changed:
-        kube.patch_status(ns, name, {"promotion": decision.promotion})
+    changed = kube.write_status(job, status.model_copy(update={"promotion": decision.promotion}))
     for event in decision.events:
         kube.post_event(job, event)
     return changed or bool(decision.create)

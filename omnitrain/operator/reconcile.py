@@ -2,60 +2,36 @@
 
 Level-triggered: every call looks at the whole picture again, so a lost event or an operator restart costs nothing.
 The thin layer in handlers.py/kube.py reads the objects, calls `reconcile`, and carries out what it returns.
+
+`reconcile` is a dispatcher over named steps, in order: finished, invalid spec, suspend, resume, waiting for the old
+gang, back-off, launch, failure, observe. Each step returns the pass's Decision when it settles the pass, or None to
+hand on to the next one (resume hands on after it has started the next attempt).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from pydantic import ValidationError
 
-from omnitrain.contract import TerminationMessage
 from omnitrain.operator import plan
-from omnitrain.resilience.classify import observe_node
-from omnitrain.resilience.operator_hook import outranks_node_loss
+from omnitrain.resilience.classify import NodeObservation, PodObservation, on_lost_node
+from omnitrain.resilience.decide import decide, last_failure
+from omnitrain.resilience.recovery import Fail, GangRestart, Wait
 from omnitrain.spec import JobSpec, validate_job_spec
+from omnitrain.status import (CONDITION_TYPES, FAILED, PENDING, RESTARTING, RUNNING, SUCCEEDED, SUSPENDED, TERMINAL,
+                              Children, JobStatus, LastCheckpoint)
+from omnitrain.timestamps import parse_rfc3339
 
-PENDING, RUNNING, RESTARTING, SUSPENDED, SUCCEEDED, FAILED = (
-    "Pending", "Running", "Restarting", "Suspended", "Succeeded", "Failed")
-TERMINAL = (SUCCEEDED, FAILED)
 FORCE_DELETE_AFTER_SECONDS = 60   # after the deletion deadline: the kubelet had its grace period and then some
-CONDITION_TYPES = ("Valid", "Created", "Running", "Restarting", "Suspended", "Succeeded", "Failed")
+WAIT_FOR_PODS_SECONDS = 2.0       # look again this soon while old pods go away (their deletion events come too)
+WAIT_RECHECK_SECONDS = 10.0       # recovery said Wait (e.g. too few usable nodes): look again this soon
 
-
-@dataclass(frozen=True)
-class PodView:
-    """What the decisions need to know about one training pod."""
-
-    name: str
-    attempt: int
-    rank: int
-    phase: str                       # Pending | Running | Succeeded | Failed | Unknown
-    node: str | None = None
-    pod_ip: str | None = None
-    exit_code: int | None = None
-    reason: str | None = None
-    message: str | None = None
-    deleting: bool = False
-    deletion_timestamp: str | None = None
-
-    @classmethod
-    def from_pod(cls, pod: dict) -> "PodView":
-        meta, status = pod.get("metadata", {}), pod.get("status") or {}
-        labels = meta.get("labels") or {}
-        exit_code = reason = message = None
-        for cs in status.get("containerStatuses") or []:
-            if cs.get("name") != plan.MAIN_CONTAINER:
-                continue
-            term = (cs.get("state") or {}).get("terminated") or (cs.get("lastState") or {}).get("terminated")
-            if term:
-                exit_code, reason, message = term.get("exitCode"), term.get("reason"), term.get("message")
-        return cls(name=meta["name"], attempt=int(labels.get(plan.LABEL_ATTEMPT, -1)),
-                   rank=int(labels.get(plan.LABEL_NODE_RANK, -1)), phase=status.get("phase") or "Pending",
-                   node=(pod.get("spec") or {}).get("nodeName"), pod_ip=status.get("podIP"), exit_code=exit_code,
-                   reason=reason or status.get("reason"), message=message or status.get("message"),
-                   deleting=bool(meta.get("deletionTimestamp")), deletion_timestamp=meta.get("deletionTimestamp"))
+__all__ = ["CONDITION_TYPES", "Decision", "Event", "FAILED", "PENDING", "RESTARTING", "RUNNING", "SUCCEEDED",
+           "SUSPENDED", "SpecCheck", "TERMINAL", "add_seconds", "parse_spec", "reconcile"]
 
 
 @dataclass(frozen=True)
@@ -69,103 +45,32 @@ class Event:
 class Decision:
     """What to do now. Order of execution: delete pods, create children, patch status, post events."""
 
+    status: JobStatus = field(default_factory=JobStatus)   # the full new status
     delete_pods: list[str] = field(default_factory=list)
     create_attempt: int | None = None          # create (if absent) the children of this attempt
-    status: dict = field(default_factory=dict)  # the full new status
     events: list[Event] = field(default_factory=list)
-    requeue: bool = False                       # look again soon (waiting for pods to go away)
+    requeue_after_seconds: float | None = None  # one more pass this many seconds from now (None: events suffice)
     isolate_nodes: list[str] = field(default_factory=list)  # label+taint these nodes (hardware evidence)
     force_delete_pods: list[str] = field(default_factory=list)  # stuck terminating (node dead): grace period 0
 
 
-# ---- recovery policy -------------------------------------------------------------------------------------------
+class SpecCheck(NamedTuple):
+    """The spec parsed once per pass: the model, or messages naming each bad field and its fix."""
 
-@dataclass(frozen=True)
-class PodFailure:
-    pod: str
-    node: str | None
-    exit_code: int | None
-    reason: str
-    message: str
+    spec: JobSpec | None
+    problems: list[str]
 
 
-@dataclass(frozen=True)
-class Recovery:
-    restart: bool                    # gang restart (True) or fail the job (False)
-    reason: str
-    message: str
-    count_restart: bool = True       # counts toward resilience.maxRestarts
-    exclude_nodes: tuple[str, ...] = ()
-
-
-def first_failure(pods: list[PodView]) -> PodFailure | None:
-    """The failure that explains the attempt: the lowest-rank failed pod (others usually fail because it did)."""
-    failed = sorted((p for p in pods if p.phase == "Failed"), key=lambda p: (p.exit_code in (None, 0), p.rank))
-    if not failed:
-        return None
-    p = failed[0]
-    term = TerminationMessage.from_json(p.message)
-    detail = term.message if term and term.message else (p.message or "")
-    reason = term.reason if term else (p.reason or "Error")
-    return PodFailure(pod=p.name, node=p.node, exit_code=p.exit_code, reason=reason, message=detail[:500])
-
-
-def node_lost(pod: PodView, nodes: dict[str, dict | None] | None) -> bool:
-    """The pod is bound to a Node that is gone (None) or not Ready; a node not in `nodes` is not judged."""
-    if not pod.node or nodes is None or pod.node not in nodes or pod.phase in ("Succeeded", "Failed"):
-        return False
-    seen = observe_node(nodes[pod.node], pod.node)
-    return not seen.exists or not seen.ready
-
-
-def node_lost_failure(pods: list[PodView], nodes: dict[str, dict | None] | None) -> PodFailure | None:
-    """The lowest-rank pod on a lost node, as a failure: the node's kubelet will never report the pod's end, and
-    waiting for the pod garbage collector (~40 s after a Node is deleted, minutes for NotReady) idles the gang."""
-    lost = sorted((p for p in pods if node_lost(p, nodes)), key=lambda p: p.rank)
-    if not lost:
-        return None
-    p = lost[0]
-    what = "deleted" if nodes is not None and nodes.get(p.node) is None else "NotReady"
-    return PodFailure(pod=p.name, node=p.node, exit_code=None, reason="NodeLost",
-                      message=f"node {p.node} of pod {p.name} is {what}")
-
-
-def teardown(pods: list[PodView], nodes: dict[str, dict | None] | None,
-             unfinished_only: bool = False) -> tuple[list[str], list[str]]:
-    """(pods to delete, pods to force-delete): those on a lost node get grace period 0, since no kubelet will
-    confirm a normal deletion; pods already terminating are left to it."""
-    lost = [p.name for p in pods if node_lost(p, nodes)]
-    delete = [p.name for p in pods if not p.deleting and p.name not in lost
-              and (not unfinished_only or p.phase in ("Pending", "Running", "Unknown"))]
-    return delete, lost
-
-
-def final_progress(pods: list[PodView], checkpoint_root: str, now: str) -> dict:
-    """Status fields from rank 0's termination message at success: the last step, the final checkpoint and the
-    job's goodput as the trainer computed them (the progress scrape may have missed the last seconds, and the
-    goodput needs the whole metrics log on the persistent volume, which the operator does not mount)."""
-    rank0 = next((p for p in pods if p.rank == 0), None)
-    term = TerminationMessage.from_json(rank0.message) if rank0 is not None else None
-    if term is None:
-        return {}
-    fields: dict = {}
-    if term.step is not None:
-        fields["currentStep"] = term.step
-    if term.checkpoint_step:
-        fields["lastCheckpoint"] = {"step": term.checkpoint_step, "path": checkpoint_root, "time": now}
-    if isinstance(term.goodput, dict):
-        fields["goodput"] = term.goodput
-    return fields
-
-
-def decide_recovery(failure: PodFailure, restarts: int, spec: JobSpec, status: dict | None = None,
-                    nodes: dict[str, dict | None] | None = None) -> Recovery:
-    """The hook for gang restarts, decided by omnitrain.resilience (classes, budget, preemptions not counted,
-    no-progress, hardware isolation): permanent failures fail the job; anything else restarts the whole gang until
-    resilience.maxRestarts is spent; hardware faults keep their node out of later attempts (isolateNodes).
-    The result has Recovery's attributes plus isolate_nodes, delay_seconds and status_patch (docs/resilience.md)."""
-    from omnitrain.resilience.operator_hook import decide_recovery as resilience_decide_recovery
-    return resilience_decide_recovery(failure, restarts, spec, status=status, nodes=nodes)
+def parse_spec(raw: dict | None) -> SpecCheck:
+    try:
+        spec = JobSpec.model_validate(raw or {})
+    except ValidationError as err:
+        msgs = []
+        for e in err.errors():
+            where = "spec." + ".".join(str(x) for x in e["loc"])
+            msgs.append(f"{where}: {e['msg']}")
+        return SpecCheck(None, msgs)
+    return SpecCheck(spec, [str(e) for e in validate_job_spec(spec)])
 
 
 def add_seconds(timestamp: str, seconds: float) -> str:
@@ -175,203 +80,266 @@ def add_seconds(timestamp: str, seconds: float) -> str:
     return t.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-# ---- conditions ------------------------------------------------------------------------------------------------
-
-def set_condition(conditions: list[dict], type_: str, status: bool, reason: str, message: str, now: str) -> list[dict]:
-    """Replace one condition; lastTransitionTime changes only when the status flips."""
-    value = "True" if status else "False"
-    out, found = [], False
-    for c in conditions:
-        if c.get("type") == type_:
-            found = True
-            changed = c.get("status") != value
-            out.append({"type": type_, "status": value, "reason": reason, "message": message,
-                        "lastTransitionTime": now if changed else c.get("lastTransitionTime", now)})
-        else:
-            out.append(c)
-    if not found:
-        out.append({"type": type_, "status": value, "reason": reason, "message": message, "lastTransitionTime": now})
-    return out
+def teardown(pods: list[PodObservation], nodes: Mapping[str, NodeObservation],
+             unfinished_only: bool = False) -> tuple[list[str], list[str]]:
+    """(pods to delete, pods to force-delete): those on a lost node get grace period 0, since no kubelet will
+    confirm a normal deletion; pods already terminating are left to it."""
+    lost = [p.name for p in pods if on_lost_node(p, nodes)]
+    delete = [p.name for p in pods if not p.deleted and p.name not in lost and (not unfinished_only or p.unfinished)]
+    return delete, lost
 
 
-def condition(status: dict, type_: str) -> dict | None:
-    return next((c for c in status.get("conditions") or [] if c.get("type") == type_), None)
+def final_progress(status: JobStatus, pods: list[PodObservation], checkpoint_root: str, now: str) -> None:
+    """Status fields from rank 0's termination message at success: the last step, the final checkpoint and the
+    job's goodput as the trainer computed them (the progress scrape may have missed the last seconds, and the
+    goodput needs the whole metrics log on the persistent volume, which the operator does not mount)."""
+    rank0 = next((p for p in pods if p.rank == 0), None)
+    term = rank0.termination if rank0 is not None else None
+    if term is None:
+        return
+    if term.step is not None:
+        status.current_step = term.step
+    if term.checkpoint_step:
+        status.last_checkpoint = LastCheckpoint(step=term.checkpoint_step, path=checkpoint_root, time=now)
+    if isinstance(term.goodput, dict):
+        status.goodput = term.goodput
+
+
+# ---- the steps -------------------------------------------------------------------------------------------------
+
+@dataclass
+class _Pass:
+    """What one reconcile looks at, and the Decision it is building."""
+
+    job: plan.JobRef
+    spec: JobSpec
+    pods: list[PodObservation]
+    now: str
+    nodes: Mapping[str, NodeObservation]
+    usable_nodes: list[str] | None
+    d: Decision
+
+    @property
+    def st(self) -> JobStatus:
+        return self.d.status
+
+    @property
+    def attempt(self) -> int:
+        return self.st.attempt or 0
+
+    @property
+    def current(self) -> list[PodObservation]:
+        return [p for p in self.pods if p.attempt == self.attempt]
+
+    @property
+    def stale(self) -> list[PodObservation]:
+        return [p for p in self.pods if p.attempt != self.attempt]
+
+    def expected(self) -> list[str]:
+        return [plan.pod_name(self.job.name, self.attempt, r) for r in range(self.spec.parallelism.nodes)]
+
+
+def suspend(p: _Pass) -> Decision | None:
+    if not p.spec.suspend:
+        return None
+    st, now = p.st, p.now
+    p.d.delete_pods = [pod.name for pod in p.pods if not pod.deleted]
+    if st.phase != SUSPENDED:
+        p.d.events.append(Event("Normal", "Suspended", f"suspended at attempt {p.attempt}; pods deleted"))
+    st.phase, st.message = SUSPENDED, "suspended: no pods; set spec.suspend=false to resume"
+    st.set_condition("Suspended", True, "Suspended", "spec.suspend is true", now)
+    st.set_condition("Running", False, "Suspended", "spec.suspend is true", now)
+    p.d.requeue_after_seconds = WAIT_FOR_PODS_SECONDS if p.pods else None
+    return p.d
+
+
+def resume(p: _Pass) -> Decision | None:
+    """Resuming starts a fresh attempt (from the newest checkpoint); it does not count as a failure restart."""
+    st = p.st
+    if st.phase != SUSPENDED:
+        return None
+    attempt = p.attempt + 1
+    st.attempt, st.phase, st.message = attempt, RESTARTING, f"resuming as attempt {attempt}"
+    st.total_restarts = (st.total_restarts or 0) + 1
+    st.set_condition("Suspended", False, "Resumed", "spec.suspend is false", p.now)
+    p.d.events.append(Event("Normal", "Resumed", f"resuming as attempt {attempt}"))
+    p.d.delete_pods = [pod.name for pod in p.pods if not pod.deleted]
+    return None
+
+
+def waiting_for_old_gang(p: _Pass) -> Decision | None:
+    """The whole old gang must be gone before the new one starts (ports, GPUs)."""
+    stale = p.stale
+    if p.st.phase != RESTARTING or not stale:
+        return None
+    # A pod on a dead node stays Terminating forever (no kubelet confirms); the next gang must not wait on it.
+    p.d.force_delete_pods = [pod.name for pod in stale if on_lost_node(pod, p.nodes) or (
+        pod.deleted and pod.deletion_timestamp
+        and add_seconds(pod.deletion_timestamp, FORCE_DELETE_AFTER_SECONDS) <= p.now)]
+    p.d.delete_pods = [n for n in p.d.delete_pods if n not in p.d.force_delete_pods]
+    p.d.requeue_after_seconds = WAIT_FOR_PODS_SECONDS
+    return p.d
+
+
+def back_off(p: _Pass) -> Decision | None:
+    """Back-off between counted restarts (resilience.restartBackoffSeconds): one more pass when it ends."""
+    not_before = p.st.restart_not_before
+    if p.st.phase != RESTARTING or not not_before or p.now >= not_before:
+        return None
+    start, end = parse_rfc3339(p.now), parse_rfc3339(not_before)
+    p.d.requeue_after_seconds = max(0.0, end - start) if start is not None and end is not None \
+        else WAIT_FOR_PODS_SECONDS
+    return p.d
+
+
+def launch(p: _Pass) -> Decision | None:
+    st, attempt, now = p.st, p.attempt, p.now
+    if st.launched_attempt == attempt:
+        return None
+    expected = p.expected()
+    if set(expected) - {pod.name for pod in p.current} or st.phase in (None, RESTARTING):
+        p.d.create_attempt = attempt
+    st.launched_attempt = attempt   # written only after the creations succeed (kube layer order)
+    st.children = Children(pods=expected, service=plan.service_name(p.job.name),
+                           config_map=plan.config_map_name(p.job.name))
+    st.set_condition("Created", True, "ChildrenCreated",
+                     f"attempt {attempt}: {len(expected)} pods, service and config", now)
+    reason = "Restarted" if st.phase == RESTARTING else "Created"
+    p.d.events.append(Event("Normal", reason, f"created {len(expected)} pods for attempt {attempt}"))
+    st.set_condition("Restarting", False, "Launched", f"attempt {attempt} launched", now)
+    st.phase, st.message = PENDING, f"attempt {attempt}: waiting for pods"
+    return p.d
+
+
+def failure(p: _Pass) -> Decision | None:
+    """Launched: one decision (omnitrain.resilience.decide) over the attempt's pods, their nodes and the pods that
+    went missing (deleted, evicted, node gone)."""
+    present = {pod.name for pod in p.current}
+    missing = [n for n in p.expected() if n not in present]
+    action = decide(p.current, p.nodes, p.st, p.spec, missing=missing, usable_nodes=p.usable_nodes)
+    if action is None:
+        return None
+    st, now, d = p.st, p.now, p.d
+    assert action.failure is not None           # decide() classifies before it plans
+    seen = last_failure(action.failure, now)
+    st.last_failure_class = action.failure.failure_class.value
+    match action:
+        case Wait():
+            # Neither restart nor fail: the failed pods stay (they are the evidence), the recovery state is not
+            # advanced, and the job says why it waits; the event and the isolation only when the wait begins.
+            old = st.last_failure
+            if old is None or (old.pod, old.reason) != (seen.pod, seen.reason):
+                st.last_failure = seen
+            restarting = st.condition("Restarting")
+            if restarting is None or restarting.reason != action.reason:
+                d.events.append(Event("Warning", action.reason, action.message))
+                d.isolate_nodes = list(action.isolate_nodes)
+            st.phase, st.message = PENDING, action.message
+            st.set_condition("Running", False, action.reason, action.message, now)
+            st.set_condition("Restarting", False, action.reason, action.message, now)
+            d.requeue_after_seconds = WAIT_RECHECK_SECONDS
+        case Fail():
+            d.isolate_nodes = list(action.isolate_nodes)
+            d.status = st = action.state.apply(st)
+            st.last_failure = seen
+            st.phase, st.message, st.completion_time = FAILED, action.message, now
+            st.set_condition("Running", False, action.reason, action.message, now)
+            st.set_condition("Failed", True, action.reason, action.message, now)
+            d.delete_pods, d.force_delete_pods = teardown(p.pods, p.nodes, unfinished_only=True)
+            d.events.append(Event("Warning", action.reason, action.message))
+        case GangRestart():
+            d.isolate_nodes = list(action.isolate_nodes)
+            d.status = st = action.state.apply(st)
+            st.last_failure = seen
+            st.restart_not_before = add_seconds(now, action.delay_seconds) if action.delay_seconds > 0 else None
+            st.attempt, st.phase, st.message = p.attempt + 1, RESTARTING, action.message
+            st.set_condition("Running", False, action.reason, action.message, now)
+            st.set_condition("Restarting", True, action.reason, action.message, now)
+            d.delete_pods, d.force_delete_pods = teardown(p.pods, p.nodes)
+            d.events.append(Event("Warning", action.reason, action.message))
+            d.requeue_after_seconds = WAIT_FOR_PODS_SECONDS
+    return d
+
+
+def observe(p: _Pass) -> Decision:
+    st, attempt, now = p.st, p.attempt, p.now
+    phases = [pod.phase for pod in p.current]
+    if phases and all(ph == "Succeeded" for ph in phases):
+        msg = f"all {len(phases)} pods of attempt {attempt} succeeded"
+        st.phase, st.message, st.completion_time = SUCCEEDED, msg, now
+        final_progress(st, p.current, plan.checkpoint_root(p.spec, p.job.name), now)
+        st.set_condition("Running", False, "Completed", msg, now)
+        st.set_condition("Succeeded", True, "Completed", msg, now)
+        p.d.events.append(Event("Normal", "Succeeded", msg))
+    elif phases and all(ph in ("Running", "Succeeded") for ph in phases):
+        if st.phase != RUNNING:
+            p.d.events.append(Event("Normal", "Running", f"all {len(phases)} pods of attempt {attempt} running"))
+        st.phase, st.message = RUNNING, f"attempt {attempt}: training"
+        st.set_condition("Running", True, "PodsRunning", f"all pods of attempt {attempt} are running", now)
+    else:
+        waiting = sum(1 for ph in phases if ph == "Pending")
+        st.phase = PENDING
+        st.message = f"attempt {attempt}: {waiting} of {p.spec.parallelism.nodes} pods pending"
+    return p.d
+
+
+STEPS: tuple[Callable[[_Pass], Decision | None], ...] = (suspend, resume, waiting_for_old_gang, back_off, launch,
+                                                         failure)
 
 
 # ---- the reconcile decision ------------------------------------------------------------------------------------
 
-def parse_spec(raw: dict) -> tuple[JobSpec | None, list[str]]:
-    """The spec, or messages naming each bad field and its fix."""
-    try:
-        spec = JobSpec.model_validate(raw or {})
-    except ValidationError as err:
-        msgs = []
-        for e in err.errors():
-            where = "spec." + ".".join(str(x) for x in e["loc"])
-            msgs.append(f"{where}: {e['msg']}")
-        return None, msgs
-    return spec, [str(e) for e in validate_job_spec(spec)]
+def finished(st: JobStatus, pods: list[PodObservation]) -> Decision | None:
+    """Finished jobs keep their record; leftover running pods (a failed gang) are cleaned up."""
+    if st.phase not in TERMINAL:
+        return None
+    return Decision(status=st, delete_pods=[p.name for p in pods if p.unfinished and not p.deleted])
 
 
-def reconcile(job: plan.JobRef, raw_spec: dict, status: dict | None, pods: list[PodView], now: str,
-              generation: int | None = None, nodes: dict[str, dict | None] | None = None) -> Decision:
-    """`nodes`: the Node objects the unfinished pods are bound to, by name; None for a node that is gone (404).
-    Pods on a gone or NotReady node count as lost at once and are force-deleted (no kubelet will confirm)."""
-    st = dict(status or {})
-    valid = condition(st, "Valid") or {}
-    if (st.get("phase") == FAILED and valid.get("status") == "False" and generation is not None
-            and st.get("observedGeneration") != generation):
-        st = {}   # the spec that failed validation was edited: judge the new one from scratch (nothing was created)
-    d = Decision(status=st)
-    conditions = list(st.get("conditions") or [])
-    phase = st.get("phase")
+def invalid_spec(st: JobStatus, problems: list[str], now: str) -> Decision | None:
+    if not problems:
+        return None
+    msg = "; ".join(problems)
+    st.phase, st.message, st.completion_time = FAILED, f"invalid spec: {msg}", now
+    st.set_condition("Valid", False, "InvalidSpec", msg, now)
+    st.set_condition("Failed", True, "InvalidSpec", msg, now)
+    return Decision(status=st, events=[Event("Warning", "InvalidSpec", msg)])
+
+
+def admit(st: JobStatus, spec: JobSpec, now: str) -> None:
+    """A valid spec: the counters a running job always has."""
+    if st.condition("Valid") is None:
+        st.set_condition("Valid", True, "SpecValid", "spec passed validation", now)
+    st.start_time = st.start_time or now
+    st.attempt = st.attempt or 0
+    st.restarts = st.restarts or 0
+    st.total_restarts = st.total_restarts or 0
+    st.total_steps = st.total_steps if st.total_steps is not None else spec.training.steps
+
+
+def reconcile(job: plan.JobRef, checked: SpecCheck, status: JobStatus | None, pods: list[PodObservation],
+              now: str, generation: int | None = None, nodes: Mapping[str, NodeObservation] | None = None,
+              usable_nodes: list[str] | None = None) -> Decision:
+    """`checked`: parse_spec(job's spec), once per pass. `nodes`: the Nodes the unfinished pods are bound to, by
+    name (a node not listed is not judged). Pods on a gone or NotReady node count as lost at once and are
+    force-deleted (no kubelet will confirm). `usable_nodes`: schedulable Ready nodes when known (else no Wait)."""
+    st = status.model_copy(deep=True) if status is not None else JobStatus()
+    valid = st.condition("Valid")
+    if (st.phase == FAILED and valid is not None and valid.status == "False" and generation is not None
+            and st.observed_generation != generation):
+        st = JobStatus()   # the spec that failed validation was edited: judge the new one from scratch
     if generation is not None:
-        st["observedGeneration"] = generation
-
-    if phase in TERMINAL:
-        # Finished jobs keep their record; leftover running pods (a failed gang) are cleaned up.
-        d.delete_pods = [p.name for p in pods if p.phase in ("Pending", "Running", "Unknown") and not p.deleting]
-        return d
-
-    spec, problems = parse_spec(raw_spec)
-    if problems:
-        msg = "; ".join(problems)
-        st.update(phase=FAILED, message=f"invalid spec: {msg}", completionTime=now)
-        conditions = set_condition(conditions, "Valid", False, "InvalidSpec", msg, now)
-        conditions = set_condition(conditions, "Failed", True, "InvalidSpec", msg, now)
-        st["conditions"] = conditions
-        d.events.append(Event("Warning", "InvalidSpec", msg))
-        return d
-    assert spec is not None
-    if condition(st, "Valid") is None:
-        conditions = set_condition(conditions, "Valid", True, "SpecValid", "spec passed validation", now)
-    st.setdefault("startTime", now)
-    st.setdefault("attempt", 0)
-    st.setdefault("restarts", 0)
-    st.setdefault("totalRestarts", 0)
-    st.setdefault("totalSteps", spec.training.steps)
-    attempt = int(st["attempt"])
-    current = [p for p in pods if p.attempt == attempt]
-    stale = [p for p in pods if p.attempt != attempt]
-    d.delete_pods = [p.name for p in stale if not p.deleting]
-
-    if spec.suspend:
-        d.delete_pods = [p.name for p in pods if not p.deleting]
-        if phase != SUSPENDED:
-            d.events.append(Event("Normal", "Suspended", f"suspended at attempt {attempt}; pods deleted"))
-        st.update(phase=SUSPENDED, message="suspended: no pods; set spec.suspend=false to resume")
-        conditions = set_condition(conditions, "Suspended", True, "Suspended", "spec.suspend is true", now)
-        conditions = set_condition(conditions, "Running", False, "Suspended", "spec.suspend is true", now)
-        st["conditions"] = conditions
-        d.requeue = bool(pods)
-        return d
-
-    if phase == SUSPENDED:
-        # Resuming starts a fresh attempt (from the newest checkpoint); it does not count as a failure restart.
-        attempt += 1
-        st.update(attempt=attempt, phase=RESTARTING, message=f"resuming as attempt {attempt}",
-                  totalRestarts=int(st["totalRestarts"]) + 1)
-        conditions = set_condition(conditions, "Suspended", False, "Resumed", "spec.suspend is false", now)
-        d.events.append(Event("Normal", "Resumed", f"resuming as attempt {attempt}"))
-        current, stale = [], pods
-        phase = RESTARTING
-        d.delete_pods = [p.name for p in pods if not p.deleting]
-
-    if phase == RESTARTING and stale:
-        # A pod on a dead node stays Terminating forever (no kubelet confirms); the next gang must not wait on it.
-        d.force_delete_pods = [p.name for p in stale if node_lost(p, nodes) or (
-            p.deleting and p.deletion_timestamp
-            and add_seconds(p.deletion_timestamp, FORCE_DELETE_AFTER_SECONDS) <= now)]
-        d.delete_pods = [n for n in d.delete_pods if n not in d.force_delete_pods]
-        st["conditions"] = conditions
-        d.requeue = True      # the whole old gang must be gone before the new one starts (ports, GPUs)
-        return d
-    if phase == RESTARTING and st.get("restartNotBefore") and now < st["restartNotBefore"]:
-        st["conditions"] = conditions
-        d.requeue = True      # back-off between counted restarts (resilience.restartBackoffSeconds)
-        return d
-
-    launched = st.get("launchedAttempt")
-    expected = {plan.pod_name(job.name, attempt, r) for r in range(spec.parallelism.nodes)}
-    present = {p.name for p in current}
-    if launched != attempt:
-        if expected - present or phase in (None, RESTARTING):
-            d.create_attempt = attempt
-        st["launchedAttempt"] = attempt   # written only after the creations succeed (kube layer order)
-        st["children"] = {"pods": sorted(expected, key=lambda n: int(n.rsplit("-n", 1)[1])),
-                          "service": plan.service_name(job.name), "configMap": plan.config_map_name(job.name)}
-        conditions = set_condition(conditions, "Created", True, "ChildrenCreated",
-                                   f"attempt {attempt}: {len(expected)} pods, service and config", now)
-        if phase != RESTARTING:
-            d.events.append(Event("Normal", "Created", f"created {len(expected)} pods for attempt {attempt}"))
-        else:
-            d.events.append(Event("Normal", "Restarted", f"created {len(expected)} pods for attempt {attempt}"))
-        conditions = set_condition(conditions, "Restarting", False, "Launched", f"attempt {attempt} launched", now)
-        st.update(phase=PENDING, message=f"attempt {attempt}: waiting for pods")
-        st["conditions"] = conditions
-        return d
-
-    # Launched: a missing pod of this attempt was lost (deleted, evicted, node gone).
-    missing = sorted(expected - present)
-    failure = first_failure(current)
-    lost = node_lost_failure(current, nodes)
-    if lost is not None and (failure is None or not outranks_node_loss(failure)):
-        failure = lost
-    if failure is None and missing:
-        failure = PodFailure(pod=missing[0], node=None, exit_code=None, reason="PodLost",
-                             message="the pod disappeared (deleted, evicted or its node was removed)")
-    if failure is not None:
-        st["lastFailure"] = {"pod": failure.pod, "node": failure.node, "exitCode": failure.exit_code,
-                             "reason": failure.reason, "message": failure.message, "time": now}
-        st["lastFailure"] = {k: v for k, v in st["lastFailure"].items() if v is not None}
-        recovery = decide_recovery(failure, int(st["restarts"]), spec, status=st, nodes=nodes)
-        d.isolate_nodes = list(getattr(recovery, "isolate_nodes", ()) or ())
-        # the no-progress counter, checkpoint at this failure, failure class: kept for the next decision
-        st.update({k: v for k, v in (getattr(recovery, "status_patch", None) or {}).items()
-                   if k not in ("restarts", "totalRestarts", "excludedNodes")})
-        if not recovery.restart:
-            st.update(phase=FAILED, message=recovery.message, completionTime=now)
-            conditions = set_condition(conditions, "Running", False, recovery.reason, recovery.message, now)
-            conditions = set_condition(conditions, "Failed", True, recovery.reason, recovery.message, now)
-            st["conditions"] = conditions
-            d.delete_pods, d.force_delete_pods = teardown(pods, nodes, unfinished_only=True)
-            d.events.append(Event("Warning", recovery.reason, recovery.message))
-            return d
-        excluded = sorted(set(st.get("excludedNodes") or []) | set(recovery.exclude_nodes))
-        if excluded:
-            st["excludedNodes"] = excluded
-        delay = float(getattr(recovery, "delay_seconds", 0.0) or 0.0)
-        if delay > 0:
-            st["restartNotBefore"] = add_seconds(now, delay)
-        else:
-            st.pop("restartNotBefore", None)
-        st.update(attempt=attempt + 1, phase=RESTARTING, message=recovery.message,
-                  restarts=int(st["restarts"]) + (1 if recovery.count_restart else 0),
-                  totalRestarts=int(st["totalRestarts"]) + 1)
-        conditions = set_condition(conditions, "Running", False, recovery.reason, recovery.message, now)
-        conditions = set_condition(conditions, "Restarting", True, recovery.reason, recovery.message, now)
-        st["conditions"] = conditions
-        d.delete_pods, d.force_delete_pods = teardown(pods, nodes)
-        d.events.append(Event("Warning", recovery.reason, recovery.message))
-        d.requeue = True
-        return d
-
-    phases = [p.phase for p in current]
-    if phases and all(ph == "Succeeded" for ph in phases):
-        msg = f"all {len(phases)} pods of attempt {attempt} succeeded"
-        st.update(phase=SUCCEEDED, message=msg, completionTime=now)
-        st.update(final_progress(current, plan.checkpoint_root(spec, job.name), now))
-        conditions = set_condition(conditions, "Running", False, "Completed", msg, now)
-        conditions = set_condition(conditions, "Succeeded", True, "Completed", msg, now)
-        d.events.append(Event("Normal", "Succeeded", msg))
-    elif phases and all(ph in ("Running", "Succeeded") for ph in phases):
-        if phase != RUNNING:
-            d.events.append(Event("Normal", "Running", f"all {len(phases)} pods of attempt {attempt} running"))
-        st.update(phase=RUNNING, message=f"attempt {attempt}: training")
-        conditions = set_condition(conditions, "Running", True, "PodsRunning", f"all pods of attempt {attempt} "
-                                   "are running", now)
-    else:
-        waiting = sum(1 for ph in phases if ph == "Pending")
-        st.update(phase=PENDING, message=f"attempt {attempt}: {waiting} of {len(expected)} pods pending")
-    st["conditions"] = conditions
-    return d
+        st.observed_generation = generation
+    settled = finished(st, pods) or invalid_spec(st, checked.problems, now)
+    if settled is not None:
+        return settled
+    assert checked.spec is not None
+    admit(st, checked.spec, now)
+    p = _Pass(job=job, spec=checked.spec, pods=pods, now=now, nodes=nodes or {}, usable_nodes=usable_nodes,
+              d=Decision(status=st))
+    p.d.delete_pods = [pod.name for pod in p.stale if not pod.deleted]
+    for step in STEPS:
+        decided = step(p)
+        if decided is not None:
+            return decided
+    return observe(p)

@@ -16,6 +16,7 @@ Classes and what recovery does with them (omnitrain.resilience.recovery):
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -45,21 +46,41 @@ PERMANENT_WAITING_REASONS = frozenset({
 DISRUPTION_REASONS = frozenset({"Evicted", "Preempting", "PreemptionByScheduler", "EvictionByEvictionAPI",
                                 "TerminationByKubelet", "Shutdown", "NodeShutdown"})
 NODE_LOSS_REASONS = frozenset({"NodeLost", "DeletionByTaintManager", "DeletionByPodGC"})
+POD_LOST = "PodLost"                           # pod_reason of `missing_pod`
 _PERMANENT_EXIT_REASONS = {ExitCode.CONFIG: "ConfigError", ExitCode.NO_PROGRESS: "NoProgress"}
 
 
 @dataclass(frozen=True)
 class PodObservation:
+    """One pod as the operator reads it (`observe_pod`); its termination message is parsed once, here."""
+
     name: str
     node: str | None = None
     phase: str = "Running"                     # Pending / Running / Succeeded / Failed / Unknown
     exit_code: int | None = None               # terminated main container
     container_reason: str | None = None        # terminated reason (OOMKilled, Error, ...)
     waiting_reason: str | None = None          # e.g. ImagePullBackOff
-    termination_message: str | None = None
+    termination_message: str | None = None     # as the container left it (ours is one JSON line)
     pod_reason: str | None = None              # status.reason (Evicted, NodeLost, ...)
     disruption_reason: str | None = None       # reason of a DisruptionTarget condition that is True
     deleted: bool = False                      # metadata.deletionTimestamp set or the pod vanished
+    attempt: int = -1                          # the operator's labels (omnitrain.operator.plan)
+    rank: int = -1
+    pod_ip: str | None = None
+    deletion_timestamp: str | None = None
+    termination: TerminationMessage | None = field(init=False, default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "termination", TerminationMessage.from_json(self.termination_message))
+
+    @property
+    def unfinished(self) -> bool:
+        return self.phase in ("Pending", "Running", "Unknown")
+
+
+def missing_pod(name: str) -> PodObservation:
+    """A pod of the attempt that is gone from the API (deleted, evicted, its node removed)."""
+    return PodObservation(name=name, phase="Failed", pod_reason=POD_LOST, deleted=True)
 
 
 @dataclass(frozen=True)
@@ -79,6 +100,8 @@ class Failure:
     isolate: bool = False                      # taint/label the nodes (hardware evidence)
     step: int | None = None                    # last step a pod reported in its termination message
     evidence: dict = field(default_factory=dict)
+    primary: PodObservation | None = None      # the pod that explains the attempt (lowest rank, a real exit first)
+    detail: str = ""                           # what happened to the primary pod alone
 
     @property
     def counts_toward_budget(self) -> bool:
@@ -98,9 +121,18 @@ def observe_node(node: dict | None, name: str) -> NodeObservation:
     return NodeObservation(name=name, ready=ready, exists=True)
 
 
-def observe_pod(pod: dict, main_container: str | None = None) -> PodObservation:
-    """A Pod object (dict, camelCase as kopf and the API return it) -> the facts classification needs."""
+def on_lost_node(pod: PodObservation, nodes: Mapping[str, NodeObservation]) -> bool:
+    """The pod is unfinished and bound to a Node that is gone or not Ready; a node not in `nodes` is not judged."""
+    seen = nodes.get(pod.node) if pod.node and pod.unfinished else None
+    return seen is not None and (not seen.exists or not seen.ready)
+
+
+def observe_pod(pod: dict, main_container: str | None = None, attempt_label: str | None = None,
+                rank_label: str | None = None) -> PodObservation:
+    """A Pod object (dict, camelCase as kopf and the API return it) -> the facts classification needs; the labels
+    named carry the pod's attempt and rank (-1 when absent)."""
     meta, spec, status = pod.get("metadata") or {}, pod.get("spec") or {}, pod.get("status") or {}
+    labels = meta.get("labels") or {}
     statuses = status.get("containerStatuses") or []
     chosen = next((c for c in statuses if c.get("name") == main_container), statuses[0] if statuses else {})
     state = chosen.get("state") or {}
@@ -112,14 +144,16 @@ def observe_pod(pod: dict, main_container: str | None = None) -> PodObservation:
     return PodObservation(
         name=meta.get("name", ""), node=spec.get("nodeName"), phase=status.get("phase", "Pending"),
         exit_code=terminated.get("exitCode"), container_reason=terminated.get("reason"),
-        waiting_reason=waiting.get("reason"), termination_message=terminated.get("message"),
+        waiting_reason=waiting.get("reason"), termination_message=terminated.get("message") or status.get("message"),
         pod_reason=status.get("reason"), disruption_reason=disruption,
-        deleted=bool(meta.get("deletionTimestamp")))
+        deleted=bool(meta.get("deletionTimestamp")), deletion_timestamp=meta.get("deletionTimestamp"),
+        attempt=int(labels.get(attempt_label, -1)) if attempt_label else -1,
+        rank=int(labels.get(rank_label, -1)) if rank_label else -1, pod_ip=status.get("podIP"))
 
 
 def _classify_pod(pod: PodObservation, nodes: dict[str, NodeObservation]) -> tuple[FailureClass, str, str] | None:
     """(class, reason, message) for one pod, or None when this pod shows no failure."""
-    msg = TerminationMessage.from_json(pod.termination_message)
+    msg = pod.termination
     code = pod.exit_code
     if pod.waiting_reason in PERMANENT_WAITING_REASONS:
         return FailureClass.PERMANENT, pod.waiting_reason, f"pod {pod.name}: container cannot start " \
@@ -131,7 +165,7 @@ def _classify_pod(pod: PodObservation, nodes: dict[str, NodeObservation]) -> tup
     if code == ExitCode.HARDWARE or (msg and msg.reason == "HardwareFault"):
         return FailureClass.HARDWARE, "HardwareFault", f"pod {pod.name} on {pod.node}: hardware fault" + (
             f" ({msg.message})" if msg and msg.message else "")
-    node = nodes.get(pod.node) if pod.node else None
+    node = nodes.get(pod.node) if pod.node and pod.phase != "Succeeded" else None   # a finished rank lost nothing
     node_gone = node is not None and (not node.exists or not node.ready)
     if node_gone or pod.pod_reason in NODE_LOSS_REASONS or pod.disruption_reason in NODE_LOSS_REASONS:
         what = "deleted" if node is not None and not node.exists else "NotReady"
@@ -144,6 +178,8 @@ def _classify_pod(pod: PodObservation, nodes: dict[str, NodeObservation]) -> tup
                                                                          else "watchdog found no progress")
     if pod.container_reason == "OOMKilled":
         return FailureClass.OOM, "OOMKilled", f"pod {pod.name} ran out of memory (exit {code})"
+    if pod.pod_reason == POD_LOST:
+        return FailureClass.CRASH, POD_LOST, f"pod {pod.name} disappeared (deleted, evicted or its node was removed)"
     if pod.phase == "Failed" or (code not in (None, 0)):
         return FailureClass.CRASH, "Crash", f"pod {pod.name} failed (exit {code}, {pod.container_reason})"
     if pod.deleted and pod.phase != "Succeeded":
@@ -151,27 +187,27 @@ def _classify_pod(pod: PodObservation, nodes: dict[str, NodeObservation]) -> tup
     return None
 
 
+def _explains(pod: PodObservation) -> tuple[bool, int]:
+    """Among pods of one class, the lowest rank with a real exit code explains the others best."""
+    return pod.exit_code in (None, 0), pod.rank
+
+
 def classify(pods: list[PodObservation], nodes: list[NodeObservation] | None = None) -> Failure | None:
-    """The attempt's failure, or None when no pod shows one (still running, or all succeeded)."""
+    """The attempt's failure, or None when no pod shows one (still running, or all succeeded). One place decides
+    among all pods (failed, on a lost node, missing): the class first in PRECEDENCE wins."""
     by_name = {n.name: n for n in nodes or []}
     found = [(pod, c) for pod in pods if (c := _classify_pod(pod, by_name)) is not None]
     if not found:
         return None
-    best = min(found, key=lambda pc: PRECEDENCE.index(pc[1][0]))
-    cls, reason, message = best[1]
+    found.sort(key=lambda pc: (PRECEDENCE.index(pc[1][0]), _explains(pc[0])))
+    primary, (cls, reason, detail) = found[0]
     same = [pod for pod, c in found if c[0] is cls]
     bad_nodes: tuple[str, ...] = ()
     if cls in (FailureClass.HARDWARE, FailureClass.NODE_LOST):
         bad_nodes = tuple(sorted({p.node for p in same if p.node}))
-    steps = [m.step for p in same if (m := TerminationMessage.from_json(p.termination_message)) and m.step is not None]
-    evidence = {}
-    for p in same:
-        m = TerminationMessage.from_json(p.termination_message)
-        if m and m.evidence:
-            evidence = m.evidence
-            break
-    if len(same) > 1:
-        message += f" (and {len(same) - 1} more pod(s) alike)"
+    steps = [p.termination.step for p in same if p.termination and p.termination.step is not None]
+    evidence = next((p.termination.evidence for p in same if p.termination and p.termination.evidence), {})
+    message = detail + (f" (and {len(same) - 1} more pod(s) alike)" if len(same) > 1 else "")
     return Failure(failure_class=cls, reason=reason, message=message, pods=tuple(p.name for p in same),
                    nodes=bad_nodes, isolate=cls is FailureClass.HARDWARE, step=min(steps) if steps else None,
-                   evidence=evidence)
+                   evidence=evidence, primary=primary, detail=detail)

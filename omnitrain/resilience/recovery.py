@@ -10,15 +10,20 @@ Rules:
 - Hardware evidence isolates the node (taint/label omnitrain.dev/isolated) and excludes it, when isolateNodes;
   a lost node is left to the scheduler. Excluded nodes accumulate over attempts (status.excludedNodes).
 - With a known count of usable nodes smaller than the job needs, the action is Wait (not Fail): capacity may return.
+
+The action is one of GangRestart / Fail / Wait (each has `kind`); omnitrain.resilience.decide is the entry point
+that classifies first and gives the operator its reasons.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from enum import Enum
+from typing import ClassVar
 
 from omnitrain.resilience.classify import Failure, FailureClass
 from omnitrain.spec import ResilienceSpec
+from omnitrain.status import JobStatus
 
 ISOLATION_KEY = "omnitrain.dev/isolated"      # label and NoSchedule taint key put on a node with hardware evidence
 MAX_BACKOFF_SECONDS = 600.0
@@ -40,30 +45,60 @@ class RecoveryState:
     checkpoint_step_at_last_failure: int | None = None
     excluded_nodes: tuple[str, ...] = ()
 
-    def to_status(self) -> dict:
-        return {"restarts": self.restarts, "totalRestarts": self.total_restarts,
-                "noProgressRestarts": self.no_progress_restarts,
-                "checkpointStepAtLastFailure": self.checkpoint_step_at_last_failure,
-                "excludedNodes": list(self.excluded_nodes)}
+    def apply(self, status: JobStatus) -> JobStatus:
+        """`status` with this state written into it (a copy)."""
+        return status.model_copy(update={
+            "restarts": self.restarts, "total_restarts": self.total_restarts,
+            "no_progress_restarts": self.no_progress_restarts,
+            "checkpoint_step_at_last_failure": self.checkpoint_step_at_last_failure,
+            "excluded_nodes": list(self.excluded_nodes)})
+
+    def to_status(self) -> JobStatus:
+        return self.apply(JobStatus())
 
     @classmethod
-    def from_status(cls, status: dict | None) -> "RecoveryState":
-        s = status or {}
-        return cls(restarts=int(s.get("restarts") or 0), total_restarts=int(s.get("totalRestarts") or 0),
-                   no_progress_restarts=int(s.get("noProgressRestarts") or 0),
-                   checkpoint_step_at_last_failure=s.get("checkpointStepAtLastFailure"),
-                   excluded_nodes=tuple(s.get("excludedNodes") or ()))
+    def from_status(cls, status: JobStatus | None) -> RecoveryState:
+        s = status or JobStatus()
+        return cls(restarts=s.restarts or 0, total_restarts=s.total_restarts or 0,
+                   no_progress_restarts=s.no_progress_restarts or 0,
+                   checkpoint_step_at_last_failure=s.checkpoint_step_at_last_failure,
+                   excluded_nodes=tuple(s.excluded_nodes))
 
 
 @dataclass(frozen=True)
-class RecoveryAction:
-    kind: ActionKind
+class _Action:
     reason: str                                # CamelCase for a condition/event
     message: str
-    delay_seconds: float = 0.0                 # GangRestart: wait this long before creating the new attempt
     exclude_nodes: tuple[str, ...] = ()        # all nodes the next attempt must avoid (accumulated)
     isolate_nodes: tuple[str, ...] = ()        # nodes to taint/label now
     state: RecoveryState = field(default_factory=RecoveryState)   # the state to store with this action
+    failure: Failure | None = None             # what was classified (None: nothing failed)
+
+
+@dataclass(frozen=True)
+class GangRestart(_Action):
+    """Tear the attempt down and start the next one after `delay_seconds`."""
+
+    kind: ClassVar[ActionKind] = ActionKind.GANG_RESTART
+    delay_seconds: float = 0.0
+    counted: bool = True                       # used one of resilience.maxRestarts
+
+
+@dataclass(frozen=True)
+class Fail(_Action):
+    """End the job Failed: restarting cannot help, or the budget is spent."""
+
+    kind: ClassVar[ActionKind] = ActionKind.FAIL
+
+
+@dataclass(frozen=True)
+class Wait(_Action):
+    """Neither restart nor fail yet (e.g. too few usable nodes): look again later; the state is not advanced."""
+
+    kind: ClassVar[ActionKind] = ActionKind.WAIT
+
+
+RecoveryAction = GangRestart | Fail | Wait
 
 
 def backoff_seconds(base: float, counted_restarts: int, cap: float = MAX_BACKOFF_SECONDS) -> float:
@@ -74,16 +109,15 @@ def backoff_seconds(base: float, counted_restarts: int, cap: float = MAX_BACKOFF
 
 def plan_recovery(failure: Failure | None, state: RecoveryState, policy: ResilienceSpec,
                   last_checkpoint_step: int | None, nodes_needed: int | None = None,
-                  usable_nodes: list[str] | None = None, track_progress: bool = True) -> RecoveryAction:
+                  usable_nodes: list[str] | None = None) -> RecoveryAction:
     """`last_checkpoint_step`: the job's newest complete checkpoint now (None: none yet).
-    `usable_nodes`: schedulable, Ready nodes for the job if known (before this failure's exclusions).
-    `track_progress=False`: the caller keeps no checkpoint history, so the no-progress rule is not applied."""
+    `usable_nodes`: schedulable, Ready nodes for the job if known (before this failure's exclusions)."""
     if failure is None:
-        return RecoveryAction(ActionKind.WAIT, "NoFailure", "no pod shows a failure", state=state)
+        return Wait("NoFailure", "no pod shows a failure", state=state)
     cls = failure.failure_class
     if cls is FailureClass.PERMANENT:
-        return RecoveryAction(ActionKind.FAIL, failure.reason, f"{failure.message}; not restarting: restarting "
-                              "cannot fix this", state=state)
+        return Fail(failure.reason, f"{failure.message}; not restarting: restarting cannot fix this", state=state,
+                    failure=failure)
 
     # Hardware evidence keeps a node out (when isolateNodes). A lost node is not excluded: while NotReady the
     # scheduler avoids it anyway, and one that comes back (or is replaced under the same name) is fine to use.
@@ -93,13 +127,13 @@ def plan_recovery(failure: Failure | None, state: RecoveryState, policy: Resilie
 
     if failure.counts_toward_budget:
         if state.restarts >= policy.max_restarts:
-            return RecoveryAction(
-                ActionKind.FAIL, "RestartBudgetExhausted",
+            return Fail(
+                "RestartBudgetExhausted",
                 f"{failure.message}; {state.restarts} restart(s) used of maxRestarts={policy.max_restarts} "
                 "(raise spec.resilience.maxRestarts to allow more)", isolate_nodes=isolate, exclude_nodes=excluded,
-                state=replace(state, excluded_nodes=excluded))
+                state=replace(state, excluded_nodes=excluded), failure=failure)
         previous = state.checkpoint_step_at_last_failure
-        if state.restarts == 0 or not track_progress:
+        if state.restarts == 0:
             no_progress = 0       # the first failure only sets the reference point
         else:
             advanced = last_checkpoint_step is not None and (previous is None or last_checkpoint_step > previous)
@@ -107,11 +141,13 @@ def plan_recovery(failure: Failure | None, state: RecoveryState, policy: Resilie
         next_state = replace(next_state, restarts=state.restarts + 1, no_progress_restarts=no_progress,
                              checkpoint_step_at_last_failure=last_checkpoint_step)
         if no_progress >= policy.max_no_progress_restarts:
-            return RecoveryAction(
-                ActionKind.FAIL, "NoProgress",
+            # no restart happens: the restart counters stay, the no-progress record is kept
+            return Fail(
+                "NoProgress",
                 f"{failure.message}; {no_progress} restart(s) in a row without a newer checkpoint than step "
                 f"{last_checkpoint_step} (maxNoProgressRestarts={policy.max_no_progress_restarts})",
-                isolate_nodes=isolate, exclude_nodes=excluded, state=next_state)
+                isolate_nodes=isolate, exclude_nodes=excluded, failure=failure,
+                state=replace(next_state, restarts=state.restarts, total_restarts=state.total_restarts))
         delay = backoff_seconds(policy.restart_backoff_seconds, state.restarts)
     else:
         delay = 0.0
@@ -119,16 +155,16 @@ def plan_recovery(failure: Failure | None, state: RecoveryState, policy: Resilie
     if nodes_needed is not None and usable_nodes is not None:
         left = [n for n in usable_nodes if n not in excluded]
         if len(left) < nodes_needed:
-            return RecoveryAction(
-                ActionKind.WAIT, "InsufficientNodes",
+            return Wait(
+                "InsufficientNodes",
                 f"{failure.message}; {len(left)} usable node(s) without the excluded {list(excluded)}, "
                 f"{nodes_needed} needed: waiting for capacity", exclude_nodes=excluded, isolate_nodes=isolate,
-                state=next_state)
+                state=state, failure=failure)
 
     resume = "from scratch" if last_checkpoint_step is None else f"from checkpoint step {last_checkpoint_step}"
     counted = (f"restart {next_state.restarts}/{policy.max_restarts}" if failure.counts_toward_budget
                else "not counted toward maxRestarts")
     extra = f", excluding {list(excluded)}" if excluded else ""
-    return RecoveryAction(ActionKind.GANG_RESTART, failure.reason,
-                          f"{failure.message}; gang restart {resume} ({counted}{extra})",
-                          delay_seconds=delay, exclude_nodes=excluded, isolate_nodes=isolate, state=next_state)
+    return GangRestart(failure.reason, f"{failure.message}; gang restart {resume} ({counted}{extra})",
+                       delay_seconds=delay, exclude_nodes=excluded, isolate_nodes=isolate, state=next_state,
+                       failure=failure, counted=failure.counts_toward_budget)

@@ -7,17 +7,15 @@ import time
 
 import pytest
 
+from omnitrain.contract import GROUP, PLURAL, VERSION
 from omnitrain.observability.callback import MetricsCallback
 from omnitrain.devcluster.testing import wait_for
 from omnitrain.devcluster.throwaway import control_plane, find_binaries
-from omnitrain.observability.status_fetch import crd_coordinates
 from omnitrain.operator.crd import build_crd
 
 pytestmark = [pytest.mark.e2e,
               pytest.mark.skipif(find_binaries() is None and not os.environ.get("CI"),
                                  reason="control-plane binaries not built (make cluster-bins)")]
-
-GROUP, VERSION, PLURAL = crd_coordinates()
 
 
 def omnitrain(kubeconfig, *args):

@@ -69,3 +69,19 @@ def test_names_status_subresource_and_columns():
     for key in ("phase", "conditions", "attempt", "restarts", "currentStep", "totalSteps", "lastCheckpoint",
                 "excludedNodes", "children", "startTime", "completionTime", "goodput", "observedGeneration"):
         assert key in status
+
+
+def test_status_schema_is_generated_from_the_status_model():
+    from omnitrain.status import JobStatus
+    status = crd.status_schema()
+    assert set(status["properties"]) == {f.alias or name for name, f in JobStatus.model_fields.items()}
+    props = status["properties"]
+    assert props["phase"]["enum"] == ["Pending", "Running", "Restarting", "Suspended", "Succeeded", "Failed"]
+    conditions = props["conditions"]
+    assert conditions["x-kubernetes-list-type"] == "map" and conditions["x-kubernetes-list-map-keys"] == ["type"]
+    assert conditions["items"]["required"] == ["type", "status"]
+    assert conditions["items"]["properties"]["status"]["enum"] == ["True", "False", "Unknown"]
+    assert props["goodput"]["x-kubernetes-preserve-unknown-fields"] is True
+    assert set(props["children"]["properties"]) == {"pods", "service", "configMap"}
+    assert set(props["promotion"]["properties"]["distill"]["properties"]) == {
+        "phase", "name", "message", "startTime", "completionTime"}

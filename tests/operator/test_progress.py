@@ -3,7 +3,8 @@
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
 from omnitrain import contract
-from omnitrain.operator.progress import parse_progress, progress_patch
+from omnitrain.operator.progress import parse_progress, progress_status
+from omnitrain.status import JobStatus, LastCheckpoint
 
 
 def exposition(step=None, checkpoint=None, goodput=None, badput=None) -> str:
@@ -26,21 +27,20 @@ def exposition(step=None, checkpoint=None, goodput=None, badput=None) -> str:
 def test_step_checkpoint_and_goodput_reach_status():
     metrics = parse_progress(exposition(step=12, checkpoint=10, goodput=0.91234,
                                         badput={"startup": 4.04, "recovery": 0.0}))
-    patch = progress_patch(metrics, {}, "/mnt/ckpt/j", "t1")
-    assert patch["currentStep"] == 12 and patch["totalSteps"] == 100
-    assert patch["lastCheckpoint"] == {"step": 10, "path": "/mnt/ckpt/j", "time": "t1"}
-    assert patch["goodput"] == {"ratio": 0.9123, "badputSeconds": {"recovery": 0.0, "startup": 4.0}}
-    # nothing new: no patch (the operator does not write status every resync)
-    status = {"currentStep": 12, "totalSteps": 100, "lastCheckpoint": patch["lastCheckpoint"],
-              "goodput": patch["goodput"]}
-    assert progress_patch(metrics, status, "/mnt/ckpt/j", "t2") == {}
+    new = progress_status(metrics, JobStatus(), "/mnt/ckpt/j", "t1")
+    assert new.current_step == 12 and new.total_steps == 100
+    assert new.last_checkpoint == LastCheckpoint(step=10, path="/mnt/ckpt/j", time="t1")
+    assert new.goodput == {"ratio": 0.9123, "badputSeconds": {"recovery": 0.0, "startup": 4.0}}
+    # nothing new: the same status (the operator does not write status every resync)
+    assert progress_status(metrics, new, "/mnt/ckpt/j", "t2") == new
 
 
 def test_no_checkpoint_yet_and_no_goodput_yet_leave_status_alone():
     # the trainer reports 0 until its first checkpoint completes; goodput is absent until first computed
-    patch = progress_patch(parse_progress(exposition(step=3, checkpoint=0)), {}, "/mnt/ckpt/j", "t1")
-    assert patch == {"currentStep": 3, "totalSteps": 100}
+    new = progress_status(parse_progress(exposition(step=3, checkpoint=0)), JobStatus(), "/mnt/ckpt/j", "t1")
+    assert new.to_wire() == {"currentStep": 3, "totalSteps": 100}
 
 
 def test_broken_endpoint_text_is_no_news():
-    assert progress_patch(parse_progress(""), {"currentStep": 5}, "/x", "t") == {}
+    status = JobStatus(current_step=5)
+    assert progress_status(parse_progress(""), status, "/x", "t") == status

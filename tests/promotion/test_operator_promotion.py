@@ -1,11 +1,10 @@
 """The promotion chain as pure planning: which children when, and what status.promotion says."""
 
-import pytest
-
 from omnitrain.operator import plan
 from omnitrain.operator.promotion import (PromotionOptions, plan_promotion, promotion_settled, render_distill_job,
                                           render_serving)
 from omnitrain.spec import JobSpec
+from omnitrain.status import JobStatus
 
 JOB = plan.JobRef(name="video", namespace="team", uid="uid-1")
 NOW = "2026-11-25T06:00:00Z"
@@ -21,11 +20,8 @@ def _spec(distill=True, inference=True, **inference_fields):
                                    "promotion": promotion})
 
 
-def _succeeded(promotion=None):
-    st = {"phase": "Succeeded", "completionTime": "2026-11-25T05:59:00Z"}
-    if promotion is not None:
-        st["promotion"] = promotion
-    return st
+def _succeeded(promotion=None, **fields):
+    return JobStatus(phase="Succeeded", completion_time="2026-11-25T05:59:00Z", promotion=promotion, **fields)
 
 
 def _job_done(ok=True):
@@ -35,7 +31,7 @@ def _job_done(ok=True):
 
 
 def test_nothing_before_success_or_without_promotion():
-    assert plan_promotion(JOB, _spec(), {"phase": "Running"}, None, None, NOW) is None
+    assert plan_promotion(JOB, _spec(), JobStatus(phase="Running"), None, None, NOW) is None
     assert plan_promotion(JOB, _spec(False, False), _succeeded(), None, None, NOW) is None
 
 
@@ -49,12 +45,12 @@ def test_full_chain_training_distillation_serving():
     pod = job["spec"]["template"]["spec"]
     assert pod["containers"][0]["command"] == ["omnitrain", "distill", "--config", "/etc/omnitrain/config.yaml"]
     assert {"name": "checkpoints", "persistentVolumeClaim": {"claimName": "ckpt"}} in pod["volumes"]
-    assert d.promotion["chain"] == "training:Succeeded -> distillation:Running -> serving:Pending"
+    assert d.promotion.chain == "training:Succeeded -> distillation:Running -> serving:Pending"
     assert [e.reason for e in d.events] == ["DistillationStarted"]
 
     # While the Job runs: nothing new is created.
     running = plan_promotion(JOB, spec, _succeeded(d.promotion), {"status": {"active": 1}}, None, NOW)
-    assert running.create == [] and running.promotion["distill"]["phase"] == "Running"
+    assert running.create == [] and running.promotion.distill.phase == "Running"
 
     done = plan_promotion(JOB, spec, _succeeded(running.promotion), _job_done(), None, NOW)
     kinds = [o["kind"] for o in done.create]
@@ -65,13 +61,13 @@ def test_full_chain_training_distillation_serving():
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": 8081}
     assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
     assert all(o["metadata"]["ownerReferences"][0]["name"] == "video" for o in done.create)
-    assert done.promotion["chain"] == "training:Succeeded -> distillation:Succeeded -> serving:Progressing"
-    assert "http://video-serve.team.svc.cluster.local:8081" in done.promotion["inference"]["message"]
+    assert done.promotion.chain == "training:Succeeded -> distillation:Succeeded -> serving:Progressing"
+    assert "http://video-serve.team.svc.cluster.local:8081" in done.promotion.inference.message
     assert not promotion_settled(spec, _succeeded(done.promotion))
 
     ready = plan_promotion(JOB, spec, _succeeded(done.promotion), _job_done(), {"status": {"readyReplicas": 1}},
                            NOW)
-    assert ready.create == [] and ready.promotion["inference"]["phase"] == "Ready"
+    assert ready.create == [] and ready.promotion.inference.phase == "Ready"
     assert [e.reason for e in ready.events] == ["ServingReady"]
     assert promotion_settled(spec, _succeeded(ready.promotion))
 
@@ -81,11 +77,11 @@ def test_failed_distillation_blocks_serving_and_is_not_retried():
     first = plan_promotion(JOB, spec, _succeeded(), None, None, NOW)
     failed = plan_promotion(JOB, spec, _succeeded(first.promotion), _job_done(ok=False), None, NOW)
     assert failed.create == []
-    assert failed.promotion["distill"]["phase"] == "Failed"
-    assert failed.promotion["inference"]["phase"] == "Failed"
+    assert failed.promotion.distill.phase == "Failed"
+    assert failed.promotion.inference.phase == "Failed"
     # The Job object deleted later: still recorded as failed, nothing re-created.
     again = plan_promotion(JOB, spec, _succeeded(failed.promotion), None, None, NOW)
-    assert again.create == [] and again.promotion["distill"]["phase"] == "Failed"
+    assert again.create == [] and again.promotion.distill.phase == "Failed"
     assert promotion_settled(spec, _succeeded(again.promotion))
 
 
@@ -96,7 +92,7 @@ def test_inference_only_serves_the_final_checkpoint_folder():
     command = deployment["spec"]["template"]["spec"]["containers"][0]["command"]
     assert command[command.index("--checkpoint") + 1] == "/mnt/ck/video"
     assert "--no-fp8" in command and "--config" in command
-    assert d.promotion["chain"] == "training:Succeeded -> serving:Progressing"
+    assert d.promotion.chain == "training:Succeeded -> serving:Progressing"
 
 
 def test_commands_come_from_the_operator_options():
@@ -120,3 +116,18 @@ def test_promotion_pods_are_not_mistaken_for_the_training_gang():
     d = plan_promotion(JOB, _spec(), _succeeded(), None, None, NOW)
     labels = d.create[0]["spec"]["template"]["metadata"]["labels"]
     assert plan.LABEL_JOB not in labels and labels["omnitrain.io/promoted-from"] == "video"
+
+
+def test_promotion_pods_share_the_training_pods_skeleton():
+    spec = JobSpec.model_validate({"checkpoint": {"persistentClaim": "ckpt", "persistentPath": "/mnt/ck"},
+                                   "scheduling": {"schedulerName": "volcano", "nodeSelector": {"pool": "gpu"}},
+                                   "promotion": {"distill": {}, "inference": {}}})
+    d = plan_promotion(JOB, spec, _succeeded(excluded_nodes=["gpu-3"]), None, None, NOW)
+    pod = d.create[0]["spec"]["template"]["spec"]
+    assert pod["schedulerName"] == "volcano" and pod["nodeSelector"] == {"pool": "gpu"}
+    terms = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    assert terms[0]["matchExpressions"][0]["values"] == ["gpu-3"]     # kept off the isolated node
+    training = plan.render_pod(JOB, spec, 0, 0, ["gpu-3"], plan.PlanOptions())["spec"]
+    for key in ("schedulerName", "nodeSelector"):
+        assert pod[key] == training[key]
+    assert training["affinity"]["nodeAffinity"] == pod["affinity"]["nodeAffinity"]

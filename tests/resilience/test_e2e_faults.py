@@ -2,7 +2,7 @@
 launches a job whose pods run its default command (`omnitrain watchdog -- torchrun ... -m omnitrain train`, 2 ranks,
 gloo); after the first complete checkpoint we SIGSTOP one rank (hang), SIGKILL one rank, or delete the node a pod
 runs on. The watchdog or torchrun ends the pod, or the operator sees the node gone; the operator classifies the
-failure (omnitrain.resilience via reconcile.decide_recovery) and gang-restarts; the next attempt resumes from the
+failure (omnitrain.resilience.decide) and gang-restarts; the next attempt resumes from the
 newest complete checkpoint and the job Succeeds with a final checkpoint bitwise equal to an uninterrupted run's.
 
 One uninterrupted torchrun run serves all three (module fixture, started with the first test and overlapping the

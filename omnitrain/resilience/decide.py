@@ -1,0 +1,75 @@
+"""The one recovery decision the operator asks for. Pure; no torch, no kopf.
+
+    action = decide(pods, nodes, status, spec, missing=[names of the attempt's pods gone from the API])
+
+inputs   pods (PodObservation: termination message parsed once, when the pod was read), nodes (NodeObservation by
+         name; a node not listed is not judged), the job's JobStatus (recovery counters, last checkpoint), the spec
+classify omnitrain.resilience.classify: every pod, lost node and missing pod at once; the first class in PRECEDENCE
+         explains the others (a crash caused by a lost peer node is a NodeLost)
+plan     omnitrain.resilience.recovery.plan_recovery: budget, back-off, no-progress counter, isolation/exclusion
+result   None (nothing failed) or GangRestart / Fail / Wait, with the operator's reasons: GangRestart;
+         PermanentFailure / RestartLimitExceeded / NoProgress; InsufficientNodes
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
+
+from omnitrain.resilience.classify import (Failure, FailureClass, NodeObservation, PodObservation, classify,
+                                           missing_pod)
+from omnitrain.resilience.recovery import Fail, GangRestart, RecoveryAction, RecoveryState, Wait, plan_recovery
+from omnitrain.spec import JobSpec
+from omnitrain.status import JobStatus, LastFailure
+
+_FAIL_REASONS = {"RestartBudgetExhausted": "RestartLimitExceeded", "NoProgress": "NoProgress"}
+MAX_FAILURE_MESSAGE = 500
+
+
+def last_checkpoint_step(status: JobStatus) -> int | None:
+    step = status.last_checkpoint.step if status.last_checkpoint else None
+    return None if step is None or step < 0 else step
+
+
+def decide(pods: Sequence[PodObservation], nodes: Mapping[str, NodeObservation], status: JobStatus, spec: JobSpec,
+           missing: Iterable[str] = (), usable_nodes: list[str] | None = None) -> RecoveryAction | None:
+    """What to do about the current attempt: None while no pod shows a failure. `usable_nodes`: the schedulable,
+    Ready nodes when known (then too few of them is a Wait, not a restart that cannot be scheduled)."""
+    failure = classify([*pods, *(missing_pod(name) for name in missing)], list(nodes.values()))
+    if failure is None:
+        return None
+    action = plan_recovery(failure, RecoveryState.from_status(status), spec.resilience, last_checkpoint_step(status),
+                           nodes_needed=spec.parallelism.nodes if usable_nodes is not None else None,
+                           usable_nodes=usable_nodes)
+    tag = f"[{failure.failure_class.value}]"
+    match action:
+        case GangRestart():
+            return replace(action, reason="GangRestart", message=f"{tag} {action.message}")
+        case Fail():
+            return replace(action, reason=_FAIL_REASONS.get(action.reason, "PermanentFailure"),
+                           message=f"{tag} {action.message}")
+        case Wait():
+            return action
+
+
+def last_failure(failure: Failure, now: str) -> LastFailure:
+    """status.lastFailure: the pod that explains the attempt, in its own words (its termination message's reason,
+    else the container's or the pod's), or NodeLost / PodLost when it could not say."""
+    pod = failure.primary
+    if pod is None:
+        return LastFailure(reason=failure.reason, message=failure.detail[:MAX_FAILURE_MESSAGE], time=now)
+    term = pod.termination
+    if failure.failure_class is FailureClass.NODE_LOST:
+        reason, message, exit_code = "NodeLost", failure.detail, None
+    else:
+        reason = (term.reason if term else None) or pod.container_reason or pod.pod_reason \
+            or pod.disruption_reason or pod.waiting_reason or "Error"
+        message = term.message if term and term.message else (
+            failure.detail if pod.termination_message is None and pod.exit_code is None
+            else pod.termination_message or "")
+        exit_code = pod.exit_code
+    return LastFailure(pod=pod.name, node=pod.node, exit_code=exit_code, reason=reason,
+                       message=message[:MAX_FAILURE_MESSAGE], time=now)
+
+
+__all__ = ["decide", "last_checkpoint_step", "last_failure"]
