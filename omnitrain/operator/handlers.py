@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import Any
 import time
 from collections.abc import Callable
 from typing import Protocol
@@ -194,16 +195,17 @@ def configure(settings: kopf.OperatorSettings, **_) -> None:
 @kopf.on.resume(crd.GROUP, crd.VERSION, crd.PLURAL)
 @kopf.on.create(crd.GROUP, crd.VERSION, crd.PLURAL)
 @kopf.on.update(crd.GROUP, crd.VERSION, crd.PLURAL, field="spec")
-def job_changed(namespace: str, name: str, **_) -> None:
+def job_changed(namespace: str | None, name: str, **_: Any) -> None:
+    if CONTROLLER is None or namespace is None:   # the CRD is namespaced: kopf always passes one
+        return
     with _timed("job"):
-        assert CONTROLLER is not None
         CONTROLLER.reconcile(namespace, name)
 
 
 @kopf.on.event("", "v1", "pods", labels={plan.LABEL_ROLE: "trainer", plan.LABEL_JOB: kopf.PRESENT})
-def pod_event(body: kopf.Body, namespace: str, **_) -> None:
+def pod_event(body: kopf.Body, namespace: str | None, **_: Any) -> None:
     owner = next((o for o in body.metadata.get("ownerReferences") or [] if o.get("kind") == crd.KIND), None)
-    if owner is None or CONTROLLER is None:
+    if owner is None or CONTROLLER is None or namespace is None:
         return
     with _timed("pod"):
         CONTROLLER.reconcile(namespace, owner["name"])

@@ -8,7 +8,9 @@ import json
 import logging
 import threading
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any, cast
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
@@ -27,6 +29,12 @@ REQUEST_TIMEOUT = (10.0, 60.0)   # connect, read (seconds)
 
 def now_iso() -> str:
     return now_rfc3339()
+
+
+def raw_json(response: Any) -> dict:
+    """The body of a call made with `_preload_content=False` (a urllib3 response: the client's typed model would
+    drop fields it does not know and costs a deserialisation the operator does not need)."""
+    return json.loads(response.data)
 
 
 class CallCounter:
@@ -68,7 +76,8 @@ class Kube:
     # -- reads -----------------------------------------------------------------------------------------------
     def get_job(self, namespace: str, name: str) -> dict | None:
         try:
-            return self.custom.get_namespaced_custom_object(crd.GROUP, crd.VERSION, namespace, crd.PLURAL, name)
+            return cast(dict, self.custom.get_namespaced_custom_object(crd.GROUP, crd.VERSION, namespace, crd.PLURAL,
+                                                                       name))
         except ApiException as exc:
             if exc.status == 404:
                 return None
@@ -76,14 +85,15 @@ class Kube:
 
     def list_jobs(self, namespaces: list[str]) -> list[dict]:
         if not namespaces:
-            return self.custom.list_cluster_custom_object(crd.GROUP, crd.VERSION, crd.PLURAL)["items"]
+            return cast(dict, self.custom.list_cluster_custom_object(crd.GROUP, crd.VERSION, crd.PLURAL))["items"]
         return [j for ns in namespaces
-                for j in self.custom.list_namespaced_custom_object(crd.GROUP, crd.VERSION, ns, crd.PLURAL)["items"]]
+                for j in cast(dict, self.custom.list_namespaced_custom_object(crd.GROUP, crd.VERSION, ns,
+                                                                              crd.PLURAL))["items"]]
 
     def list_pods(self, namespace: str, job: str) -> list[dict]:
         result = self.core.list_namespaced_pod(namespace, label_selector=f"{plan.LABEL_JOB}={job}",
                                                _preload_content=False)
-        return json.loads(result.data)["items"]
+        return raw_json(result)["items"]
 
     def nodes(self, names: set[str] | list[str]) -> dict[str, NodeObservation]:
         """What the Nodes of these names look like (gone: exists=False)."""
@@ -98,7 +108,7 @@ class Kube:
                     out[name] = self._nodes[name]
                     continue
             try:
-                out[name] = json.loads(self.core.read_node(name, _preload_content=False).data)
+                out[name] = raw_json(self.core.read_node(name, _preload_content=False))
             except ApiException as exc:
                 if exc.status != 404:
                     raise
@@ -121,8 +131,9 @@ class Kube:
     def create_if_absent(self, obj: dict) -> bool:
         """True when created, False when it already existed (idempotent launch)."""
         ns, kind = obj["metadata"]["namespace"], obj["kind"]
-        create = {"Pod": self.core.create_namespaced_pod, "Service": self.core.create_namespaced_service,
-                  "ConfigMap": self.core.create_namespaced_config_map}[kind]
+        creators: dict[str, Callable[..., Any]] = {"Pod": self.core.create_namespaced_pod, "Service": self.core.create_namespaced_service,
+                             "ConfigMap": self.core.create_namespaced_config_map}
+        create = creators[kind]
         try:
             create(ns, obj)
         except ApiException as exc:
@@ -183,10 +194,10 @@ class Kube:
     # -- carrying out a decision -----------------------------------------------------------------------------
     def apply(self, job: dict, decision: Decision, children: list[dict] | None) -> None:
         ns = job["metadata"]["namespace"]
-        for pod in decision.delete_pods:
-            self.delete_pod(ns, pod)
-        for pod in decision.force_delete_pods:
-            self.delete_pod(ns, pod, force=True)
+        for name in decision.delete_pods:
+            self.delete_pod(ns, name)
+        for name in decision.force_delete_pods:
+            self.delete_pod(ns, name, force=True)
         for node in decision.isolate_nodes:
             self.isolate_node(node)
         children = children or []

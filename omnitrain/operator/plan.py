@@ -156,7 +156,7 @@ def _env(job: JobRef, spec: JobSpec, attempt: int, rank: int, options: PlanOptio
         contract.TERMINATION_LOG_ENV: contract.DEFAULT_TERMINATION_LOG,
         **options.extra_env,
     }
-    env = [{"name": k, "value": v} for k, v in plain.items()]
+    env: list[dict] = [{"name": k, "value": v} for k, v in plain.items()]
     env.append({"name": contract.ENV_POD_IP, "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}})
     env.append({"name": contract.ENV_NODE_NAME, "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}})
     return env

@@ -129,6 +129,8 @@ def render_distill_job(job: plan.JobRef, spec: JobSpec, options: PromotionOption
 def render_serving(job: plan.JobRef, spec: JobSpec, options: PromotionOptions,
                    excluded_nodes: list[str] | None = None) -> list[dict]:
     inf = spec.promotion.inference
+    if inf is None:
+        raise ValueError("render_serving: spec.promotion.inference is not set (the caller checks wanted(spec))")
     port = inf.port
     mounts, volumes = _volumes(job, spec)
     command = list(options.serve_command) + ["--checkpoint", served_checkpoint(job, spec), "--config",
@@ -202,7 +204,8 @@ def plan_promotion(job: plan.JobRef, spec: JobSpec, status: JobStatus, distill_j
                                             completion_time=status.completion_time or now))
     d = PromotionDecision(promotion=new)
     upstream_ok = True
-    if do_distill:
+    distill_spec, inference_spec = spec.promotion.distill, spec.promotion.inference
+    if do_distill and distill_spec is not None:
         prev = old.distill or PromotionStage()
         if prev.phase in (SUCCEEDED, FAILED):
             stage = prev.model_copy()           # terminal: recorded, whatever happened to the Job object since
@@ -211,8 +214,8 @@ def plan_promotion(job: plan.JobRef, spec: JobSpec, status: JobStatus, distill_j
             stage = PromotionStage(phase=RUNNING, name=distill_job_name(job.name), start_time=now,
                                    message=f"teacher = final checkpoint, student -> {served_checkpoint(job, spec)}")
             d.events.append(Event("Normal", "DistillationStarted",
-                                  f"job {distill_job_name(job.name)}: {spec.promotion.distill.teacher_steps} -> "
-                                  f"{spec.promotion.distill.student_steps} sampling steps"))
+                                  f"job {distill_job_name(job.name)}: {distill_spec.teacher_steps} -> "
+                                  f"{distill_spec.student_steps} sampling steps"))
         else:
             phase, message = distill_phase(distill_job) if distill_job is not None else (
                 FAILED, "distillation job disappeared before it finished")
@@ -224,9 +227,9 @@ def plan_promotion(job: plan.JobRef, spec: JobSpec, status: JobStatus, distill_j
                                       message))
         new.distill = stage
         upstream_ok = stage.phase == SUCCEEDED
-    if do_serve:
+    if do_serve and inference_spec is not None:
         prev = old.inference or PromotionStage()
-        replicas = spec.promotion.inference.replicas
+        replicas = inference_spec.replicas
         if not upstream_ok:
             failed = new.distill is not None and new.distill.phase == FAILED
             stage = PromotionStage(phase=FAILED if failed else PENDING, name=serve_name(job.name),

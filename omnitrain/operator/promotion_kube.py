@@ -4,6 +4,8 @@ pure planner (omnitrain.operator.promotion), create what it returns, write statu
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from typing import Any
 import os
 import shlex
 
@@ -38,9 +40,10 @@ def _read(call, *args) -> dict | None:
 
 def _create(api_client, obj: dict) -> None:
     ns, kind = obj["metadata"]["namespace"], obj["kind"]
-    create = {"Job": client.BatchV1Api(api_client).create_namespaced_job,
-              "Deployment": client.AppsV1Api(api_client).create_namespaced_deployment,
-              "Service": client.CoreV1Api(api_client).create_namespaced_service}[kind]
+    creators: dict[str, Callable[..., Any]] = {"Job": client.BatchV1Api(api_client).create_namespaced_job,
+                         "Deployment": client.AppsV1Api(api_client).create_namespaced_deployment,
+                         "Service": client.CoreV1Api(api_client).create_namespaced_service}
+    create = creators[kind]
     try:
         create(ns, obj)
     except ApiException as exc:
