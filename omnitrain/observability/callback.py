@@ -21,7 +21,7 @@ from typing import Callable
 from omnitrain import contract
 from omnitrain.observability import mfu as mfu_math
 from omnitrain.observability.peaks import configured_peak_flops, resolve_peak_flops
-from omnitrain.observability.step_log import StepLogWriter, read_job_log
+from omnitrain.metrics_log import StepLogWriter, read_job_log
 from omnitrain.observability.trainer_metrics import MetricsRole, TrainerMetrics
 from omnitrain.timestamps import parse_rfc3339
 

@@ -28,6 +28,7 @@ from typing import Callable, Sequence
 
 from omnitrain import contract
 from omnitrain.contract import ExitCode, TerminationMessage, write_termination_message
+from omnitrain.metrics_log import StepLogWriter
 from omnitrain.resilience.hang import Assessment, HangPolicy, StepTimeLearner, Verdict, assess
 from omnitrain.resilience.heartbeat import ENV_HEARTBEAT_DIR, STACK_DUMP_SIGNAL, read_heartbeats, stack_dump_path
 from omnitrain.resilience.rdma import DEFAULT_RDMA_ROOT, ENV_RDMA_ROOT, RdmaMonitor, read_counters
@@ -244,7 +245,6 @@ class Supervisor:
         if not self.options.metrics_log_dir:
             return
         try:
-            from omnitrain.observability.step_log import StepLogWriter
             writer = StepLogWriter(self.options.metrics_log_dir, self.options.attempt)
             try:
                 writer.write("hang", now, step=assessment.min_step,

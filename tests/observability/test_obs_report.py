@@ -7,7 +7,7 @@ import pytest
 
 from omnitrain.observability.callback import MetricsCallback
 from omnitrain.observability.report import summarise, write_report
-from omnitrain.observability.step_log import read_job_log
+from omnitrain.metrics_log import read_job_log
 
 
 class FakeClock:

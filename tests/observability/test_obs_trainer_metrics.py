@@ -12,7 +12,7 @@ from omnitrain import contract
 from omnitrain.observability import trainer_metrics as tm
 from omnitrain.observability.callback import MetricsCallback, metrics_log_dir
 from omnitrain.observability.gpu_telemetry import GpuTelemetry
-from omnitrain.observability.step_log import read_job_log
+from omnitrain.metrics_log import read_job_log
 from omnitrain.spec import JobSpec, RunInfo, TrainerConfig
 
 PEAK = 5e10  # configured per-device peak for this CPU run (FLOP/s); MFU on CPU is only ever relative to this

@@ -4,7 +4,7 @@ import torch
 
 from omnitrain.observability.callback import MetricsCallback
 from omnitrain.observability.report import summarise
-from omnitrain.observability.step_log import read_job_log
+from omnitrain.metrics_log import read_job_log
 from omnitrain.spec import TrainerConfig
 from omnitrain.trainer.checkpoint.callback import CheckpointCallback
 
