@@ -1,4 +1,4 @@
-"""`omnitrain report`: a PNG and an HTML page about one job, from its metrics log (omnitrain.metrics_log) and its status.
+"""`omnitrain report`: a PNG and an HTML page about one job, from its metrics log (omnitrain.metrics_log) and status.
 
 Panels: loss per step (coloured by attempt, restarts marked), throughput (tokens/s and MFU), step time with checkpoint
 blocking, and the goodput timeline over wall-clock time with restarts and down time marked. `summarise` is a pure
