@@ -218,6 +218,28 @@ def test_a_failed_step_still_ends_training_with_reason_error(tmp_path):
     assert order.calls[-3:] == [("step", 2), ("end", 2, "Error"), ("exit", 2)]
 
 
+def test_default_callbacks_leave_a_done_heartbeat_and_the_final_checkpoint(tmp_path, monkeypatch):
+    """Under the watchdog: the final save ran in "finish", and a rank that is through says "done", so the watchdog
+    does not take a rank waiting for slower peers' final saves for a stalled one."""
+    from omnitrain.observability.callback import MetricsCallback
+    from omnitrain.resilience.heartbeat import HeartbeatCallback, read_heartbeats
+    from omnitrain.trainer.callbacks import default_callbacks
+    monkeypatch.setenv("OMNITRAIN_HEARTBEAT_DIR", str(tmp_path / "beats"))
+    monkeypatch.setenv("OMNITRAIN_METRICS_PORT", "0")
+    monkeypatch.setenv("POD_IP", "127.0.0.1")
+    config = make_config(tmp_path, steps=2)
+    callbacks = default_callbacks(config)
+    try:
+        result = train(config, callbacks=callbacks, log=_quiet)
+    finally:
+        for cb in callbacks:
+            if isinstance(cb, (MetricsCallback, HeartbeatCallback)):
+                cb.close()    # the endpoint and the stack-dump file; a pod's process simply exits
+    beat = read_heartbeats(tmp_path / "beats")[0]
+    assert (beat.step, beat.section) == (2, "done")
+    assert result.checkpoint_step == 2 and 0 < result.goodput["ratio"] <= 1
+
+
 class _ClaimsRestore(TrainerHooks):
     def restore(self, *, state):
         return Restored(step=0, seconds=0.0)
