@@ -24,6 +24,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from omnitrain.observability.callback import MetricsCallback  # noqa: E402
+from omnitrain.training_hooks import StepStats  # noqa: E402
 
 
 def make_model():
@@ -48,8 +49,8 @@ def run_round(steps: int, callback: MetricsCallback | None, scrape_every: int = 
         compute = time.perf_counter() - started
         if callback is not None:
             hook_started = time.perf_counter()
-            callback.on_step_end(step=step, loss=loss.detach(), tokens=x.shape[0], flops=6.0 * params * x.shape[0],
-                                 step_seconds=compute)
+            callback.on_step_end(stats=StepStats(step=step, loss=loss.item(), tokens=x.shape[0],
+                                                 flops=6.0 * params * x.shape[0], step_seconds=compute))
             hook_times.append(time.perf_counter() - hook_started)
             if step % scrape_every == 0:
                 scrape_started = time.perf_counter()

@@ -56,6 +56,7 @@ class FakePort:
 
 def worker(args) -> int:
     from omnitrain.resilience.heartbeat import HeartbeatCallback
+    from omnitrain.training_hooks import StepStats
     events = open(args.events, "a")
 
     def emit(kind: str, **fields) -> None:
@@ -93,19 +94,20 @@ def worker(args) -> int:
         t = time.perf_counter()
         time.sleep(args.step_seconds)               # compute + communication of one step
         seconds = time.perf_counter() - t
-        cb.on_step_end(step=step, step_seconds=seconds)
+        cb.on_step_end(stats=StepStats(step=step, step_seconds=seconds))
         emit("step", step=step, seconds=seconds)
         if args.checkpoint_every and step % args.checkpoint_every == 0:
-            cb.on_checkpoint_start(step)
+            cb.on_checkpoint_start(step=step)
             t = time.perf_counter()
             time.sleep(args.save_seconds)           # the loop is blocked for the copy to host
             tmp = ckpt.with_suffix(".tmp")
             tmp.write_text(json.dumps({"step": step}))
             os.replace(tmp, ckpt)
             blocked = time.perf_counter() - t
-            cb.on_checkpoint_blocked(step, blocked)
+            cb.on_checkpoint_blocked(step=step, seconds=blocked)
             emit("checkpoint_save", step=step, seconds=blocked)
-    cb.on_train_end(step=args.steps)
+    cb.on_train_end(step=args.steps, reason="Completed")
+    cb.on_exit(step=args.steps)
     return 0
 
 
@@ -141,6 +143,7 @@ def read_events(work: Path) -> list[dict]:
 def heartbeat_cost(beats: int = 5000) -> None:
     """What one heartbeat costs the training loop, beside the bare loop it is added to."""
     from omnitrain.resilience.heartbeat import HeartbeatCallback
+    from omnitrain.training_hooks import StepStats
     with tempfile.TemporaryDirectory() as d:
         cb = HeartbeatCallback(d, rank=0)
         cb.on_train_start(step=0)
@@ -150,7 +153,7 @@ def heartbeat_cost(beats: int = 5000) -> None:
         bare = time.perf_counter() - t
         t = time.perf_counter()
         for step in range(1, beats + 1):
-            cb.on_step_end(step=step, step_seconds=0.1)
+            cb.on_step_end(stats=StepStats(step=step, step_seconds=0.1))
         with_beats = time.perf_counter() - t
         cb.close()
     per_beat = (with_beats - bare) / beats

@@ -30,6 +30,7 @@ from omnitrain.trainer.data.loader import PackedLoader
 from omnitrain.trainer.data.reader import ShardReader
 from omnitrain.trainer.data.synthetic import SynthSpec, write_synthetic
 from omnitrain.trainer.train import train
+from omnitrain.training_hooks import StepStats, TrainerHooks
 
 
 def _length(sample, patch) -> int:
@@ -83,12 +84,12 @@ def throughput(root: Path, steps: int) -> list[float]:
             "training": {"steps": steps + 2, "warmupSteps": 2}}, "run": {"jobName": "bench"}})
         times, tokens, losses = [], [], []
 
-        class Timer:
-            def on_step_end(self, step, step_seconds, tokens: int, loss: float, **_):
-                losses.append(loss)
-                if step > 2:
-                    times.append(step_seconds)
-                    tokens_per.append(tokens)
+        class Timer(TrainerHooks):
+            def on_step_end(self, *, state, stats: StepStats):
+                losses.append(stats.loss)
+                if stats.step > 2:
+                    times.append(stats.step_seconds)
+                    tokens_per.append(stats.tokens)
 
         tokens_per = tokens
         with force_backend(backend):

@@ -96,7 +96,7 @@ def watch(kubeconfig: Path, operator: subprocess.Popen) -> str:
 
 def print_loss_trend(metrics_dir: Path) -> None:
     """The quickstart must really learn: the mean loss of the last steps against the first ones."""
-    from omnitrain.observability.step_log import read_job_log
+    from omnitrain.metrics_log import read_job_log
     losses = [r["loss"] for r in read_job_log(metrics_dir).of_kind("step") if r.get("loss") is not None]
     if len(losses) < 10:
         log(f"only {len(losses)} logged losses in {metrics_dir}")

@@ -1,12 +1,14 @@
 """The training-loop callback that feeds the pod's Prometheus endpoint and the job's metrics log.
 
-Hooks (called by omnitrain.trainer.train on every rank; only global rank 0 records job figures, local rank 0 serves):
-  on_train_start(step=<resumed from>, restore_seconds=...)
-  on_step_end(step=..., loss=..., tokens=<whole job, this step>, flops=<model FLOPs, whole job, this step>,
-              step_seconds=<optional: measured here between calls when absent>, data_seconds=<optional: input wait>)
-  on_train_end(step=..., reason="Completed")
-and event methods for the parts that know about them: on_checkpoint_blocked, on_checkpoint_complete, on_restore,
-on_hang, on_goodput. Each hook takes either keyword arguments or one state object with those attributes.
+A TrainerCallback (omnitrain.trainer.callbacks) and CheckpointListener (the checkpointer's), keywords only, called on
+every rank; only global rank 0 records job figures, local rank 0 serves:
+  on_train_start(step=<resumed from>, restore_seconds=)
+  on_step_end(stats=StepStats)      (step_seconds None: measured here between calls)
+  on_train_end(step=, reason=)
+  on_checkpoint_blocked(step=, seconds=), on_checkpoint_complete(step=), on_restore(step=, seconds=)
+  outcome() -> the job's goodput (rank 0)
+Hangs come from the watchdog's `hang` records in the metrics log (counted when an attempt starts); goodput is
+recomputed from the log here (on_goodput).
 """
 
 from __future__ import annotations
@@ -19,17 +21,19 @@ from pathlib import Path
 from typing import Callable
 
 from omnitrain import contract
+from omnitrain.metrics_log import StepLogWriter, read_job_log
 from omnitrain.observability import mfu as mfu_math
+from omnitrain.observability.gpu_telemetry import GpuTelemetry
 from omnitrain.observability.peaks import configured_peak_flops, resolve_peak_flops
-from omnitrain.observability.step_log import StepLogWriter, read_job_log
 from omnitrain.observability.trainer_metrics import MetricsRole, TrainerMetrics
+from omnitrain.resilience.goodput import GoodputReport, compute_goodput, events_from_metrics_log
 from omnitrain.timestamps import parse_rfc3339
+from omnitrain.training_hooks import COMPLETED, CheckpointHooks, StepStats, TrainerHooks, TrainOutcome
 
 log = logging.getLogger(__name__)
 
 METRICS_LOG_SUBDIR = "metrics"
 GOODPUT_EVERY_SECONDS = 30.0   # recomputing walks the whole job's log: often enough for a dashboard, cheap
-_MISSING = object()
 
 
 def parse_timestamp(text: str | None) -> float | None:
@@ -40,25 +44,10 @@ def parse_timestamp(text: str | None) -> float | None:
     return when
 
 
-def _field(state, kwargs: dict, name: str, default=None):
-    """A hook argument given as a keyword, or as an attribute/key of a state object."""
-    if name in kwargs:
-        return kwargs[name]
-    if state is not None:
-        if isinstance(state, dict):
-            return state.get(name, default)
-        value = getattr(state, name, _MISSING)
-        if value is not _MISSING:
-            return value
-    return default
-
-
-def _number(value) -> float | None:
-    """A plain float from a Python number or a 0-d tensor; None for missing or non-finite values."""
+def _finite(value: float | None) -> float | None:
+    """None for missing or non-finite values (a NaN loss must not poison the gauges and the log)."""
     if value is None:
         return None
-    if hasattr(value, "item"):
-        value = value.item()
     value = float(value)
     return value if math.isfinite(value) else None
 
@@ -73,7 +62,6 @@ def metrics_log_dir(checkpoint_persistent_path: str, checkpoint_local_path: str,
 
 def detect_device_name() -> str | None:
     """The accelerator's name as NVML or torch reports it; None on CPU."""
-    from omnitrain.observability.gpu_telemetry import GpuTelemetry
     telemetry = GpuTelemetry()
     try:
         names = telemetry.device_names()
@@ -82,7 +70,7 @@ def detect_device_name() -> str | None:
     if names:
         return names[0]
     try:
-        import torch
+        import torch   # only when NVML has no answer: importing observability must not pull in torch
         if torch.cuda.is_available():
             return torch.cuda.get_device_name(0)
     except Exception:
@@ -90,7 +78,7 @@ def detect_device_name() -> str | None:
     return None
 
 
-class MetricsCallback:
+class MetricsCallback(TrainerHooks, CheckpointHooks):
     def __init__(self, *, job: str, attempt: int, total_steps: int, world_size: int, rank: int, local_rank: int,
                  node: str = "", metrics_addr: str = "0.0.0.0", metrics_port: int | None = 9400,
                  log_dir: str | os.PathLike | None = None, peak_flops_per_device: float | None = None,
@@ -117,10 +105,10 @@ class MetricsCallback:
         self.job_created, self.goodput_every_seconds = job_created, goodput_every_seconds
         self._log_records: list[dict] = []
         self._goodput_mark: float | None = None
-        self.goodput_report = None
+        self.goodput_report: GoodputReport | None = None
 
     @classmethod
-    def from_config(cls, config, environ: dict[str, str] | None = None) -> "MetricsCallback":
+    def from_config(cls, config, environ: dict[str, str] | None = None) -> MetricsCallback:
         """Built from a TrainerConfig and torchrun's/the operator's environment (contract.py)."""
         env = os.environ if environ is None else environ
         spec, run = config.spec, config.run
@@ -162,7 +150,7 @@ class MetricsCallback:
         return self.metrics if self.role.job_level else None
 
     # --- training-loop hooks ------------------------------------------------------------------------------
-    def on_train_start(self, state=None, **kwargs) -> None:
+    def on_train_start(self, *, step: int, restore_seconds: float = 0.0, state: object = None) -> None:
         if self.metrics is not None and self.metrics_port is not None:
             try:
                 self.bound_port = self.metrics.serve(self.metrics_addr, self.metrics_port)
@@ -177,18 +165,20 @@ class MetricsCallback:
         m = self._job
         if m is None:
             return
-        step = int(_field(state, kwargs, "step", 0) or 0)
         m.step.set(step)
         m.total_steps.set(self.total_steps)
         m.world_size.set(self.world_size)
         m.attempt.set(self.attempt)
-        m.last_checkpoint_step.set(int(_field(state, kwargs, "checkpoint_step", step) or 0))
+        m.last_checkpoint_step.set(step)
         if self.checkpoint_interval:
             m.checkpoint_interval.set(self.checkpoint_interval)
         if self.peak_flops_per_device is not None:
             m.peak_flops.set(self.peak_flops_per_device)
         if self.log_dir is not None:
-            self._log_records = self._earlier_attempts()
+            self._log_records = self._earlier_attempts(self.log_dir)
+            for record in self._log_records:
+                if record["kind"] == "hang":     # written by the watchdog that ended an earlier attempt
+                    m.hangs.inc()
             self._writer = StepLogWriter(self.log_dir, self.attempt)
             for kind, when, fields in self._pending:
                 self._writer.write(kind, when, **fields)
@@ -197,23 +187,20 @@ class MetricsCallback:
             self._goodput_mark = self._monotonic()
         self._record("start", step=step, total_steps=self.total_steps, world_size=self.world_size,
                      peak_flops=self.peak_flops_per_device)
-        restore_seconds = _number(_field(state, kwargs, "restore_seconds"))
         if restore_seconds and not self._restore_recorded:  # not already reported by the checkpointer
             self.on_restore(step=step, seconds=restore_seconds)
 
-    def on_step_end(self, state=None, **kwargs) -> None:
+    def on_step_end(self, *, stats: StepStats, state: object = None) -> None:
         now = self._monotonic()
         measured = now - self._last_step_mark if self._last_step_mark is not None else None
         self._last_step_mark = now
         m = self._job
         if m is None:
             return
-        step = int(_field(state, kwargs, "step"))
-        step_seconds = _number(_field(state, kwargs, "step_seconds")) or measured
-        loss = _number(_field(state, kwargs, "loss"))
-        tokens = _number(_field(state, kwargs, "tokens"))
-        flops = _number(_field(state, kwargs, "flops"))
-        data_seconds = _number(_field(state, kwargs, "data_seconds"))
+        step = stats.step
+        step_seconds = _finite(stats.step_seconds) or measured
+        loss, tokens, flops = _finite(stats.loss), _finite(stats.tokens), _finite(stats.flops)
+        data_seconds = _finite(stats.data_seconds)
         m.step.set(step)
         if loss is not None:
             m.loss.set(loss)
@@ -235,9 +222,9 @@ class MetricsCallback:
             self._goodput_mark = now
             self._update_goodput()
 
-    def on_train_end(self, state=None, **kwargs) -> None:
+    def on_train_end(self, *, step: int | None, reason: str = COMPLETED, state: object = None) -> None:
         if self._job is not None:
-            self._record("end", step=_field(state, kwargs, "step"), reason=_field(state, kwargs, "reason", "Completed"))
+            self._record("end", step=step, reason=reason)
             if self._goodput_mark is not None:
                 self._update_goodput()
         if self._writer is not None:
@@ -245,53 +232,50 @@ class MetricsCallback:
             self._writer = None
 
     # --- events from checkpointing and resilience ---------------------------------------------------------
-    def on_checkpoint_blocked(self, step: int, seconds: float) -> None:
+    def on_checkpoint_blocked(self, *, step: int, seconds: float) -> None:
         if self._job is not None:
             self._job.checkpoint_blocking.observe(seconds)
             self._record("checkpoint", step=step, blocking_seconds=seconds)
 
-    def on_checkpoint_complete(self, step: int) -> None:
+    def on_checkpoint_complete(self, *, step: int) -> None:
         if self._job is not None:
             self._job.last_checkpoint_step.set(step)
             self._record("checkpoint", step=step, complete=True)
 
-    def on_restore(self, step: int, seconds: float) -> None:
+    def on_restore(self, *, step: int, seconds: float) -> None:
         if self._job is not None:
             self._restore_recorded = True
             self._job.restore_seconds.set(seconds)
             self._record("restore", step=step, seconds=seconds)
 
-    def on_hang(self, step: int | None = None) -> None:
-        if self._job is not None:
-            self._job.hangs.inc()
-            self._record("hang", step=step)
-
-    def on_goodput(self, goodput: float, badput_seconds: dict[str, float] | None = None) -> None:
+    def on_goodput(self, *, goodput: float, badput_seconds: dict[str, float] | None = None) -> None:
         if self._job is not None:
             self._job.goodput.set(goodput)
             self._job.set_badput(badput_seconds or {})
             self._record("goodput", goodput=goodput, badput_seconds=badput_seconds or {})
 
     # --- goodput ------------------------------------------------------------------------------------------
-    def _earlier_attempts(self) -> list[dict]:
+    def _earlier_attempts(self, log_dir: Path) -> list[dict]:
         """Records of the attempts before this one (a torn last line of a killed attempt is skipped)."""
         try:
-            log_ = read_job_log(self.log_dir)
+            log_ = read_job_log(log_dir)
         except FileNotFoundError:
             return []
         return [r for r in log_.records if int(r.get("attempt", -1)) < self.attempt]
 
     def _update_goodput(self) -> None:
-        from omnitrain.resilience.goodput import compute_goodput, events_from_metrics_log
         report = compute_goodput(events_from_metrics_log(self._log_records, job_started=self.job_created))
         if report.wall_seconds <= 0:
             return
         self.goodput_report = report
-        self.on_goodput(report.goodput, report.badput_seconds)
+        self.on_goodput(goodput=report.goodput, badput_seconds=report.badput_seconds)
+
+    def outcome(self) -> TrainOutcome:
+        return TrainOutcome(goodput=self.goodput_report.to_status() if self.goodput_report is not None else None)
 
     def close(self) -> None:
         if self._writer is not None:
-            self.on_train_end(reason="Closed")
+            self.on_train_end(step=None, reason="Closed")
         if self.metrics is not None:
             self.metrics.close()
 

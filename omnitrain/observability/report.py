@@ -1,4 +1,4 @@
-"""`omnitrain report`: a PNG and an HTML page about one job, from its metrics log (step_log.py) and its status.
+"""`omnitrain report`: a PNG and an HTML page about one job, from its metrics log (omnitrain.metrics_log) and status.
 
 Panels: loss per step (coloured by attempt, restarts marked), throughput (tokens/s and MFU), step time with checkpoint
 blocking, and the goodput timeline over wall-clock time with restarts and down time marked. `summarise` is a pure
@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from omnitrain.observability.step_log import JobLog
+from omnitrain.metrics_log import JobLog
 from omnitrain.resilience.goodput import Event, EventKind, compute_goodput, events_from_metrics_log
 from omnitrain.timestamps import parse_rfc3339
 

@@ -146,7 +146,8 @@ class TrainerMetrics:
         self.last_checkpoint_step = self._gauge(contract.METRIC_LAST_CHECKPOINT_STEP,
                                                 "Step of the newest complete checkpoint (0: none yet).")
         self.restore_seconds = self._gauge(METRIC_RESTORE_SECONDS, "Seconds the last restore from a checkpoint took.")
-        self.hangs = Counter(METRIC_HANGS, "Hangs the watchdog detected in this attempt.", [JOB_LABEL],
+        self.hangs = Counter(METRIC_HANGS, "Hangs the watchdog detected in the job's earlier attempts (its hang "
+                             "records in the metrics log, counted when this attempt starts).", [JOB_LABEL],
                              registry=r).labels(j)
         self.goodput = self._gauge(METRIC_GOODPUT, "Productive training time / job wall time (0..1).")
         self._badput = Gauge(METRIC_BADPUT, "Job wall time lost, by cause.", [JOB_LABEL, "cause"], registry=r)

@@ -19,6 +19,7 @@ carries its duration (excluding checkpoint blocking, which CHECKPOINT_SAVE carri
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -157,9 +158,9 @@ def compute_goodput(events: list[Event]) -> GoodputReport:
                          recoveries=recoveries)
 
 
-def events_from_metrics_log(records: list[dict], operator_events: list[Event] = (),
+def events_from_metrics_log(records: list[dict], operator_events: Sequence[Event] = (),
                             job_started: float | None = None) -> list[Event]:
-    """Events from the job's metrics log (omnitrain.observability.step_log records: start, step, checkpoint,
+    """Events from the job's metrics log (omnitrain.metrics_log records: start, step, checkpoint,
     restore, hang, end) plus what only the operator saw (attempt creation, pods Running, failure detection).
 
     Without an operator ATTEMPT_START for an attempt, its `start` record stands in, moved back to where the restore

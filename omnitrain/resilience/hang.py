@@ -3,9 +3,9 @@
 Rules (docs/resilience.md):
 - Every rank has a leash that depends on its section: `step` gets the step timeout (spec.resilience.
   hangTimeoutSeconds, or less when learned from observed step times x a safety factor after warm-up, never more);
-  `checkpoint`, `eval` and `finish` (final save, waiting for background writes) get a longer leash; `setup`, and a
-  rank that has not written yet, get the start-up leash (rendezvous waits for pods still being scheduled); `done`
-  has none.
+  `checkpoint` and `finish` (final save, waiting for background writes) get a longer leash; `setup`, and a rank
+  that has not written yet, get the start-up leash (rendezvous waits for pods still being scheduled); `done` (the
+  rank's training is over, its peers may still be finishing) has none.
 - A rank past its leash is overdue. Overdue + RDMA counters unchanged for that long (or no RDMA devices) = HANG.
   Overdue + counters still moving = SLOW: logged, not killed.
 """
@@ -30,7 +30,7 @@ class Verdict(str, Enum):
 class HangPolicy:
     timeout: float                    # the configured hangTimeoutSeconds: also the ceiling of a learned timeout
     startup_timeout: float | None = None       # setup section / no heartbeat yet; default 10 x timeout
-    long_section_timeout: float | None = None  # checkpoint / eval; default 5 x timeout
+    long_section_timeout: float | None = None  # checkpoint / finish; default 5 x timeout
     learn: bool = True
     warmup_steps: int = 3             # first steps of an attempt (compilation, allocator warm-up) are not learned from
     min_samples: int = 5              # steps after warm-up before a learned timeout is used
@@ -132,7 +132,7 @@ class Assessment:
 def _limit(policy: HangPolicy, section: str, step_timeout: float) -> float:
     if section == "step":
         return step_timeout
-    if section in ("checkpoint", "eval", "finish"):
+    if section in ("checkpoint", "finish"):
         return max(policy.long_section, step_timeout)
     if section == "done":
         return math.inf

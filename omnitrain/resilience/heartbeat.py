@@ -2,8 +2,9 @@
 
 Each rank owns one small JSON file `rank-NNNNN.json` in a pod-local folder (the watchdog's OMNITRAIN_HEARTBEAT_DIR).
 A record is rewritten in place with one fixed-size write, and a rank that is stopped, holds the GIL or blocks in a
-collective simply stops refreshing its file. The record says which *section* the rank
-is in (setup / step / checkpoint / eval) so the watchdog can give a long checkpoint save a longer leash than a step.
+collective simply stops refreshing its file. The record says which *section* the rank is in (setup / step /
+checkpoint / finish / done) so the watchdog can give a long checkpoint save a longer leash than a step, and tell a
+rank that finished cleanly (done) from one that stalled.
 
 Cost: one 512-byte pwrite per training step (about 5 us here), no collectives.
 """
@@ -16,15 +17,16 @@ import logging
 import os
 import signal
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import IO, Callable
+
+from omnitrain.training_hooks import CheckpointHooks, StepStats, TrainerHooks
 
 log = logging.getLogger(__name__)
 
 ENV_HEARTBEAT_DIR = "OMNITRAIN_HEARTBEAT_DIR"
-SECTIONS = ("setup", "step", "checkpoint", "eval", "finish", "done")
+SECTIONS = ("setup", "step", "checkpoint", "finish", "done")
 # The watchdog sends this before killing a hung worker; each rank dumps all its threads' stacks to a file.
 STACK_DUMP_SIGNAL = signal.SIGUSR1
 _RECORD_GLOB = "rank-*.json"
@@ -120,13 +122,13 @@ def read_heartbeats(directory: str | os.PathLike) -> dict[int, Heartbeat]:
     return found
 
 
-class HeartbeatCallback:
-    """Training-loop callback: publishes this rank's step and section, and arms a stack dump on STACK_DUMP_SIGNAL.
+class HeartbeatCallback(TrainerHooks, CheckpointHooks):
+    """Training-loop callback and checkpoint listener: publishes this rank's step and section, and arms a stack
+    dump on STACK_DUMP_SIGNAL.
 
-    Hooks used by omnitrain.trainer.train: on_train_start(step=...), on_step_end(step=..., step_seconds=...),
-    on_train_end(step=...) (registered before the checkpoint callback, so the final save runs in "finish").
-    Checkpointing/evaluation mark their sections with `section("checkpoint", step)` (a context manager) or
-    on_checkpoint_start/on_checkpoint_blocked and on_eval_start/on_eval_end.
+    Sections: "setup" until on_train_start, "step" while training, "checkpoint" from on_checkpoint_start to
+    on_checkpoint_blocked (a save's foreground part), "finish" from on_train_end (registered before the checkpoint
+    callback, so the final save and the wait for background writes run in it), "done" at on_exit.
     """
 
     def __init__(self, directory: str | os.PathLike, rank: int, clock: Callable[[], float] = time.time,
@@ -137,13 +139,13 @@ class HeartbeatCallback:
         self._step = 0
         self._last_mark: float | None = None
         self._finishing = False
-        self._stack_file = None
+        self._stack_file: IO[str] | None = None
         self._arm_stack_dump(stack_dump_path(directory, rank))
         self.writer.beat(0, "setup")
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None) -> "HeartbeatCallback | None":
-        """None when not started under `omnitrain launch` (no heartbeat folder): nobody would read the records."""
+    def from_env(cls, environ: dict[str, str] | None = None) -> HeartbeatCallback | None:
+        """None when not started under `omnitrain watchdog` (no heartbeat folder): nobody would read the records."""
         env = os.environ if environ is None else environ
         directory = env.get(ENV_HEARTBEAT_DIR)
         if not directory:
@@ -159,72 +161,40 @@ class HeartbeatCallback:
         except (OSError, ValueError, RuntimeError, AttributeError) as exc:
             log.debug("stack dump on signal not armed: %s", exc)
 
-    @staticmethod
-    def _arg(state, kwargs: dict, name: str, default=None):
-        if name in kwargs:
-            return kwargs[name]
-        if isinstance(state, dict):
-            return state.get(name, default)
-        return getattr(state, name, default) if state is not None else default
-
-    def on_train_start(self, state=None, **kwargs) -> None:
-        self._step = int(self._arg(state, kwargs, "step", 0) or 0)
+    # --- training-loop hooks ------------------------------------------------------------------------------
+    def on_train_start(self, *, step: int, restore_seconds: float = 0.0, state: object = None) -> None:
+        self._step = int(step)
         self._last_mark = self._monotonic()
         self.writer.beat(self._step, "step")
 
-    def on_step_end(self, state=None, **kwargs) -> None:
+    def on_step_end(self, *, stats: StepStats, state: object = None) -> None:
         now = self._monotonic()
-        self._step = int(self._arg(state, kwargs, "step", self._step + 1))
-        seconds = self._arg(state, kwargs, "step_seconds")
+        self._step = int(stats.step)
+        seconds = stats.step_seconds
         if seconds is None and self._last_mark is not None:
             seconds = now - self._last_mark
         self._last_mark = now
         self.writer.beat(self._step, "step", None if seconds is None else float(seconds))
 
-    def on_train_end(self, state=None, **kwargs) -> None:
+    def on_train_end(self, *, step: int, reason: str = "", state: object = None) -> None:
         # What follows the loop (the final save, waiting for background checkpoint writes, leaving the process
         # group) is long and step-free: it gets the long leash, and sections ending inside it stay there.
         self._finishing = True
-        self.writer.beat(int(self._arg(state, kwargs, "step", self._step) or self._step), "finish")
+        self._step = int(step)
+        self.writer.beat(self._step, "finish")
 
-    def on_exit(self) -> None:
-        """Everything is written: nothing left to watch for this rank."""
-        self.writer.beat(self._step, "done")
+    def on_exit(self, *, step: int) -> None:
+        # Everything is written: a rank whose peers still finish must not look stalled to the watchdog.
+        self.writer.beat(int(step), "done")
 
-    def enter(self, name: str, step: int | None = None) -> None:
-        self.writer.beat(self._step if step is None else int(step), name)
+    # --- checkpoint listener hooks ------------------------------------------------------------------------
+    def on_checkpoint_start(self, *, step: int) -> None:
+        self.writer.beat(int(step), "checkpoint")
 
-    def leave(self) -> None:
-        # Back to "step": the time spent in the section must not count against the next step's duration.
+    def on_checkpoint_blocked(self, *, step: int, seconds: float) -> None:
+        # Back to "step": the time spent in the save must not count against the next step's duration.
         self._last_mark = self._monotonic()
         self.writer.beat(self._step, "finish" if self._finishing else "step")
-
-    @contextmanager
-    def section(self, name: str, step: int | None = None) -> Iterator[None]:
-        self.enter(name, step)
-        try:
-            yield
-        finally:
-            self.leave()
-
-    # Checkpointer listeners are called positionally: on_checkpoint_blocked(step, seconds).
-    def on_checkpoint_start(self, step=None, *_, **kwargs) -> None:
-        self.enter("checkpoint", self._step_of(step, kwargs))
-
-    def on_checkpoint_blocked(self, *_, **__) -> None:
-        self.leave()
-
-    def on_eval_start(self, step=None, *_, **kwargs) -> None:
-        self.enter("eval", self._step_of(step, kwargs))
-
-    def on_eval_end(self, *_, **__) -> None:
-        self.leave()
-
-    def _step_of(self, step, kwargs: dict) -> int | None:
-        if isinstance(step, int):
-            return step
-        value = self._arg(step, kwargs, "step")
-        return None if value is None else int(value)
 
     def close(self) -> None:
         self.writer.close()

@@ -28,6 +28,7 @@ from typing import Callable, Sequence
 
 from omnitrain import contract
 from omnitrain.contract import ExitCode, TerminationMessage, write_termination_message
+from omnitrain.metrics_log import StepLogWriter
 from omnitrain.resilience.hang import Assessment, HangPolicy, StepTimeLearner, Verdict, assess
 from omnitrain.resilience.heartbeat import ENV_HEARTBEAT_DIR, STACK_DUMP_SIGNAL, read_heartbeats, stack_dump_path
 from omnitrain.resilience.rdma import DEFAULT_RDMA_ROOT, ENV_RDMA_ROOT, RdmaMonitor, read_counters
@@ -154,14 +155,15 @@ class Supervisor:
         self._forwarded: int | None = None
 
     # --- process handling ---------------------------------------------------------------------------------
-    def _start(self) -> None:
+    def _start(self) -> subprocess.Popen:
         env = dict(os.environ)
         env[ENV_HEARTBEAT_DIR] = self.heartbeat_dir
         # Same process group as the watchdog: whoever kills the pod's group (a local node agent) kills the workers
         # too; and if the watchdog itself is SIGKILLed, the kernel kills its direct child (PDEATHSIG).
-        self.proc = subprocess.Popen(self.command, env=env, preexec_fn=_die_with_parent)
-        log.info("watchdog: started workers (pid %d): %s; heartbeats in %s", self.proc.pid,
-                 " ".join(self.command), self.heartbeat_dir)
+        proc = self.proc = subprocess.Popen(self.command, env=env, preexec_fn=_die_with_parent)
+        log.info("watchdog: started workers (pid %d): %s; heartbeats in %s", proc.pid, " ".join(self.command),
+                 self.heartbeat_dir)
+        return proc
 
     def _worker_pids(self) -> list[int]:
         """The direct child, all its descendants (torchrun starts each rank in a session of its own, outside any
@@ -244,7 +246,6 @@ class Supervisor:
         if not self.options.metrics_log_dir:
             return
         try:
-            from omnitrain.observability.step_log import StepLogWriter
             writer = StepLogWriter(self.options.metrics_log_dir, self.options.attempt)
             try:
                 writer.write("hang", now, step=assessment.min_step,
@@ -270,13 +271,13 @@ class Supervisor:
             if not health.available:
                 health = None
         try:
-            self._start()
+            proc = self._start()
             watch = HeartbeatWatch(self.options, self.heartbeat_dir, self.clock())
             last_status = self.clock()
             slow_reported = False
             assessment: Assessment | None = None
             while True:
-                returncode = self.proc.poll()
+                returncode = proc.poll()
                 if returncode is not None:
                     code = _exit_code_of(returncode)
                     log.info("watchdog: workers exited with %d", code)
@@ -284,7 +285,7 @@ class Supervisor:
                 now = self.clock()
                 assessment = watch.poll(now)
                 if assessment.verdict is Verdict.HANG and self._forwarded is None:
-                    if self.proc.poll() is None:    # a worker that just exited on its own is not hung
+                    if proc.poll() is None:    # a worker that just exited on its own is not hung
                         return self._on_hang(assessment, now)
                 elif assessment.verdict is Verdict.SLOW:
                     if not slow_reported:

@@ -22,7 +22,7 @@ import torch.distributed as dist
 from omnitrain.model.flops import TokenCounts, training_flops
 from omnitrain.model.mmdit import MMDiT
 from omnitrain.spec import TrainerConfig
-from omnitrain.trainer.callbacks import call, default_callbacks
+from omnitrain.trainer.callbacks import TrainerCallback, default_callbacks
 from omnitrain.trainer.data.balance import CostModel
 from omnitrain.trainer.data.loader import PackedLoader
 from omnitrain.trainer.data.reader import ShardReader
@@ -30,6 +30,7 @@ from omnitrain.trainer.dataset_setup import ensure_dataset
 from omnitrain.trainer.lr_schedule import warmup_cosine
 from omnitrain.trainer.objectives import DiffusionDPOLoss, FlowMatchingLoss, dpo_inputs, flow_matching_inputs
 from omnitrain.trainer.state import TrainState
+from omnitrain.training_hooks import COMPLETED, ERROR, Restored, StepStats
 
 
 class TrainConfigError(ValueError):
@@ -98,7 +99,15 @@ def step_inputs(batches, schedule, ulysses_rank: int, rng: torch.Generator, make
             for k in range(len(batches.bins))]
 
 
-def train(config: TrainerConfig, callbacks: list | None = None, log=print) -> TrainResult:
+def restore_all(callbacks: list[TrainerCallback], state: TrainState) -> Restored:
+    """Ask every callback to restore (collective hooks run on every rank); at most one may load a checkpoint."""
+    restored = [r for r in (cb.restore(state=state) for cb in callbacks) if r is not None]
+    if len(restored) > 1:
+        raise ValueError(f"{len(restored)} callbacks restored the training state; at most one may")
+    return restored[0] if restored else Restored(step=0, seconds=0.0)
+
+
+def train(config: TrainerConfig, callbacks: list[TrainerCallback] | None = None, log=print) -> TrainResult:
     from omnitrain.trainer.parallel import init_distributed, setup_parallel
     from omnitrain.trainer.parallel.elastic import PrefetchingLoader, RegroupedLoss, step_schedule
 
@@ -141,15 +150,13 @@ def train(config: TrainerConfig, callbacks: list | None = None, log=print) -> Tr
     state = TrainState(model=plan.model, optimizer=optimizer, lr_scheduler=scheduler, data_loader=loader,
                        rng=torch.Generator())
     callbacks = default_callbacks(config) if callbacks is None else callbacks
-    start, restore_seconds = 0, 0.0
+    restored = restore_all(callbacks, state)
+    start = state.step = restored.step
     for cb in callbacks:
-        if hasattr(cb, "restore"):
-            start, restore_seconds = cb.restore(state)
-    state.step = start
-    call(callbacks, "on_train_start", state=state, step=start, restore_seconds=restore_seconds)
+        cb.on_train_start(state=state, step=start, restore_seconds=restored.seconds)
     if rank == 0:
         log(f"train: {training.stage} {spec.model.preset} ({sum(p.numel() for p in model.parameters()):,} params) "
-            f"from step {start} to {training.steps}; {plan.describe() if hasattr(plan, 'describe') else ''}")
+            f"from step {start} to {training.steps}; {plan.describe()}")
 
     loss_fn = FlowMatchingLoss() if reference is None else DiffusionDPOLoss(reference, training.dpo_beta)
     if elastic:
@@ -158,7 +165,7 @@ def train(config: TrainerConfig, callbacks: list | None = None, log=print) -> Tr
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
                 if training.precision == "bf16" and device.type == "cuda" else contextlib.nullcontext())
     losses: list[float] = []
-    reason = "Completed"
+    reason = COMPLETED
     try:
         for step in range(start + 1, training.steps + 1):
             began = time.perf_counter()
@@ -182,16 +189,22 @@ def train(config: TrainerConfig, callbacks: list | None = None, log=print) -> Tr
             if rank == 0 and (step % training.log_every == 0 or step == training.steps):
                 log(f"step {step}/{training.steps} loss {loss_value:.4f} lr {scheduler.get_last_lr()[0]:.2e} "
                     f"tokens/s {counts.tokens / step_seconds:,.0f} step {step_seconds * 1000:.0f} ms", flush=True)
-            call(callbacks, "on_step_end", state=state, step=step, loss=loss_value, tokens=counts.tokens,
-                 flops=training_flops(model_cfg, counts), step_seconds=step_seconds, data_seconds=data_seconds)
+            stats = StepStats(step=step, loss=loss_value, tokens=counts.tokens,
+                              flops=training_flops(model_cfg, counts), step_seconds=step_seconds,
+                              data_seconds=data_seconds)
+            for cb in callbacks:
+                cb.on_step_end(state=state, stats=stats)
     except BaseException:
-        reason = "Error"
+        reason = ERROR
         raise
     finally:
         if elastic:
             loader.close()
-        call(callbacks, "on_train_end", state=state, step=state.step, reason=reason)
-    report = next((cb.goodput_report for cb in callbacks if getattr(cb, "goodput_report", None) is not None), None)
-    saved = next((cb.last_complete_step for cb in callbacks if getattr(cb, "last_complete_step", None)), None)
-    return TrainResult(step=state.step, losses=losses, state=state, checkpoint_step=saved,
-                       goodput=report.to_status() if report is not None else None)
+        for cb in callbacks:
+            cb.on_train_end(state=state, step=state.step, reason=reason)
+        for cb in callbacks:    # reached only when every on_train_end returned: the final save is complete
+            cb.on_exit(step=state.step)
+    outcomes = [cb.outcome() for cb in callbacks]
+    return TrainResult(step=state.step, losses=losses, state=state,
+                       checkpoint_step=next((o.checkpoint_step for o in outcomes if o.checkpoint_step), None),
+                       goodput=next((o.goodput for o in outcomes if o.goodput is not None), None))

@@ -8,6 +8,7 @@ import torch.distributed as dist
 from prometheus_client.parser import text_string_to_metric_families
 
 from omnitrain.observability.callback import MetricsCallback
+from omnitrain.training_hooks import StepStats
 
 
 def _scrape(port: int) -> dict[str, list[tuple[dict, float]]]:
@@ -46,7 +47,8 @@ def data_parallel_run(rank: int, world_size: int, steps: int, log_dir: str) -> d
             dist.all_reduce(figures[2:], op=dist.ReduceOp.MAX)   # a step lasts as long as its slowest rank
             mean_loss, tokens, seconds = figures[0].item() / world_size, figures[1].item(), figures[2].item()
             losses.append((mean_loss, tokens, seconds))
-            cb.on_step_end(step=step, loss=mean_loss, tokens=tokens, flops=6.0 * params * tokens, step_seconds=seconds)
+            cb.on_step_end(stats=StepStats(step=step, loss=mean_loss, tokens=tokens, flops=6.0 * params * tokens,
+                                           step_seconds=seconds))
         ports = [None] * world_size
         dist.all_gather_object(ports, cb.bound_port)
         scraped = [_scrape(p) for p in ports] if rank == 0 else None

@@ -5,7 +5,7 @@ import pytest
 from obs_workers import data_parallel_run
 from omnitrain import contract
 from omnitrain.observability import trainer_metrics as tm
-from omnitrain.observability.step_log import read_job_log
+from omnitrain.metrics_log import read_job_log
 from omnitrain.trainer.parallel.testing import run_on_ranks
 
 

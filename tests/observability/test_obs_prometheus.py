@@ -15,6 +15,7 @@ import yaml
 from omnitrain.devcluster.procs import end_child
 from omnitrain.observability.callback import MetricsCallback
 from omnitrain.trainer.parallel.testing import free_port
+from omnitrain.training_hooks import StepStats
 
 RULE_MANIFEST = Path(__file__).resolve().parents[2] / "manifests" / "monitoring" / "prometheusrule.yaml"
 
@@ -55,7 +56,7 @@ def trainer_endpoint(tmp_path):
 def test_prometheus_evaluates_our_rules_on_a_live_endpoint(tmp_path, trainer_endpoint):
     cb = trainer_endpoint
     for step in range(1, 11):                      # far past 3 checkpoint intervals, no checkpoint complete
-        cb.on_step_end(step=step, loss=1.0 / step, tokens=1000, flops=1e9, step_seconds=0.5)
+        cb.on_step_end(stats=StepStats(step=step, loss=1.0 / step, tokens=1000, flops=1e9, step_seconds=0.5))
     groups = yaml.safe_load(RULE_MANIFEST.read_text())["spec"]["groups"]
     for group in groups:
         group["interval"] = "1s"
@@ -79,8 +80,9 @@ def test_prometheus_evaluates_our_rules_on_a_live_endpoint(tmp_path, trainer_end
         assert float(lag[0]["value"][1]) == 10
         mfu = wait_for(lambda: query(base, "omnitrain_job:mfu:avg5m"), 30, "MFU recording rule")
         assert float(mfu[0]["value"][1]) == pytest.approx(1e9 / (0.5 * 2 * 1e9))
-        # a hang detection raises OmniTrainHangDetected (no `for`) once Prometheus has seen the counter move
-        cb.on_hang(step=10)
+        # a hang detection raises OmniTrainHangDetected (no `for`) once Prometheus has seen the counter move (in a
+        # pod the counter is set when an attempt starts, from the watchdog's hang records of the attempts before)
+        cb.metrics.hangs.inc()
 
         def hang_alert():
             with urllib.request.urlopen(f"{base}/api/v1/alerts", timeout=5) as response:

@@ -1,5 +1,6 @@
 """Scrape the endpoint of a real (tiny MMDiT, CPU) training run built with the loop's default callbacks."""
 
+import dataclasses
 import urllib.request
 
 import pytest
@@ -9,21 +10,22 @@ from omnitrain import contract
 from omnitrain.observability import trainer_metrics as tm
 from omnitrain.observability.callback import MetricsCallback
 from omnitrain.observability.report import summarise, write_report
-from omnitrain.observability.step_log import read_job_log
+from omnitrain.metrics_log import read_job_log
 from omnitrain.spec import TrainerConfig
 from omnitrain.trainer.callbacks import default_callbacks
 from omnitrain.trainer.parallel.testing import free_port
 from omnitrain.trainer.train import train
+from omnitrain.training_hooks import TrainerHooks
 
 PEAK = 2e10   # a configured per-device peak: on CPU MFU exists only relative to one
 
 
-class StepRecorder:
+class StepRecorder(TrainerHooks):
     def __init__(self):
         self.steps = []
 
-    def on_step_end(self, **kwargs):
-        self.steps.append({k: kwargs[k] for k in ("step", "loss", "tokens", "flops", "step_seconds")})
+    def on_step_end(self, *, state, stats):
+        self.steps.append(dataclasses.asdict(stats))
 
 
 @pytest.mark.slow

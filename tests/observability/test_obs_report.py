@@ -7,7 +7,8 @@ import pytest
 
 from omnitrain.observability.callback import MetricsCallback
 from omnitrain.observability.report import summarise, write_report
-from omnitrain.observability.step_log import read_job_log
+from omnitrain.metrics_log import read_job_log
+from omnitrain.training_hooks import StepStats
 
 
 class FakeClock:
@@ -28,11 +29,11 @@ def run_attempt(log_dir, clock, attempt, resume_from, last_step, crash, restore=
     clock.t += 5.0                                  # 5 s of start-up (first batch, warm-up) before the first step
     for step in range(resume_from + 1, last_step + 1):
         clock.t += 2.0                              # every step takes 2 s
-        cb.on_step_end(step=step, loss=1.0 / step, tokens=100, flops=1e9, step_seconds=2.0)
+        cb.on_step_end(stats=StepStats(step=step, loss=1.0 / step, tokens=100, flops=1e9, step_seconds=2.0))
         if step % 4 == 0:
             clock.t += 0.5
-            cb.on_checkpoint_blocked(step, 0.5)
-            cb.on_checkpoint_complete(step)
+            cb.on_checkpoint_blocked(step=step, seconds=0.5)
+            cb.on_checkpoint_complete(step=step)
     if not crash:
         cb.on_train_end(step=last_step, reason="Completed")
     if crash:                                       # a crash leaves no end record
@@ -113,7 +114,7 @@ def test_rank_zero_keeps_the_jobs_goodput_from_its_creation_across_attempts(tmp_
     clock.t += 5.0
     for step in range(5, 13):
         clock.t += 2.0
-        cb.on_step_end(step=step, loss=0.1, tokens=100, flops=1e9, step_seconds=2.0)
+        cb.on_step_end(stats=StepStats(step=step, loss=0.1, tokens=100, flops=1e9, step_seconds=2.0))
         if step == 5:   # recomputed while training (every 0 s here): wall so far, productive steps so far
             mid = cb.goodput_report
             assert mid.wall_seconds == pytest.approx(7.0 + 5 + 12 + 30 + 1 + 5 + 2 + 0.5)   # 0.5: checkpoint at 4

@@ -12,6 +12,7 @@ from omnitrain.observability.callback import MetricsCallback
 from omnitrain.devcluster.testing import wait_for
 from omnitrain.devcluster.throwaway import control_plane, find_binaries
 from omnitrain.operator.crd import build_crd
+from omnitrain.training_hooks import StepStats
 
 pytestmark = [pytest.mark.e2e,
               pytest.mark.skipif(find_binaries() is None and not os.environ.get("CI"),
@@ -85,7 +86,7 @@ def test_status_and_report_read_the_api_server(cluster, tmp_path):
     try:
         rank0.on_train_start(step=30)
         for step in range(31, 41):
-            rank0.on_step_end(step=step, loss=1.0 / step, tokens=500, flops=2e8, step_seconds=0.25)
+            rank0.on_step_end(stats=StepStats(step=step, loss=1.0 / step, tokens=500, flops=2e8, step_seconds=0.25))
         make_job(metrics_port=rank0.bound_port)
 
         result = omnitrain(cluster, "status", "demo", "-n", "ml")

@@ -4,6 +4,7 @@ from datetime import datetime, timedelta, timezone
 
 from omnitrain.observability.status_view import (
     estimate_eta, format_duration, progress_bar, render_status)
+from omnitrain.training_hooks import StepStats
 
 NOW = datetime(2026, 11, 25, 12, 0, 0, tzinfo=timezone.utc)
 
@@ -110,7 +111,7 @@ def test_scrape_live_metrics_reads_the_pod_that_serves_job_figures():
     try:
         for cb in (node_only, rank0):
             cb.on_train_start(step=0)
-            cb.on_step_end(step=1, loss=0.5, tokens=1000, flops=4e8, step_seconds=0.5)
+            cb.on_step_end(stats=StepStats(step=1, loss=0.5, tokens=1000, flops=4e8, step_seconds=0.5))
         pods = [{"status": {"phase": "Pending"}},
                 {"status": {"phase": "Running", "podIP": "127.0.0.2"}},
                 {"status": {"phase": "Running", "podIP": "127.0.0.1"}}]

@@ -12,8 +12,9 @@ from omnitrain import contract
 from omnitrain.observability import trainer_metrics as tm
 from omnitrain.observability.callback import MetricsCallback, metrics_log_dir
 from omnitrain.observability.gpu_telemetry import GpuTelemetry
-from omnitrain.observability.step_log import read_job_log
+from omnitrain.metrics_log import StepLogWriter, read_job_log
 from omnitrain.spec import JobSpec, RunInfo, TrainerConfig
+from omnitrain.training_hooks import StepStats
 
 PEAK = 5e10  # configured per-device peak for this CPU run (FLOP/s); MFU on CPU is only ever relative to this
 
@@ -50,11 +51,12 @@ def tiny_training_run(callback: MetricsCallback, steps: int, batch: int = 8, seq
         seconds = time.perf_counter() - started
         tokens = batch * seq
         flops = 6 * params * tokens
-        callback.on_step_end(step=step, loss=loss.detach(), tokens=tokens, flops=flops, step_seconds=seconds)
+        callback.on_step_end(stats=StepStats(step=step, loss=loss.item(), tokens=tokens, flops=flops,
+                                             step_seconds=seconds))
         history.append({"step": step, "loss": loss.item(), "seconds": seconds, "tokens": tokens, "flops": flops})
         if step % 2 == 0:
-            callback.on_checkpoint_blocked(step, 0.002)
-            callback.on_checkpoint_complete(step)
+            callback.on_checkpoint_blocked(step=step, seconds=0.002)
+            callback.on_checkpoint_complete(step=step)
     return history
 
 
@@ -67,10 +69,11 @@ def callback(tmp_path):
     cb.close()
 
 
-def test_endpoint_serves_job_figures_of_a_real_run(callback):
+def test_endpoint_serves_job_figures_of_a_real_run(callback, tmp_path):
+    # the watchdog that ended attempt 0 wrote a hang record; attempt 1 (this one) counts it when it starts
+    StepLogWriter(tmp_path / "metrics", attempt=0).write("hang", time.time() - 60, step=5, stalled_ranks=[0])
     history = tiny_training_run(callback, steps=5)
-    callback.on_hang(step=5)
-    callback.on_goodput(0.93, {"checkpoint_save": 1.5, "startup": 3.0})
+    callback.on_goodput(goodput=0.93, badput_seconds={"checkpoint_save": 1.5, "startup": 3.0})
     f = scrape(callback.bound_port)
     last = history[-1]
     assert value(f, contract.METRIC_STEP, omnitrain_job="demo") == 5
@@ -132,7 +135,7 @@ def test_roles_other_ranks_serve_node_figures_or_nothing(tmp_path):
     try:
         for cb in (node_rank0, worker):
             cb.on_train_start(step=0)
-            cb.on_step_end(step=1, loss=1.0, tokens=10, flops=100.0, step_seconds=0.1)
+            cb.on_step_end(stats=StepStats(step=1, loss=1.0, tokens=10, flops=100.0, step_seconds=0.1))
             cb.on_train_end(step=1)
         assert worker.metrics is None and worker.bound_port is None
         f = scrape(node_rank0.bound_port)

@@ -4,9 +4,10 @@ import torch
 
 from omnitrain.observability.callback import MetricsCallback
 from omnitrain.observability.report import summarise
-from omnitrain.observability.step_log import read_job_log
+from omnitrain.metrics_log import read_job_log
 from omnitrain.spec import TrainerConfig
 from omnitrain.trainer.checkpoint.callback import CheckpointCallback
+from omnitrain.training_hooks import StepStats
 
 
 class TinyState:
@@ -33,7 +34,8 @@ def attempt(config, attempt_number, last_step, crash):
     state = TinyState()
     x, y = torch.randn(16, 8), torch.randn(16, 8)
     try:
-        state.step, restore_seconds = checkpoints.restore(state)      # tells the listener before the loop starts
+        restored = checkpoints.restore(state=state)      # tells the listener before the loop starts
+        state.step, restore_seconds = (restored.step, restored.seconds) if restored is not None else (0, 0.0)
         metrics.on_train_start(step=state.step, restore_seconds=restore_seconds)
         for step in range(state.step + 1, last_step + 1):
             loss = torch.nn.functional.mse_loss(state.model(x), y)
@@ -41,8 +43,8 @@ def attempt(config, attempt_number, last_step, crash):
             loss.backward()
             state.opt.step()
             state.step = step
-            metrics.on_step_end(step=step, loss=loss.item(), tokens=16, flops=6.0 * 72 * 16)
-            checkpoints.on_step_end(step=step, state=state)
+            metrics.on_step_end(stats=StepStats(step=step, loss=loss.item(), tokens=16, flops=6.0 * 72 * 16))
+            checkpoints.on_step_end(state=state, stats=StepStats(step=step))
         reason = "Crashed" if crash else "Completed"
         checkpoints.on_train_end(step=state.step, state=state, reason=reason)   # waits for the writer
         if not crash:

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from omnitrain.resilience.heartbeat import HeartbeatCallback
+from omnitrain.training_hooks import StepStats
 
 
 class FakePort:
@@ -68,7 +69,7 @@ def main() -> int:
                 port.moving.set()
             time.sleep(args.step_seconds)   # stands in for compute + communication of one step
             step += 1
-            cb.on_step_end(step=step)
+            cb.on_step_end(stats=StepStats(step=step))
         return step
 
     cb.on_train_start(step=0)
@@ -94,12 +95,12 @@ def main() -> int:
     elif args.mode == "slow":
         time.sleep(args.slow)               # counters keep moving: a slow, healthy step
         step += 1
-        cb.on_step_end(step=step)
+        cb.on_step_end(stats=StepStats(step=step))
         step = run_steps(step, args.steps)
     elif args.mode == "crash":
         return 1
-    cb.on_train_end(step=step)
-    cb.on_exit()
+    cb.on_train_end(step=step, reason="Completed")
+    cb.on_exit(step=step)
     return 0
 
 

@@ -9,6 +9,7 @@ import pytest
 from omnitrain.resilience.hang import HangPolicy, StepTimeLearner, Verdict, assess
 from omnitrain.resilience.heartbeat import Heartbeat, HeartbeatCallback, HeartbeatWriter, read_heartbeats
 from omnitrain.resilience.rdma import RdmaMonitor, Traffic, counters_moved, read_counters
+from omnitrain.training_hooks import CheckpointHooks, StepStats
 
 
 class FakeClock:
@@ -54,23 +55,27 @@ def test_callback_sections_and_step_durations(tmp_path):
         cb.on_train_start(step=40)            # resumed from a checkpoint at step 40
         assert read_heartbeats(tmp_path)[1].step == 40
         mono.t = 2.5
-        cb.on_step_end(step=41)
+        cb.on_step_end(stats=StepStats(step=41))
         hb = read_heartbeats(tmp_path)[1]
         assert (hb.step, hb.section, hb.step_seconds) == (41, "step", 2.5)
-        with cb.section("checkpoint"):
-            assert read_heartbeats(tmp_path)[1].section == "checkpoint"
-            mono.t = 100.0                     # a long save
+        cb.on_checkpoint_start(step=41)         # as the Checkpointer notifies its listeners
+        assert read_heartbeats(tmp_path)[1].section == "checkpoint"
+        mono.t = 100.0                          # a long save
+        cb.on_checkpoint_blocked(step=41, seconds=97.5)
+        assert read_heartbeats(tmp_path)[1].section == "step"
         mono.t = 101.0
-        cb.on_step_end({"step": 42})           # a state object works too
+        cb.on_step_end(stats=StepStats(step=42))
         hb = read_heartbeats(tmp_path)[1]
         assert hb.step_seconds == 1.0          # the save is not counted as step time
-        cb.on_train_end(step=42)
+        cb.on_step_end(stats=StepStats(step=43, step_seconds=0.75))   # the loop's figure (slowest rank) wins
+        assert read_heartbeats(tmp_path)[1].step_seconds == 0.75
+        cb.on_train_end(step=43, reason="Completed")
         assert read_heartbeats(tmp_path)[1].section == "finish"
-        cb.on_checkpoint_start(42)              # the final save, after the loop
-        cb.on_checkpoint_blocked(42, 0.5)
+        cb.on_checkpoint_start(step=43)         # the final save, after the loop
+        cb.on_checkpoint_blocked(step=43, seconds=0.5)
         assert read_heartbeats(tmp_path)[1].section == "finish"   # not back to a "step" that never comes
-        cb.on_exit()
-        assert read_heartbeats(tmp_path)[1].section == "done"
+        cb.on_exit(step=43)                     # the loop, once every on_train_end returned
+        assert (read_heartbeats(tmp_path)[1].step, read_heartbeats(tmp_path)[1].section) == (43, "done")
     finally:
         cb.close()
 
@@ -202,18 +207,33 @@ def test_policy_rejects_a_non_positive_timeout():
         HangPolicy(timeout=0)
 
 
-def test_checkpointer_style_positional_hooks(tmp_path):
-    cb = HeartbeatCallback(tmp_path, rank=0, clock=FakeClock(), monotonic=FakeClock(0.0))
+class SectionProbe(CheckpointHooks):
+    """A listener after the heartbeat: reads the heartbeat's section as the Checkpointer notifies."""
+
+    def __init__(self, directory):
+        self.directory, self.seen = directory, []
+
+    def on_checkpoint_start(self, *, step):
+        self.seen.append(("start", step, read_heartbeats(self.directory)[0].section))
+
+    def on_checkpoint_blocked(self, *, step, seconds):
+        self.seen.append(("blocked", step, read_heartbeats(self.directory)[0].section))
+
+
+def test_a_real_save_is_a_checkpoint_section(tmp_path):
+    import torch
+
+    from omnitrain.trainer.checkpoint.checkpointer import CheckpointConfig, Checkpointer
+    beats = tmp_path / "beats"
+    cb = HeartbeatCallback(beats, rank=0, clock=FakeClock(), monotonic=FakeClock(0.0))
+    probe = SectionProbe(beats)
+    ck = Checkpointer(CheckpointConfig(job="j", local_root=str(tmp_path / "nvme"), async_save=False),
+                      listeners=[cb, probe])
     try:
         cb.on_train_start(step=0)
-        cb.on_step_end(step=1)
-        cb.on_checkpoint_start(1)
-        assert read_heartbeats(tmp_path)[0].section == "checkpoint"
-        cb.on_checkpoint_blocked(1, 0.25)          # as the Checkpointer notifies its listeners
-        assert read_heartbeats(tmp_path)[0].section == "step"
-        cb.on_eval_start(step=1)
-        assert read_heartbeats(tmp_path)[0].section == "eval"
-        cb.on_eval_end()
-        assert read_heartbeats(tmp_path)[0].section == "step"
+        cb.on_step_end(stats=StepStats(step=1))
+        ck.save(1, {"w": torch.zeros(4)})
+        assert probe.seen == [("start", 1, "checkpoint"), ("blocked", 1, "step")]
     finally:
+        ck.close()
         cb.close()

@@ -13,6 +13,7 @@ from omnitrain.cli import main
 from omnitrain.contract import ExitCode
 from omnitrain.trainer.data.reader import list_shards
 from omnitrain.trainer.train import train
+from omnitrain.training_hooks import Restored, StepStats, TrainerHooks, TrainOutcome
 
 sys.path.insert(0, str(Path(__file__).parent))
 from train_helpers import config_dict, make_config, write_config  # noqa: E402
@@ -54,25 +55,25 @@ def test_same_config_gives_bitwise_same_parameters(tmp_path):
     assert not all(torch.equal(a[k], c[k]) for k in a)
 
 
-class Snapshot:
+class Snapshot(TrainerHooks):
     def __init__(self, at):
         self.at, self.saved = at, None
 
-    def on_step_end(self, state, step, **_):
-        if step == self.at:
+    def on_step_end(self, *, state, stats):
+        if stats.step == self.at:
             self.saved = copy.deepcopy(state.state_dict())
 
 
-class Restore:
+class Restore(TrainerHooks):
     def __init__(self, saved):
         self.saved = saved
         self.started = None
 
-    def restore(self, state):
+    def restore(self, *, state):
         state.load_state_dict(copy.deepcopy(self.saved))
-        return self.saved["step"], 0.0
+        return Restored(step=self.saved["step"], seconds=0.0)
 
-    def on_train_start(self, step, **_):
+    def on_train_start(self, *, state, step, restore_seconds):
         self.started = step
 
 
@@ -149,12 +150,12 @@ def test_torchrun_two_processes_gloo(tmp_path):
         assert manifest["step"] == step
 
 
-class CrashAt:
+class CrashAt(TrainerHooks):
     def __init__(self, step):
         self.step = step
 
-    def on_step_end(self, step, **_):
-        if step == self.step:
+    def on_step_end(self, *, state, stats):
+        if stats.step == self.step:
             raise RuntimeError("injected crash")
 
 
@@ -174,10 +175,85 @@ def test_crash_and_resume_with_the_real_checkpoint_callback(tmp_path):
     assert all(torch.equal(reference[k], got[k]) for k in reference)
 
 
-class _StartRecorder:
+class HookOrder(TrainerHooks):
+    """Records the hooks the loop calls, in order."""
+
+    def __init__(self):
+        self.calls = []
+
+    def restore(self, *, state):
+        self.calls.append("restore")
+        return None
+
+    def on_train_start(self, *, state, step, restore_seconds):
+        self.calls.append(("start", step, restore_seconds))
+
+    def on_step_end(self, *, state, stats):
+        assert isinstance(stats, StepStats) and stats.tokens > 0 and stats.flops > 0 and stats.step_seconds > 0
+        self.calls.append(("step", stats.step))
+
+    def on_train_end(self, *, state, step, reason):
+        self.calls.append(("end", step, reason))
+
+    def on_exit(self, *, step):
+        self.calls.append(("exit", step))
+
+    def outcome(self):
+        self.calls.append("outcome")
+        return TrainOutcome(checkpoint_step=7)
+
+
+def test_the_loop_calls_every_hook_in_order_and_takes_the_outcome(tmp_path):
+    order = HookOrder()
+    result = train(make_config(tmp_path, steps=2), callbacks=[order], log=_quiet)
+    assert order.calls == ["restore", ("start", 0, 0.0), ("step", 1), ("step", 2), ("end", 2, "Completed"),
+                           ("exit", 2), "outcome"]
+    assert result.checkpoint_step == 7 and result.goodput is None
+
+
+def test_a_failed_step_still_ends_training_with_reason_error(tmp_path):
+    order = HookOrder()
+    with pytest.raises(RuntimeError, match="injected"):
+        train(make_config(tmp_path, steps=3), callbacks=[order, CrashAt(2)], log=_quiet)
+    assert order.calls[-3:] == [("step", 2), ("end", 2, "Error"), ("exit", 2)]
+
+
+def test_default_callbacks_leave_a_done_heartbeat_and_the_final_checkpoint(tmp_path, monkeypatch):
+    """Under the watchdog: the final save ran in "finish", and a rank that is through says "done", so the watchdog
+    does not take a rank waiting for slower peers' final saves for a stalled one."""
+    from omnitrain.observability.callback import MetricsCallback
+    from omnitrain.resilience.heartbeat import HeartbeatCallback, read_heartbeats
+    from omnitrain.trainer.callbacks import default_callbacks
+    monkeypatch.setenv("OMNITRAIN_HEARTBEAT_DIR", str(tmp_path / "beats"))
+    monkeypatch.setenv("OMNITRAIN_METRICS_PORT", "0")
+    monkeypatch.setenv("POD_IP", "127.0.0.1")
+    config = make_config(tmp_path, steps=2)
+    callbacks = default_callbacks(config)
+    try:
+        result = train(config, callbacks=callbacks, log=_quiet)
+    finally:
+        for cb in callbacks:
+            if isinstance(cb, (MetricsCallback, HeartbeatCallback)):
+                cb.close()    # the endpoint and the stack-dump file; a pod's process simply exits
+    beat = read_heartbeats(tmp_path / "beats")[0]
+    assert (beat.step, beat.section) == (2, "done")
+    assert result.checkpoint_step == 2 and 0 < result.goodput["ratio"] <= 1
+
+
+class _ClaimsRestore(TrainerHooks):
+    def restore(self, *, state):
+        return Restored(step=0, seconds=0.0)
+
+
+def test_two_callbacks_that_restore_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="2 callbacks restored"):
+        train(make_config(tmp_path, steps=1), callbacks=[_ClaimsRestore(), _ClaimsRestore()], log=_quiet)
+
+
+class _StartRecorder(TrainerHooks):
     started = None
 
-    def on_train_start(self, step, **_):
+    def on_train_start(self, *, state, step, restore_seconds):
         self.started = step
 
 

@@ -13,9 +13,10 @@ waits (counted in saves_waited_busy) or is skipped (saves_skipped_busy) per `whe
 full) raises CheckpointSaveError at the next save/wait/close.
 
 Figures for metrics (plain attributes): last_complete_step (METRIC_LAST_CHECKPOINT_STEP), last_blocking_seconds,
-host_bytes_held, saves_completed/failed/skipped_busy/waited_busy; listeners get on_checkpoint_start(step),
-on_checkpoint_blocked(step, seconds), on_checkpoint_complete(step) and on_restore(step, seconds) (the
-observability MetricsCallback and the resilience HeartbeatCallback have them; missing methods are skipped).
+host_bytes_held, saves_completed/failed/skipped_busy/waited_busy. Listeners (CheckpointListener, keywords) get
+on_checkpoint_start(step=), on_checkpoint_blocked(step=, seconds=), on_checkpoint_complete(step=) and
+on_restore(step=, seconds=): the observability MetricsCallback and the resilience HeartbeatCallback; a listener
+subclasses omnitrain.training_hooks.CheckpointHooks (no-ops) and overrides what it needs.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import queue
 import socket
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from omnitrain.trainer.checkpoint.exchange import default_exchange
 from omnitrain.trainer.checkpoint.manifest import CheckpointError, WorldLayout, model_fingerprint
@@ -36,6 +37,16 @@ from omnitrain.trainer.checkpoint.save import SaveOutcome, SaveTarget, save_rank
 log = logging.getLogger(__name__)
 
 WHEN_BUSY = ("wait", "skip")
+
+
+class CheckpointListener(Protocol):
+    def on_checkpoint_start(self, *, step: int) -> None: ...
+
+    def on_checkpoint_blocked(self, *, step: int, seconds: float) -> None: ...
+
+    def on_checkpoint_complete(self, *, step: int) -> None: ...
+
+    def on_restore(self, *, step: int, seconds: float) -> None: ...
 
 
 class CheckpointSaveError(CheckpointError):
@@ -76,7 +87,7 @@ def _dist_info() -> tuple[int, int]:
 
 class Checkpointer:
     def __init__(self, config: CheckpointConfig, layout: WorldLayout | None = None, model_config=None,
-                 node_id: str | None = None, listeners: list | None = None):
+                 node_id: str | None = None, listeners: list[CheckpointListener] | None = None):
         self.config = config
         self.rank, self.world_size = _dist_info()
         self.layout = layout or WorldLayout(dp=self.world_size)
@@ -109,11 +120,9 @@ class Checkpointer:
     def host_bytes_held(self) -> int:
         return self._staging.bytes_held if self._staging is not None else 0
 
-    def _notify(self, hook: str, *args) -> None:
+    def _blocked(self, step: int) -> None:
         for listener in self.listeners:
-            fn = getattr(listener, hook, None)
-            if fn is not None:
-                fn(*args)
+            listener.on_checkpoint_blocked(step=step, seconds=self.last_blocking_seconds)
 
     # ---- writer process --------------------------------------------------------------------------------------
     def _start_writer(self) -> None:
@@ -148,7 +157,8 @@ class Checkpointer:
         self.outcomes.append(outcome)
         if outcome.local_complete:
             self.last_complete_step = max(outcome.step, self.last_complete_step or outcome.step)
-            self._notify("on_checkpoint_complete", outcome.step)
+            for listener in self.listeners:
+                listener.on_checkpoint_complete(step=outcome.step)
         if outcome.status == "complete":
             self.saves_completed += 1
             log.info("checkpoint step %d complete (%.1f MiB in %.2f s in the background)",
@@ -201,7 +211,8 @@ class Checkpointer:
 
     def save(self, step: int, state: Any) -> bool:
         """Checkpoint `state` as step `step`; returns False when skipped because a save was still in flight."""
-        self._notify("on_checkpoint_start", step)     # the watchdog's heartbeat: a long save is not a hang
+        for listener in self.listeners:     # the watchdog's heartbeat: a long save is not a hang
+            listener.on_checkpoint_start(step=step)
         if not self.config.async_save:
             return self._save_sync(step, state)
         self.poll()
@@ -229,14 +240,14 @@ class Checkpointer:
         self._requests.put(("save", step, skeleton))
         self.in_flight_step = step
         self.last_blocking_seconds = time.perf_counter() - t0
-        self._notify("on_checkpoint_blocked", step, self.last_blocking_seconds)
+        self._blocked(step)
         return True
 
     def _save_sync(self, step: int, state: Any) -> bool:
         t0 = time.perf_counter()
         outcome = save_rank(self.target, step, state, default_exchange())
         self.last_blocking_seconds = time.perf_counter() - t0
-        self._notify("on_checkpoint_blocked", step, self.last_blocking_seconds)
+        self._blocked(step)
         self._finish(outcome)
         self._raise_pending()
         return True
@@ -249,7 +260,8 @@ class Checkpointer:
                                   default_exchange())
         if restored is not None:
             self.last_complete_step = restored.step
-            self._notify("on_restore", restored.step, restored.seconds)
+            for listener in self.listeners:
+                listener.on_restore(step=restored.step, seconds=restored.seconds)
         else:
             log.info("no complete checkpoint under %s: starting from step 0", roots)
         return restored

@@ -9,6 +9,7 @@ import torch
 
 from omnitrain.spec import TrainerConfig
 from omnitrain.trainer.checkpoint.callback import CheckpointCallback
+from omnitrain.training_hooks import TrainerHooks
 
 
 def loop_config(root: str, steps: int, interval: int, dp: int, ckpt_root: str | None = None) -> dict:
@@ -22,7 +23,7 @@ def loop_config(root: str, steps: int, interval: int, dp: int, ckpt_root: str | 
         "run": {"jobName": "real-loop"}}
 
 
-class Snapshots:
+class Snapshots(TrainerHooks):
     """Copies of the model at chosen steps, after restore, and a place to park until SIGKILLed."""
 
     def __init__(self, checkpoints: CheckpointCallback, park_at: int | None, progress_dir: str | None, rank: int):
@@ -30,10 +31,11 @@ class Snapshots:
         self.at_start: dict = {}
         self.by_step: dict = {}
 
-    def on_train_start(self, state, step, **_):
+    def on_train_start(self, *, state, step, restore_seconds):
         self.at_start = {"step": step, "model": {k: v.clone() for k, v in state.model.state_dict().items()}}
 
-    def on_step_end(self, state, step, **_):
+    def on_step_end(self, *, state, stats):
+        step = stats.step
         self.by_step[step] = {k: v.clone() for k, v in state.model.state_dict().items()}
         if step == self.park_at:
             self.checkpoints.checkpointer.wait()       # the step's checkpoint is complete before the kill

@@ -9,6 +9,7 @@ from omnitrain.spec import TrainerConfig
 from omnitrain.trainer.checkpoint.callback import CheckpointCallback
 from omnitrain.trainer.checkpoint.manifest import read_manifest
 from omnitrain.trainer.checkpoint.paths import list_step_dirs
+from omnitrain.training_hooks import CheckpointHooks, StepStats
 
 
 class LoopState:
@@ -28,27 +29,28 @@ class LoopState:
                                      rng=False)
 
 
-class Recorder:
+class Recorder(CheckpointHooks):
     def __init__(self):
         self.events = []
 
-    def on_checkpoint_start(self, step):
+    def on_checkpoint_start(self, *, step):
         self.events.append(("start", step))
 
-    def on_checkpoint_blocked(self, step, seconds):
+    def on_checkpoint_blocked(self, *, step, seconds):
         self.events.append(("blocked", step))
 
-    def on_checkpoint_complete(self, step):
+    def on_checkpoint_complete(self, *, step):
         self.events.append(("complete", step))
 
-    def on_restore(self, step, seconds):
+    def on_restore(self, *, step, seconds):
         self.events.append(("restore", step))
 
 
 def _run(config, steps, listeners):
     cb = CheckpointCallback.from_trainer_config(config, listeners=listeners)
     st = LoopState()
-    st.step, _ = cb.restore(st)
+    restored = cb.restore(state=st)
+    st.step = restored.step if restored is not None else 0
     losses = {}
     for step in range(st.step + 1, steps + 1):
         x, y = st.loader.next_batch()
@@ -59,8 +61,8 @@ def _run(config, steps, listeners):
         st.sched.step()
         st.step = step
         losses[step] = loss.item()
-        cb.on_step_end(step=step, state=st)
-    cb.on_train_end(step=st.step, state=st, reason="Completed")
+        cb.on_step_end(state=st, stats=StepStats(step=step))
+    cb.on_train_end(state=st, step=st.step, reason="Completed")
     return losses, cb
 
 
@@ -75,7 +77,7 @@ def test_callback_saves_interval_and_final_and_resumes(tmp_path):
         7, [])
     rec = Recorder()
     first, cb = _run(config, 5, [rec])
-    assert cb.last_complete_step == 5                          # the final save at the end
+    assert cb.last_complete_step == cb.outcome().checkpoint_step == 5   # the final save at the end
     assert ("complete", 2) in rec.events and ("complete", 4) in rec.events and ("blocked", 5) in rec.events
     sections = [e for e in rec.events if e[0] in ("start", "blocked")]        # a section around each copy
     assert sections == [("start", 2), ("blocked", 2), ("start", 4), ("blocked", 4), ("start", 5), ("blocked", 5)]

@@ -1,14 +1,17 @@
 """The metrics log a job leaves on its persistent volume: one JSONL file per attempt, one record per line.
 
-Written by rank 0's metrics callback, read by `omnitrain report`. Appending one flushed line per event means a
-killed attempt loses at most the line being written; a torn last line is skipped on reading, never fatal.
+Written by rank 0's metrics callback (omnitrain.observability.callback) and, for `hang`, by node rank 0's watchdog
+(omnitrain.resilience.watchdog); read by `omnitrain report` and goodput (omnitrain.resilience.goodput). Plain
+Python at the bottom of the layers, so that resilience writes it without importing observability. Appending one
+flushed line per event means a killed attempt loses at most the line being written; a torn last line is skipped on
+reading, never fatal.
 
 Record kinds (all carry `kind`, `time` (unix seconds) and `attempt`):
   start       {step (resumed from), total_steps, world_size, peak_flops (per device or null)}
   step        {step, loss, step_seconds, tokens, tokens_per_second, mfu (or null)}
   checkpoint  {step, blocking_seconds} when a save blocked the loop; {step, complete: true} when it is complete
   restore     {step, seconds}
-  hang        {step}
+  hang        {step, stalled_ranks} (the watchdog, before it ends the pod)
   goodput     {goodput, badput_seconds: {cause: s}}
   end         {step, reason}
 """
