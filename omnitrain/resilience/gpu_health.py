@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ def new_ecc_errors(baseline: dict[int, int], current: dict[int, int]) -> list[in
 
 class GpuHealth:
     def __init__(self) -> None:
-        self._nvml = None
+        self._nvml: Any = None   # pynvml, loaded lazily: it is optional and absent on CPU machines
         self._handles: list = []
         self._events = None
         self._ecc_baseline: dict[int, int] = {}
