@@ -48,10 +48,11 @@ def _report(args: argparse.Namespace) -> int:
     status, created = None, None
     if not args.offline:
         from omnitrain.observability.status_fetch import fetch_job
+        from omnitrain.status import JobStatus
         from omnitrain.timestamps import parse_rfc3339
         try:
             job = fetch_job(args.job, args.namespace).job
-            status = job.get("status") or {}
+            status = JobStatus.from_wire(job.get("status"))
             created = parse_rfc3339((job.get("metadata") or {}).get("creationTimestamp"))
         except Exception as exc:  # the log alone still makes a report; say what is missing
             print(f"warning: job status not read from the API server ({exc}); the report uses the metrics log only",

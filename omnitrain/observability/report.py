@@ -14,6 +14,7 @@ from pathlib import Path
 
 from omnitrain.metrics_log import JobLog
 from omnitrain.resilience.goodput import Event, EventKind, compute_goodput, events_from_metrics_log
+from omnitrain.status import JobStatus
 from omnitrain.timestamps import parse_rfc3339
 
 
@@ -196,15 +197,15 @@ def _row(label: str, value) -> str:
     return f"<tr><th>{html.escape(label)}</th><td>{html.escape(str(value))}</td></tr>"
 
 
-def render_html(summary: JobSummary, title: str, png_name: str, status: dict | None = None) -> str:
-    status = status or {}
+def render_html(summary: JobSummary, title: str, png_name: str, status: JobStatus | None = None) -> str:
+    status = status or JobStatus()
     kept = [s for s in summary.steps if not s["wasted"]]
     last_loss = next((s["loss"] for s in reversed(kept) if s.get("loss") is not None), None)
     mfus = [s["mfu"] for s in kept if s.get("mfu") is not None]
     tps = [s["tokens_per_second"] for s in kept if s.get("tokens_per_second")]
     rows = [
-        _row("phase", status.get("phase", "-")),
-        _row("steps", f"{kept[-1]['step'] if kept else 0} / {status.get('totalSteps', '-')}"),
+        _row("phase", status.phase or "-"),
+        _row("steps", f"{kept[-1]['step'] if kept else 0} / {status.total_steps or '-'}"),
         _row("attempts", len(summary.attempts)),
         _row("final loss", f"{last_loss:.4g}" if last_loss is not None else "-"),
         _row("mean MFU", f"{100 * sum(mfus) / len(mfus):.2f}%" if mfus else "not reported (no peak FLOP/s)"),
@@ -212,11 +213,8 @@ def render_html(summary: JobSummary, title: str, png_name: str, status: dict | N
         _row("wall time", f"{summary.wall_seconds:.1f} s"),
         _row("goodput (from the log)", f"{100 * summary.goodput:.1f}%" if summary.goodput is not None else "-"),
     ]
-    status_goodput = status.get("goodput")
-    if isinstance(status_goodput, dict) and status_goodput.get("ratio") is not None:
-        rows.append(_row("goodput (job status)", f"{100 * float(status_goodput['ratio']):.1f}%"))
-    elif isinstance(status_goodput, (int, float)):
-        rows.append(_row("goodput (job status)", f"{100 * status_goodput:.1f}%"))
+    if status.goodput is not None and status.goodput.get("ratio") is not None:
+        rows.append(_row("goodput (job status)", f"{100 * float(status.goodput['ratio']):.1f}%"))
     badput = "".join(_row(cause, f"{seconds:.1f} s") for cause, seconds in summary.badput_seconds.items())
     attempts = "".join(
         f"<tr><td>{a.attempt}</td><td>{a.resumed_from}</td><td>{a.last_step if a.last_step is not None else '-'}"
@@ -236,7 +234,7 @@ th,td{{border:1px solid #ccc;padding:4px 10px;text-align:left}} img{{max-width:1
 """
 
 
-def write_report(log: JobLog, out_dir: str | os.PathLike, job_name: str, status: dict | None = None,
+def write_report(log: JobLog, out_dir: str | os.PathLike, job_name: str, status: JobStatus | None = None,
                  job_created: float | None = None) -> tuple[Path, Path]:
     """Write <out>/report.png and <out>/report.html; returns both paths. Goodput counts from job_created (the
     job's metadata.creationTimestamp, where the trainer's status.goodput counts from), else status.startTime, else
@@ -246,7 +244,7 @@ def write_report(log: JobLog, out_dir: str | os.PathLike, job_name: str, status:
                          "(or point --metrics-dir at the job's <persistentPath>/<job>/metrics folder)")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    started = job_created if job_created is not None else parse_rfc3339((status or {}).get("startTime"))
+    started = job_created if job_created is not None else parse_rfc3339(status.start_time if status else None)
     summary = summarise(log, started)
     title = f"OmniTrainingJob {job_name}"
     png = plot_report(summary, title, out / "report.png")

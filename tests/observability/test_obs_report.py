@@ -7,6 +7,7 @@ import pytest
 
 from omnitrain.observability.callback import MetricsCallback
 from omnitrain.observability.report import summarise, write_report
+from omnitrain.status import JobStatus
 from omnitrain.metrics_log import read_job_log
 from omnitrain.training_hooks import StepStats
 
@@ -70,8 +71,8 @@ def test_report_writes_png_and_html(tmp_path):
     clock.t += 30.0
     run_attempt(tmp_path / "log", clock, attempt=1, resume_from=4, last_step=12, crash=False, restore=1.0)
     png, page = write_report(read_job_log(tmp_path / "log"), tmp_path / "out", "default/demo",
-                             status={"phase": "Succeeded", "totalSteps": 12,
-                                     "goodput": {"ratio": 0.3404, "badputSeconds": {"recovery": 30.0}}})
+                             status=JobStatus.from_wire({"phase": "Succeeded", "totalSteps": 12, "goodput": {
+                                 "ratio": 0.3404, "badputSeconds": {"recovery": 30.0}}}))
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
     text = page.read_text()
     assert 'src="report.png"' in text and "Succeeded" in text and "12 / 12" in text
