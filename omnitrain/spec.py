@@ -115,6 +115,16 @@ class CheckpointSpec(_Spec):
     when_busy: Literal["wait", "skip"] = Field(
         "wait", description="A checkpoint due while the previous one is still being written: wait for it or skip.")
 
+    @property
+    def persistent_root(self) -> str | None:
+        """The persistent tier's mount point; None without a claim (checkpoints then stay on node-local disk)."""
+        return self.persistent_path if self.persistent_claim else None
+
+    def job_root(self, job: str) -> str:
+        """`<root>/<job>` as the pods see it: the job's checkpoints and metrics log (docs/checkpointing.md), on the
+        persistent tier when there is a claim (it outlives the pods and nodes), else on the node-local disk."""
+        return f"{self.persistent_root or self.local_path}/{job}"
+
 
 class ResilienceSpec(_Spec):
     hang_timeout_seconds: int = Field(60, ge=5, description="No step and no RDMA traffic for this long is a hang.")

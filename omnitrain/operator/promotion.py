@@ -67,8 +67,7 @@ def served_checkpoint(job: plan.JobRef, spec: JobSpec) -> str:
     distill, _ = wanted(spec)
     if distill:
         return student_path(spec.checkpoint.persistent_path, job.name)
-    root = spec.checkpoint.persistent_path if spec.checkpoint.persistent_claim else spec.checkpoint.local_path
-    return f"{root}/{job.name}"
+    return spec.checkpoint.job_root(job.name)
 
 
 LABEL_PROMOTED_FROM = "omnitrain.io/promoted-from"
