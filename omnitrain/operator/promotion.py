@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from omnitrain import contract
 from omnitrain.operator import plan
 from omnitrain.operator.reconcile import Event
-from omnitrain.serving.paths import student_path
 from omnitrain.spec import JobSpec
 
 PENDING, RUNNING, SUCCEEDED, FAILED = "Pending", "Running", "Succeeded", "Failed"
@@ -66,7 +65,7 @@ def served_checkpoint(job: plan.JobRef, spec: JobSpec) -> str:
     """The student when distillation runs; otherwise the job's checkpoint folder (its newest complete step)."""
     distill, _ = wanted(spec)
     if distill:
-        return student_path(spec.checkpoint.persistent_path, job.name)
+        return contract.student_path(spec.checkpoint.persistent_path, job.name)
     return spec.checkpoint.job_root(job.name)
 
 

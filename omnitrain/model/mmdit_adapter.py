@@ -3,7 +3,7 @@ keys/values can be cached, and the PackedBatches the denoiser needs (full / cond
 RoPE positions `omnitrain.model.packing.pack` gives (text at 0, reference at t = -1, context and video on the patch
 grid), so positions do not depend on which tokens share the batch.
 
-`build_mmdit` is the factory named in model files ("omnitrain.serving.mmdit_adapter:build_mmdit"); the parameter
+`build_mmdit` is the factory named in model files ("omnitrain.model.mmdit_adapter:build_mmdit"); the parameter
 names are MMDiT's own, so a trained MMDiT state dict loads unchanged.
 """
 
@@ -13,11 +13,11 @@ import dataclasses
 
 import torch
 
+from omnitrain.model.conditions import Conditions
 from omnitrain.model.config import ModelConfig
 from omnitrain.model.mmdit import MMDiT, Embedder, timestep_embedding
 from omnitrain.model.packing import CONTEXT, REFERENCE, TEXT, VIDEO, PackedBatch
 from omnitrain.model.patchify import grid_positions
-from omnitrain.serving.conditions import Conditions
 
 
 class CleanConditionEmbedder(Embedder):
