@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from omnitrain.trainer.checkpoint import CheckpointConfig, Checkpointer
-from omnitrain.trainer.checkpoint.paths import job_dir
+from omnitrain.checkpoint_paths import job_dir
 
 
 def make_state(mb: int, tensors: int, device: str) -> dict:

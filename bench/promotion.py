@@ -29,8 +29,8 @@ sys.path.insert(0, REPO)
 from omnitrain.model.config import ModelConfig  # noqa: E402
 from omnitrain.model.fp8 import quantize_linears, scaled_mm_supported  # noqa: E402
 from omnitrain.model.sampling import SamplerConfig  # noqa: E402
-from omnitrain.serving.conditions import Conditions  # noqa: E402
-from omnitrain.serving.denoiser import Denoiser  # noqa: E402
+from omnitrain.model.conditions import Conditions  # noqa: E402
+from omnitrain.model.denoiser import Denoiser  # noqa: E402
 from omnitrain.serving.testing import build_tiny  # noqa: E402
 from omnitrain.trainer.distill.loop import DistillConfig, distill  # noqa: E402
 from omnitrain.trainer.distill.synthetic import SyntheticTask, train_teacher  # noqa: E402
@@ -101,7 +101,7 @@ def bench_condition_cache(args, model_name: str = "tiny") -> dict:
     torch.manual_seed(0)
     if model_name == "mmdit":
         from omnitrain.model.mmdit import randomize_
-        from omnitrain.serving.mmdit_adapter import build_mmdit
+        from omnitrain.model.mmdit_adapter import build_mmdit
         model, adapter = build_mmdit(CACHE_MODEL)
         randomize_(model, torch.Generator().manual_seed(0))
     else:

@@ -11,6 +11,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from enum import IntEnum
+from pathlib import PurePosixPath
 
 # The CRD's coordinates: the operator serves them, `omnitrain status` and the tests address jobs by them.
 GROUP = "omnitrain.io"
@@ -26,6 +27,21 @@ CRD_NAME = f"{PLURAL}.{GROUP}"
 CONFIG_MOUNT = "/etc/omnitrain"
 CONFIG_FILE = "config.yaml"
 CONFIG_PATH = f"{CONFIG_MOUNT}/{CONFIG_FILE}"
+
+# Where promotion's artifacts live on the persistent claim: `omnitrain distill` writes the student there, the
+# operator points the inference Deployment at it. Next to the job's step-<N> checkpoint folders, never inside one.
+STUDENT_FILE = "student.pt"
+
+
+def promotion_dir(persistent_path: str, job: str) -> str:
+    """`<persistentPath>/<job>/promotion/`."""
+    return str(PurePosixPath(persistent_path) / job / "promotion")
+
+
+def student_path(persistent_path: str, job: str) -> str:
+    """The distilled student written by `omnitrain distill` and served by `omnitrain serve`."""
+    return str(PurePosixPath(promotion_dir(persistent_path, job)) / STUDENT_FILE)
+
 
 # Where a container writes why it ended (Kubernetes' terminationMessagePath default).
 TERMINATION_LOG_ENV = "OMNITRAIN_TERMINATION_LOG"

@@ -7,6 +7,7 @@ kopf. Semantic checks that span fields live in `validate_job_spec`, which names 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -117,6 +118,16 @@ class CheckpointSpec(_Spec):
     when_busy: Literal["wait", "skip"] = Field(
         "wait", description="A checkpoint due while the previous one is still being written: wait for it or skip.")
 
+    @property
+    def persistent_root(self) -> str | None:
+        """The persistent tier's mount point; None without a claim (checkpoints then stay on node-local disk)."""
+        return self.persistent_path if self.persistent_claim else None
+
+    def job_root(self, job: str) -> str:
+        """`<root>/<job>` as the pods see it: the job's checkpoints and metrics log (docs/checkpointing.md), on the
+        persistent tier when there is a claim (it outlives the pods and nodes), else on the node-local disk."""
+        return f"{self.persistent_root or self.local_path}/{job}"
+
 
 class ResilienceSpec(_Spec):
     hang_timeout_seconds: int = Field(60, ge=5, description="No step and no RDMA traffic for this long is a hang.")
@@ -218,53 +229,12 @@ def validate_job_spec(spec: JobSpec) -> list[FieldError]:
     errors: list[FieldError] = []
     p = spec.parallelism
     model = spec.model.resolve()
-    world = p.world_size
-    model_parallel = p.tensor * p.pipeline * p.ulysses
-    if p.data is None and world % model_parallel:
-        errors.append(FieldError(
-            field="spec.parallelism",
-            message=(f"tensor x pipeline x ulysses = {model_parallel} does not divide nodes x gpusPerNode = {world}; "
-                     "change the degrees or the node count")))
-    elif p.tensor * p.pipeline * p.ulysses * p.data_degree() != world:
-        errors.append(FieldError(
-            field="spec.parallelism.data",
-            message=(f"tensor x pipeline x ulysses x data = {model_parallel * p.data_degree()} but nodes x "
-                     f"gpusPerNode = {world}; set data to {world // model_parallel} or leave it unset")))
-    if p.tensor > p.gpus_per_node or p.gpus_per_node % p.tensor:
-        errors.append(FieldError(
-            field="spec.parallelism.tensor",
-            message=(f"tensor={p.tensor} must divide gpusPerNode={p.gpus_per_node}: tensor-parallel groups stay "
-                     "inside one node")))
     if model.hidden_size % model.num_heads:
         errors.append(FieldError(
             field="spec.model.numHeads",
             message=f"hiddenSize={model.hidden_size} is not divisible by numHeads={model.num_heads}"))
-    if model.num_heads % (p.tensor * p.ulysses):
-        errors.append(FieldError(
-            field="spec.parallelism.tensor",
-            message=(f"numHeads={model.num_heads} is not divisible by tensor x ulysses = {p.tensor * p.ulysses}; "
-                     "pick degrees that divide the head count")))
-    if model.mlp_hidden % p.tensor:
-        errors.append(FieldError(
-            field="spec.parallelism.tensor",
-            message=f"the MLP width {model.mlp_hidden} is not divisible by tensor={p.tensor}"))
-    stages = p.pipeline * p.virtual_stages
-    if stages > model.depth:
-        errors.append(FieldError(
-            field="spec.parallelism.pipeline",
-            message=(f"pipeline x virtualStages = {stages} stages but the model has {model.depth} layers; "
-                     "use fewer stages or a deeper model")))
-    if p.pipeline_schedule == "interleaved1F1B" and p.virtual_stages < 2:
-        errors.append(FieldError(
-            field="spec.parallelism.virtualStages",
-            message="interleaved1F1B needs virtualStages >= 2; set virtualStages or use pipelineSchedule 1F1B"))
-    if p.pipeline > 1 and p.micro_batches < p.pipeline:
-        errors.append(FieldError(
-            field="spec.parallelism.microBatches",
-            message=(f"microBatches={p.micro_batches} < pipeline={p.pipeline} leaves stages idle; "
-                     f"set microBatches >= {p.pipeline}")))
-    errors += replicated_path_errors(p.pipeline, p.tensor, p.ulysses, p.data_sharding, p.elastic_ulysses,
-                                     p.gradient_reduce)
+    errors += layout_problems(LayoutFacts.from_spec(p), num_heads=model.num_heads, depth=model.depth,
+                              mlp_hidden=model.mlp_hidden)
     if spec.memory.offload == "pipelineAware" and p.pipeline == 1:
         errors.append(FieldError(
             field="spec.memory.offload",
@@ -292,18 +262,98 @@ def validate_job_spec(spec: JobSpec) -> list[FieldError]:
     return errors
 
 
-def replicated_path_errors(pipeline: int, tensor: int, ulysses: int, data_sharding: str, elastic_ulysses: bool,
-                           gradient_reduce: str) -> list[FieldError]:
-    """Elastic Ulysses and the overlapped gradient all-reduce exist for the replicated data/Ulysses path only
-    (also checked by the trainer's omnitrain.trainer.parallel.layout.check_layout)."""
-    errors = []
-    for name, wanted in (("elasticUlysses", elastic_ulysses), ("gradientReduce", gradient_reduce == "overlapped")):
-        if wanted and (pipeline > 1 or tensor > 1 or data_sharding != "replicate"):
+@dataclass(frozen=True)
+class LayoutFacts:
+    """A parallel layout as both of its checkers know it: the operator before launch (from the spec, world = nodes x
+    gpusPerNode) and the trainer at start (omnitrain.trainer.parallel.layout.check_layout, its real world)."""
+
+    world: int                        # processes of the job
+    tensor: int = 1
+    pipeline: int = 1
+    ulysses: int = 1
+    data: int | None = None           # None: whatever the world leaves after the model-parallel degrees
+    virtual_stages: int = 1
+    pipeline_schedule: str = "1F1B"
+    micro_batches: int = 1
+    data_sharding: str = "replicate"
+    elastic_ulysses: bool = False
+    gradient_reduce: str = "coalesced"
+    gpus_per_node: int | None = None  # None: not known here, so the "tensor inside a node" rule is not checked
+
+    @classmethod
+    def from_spec(cls, p: ParallelismSpec) -> LayoutFacts:
+        return cls(world=p.world_size, tensor=p.tensor, pipeline=p.pipeline, ulysses=p.ulysses, data=p.data,
+                   virtual_stages=p.virtual_stages, pipeline_schedule=p.pipeline_schedule,
+                   micro_batches=p.micro_batches, data_sharding=p.data_sharding, elastic_ulysses=p.elastic_ulysses,
+                   gradient_reduce=p.gradient_reduce, gpus_per_node=p.gpus_per_node)
+
+
+def layout_problems(f: LayoutFacts, *, num_heads: int, depth: int, mlp_hidden: int) -> list[FieldError]:
+    """Everything wrong with a parallel layout for a world and a model, each naming the spec field and the fix.
+    The one rule set: the operator's validate_job_spec and the trainer's check_layout both call it."""
+    errors: list[FieldError] = []
+    model_parallel = f.tensor * f.pipeline * f.ulysses
+    if f.world % model_parallel:
+        errors.append(FieldError(
+            field="spec.parallelism",
+            message=(f"tensor x pipeline x ulysses = {model_parallel} does not divide the job's {f.world} processes "
+                     "(nodes x gpusPerNode); change the degrees or the node count")))
+    elif f.data is not None and model_parallel * f.data != f.world:
+        errors.append(FieldError(
+            field="spec.parallelism.data",
+            message=(f"tensor x pipeline x ulysses x data = {model_parallel * f.data} but the job has {f.world} "
+                     f"processes (nodes x gpusPerNode); set data to {f.world // model_parallel} or leave it unset")))
+    if f.gpus_per_node is not None and (f.tensor > f.gpus_per_node or f.gpus_per_node % f.tensor):
+        errors.append(FieldError(
+            field="spec.parallelism.tensor",
+            message=(f"tensor={f.tensor} must divide gpusPerNode={f.gpus_per_node}: tensor-parallel groups stay "
+                     "inside one node")))
+    head_split = f.tensor * f.ulysses
+    if num_heads % head_split:
+        # Name the degree that splits the heads; both when both do.
+        which = "tensor" if f.ulysses == 1 else "ulysses" if f.tensor == 1 else "tensor/ulysses"
+        errors.append(FieldError(
+            field=f"spec.parallelism.{which}",
+            message=(f"numHeads={num_heads} is not divisible by tensor x ulysses = {head_split}; "
+                     "pick degrees that divide the head count")))
+    if mlp_hidden % f.tensor:
+        errors.append(FieldError(
+            field="spec.parallelism.tensor",
+            message=f"the MLP width {mlp_hidden} is not divisible by tensor={f.tensor}; pick a tensor degree that "
+                    "divides it"))
+    stages = f.pipeline * f.virtual_stages
+    if stages > depth:
+        errors.append(FieldError(
+            field="spec.parallelism.pipeline",
+            message=(f"pipeline x virtualStages = {stages} stages but the model has {depth} blocks; "
+                     "use fewer stages or a deeper model")))
+    if f.pipeline_schedule == "interleaved1F1B" and f.virtual_stages < 2:
+        errors.append(FieldError(
+            field="spec.parallelism.virtualStages",
+            message="interleaved1F1B needs virtualStages >= 2; set virtualStages or use pipelineSchedule 1F1B"))
+    if f.pipeline_schedule == "1F1B" and f.virtual_stages > 1:
+        errors.append(FieldError(
+            field="spec.parallelism.pipelineSchedule",
+            message="virtualStages > 1 needs pipelineSchedule interleaved1F1B; set it or virtualStages 1"))
+    if f.pipeline > 1 and f.pipeline_schedule == "interleaved1F1B" and f.micro_batches % f.pipeline:
+        errors.append(FieldError(
+            field="spec.parallelism.microBatches",
+            message=(f"interleaved1F1B sends micro-batches through the stages in groups of pipeline={f.pipeline}; "
+                     f"set microBatches to a multiple of it (now {f.micro_batches})")))
+    elif f.pipeline > 1 and f.micro_batches < f.pipeline:
+        errors.append(FieldError(
+            field="spec.parallelism.microBatches",
+            message=(f"microBatches={f.micro_batches} < pipeline={f.pipeline} leaves stages idle; "
+                     f"set microBatches >= {f.pipeline}")))
+    # Elastic Ulysses and the overlapped gradient all-reduce exist for the replicated data/Ulysses path only.
+    for name, wanted in (("elasticUlysses", f.elastic_ulysses), ("gradientReduce", f.gradient_reduce == "overlapped")):
+        if wanted and (f.pipeline > 1 or f.tensor > 1 or f.data_sharding != "replicate"):
             errors.append(FieldError(
                 field=f"spec.parallelism.{name}",
                 message=(f"supported with pipeline=1, tensor=1 and dataSharding replicate only (now pipeline="
-                         f"{pipeline}, tensor={tensor}, dataSharding {data_sharding}); turn it off or change those")))
-    if elastic_ulysses and ulysses < 2:
+                         f"{f.pipeline}, tensor={f.tensor}, dataSharding {f.data_sharding}); turn it off or change "
+                         "those")))
+    if f.elastic_ulysses and f.ulysses < 2:
         errors.append(FieldError(field="spec.parallelism.elasticUlysses",
                                  message="needs ulysses >= 2 (it picks a degree up to ulysses per micro-batch)"))
     return errors
@@ -328,7 +378,7 @@ class TrainerConfig(_Spec):
 
 
 __all__ = [
-    "CheckpointSpec", "DataSpec", "DistillSpec", "FieldError", "InferenceSpec", "JobSpec", "MemorySpec", "ModelSpec",
-    "ParallelismSpec", "PromotionSpec", "ResilienceSpec", "ResourcesSpec", "RunInfo", "SchedulingSpec",
-    "SyntheticDataSpec", "Toleration", "TrainerConfig", "TrainingSpec", "validate_job_spec",
+    "CheckpointSpec", "DataSpec", "DistillSpec", "FieldError", "InferenceSpec", "JobSpec", "LayoutFacts", "MemorySpec",
+    "ModelSpec", "ParallelismSpec", "PromotionSpec", "ResilienceSpec", "ResourcesSpec", "RunInfo", "SchedulingSpec",
+    "SyntheticDataSpec", "Toleration", "TrainerConfig", "TrainingSpec", "layout_problems", "validate_job_spec",
 ]

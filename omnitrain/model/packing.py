@@ -88,23 +88,35 @@ def sample_tokens(record: SampleRecord, patch_size: tuple[int, int, int]) -> int
     return n
 
 
-def pack(records: list[SampleRecord], patch_size: tuple[int, int, int]) -> PackedBatch:
-    """Concatenate samples into one PackedBatch (no budget here: the data loader decides what goes together)."""
-    if not records:
+# One sample's tokens of one kind: (kind, tokens [n, width], RoPE positions [n, 3]).
+Part = tuple[int, torch.Tensor, torch.Tensor]
+
+
+def text_part(tokens: torch.Tensor) -> Part:
+    return (TEXT, tokens, torch.zeros(tokens.shape[0], 3))
+
+
+def reference_part(tokens: torch.Tensor, grid: tuple[int, int, int]) -> Part:
+    return (REFERENCE, tokens, grid_positions(grid, t_offset=-grid[0]))
+
+
+def context_part(tokens: torch.Tensor, grid: tuple[int, int, int]) -> Part:
+    return (CONTEXT, tokens, grid_positions(grid))
+
+
+def video_part(tokens: torch.Tensor, grid: tuple[int, int, int]) -> Part:
+    return (VIDEO, tokens, grid_positions(grid))
+
+
+def pack_parts(samples: list[list[Part]], *, text_dim: int, patch_dim: int,
+               video_grids: list[tuple[int, int, int]] | None = None) -> PackedBatch:
+    """Concatenate samples, each a list of parts in sequence order, into one PackedBatch. The widths give the
+    empty per-kind tensors their shape (a batch of conditions only has no video tokens, and so on)."""
+    if not samples:
         raise ValueError("cannot pack an empty list of samples")
     per_kind: dict[int, list[torch.Tensor]] = {TEXT: [], REFERENCE: [], CONTEXT: [], VIDEO: []}
-    kinds, sample_ids, positions, lengths, grids = [], [], [], [], []
-    for i, rec in enumerate(records):
-        parts = [(TEXT, rec.text, torch.zeros(rec.text.shape[0], 3))]
-        if rec.reference is not None:
-            grid = patch_grid(tuple(rec.reference.shape), patch_size)
-            parts.append((REFERENCE, patchify(rec.reference, patch_size), grid_positions(grid, t_offset=-grid[0])))
-        if rec.context is not None:
-            grid = patch_grid(tuple(rec.context.shape), patch_size)
-            parts.append((CONTEXT, patchify(rec.context, patch_size), grid_positions(grid)))
-        grid = patch_grid(tuple(rec.video.shape), patch_size)
-        grids.append(grid)
-        parts.append((VIDEO, patchify(rec.video, patch_size), grid_positions(grid)))
+    kinds, sample_ids, positions, lengths = [], [], [], []
+    for i, parts in enumerate(samples):
         n = 0
         for kind, tokens, pos in parts:
             per_kind[kind].append(tokens.float())
@@ -113,17 +125,37 @@ def pack(records: list[SampleRecord], patch_size: tuple[int, int, int]) -> Packe
             n += tokens.shape[0]
         sample_ids.append(torch.full((n,), i, dtype=torch.long))
         lengths.append(n)
-    cu = torch.zeros(len(records) + 1, dtype=torch.int32)
+    cu = torch.zeros(len(samples) + 1, dtype=torch.int32)
     cu[1:] = torch.cumsum(torch.tensor(lengths), 0)
-    text_dim = records[0].text.shape[1]
-    patch_dim = per_kind[VIDEO][0].shape[1]
+    widths = {TEXT: text_dim, REFERENCE: patch_dim, CONTEXT: patch_dim, VIDEO: patch_dim}
 
-    def cat(kind: int, width: int) -> torch.Tensor:
-        return torch.cat(per_kind[kind]) if per_kind[kind] else torch.zeros(0, width)
+    def cat(kind: int) -> torch.Tensor:
+        return torch.cat(per_kind[kind]) if per_kind[kind] else torch.zeros(0, widths[kind])
 
-    return PackedBatch(text=cat(TEXT, text_dim), reference=cat(REFERENCE, patch_dim), context=cat(CONTEXT, patch_dim),
-                       video=cat(VIDEO, patch_dim), kind=torch.cat(kinds), sample_id=torch.cat(sample_ids),
-                       positions=torch.cat(positions), cu_seqlens=cu, video_grids=grids)
+    return PackedBatch(text=cat(TEXT), reference=cat(REFERENCE), context=cat(CONTEXT), video=cat(VIDEO),
+                       kind=torch.cat(kinds), sample_id=torch.cat(sample_ids), positions=torch.cat(positions),
+                       cu_seqlens=cu, video_grids=list(video_grids or []))
+
+
+def pack(records: list[SampleRecord], patch_size: tuple[int, int, int]) -> PackedBatch:
+    """Concatenate samples into one PackedBatch (no budget here: the data loader decides what goes together)."""
+    if not records:
+        raise ValueError("cannot pack an empty list of samples")
+    samples, grids = [], []
+    for rec in records:
+        parts = [text_part(rec.text)]
+        if rec.reference is not None:
+            parts.append(reference_part(patchify(rec.reference, patch_size),
+                                        patch_grid(tuple(rec.reference.shape), patch_size)))
+        if rec.context is not None:
+            parts.append(context_part(patchify(rec.context, patch_size),
+                                      patch_grid(tuple(rec.context.shape), patch_size)))
+        grid = patch_grid(tuple(rec.video.shape), patch_size)
+        grids.append(grid)
+        parts.append(video_part(patchify(rec.video, patch_size), grid))
+        samples.append(parts)
+    return pack_parts(samples, text_dim=records[0].text.shape[1], patch_dim=samples[0][-1][1].shape[1],
+                      video_grids=grids)
 
 
 def video_tokens_of(batch: PackedBatch, values: torch.Tensor, sample: int) -> torch.Tensor:

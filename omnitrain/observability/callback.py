@@ -27,6 +27,7 @@ from omnitrain.observability.gpu_telemetry import GpuTelemetry
 from omnitrain.observability.peaks import configured_peak_flops, resolve_peak_flops
 from omnitrain.observability.trainer_metrics import MetricsRole, TrainerMetrics
 from omnitrain.resilience.goodput import GoodputReport, compute_goodput, events_from_metrics_log
+from omnitrain.spec import CheckpointSpec
 from omnitrain.timestamps import parse_rfc3339
 from omnitrain.training_hooks import COMPLETED, CheckpointHooks, StepStats, TrainerHooks, TrainOutcome
 
@@ -52,12 +53,10 @@ def _finite(value: float | None) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def metrics_log_dir(checkpoint_persistent_path: str, checkpoint_local_path: str, has_persistent_claim: bool,
-                    job: str) -> Path:
+def metrics_log_dir(checkpoint: CheckpointSpec, job: str) -> Path:
     """Where the metrics log of a job lives: `<root>/<job>/metrics`, beside the job's checkpoints
-    (docs/checkpointing.md) on the persistent tier (it survives the pods), else on the node-local disk."""
-    base = checkpoint_persistent_path if has_persistent_claim else checkpoint_local_path
-    return Path(base) / job / METRICS_LOG_SUBDIR
+    (CheckpointSpec.job_root: the persistent tier, which survives the pods, else the node-local disk)."""
+    return Path(checkpoint.job_root(job)) / METRICS_LOG_SUBDIR
 
 
 def detect_device_name() -> str | None:
@@ -125,8 +124,7 @@ class MetricsCallback(TrainerHooks, CheckpointHooks):
             total_steps=spec.training.steps, world_size=world_size, rank=rank, local_rank=local_rank,
             node=env.get(contract.ENV_NODE_NAME, ""), metrics_addr=env.get(contract.ENV_POD_IP, "0.0.0.0"),
             metrics_port=port,
-            log_dir=metrics_log_dir(spec.checkpoint.persistent_path, spec.checkpoint.local_path,
-                                    spec.checkpoint.persistent_claim is not None, run.job_name),
+            log_dir=metrics_log_dir(spec.checkpoint, run.job_name),
             peak_flops_per_device=peak, checkpoint_interval=spec.checkpoint.interval_steps,
             job_created=parse_timestamp(run.job_created))
 

@@ -114,8 +114,7 @@ def pod_labels(job: str, attempt: int, rank: int) -> dict[str, str]:
 
 def checkpoint_root(spec: JobSpec, job: str) -> str:
     """Where the job's checkpoints live as the pods see it (docs/checkpointing.md): status.lastCheckpoint.path."""
-    root = spec.checkpoint.persistent_path if spec.checkpoint.persistent_claim else spec.checkpoint.local_path
-    return f"{root}/{job}"
+    return spec.checkpoint.job_root(job)
 
 
 def render_config_map(job: JobRef, spec: JobSpec, attempt: int) -> dict:

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from omnitrain import contract
 from omnitrain.operator import plan
 from omnitrain.operator.reconcile import Event
-from omnitrain.serving.paths import student_path
 from omnitrain.spec import JobSpec
 from omnitrain.status import JobStatus, Promotion, PromotionStage
 
@@ -67,9 +66,8 @@ def served_checkpoint(job: plan.JobRef, spec: JobSpec) -> str:
     """The student when distillation runs; otherwise the job's checkpoint folder (its newest complete step)."""
     distill, _ = wanted(spec)
     if distill:
-        return student_path(spec.checkpoint.persistent_path, job.name)
-    root = spec.checkpoint.persistent_path if spec.checkpoint.persistent_claim else spec.checkpoint.local_path
-    return f"{root}/{job.name}"
+        return contract.student_path(spec.checkpoint.persistent_path, job.name)
+    return spec.checkpoint.job_root(job.name)
 
 
 LABEL_PROMOTED_FROM = "omnitrain.io/promoted-from"

@@ -343,8 +343,7 @@ def settings_from_config(config_path: str | None, timeout: float | None, environ
         attempt = int(environ.get(contract.ENV_ATTEMPT, config.run.attempt) or 0)
         if int(environ.get("PET_NODE_RANK", "0") or 0) == 0:
             # Same place as the observability callback's log (<root>/<job>/metrics), one writer per attempt file.
-            root = spec.checkpoint.persistent_path if spec.checkpoint.persistent_claim else spec.checkpoint.local_path
-            log_dir = str(Path(root) / config.run.job_name / "metrics")
+            log_dir = str(Path(spec.checkpoint.job_root(config.run.job_name)) / "metrics")
     value = timeout if timeout is not None else configured
     if value is None:
         raise ValueError("omnitrain watchdog: give --config FILE (spec.resilience.hangTimeoutSeconds) "

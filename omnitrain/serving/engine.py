@@ -7,15 +7,18 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
+from omnitrain.checkpoint_paths import MANIFEST_NAME, parse_step
+from omnitrain.model.artifact import ModelArtifact, load_artifact, load_teacher
+from omnitrain.model.conditions import Conditions
+from omnitrain.model.denoiser import Denoiser
 from omnitrain.model.fp8 import quantize_linears
+from omnitrain.model.patchify import patchify, unpatchify
 from omnitrain.model.sampling import SamplerConfig, function_evaluations
 from omnitrain.serving.api import GenerateRequest, decode_array, encode_array
-from omnitrain.serving.artifact import load_artifact
-from omnitrain.serving.conditions import Conditions, patchify, unpatchify
-from omnitrain.serving.denoiser import Denoiser
 from omnitrain.serving.metrics import ServerMetrics
 
 log = logging.getLogger(__name__)
@@ -66,10 +69,9 @@ class InferenceEngine:
             self.load_error = f"{type(e).__name__}: {e}"
             log.error("could not load %s: %s", self.checkpoint, self.load_error)
 
-    def _load_model(self):
+    def _load_model(self) -> ModelArtifact:
         """A model file; or, without distillation, a training checkpoint: a step folder or the job's checkpoint
         folder (its newest complete step), whose model dimensions come from the trainer config."""
-        from pathlib import Path
         path = Path(self.checkpoint)
         if not path.is_dir():
             return load_artifact(path)
@@ -78,13 +80,11 @@ class InferenceEngine:
         import yaml
 
         from omnitrain.spec import TrainerConfig
-        from omnitrain.trainer.checkpoint.paths import parse_step
-        from omnitrain.trainer.distill.run import load_teacher
         with open(self.config_path) as f:
             trainer_config = TrainerConfig.model_validate(yaml.safe_load(f))
         steps = {parse_step(p.name): p for p in path.iterdir() if parse_step(p.name) is not None
-                 and (p / "manifest.json").is_file()}
-        return load_teacher(steps[max(steps)] if steps else path, trainer_config)
+                 and (p / MANIFEST_NAME).is_file()}
+        return load_teacher(steps[max(steps)] if steps else path, trainer_config.spec.model.resolve())
 
     def prepare(self, req: GenerateRequest) -> Prepared:
         cfg = self.config
@@ -137,7 +137,7 @@ class InferenceEngine:
         seconds = time.monotonic() - started
         results = []
         for p, tokens in zip(batch, outs):
-            latent = unpatchify(tokens, p.shape, self.config.patch_size)
+            latent = unpatchify(tokens, p.conditions.video_grid, self.config.patch_size, p.shape[0])
             res = {"shape": list(latent.shape), "mean": float(latent.mean()), "std": float(latent.std()),
                    "steps": p.sampler.steps, "method": p.sampler.method, "guidance": p.sampler.guidance,
                    "seed": p.request.seed, "batch_size": len(batch), "batch_seconds": seconds}

@@ -1,9 +1,10 @@
 """A tiny conditional DiT with the block structure docs/contracts.md promises for MMDiT (embed -> blocks with
-adaln, attn.q/k/v/o, attn.core, mlp.fc1/fc2 -> head), used by the promotion tests and benchmarks, and by
-`omnitrain serve` on checkpoints that name it, while the real MMDiT is not importable.
+adaln, attn.q/k/v/o, attn.core, mlp.fc1/fc2 -> head): a test helper for the promotion tests and benchmarks.
+Production never defaults to it; model files that hold it name it as their factory (FACTORY), so `omnitrain serve`
+and `omnitrain distill` run them too.
 
 Condition tokens (text, reference image, video context) get the modulation of timestep 0 whatever the sampling
-timestep, so with condition-causal attention their keys/values are the same at every step (omnitrain.serving.
+timestep, so with condition-causal attention their keys/values are the same at every step (omnitrain.model.
 condcache). Positions: one 1D RoPE index per token, conditions first, then video tokens.
 """
 
@@ -17,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from omnitrain.model.config import ModelConfig
-from omnitrain.serving.conditions import Conditions
+from omnitrain.model.conditions import Conditions
 
 KIND_TEXT, KIND_REFERENCE, KIND_CONTEXT, KIND_VIDEO = 0, 1, 2, 3
 
@@ -163,7 +164,7 @@ class TinyOmniDiT(nn.Module):
 
 
 class TinyOmniAdapter:
-    """Builds TinyOmniDiT batches for the denoiser (omnitrain.serving.denoiser.DenoiserAdapter)."""
+    """Builds TinyOmniDiT batches for the denoiser (omnitrain.model.denoiser.DenoiserAdapter)."""
 
     def __init__(self, cfg: ModelConfig):
         self.cfg = cfg
@@ -222,9 +223,13 @@ class TinyOmniAdapter:
         return self._pack([[(x, KIND_VIDEO, c.num_tokens)] for c, x in zip(conds, videos)])
 
 
+# What model files of this test model name as their factory (ModelArtifact.factory); nothing defaults to it.
+FACTORY = "omnitrain.serving.testing:build_tiny"
+
+
 def build_tiny(config: ModelConfig) -> tuple[TinyOmniDiT, TinyOmniAdapter]:
-    """Factory named in promotion checkpoints ("omnitrain.serving.testing:build_tiny")."""
+    """The factory FACTORY names."""
     return TinyOmniDiT(config), TinyOmniAdapter(config)
 
 
-__all__ = ["OmniBatch", "TinyOmniAdapter", "TinyOmniDiT", "build_tiny"]
+__all__ = ["FACTORY", "OmniBatch", "TinyOmniAdapter", "TinyOmniDiT", "build_tiny"]

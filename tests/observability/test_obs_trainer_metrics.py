@@ -157,7 +157,7 @@ def test_from_config_reads_the_pod_environment(tmp_path):
     cb = MetricsCallback.from_config(config, environ=env)
     try:
         assert (cb.job, cb.attempt, cb.total_steps, cb.peak_flops_per_device) == ("job-x", 2, 7, 1e9)
-        assert cb.log_dir == metrics_log_dir(str(tmp_path), "", True, "from-spec") == tmp_path / "from-spec" / "metrics"
+        assert cb.log_dir == metrics_log_dir(spec.checkpoint, "from-spec") == tmp_path / "from-spec" / "metrics"
         cb.on_train_start(step=3, restore_seconds=0.5)
         f = scrape(cb.bound_port)
         assert value(f, contract.METRIC_STEP, omnitrain_job="job-x") == 3

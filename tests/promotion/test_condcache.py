@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from omnitrain.model.sampling import SamplerConfig
-from omnitrain.serving.denoiser import Denoiser
+from omnitrain.model.denoiser import Denoiser
 from tests.promotion.helpers import random_conditions, tiny_model
 
 

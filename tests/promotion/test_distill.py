@@ -7,9 +7,10 @@ import pytest
 import torch
 import yaml
 
+from omnitrain.model.artifact import ModelArtifact, load_artifact, save_artifact
+from omnitrain.model.denoiser import Denoiser
 from omnitrain.model.sampling import SamplerConfig, timesteps
-from omnitrain.serving.artifact import ModelArtifact, load_artifact, save_artifact
-from omnitrain.serving.denoiser import Denoiser
+from omnitrain.serving.testing import FACTORY
 from omnitrain.spec import JobSpec, validate_job_spec
 from omnitrain.trainer.distill.loop import DistillConfig, distill
 from omnitrain.trainer.distill.phases import plan_phases
@@ -68,7 +69,7 @@ def test_ten_step_student_is_closer_to_the_150_step_teacher_than_the_undistilled
 def test_distill_command_writes_the_student_and_never_overwrites_it(teacher, tmp_path):
     den, _ = teacher
     teacher_file = tmp_path / "teacher.pt"
-    save_artifact(teacher_file, ModelArtifact(model=den.model, adapter=den.adapter, config=TINY))
+    save_artifact(teacher_file, ModelArtifact(model=den.model, adapter=den.adapter, config=TINY, factory=FACTORY))
     spec = {"checkpoint": {"persistentClaim": "ckpt", "persistentPath": str(tmp_path / "pv")},
             "training": {"logEvery": 2},
             "promotion": {"distill": {"teacherSteps": 20, "studentSteps": 4, "steps": 6, "batchSize": 2,
@@ -101,9 +102,9 @@ def test_distill_command_names_the_missing_teacher(tmp_path):
 
 
 def test_distill_from_a_training_checkpoint_of_mmdit_and_serve_the_student(tmp_path):
+    from omnitrain.model.artifact import MMDIT_FACTORY
     from omnitrain.model.mmdit import MMDiT, randomize_
     from omnitrain.serving.api import GenerateRequest, encode_array
-    from omnitrain.serving.artifact import MMDIT_FACTORY
     from omnitrain.serving.engine import InferenceEngine
     from omnitrain.spec import TrainerConfig
     from omnitrain.trainer.distill.run import run_distill

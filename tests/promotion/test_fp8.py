@@ -35,7 +35,7 @@ def test_quantization_saturates_instead_of_overflowing():
 
 def test_fp8_model_stays_within_tolerance_of_fp32():
     model, adapter = tiny_model(seed=1)
-    from omnitrain.serving.denoiser import Denoiser
+    from omnitrain.model.denoiser import Denoiser
     g = torch.Generator().manual_seed(0)
     conds = [random_conditions(g, text=6, reference=4) for _ in range(2)]
     videos = [torch.randn(12, 16, generator=g), torch.randn(8, 16, generator=g)]

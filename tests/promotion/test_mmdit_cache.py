@@ -6,9 +6,9 @@ import torch
 from omnitrain.model.config import ModelConfig
 from omnitrain.model.mmdit import MMDiT, randomize_
 from omnitrain.model.sampling import SamplerConfig
-from omnitrain.serving.conditions import Conditions
-from omnitrain.serving.denoiser import Denoiser
-from omnitrain.serving.mmdit_adapter import build_mmdit
+from omnitrain.model.conditions import Conditions
+from omnitrain.model.denoiser import Denoiser
+from omnitrain.model.mmdit_adapter import build_mmdit
 
 CFG = ModelConfig(hidden_size=32, depth=2, num_heads=4, latent_channels=4, text_dim=16, frequency_embedding_size=32)
 

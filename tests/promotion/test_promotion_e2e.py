@@ -16,8 +16,8 @@ import yaml
 
 from omnitrain.devcluster.procs import end_child
 from omnitrain.serving.api import encode_array
-from omnitrain.serving.artifact import ModelArtifact, load_artifact, save_artifact
-from omnitrain.serving.testing import build_tiny
+from omnitrain.model.artifact import ModelArtifact, load_artifact, save_artifact
+from omnitrain.serving.testing import FACTORY, build_tiny
 from omnitrain.trainer.parallel.testing import free_port
 from tests.promotion.helpers import TINY
 from tests.serving.conftest import http
@@ -78,7 +78,8 @@ def test_succeeded_job_is_distilled_served_and_answers(local_cluster, operator_p
     torch.manual_seed(0)
     model, adapter = build_tiny(TINY)
     pv = Path(local_cluster.ensure_persistent_claim("default", CLAIM))
-    save_artifact(pv / "teacher.pt", ModelArtifact(model=model, adapter=adapter, config=TINY), overwrite=True)
+    save_artifact(pv / "teacher.pt", ModelArtifact(model=model, adapter=adapter, config=TINY, factory=FACTORY),
+                  overwrite=True)
     name, port = f"promo-{uuid.uuid4().hex[:6]}", free_port()
     spec = {"parallelism": {"nodes": 1, "gpusPerNode": 1},
             "model": {"hiddenSize": TINY.hidden_size, "depth": TINY.depth, "numHeads": TINY.num_heads,

@@ -6,8 +6,8 @@ import urllib.request
 import pytest
 import torch
 
-from omnitrain.serving.artifact import ModelArtifact, save_artifact
-from omnitrain.serving.testing import build_tiny
+from omnitrain.model.artifact import ModelArtifact, save_artifact
+from omnitrain.serving.testing import FACTORY, build_tiny
 from tests.promotion.helpers import TINY
 
 
@@ -16,7 +16,7 @@ def student_file(tmp_path_factory):
     torch.manual_seed(7)
     model, adapter = build_tiny(TINY)
     path = tmp_path_factory.mktemp("student") / "student.pt"
-    save_artifact(path, ModelArtifact(model=model, adapter=adapter, config=TINY,
+    save_artifact(path, ModelArtifact(model=model, adapter=adapter, config=TINY, factory=FACTORY,
                                       sampler={"steps": 4, "shift": 1.0, "method": "euler"}))
     return path
 

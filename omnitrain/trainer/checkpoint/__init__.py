@@ -1,9 +1,10 @@
 """Asynchronous sharded checkpoints on node-local disk, replicated to persistent storage, with exact resume.
 
-Modules: paths (folder layout), fsio (durable writes, checksums), manifest (what makes a checkpoint complete),
-flatten + staging (tensors into reusable shared host buffers), save (one rank's save procedure), writer (the
-background process), retention, restore (discovery, fallback, resharding), checkpointer (the front end), rng,
-callback (the training-loop hooks). See docs/checkpointing.md.
+Modules: manifest (what makes a checkpoint complete), flatten + staging (tensors into reusable shared host
+buffers), save (one rank's save procedure), writer (the background process), retention, restore (discovery,
+fallback, resharding), checkpointer (the front end), rng, callback (the training-loop hooks); below the trainer,
+because serving and promotion read them too: omnitrain.checkpoint_paths (folder layout) and omnitrain.fsio
+(durable writes, checksums). See docs/checkpointing.md.
 """
 
 from omnitrain.trainer.checkpoint.checkpointer import CheckpointConfig, Checkpointer, CheckpointSaveError

@@ -73,7 +73,7 @@ class CheckpointConfig:
     def from_spec(cls, spec, job: str) -> "CheckpointConfig":
         """From omnitrain.spec.CheckpointSpec; the persistent tier exists only with a persistent claim."""
         return cls(job=job, local_root=spec.local_path,
-                   persistent_root=spec.persistent_path if spec.persistent_claim else None,
+                   persistent_root=spec.persistent_root,
                    interval_steps=spec.interval_steps, async_save=spec.async_save, keep=spec.keep,
                    when_busy=spec.when_busy)
 

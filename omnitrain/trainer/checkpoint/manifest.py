@@ -12,8 +12,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from omnitrain.trainer.checkpoint.fsio import write_bytes_atomic
-from omnitrain.trainer.checkpoint.paths import MANIFEST_NAME
+from omnitrain.fsio import write_bytes_atomic
+from omnitrain.checkpoint_paths import MANIFEST_NAME
 
 FORMAT_VERSION = 1
 

@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 from omnitrain.trainer.checkpoint.manifest import InvalidManifestError, read_manifest
-from omnitrain.trainer.checkpoint.paths import list_step_dirs
+from omnitrain.checkpoint_paths import list_step_dirs
 
 log = logging.getLogger(__name__)
 

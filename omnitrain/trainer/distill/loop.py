@@ -18,7 +18,7 @@ from typing import Callable
 
 import torch
 
-from omnitrain.serving.denoiser import Denoiser
+from omnitrain.model.denoiser import Denoiser
 from omnitrain.trainer.distill.objectives import (distribution_matching_loss, flow_matching_loss, trajectory_loss,
                                                   x0_from_velocity)
 from omnitrain.trainer.distill.phases import plan_phases, teacher_phase_end

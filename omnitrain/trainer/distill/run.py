@@ -2,7 +2,7 @@
 
 Thin layer over the loop: which teacher (spec.promotion.distill.teacher, else the job's final checkpoint on the
 persistent claim), which conditions (the synthetic task of the model's dimensions: distillation is data-free and
-jobs here train on synthetic data), where the student goes (omnitrain.serving.paths.student_path).
+jobs here train on synthetic data), where the student goes (omnitrain.contract.student_path).
 """
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ from pathlib import Path
 
 import torch
 
-from omnitrain.serving.artifact import MMDIT_FACTORY, ModelArtifact, build_model, load_artifact, save_artifact
-from omnitrain.serving.denoiser import Denoiser
-from omnitrain.serving.paths import student_path
+from omnitrain.checkpoint_paths import job_dir, list_step_dirs
+from omnitrain.contract import student_path
+from omnitrain.model.artifact import ModelArtifact, ModelFileError, load_teacher, save_artifact
+from omnitrain.model.denoiser import Denoiser
 from omnitrain.spec import TrainerConfig
-from omnitrain.trainer.checkpoint.paths import job_dir, list_step_dirs, shard_file_name
 from omnitrain.trainer.distill.loop import DistillConfig, distill
 from omnitrain.trainer.distill.synthetic import SyntheticTask
 
@@ -33,30 +33,6 @@ def final_checkpoint(persistent_path: str, job: str) -> Path:
             f"spec.promotion.distill.teacher: no complete checkpoint under {job_dir(persistent_path, job)}; train "
             "the job first or set teacher to a checkpoint path")
     return complete[max(complete)]
-
-
-def load_teacher(path: str | Path, trainer_config: TrainerConfig) -> ModelArtifact:
-    """A promotion model file, or a training checkpoint step folder (its rank-0 shard holds the full model in
-    replicated layouts: state['train']['model'])."""
-    path = Path(path)
-    if path.is_file():
-        return load_artifact(path)
-    shard = path / shard_file_name(0)
-    if not shard.is_file():
-        raise DistillConfigError(f"spec.promotion.distill.teacher: {path} is neither a model file nor a checkpoint "
-                                 f"step folder with {shard_file_name(0)}")
-    data = torch.load(shard, map_location="cpu", weights_only=False)
-    model_state = (data.get("train") or {}).get("model") if isinstance(data, dict) else None
-    if not isinstance(model_state, dict):
-        raise DistillConfigError(f"spec.promotion.distill.teacher: {shard} has no state['train']['model'] (a sharded "
-                                 "layout?); export a full model first")
-    # A wrapped model (DDP) saves under "module."; the model's own names are what MMDiT loads.
-    model_state = {k.removeprefix("module."): v for k, v in model_state.items()}
-    config = trainer_config.spec.model.resolve()
-    model, adapter = build_model(MMDIT_FACTORY, config)
-    model.load_state_dict(model_state)
-    return ModelArtifact(model=model.eval(), adapter=adapter, config=config, factory=MMDIT_FACTORY,
-                         meta={"checkpoint": str(path)})
 
 
 def distill_config(trainer_config: TrainerConfig) -> DistillConfig:
@@ -82,7 +58,10 @@ def run_distill(trainer_config: TrainerConfig, teacher: str | None = None, out: 
     log(f"distill: teacher {teacher_path} ({cfg.teacher_steps} steps) -> student {cfg.student_steps} steps, "
         f"{cfg.steps} optimizer steps ({cfg.phase1_steps} trajectory matching)")
     torch.manual_seed(cfg.seed)
-    art = load_teacher(teacher_path, trainer_config)
+    try:
+        art = load_teacher(teacher_path, spec.model.resolve())
+    except ModelFileError as e:
+        raise DistillConfigError(f"spec.promotion.distill.teacher: {e}") from None
     teacher_den = Denoiser(art.model, art.adapter)
     student = Denoiser(copy.deepcopy(art.model), art.adapter)
     task = SyntheticTask(art.config, seed=cfg.seed)
@@ -96,4 +75,4 @@ def run_distill(trainer_config: TrainerConfig, teacher: str | None = None, out: 
     return out_path
 
 
-__all__ = ["DistillConfigError", "distill_config", "final_checkpoint", "load_teacher", "run_distill"]
+__all__ = ["DistillConfigError", "distill_config", "final_checkpoint", "run_distill"]

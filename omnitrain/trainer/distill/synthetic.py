@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from omnitrain.model.config import ModelConfig
-from omnitrain.serving.conditions import Conditions
+from omnitrain.model.conditions import Conditions
 
 
 @dataclass

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from omnitrain.spec import replicated_path_errors
+from omnitrain.spec import LayoutFacts, layout_problems
 
 MESH_DIMS = ("dp", "pp", "ulysses", "tp")   # outermost first: the DeviceMesh shape follows this order
 
@@ -31,6 +31,7 @@ class ParallelLayout:
     elastic_ulysses: bool = False     # per-micro-batch Ulysses degree (elastic.py)
     grad_reduce: str = "coalesced"    # or "overlapped": bucketed all-reduce during backward (overlap.py)
     grad_bucket_mb: float = 25.0      # bucket size of the overlapped all-reduce
+    gpus_per_node: int | None = None  # processes per node, when known (tensor-parallel groups stay inside one)
 
     @property
     def world_size(self) -> int:
@@ -47,7 +48,7 @@ class ParallelLayout:
                    tp=parallelism.tensor, virtual_stages=parallelism.virtual_stages,
                    schedule=parallelism.pipeline_schedule, micro_batches=parallelism.micro_batches,
                    data_sharding=parallelism.data_sharding, elastic_ulysses=parallelism.elastic_ulysses,
-                   grad_reduce=parallelism.gradient_reduce)
+                   grad_reduce=parallelism.gradient_reduce, gpus_per_node=parallelism.gpus_per_node)
 
 
 @dataclass(frozen=True)
@@ -77,34 +78,13 @@ def global_rank(coords: RankCoords, layout: ParallelLayout) -> int:
 
 def check_layout(layout: ParallelLayout, world_size: int, *, num_heads: int, depth: int,
                  mlp_hidden: int) -> None:
-    """Refuse layouts the model or the world cannot take, naming the spec field to change."""
-    problems = []
-    if layout.world_size != world_size:
-        problems.append(f"spec.parallelism: data x pipeline x ulysses x tensor = {layout.world_size} but the job "
-                        f"has {world_size} processes; change the degrees or nodes x gpusPerNode")
-    if num_heads % (layout.tp * layout.ulysses):
-        problems.append(f"spec.parallelism.tensor/ulysses: numHeads={num_heads} is not divisible by tensor x "
-                        f"ulysses = {layout.tp * layout.ulysses}")
-    if mlp_hidden % layout.tp:
-        problems.append(f"spec.parallelism.tensor: the MLP width {mlp_hidden} is not divisible by tensor={layout.tp}")
-    chunks = layout.pp * layout.virtual_stages
-    if chunks > depth:
-        problems.append(f"spec.parallelism.pipeline: pipeline x virtualStages = {chunks} stages but the model has "
-                        f"{depth} blocks")
-    if layout.schedule == "interleaved1F1B" and layout.virtual_stages < 2 and layout.pp > 1:
-        problems.append("spec.parallelism.virtualStages: interleaved1F1B needs virtualStages >= 2")
-    if layout.schedule == "interleaved1F1B" and layout.pp > 1 and layout.micro_batches % layout.pp:
-        problems.append(f"spec.parallelism.microBatches: interleaved1F1B sends micro-batches through the stages in "
-                        f"groups of pipeline={layout.pp}; set microBatches to a multiple of it "
-                        f"(now {layout.micro_batches})")
-    if layout.schedule == "1F1B" and layout.virtual_stages > 1:
-        problems.append("spec.parallelism.pipelineSchedule: virtualStages > 1 needs pipelineSchedule "
-                        "interleaved1F1B")
-    problems += replicated_path_problems(layout)
+    """Refuse layouts the model or the world cannot take, naming the spec field to change: the same rules as the
+    operator's validation (omnitrain.spec.layout_problems), against the world torchrun really started."""
+    facts = LayoutFacts(world=world_size, tensor=layout.tp, pipeline=layout.pp, ulysses=layout.ulysses, data=layout.dp,
+                        virtual_stages=layout.virtual_stages, pipeline_schedule=layout.schedule,
+                        micro_batches=layout.micro_batches, data_sharding=layout.data_sharding,
+                        elastic_ulysses=layout.elastic_ulysses, gradient_reduce=layout.grad_reduce,
+                        gpus_per_node=layout.gpus_per_node)
+    problems = layout_problems(facts, num_heads=num_heads, depth=depth, mlp_hidden=mlp_hidden)
     if problems:
-        raise ValueError("; ".join(problems))
-
-
-def replicated_path_problems(layout: ParallelLayout) -> list[str]:
-    return [str(e) for e in replicated_path_errors(layout.pp, layout.tp, layout.ulysses, layout.data_sharding,
-                                                   layout.elastic_ulysses, layout.grad_reduce)]
+        raise ValueError("; ".join(str(e) for e in problems))

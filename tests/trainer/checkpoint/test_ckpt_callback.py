@@ -8,7 +8,7 @@ from ckpt_workers import build, load_train_state, train_state
 from omnitrain.spec import TrainerConfig
 from omnitrain.trainer.checkpoint.callback import CheckpointCallback
 from omnitrain.trainer.checkpoint.manifest import read_manifest
-from omnitrain.trainer.checkpoint.paths import list_step_dirs
+from omnitrain.checkpoint_paths import list_step_dirs
 from omnitrain.training_hooks import CheckpointHooks, StepStats
 
 

@@ -11,7 +11,7 @@ import time
 import torch
 
 from ckpt_workers import launch_ranks
-from omnitrain.trainer.checkpoint.paths import MANIFEST_NAME, step_dir
+from omnitrain.checkpoint_paths import MANIFEST_NAME, step_dir
 from omnitrain.trainer.parallel.testing import run_on_ranks
 from real_loop_workers import loop_config, real_train
 

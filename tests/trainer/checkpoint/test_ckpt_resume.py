@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from ckpt_workers import launch_ranks, tiny_train
-from omnitrain.trainer.checkpoint.paths import MANIFEST_NAME, step_dir
+from omnitrain.checkpoint_paths import MANIFEST_NAME, step_dir
 from omnitrain.trainer.parallel.testing import run_on_ranks
 
 

@@ -30,7 +30,7 @@ def test_rank_order_keeps_tensor_and_ulysses_groups_on_consecutive_ranks():
 
 def test_bad_layouts_name_the_field():
     dims = dict(num_heads=4, depth=4, mlp_hidden=64)
-    with pytest.raises(ValueError, match="spec.parallelism: .* 4 processes"):
+    with pytest.raises(ValueError, match="spec.parallelism.data: .* 4 processes"):
         check_layout(ParallelLayout(dp=2, tp=1), 4, **dims)
     with pytest.raises(ValueError, match="spec.parallelism.tensor/ulysses: numHeads=4"):
         check_layout(ParallelLayout(tp=2, ulysses=4), 8, **dims)

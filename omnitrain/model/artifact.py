@@ -1,5 +1,9 @@
 """A self-describing model file for promotion (teacher snapshots, distilled students): the model factory, its
-config, the weights and the sampling defaults it was made for. Written atomically; never silently overwritten."""
+config, the weights and the sampling defaults it was made for. Written atomically; never silently overwritten.
+
+Also the teacher of a distillation or a server without one: a model file, or a training checkpoint's step folder
+(`load_teacher`). Below the trainer and the server, which both read these files.
+"""
 
 from __future__ import annotations
 
@@ -11,14 +15,19 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from omnitrain.checkpoint_paths import shard_file_name
+from omnitrain.fsio import write_bytes_atomic
 from omnitrain.model.config import ModelConfig
-from omnitrain.trainer.checkpoint.fsio import write_bytes_atomic
 
 FORMAT = "omnitrain-model/1"
-# Until MMDiT has a denoiser adapter, promotion runs on the contract-shaped tiny conditional DiT.
-DEFAULT_FACTORY = "omnitrain.serving.testing:build_tiny"
 # Training checkpoints hold MMDiT state dicts; promotion loads them through the caching-ready adapter.
-MMDIT_FACTORY = "omnitrain.serving.mmdit_adapter:build_mmdit"
+MMDIT_FACTORY = "omnitrain.model.mmdit_adapter:build_mmdit"
+# Factory names that model files written before a module moved still carry.
+RENAMED_FACTORIES = {"omnitrain.serving.mmdit_adapter:build_mmdit": MMDIT_FACTORY}
+
+
+class ModelFileError(ValueError):
+    """A path that holds no model promotion can load; the message says what was found."""
 
 
 @dataclass
@@ -26,12 +35,13 @@ class ModelArtifact:
     model: nn.Module
     adapter: object
     config: ModelConfig
-    factory: str = DEFAULT_FACTORY
+    factory: str                                    # "package.module:function" building (model, adapter)
     sampler: dict = field(default_factory=dict)     # SamplerConfig fields this model is meant to run with
     meta: dict = field(default_factory=dict)        # provenance: teacher path, distillation figures, ...
 
 
 def build_model(factory: str, config: ModelConfig):
+    factory = RENAMED_FACTORIES.get(factory, factory)
     module_name, _, attr = factory.partition(":")
     if not attr:
         raise ValueError(f"model factory {factory!r} must look like 'package.module:function'")
@@ -62,11 +72,33 @@ def load_artifact(path: str | Path) -> ModelArtifact:
     cfg = dict(data["config"])
     cfg["patch_size"] = tuple(cfg["patch_size"])
     config = ModelConfig(**cfg)
-    model, adapter = build_model(data["factory"], config)
+    factory = RENAMED_FACTORIES.get(data["factory"], data["factory"])
+    model, adapter = build_model(factory, config)
     model.load_state_dict(data["state_dict"])
-    return ModelArtifact(model=model.eval(), adapter=adapter, config=config, factory=data["factory"],
+    return ModelArtifact(model=model.eval(), adapter=adapter, config=config, factory=factory,
                          sampler=data.get("sampler", {}), meta=data.get("meta", {}))
 
 
-__all__ = ["DEFAULT_FACTORY", "FORMAT", "MMDIT_FACTORY", "ModelArtifact", "build_model", "load_artifact",
-           "save_artifact"]
+def load_teacher(path: str | Path, config: ModelConfig) -> ModelArtifact:
+    """A promotion model file, or a training checkpoint step folder (its rank-0 shard holds the full model in
+    replicated layouts: state['train']['model']) of an MMDiT of `config`."""
+    path = Path(path)
+    if path.is_file():
+        return load_artifact(path)
+    shard = path / shard_file_name(0)
+    if not shard.is_file():
+        raise ModelFileError(f"{path} is neither a model file nor a checkpoint step folder with {shard_file_name(0)}")
+    data = torch.load(shard, map_location="cpu", weights_only=False)
+    model_state = (data.get("train") or {}).get("model") if isinstance(data, dict) else None
+    if not isinstance(model_state, dict):
+        raise ModelFileError(f"{shard} has no state['train']['model'] (a sharded layout?); export a full model first")
+    # A wrapped model (DDP) saves under "module."; the model's own names are what MMDiT loads.
+    model_state = {k.removeprefix("module."): v for k, v in model_state.items()}
+    model, adapter = build_model(MMDIT_FACTORY, config)
+    model.load_state_dict(model_state)
+    return ModelArtifact(model=model.eval(), adapter=adapter, config=config, factory=MMDIT_FACTORY,
+                         meta={"checkpoint": str(path)})
+
+
+__all__ = ["FORMAT", "MMDIT_FACTORY", "ModelArtifact", "ModelFileError", "RENAMED_FACTORIES", "build_model",
+           "load_artifact", "load_teacher", "save_artifact"]

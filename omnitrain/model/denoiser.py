@@ -12,9 +12,9 @@ from typing import Literal, Protocol
 import torch
 from torch import nn
 
+from omnitrain.model.condcache import ConditionAttention, ConditionKV
+from omnitrain.model.conditions import Conditions
 from omnitrain.model.sampling import SamplerConfig, VelocityFn, sample
-from omnitrain.serving.condcache import ConditionAttention, ConditionKV
-from omnitrain.serving.conditions import Conditions
 
 Mode = Literal["masked", "cached"]
 
