@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from omnitrain.trainer.checkpoint import CheckpointConfig, Checkpointer
 from omnitrain.checkpoint_paths import job_dir
+from omnitrain.trainer.checkpoint import CheckpointConfig, Checkpointer
 
 
 def make_state(mb: int, tensors: int, device: str) -> dict:
@@ -93,7 +93,7 @@ def main(argv=None) -> int:
 
     med = statistics.median
     print()
-    print(f"{'measure (median of %d)' % args.repeats:<44}{'seconds':>10}")
+    print(f"{f'measure (median of {args.repeats})':<44}{'seconds':>10}")
     print(f"{'sync save, foreground blocking':<44}{med(sync_block):>10.3f}")
     print(f"{'async save, foreground blocking':<44}{med(async_block):>10.3f}")
     print(f"{'async save, first (allocates staging)':<44}{first_async:>10.3f}")

@@ -20,12 +20,13 @@ import tempfile
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from train_layouts import BENCH_MODEL  # noqa: E402  (this folder)
+
 from omnitrain.trainer.data.balance import CostModel, imbalance, rank_loads  # noqa: E402
 from omnitrain.trainer.data.loader import PackedLoader  # noqa: E402
 from omnitrain.trainer.data.reader import ShardReader  # noqa: E402
 from omnitrain.trainer.data.synthetic import SynthSpec, write_synthetic  # noqa: E402
 from omnitrain.trainer.parallel.elastic import all_to_all_elements  # noqa: E402
-from train_layouts import BENCH_MODEL  # noqa: E402  (this folder)
 
 
 def measure(folder: str, ulysses: int, budget: int, micro_batches: int, steps: int) -> dict:

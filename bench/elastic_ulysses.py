@@ -22,12 +22,13 @@ import torch
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from train_layouts import BENCH_MODEL, step_microbatches, video_mse  # noqa: E402  (this folder)
+
 from omnitrain.model.mmdit import MMDiT, randomize_  # noqa: E402
 from omnitrain.trainer.parallel import ParallelLayout, setup_parallel  # noqa: E402
 from omnitrain.trainer.parallel import ulysses as ulysses_module  # noqa: E402
 from omnitrain.trainer.parallel.elastic import plan_elastic  # noqa: E402
 from omnitrain.trainer.parallel.testing import run_on_ranks  # noqa: E402
-from train_layouts import BENCH_MODEL, step_microbatches, video_mse  # noqa: E402  (this folder)
 
 TOKEN_BUDGET = 512
 # (text tokens, latent frames, latent side, reference image?, video context?) per sample, per micro-batch.

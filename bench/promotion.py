@@ -26,11 +26,11 @@ import torch
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from omnitrain.model.conditions import Conditions  # noqa: E402
 from omnitrain.model.config import ModelConfig  # noqa: E402
+from omnitrain.model.denoiser import Denoiser  # noqa: E402
 from omnitrain.model.fp8 import quantize_linears, scaled_mm_supported  # noqa: E402
 from omnitrain.model.sampling import SamplerConfig  # noqa: E402
-from omnitrain.model.conditions import Conditions  # noqa: E402
-from omnitrain.model.denoiser import Denoiser  # noqa: E402
 from omnitrain.serving.testing import build_tiny  # noqa: E402
 from omnitrain.trainer.distill.loop import DistillConfig, distill  # noqa: E402
 from omnitrain.trainer.distill.synthetic import SyntheticTask, train_teacher  # noqa: E402
@@ -202,7 +202,7 @@ def main() -> None:
     dist = bench_distillation(args)
     print("\n== distillation (32 requests, tiny model, CPU, 1 thread) ==")
     print(f"teacher 150 steps: {dist['teacher_s']:.3f}s  (reference RMS {dist['reference_rms']:.3f})")
-    print(f"undistilled RMSE vs teacher by steps: " +
+    print("undistilled RMSE vs teacher by steps: " +
           ", ".join(f"{n}: {e:.4f}" for n, e in sorted(dist["undistilled"].items())))
     for name in ("phase 1 only", "phase 1 + 2"):
         r = dist[name]

@@ -148,7 +148,7 @@ def heartbeat_cost(beats: int = 5000) -> None:
         cb = HeartbeatCallback(d, rank=0)
         cb.on_train_start(step=0)
         t = time.perf_counter()
-        for step in range(1, beats + 1):
+        for _ in range(1, beats + 1):
             pass
         bare = time.perf_counter() - t
         t = time.perf_counter()

@@ -17,8 +17,8 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from omnitrain.observability.report import write_report  # noqa: E402
 from omnitrain.metrics_log import StepLogWriter, read_job_log  # noqa: E402
+from omnitrain.observability.report import write_report  # noqa: E402
 
 
 def write_log(folder: str, steps: int) -> None:

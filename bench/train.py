@@ -24,8 +24,14 @@ from omnitrain.model.attention import force_backend
 from omnitrain.model.config import PRESETS
 from omnitrain.model.packing import SampleRecord, sample_tokens
 from omnitrain.spec import TrainerConfig
-from omnitrain.trainer.data.balance import (CostModel, assign_balanced, assign_round_robin, assign_sequential,
-                                            bin_costs, imbalance)
+from omnitrain.trainer.data.balance import (
+    CostModel,
+    assign_balanced,
+    assign_round_robin,
+    assign_sequential,
+    bin_costs,
+    imbalance,
+)
 from omnitrain.trainer.data.loader import PackedLoader
 from omnitrain.trainer.data.reader import ShardReader
 from omnitrain.trainer.data.synthetic import SynthSpec, write_synthetic

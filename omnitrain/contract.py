@@ -78,7 +78,7 @@ class TerminationMessage:
         return json.dumps({k: v for k, v in asdict(self).items() if v not in (None, {}, "")}, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str | None) -> "TerminationMessage | None":
+    def from_json(cls, text: str | None) -> TerminationMessage | None:
         """Parse a pod's termination message; None when absent or not ours (e.g. a plain Python traceback)."""
         if not text:
             return None

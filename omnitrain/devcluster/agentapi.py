@@ -90,7 +90,7 @@ class AgentApi:
         from kubernetes.client.exceptions import ApiException
         # MicroTime: the client turns date-like strings into datetimes and back, dropping a zero fraction that
         # the API server then refuses; a datetime with a nonzero microsecond survives the round trip.
-        stamp = datetime.datetime.now(datetime.timezone.utc)
+        stamp = datetime.datetime.now(datetime.UTC)
         now = stamp.replace(microsecond=stamp.microsecond or 1)
         spec = {"holderIdentity": node, "leaseDurationSeconds": duration_s, "renewTime": now}
         try:

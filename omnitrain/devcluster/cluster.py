@@ -5,15 +5,14 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from omnitrain.devcluster import kwok, procs, provisioner, runtime
 from omnitrain.devcluster.binaries import REPO_ROOT, ensure_binaries
 from omnitrain.devcluster.controlplane import ControlPlane, free_port
-from omnitrain.devcluster.nodes import (LOCAL_LABEL, NodeShape, create_node, delete_node, kwok_node_body,
-                                        local_node_body)
+from omnitrain.devcluster.nodes import LOCAL_LABEL, NodeShape, create_node, delete_node, kwok_node_body, local_node_body
 from omnitrain.devcluster.podspec import claim_dir
 
 DEFAULT_ROOT = REPO_ROOT / ".dev" / "cluster"
@@ -75,7 +74,7 @@ class LocalCluster:
         return self.root / "pids" / "kwok.pid"
 
     def up(self, nodes: int = 2, gpus_per_node: int = 2, kwok_nodes: int = 0,
-           log: Callable[[str], None] = print) -> "LocalCluster":
+           log: Callable[[str], None] = print) -> LocalCluster:
         started = time.monotonic()
         ensure_binaries(log)
         self.control_plane().start(log)

@@ -9,9 +9,9 @@ import socket
 import ssl
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 from omnitrain.devcluster import procs
 from omnitrain.devcluster.certs import ClusterPKI, ensure_pki, kubeconfig_text
@@ -37,7 +37,7 @@ class Ports:
     scheduler: int
 
     @classmethod
-    def pick(cls) -> "Ports":
+    def pick(cls) -> Ports:
         return cls(free_port(), free_port(), free_port(), free_port(), free_port())
 
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import base64
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 # <hostname>.<subdomain>.<namespace>.svc[.cluster.local]: the per-pod DNS name a headless Service gives.
 _LABEL = r"[a-z0-9](?:[-a-z0-9]*[a-z0-9])?"

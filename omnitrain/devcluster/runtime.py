@@ -126,7 +126,7 @@ class ContainerRun:
                               probe_ready=probe_ready)
 
     @classmethod
-    def load(cls, name: str, dir: Path, log: Path) -> "ContainerRun":
+    def load(cls, name: str, dir: Path, log: Path) -> ContainerRun:
         run = cls(name, dir, log)
         try:
             run.restart_count = int((dir / "restarts").read_text())

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F

@@ -18,7 +18,7 @@ class Conditions:
     context_grid: tuple[int, int, int] | None = None
     video_grid: tuple[int, int, int] | None = None
 
-    def without_text(self) -> "Conditions":
+    def without_text(self) -> Conditions:
         """The unconditional branch of classifier-free guidance: the text dropped (a zero embedding, as training
         drops it), the visual conditions kept."""
         return replace(self, text=torch.zeros_like(self.text))

@@ -27,19 +27,19 @@ class TokenCounts:
         return self.text + self.patches
 
     @classmethod
-    def from_lengths(cls, text_lengths: list[int], patch_lengths: list[int]) -> "TokenCounts":
+    def from_lengths(cls, text_lengths: list[int], patch_lengths: list[int]) -> TokenCounts:
         seq = [a + b for a, b in zip(text_lengths, patch_lengths)]
         return cls(text=sum(text_lengths), patches=sum(patch_lengths), samples=len(seq),
                    sum_sq_seqlens=sum(n * n for n in seq))
 
     @classmethod
-    def of_batch(cls, batch) -> "TokenCounts":
+    def of_batch(cls, batch) -> TokenCounts:
         """From a PackedBatch (omnitrain.model.packing)."""
         counts = batch.token_counts()
         return cls(text=counts["text"], patches=batch.num_tokens - counts["text"], samples=batch.num_samples,
                    sum_sq_seqlens=sum(n * n for n in batch.seqlens))
 
-    def __add__(self, other: "TokenCounts") -> "TokenCounts":
+    def __add__(self, other: TokenCounts) -> TokenCounts:
         return TokenCounts(self.text + other.text, self.patches + other.patches, self.samples + other.samples,
                            self.sum_sq_seqlens + other.sum_sq_seqlens)
 

@@ -9,7 +9,8 @@ model are testable on CPU: the two differ only in accumulation order.
 
 from __future__ import annotations
 
-from typing import Iterable, Literal
+from collections.abc import Iterable
+from typing import Literal
 
 import torch
 from torch import nn

@@ -12,7 +12,7 @@ from torch import nn
 
 from omnitrain.model.attention import AttentionCore
 from omnitrain.model.config import ModelConfig
-from omnitrain.model.packing import REFERENCE, CONTEXT, TEXT, VIDEO, PackedBatch
+from omnitrain.model.packing import CONTEXT, REFERENCE, TEXT, VIDEO, PackedBatch
 from omnitrain.model.rope import apply_rope, rope_cos_sin
 
 

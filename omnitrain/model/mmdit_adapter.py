@@ -16,9 +16,17 @@ import torch
 
 from omnitrain.model.conditions import Conditions
 from omnitrain.model.config import ModelConfig
-from omnitrain.model.mmdit import MMDiT, Embedder, timestep_embedding
-from omnitrain.model.packing import (VIDEO, PackedBatch, Part, context_part, pack_parts, reference_part, text_part,
-                                     video_part)
+from omnitrain.model.mmdit import Embedder, MMDiT, timestep_embedding
+from omnitrain.model.packing import (
+    VIDEO,
+    PackedBatch,
+    Part,
+    context_part,
+    pack_parts,
+    reference_part,
+    text_part,
+    video_part,
+)
 
 
 class CleanConditionEmbedder(Embedder):

@@ -72,7 +72,7 @@ class PackedBatch:
     def token_counts(self) -> dict[str, int]:
         return {name: int((self.kind == i).sum()) for i, name in enumerate(KINDS)}
 
-    def to(self, device) -> "PackedBatch":
+    def to(self, device) -> PackedBatch:
         moved = {f.name: getattr(self, f.name).to(device) for f in dataclasses.fields(self)
                  if isinstance(getattr(self, f.name), torch.Tensor)}
         return dataclasses.replace(self, **moved)

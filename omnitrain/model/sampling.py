@@ -9,8 +9,9 @@ context) the model gets, and whether their keys/values come from a cache, is the
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Literal
 
 import torch
 

@@ -17,8 +17,8 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from omnitrain import contract
 from omnitrain.metrics_log import StepLogWriter, read_job_log
@@ -69,7 +69,7 @@ def detect_device_name() -> str | None:
     if names:
         return names[0]
     try:
-        import torch   # only when NVML has no answer: importing observability must not pull in torch
+        import torch  # only when NVML has no answer: importing observability must not pull in torch
         if torch.cuda.is_available():
             return torch.cuda.get_device_name(0)
     except Exception:

@@ -43,8 +43,8 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from omnitrain.observability.report import write_report
     from omnitrain.metrics_log import read_job_log
+    from omnitrain.observability.report import write_report
     status, created = None, None
     if not args.offline:
         from omnitrain.observability.status_fetch import fetch_job

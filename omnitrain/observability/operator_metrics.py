@@ -41,7 +41,7 @@ RECOVERY_BUCKETS = (1, 5, 10, 20, 30, 45, 60, 90, 120, 180, 300, 600, 1800)
 class _PhaseCollector:
     """Jobs by phase, and one series per job saying its phase, computed at scrape time from one dict."""
 
-    def __init__(self, owner: "OperatorMetrics") -> None:
+    def __init__(self, owner: OperatorMetrics) -> None:
         self.owner = owner
 
     def collect(self):

@@ -7,7 +7,7 @@ not written yet shows as "-", never as an error.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from omnitrain.status import JobStatus
 
@@ -20,7 +20,7 @@ def parse_time(value) -> datetime | None:
     if value is None or value == "":
         return None
     if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
     try:
         return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
     except ValueError:
@@ -127,7 +127,7 @@ def render_status(job: dict, pods: list[dict], events: list[dict], now: datetime
                   live: dict[str, float] | None = None) -> str:
     """The text of `omnitrain status` for one OmniTrainingJob object and its pods and events; `live` holds figures
     scraped from rank 0's metrics endpoint when it could be reached."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     meta, spec = job.get("metadata") or {}, job.get("spec") or {}
     status = JobStatus.from_wire(job.get("status"))
     name, namespace = meta.get("name", "?"), meta.get("namespace", "default")
@@ -199,7 +199,7 @@ def render_status(job: dict, pods: list[dict], events: list[dict], now: datetime
                          _age(pmeta.get("creationTimestamp"), now)])
         lines += _table(rows)
 
-    oldest = datetime.min.replace(tzinfo=timezone.utc)
+    oldest = datetime.min.replace(tzinfo=UTC)
     recent = sorted(events, key=lambda e: _event_time(e) or oldest)[-MAX_EVENTS:]
     lines.append("Events:" if recent else "Events: none")
     if recent:

@@ -55,7 +55,7 @@ class MetricsRole:
     node_level: bool
 
     @classmethod
-    def for_rank(cls, rank: int, local_rank: int) -> "MetricsRole":
+    def for_rank(cls, rank: int, local_rank: int) -> MetricsRole:
         return cls(job_level=rank == 0, node_level=local_rank == 0)
 
     @property
@@ -123,7 +123,7 @@ class TrainerMetrics:
         if role.job_level:
             self._make_job_metrics()
 
-    def _gauge(self, name: str, doc: str) -> "_LazyGauge":
+    def _gauge(self, name: str, doc: str) -> _LazyGauge:
         return _LazyGauge(Gauge(name, doc, [JOB_LABEL], registry=self.registry), self.job)
 
     def _make_job_metrics(self) -> None:

@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 import kopf
 

@@ -22,7 +22,6 @@ from omnitrain.resilience.operator_hook import isolation_patch
 from omnitrain.status import JobStatus
 from omnitrain.timestamps import now_rfc3339
 
-
 log = logging.getLogger("omnitrain.operator")
 REQUEST_TIMEOUT = (10.0, 60.0)   # connect, read (seconds)
 
@@ -179,7 +178,7 @@ class Kube:
         meta = job["metadata"]
         log.log(logging.WARNING if event.type == "Warning" else logging.INFO, "%s/%s %s: %s",
                  meta["namespace"], meta["name"], event.reason, event.message)
-        ts = dt.datetime.now(dt.timezone.utc)
+        ts = dt.datetime.now(dt.UTC)
         body = client.CoreV1Event(
             metadata=client.V1ObjectMeta(name=f"{meta['name']}.{uuid.uuid4().hex[:12]}", namespace=meta["namespace"]),
             involved_object=client.V1ObjectReference(api_version=crd.API_VERSION, kind=crd.KIND, name=meta["name"],

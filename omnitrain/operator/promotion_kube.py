@@ -4,17 +4,23 @@ pure planner (omnitrain.operator.promotion), create what it returns, write statu
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from typing import Any
 import os
 import shlex
+from collections.abc import Callable
+from typing import Any
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from omnitrain.operator import plan
-from omnitrain.operator.promotion import (DEFAULT_DISTILL_COMMAND, DEFAULT_SERVE_COMMAND, PromotionOptions,
-                                          distill_job_name, plan_promotion, serve_name)
+from omnitrain.operator.promotion import (
+    DEFAULT_DISTILL_COMMAND,
+    DEFAULT_SERVE_COMMAND,
+    PromotionOptions,
+    distill_job_name,
+    plan_promotion,
+    serve_name,
+)
 from omnitrain.spec import JobSpec
 from omnitrain.status import JobStatus
 

@@ -22,8 +22,19 @@ from omnitrain.resilience.classify import NodeObservation, PodObservation, on_lo
 from omnitrain.resilience.decide import decide, last_failure
 from omnitrain.resilience.recovery import Fail, GangRestart, Wait
 from omnitrain.spec import JobSpec, validate_job_spec
-from omnitrain.status import (CONDITION_TYPES, FAILED, PENDING, RESTARTING, RUNNING, SUCCEEDED, SUSPENDED, TERMINAL,
-                              Children, JobStatus, LastCheckpoint)
+from omnitrain.status import (
+    CONDITION_TYPES,
+    FAILED,
+    PENDING,
+    RESTARTING,
+    RUNNING,
+    SUCCEEDED,
+    SUSPENDED,
+    TERMINAL,
+    Children,
+    JobStatus,
+    LastCheckpoint,
+)
 from omnitrain.timestamps import parse_rfc3339
 
 FORCE_DELETE_AFTER_SECONDS = 60   # after the deletion deadline: the kubelet had its grace period and then some

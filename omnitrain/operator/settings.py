@@ -21,7 +21,7 @@ class OperatorSettings:
     pod_env: dict[str, str] = field(default_factory=dict)   # added to every training pod (NCCL_*, thread counts)
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> "OperatorSettings":
+    def from_env(cls, env: dict[str, str] | None = None) -> OperatorSettings:
         e = os.environ if env is None else env
         command = e.get("OMNITRAIN_TRAIN_COMMAND")
         default = list(DEFAULT_TRAIN_COMMAND)

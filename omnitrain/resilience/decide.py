@@ -16,8 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 
-from omnitrain.resilience.classify import (Failure, FailureClass, NodeObservation, PodObservation, classify,
-                                           missing_pod)
+from omnitrain.resilience.classify import Failure, FailureClass, NodeObservation, PodObservation, classify, missing_pod
 from omnitrain.resilience.recovery import Fail, GangRestart, RecoveryAction, RecoveryState, Wait, plan_recovery
 from omnitrain.spec import JobSpec
 from omnitrain.status import JobStatus, LastFailure

@@ -17,9 +17,10 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import IO, Callable
+from typing import IO
 
 from omnitrain.training_hooks import CheckpointHooks, StepStats, TrainerHooks
 
@@ -55,7 +56,7 @@ class Heartbeat:
         return json.dumps({k: v for k, v in asdict(self).items() if v is not None}, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "Heartbeat":
+    def from_json(cls, text: str) -> Heartbeat:
         data = json.loads(text)
         return cls(rank=int(data["rank"]), step=int(data["step"]), section=str(data["section"]),
                    time=float(data["time"]), pid=int(data["pid"]),

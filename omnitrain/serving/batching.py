@@ -6,9 +6,10 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections.abc import Callable, Hashable
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any, Callable, Hashable
+from typing import Any
 
 
 @dataclass

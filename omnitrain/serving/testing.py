@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from omnitrain.model.config import ModelConfig
 from omnitrain.model.conditions import Conditions
+from omnitrain.model.config import ModelConfig
 
 KIND_TEXT, KIND_REFERENCE, KIND_CONTEXT, KIND_VIDEO = 0, 1, 2, 3
 

@@ -82,6 +82,7 @@ def test_cli_rejects_bad_counts(tmp_path):
 
 def test_cli_logs(local_cluster):
     from kubernetes import client
+
     from omnitrain.devcluster.testing import wait_pod_phase
     core = client.CoreV1Api(local_cluster.api_client())
     core.create_namespaced_pod("default", {"metadata": {"name": "cli-logs"}, "spec": {
@@ -97,6 +98,7 @@ def test_cli_logs(local_cluster):
 def test_down_stops_everything_and_up_resumes(tmp_path):
     """A second, one-node cluster: `down` ends every process including pods; `up` brings the same cluster back."""
     from kubernetes import client
+
     from omnitrain.devcluster.cluster import LocalCluster
     from omnitrain.devcluster.testing import wait_pod_phase
     cluster = LocalCluster(tmp_path / "second").up(nodes=1, log=lambda _: None)

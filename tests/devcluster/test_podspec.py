@@ -7,8 +7,17 @@ from pathlib import Path
 
 import pytest
 
-from omnitrain.devcluster.podspec import (Mount, PodConfigError, VolumeLayout, container_argv, container_env,
-                                          container_mounts, expand_vars, file_volume_contents, rewrite_paths)
+from omnitrain.devcluster.podspec import (
+    Mount,
+    PodConfigError,
+    VolumeLayout,
+    container_argv,
+    container_env,
+    container_mounts,
+    expand_vars,
+    file_volume_contents,
+    rewrite_paths,
+)
 
 POD = {"metadata": {"name": "rank-1", "namespace": "team", "uid": "u-1", "labels": {"job": "j"}},
        "spec": {"nodeName": "local-node-1"}}

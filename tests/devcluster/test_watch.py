@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from omnitrain.devcluster import watch
-from omnitrain.devcluster.watch import Change, NodeDeleted, NodesListed, NodeSeen, PodChanged, PodsListed
+from omnitrain.devcluster.watch import Change, NodeDeleted, NodeSeen, NodesListed, PodChanged, PodsListed
 
 
 def test_events_reach_their_handlers_in_order_and_a_failing_handler_does_not_stop_the_loop():

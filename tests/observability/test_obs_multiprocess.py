@@ -1,11 +1,11 @@
 """Two gloo processes (two 'nodes'): rank 0 serves the job's figures, the other node only its own figures."""
 
 import pytest
-
 from obs_workers import data_parallel_run
+
 from omnitrain import contract
-from omnitrain.observability import trainer_metrics as tm
 from omnitrain.metrics_log import read_job_log
+from omnitrain.observability import trainer_metrics as tm
 from omnitrain.trainer.parallel.testing import run_on_ranks
 
 

@@ -4,7 +4,12 @@ import pytest
 
 from omnitrain.observability import mfu as m
 from omnitrain.observability.peaks import (
-    ENV_PEAK_FLOPS, configured_peak_flops, lookup_device, peak_flops, resolve_peak_flops)
+    ENV_PEAK_FLOPS,
+    configured_peak_flops,
+    lookup_device,
+    peak_flops,
+    resolve_peak_flops,
+)
 
 
 @pytest.mark.parametrize("nvml_name, expected", [

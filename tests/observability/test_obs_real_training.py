@@ -7,10 +7,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from omnitrain import contract
+from omnitrain.metrics_log import read_job_log
 from omnitrain.observability import trainer_metrics as tm
 from omnitrain.observability.callback import MetricsCallback
 from omnitrain.observability.report import summarise, write_report
-from omnitrain.metrics_log import read_job_log
 from omnitrain.spec import TrainerConfig
 from omnitrain.trainer.callbacks import default_callbacks
 from omnitrain.trainer.parallel.testing import free_port

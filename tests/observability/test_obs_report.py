@@ -5,10 +5,10 @@ import sys
 
 import pytest
 
+from omnitrain.metrics_log import read_job_log
 from omnitrain.observability.callback import MetricsCallback
 from omnitrain.observability.report import summarise, write_report
 from omnitrain.status import JobStatus
-from omnitrain.metrics_log import read_job_log
 from omnitrain.training_hooks import StepStats
 
 

@@ -8,9 +8,9 @@ import time
 import pytest
 
 from omnitrain.contract import GROUP, PLURAL, VERSION
-from omnitrain.observability.callback import MetricsCallback
 from omnitrain.devcluster.testing import wait_for
 from omnitrain.devcluster.throwaway import control_plane, find_binaries
+from omnitrain.observability.callback import MetricsCallback
 from omnitrain.operator.crd import build_crd
 from omnitrain.training_hooks import StepStats
 

@@ -1,12 +1,11 @@
 """`omnitrain status` rendering from fixture dicts shaped as the API server returns them."""
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
-from omnitrain.observability.status_view import (
-    estimate_eta, format_duration, progress_bar, render_status)
+from omnitrain.observability.status_view import estimate_eta, format_duration, progress_bar, render_status
 from omnitrain.training_hooks import StepStats
 
-NOW = datetime(2026, 11, 25, 12, 0, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 25, 12, 0, 0, tzinfo=UTC)
 
 
 def iso(minutes_ago: float) -> str:

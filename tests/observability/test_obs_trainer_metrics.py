@@ -9,10 +9,10 @@ import torch
 from prometheus_client.parser import text_string_to_metric_families
 
 from omnitrain import contract
+from omnitrain.metrics_log import StepLogWriter, read_job_log
 from omnitrain.observability import trainer_metrics as tm
 from omnitrain.observability.callback import MetricsCallback, metrics_log_dir
 from omnitrain.observability.gpu_telemetry import GpuTelemetry
-from omnitrain.metrics_log import StepLogWriter, read_job_log
 from omnitrain.spec import JobSpec, RunInfo, TrainerConfig
 from omnitrain.training_hooks import StepStats
 

@@ -2,9 +2,9 @@
 
 import torch
 
+from omnitrain.metrics_log import read_job_log
 from omnitrain.observability.callback import MetricsCallback
 from omnitrain.observability.report import summarise
-from omnitrain.metrics_log import read_job_log
 from omnitrain.spec import TrainerConfig
 from omnitrain.trainer.checkpoint.callback import CheckpointCallback
 from omnitrain.training_hooks import StepStats

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from control_plane import control_plane, find_binaries, wait_until
 
 REPO = Path(__file__).resolve().parents[2]

@@ -47,7 +47,7 @@ def events(api, ns: str, name: str) -> list:
 def set_pod(api, ns: str, pod: str, phase: str, exit_code: int | None = None, pod_ip: str = "127.0.0.1",
             termination: TerminationMessage | None = None) -> None:
     """Write what a kubelet reports for the trainer container."""
-    now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     if phase == "Running":
         state = {"running": {"startedAt": now}}
     else:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from control_plane import find_binaries
+
 from omnitrain.cli import main
 from omnitrain.operator import crd
 

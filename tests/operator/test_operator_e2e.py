@@ -8,14 +8,14 @@ import sys
 import threading
 from pathlib import Path
 
+import dying_operator
 import pytest
 import yaml
+from control_plane import wait_until
+from jobs import cond, create_job, events, get_job, patch_spec, pod_names, pods, set_all, set_pod, status
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-import dying_operator
-from control_plane import wait_until
-from jobs import cond, create_job, events, get_job, patch_spec, pod_names, pods, set_all, set_pod, status
 from omnitrain import contract
 from omnitrain.operator import plan
 

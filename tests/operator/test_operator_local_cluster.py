@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import REPO, OperatorProcess
+from jobs import cond, create_job, events, pod_names, status
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from conftest import REPO, OperatorProcess
-from jobs import cond, create_job, events, pod_names, status
 from omnitrain.devcluster.testing import wait_for
 
 pytestmark = pytest.mark.e2e

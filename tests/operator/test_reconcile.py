@@ -4,8 +4,16 @@ import dataclasses
 
 from omnitrain.contract import ExitCode, TerminationMessage
 from omnitrain.operator import plan
-from omnitrain.operator.reconcile import (FAILED, PENDING, RESTARTING, RUNNING, SUCCEEDED, SUSPENDED, parse_spec,
-                                          reconcile)
+from omnitrain.operator.reconcile import (
+    FAILED,
+    PENDING,
+    RESTARTING,
+    RUNNING,
+    SUCCEEDED,
+    SUSPENDED,
+    parse_spec,
+    reconcile,
+)
 from omnitrain.resilience.classify import PodObservation, observe_node
 from omnitrain.status import LastCheckpoint
 

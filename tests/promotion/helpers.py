@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from omnitrain.model.config import ModelConfig
 from omnitrain.model.conditions import Conditions
+from omnitrain.model.config import ModelConfig
 from omnitrain.serving.testing import build_tiny
 
 TINY = ModelConfig(hidden_size=32, depth=2, num_heads=4, latent_channels=4, text_dim=16,

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from omnitrain.model.sampling import SamplerConfig
 from omnitrain.model.denoiser import Denoiser
+from omnitrain.model.sampling import SamplerConfig
 from tests.promotion.helpers import random_conditions, tiny_model
 
 

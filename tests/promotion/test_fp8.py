@@ -2,8 +2,15 @@ import pytest
 import torch
 from torch import nn
 
-from omnitrain.model.fp8 import (FP8_DTYPE, FP8Linear, amax_scale, dequantize, quantize, quantize_linears,
-                                 scaled_mm_supported)
+from omnitrain.model.fp8 import (
+    FP8_DTYPE,
+    FP8Linear,
+    amax_scale,
+    dequantize,
+    quantize,
+    quantize_linears,
+    scaled_mm_supported,
+)
 from tests.promotion.helpers import random_conditions, tiny_model
 
 

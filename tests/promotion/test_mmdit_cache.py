@@ -3,12 +3,12 @@ same mask, with text, reference-image and video-context conditions."""
 
 import torch
 
-from omnitrain.model.config import ModelConfig
-from omnitrain.model.mmdit import MMDiT, randomize_
-from omnitrain.model.sampling import SamplerConfig
 from omnitrain.model.conditions import Conditions
+from omnitrain.model.config import ModelConfig
 from omnitrain.model.denoiser import Denoiser
+from omnitrain.model.mmdit import MMDiT, randomize_
 from omnitrain.model.mmdit_adapter import build_mmdit
+from omnitrain.model.sampling import SamplerConfig
 
 CFG = ModelConfig(hidden_size=32, depth=2, num_heads=4, latent_channels=4, text_dim=16, frequency_embedding_size=32)
 

@@ -1,8 +1,13 @@
 """The promotion chain as pure planning: which children when, and what status.promotion says."""
 
 from omnitrain.operator import plan
-from omnitrain.operator.promotion import (PromotionOptions, plan_promotion, promotion_settled, render_distill_job,
-                                          render_serving)
+from omnitrain.operator.promotion import (
+    PromotionOptions,
+    plan_promotion,
+    promotion_settled,
+    render_distill_job,
+    render_serving,
+)
 from omnitrain.spec import JobSpec
 from omnitrain.status import JobStatus
 

@@ -15,8 +15,8 @@ import torch
 import yaml
 
 from omnitrain.devcluster.procs import end_child
-from omnitrain.serving.api import encode_array
 from omnitrain.model.artifact import ModelArtifact, load_artifact, save_artifact
+from omnitrain.serving.api import encode_array
 from omnitrain.serving.testing import FACTORY, build_tiny
 from omnitrain.trainer.parallel.testing import free_port
 from tests.promotion.helpers import TINY

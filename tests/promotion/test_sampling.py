@@ -29,7 +29,9 @@ def test_straight_flow_is_integrated_exactly(method):
 
 def test_heun_is_second_order_on_a_curved_flow():
     # dx/ds = x: exact solution x(0) = x(1) e^{-1}. Errors shrink ~4x (Heun) vs ~2x (Euler) when steps double.
-    v = lambda x, s: x
+    def v(x, s):
+        return x
+
     x1 = torch.ones(1)
     exact = math.exp(-1.0)
     def err(method, n):
@@ -41,8 +43,12 @@ def test_heun_is_second_order_on_a_curved_flow():
 
 
 def test_guidance_extrapolates_from_the_unconditional_branch():
-    cond = lambda x, s: torch.full_like(x, 2.0)
-    uncond = lambda x, s: torch.full_like(x, 1.0)
+    def cond(x, s):
+        return torch.full_like(x, 2.0)
+
+    def uncond(x, s):
+        return torch.full_like(x, 1.0)
+
     assert float(guided(cond, uncond, 4.0)(torch.zeros(1), 0.5)) == 1.0 + 4.0 * (2.0 - 1.0)
     assert guided(cond, uncond, 1.0) is cond
 

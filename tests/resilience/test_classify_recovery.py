@@ -5,8 +5,14 @@ from __future__ import annotations
 import pytest
 
 from omnitrain.contract import ExitCode, TerminationMessage
-from omnitrain.resilience.classify import (FailureClass, NodeObservation, PodObservation, classify, observe_node,
-                                           observe_pod)
+from omnitrain.resilience.classify import (
+    FailureClass,
+    NodeObservation,
+    PodObservation,
+    classify,
+    observe_node,
+    observe_pod,
+)
 from omnitrain.resilience.recovery import ActionKind, RecoveryState, backoff_seconds, plan_recovery
 from omnitrain.spec import ResilienceSpec
 

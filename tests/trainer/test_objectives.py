@@ -5,9 +5,18 @@ import torch
 from omnitrain.model.config import PRESETS
 from omnitrain.model.mmdit import MMDiT, randomize_
 from omnitrain.model.packing import SampleRecord, pack
-from omnitrain.trainer.objectives import (DiffusionDPOLoss, FlowMatchingLoss, dpo_inputs, dpo_loss,
-                                          flow_matching_inputs, flow_matching_loss, noise_batch, per_sample_error,
-                                          sample_timesteps, shift_timesteps)
+from omnitrain.trainer.objectives import (
+    DiffusionDPOLoss,
+    FlowMatchingLoss,
+    dpo_inputs,
+    dpo_loss,
+    flow_matching_inputs,
+    flow_matching_loss,
+    noise_batch,
+    per_sample_error,
+    sample_timesteps,
+    shift_timesteps,
+)
 
 CFG = PRESETS["tiny"]
 
@@ -72,9 +81,9 @@ def test_dpo_pairs_share_noise_and_timestep():
     assert torch.equal(s[0::2], s[1::2])
     vid = batch.video_sample_id()
     for pair in range(2):
-        w, l = vid == 2 * pair, vid == 2 * pair + 1
+        w, lose = vid == 2 * pair, vid == 2 * pair + 1
         eps_w = noisy.target[w] + batch.video[w]
-        eps_l = noisy.target[l] + batch.video[l]
+        eps_l = noisy.target[lose] + batch.video[lose]
         torch.testing.assert_close(eps_w, eps_l)
 
 

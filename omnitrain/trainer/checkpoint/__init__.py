@@ -8,8 +8,13 @@ because serving and promotion read them too: omnitrain.checkpoint_paths (folder 
 """
 
 from omnitrain.trainer.checkpoint.checkpointer import CheckpointConfig, Checkpointer, CheckpointSaveError
-from omnitrain.trainer.checkpoint.manifest import (CheckpointError, CheckpointMismatchError, Manifest, WorldLayout,
-                                                   model_fingerprint)
+from omnitrain.trainer.checkpoint.manifest import (
+                                                   CheckpointError,
+                                                   CheckpointMismatchError,
+                                                   Manifest,
+                                                   WorldLayout,
+                                                   model_fingerprint,
+)
 from omnitrain.trainer.checkpoint.restore import LayoutChangeError, RestoredCheckpoint
 from omnitrain.trainer.checkpoint.rng import capture_rng_state, restore_rng_state
 

@@ -70,7 +70,7 @@ class CheckpointConfig:
             raise ValueError("checkpoint needs the job name (run.jobName) to separate jobs under the same root")
 
     @classmethod
-    def from_spec(cls, spec, job: str) -> "CheckpointConfig":
+    def from_spec(cls, spec, job: str) -> CheckpointConfig:
         """From omnitrain.spec.CheckpointSpec; the persistent tier exists only with a persistent claim."""
         return cls(job=job, local_root=spec.local_path,
                    persistent_root=spec.persistent_root,
@@ -192,9 +192,10 @@ class Checkpointer:
                 if not self._process.is_alive():
                     self.in_flight_step = None
                     raise CheckpointSaveError(f"checkpoint writer of rank {self.rank} died "
-                                              f"(exit code {self._process.exitcode})")
+                                              f"(exit code {self._process.exitcode})") from None
                 if deadline is not None and time.monotonic() > deadline:
-                    raise TimeoutError(f"checkpoint step {self.in_flight_step} still writing after {timeout_s} s")
+                    raise TimeoutError(
+                        f"checkpoint step {self.in_flight_step} still writing after {timeout_s} s") from None
                 log.info("waiting for checkpoint step %d to finish writing", self.in_flight_step)
         self._raise_pending()
 

@@ -12,8 +12,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from omnitrain.fsio import write_bytes_atomic
 from omnitrain.checkpoint_paths import MANIFEST_NAME
+from omnitrain.fsio import write_bytes_atomic
 
 FORMAT_VERSION = 1
 
@@ -50,7 +50,7 @@ class WorldLayout:
                 f"({self.data_sharding}, {self.world_size} ranks)")
 
     @classmethod
-    def from_parallel_layout(cls, layout) -> "WorldLayout":
+    def from_parallel_layout(cls, layout) -> WorldLayout:
         return cls(dp=layout.dp, pp=layout.pp, ulysses=layout.ulysses, tp=layout.tp,
                    data_sharding=layout.data_sharding)
 
@@ -84,7 +84,7 @@ class Manifest:
         return json.dumps(data, indent=1, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "Manifest":
+    def from_json(cls, text: str) -> Manifest:
         try:
             data = json.loads(text)
             return cls(job=data["job"], step=int(data["step"]), layout=WorldLayout(**data["layout"]),

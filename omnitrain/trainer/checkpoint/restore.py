@@ -21,10 +21,15 @@ from typing import Any
 import torch
 
 from omnitrain import fsio
-from omnitrain.trainer.checkpoint.exchange import Exchange
-from omnitrain.trainer.checkpoint.manifest import (CheckpointError, InvalidManifestError, Manifest, WorldLayout,
-                                                   read_manifest)
 from omnitrain.checkpoint_paths import list_step_dirs
+from omnitrain.trainer.checkpoint.exchange import Exchange
+from omnitrain.trainer.checkpoint.manifest import (
+    CheckpointError,
+    InvalidManifestError,
+    Manifest,
+    WorldLayout,
+    read_manifest,
+)
 from omnitrain.trainer.parallel.layout import ParallelLayout, rank_coords
 
 log = logging.getLogger(__name__)

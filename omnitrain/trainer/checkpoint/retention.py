@@ -7,8 +7,8 @@ import logging
 import shutil
 from pathlib import Path
 
-from omnitrain.trainer.checkpoint.manifest import InvalidManifestError, read_manifest
 from omnitrain.checkpoint_paths import list_step_dirs
+from omnitrain.trainer.checkpoint.manifest import InvalidManifestError, read_manifest
 
 log = logging.getLogger(__name__)
 

@@ -22,10 +22,16 @@ from typing import Any
 import torch
 
 from omnitrain import fsio
-from omnitrain.trainer.checkpoint.exchange import Exchange
-from omnitrain.trainer.checkpoint.manifest import (InvalidManifestError, Manifest, ShardFile, WorldLayout,
-                                                   read_manifest, write_manifest)
 from omnitrain.checkpoint_paths import shard_file_name, step_dir
+from omnitrain.trainer.checkpoint.exchange import Exchange
+from omnitrain.trainer.checkpoint.manifest import (
+    InvalidManifestError,
+    Manifest,
+    ShardFile,
+    WorldLayout,
+    read_manifest,
+    write_manifest,
+)
 from omnitrain.trainer.checkpoint.retention import apply_retention
 
 log = logging.getLogger(__name__)

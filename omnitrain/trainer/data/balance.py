@@ -5,8 +5,8 @@ the per-token matmuls and the attention term. Pure functions."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 from omnitrain.model.config import ModelConfig
 from omnitrain.model.flops import TokenCounts, attention_core_flops, block_flops
@@ -18,7 +18,7 @@ class CostModel:
     quadratic: float
 
     @classmethod
-    def of(cls, cfg: ModelConfig) -> "CostModel":
+    def of(cls, cfg: ModelConfig) -> CostModel:
         one = TokenCounts(text=0, patches=1, samples=1, sum_sq_seqlens=1)
         quadratic = attention_core_flops(cfg, one)
         return cls(linear=block_flops(cfg, one) - quadratic, quadratic=quadratic)

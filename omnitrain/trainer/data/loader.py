@@ -19,8 +19,7 @@ import torch
 
 from omnitrain.model.flops import TokenCounts
 from omnitrain.model.packing import CONTEXT, REFERENCE, TEXT, VIDEO, PackedBatch, SampleRecord, pack, sample_tokens
-from omnitrain.trainer.data.balance import (CostModel, ElasticBin, assign_balanced, assign_elastic,
-                                            assign_sequential)
+from omnitrain.trainer.data.balance import CostModel, ElasticBin, assign_balanced, assign_elastic, assign_sequential
 from omnitrain.trainer.data.reader import DataError, ShardReader
 from omnitrain.trainer.data.schema import DataSample
 
@@ -185,7 +184,7 @@ class PackedLoader:
             where = assign_sequential(tokens, bins, self.token_budget)
         out: list[list[DataSample]] = [[] for _ in range(bins)]
         left = []
-        for (pos, sample, n), b in zip(taken, where):
+        for (pos, sample, _count), b in zip(taken, where):
             if b is None:
                 left.append((pos, sample))
             else:

@@ -7,9 +7,9 @@ DataError naming the shard (and row)."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import pyarrow.parquet as pq
 

@@ -13,14 +13,18 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 
 from omnitrain.model.denoiser import Denoiser
-from omnitrain.trainer.distill.objectives import (distribution_matching_loss, flow_matching_loss, trajectory_loss,
-                                                  x0_from_velocity)
+from omnitrain.trainer.distill.objectives import (
+    distribution_matching_loss,
+    flow_matching_loss,
+    trajectory_loss,
+    x0_from_velocity,
+)
 from omnitrain.trainer.distill.phases import plan_phases, teacher_phase_end
 from omnitrain.trainer.distill.synthetic import Request
 

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
-from omnitrain.model.config import ModelConfig
 from omnitrain.model.conditions import Conditions
+from omnitrain.model.config import ModelConfig
 
 
 @dataclass

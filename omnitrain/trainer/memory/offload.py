@@ -19,15 +19,15 @@ activations: neither offloaded nor counted.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
 
 import torch
 from torch import nn
 
 from omnitrain.trainer.memory.policy import OffloadDecision, offload_plan
 
-_active: "ActivationMemory | None" = None   # the memory whose forward is running (selective recompute reports to it)
+_active: ActivationMemory | None = None   # the memory whose forward is running (selective recompute reports to it)
 
 
 @dataclass

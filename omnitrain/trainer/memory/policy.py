@@ -17,8 +17,8 @@ from the next stage, so the copy overlaps that wait).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 OFFLOAD_MODES = ("none", "pipelineAware", "all")
 

@@ -15,6 +15,7 @@ inputs a block keeps go through autograd's saved-tensor hooks (offload.py sees, 
 from __future__ import annotations
 
 import dataclasses
+
 import torch
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 

@@ -21,9 +21,10 @@ Scope: pipeline == 1, tensor == 1, replicated data (layout.check_layout refuses 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 import torch.distributed as dist

@@ -42,7 +42,7 @@ class ParallelLayout:
         return (self.dp, self.pp, self.ulysses, self.tp)
 
     @classmethod
-    def from_spec(cls, parallelism) -> "ParallelLayout":
+    def from_spec(cls, parallelism) -> ParallelLayout:
         """From omnitrain.spec.ParallelismSpec (its validation already checked the degrees multiply out)."""
         return cls(dp=parallelism.data_degree(), pp=parallelism.pipeline, ulysses=parallelism.ulysses,
                    tp=parallelism.tensor, virtual_stages=parallelism.virtual_stages,

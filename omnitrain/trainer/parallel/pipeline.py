@@ -12,7 +12,8 @@ matches by tag); NCCL ignores tags and pairs messages in order, which these sche
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.distributed as dist

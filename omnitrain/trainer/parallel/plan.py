@@ -10,8 +10,9 @@ exactly what one process computes over all micro-batches.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -19,8 +20,13 @@ from torch import nn
 
 from omnitrain.trainer.memory.recompute import run_block
 from omnitrain.trainer.parallel.layout import ParallelLayout, RankCoords
-from omnitrain.trainer.parallel.ulysses import (UlyssesAttention, gather_sequence, padded_length, shard_context,
-                                                shard_sequence)
+from omnitrain.trainer.parallel.ulysses import (
+    UlyssesAttention,
+    gather_sequence,
+    padded_length,
+    shard_context,
+    shard_sequence,
+)
 
 LossFn = Callable[[torch.Tensor, Any], torch.Tensor]
 

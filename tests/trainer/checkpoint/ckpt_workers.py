@@ -13,8 +13,13 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from omnitrain.trainer.checkpoint import CheckpointConfig, Checkpointer, WorldLayout, capture_rng_state, \
-    restore_rng_state
+from omnitrain.trainer.checkpoint import (
+    CheckpointConfig,
+    Checkpointer,
+    WorldLayout,
+    capture_rng_state,
+    restore_rng_state,
+)
 
 FEATURES, GLOBAL_BATCH = 6, 8
 MODEL_CONFIG = {"name": "tiny-mlp", "hidden": 16}

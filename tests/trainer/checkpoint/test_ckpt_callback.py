@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import torch
-
 from ckpt_workers import build, load_train_state, train_state
+
+from omnitrain.checkpoint_paths import list_step_dirs
 from omnitrain.spec import TrainerConfig
 from omnitrain.trainer.checkpoint.callback import CheckpointCallback
 from omnitrain.trainer.checkpoint.manifest import read_manifest
-from omnitrain.checkpoint_paths import list_step_dirs
 from omnitrain.training_hooks import CheckpointHooks, StepStats
 
 

@@ -12,12 +12,18 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from ckpt_workers import Gate
-from omnitrain.trainer.checkpoint import (CheckpointConfig, Checkpointer, CheckpointMismatchError,
-                                          CheckpointSaveError, LayoutChangeError, WorldLayout)
-from omnitrain.trainer.checkpoint.manifest import read_manifest
+
 from omnitrain.checkpoint_paths import MANIFEST_NAME, list_step_dirs, shard_file_name, step_dir
+from omnitrain.trainer.checkpoint import (
+    CheckpointConfig,
+    Checkpointer,
+    CheckpointMismatchError,
+    CheckpointSaveError,
+    LayoutChangeError,
+    WorldLayout,
+)
+from omnitrain.trainer.checkpoint.manifest import read_manifest
 from omnitrain.trainer.checkpoint.restore import source_rank
 from omnitrain.trainer.checkpoint.retention import plan_retention
 

@@ -9,11 +9,11 @@ import signal
 import time
 
 import torch
-
 from ckpt_workers import launch_ranks
+from real_loop_workers import loop_config, real_train
+
 from omnitrain.checkpoint_paths import MANIFEST_NAME, step_dir
 from omnitrain.trainer.parallel.testing import run_on_ranks
-from real_loop_workers import loop_config, real_train
 
 
 def _poll(condition, what: str, timeout_s: float = 180.0) -> None:

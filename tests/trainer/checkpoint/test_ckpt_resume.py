@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from ckpt_workers import launch_ranks, tiny_train
+
 from omnitrain.checkpoint_paths import MANIFEST_NAME, step_dir
 from omnitrain.trainer.parallel.testing import run_on_ranks
 

@@ -7,8 +7,15 @@ import pytest
 import torch
 
 from omnitrain.model.config import PRESETS
-from omnitrain.trainer.data.balance import (CostModel, assign_balanced, assign_elastic, assign_round_robin,
-                                            bin_costs, imbalance, rank_loads)
+from omnitrain.trainer.data.balance import (
+    CostModel,
+    assign_balanced,
+    assign_elastic,
+    assign_round_robin,
+    bin_costs,
+    imbalance,
+    rank_loads,
+)
 from omnitrain.trainer.data.loader import PackedLoader
 from omnitrain.trainer.data.reader import DataError, ShardReader, list_shards
 from omnitrain.trainer.data.schema import SCHEMA, decode, encode

@@ -4,6 +4,7 @@ micro-batches, reporting the loss, the full gradients and this rank's saved-acti
 from __future__ import annotations
 
 import parallel_workers as workers
+
 from omnitrain.trainer.memory import configure_memory
 from omnitrain.trainer.parallel import ParallelLayout, setup_parallel
 

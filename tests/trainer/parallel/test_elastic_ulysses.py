@@ -4,17 +4,22 @@ like the fixed degree, the coalesced all-reduce and one process."""
 
 from __future__ import annotations
 
+import parallel_workers as workers
 import pytest
 import torch
+from test_parallel_layouts import assert_runs_match, assert_same_tensors, reference
 
-import parallel_workers as workers
 from omnitrain.spec import JobSpec, ParallelismSpec, validate_job_spec
 from omnitrain.trainer.parallel import ParallelLayout
-from omnitrain.trainer.parallel.elastic import (PrefetchingLoader, all_to_all_elements, degree_for, fixed_schedule,
-                                                plan_elastic)
+from omnitrain.trainer.parallel.elastic import (
+    PrefetchingLoader,
+    all_to_all_elements,
+    degree_for,
+    fixed_schedule,
+    plan_elastic,
+)
 from omnitrain.trainer.parallel.layout import check_layout
 from omnitrain.trainer.parallel.testing import run_on_ranks
-from test_parallel_layouts import assert_runs_match, assert_same_tensors, reference
 
 
 def test_degree_is_the_smallest_that_keeps_the_per_rank_tokens():

@@ -3,10 +3,10 @@ stage's accounting of saved bytes follows the offload policy (policy.offload_pla
 
 from __future__ import annotations
 
+import memory_workers
 import pytest
 import torch
 
-import memory_workers
 from omnitrain.trainer.parallel import ParallelLayout
 from omnitrain.trainer.parallel.testing import run_on_ranks
 

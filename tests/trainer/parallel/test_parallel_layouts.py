@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import functools
 
+import parallel_workers as workers
 import pytest
 import torch
 
-import parallel_workers as workers
 from omnitrain.trainer.parallel import ParallelLayout
 from omnitrain.trainer.parallel.testing import run_on_ranks
 
@@ -42,7 +42,7 @@ UNUSED_PARAMETER_LAYOUTS = {
 }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def reference(total_micro_batches: int, kind: str = "mmdit") -> dict:
     return workers.reference(ParallelLayout(micro_batches=total_micro_batches), kind=kind)
 

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import parallel_workers as workers
 import pytest
 import torch
 
-import parallel_workers as workers
 from omnitrain.spec import JobSpec, ParallelismSpec, RunInfo, TrainerConfig
 from omnitrain.trainer.parallel import ParallelLayout, rank_coords, setup_parallel
 from omnitrain.trainer.parallel.layout import check_layout, global_rank
-from omnitrain.trainer.parallel.schedule import (build_schedule, check_schedule, interleaved_one_f_one_b,
-                                                 messages_in_order, one_f_one_b, split_blocks)
+from omnitrain.trainer.parallel.schedule import (
+    build_schedule,
+    check_schedule,
+    interleaved_one_f_one_b,
+    messages_in_order,
+    one_f_one_b,
+    split_blocks,
+)
 from omnitrain.trainer.parallel.testing import run_on_ranks
 
 
