@@ -27,9 +27,11 @@ from omnitrain.trainer.checkpoint import CheckpointConfig, Checkpointer
 def make_state(mb: int, tensors: int, device: str) -> dict:
     per = (mb << 20) // 4 // tensors
     g = torch.Generator().manual_seed(0)
-    return {"step": 0, "model": {f"layer{i}.weight": torch.randn(per, generator=g).to(device)
-                                 for i in range(tensors)},
-            "loader": {"position": 0}}
+    return {
+        "step": 0,
+        "model": {f"layer{i}.weight": torch.randn(per, generator=g).to(device) for i in range(tensors)},
+        "loader": {"position": 0},
+    }
 
 
 def status(msg: str) -> None:
@@ -51,8 +53,14 @@ def main(argv=None) -> int:
     status(f"state: {args.tensors} tensors, {args.mb} MiB on {args.device}; tiers under {root}")
 
     def config(name: str, async_save: bool) -> CheckpointConfig:
-        return CheckpointConfig(job=name, local_root=str(root / "local"), persistent_root=str(root / "persistent"),
-                                interval_steps=1, async_save=async_save, keep=1)
+        return CheckpointConfig(
+            job=name,
+            local_root=str(root / "local"),
+            persistent_root=str(root / "persistent"),
+            interval_steps=1,
+            async_save=async_save,
+            keep=1,
+        )
 
     sync_block, async_block, async_background, first_async = [], [], [], None
     sync = Checkpointer(config("sync", False))
@@ -71,9 +79,11 @@ def main(argv=None) -> int:
             if i > 0:
                 sync.save(step, state)
                 sync_block.append(sync.last_blocking_seconds)
-            status(f"round {i}: async blocked {asyn.last_blocking_seconds:.3f} s "
-                   f"(background write+replicate {async_background[-1]:.2f} s)"
-                   + (f", sync blocked {sync_block[-1]:.3f} s" if i > 0 else " (buffer allocation round)"))
+            status(
+                f"round {i}: async blocked {asyn.last_blocking_seconds:.3f} s "
+                f"(background write+replicate {async_background[-1]:.2f} s)"
+                + (f", sync blocked {sync_block[-1]:.3f} s" if i > 0 else " (buffer allocation round)")
+            )
         host_mb = asyn.host_bytes_held / 2**20
 
         local_restore, persistent_restore = [], []
@@ -81,7 +91,7 @@ def main(argv=None) -> int:
             restored = asyn.restore()
             assert restored.tier == "local"
             local_restore.append(restored.seconds)
-        shutil.rmtree(job_dir(root / "local", "async"))        # a replaced node: nothing local
+        shutil.rmtree(job_dir(root / "local", "async"))  # a replaced node: nothing local
         for _ in range(args.repeats):
             restored = asyn.restore()
             assert restored.tier == "persistent"

@@ -40,13 +40,17 @@ def main() -> None:
                 results["warm restart"].append(timed(lambda: cluster.up(nodes=args.nodes, log=quiet)))
             finally:
                 cluster.down(log=quiet)
-        print(f"[bench] round {round_index + 1}/{args.rounds}: "
-              + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in results.items()), flush=True)
+        print(
+            f"[bench] round {round_index + 1}/{args.rounds}: "
+            + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in results.items()),
+            flush=True,
+        )
     base = statistics.median(results["fresh folder"])
     print("\n| `dev up` | median s | min s | ratio to fresh |\n| --- | --- | --- | --- |")
     for name, values in results.items():
-        print(f"| {name} | {statistics.median(values):.2f} | {min(values):.2f} | "
-              f"{statistics.median(values) / base:.2f} |")
+        print(
+            f"| {name} | {statistics.median(values):.2f} | {min(values):.2f} | {statistics.median(values) / base:.2f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -33,9 +33,16 @@ def measure(folder: str, ulysses: int, budget: int, micro_batches: int, steps: i
     cost = CostModel.of(BENCH_MODEL)
 
     def loader(elastic: int) -> PackedLoader:
-        return PackedLoader(ShardReader(folder), BENCH_MODEL.patch_size, budget, cost, micro_batches=micro_batches,
-                            text_dim=BENCH_MODEL.text_dim, latent_channels=BENCH_MODEL.latent_channels,
-                            elastic_ulysses=elastic)
+        return PackedLoader(
+            ShardReader(folder),
+            BENCH_MODEL.patch_size,
+            budget,
+            cost,
+            micro_batches=micro_batches,
+            text_dim=BENCH_MODEL.text_dim,
+            latent_channels=BENCH_MODEL.latent_channels,
+            elastic_ulysses=elastic,
+        )
 
     fixed, elastic = loader(0), loader(ulysses)
     out = {"fixed": 0, "elastic": 0, "imbalance": [], "degree1": 0, "bins": 0, "fixed_bins": 0}
@@ -60,21 +67,37 @@ def main(argv=None) -> None:
     parser.add_argument("--long-fraction", type=float, default=0.1, help="share of maximal-size clips")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as folder:
-        write_synthetic(folder, SynthSpec(samples=max(64, args.steps * args.micro_batches * 16), shards=2, seed=1,
-                                          max_frames=16, max_side=28, long_fraction=args.long_fraction,
-                                          latent_channels=BENCH_MODEL.latent_channels,
-                                          text_dim=BENCH_MODEL.text_dim, patch_size=BENCH_MODEL.patch_size),
-                        log=lambda *_: None)
-        print(f"{args.steps} steps, tokenBudget {args.budget}, {args.micro_batches} micro-batches, "
-              f"{args.long_fraction:.0%} long clips; all-to-all in M elements per step (group total)")
-        print("ulysses | fixed a2a | elastic a2a | ratio | micro-batches fixed -> elastic | at degree 1 "
-              "| busiest rank / mean (max)")
+        write_synthetic(
+            folder,
+            SynthSpec(
+                samples=max(64, args.steps * args.micro_batches * 16),
+                shards=2,
+                seed=1,
+                max_frames=16,
+                max_side=28,
+                long_fraction=args.long_fraction,
+                latent_channels=BENCH_MODEL.latent_channels,
+                text_dim=BENCH_MODEL.text_dim,
+                patch_size=BENCH_MODEL.patch_size,
+            ),
+            log=lambda *_: None,
+        )
+        print(
+            f"{args.steps} steps, tokenBudget {args.budget}, {args.micro_batches} micro-batches, "
+            f"{args.long_fraction:.0%} long clips; all-to-all in M elements per step (group total)"
+        )
+        print(
+            "ulysses | fixed a2a | elastic a2a | ratio | micro-batches fixed -> elastic | at degree 1 "
+            "| busiest rank / mean (max)"
+        )
         for ulysses in (2, 4, 8):
             r = measure(folder, ulysses, args.budget, args.micro_batches, args.steps)
-            print(f"{ulysses:7d} | {r['fixed'] / args.steps / 1e6:9.2f} | {r['elastic'] / args.steps / 1e6:11.2f} "
-                  f"| {r['elastic'] / r['fixed']:5.2f} | {r['fixed_bins'] / args.steps:5.1f} -> "
-                  f"{r['bins'] / args.steps:5.1f} | {r['degree1'] / r['bins']:10.0%} "
-                  f"| {max(r['imbalance']):.3f}")
+            print(
+                f"{ulysses:7d} | {r['fixed'] / args.steps / 1e6:9.2f} | {r['elastic'] / args.steps / 1e6:11.2f} "
+                f"| {r['elastic'] / r['fixed']:5.2f} | {r['fixed_bins'] / args.steps:5.1f} -> "
+                f"{r['bins'] / args.steps:5.1f} | {r['degree1'] / r['bins']:10.0%} "
+                f"| {max(r['imbalance']):.3f}"
+            )
 
 
 if __name__ == "__main__":

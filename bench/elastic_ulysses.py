@@ -33,14 +33,14 @@ from omnitrain.trainer.parallel.testing import run_on_ranks  # noqa: E402
 TOKEN_BUDGET = 512
 # (text tokens, latent frames, latent side, reference image?, video context?) per sample, per micro-batch.
 MICRO_BATCHES = [
-    [(24, 3, 20, True, False), (16, 2, 12, False, False)],                           # 512 tokens
-    [(32, 4, 16, False, False), (8, 1, 12, False, False)],                           # 332
-    [(20, 1, 16, True, False), (8, 1, 12, False, False)],                            # 192
-    [(12, 3, 12, False, False), (16, 2, 12, False, False)],                          # 208
-    [(24, 2, 12, False, True)],                                                      # 168
+    [(24, 3, 20, True, False), (16, 2, 12, False, False)],  # 512 tokens
+    [(32, 4, 16, False, False), (8, 1, 12, False, False)],  # 332
+    [(20, 1, 16, True, False), (8, 1, 12, False, False)],  # 192
+    [(12, 3, 12, False, False), (16, 2, 12, False, False)],  # 208
+    [(24, 2, 12, False, True)],  # 168
     [(12, 3, 12, False, False), (8, 1, 12, False, False), (8, 1, 12, False, False)],  # 208
 ]
-MODES = {   # name -> (elastic, gradient reduce)
+MODES = {  # name -> (elastic, gradient reduce)
     "fixed, coalesced": (False, "coalesced"),
     "fixed, overlapped": (False, "overlapped"),
     "elastic, coalesced": (True, "coalesced"),
@@ -63,14 +63,20 @@ class _Counter:
 
 def bench_worker(rank: int, world_size: int, rounds: int, steps: int, bucket_mb: float) -> dict:
     import torch.distributed as dist
+
     counter = _Counter()
     ulysses_module._exchange = counter
     runs = {}
     for name, (elastic, reduce) in MODES.items():
         torch.manual_seed(0)
         model = randomize_(MMDiT(BENCH_MODEL), torch.Generator().manual_seed(0))
-        layout = ParallelLayout(ulysses=world_size, micro_batches=len(MICRO_BATCHES), elastic_ulysses=elastic,
-                                grad_reduce=reduce, grad_bucket_mb=bucket_mb)
+        layout = ParallelLayout(
+            ulysses=world_size,
+            micro_batches=len(MICRO_BATCHES),
+            elastic_ulysses=elastic,
+            grad_reduce=reduce,
+            grad_bucket_mb=bucket_mb,
+        )
         plan = setup_parallel(model, layout=layout)
         runs[name] = (plan, torch.optim.AdamW(plan.parameters_for_optimizer(), lr=1e-4, foreach=True))
     batches = step_microbatches(0, MICRO_BATCHES)
@@ -80,14 +86,16 @@ def bench_worker(rank: int, world_size: int, rounds: int, steps: int, bucket_mb:
     volume = {name: 0 for name in MODES}
     losses = {name: [] for name in MODES}
     names = list(MODES)
-    for r in range(rounds + 1):          # round 0 is warm-up
-        order = names[r % len(names):] + names[:r % len(names)]
+    for r in range(rounds + 1):  # round 0 is warm-up
+        order = names[r % len(names) :] + names[: r % len(names)]
         for name in order:
             plan, optimizer = runs[name]
             elastic = MODES[name][0]
             for _ in range(steps):
-                mine = [mb if not elastic or plan.ulysses_rank in schedule.ranks_of(j) else None
-                        for j, mb in enumerate(batches)]
+                mine = [
+                    mb if not elastic or plan.ulysses_rank in schedule.ranks_of(j) else None
+                    for j, mb in enumerate(batches)
+                ]
                 dist.barrier()
                 sent = counter.bytes
                 start = time.perf_counter()
@@ -100,8 +108,15 @@ def bench_worker(rank: int, world_size: int, rounds: int, steps: int, bucket_mb:
                     volume[name] = counter.bytes - sent
                     losses[name].append(float(loss))
     reducer = runs["fixed, overlapped"][0].grad_reducer
-    return {"times": times, "volume": volume, "losses": losses, "tokens": tokens, "degrees": schedule.degrees,
-            "items": schedule.items_of(rank), "buckets": len(reducer.buckets)}
+    return {
+        "times": times,
+        "volume": volume,
+        "losses": losses,
+        "tokens": tokens,
+        "degrees": schedule.degrees,
+        "items": schedule.items_of(rank),
+        "buckets": len(reducer.buckets),
+    }
 
 
 def main(argv=None) -> None:
@@ -113,18 +128,22 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     results = run_on_ranks(bench_worker, args.procs, args.rounds, args.steps, args.bucket_mb, timeout_s=1800)
     first = results[0]
-    print(f"\nMMDiT hidden={BENCH_MODEL.hidden_size} depth={BENCH_MODEL.depth} heads={BENCH_MODEL.num_heads}; "
-          f"ulysses={args.procs} on {args.procs} gloo processes; micro-batch tokens {first['tokens']} "
-          f"(budget {TOKEN_BUDGET}) -> elastic degrees {list(first['degrees'])}; micro-batches per rank "
-          f"{[r['items'] for r in results]}; overlapped all-reduce in {first['buckets']} buckets of "
-          f"<= {args.bucket_mb} MB; {args.rounds} rounds x {args.steps} steps per mode")
+    print(
+        f"\nMMDiT hidden={BENCH_MODEL.hidden_size} depth={BENCH_MODEL.depth} heads={BENCH_MODEL.num_heads}; "
+        f"ulysses={args.procs} on {args.procs} gloo processes; micro-batch tokens {first['tokens']} "
+        f"(budget {TOKEN_BUDGET}) -> elastic degrees {list(first['degrees'])}; micro-batches per rank "
+        f"{[r['items'] for r in results]}; overlapped all-reduce in {first['buckets']} buckets of "
+        f"<= {args.bucket_mb} MB; {args.rounds} rounds x {args.steps} steps per mode"
+    )
     # A step lasts as long as its slowest rank.
     step = {name: statistics.median(max(ts) for ts in zip(*(r["times"][name] for r in results))) for name in MODES}
     print(f"{'mode':<22}{'median step s':>14}{'vs fixed':>10}{'all-to-all MB/step/rank':>25}  loss (last)")
     for name in MODES:
         mb = max(r["volume"][name] for r in results) / 1e6
-        print(f"{name:<22}{step[name]:>14.3f}{step[name] / step['fixed, coalesced']:>9.2f}x{mb:>25.2f}  "
-              f"{first['losses'][name][-1]:.6f}")
+        print(
+            f"{name:<22}{step[name]:>14.3f}{step[name] / step['fixed, coalesced']:>9.2f}x{mb:>25.2f}  "
+            f"{first['losses'][name][-1]:.6f}"
+        )
 
 
 if __name__ == "__main__":

@@ -33,8 +33,15 @@ from omnitrain.trainer.memory import configure_memory  # noqa: E402
 from omnitrain.trainer.parallel import ParallelLayout, setup_parallel  # noqa: E402
 from omnitrain.trainer.parallel.testing import run_on_ranks  # noqa: E402
 
-MODES = [("none", "none"), ("pipelineAware", "none"), ("all", "none"), ("none", "selective"), ("none", "full"),
-         ("pipelineAware", "selective"), ("pipelineAware", "full")]
+MODES = [
+    ("none", "none"),
+    ("pipelineAware", "none"),
+    ("all", "none"),
+    ("none", "selective"),
+    ("none", "full"),
+    ("pipelineAware", "selective"),
+    ("pipelineAware", "full"),
+]
 LAYOUT = ParallelLayout(pp=2, micro_batches=4)
 
 
@@ -43,8 +50,9 @@ def bench_worker(rank: int, world_size: int, rounds: int) -> dict:
     for offload, recompute in MODES:
         torch.manual_seed(0)
         model = randomize_(MMDiT(BENCH_MODEL), torch.Generator().manual_seed(0))
-        plans[offload, recompute] = configure_memory(setup_parallel(model, layout=LAYOUT), offload, recompute,
-                                                     account=True)
+        plans[offload, recompute] = configure_memory(
+            setup_parallel(model, layout=LAYOUT), offload, recompute, account=True
+        )
     microbatches = step_microbatches(0)
     times: dict[tuple, list[float]] = {mode: [] for mode in MODES}
     accounts = {}
@@ -76,15 +84,19 @@ def main() -> None:
     times = results[0]["times"]
     base = statistics.median(times["none", "none"])
     print(f"pipeline 2, 1F1B, {LAYOUT.micro_batches} micro-batches, {args.rounds} rounds; KiB of saved activations")
-    print("| offload | recompute | stage 0 peak device | stage 1 peak device | stage 0 / 1 peak host "
-          "| stage 0 / 1 copied out | step ms (median) | vs none |")
+    print(
+        "| offload | recompute | stage 0 peak device | stage 1 peak device | stage 0 / 1 peak host "
+        "| stage 0 / 1 copied out | step ms (median) | vs none |"
+    )
     print("|---|---|--:|--:|--:|--:|--:|--:|")
     for mode in MODES:
         a0, a1 = (r["accounts"][mode] for r in results)
         step = statistics.median(times[mode])
-        print(f"| {mode[0]} | {mode[1]} | {kib(a0['peak_device'])} | {kib(a1['peak_device'])} "
-              f"| {kib(a0['peak_host'])} / {kib(a1['peak_host'])} | {kib(a0['offloaded'])} / {kib(a1['offloaded'])} "
-              f"| {step * 1000:.0f} | {step / base:.2f}x |")
+        print(
+            f"| {mode[0]} | {mode[1]} | {kib(a0['peak_device'])} | {kib(a1['peak_device'])} "
+            f"| {kib(a0['peak_host'])} / {kib(a1['peak_host'])} | {kib(a0['offloaded'])} / {kib(a1['offloaded'])} "
+            f"| {step * 1000:.0f} | {step / base:.2f}x |"
+        )
         assert a0["late_reloads"] == a1["late_reloads"] == 0, mode
 
 

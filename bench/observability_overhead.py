@@ -33,8 +33,9 @@ def make_model():
     return model, torch.optim.SGD(model.parameters(), lr=1e-3), torch.randn(64, 256), torch.randn(64, 256)
 
 
-def run_round(steps: int, callback: MetricsCallback | None, scrape_every: int = 10
-              ) -> tuple[list[float], list[float], list[float]]:
+def run_round(
+    steps: int, callback: MetricsCallback | None, scrape_every: int = 10
+) -> tuple[list[float], list[float], list[float]]:
     model, opt, x, y = make_model()
     params = sum(p.numel() for p in model.parameters())
     step_times, hook_times, scrape_times = [], [], []
@@ -49,8 +50,15 @@ def run_round(steps: int, callback: MetricsCallback | None, scrape_every: int = 
         compute = time.perf_counter() - started
         if callback is not None:
             hook_started = time.perf_counter()
-            callback.on_step_end(stats=StepStats(step=step, loss=loss.item(), tokens=x.shape[0],
-                                                 flops=6.0 * params * x.shape[0], step_seconds=compute))
+            callback.on_step_end(
+                stats=StepStats(
+                    step=step,
+                    loss=loss.item(),
+                    tokens=x.shape[0],
+                    flops=6.0 * params * x.shape[0],
+                    step_seconds=compute,
+                )
+            )
             hook_times.append(time.perf_counter() - hook_started)
             if step % scrape_every == 0:
                 scrape_started = time.perf_counter()
@@ -71,9 +79,18 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as log_dir:
         for round_index in range(args.rounds):
             bare += run_round(args.steps, None)[0]
-            callback = MetricsCallback(job="bench", attempt=round_index, total_steps=args.steps, world_size=1, rank=0,
-                                       local_rank=0, metrics_addr="127.0.0.1", metrics_port=0, log_dir=log_dir,
-                                       peak_flops_per_device=1e11)
+            callback = MetricsCallback(
+                job="bench",
+                attempt=round_index,
+                total_steps=args.steps,
+                world_size=1,
+                rank=0,
+                local_rank=0,
+                metrics_addr="127.0.0.1",
+                metrics_port=0,
+                log_dir=log_dir,
+                peak_flops_per_device=1e11,
+            )
             try:
                 steps, hook, scrape = run_round(args.steps, callback)
             finally:
@@ -81,12 +98,17 @@ def main() -> int:
             instrumented += steps
             hooks += hook
             scrapes += scrape
-            print(f"round {round_index + 1}/{args.rounds}: bare {1e3 * statistics.median(bare):.3f} ms/step, "
-                  f"with metrics {1e3 * statistics.median(instrumented):.3f} ms/step", flush=True)
+            print(
+                f"round {round_index + 1}/{args.rounds}: bare {1e3 * statistics.median(bare):.3f} ms/step, "
+                f"with metrics {1e3 * statistics.median(instrumented):.3f} ms/step",
+                flush=True,
+            )
     bare_ms, inst_ms = 1e3 * statistics.median(bare), 1e3 * statistics.median(instrumented)
     print(f"median step: bare {bare_ms:.3f} ms, with metrics {inst_ms:.3f} ms, ratio {inst_ms / bare_ms:.3f}")
-    print(f"callback per step: median {1e6 * statistics.median(hooks):.1f} us, "
-          f"p99 {1e6 * sorted(hooks)[int(0.99 * (len(hooks) - 1))]:.1f} us")
+    print(
+        f"callback per step: median {1e6 * statistics.median(hooks):.1f} us, "
+        f"p99 {1e6 * sorted(hooks)[int(0.99 * (len(hooks) - 1))]:.1f} us"
+    )
     print(f"scrape of the endpoint: median {1e3 * statistics.median(scrapes):.2f} ms over {len(scrapes)} scrapes")
     return 0
 

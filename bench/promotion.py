@@ -35,10 +35,12 @@ from omnitrain.serving.testing import build_tiny  # noqa: E402
 from omnitrain.trainer.distill.loop import DistillConfig, distill  # noqa: E402
 from omnitrain.trainer.distill.synthetic import SyntheticTask, train_teacher  # noqa: E402
 
-DISTILL_MODEL = ModelConfig(hidden_size=32, depth=2, num_heads=4, latent_channels=4, text_dim=16,
-                            frequency_embedding_size=32)
-CACHE_MODEL = ModelConfig(hidden_size=128, depth=4, num_heads=4, latent_channels=4, text_dim=32,
-                          frequency_embedding_size=64)
+DISTILL_MODEL = ModelConfig(
+    hidden_size=32, depth=2, num_heads=4, latent_channels=4, text_dim=16, frequency_embedding_size=32
+)
+CACHE_MODEL = ModelConfig(
+    hidden_size=128, depth=4, num_heads=4, latent_channels=4, text_dim=32, frequency_embedding_size=64
+)
 
 
 def timed(fn, repeats: int) -> tuple[float, object]:
@@ -72,8 +74,14 @@ def bench_distillation(args) -> dict:
     teacher = Denoiser(model, adapter)
     task = SyntheticTask(DISTILL_MODEL, seed=0, text_tokens=4, video_tokens=8)
     print(f"[distill] training the teacher {args.teacher_train_steps} steps ...", flush=True)
-    train_teacher(teacher, task, steps=args.teacher_train_steps, batch=16, lr=3e-3,
-                  log_every=max(1, args.teacher_train_steps // 3))
+    train_teacher(
+        teacher,
+        task,
+        steps=args.teacher_train_steps,
+        batch=16,
+        lr=3e-3,
+        log_every=max(1, args.teacher_train_steps // 3),
+    )
     g = torch.Generator().manual_seed(123)
     reqs = [task.request(g) for _ in range(32)]
     conds = [r.conditions for r in reqs]
@@ -81,17 +89,28 @@ def bench_distillation(args) -> dict:
 
     def gen(den, steps):
         return torch.cat(den.generate(conds, noise, SamplerConfig(steps=steps)))
+
     t_teacher, reference = timed(lambda: gen(teacher, 150), args.repeats)
     undistilled = {n: rmse(gen(teacher, n), reference) for n in (2, 5, 10, 20, 50)}
     out = {"teacher_s": t_teacher, "undistilled": undistilled}
     for name, weight in (("phase 1 only", 0.0), ("phase 1 + 2", 0.1)):
         student = Denoiser(copy.deepcopy(teacher.model), adapter)
         print(f"[distill] distilling ({name}) {args.distill_steps} steps ...", flush=True)
-        distill(teacher, student, task.request, DistillConfig(steps=args.distill_steps, batch_size=8,
-                                                              learning_rate=1e-3, distribution_weight=weight,
-                                                              log_every=max(1, args.distill_steps // 4)))
-        (t_teacher_here, _), (t_student, sample) = timed_pair(lambda: gen(teacher, 150), lambda: gen(student, 10),
-                                                              args.repeats)
+        distill(
+            teacher,
+            student,
+            task.request,
+            DistillConfig(
+                steps=args.distill_steps,
+                batch_size=8,
+                learning_rate=1e-3,
+                distribution_weight=weight,
+                log_every=max(1, args.distill_steps // 4),
+            ),
+        )
+        (t_teacher_here, _), (t_student, sample) = timed_pair(
+            lambda: gen(teacher, 150), lambda: gen(student, 10), args.repeats
+        )
         out[name] = {"student_s": t_student, "teacher_s": t_teacher_here, "rmse": rmse(sample, reference)}
     out["reference_rms"] = float(reference.pow(2).mean().sqrt())
     return out
@@ -102,6 +121,7 @@ def bench_condition_cache(args, model_name: str = "tiny") -> dict:
     if model_name == "mmdit":
         from omnitrain.model.mmdit import randomize_
         from omnitrain.model.mmdit_adapter import build_mmdit
+
         model, adapter = build_mmdit(CACHE_MODEL)
         randomize_(model, torch.Generator().manual_seed(0))
     else:
@@ -110,26 +130,41 @@ def bench_condition_cache(args, model_name: str = "tiny") -> dict:
     g = torch.Generator().manual_seed(0)
     p = CACHE_MODEL.patch_dim
     # Grids (for MMDiT's 3D positions): reference one frame, context and video 4 frames of patches.
-    conds = [Conditions(text=torch.randn(64, CACHE_MODEL.text_dim, generator=g),
-                        reference=torch.randn(args.reference_tokens, p, generator=g),
-                        context=torch.randn(args.context_tokens, p, generator=g),
-                        reference_grid=(1, 1, args.reference_tokens), context_grid=(4, 1, args.context_tokens // 4),
-                        video_grid=(4, 1, args.video_tokens // 4)) for _ in range(2)]
+    conds = [
+        Conditions(
+            text=torch.randn(64, CACHE_MODEL.text_dim, generator=g),
+            reference=torch.randn(args.reference_tokens, p, generator=g),
+            context=torch.randn(args.context_tokens, p, generator=g),
+            reference_grid=(1, 1, args.reference_tokens),
+            context_grid=(4, 1, args.context_tokens // 4),
+            video_grid=(4, 1, args.video_tokens // 4),
+        )
+        for _ in range(2)
+    ]
     noise = [torch.randn(args.video_tokens, p, generator=g) for _ in conds]
     cfg = SamplerConfig(steps=args.cache_steps)
-    (t_masked, a), (t_cached, b) = timed_pair(lambda: torch.cat(den.generate(conds, noise, cfg, mode="masked")),
-                                              lambda: torch.cat(den.generate(conds, noise, cfg, mode="cached")),
-                                              args.repeats)
-    return {"masked_s": t_masked, "cached_s": t_cached, "max_abs_diff": float((a - b).abs().max()),
-            "cond_tokens": conds[0].num_tokens, "video_tokens": args.video_tokens, "steps": args.cache_steps}
+    (t_masked, a), (t_cached, b) = timed_pair(
+        lambda: torch.cat(den.generate(conds, noise, cfg, mode="masked")),
+        lambda: torch.cat(den.generate(conds, noise, cfg, mode="cached")),
+        args.repeats,
+    )
+    return {
+        "masked_s": t_masked,
+        "cached_s": t_cached,
+        "max_abs_diff": float((a - b).abs().max()),
+        "cond_tokens": conds[0].num_tokens,
+        "video_tokens": args.video_tokens,
+        "steps": args.cache_steps,
+    }
 
 
 def bench_fp8(args) -> dict:
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(1)
     p = CACHE_MODEL.patch_dim
-    conds = [Conditions(text=torch.randn(32, CACHE_MODEL.text_dim, generator=g),
-                        reference=torch.randn(64, p, generator=g))]
+    conds = [
+        Conditions(text=torch.randn(32, CACHE_MODEL.text_dim, generator=g), reference=torch.randn(64, p, generator=g))
+    ]
     videos = [torch.randn(256, p, generator=g)]
     model, adapter = build_tiny(CACHE_MODEL)
     with torch.no_grad():
@@ -146,6 +181,7 @@ def bench_fp8(args) -> dict:
         from torch import nn
 
         from omnitrain.model.fp8 import FP8Linear
+
         lin = nn.Linear(4096, 4096, device=device, dtype=torch.bfloat16)
         x = torch.randn(8192, 4096, device=device, dtype=torch.bfloat16)
         fp8 = FP8Linear(lin.float(), "rowwise", use_scaled_mm=True)
@@ -160,14 +196,17 @@ def bench_fp8(args) -> dict:
                 fn()
             torch.cuda.synchronize()
             return (time.perf_counter() - start) / 20
+
         out["gpu_bf16_s"], out["gpu_fp8_s"] = cuda_time(lambda: lin(x)), cuda_time(lambda: fp8(x))
     return out
 
 
 def plot(path: str, dist: dict) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     steps = sorted(dist["undistilled"])
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(steps, [dist["undistilled"][n] for n in steps], "o-", label="undistilled model")
@@ -202,28 +241,38 @@ def main() -> None:
     dist = bench_distillation(args)
     print("\n== distillation (32 requests, tiny model, CPU, 1 thread) ==")
     print(f"teacher 150 steps: {dist['teacher_s']:.3f}s  (reference RMS {dist['reference_rms']:.3f})")
-    print("undistilled RMSE vs teacher by steps: " +
-          ", ".join(f"{n}: {e:.4f}" for n, e in sorted(dist["undistilled"].items())))
+    print(
+        "undistilled RMSE vs teacher by steps: "
+        + ", ".join(f"{n}: {e:.4f}" for n, e in sorted(dist["undistilled"].items()))
+    )
     for name in ("phase 1 only", "phase 1 + 2"):
         r = dist[name]
-        print(f"student 10 steps ({name}): {r['student_s']:.3f}s vs teacher {r['teacher_s']:.3f}s side by side: "
-              f"speedup x{r['teacher_s'] / r['student_s']:.1f}"
-              f"  RMSE {r['rmse']:.4f}  ({r['rmse'] / dist['undistilled'][10]:.2f} of undistilled at 10 steps)")
+        print(
+            f"student 10 steps ({name}): {r['student_s']:.3f}s vs teacher {r['teacher_s']:.3f}s side by side: "
+            f"speedup x{r['teacher_s'] / r['student_s']:.1f}"
+            f"  RMSE {r['rmse']:.4f}  ({r['rmse'] / dist['undistilled'][10]:.2f} of undistilled at 10 steps)"
+        )
 
     for model_name in ("tiny", "mmdit"):
         cache = bench_condition_cache(args, model_name)
-        print(f"\n== condition caching, {model_name} ({cache['cond_tokens']} condition tokens, "
-              f"{cache['video_tokens']} video tokens, 2 requests, {cache['steps']} steps) ==")
-        print(f"recomputed every step (same mask): {cache['masked_s']:.3f}s  cached: {cache['cached_s']:.3f}s  "
-              f"speedup x{cache['masked_s'] / cache['cached_s']:.2f}  max |diff| {cache['max_abs_diff']:.2e}")
+        print(
+            f"\n== condition caching, {model_name} ({cache['cond_tokens']} condition tokens, "
+            f"{cache['video_tokens']} video tokens, 2 requests, {cache['steps']} steps) =="
+        )
+        print(
+            f"recomputed every step (same mask): {cache['masked_s']:.3f}s  cached: {cache['cached_s']:.3f}s  "
+            f"speedup x{cache['masked_s'] / cache['cached_s']:.2f}  max |diff| {cache['max_abs_diff']:.2e}"
+        )
 
     fp8 = bench_fp8(args)
     print("\n== FP8 e4m3 linears vs fp32 (relative L2 error of the model output) ==")
     print(f"per-tensor scales: {fp8['tensor']:.4f}  rowwise scales: {fp8['rowwise']:.4f}")
     if "gpu_fp8_s" in fp8:
-        print(f"GPU 8192x4096x4096: bf16 {fp8['gpu_bf16_s'] * 1e3:.3f} ms  "
-              f"fp8 scaled_mm {fp8['gpu_fp8_s'] * 1e3:.3f} ms"
-              f"  speedup x{fp8['gpu_bf16_s'] / fp8['gpu_fp8_s']:.2f}")
+        print(
+            f"GPU 8192x4096x4096: bf16 {fp8['gpu_bf16_s'] * 1e3:.3f} ms  "
+            f"fp8 scaled_mm {fp8['gpu_fp8_s'] * 1e3:.3f} ms"
+            f"  speedup x{fp8['gpu_bf16_s'] / fp8['gpu_fp8_s']:.2f}"
+        )
     else:
         print("speed: n/a (no sm89+ GPU; the CPU path is an exact emulation, not a fast kernel)")
     if args.plot:

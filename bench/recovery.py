@@ -31,6 +31,7 @@ sys.path.insert(0, str(REPO))
 
 # --- the stand-in worker (runs under the watchdog) -----------------------------------------------------------
 
+
 class FakePort:
     def __init__(self, root: str) -> None:
         self.dir = Path(root) / "mlx5_0" / "ports" / "1" / "counters"
@@ -57,6 +58,7 @@ class FakePort:
 def worker(args) -> int:
     from omnitrain.resilience.heartbeat import HeartbeatCallback
     from omnitrain.training_hooks import StepStats
+
     events = open(args.events, "a")
 
     def emit(kind: str, **fields) -> None:
@@ -70,7 +72,7 @@ def worker(args) -> int:
     if ckpt.exists():
         t = time.perf_counter()
         start = json.loads(ckpt.read_text())["step"]
-        time.sleep(args.restore_seconds)        # stands in for loading the sharded checkpoint
+        time.sleep(args.restore_seconds)  # stands in for loading the sharded checkpoint
         emit("restore", step=start, seconds=time.perf_counter() - t)
     cb.on_train_start(step=start)
     for step in range(start + 1, args.steps + 1):
@@ -87,19 +89,19 @@ def worker(args) -> int:
                 return 1
             elif args.fault == "slow":
                 if port:
-                    port.moving.set()               # a slow step that still communicates
+                    port.moving.set()  # a slow step that still communicates
                 time.sleep(args.slow_seconds)
         if port:
             port.moving.set()
         t = time.perf_counter()
-        time.sleep(args.step_seconds)               # compute + communication of one step
+        time.sleep(args.step_seconds)  # compute + communication of one step
         seconds = time.perf_counter() - t
         cb.on_step_end(stats=StepStats(step=step, step_seconds=seconds))
         emit("step", step=step, seconds=seconds)
         if args.checkpoint_every and step % args.checkpoint_every == 0:
             cb.on_checkpoint_start(step=step)
             t = time.perf_counter()
-            time.sleep(args.save_seconds)           # the loop is blocked for the copy to host
+            time.sleep(args.save_seconds)  # the loop is blocked for the copy to host
             tmp = ckpt.with_suffix(".tmp")
             tmp.write_text(json.dumps({"step": step}))
             os.replace(tmp, ckpt)
@@ -113,26 +115,79 @@ def worker(args) -> int:
 
 # --- the measuring side -----------------------------------------------------------------------------------
 
-def run_attempt(work: Path, attempt: int, *, timeout: float, fault: str = "none", fault_step: int = 0,
-                steps: int = 40, step_seconds: float = 0.05, checkpoint_every: int = 0, rdma: bool = True,
-                extra_watchdog: list[str] = (), slow_seconds: float = 0.0) -> dict:
+
+def run_attempt(
+    work: Path,
+    attempt: int,
+    *,
+    timeout: float,
+    fault: str = "none",
+    fault_step: int = 0,
+    steps: int = 40,
+    step_seconds: float = 0.05,
+    checkpoint_every: int = 0,
+    rdma: bool = True,
+    extra_watchdog: list[str] = (),
+    slow_seconds: float = 0.0,
+) -> dict:
     hb = work / f"hb-{attempt}"
     term = work / f"termination-{attempt}"
-    cmd = [sys.executable, "-m", "omnitrain", "watchdog", "--timeout", str(timeout), "--workers", "1",
-           "--heartbeat-dir", str(hb), "--poll", "0.1", "--status-every", "60", "--no-gpu-health",
-           "--termination-log", str(term), "--rdma-root", str(work / f"rdma-{attempt}"), *extra_watchdog, "--",
-           sys.executable, __file__, "worker", "--events", str(work / "events.jsonl"),
-           "--checkpoint", str(work / "checkpoint.json"), "--steps", str(steps), "--step-seconds", str(step_seconds),
-           "--checkpoint-every", str(checkpoint_every), "--fault", fault, "--fault-step", str(fault_step),
-           "--slow-seconds", str(slow_seconds)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "omnitrain",
+        "watchdog",
+        "--timeout",
+        str(timeout),
+        "--workers",
+        "1",
+        "--heartbeat-dir",
+        str(hb),
+        "--poll",
+        "0.1",
+        "--status-every",
+        "60",
+        "--no-gpu-health",
+        "--termination-log",
+        str(term),
+        "--rdma-root",
+        str(work / f"rdma-{attempt}"),
+        *extra_watchdog,
+        "--",
+        sys.executable,
+        __file__,
+        "worker",
+        "--events",
+        str(work / "events.jsonl"),
+        "--checkpoint",
+        str(work / "checkpoint.json"),
+        "--steps",
+        str(steps),
+        "--step-seconds",
+        str(step_seconds),
+        "--checkpoint-every",
+        str(checkpoint_every),
+        "--fault",
+        fault,
+        "--fault-step",
+        str(fault_step),
+        "--slow-seconds",
+        str(slow_seconds),
+    ]
     if rdma:
         cmd += ["--rdma-root", str(work / f"rdma-{attempt}")]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     started = time.time()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     ended = time.time()
-    return {"attempt": attempt, "started": started, "ended": ended, "code": proc.returncode,
-            "termination": term.read_text() if term.exists() else None, "stderr": proc.stderr}
+    return {
+        "attempt": attempt,
+        "started": started,
+        "ended": ended,
+        "code": proc.returncode,
+        "termination": term.read_text() if term.exists() else None,
+        "stderr": proc.stderr,
+    }
 
 
 def read_events(work: Path) -> list[dict]:
@@ -144,6 +199,7 @@ def heartbeat_cost(beats: int = 5000) -> None:
     """What one heartbeat costs the training loop, beside the bare loop it is added to."""
     from omnitrain.resilience.heartbeat import HeartbeatCallback
     from omnitrain.training_hooks import StepStats
+
     with tempfile.TemporaryDirectory() as d:
         cb = HeartbeatCallback(d, rank=0)
         cb.on_train_start(step=0)
@@ -157,8 +213,11 @@ def heartbeat_cost(beats: int = 5000) -> None:
         with_beats = time.perf_counter() - t
         cb.close()
     per_beat = (with_beats - bare) / beats
-    print(f"  {1e6 * per_beat:.1f} us per step ({beats} beats); against a 1 s training step that is "
-          f"{100 * per_beat / 1.0:.4f}% overhead", flush=True)
+    print(
+        f"  {1e6 * per_beat:.1f} us per step ({beats} beats); against a 1 s training step that is "
+        f"{100 * per_beat / 1.0:.4f}% overhead",
+        flush=True,
+    )
 
 
 def detection_table(quick: bool) -> list[dict]:
@@ -170,11 +229,12 @@ def detection_table(quick: bool) -> list[dict]:
                 work = Path(d)
                 r = run_attempt(work, 0, timeout=timeout, fault=fault, fault_step=15, steps=30)
                 fault_at = next(e["time"] for e in read_events(work) if e["kind"] == "failure")
-                rows.append({"fault": fault, "timeout": timeout, "code": r["code"],
-                             "detect": r["ended"] - fault_at})
-                print(f"  {fault:8s} timeout {timeout:4.1f}s  exit {r['code']:3d}  detected+ended after "
-                      f"{r['ended'] - fault_at:5.2f}s  ({(r['ended'] - fault_at) / timeout:.2f} x timeout)",
-                      flush=True)
+                rows.append({"fault": fault, "timeout": timeout, "code": r["code"], "detect": r["ended"] - fault_at})
+                print(
+                    f"  {fault:8s} timeout {timeout:4.1f}s  exit {r['code']:3d}  detected+ended after "
+                    f"{r['ended'] - fault_at:5.2f}s  ({(r['ended'] - fault_at) / timeout:.2f} x timeout)",
+                    flush=True,
+                )
     return rows
 
 
@@ -182,20 +242,30 @@ def learned_vs_configured() -> None:
     configured = 30.0
     with tempfile.TemporaryDirectory() as d:
         work = Path(d)
-        r = run_attempt(work, 0, timeout=configured, fault="sigstop", fault_step=30, steps=40, step_seconds=0.1,
-                        extra_watchdog=["--min-timeout", "1", "--safety-factor", "5", "--warmup-steps", "3"])
+        r = run_attempt(
+            work,
+            0,
+            timeout=configured,
+            fault="sigstop",
+            fault_step=30,
+            steps=40,
+            step_seconds=0.1,
+            extra_watchdog=["--min-timeout", "1", "--safety-factor", "5", "--warmup-steps", "3"],
+        )
         fault_at = next(e["time"] for e in read_events(work) if e["kind"] == "failure")
         ev = json.loads(r["termination"])["evidence"]
-        print(f"  configured {configured:.0f}s, learned {ev['step_timeout_s']}s from 0.1 s steps: exit {r['code']}, "
-              f"detected+ended after {r['ended'] - fault_at:.2f}s ({configured / (r['ended'] - fault_at):.1f}x "
-              "sooner than the configured timeout)", flush=True)
+        print(
+            f"  configured {configured:.0f}s, learned {ev['step_timeout_s']}s from 0.1 s steps: exit {r['code']}, "
+            f"detected+ended after {r['ended'] - fault_at:.2f}s ({configured / (r['ended'] - fault_at):.1f}x "
+            "sooner than the configured timeout)",
+            flush=True,
+        )
 
 
 def slow_step_check() -> None:
     for rdma in (True, False):
         with tempfile.TemporaryDirectory() as d:
-            r = run_attempt(Path(d), 0, timeout=2.0, fault="slow", fault_step=15, steps=25, slow_seconds=6.0,
-                            rdma=rdma)
+            r = run_attempt(Path(d), 0, timeout=2.0, fault="slow", fault_step=15, steps=25, slow_seconds=6.0, rdma=rdma)
             verdict = "hang (killed)" if r["code"] == 42 else f"no hang (exit {r['code']})"
             print(f"  6 s step, timeout 2 s, RDMA counters {'moving' if rdma else 'absent'}: {verdict}", flush=True)
 
@@ -218,39 +288,56 @@ def goodput_run(quick: bool, plot: str | None) -> None:
         while True:
             fault, at = faults.get(attempt, ("none", 0))
             timeline.append(Event(time.time(), EventKind.ATTEMPT_START, attempt))
-            timeline.append(Event(time.time(), EventKind.PODS_RUNNING, attempt))   # local: the process is up
+            timeline.append(Event(time.time(), EventKind.PODS_RUNNING, attempt))  # local: the process is up
             before = len(read_events(work))
-            r = run_attempt(work, attempt, timeout=timeout, fault=fault, fault_step=at, steps=steps,
-                            checkpoint_every=every)
+            r = run_attempt(
+                work, attempt, timeout=timeout, fault=fault, fault_step=at, steps=steps, checkpoint_every=every
+            )
             for e in read_events(work)[before:]:
-                timeline.append(Event(e["time"], EventKind(e["kind"]), attempt, step=e.get("step"),
-                                      seconds=e.get("seconds", 0.0)))
+                timeline.append(
+                    Event(e["time"], EventKind(e["kind"]), attempt, step=e.get("step"), seconds=e.get("seconds", 0.0))
+                )
             if r["code"] == 0:
                 timeline.append(Event(r["ended"], EventKind.JOB_END, attempt))
                 break
             timeline.append(Event(r["ended"], EventKind.DETECTION, attempt))
-            pod = PodObservation(name=f"attempt-{attempt}", node="local", phase="Failed", exit_code=r["code"],
-                                 container_reason="Error", termination_message=r["termination"])
+            pod = PodObservation(
+                name=f"attempt-{attempt}",
+                node="local",
+                phase="Failed",
+                exit_code=r["code"],
+                container_reason="Error",
+                termination_message=r["termination"],
+            )
             ckpt = json.loads((work / "checkpoint.json").read_text())["step"]
             action = plan_recovery(classify([pod]), state, policy, last_checkpoint_step=ckpt)
-            print(f"  attempt {attempt}: exit {r['code']} ({ExitCode(r['code']).name}) -> {action.kind.value}: "
-                  f"{action.message}", flush=True)
+            print(
+                f"  attempt {attempt}: exit {r['code']} ({ExitCode(r['code']).name}) -> {action.kind.value}: "
+                f"{action.message}",
+                flush=True,
+            )
             if action.kind is not ActionKind.GANG_RESTART:
                 break
             state = action.state
             attempt += 1
     report = compute_goodput(timeline)
-    print(f"  goodput {100 * report.goodput:.1f}% of {report.wall_seconds:.1f}s wall "
-          f"({report.productive_seconds:.1f}s productive step time)")
+    print(
+        f"  goodput {100 * report.goodput:.1f}% of {report.wall_seconds:.1f}s wall "
+        f"({report.productive_seconds:.1f}s productive step time)"
+    )
     for cause, seconds in report.badput_seconds.items():
         print(f"    badput {cause:18s} {seconds:6.2f}s  {100 * seconds / report.wall_seconds:5.1f}%")
     for rec in report.recoveries:
-        print(f"    recovery after attempt {rec.attempt}: detection {rec.detection_seconds:.2f}s, relaunch "
-              f"{rec.relaunch_seconds:.2f}s, first step after {rec.first_step_seconds:.2f}s")
+        print(
+            f"    recovery after attempt {rec.attempt}: detection {rec.detection_seconds:.2f}s, relaunch "
+            f"{rec.relaunch_seconds:.2f}s, first step after {rec.first_step_seconds:.2f}s"
+        )
     if plot:
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+
         fig, ax = plt.subplots(figsize=(8, 3.2))
         left = 0.0
         parts = [("productive", report.productive_seconds)] + list(report.badput_seconds.items())
@@ -258,8 +345,11 @@ def goodput_run(quick: bool, plot: str | None) -> None:
             if seconds > 0:
                 ax.barh([0], [seconds], left=left, label=f"{name} {seconds:.1f}s")
                 left += seconds
-        ax.set(yticks=[], xlabel="wall-clock seconds",
-               title=f"Run with 3 injected faults: goodput {100 * report.goodput:.1f}%")
+        ax.set(
+            yticks=[],
+            xlabel="wall-clock seconds",
+            title=f"Run with 3 injected faults: goodput {100 * report.goodput:.1f}%",
+        )
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.4), ncol=4, fontsize=8)
         fig.subplots_adjust(bottom=0.45, top=0.88, left=0.04, right=0.98)
         Path(plot).parent.mkdir(parents=True, exist_ok=True)
@@ -297,18 +387,36 @@ def cluster_faults(steps: int = CLUSTER_STEPS, interval: int = CLUSTER_INTERVAL)
         ext = client.ApiextensionsV1Api(api)
         body = yaml.safe_load((REPO / "manifests" / "crd" / "omnitrainingjobs.yaml").read_text())
         ext.create_custom_resource_definition(body)
-        wait_for(lambda: any(c.type == "Established" and c.status == "True" for c in
-                           ext.read_custom_resource_definition(body["metadata"]["name"]).status.conditions or []),
-               30, "CRD")
+        wait_for(
+            lambda: any(
+                c.type == "Established" and c.status == "True"
+                for c in ext.read_custom_resource_definition(body["metadata"]["name"]).status.conditions or []
+            ),
+            30,
+            "CRD",
+        )
         ns = "bench"
         core.create_namespace({"metadata": {"name": ns}})
-        wait_for(lambda: any(a.metadata.name == "default" for a in core.list_namespaced_service_account(ns).items),
-               60, "service account")
-        env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig), "OMNITRAIN_RESYNC_SECONDS": "5",
-               "OMNITRAIN_NAMESPACES": ns, "OMP_NUM_THREADS": "1", "OMNITRAIN_POD_ENV": "OMP_NUM_THREADS=1"}
+        wait_for(
+            lambda: any(a.metadata.name == "default" for a in core.list_namespaced_service_account(ns).items),
+            60,
+            "service account",
+        )
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(cluster.kubeconfig),
+            "OMNITRAIN_RESYNC_SECONDS": "5",
+            "OMNITRAIN_NAMESPACES": ns,
+            "OMP_NUM_THREADS": "1",
+            "OMNITRAIN_POD_ENV": "OMP_NUM_THREADS=1",
+        }
         env.pop("OMNITRAIN_TRAIN_COMMAND", None)
-        operator = subprocess.Popen([sys.executable, "-m", "omnitrain", "operator"], env=env,
-                                    stdout=open(root / "operator.log", "w"), stderr=subprocess.STDOUT)
+        operator = subprocess.Popen(
+            [sys.executable, "-m", "omnitrain", "operator"],
+            env=env,
+            stdout=open(root / "operator.log", "w"),
+            stderr=subprocess.STDOUT,
+        )
         print(f"  real trainer, {steps} steps, checkpoint every {interval}, 2 pods x 1 rank; seconds after the fault")
         print("  fault     detection  pods Running again  first step after  job wall  goodput  last failure")
         for fault in ("sigstop", "kill", "node"):
@@ -320,21 +428,43 @@ def cluster_faults(steps: int = CLUSTER_STEPS, interval: int = CLUSTER_INTERVAL)
             cluster.wait_nodes_ready(pool, log=lambda *_: None, timeout_s=60)
             for node in pool:
                 core.patch_node(node, {"metadata": {"labels": {"omnitrain.dev/bench-pool": name}}})
-            core.create_namespaced_persistent_volume_claim(ns, {"metadata": {"name": claim}, "spec": {
-                "accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Gi"}}}})
-            spec = {"parallelism": {"nodes": 2, "gpusPerNode": 1},
-                    "data": {"path": "/mnt/checkpoints/data", "synthetic": {"samples": 64, "shards": 2},
-                             "tokenBudget": 512},
-                    "training": {"steps": steps, "learningRate": 3e-3, "warmupSteps": 3},
-                    "checkpoint": {"persistentClaim": claim, "persistentPath": "/mnt/checkpoints",
-                                   "localPath": f"/omnitrain-bench/{name}", "intervalSteps": interval},
-                    "resilience": {"hangTimeoutSeconds": 5, "maxRestarts": 3},
-                    "scheduling": {"nodeSelector": {"omnitrain.dev/bench-pool": name}}}
-            custom.create_namespaced_custom_object(crd.GROUP, crd.VERSION, ns, crd.PLURAL, {
-                "apiVersion": crd.API_VERSION, "kind": crd.KIND, "metadata": {"name": name}, "spec": spec})
+            core.create_namespaced_persistent_volume_claim(
+                ns,
+                {
+                    "metadata": {"name": claim},
+                    "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Gi"}}},
+                },
+            )
+            spec = {
+                "parallelism": {"nodes": 2, "gpusPerNode": 1},
+                "data": {
+                    "path": "/mnt/checkpoints/data",
+                    "synthetic": {"samples": 64, "shards": 2},
+                    "tokenBudget": 512,
+                },
+                "training": {"steps": steps, "learningRate": 3e-3, "warmupSteps": 3},
+                "checkpoint": {
+                    "persistentClaim": claim,
+                    "persistentPath": "/mnt/checkpoints",
+                    "localPath": f"/omnitrain-bench/{name}",
+                    "intervalSteps": interval,
+                },
+                "resilience": {"hangTimeoutSeconds": 5, "maxRestarts": 3},
+                "scheduling": {"nodeSelector": {"omnitrain.dev/bench-pool": name}},
+            }
+            custom.create_namespaced_custom_object(
+                crd.GROUP,
+                crd.VERSION,
+                ns,
+                crd.PLURAL,
+                {"apiVersion": crd.API_VERSION, "kind": crd.KIND, "metadata": {"name": name}, "spec": spec},
+            )
             persistent = cluster.pv_dir(claim)
-            wait_for(lambda: (c := final_checkpoint(str(persistent), name)) is not None and c.step >= interval, 300,
-                   "the first complete checkpoint")
+            wait_for(
+                lambda: (c := final_checkpoint(str(persistent), name)) is not None and c.step >= interval,
+                300,
+                "the first complete checkpoint",
+            )
 
             def attempt_pods(n: int) -> list:
                 return [p for p in core.list_namespaced_pod(ns).items if p.metadata.name.startswith(f"{name}-a{n}-")]
@@ -344,36 +474,56 @@ def cluster_faults(steps: int = CLUSTER_STEPS, interval: int = CLUSTER_INTERVAL)
             if fault == "node":
                 cluster.delete_node(victim.spec.node_name)
             else:
-                pid = wait_for(lambda: find_pid_by_env({"OMNITRAIN_JOB_NAME": name, "OMNITRAIN_ATTEMPT": "0",
-                                                      "RANK": "1"}, ("OMNITRAIN_HEARTBEAT_DIR",)), 30, "rank 1")
+                pid = wait_for(
+                    lambda: find_pid_by_env(
+                        {"OMNITRAIN_JOB_NAME": name, "OMNITRAIN_ATTEMPT": "0", "RANK": "1"},
+                        ("OMNITRAIN_HEARTBEAT_DIR",),
+                    ),
+                    30,
+                    "rank 1",
+                )
                 os.kill(pid, signal.SIGSTOP if fault == "sigstop" else signal.SIGKILL)
 
             def detected():
                 pods = attempt_pods(0)
-                return (len(pods) < 2 or any(p.status.phase == "Failed" or p.metadata.deletion_timestamp
-                                             for p in pods) or attempt_pods(1))
+                return (
+                    len(pods) < 2
+                    or any(p.status.phase == "Failed" or p.metadata.deletion_timestamp for p in pods)
+                    or attempt_pods(1)
+                )
+
             wait_for(detected, 120, "failure noticed", interval=0.05)
             detection = time.time()
-            wait_for(lambda: len(pods := attempt_pods(1)) == 2 and all(p.status.phase == "Running" for p in pods),
-                   120, "attempt 1 running", interval=0.05)
+            wait_for(
+                lambda: len(pods := attempt_pods(1)) == 2 and all(p.status.phase == "Running" for p in pods),
+                120,
+                "attempt 1 running",
+                interval=0.05,
+            )
             running = time.time()
 
             def finished():
                 st = custom.get_namespaced_custom_object(crd.GROUP, crd.VERSION, ns, crd.PLURAL, name).get("status")
                 return st if st and st.get("phase") in ("Succeeded", "Failed") else None
+
             st = wait_for(finished, 300, "job finished")
             log = persistent / name / "metrics" / "attempt-0001.jsonl"
             records = [json.loads(line) for line in log.read_text().splitlines()]
             first_step = min(r["time"] for r in records if r["kind"] == "step")
             goodput = st.get("goodput") or {}
             failure = st.get("lastFailure", {})
-            print(f"  {fault:8s}  {detection - fault_at:9.1f}  {running - fault_at:18.1f}  "
-                  f"{first_step - fault_at:16.1f}  {goodput.get('wallSeconds', 0):8.1f}  "
-                  f"{100 * goodput.get('ratio', 0):6.1f}%  {st['phase']}, {failure.get('reason')} "
-                  f"({failure.get('exitCode', '-')})", flush=True)
-            print("            badput: " + ", ".join(f"{k} {v:.1f}s" for k, v in
-                                                     (goodput.get("badputSeconds") or {}).items() if v >= 0.05),
-                  flush=True)
+            print(
+                f"  {fault:8s}  {detection - fault_at:9.1f}  {running - fault_at:18.1f}  "
+                f"{first_step - fault_at:16.1f}  {goodput.get('wallSeconds', 0):8.1f}  "
+                f"{100 * goodput.get('ratio', 0):6.1f}%  {st['phase']}, {failure.get('reason')} "
+                f"({failure.get('exitCode', '-')})",
+                flush=True,
+            )
+            print(
+                "            badput: "
+                + ", ".join(f"{k} {v:.1f}s" for k, v in (goodput.get("badputSeconds") or {}).items() if v >= 0.05),
+                flush=True,
+            )
             for node in pool:
                 cluster.delete_node(node)
     except ApiException as exc:
@@ -403,8 +553,11 @@ def main() -> int:
     w.add_argument("--slow-seconds", type=float, default=0.0)
     parser.add_argument("--quick", action="store_true", help="one timeout, a shorter goodput run")
     parser.add_argument("--plot", help="PNG of the goodput run's wall time by cause")
-    parser.add_argument("--cluster", action="store_true",
-                        help="also run the faults through the operator on a local cluster (needs the cluster binaries)")
+    parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="also run the faults through the operator on a local cluster (needs the cluster binaries)",
+    )
     parser.add_argument("--cluster-only", action="store_true", help="only the local-cluster part")
     args = parser.parse_args()
     if args.mode == "worker":
@@ -420,12 +573,13 @@ def main() -> int:
     learned_vs_configured()
     print("Slow step vs hang:", flush=True)
     slow_step_check()
-    print("Goodput with injected faults (SIGSTOP, crash, blocked), local relaunch via classify + plan_recovery:",
-          flush=True)
+    print(
+        "Goodput with injected faults (SIGSTOP, crash, blocked), local relaunch via classify + plan_recovery:",
+        flush=True,
+    )
     goodput_run(args.quick, args.plot)
     if args.cluster:
-        print("Through the operator on the local cluster (a rank SIGSTOP'd / SIGKILLed, its node deleted):",
-              flush=True)
+        print("Through the operator on the local cluster (a rank SIGSTOP'd / SIGKILLed, its node deleted):", flush=True)
         cluster_faults()
     return 0
 

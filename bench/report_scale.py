@@ -29,14 +29,22 @@ def write_log(folder: str, steps: int) -> None:
         writer.write("start", t, step=first, total_steps=steps, world_size=64, peak_flops=989.4e12)
         for step in range(first + 1, last + 1):
             t += 1.0
-            writer.write("step", t, step=step, loss=1.0 / step ** 0.3, step_seconds=0.98, tokens=1e6,
-                         tokens_per_second=1.02e6, mfu=0.41)
+            writer.write(
+                "step",
+                t,
+                step=step,
+                loss=1.0 / step**0.3,
+                step_seconds=0.98,
+                tokens=1e6,
+                tokens_per_second=1.02e6,
+                mfu=0.41,
+            )
             if step % 500 == 0:
                 t += 0.2
                 writer.write("checkpoint", t, step=step, blocking_seconds=0.2)
                 writer.write("checkpoint", t, step=step, complete=True)
         writer.close()
-        t += 300.0   # down time of the restart
+        t += 300.0  # down time of the restart
 
 
 def main() -> int:
@@ -53,8 +61,10 @@ def main() -> int:
         started = time.perf_counter()
         png, page = write_report(log, args.out or os.path.join(folder, "out"), "bench/long-job")
         report_s = time.perf_counter() - started
-        print(f"{len(log.records)} records: read {read_s:.2f} s, report (goodput timeline + PNG + HTML) "
-              f"{report_s:.2f} s -> {png}")
+        print(
+            f"{len(log.records)} records: read {read_s:.2f} s, report (goodput timeline + PNG + HTML) "
+            f"{report_s:.2f} s -> {png}"
+        )
     return 0
 
 

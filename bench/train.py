@@ -40,8 +40,9 @@ from omnitrain.training_hooks import StepStats, TrainerHooks
 
 
 def _length(sample, patch) -> int:
-    return sample_tokens(SampleRecord(text=sample.text, video=sample.video, reference=sample.reference,
-                                      context=sample.context), patch)
+    return sample_tokens(
+        SampleRecord(text=sample.text, video=sample.video, reference=sample.reference, context=sample.context), patch
+    )
 
 
 def packing(folder: Path, budget: int, steps: int) -> None:
@@ -68,15 +69,19 @@ def balance(folder: Path, ranks: int, samples_per_step: int, steps: int) -> dict
     for _ in range(steps):
         lengths = [_length(next(reader)[1], cfg.patch_size) for _ in range(samples_per_step)]
         costs = [cost(n) for n in lengths]
-        cap = 10 ** 9       # compare assignment policies alone, not the budget
-        results["balancer (LPT by cost)"].append(imbalance(bin_costs(assign_balanced(costs, lengths, ranks, cap),
-                                                                     costs, ranks)))
+        cap = 10**9  # compare assignment policies alone, not the budget
+        results["balancer (LPT by cost)"].append(
+            imbalance(bin_costs(assign_balanced(costs, lengths, ranks, cap), costs, ranks))
+        )
         per_rank = -(-sum(lengths) // ranks)
-        results["greedy in stream order"].append(imbalance(bin_costs(
-            assign_sequential(lengths, ranks, per_rank + max(lengths)), costs, ranks)))
+        results["greedy in stream order"].append(
+            imbalance(bin_costs(assign_sequential(lengths, ranks, per_rank + max(lengths)), costs, ranks))
+        )
         results["round-robin"].append(imbalance(bin_costs(assign_round_robin(len(lengths), ranks), costs, ranks)))
-    print(f"balance: max/mean rank cost, {ranks} ranks, {samples_per_step} samples per step, mean of {steps} steps "
-          f"(cost = {cost.linear:.3g} L + {cost.quadratic:.3g} L^2)")
+    print(
+        f"balance: max/mean rank cost, {ranks} ranks, {samples_per_step} samples per step, mean of {steps} steps "
+        f"(cost = {cost.linear:.3g} L + {cost.quadratic:.3g} L^2)"
+    )
     for name, values in results.items():
         print(f"  {name:<24} {statistics.mean(values):.3f}")
     return {name: statistics.mean(values) for name, values in results.items()}
@@ -85,9 +90,19 @@ def balance(folder: Path, ranks: int, samples_per_step: int, steps: int) -> dict
 def throughput(root: Path, steps: int) -> list[float]:
     print(f"single-process training, tiny model, {steps} steps after 2 warm-up steps (median):")
     for backend in ("sdpa_mask", "sdpa_loop"):
-        cfg = TrainerConfig.model_validate({"spec": {
-            "data": {"path": str(root / "data"), "synthetic": {"samples": 256, "shards": 2}, "tokenBudget": 1024},
-            "training": {"steps": steps + 2, "warmupSteps": 2}}, "run": {"jobName": "bench"}})
+        cfg = TrainerConfig.model_validate(
+            {
+                "spec": {
+                    "data": {
+                        "path": str(root / "data"),
+                        "synthetic": {"samples": 256, "shards": 2},
+                        "tokenBudget": 1024,
+                    },
+                    "training": {"steps": steps + 2, "warmupSteps": 2},
+                },
+                "run": {"jobName": "bench"},
+            }
+        )
         times, tokens, losses = [], [], []
 
         class Timer(TrainerHooks):
@@ -107,8 +122,10 @@ def throughput(root: Path, steps: int) -> list[float]:
 
 def plot(path: str, balance_results: dict[str, float], losses: list[float]) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
     names = list(balance_results)
     left.bar(range(len(names)), [balance_results[n] for n in names], color=["tab:green", "tab:orange", "tab:red"])

@@ -28,8 +28,16 @@ from omnitrain.observability.mfu import tokens_per_second  # noqa: E402
 from omnitrain.trainer.parallel import ParallelLayout, setup_parallel  # noqa: E402
 from omnitrain.trainer.parallel.testing import run_on_ranks  # noqa: E402
 
-BENCH_MODEL = ModelConfig(hidden_size=128, depth=4, num_heads=4, mlp_ratio=4.0, latent_channels=4,
-                          patch_size=(1, 2, 2), text_dim=32, frequency_embedding_size=64)
+BENCH_MODEL = ModelConfig(
+    hidden_size=128,
+    depth=4,
+    num_heads=4,
+    mlp_ratio=4.0,
+    latent_channels=4,
+    patch_size=(1, 2, 2),
+    text_dim=32,
+    frequency_embedding_size=64,
+)
 # (text tokens, latent frames, latent side, reference image?, video context?) per sample, per micro-batch:
 # 4 packed micro-batches of about 500 tokens each, samples of different lengths.
 MICRO_BATCHES = [
@@ -57,11 +65,15 @@ def step_microbatches(step: int, micro_batches: list = MICRO_BATCHES) -> list[tu
     c = BENCH_MODEL.latent_channels
     out = []
     for specs in micro_batches:
-        records = [SampleRecord(text=torch.randn(text, BENCH_MODEL.text_dim, generator=g),
-                                video=torch.randn(c, frames, side, side, generator=g),
-                                reference=torch.randn(c, 1, side, side, generator=g) if ref else None,
-                                context=torch.randn(c, frames, side, side, generator=g) if ctx else None)
-                   for text, frames, side, ref, ctx in specs]
+        records = [
+            SampleRecord(
+                text=torch.randn(text, BENCH_MODEL.text_dim, generator=g),
+                video=torch.randn(c, frames, side, side, generator=g),
+                reference=torch.randn(c, 1, side, side, generator=g) if ref else None,
+                context=torch.randn(c, frames, side, side, generator=g) if ctx else None,
+            )
+            for text, frames, side, ref, ctx in specs
+        ]
         batch = pack(records, BENCH_MODEL.patch_size)
         batch.target = torch.randn(batch.video.shape, generator=g)
         out.append((batch, torch.rand(len(specs), generator=g)))
@@ -86,18 +98,21 @@ def bench_worker(rank: int, world_size: int, layout: ParallelLayout, steps: int)
         if torch.distributed.is_initialized():
             torch.distributed.barrier()
         start = time.perf_counter()
-        plan.run_step(everything[index * m:(index + 1) * m], video_mse)
+        plan.run_step(everything[index * m : (index + 1) * m], video_mse)
         plan.clip_grad_norm_(1.0)
         optimizer.step()
         optimizer.zero_grad()
         if torch.distributed.is_initialized():
             torch.distributed.barrier()
-        if step > 0:   # step 0 is warm-up
+        if step > 0:  # step 0 is warm-up
             times.append(time.perf_counter() - start)
             tokens += sum(b.num_tokens for b, _ in everything)
             flops += sum(training_flops(BENCH_MODEL, TokenCounts.of_batch(b)) for b, _ in everything)
-    return {"step_s": statistics.median(times), "tokens_per_s": tokens_per_second(tokens, sum(times)),
-            "gflops_per_s": flops / sum(times) / 1e9}
+    return {
+        "step_s": statistics.median(times),
+        "tokens_per_s": tokens_per_second(tokens, sum(times)),
+        "gflops_per_s": flops / sum(times) / 1e9,
+    }
 
 
 def main(argv=None) -> None:
@@ -116,20 +131,28 @@ def main(argv=None) -> None:
             results[name] = bench_worker(0, 1, layout, args.steps)
         else:
             results[name] = run_on_ranks(bench_worker, layout.world_size, layout, args.steps)[0]
-        print(f"[bench] {name}: step {results[name]['step_s']:.3f} s, {results[name]['tokens_per_s']:.0f} tokens/s",
-              flush=True)
+        print(
+            f"[bench] {name}: step {results[name]['step_s']:.3f} s, {results[name]['tokens_per_s']:.0f} tokens/s",
+            flush=True,
+        )
     base = results.get("single", next(iter(results.values())))
     tokens = sum(b.num_tokens for b, _ in step_microbatches(0))
-    print(f"\nMMDiT hidden={BENCH_MODEL.hidden_size} depth={BENCH_MODEL.depth} heads={BENCH_MODEL.num_heads}; "
-          f"{tokens} tokens per step in {len(MICRO_BATCHES)} packed micro-batches; {args.steps} timed steps")
+    print(
+        f"\nMMDiT hidden={BENCH_MODEL.hidden_size} depth={BENCH_MODEL.depth} heads={BENCH_MODEL.num_heads}; "
+        f"{tokens} tokens per step in {len(MICRO_BATCHES)} packed micro-batches; {args.steps} timed steps"
+    )
     print(f"{'layout':<18}{'procs':>6}{'step s':>10}{'tokens/s':>12}{'GFLOP/s':>10}{'vs single':>11}")
     for name, r in results.items():
-        print(f"{name:<18}{LAYOUTS[name].world_size:>6}{r['step_s']:>10.3f}{r['tokens_per_s']:>12.0f}"
-              f"{r['gflops_per_s']:>10.2f}{r['tokens_per_s'] / base['tokens_per_s']:>10.2f}x")
+        print(
+            f"{name:<18}{LAYOUTS[name].world_size:>6}{r['step_s']:>10.3f}{r['tokens_per_s']:>12.0f}"
+            f"{r['gflops_per_s']:>10.2f}{r['tokens_per_s'] / base['tokens_per_s']:>10.2f}x"
+        )
     if args.plot:
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+
         os.makedirs(os.path.dirname(os.path.abspath(args.plot)), exist_ok=True)
         fig, ax = plt.subplots(figsize=(8, 3.5))
         ax.bar(list(results), [r["tokens_per_s"] for r in results.values()], color="tab:blue")

@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 JOB = "quickstart"
 NAMESPACE = "default"
 CLAIM = "quickstart-checkpoints"
-LOCAL_PATH = "/var/lib/omnitrain/quickstart"   # spec.checkpoint.localPath in examples/quickstart.yaml
+LOCAL_PATH = "/var/lib/omnitrain/quickstart"  # spec.checkpoint.localPath in examples/quickstart.yaml
 TIMEOUT_S = float(os.environ.get("OMNITRAIN_DEMO_TIMEOUT", "1200"))
 
 
@@ -27,25 +27,37 @@ def log(msg: str) -> None:
 
 def kubectl(kubeconfig: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     from omnitrain.devcluster.binaries import bin_dir
-    done = subprocess.run([str(bin_dir() / "kubectl"), f"--kubeconfig={kubeconfig}", *args], text=True,
-                          capture_output=True)
+
+    done = subprocess.run(
+        [str(bin_dir() / "kubectl"), f"--kubeconfig={kubeconfig}", *args], text=True, capture_output=True
+    )
     if check and done.returncode:
         raise SystemExit(f"kubectl {' '.join(args)} failed ({done.returncode}):\n{done.stderr}")
     return done
 
 
 def install_crd(kubeconfig: Path) -> None:
-    kubectl(kubeconfig, "apply", "--server-side", "--force-conflicts", "-f",
-            str(REPO / "manifests" / "crd" / "omnitrainingjobs.yaml"))
-    kubectl(kubeconfig, "wait", "--for=condition=Established", "--timeout=60s",
-            "crd/omnitrainingjobs.omnitrain.io")
+    kubectl(
+        kubeconfig,
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "-f",
+        str(REPO / "manifests" / "crd" / "omnitrainingjobs.yaml"),
+    )
+    kubectl(kubeconfig, "wait", "--for=condition=Established", "--timeout=60s", "crd/omnitrainingjobs.omnitrain.io")
     log("CRD omnitrainingjobs.omnitrain.io installed")
 
 
 def start_operator(kubeconfig: Path, logfile: Path) -> subprocess.Popen:
     env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
-    proc = subprocess.Popen([sys.executable, "-m", "omnitrain", "operator"], env=env,
-                            stdout=open(logfile, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "omnitrain", "operator"],
+        env=env,
+        stdout=open(logfile, "w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     log(f"operator started (pid {proc.pid}, log {logfile})")
     return proc
 
@@ -54,13 +66,35 @@ def remove_previous_run(cluster, kubeconfig: Path) -> None:
     """A second `make demo` starts the job afresh: without the old job, and without its checkpoints and metrics log
     (a job of the same name would otherwise resume from the old final checkpoint and stop at once)."""
     import shutil
-    done = kubectl(kubeconfig, "delete", "otj", JOB, "-n", NAMESPACE, "--ignore-not-found", "--wait=true",
-                   "--timeout=120s", check=False)
+
+    done = kubectl(
+        kubeconfig,
+        "delete",
+        "otj",
+        JOB,
+        "-n",
+        NAMESPACE,
+        "--ignore-not-found",
+        "--wait=true",
+        "--timeout=120s",
+        check=False,
+    )
     if "deleted" in done.stdout:
-        kubectl(kubeconfig, "wait", "--for=delete", "pod", "-l", f"omnitrain.io/job-name={JOB}", "-n", NAMESPACE,
-                "--timeout=120s", check=False)
-    leftovers = [cluster.pv_dir(CLAIM) / JOB] + [cluster.node_dir(n) / LOCAL_PATH.lstrip("/")
-                                                 for n in cluster.node_names]
+        kubectl(
+            kubeconfig,
+            "wait",
+            "--for=delete",
+            "pod",
+            "-l",
+            f"omnitrain.io/job-name={JOB}",
+            "-n",
+            NAMESPACE,
+            "--timeout=120s",
+            check=False,
+        )
+    leftovers = [cluster.pv_dir(CLAIM) / JOB] + [
+        cluster.node_dir(n) / LOCAL_PATH.lstrip("/") for n in cluster.node_names
+    ]
     for folder in leftovers:
         if folder.exists():
             shutil.rmtree(folder)
@@ -70,6 +104,7 @@ def remove_previous_run(cluster, kubeconfig: Path) -> None:
 
 def read_job(kubeconfig: Path) -> dict:
     import json
+
     out = kubectl(kubeconfig, "get", "otj", JOB, "-n", NAMESPACE, "-o", "json", check=False)
     return json.loads(out.stdout) if out.returncode == 0 else {}
 
@@ -83,8 +118,10 @@ def watch(kubeconfig: Path, operator: subprocess.Popen) -> str:
         status = read_job(kubeconfig).get("status", {})
         phase = status.get("phase", "Pending")
         ckpt = (status.get("lastCheckpoint") or {}).get("step", "-")
-        line = (f"phase={phase} attempt={status.get('attempt', 0)} restarts={status.get('restarts', 0)} "
-                f"step={status.get('currentStep', 0)}/{status.get('totalSteps', '?')} checkpoint={ckpt}")
+        line = (
+            f"phase={phase} attempt={status.get('attempt', 0)} restarts={status.get('restarts', 0)} "
+            f"step={status.get('currentStep', 0)}/{status.get('totalSteps', '?')} checkpoint={ckpt}"
+        )
         if line != last_line:
             log(f"{time.monotonic() - started:6.1f}s  {line}")
             last_line = line
@@ -97,14 +134,17 @@ def watch(kubeconfig: Path, operator: subprocess.Popen) -> str:
 def print_loss_trend(metrics_dir: Path) -> None:
     """The quickstart must really learn: the mean loss of the last steps against the first ones."""
     from omnitrain.metrics_log import read_job_log
+
     losses = [r["loss"] for r in read_job_log(metrics_dir).of_kind("step") if r.get("loss") is not None]
     if len(losses) < 10:
         log(f"only {len(losses)} logged losses in {metrics_dir}")
         return
     window = max(3, len(losses) // 5)
     first, last = sum(losses[:window]) / window, sum(losses[-window:]) / window
-    log(f"loss: mean of the first {window} steps {first:.3f} -> last {window} steps {last:.3f} "
-        f"({(last - first) / first:+.0%})")
+    log(
+        f"loss: mean of the first {window} steps {first:.3f} -> last {window} steps {last:.3f} "
+        f"({(last - first) / first:+.0%})"
+    )
 
 
 def main() -> int:
@@ -127,8 +167,23 @@ def main() -> int:
         metrics_dir = cluster.pv_dir(CLAIM) / JOB / "metrics"
         print_loss_trend(metrics_dir)
         report_dir = REPO / ".dev" / "report"
-        subprocess.run([sys.executable, "-m", "omnitrain", "report", JOB, "-n", NAMESPACE, "--out", str(report_dir),
-                        "--metrics-dir", str(metrics_dir)], env=env, check=False)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "omnitrain",
+                "report",
+                JOB,
+                "-n",
+                NAMESPACE,
+                "--out",
+                str(report_dir),
+                "--metrics-dir",
+                str(metrics_dir),
+            ],
+            env=env,
+            check=False,
+        )
         log(f"report: {report_dir / 'report.png'} and {report_dir / 'report.html'}")
     finally:
         operator.terminate()

@@ -9,19 +9,20 @@ import sys
 
 # (module with a `register(subparsers)` function) in the order they appear in --help.
 COMMAND_MODULES = (
-    "omnitrain.devcluster.cli",      # dev up|down|status
-    "omnitrain.operator.cli",        # operator, crd, validate
-    "omnitrain.trainer.cli",         # train, data
-    "omnitrain.resilience.cli",      # watchdog
-    "omnitrain.observability.cli",   # status, report
-    "omnitrain.serving.cli",         # serve
+    "omnitrain.devcluster.cli",  # dev up|down|status
+    "omnitrain.operator.cli",  # operator, crd, validate
+    "omnitrain.trainer.cli",  # train, data
+    "omnitrain.resilience.cli",  # watchdog
+    "omnitrain.observability.cli",  # status, report
+    "omnitrain.serving.cli",  # serve
     "omnitrain.trainer.distill.cli",  # distill
 )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="omnitrain", description="Train, run and serve video DiTs on Kubernetes (see README.md).")
+        prog="omnitrain", description="Train, run and serve video DiTs on Kubernetes (see README.md)."
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
         module = importlib.import_module(name)

@@ -51,13 +51,13 @@ DEFAULT_TERMINATION_LOG = "/dev/termination-log"
 class ExitCode(IntEnum):
     """Exit codes of a training pod's main container and what the operator does with them."""
 
-    OK = 0               # training finished: the job may succeed
-    ERROR = 1            # crash (Python exception, failed collective): gang restart
-    CONFIG = 3           # bad config or data the trainer cannot use: restart will not help, the job fails
-    NO_PROGRESS = 4      # resumed but cannot advance (e.g. every checkpoint unreadable): the job fails
-    HANG = 42            # the watchdog found no step progress and no RDMA traffic: gang restart
-    HARDWARE = 43        # GPU/NIC fault evidence (XID, ECC, link down): gang restart without this node
-    SIGKILL = 137        # killed (OOM killer, eviction, node loss): gang restart
+    OK = 0  # training finished: the job may succeed
+    ERROR = 1  # crash (Python exception, failed collective): gang restart
+    CONFIG = 3  # bad config or data the trainer cannot use: restart will not help, the job fails
+    NO_PROGRESS = 4  # resumed but cannot advance (e.g. every checkpoint unreadable): the job fails
+    HANG = 42  # the watchdog found no step progress and no RDMA traffic: gang restart
+    HARDWARE = 43  # GPU/NIC fault evidence (XID, ECC, link down): gang restart without this node
+    SIGKILL = 137  # killed (OOM killer, eviction, node loss): gang restart
 
 
 PERMANENT_EXIT_CODES = frozenset({ExitCode.CONFIG, ExitCode.NO_PROGRESS})
@@ -67,12 +67,12 @@ PERMANENT_EXIT_CODES = frozenset({ExitCode.CONFIG, ExitCode.NO_PROGRESS})
 class TerminationMessage:
     """What a container leaves in its termination log when it ends on purpose."""
 
-    reason: str                      # e.g. "Completed", "HangDetected", "ConfigError", "HardwareFault"
+    reason: str  # e.g. "Completed", "HangDetected", "ConfigError", "HardwareFault"
     message: str = ""
-    step: int | None = None          # last completed training step
+    step: int | None = None  # last completed training step
     checkpoint_step: int | None = None  # newest complete checkpoint
     evidence: dict = field(default_factory=dict)
-    goodput: dict | None = None      # the job's goodput at the end (GoodputReport.to_status), rank 0's pod only
+    goodput: dict | None = None  # the job's goodput at the end (GoodputReport.to_status), rank 0's pod only
 
     def to_json(self) -> str:
         return json.dumps({k: v for k, v in asdict(self).items() if v not in (None, {}, "")}, sort_keys=True)
@@ -88,8 +88,9 @@ class TerminationMessage:
             return None
         if not isinstance(data, dict) or "reason" not in data:
             return None
-        known = {k: data[k] for k in ("reason", "message", "step", "checkpoint_step", "evidence", "goodput")
-                 if k in data}
+        known = {
+            k: data[k] for k in ("reason", "message", "step", "checkpoint_step", "evidence", "goodput") if k in data
+        }
         return cls(**known)
 
 
@@ -109,7 +110,7 @@ METRIC_TOTAL_STEPS = "omnitrain_train_total_steps"
 METRIC_LAST_CHECKPOINT_STEP = "omnitrain_checkpoint_last_complete_step"
 METRIC_LOSS = "omnitrain_train_loss"
 METRIC_GOODPUT = "omnitrain_goodput_ratio"
-METRIC_BADPUT = "omnitrain_badput_seconds"   # label cause: omnitrain.resilience.goodput.BADPUT_CAUSES
+METRIC_BADPUT = "omnitrain_badput_seconds"  # label cause: omnitrain.resilience.goodput.BADPUT_CAUSES
 
 # Environment the operator sets on every training pod (besides torchrun's MASTER_ADDR/PORT, PET_*).
 ENV_JOB_NAME = "OMNITRAIN_JOB_NAME"

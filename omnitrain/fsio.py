@@ -21,7 +21,7 @@ class ChecksumWriter:
         self._f = f
         self.crc32 = 0
         self.size = 0
-        self.error: OSError | None = None   # torch.save turns a failing write into a vague RuntimeError
+        self.error: OSError | None = None  # torch.save turns a failing write into a vague RuntimeError
 
     def write(self, data) -> int:
         view = memoryview(data).cast("B")
@@ -82,10 +82,12 @@ def write_bytes_atomic(final: Path, data: bytes) -> tuple[int, int]:
 
 def copy_atomic(src: Path, dst: Path) -> tuple[int, int]:
     """Copy with the same durability as write_atomic; returns (size, crc32) of the bytes written."""
+
     def produce(w: ChecksumWriter) -> None:
         with open(src, "rb") as f:
             while chunk := f.read(CHUNK):
                 w.write(chunk)
+
     return write_atomic(dst, produce)
 
 

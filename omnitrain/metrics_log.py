@@ -71,9 +71,11 @@ def read_job_log(log_dir: str | os.PathLike) -> JobLog:
     `skipped_lines`, not raised."""
     folder = Path(log_dir)
     if not folder.is_dir():
-        raise FileNotFoundError(f"metrics log folder {folder} does not exist; pass the folder holding the "
-                                "attempt-*.jsonl files (<checkpoint persistentPath>/<job>/metrics on the job's "
-                                "volume)")
+        raise FileNotFoundError(
+            f"metrics log folder {folder} does not exist; pass the folder holding the "
+            "attempt-*.jsonl files (<checkpoint persistentPath>/<job>/metrics on the job's "
+            "volume)"
+        )
     files = sorted((int(m.group(1)), p) for p in folder.iterdir() if (m := _FILE_RE.match(p.name)))
     log = JobLog()
     for _, path in files:

@@ -17,8 +17,7 @@ from omnitrain.model.config import PRESETS, ModelConfig, resolve_model_config
 
 
 class _Spec(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid",
-                              protected_namespaces=())
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", protected_namespaces=())
 
     def to_wire(self) -> dict:
         """camelCase dict as stored in the API server / ConfigMap."""
@@ -28,7 +27,8 @@ class _Spec(BaseModel):
 class ModelSpec(_Spec):
     # The allowed names are PRESETS' keys, read at run time (pydantic and the CRD enum); a checker cannot see them.
     preset: Literal[tuple(PRESETS)] = Field(  # type: ignore[valid-type]
-        "tiny", description="Named model size; explicit dimensions override it.")
+        "tiny", description="Named model size; explicit dimensions override it."
+    )
     hidden_size: int | None = Field(None, ge=8, description="Transformer width.")
     depth: int | None = Field(None, ge=1, description="Number of transformer blocks.")
     num_heads: int | None = Field(None, ge=1, description="Attention heads.")
@@ -38,8 +38,10 @@ class ModelSpec(_Spec):
     text_dim: int | None = Field(None, ge=1, description="Width of the pre-encoded text embedding.")
 
     def resolve(self) -> ModelConfig:
-        overrides = {k: getattr(self, k) for k in ("hidden_size", "depth", "num_heads", "mlp_ratio",
-                                                   "latent_channels", "patch_size", "text_dim")}
+        overrides = {
+            k: getattr(self, k)
+            for k in ("hidden_size", "depth", "num_heads", "mlp_ratio", "latent_channels", "patch_size", "text_dim")
+        }
         return resolve_model_config(self.preset, overrides)
 
 
@@ -53,15 +55,25 @@ class ParallelismSpec(_Spec):
     pipeline_schedule: Literal["1F1B", "interleaved1F1B"] = Field("1F1B", description="Pipeline schedule.")
     virtual_stages: int = Field(1, ge=1, le=16, description="Model chunks per pipeline rank (interleaved1F1B).")
     micro_batches: int = Field(1, ge=1, le=1024, description="Micro-batches per step and data-parallel rank.")
-    data_sharding: Literal["replicate", "fsdp"] = Field("replicate",
-                                                        description="Replicated (DDP) or sharded (FSDP) states.")
-    elastic_ulysses: bool = Field(False, description=(
-        "Run each micro-batch at the smallest Ulysses degree dividing ulysses that keeps data.tokenBudget / ulysses "
-        "tokens per rank; short micro-batches run whole on single ranks or sub-groups (pipeline=1, tensor=1, "
-        "dataSharding replicate)."))
-    gradient_reduce: Literal["coalesced", "overlapped"] = Field("coalesced", description=(
-        "Replicated gradients: one coalesced all-reduce after backward, or bucketed all-reduces overlapped with the "
-        "last micro-batch's backward (pipeline=1, tensor=1, dataSharding replicate)."))
+    data_sharding: Literal["replicate", "fsdp"] = Field(
+        "replicate", description="Replicated (DDP) or sharded (FSDP) states."
+    )
+    elastic_ulysses: bool = Field(
+        False,
+        description=(
+            "Run each micro-batch at the smallest Ulysses degree dividing ulysses that keeps "
+            "data.tokenBudget / ulysses tokens per rank; short micro-batches run whole on single ranks or "
+            "sub-groups (pipeline=1, tensor=1, "
+            "dataSharding replicate)."
+        ),
+    )
+    gradient_reduce: Literal["coalesced", "overlapped"] = Field(
+        "coalesced",
+        description=(
+            "Replicated gradients: one coalesced all-reduce after backward, or bucketed all-reduces overlapped "
+            "with the last micro-batch's backward (pipeline=1, tensor=1, dataSharding replicate)."
+        ),
+    )
 
     @property
     def world_size(self) -> int:
@@ -116,7 +128,8 @@ class CheckpointSpec(_Spec):
     async_save: bool = Field(True, alias="async", description="Write in the background; block only for the copy.")
     keep: int = Field(3, ge=1, description="Complete checkpoints kept on each tier.")
     when_busy: Literal["wait", "skip"] = Field(
-        "wait", description="A checkpoint due while the previous one is still being written: wait for it or skip.")
+        "wait", description="A checkpoint due while the previous one is still being written: wait for it or skip."
+    )
 
     @property
     def persistent_root(self) -> str | None:
@@ -134,17 +147,26 @@ class ResilienceSpec(_Spec):
     max_restarts: int = Field(3, ge=0, description="Gang restarts before the job fails.")
     isolate_nodes: bool = Field(True, description="Keep nodes with hardware evidence out of later attempts.")
     restart_backoff_seconds: int = Field(0, ge=0, description="Base of the exponential back-off between restarts.")
-    max_no_progress_restarts: int = Field(2, ge=1,
-                                          description="Restarts that do not advance the checkpoint before failing.")
+    max_no_progress_restarts: int = Field(
+        2, ge=1, description="Restarts that do not advance the checkpoint before failing."
+    )
 
 
 class MemorySpec(_Spec):
-    offload: Literal["none", "pipelineAware", "all"] = Field("none", description=(
-        "Activation offload to host memory: pipelineAware offloads the micro-batches whose backward waits behind "
-        "other pipeline work (earlier stages hold more), all offloads every one."))
-    recompute: Literal["none", "selective", "full"] = Field("none", description=(
-        "Activation recompute per block: selective keeps matmul and attention outputs and recomputes the rest, "
-        "full keeps only block inputs."))
+    offload: Literal["none", "pipelineAware", "all"] = Field(
+        "none",
+        description=(
+            "Activation offload to host memory: pipelineAware offloads the micro-batches whose backward waits behind "
+            "other pipeline work (earlier stages hold more), all offloads every one."
+        ),
+    )
+    recompute: Literal["none", "selective", "full"] = Field(
+        "none",
+        description=(
+            "Activation recompute per block: selective keeps matmul and attention outputs and recomputes the rest, "
+            "full keeps only block inputs."
+        ),
+    )
 
 
 class DistillSpec(_Spec):
@@ -152,8 +174,13 @@ class DistillSpec(_Spec):
     teacher_steps: int = Field(150, ge=2, description="Sampling steps of the teacher.")
     student_steps: int = Field(10, ge=1, description="Sampling steps of the student.")
     steps: int = Field(100, ge=1, description="Distillation optimizer steps (both phases together).")
-    trajectory_steps: int | None = Field(None, ge=0, description=(
-        "Steps of phase 1 (trajectory matching); the rest is phase 2 (distribution matching). Unset: half."))
+    trajectory_steps: int | None = Field(
+        None,
+        ge=0,
+        description=(
+            "Steps of phase 1 (trajectory matching); the rest is phase 2 (distribution matching). Unset: half."
+        ),
+    )
     learning_rate: float = Field(1e-4, gt=0, description="AdamW learning rate of the student (and fake score).")
     batch_size: int = Field(8, ge=1, description="Requests (conditions + noise) per distillation step.")
     distribution_weight: float = Field(0.1, ge=0, description="Weight of the distribution-matching loss in phase 2.")
@@ -210,8 +237,13 @@ class JobSpec(_Spec):
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     metrics_port: int = Field(9400, ge=1, le=65535, description="Prometheus port of each training pod.")
     peak_flops_per_device: float | None = Field(
-        None, gt=0, description=("Peak dense FLOP/s of one device for MFU; only needed where the device is not in "
-                                 "omnitrain.observability.peaks (e.g. CPU). Unset there: no MFU is reported."))
+        None,
+        gt=0,
+        description=(
+            "Peak dense FLOP/s of one device for MFU; only needed where the device is not in "
+            "omnitrain.observability.peaks (e.g. CPU). Unset there: no MFU is reported."
+        ),
+    )
 
 
 class FieldError(BaseModel):
@@ -230,35 +262,58 @@ def validate_job_spec(spec: JobSpec) -> list[FieldError]:
     p = spec.parallelism
     model = spec.model.resolve()
     if model.hidden_size % model.num_heads:
-        errors.append(FieldError(
-            field="spec.model.numHeads",
-            message=f"hiddenSize={model.hidden_size} is not divisible by numHeads={model.num_heads}"))
-    errors += layout_problems(LayoutFacts.from_spec(p), num_heads=model.num_heads, depth=model.depth,
-                              mlp_hidden=model.mlp_hidden)
+        errors.append(
+            FieldError(
+                field="spec.model.numHeads",
+                message=f"hiddenSize={model.hidden_size} is not divisible by numHeads={model.num_heads}",
+            )
+        )
+    errors += layout_problems(
+        LayoutFacts.from_spec(p), num_heads=model.num_heads, depth=model.depth, mlp_hidden=model.mlp_hidden
+    )
     if spec.memory.offload == "pipelineAware" and p.pipeline == 1:
-        errors.append(FieldError(
-            field="spec.memory.offload",
-            message=("pipelineAware offloads activations that wait on the device while other pipeline stages' work "
-                     "runs; with pipeline=1 every backward follows its forward and nothing would be offloaded. "
-                     "Use none, or all to offload every micro-batch")))
+        errors.append(
+            FieldError(
+                field="spec.memory.offload",
+                message=(
+                    "pipelineAware offloads activations that wait on the device while other pipeline stages' work "
+                    "runs; with pipeline=1 every backward follows its forward and nothing would be offloaded. "
+                    "Use none, or all to offload every micro-batch"
+                ),
+            )
+        )
     if spec.memory.offload != "none" and p.elastic_ulysses:
-        errors.append(FieldError(
-            field="spec.memory.offload",
-            message="elasticUlysses runs its own per-micro-batch schedule, which offload does not follow; use none"))
+        errors.append(
+            FieldError(
+                field="spec.memory.offload",
+                message="elasticUlysses runs its own per-micro-batch schedule, which offload does not follow; use none",
+            )
+        )
     if spec.training.stage == "dpo" and not spec.training.init_from:
-        errors.append(FieldError(
-            field="spec.training.initFrom",
-            message="stage dpo needs initFrom: the checkpoint that is both the start and the frozen reference"))
+        errors.append(
+            FieldError(
+                field="spec.training.initFrom",
+                message="stage dpo needs initFrom: the checkpoint that is both the start and the frozen reference",
+            )
+        )
     if spec.checkpoint.persistent_claim is None and spec.promotion.distill and spec.promotion.distill.enabled:
-        errors.append(FieldError(
-            field="spec.checkpoint.persistentClaim",
-            message="promotion needs the final checkpoint on a persistent claim; set checkpoint.persistentClaim"))
+        errors.append(
+            FieldError(
+                field="spec.checkpoint.persistentClaim",
+                message="promotion needs the final checkpoint on a persistent claim; set checkpoint.persistentClaim",
+            )
+        )
     distill = spec.promotion.distill
     if distill and distill.enabled and distill.teacher_steps % distill.student_steps:
-        errors.append(FieldError(
-            field="spec.promotion.distill.teacherSteps",
-            message=(f"teacherSteps={distill.teacher_steps} must be a multiple of studentSteps="
-                     f"{distill.student_steps} (each student step covers whole teacher steps)")))
+        errors.append(
+            FieldError(
+                field="spec.promotion.distill.teacherSteps",
+                message=(
+                    f"teacherSteps={distill.teacher_steps} must be a multiple of studentSteps="
+                    f"{distill.student_steps} (each student step covers whole teacher steps)"
+                ),
+            )
+        )
     return errors
 
 
@@ -267,11 +322,11 @@ class LayoutFacts:
     """A parallel layout as both of its checkers know it: the operator before launch (from the spec, world = nodes x
     gpusPerNode) and the trainer at start (omnitrain.trainer.parallel.layout.check_layout, its real world)."""
 
-    world: int                        # processes of the job
+    world: int  # processes of the job
     tensor: int = 1
     pipeline: int = 1
     ulysses: int = 1
-    data: int | None = None           # None: whatever the world leaves after the model-parallel degrees
+    data: int | None = None  # None: whatever the world leaves after the model-parallel degrees
     virtual_stages: int = 1
     pipeline_schedule: str = "1F1B"
     micro_batches: int = 1
@@ -282,10 +337,20 @@ class LayoutFacts:
 
     @classmethod
     def from_spec(cls, p: ParallelismSpec) -> LayoutFacts:
-        return cls(world=p.world_size, tensor=p.tensor, pipeline=p.pipeline, ulysses=p.ulysses, data=p.data,
-                   virtual_stages=p.virtual_stages, pipeline_schedule=p.pipeline_schedule,
-                   micro_batches=p.micro_batches, data_sharding=p.data_sharding, elastic_ulysses=p.elastic_ulysses,
-                   gradient_reduce=p.gradient_reduce, gpus_per_node=p.gpus_per_node)
+        return cls(
+            world=p.world_size,
+            tensor=p.tensor,
+            pipeline=p.pipeline,
+            ulysses=p.ulysses,
+            data=p.data,
+            virtual_stages=p.virtual_stages,
+            pipeline_schedule=p.pipeline_schedule,
+            micro_batches=p.micro_batches,
+            data_sharding=p.data_sharding,
+            elastic_ulysses=p.elastic_ulysses,
+            gradient_reduce=p.gradient_reduce,
+            gpus_per_node=p.gpus_per_node,
+        )
 
 
 def layout_problems(f: LayoutFacts, *, num_heads: int, depth: int, mlp_hidden: int) -> list[FieldError]:
@@ -294,68 +359,121 @@ def layout_problems(f: LayoutFacts, *, num_heads: int, depth: int, mlp_hidden: i
     errors: list[FieldError] = []
     model_parallel = f.tensor * f.pipeline * f.ulysses
     if f.world % model_parallel:
-        errors.append(FieldError(
-            field="spec.parallelism",
-            message=(f"tensor x pipeline x ulysses = {model_parallel} does not divide the job's {f.world} processes "
-                     "(nodes x gpusPerNode); change the degrees or the node count")))
+        errors.append(
+            FieldError(
+                field="spec.parallelism",
+                message=(
+                    f"tensor x pipeline x ulysses = {model_parallel} does not divide the job's {f.world} processes "
+                    "(nodes x gpusPerNode); change the degrees or the node count"
+                ),
+            )
+        )
     elif f.data is not None and model_parallel * f.data != f.world:
-        errors.append(FieldError(
-            field="spec.parallelism.data",
-            message=(f"tensor x pipeline x ulysses x data = {model_parallel * f.data} but the job has {f.world} "
-                     f"processes (nodes x gpusPerNode); set data to {f.world // model_parallel} or leave it unset")))
+        errors.append(
+            FieldError(
+                field="spec.parallelism.data",
+                message=(
+                    f"tensor x pipeline x ulysses x data = {model_parallel * f.data} but the job has {f.world} "
+                    f"processes (nodes x gpusPerNode); set data to {f.world // model_parallel} or leave it unset"
+                ),
+            )
+        )
     if f.gpus_per_node is not None and (f.tensor > f.gpus_per_node or f.gpus_per_node % f.tensor):
-        errors.append(FieldError(
-            field="spec.parallelism.tensor",
-            message=(f"tensor={f.tensor} must divide gpusPerNode={f.gpus_per_node}: tensor-parallel groups stay "
-                     "inside one node")))
+        errors.append(
+            FieldError(
+                field="spec.parallelism.tensor",
+                message=(
+                    f"tensor={f.tensor} must divide gpusPerNode={f.gpus_per_node}: tensor-parallel groups stay "
+                    "inside one node"
+                ),
+            )
+        )
     head_split = f.tensor * f.ulysses
     if num_heads % head_split:
         # Name the degree that splits the heads; both when both do.
         which = "tensor" if f.ulysses == 1 else "ulysses" if f.tensor == 1 else "tensor/ulysses"
-        errors.append(FieldError(
-            field=f"spec.parallelism.{which}",
-            message=(f"numHeads={num_heads} is not divisible by tensor x ulysses = {head_split}; "
-                     "pick degrees that divide the head count")))
+        errors.append(
+            FieldError(
+                field=f"spec.parallelism.{which}",
+                message=(
+                    f"numHeads={num_heads} is not divisible by tensor x ulysses = {head_split}; "
+                    "pick degrees that divide the head count"
+                ),
+            )
+        )
     if mlp_hidden % f.tensor:
-        errors.append(FieldError(
-            field="spec.parallelism.tensor",
-            message=f"the MLP width {mlp_hidden} is not divisible by tensor={f.tensor}; pick a tensor degree that "
-                    "divides it"))
+        errors.append(
+            FieldError(
+                field="spec.parallelism.tensor",
+                message=f"the MLP width {mlp_hidden} is not divisible by tensor={f.tensor}; pick a tensor degree that "
+                "divides it",
+            )
+        )
     stages = f.pipeline * f.virtual_stages
     if stages > depth:
-        errors.append(FieldError(
-            field="spec.parallelism.pipeline",
-            message=(f"pipeline x virtualStages = {stages} stages but the model has {depth} blocks; "
-                     "use fewer stages or a deeper model")))
+        errors.append(
+            FieldError(
+                field="spec.parallelism.pipeline",
+                message=(
+                    f"pipeline x virtualStages = {stages} stages but the model has {depth} blocks; "
+                    "use fewer stages or a deeper model"
+                ),
+            )
+        )
     if f.pipeline_schedule == "interleaved1F1B" and f.virtual_stages < 2:
-        errors.append(FieldError(
-            field="spec.parallelism.virtualStages",
-            message="interleaved1F1B needs virtualStages >= 2; set virtualStages or use pipelineSchedule 1F1B"))
+        errors.append(
+            FieldError(
+                field="spec.parallelism.virtualStages",
+                message="interleaved1F1B needs virtualStages >= 2; set virtualStages or use pipelineSchedule 1F1B",
+            )
+        )
     if f.pipeline_schedule == "1F1B" and f.virtual_stages > 1:
-        errors.append(FieldError(
-            field="spec.parallelism.pipelineSchedule",
-            message="virtualStages > 1 needs pipelineSchedule interleaved1F1B; set it or virtualStages 1"))
+        errors.append(
+            FieldError(
+                field="spec.parallelism.pipelineSchedule",
+                message="virtualStages > 1 needs pipelineSchedule interleaved1F1B; set it or virtualStages 1",
+            )
+        )
     if f.pipeline > 1 and f.pipeline_schedule == "interleaved1F1B" and f.micro_batches % f.pipeline:
-        errors.append(FieldError(
-            field="spec.parallelism.microBatches",
-            message=(f"interleaved1F1B sends micro-batches through the stages in groups of pipeline={f.pipeline}; "
-                     f"set microBatches to a multiple of it (now {f.micro_batches})")))
+        errors.append(
+            FieldError(
+                field="spec.parallelism.microBatches",
+                message=(
+                    f"interleaved1F1B sends micro-batches through the stages in groups of pipeline={f.pipeline}; "
+                    f"set microBatches to a multiple of it (now {f.micro_batches})"
+                ),
+            )
+        )
     elif f.pipeline > 1 and f.micro_batches < f.pipeline:
-        errors.append(FieldError(
-            field="spec.parallelism.microBatches",
-            message=(f"microBatches={f.micro_batches} < pipeline={f.pipeline} leaves stages idle; "
-                     f"set microBatches >= {f.pipeline}")))
+        errors.append(
+            FieldError(
+                field="spec.parallelism.microBatches",
+                message=(
+                    f"microBatches={f.micro_batches} < pipeline={f.pipeline} leaves stages idle; "
+                    f"set microBatches >= {f.pipeline}"
+                ),
+            )
+        )
     # Elastic Ulysses and the overlapped gradient all-reduce exist for the replicated data/Ulysses path only.
     for name, wanted in (("elasticUlysses", f.elastic_ulysses), ("gradientReduce", f.gradient_reduce == "overlapped")):
         if wanted and (f.pipeline > 1 or f.tensor > 1 or f.data_sharding != "replicate"):
-            errors.append(FieldError(
-                field=f"spec.parallelism.{name}",
-                message=(f"supported with pipeline=1, tensor=1 and dataSharding replicate only (now pipeline="
-                         f"{f.pipeline}, tensor={f.tensor}, dataSharding {f.data_sharding}); turn it off or change "
-                         "those")))
+            errors.append(
+                FieldError(
+                    field=f"spec.parallelism.{name}",
+                    message=(
+                        f"supported with pipeline=1, tensor=1 and dataSharding replicate only (now pipeline="
+                        f"{f.pipeline}, tensor={f.tensor}, dataSharding {f.data_sharding}); turn it off or change "
+                        "those"
+                    ),
+                )
+            )
     if f.elastic_ulysses and f.ulysses < 2:
-        errors.append(FieldError(field="spec.parallelism.elasticUlysses",
-                                 message="needs ulysses >= 2 (it picks a degree up to ulysses per micro-batch)"))
+        errors.append(
+            FieldError(
+                field="spec.parallelism.elasticUlysses",
+                message="needs ulysses >= 2 (it picks a degree up to ulysses per micro-batch)",
+            )
+        )
     return errors
 
 
@@ -366,8 +484,10 @@ class RunInfo(_Spec):
     namespace: str = "default"
     job_uid: str = ""
     attempt: int = Field(0, ge=0)
-    job_created: str = Field("", description="The job's metadata.creationTimestamp (RFC 3339): where its wall time, "
-                                            "and so its goodput, starts.")
+    job_created: str = Field(
+        "",
+        description="The job's metadata.creationTimestamp (RFC 3339): where its wall time, and so its goodput, starts.",
+    )
 
 
 class TrainerConfig(_Spec):
@@ -378,7 +498,25 @@ class TrainerConfig(_Spec):
 
 
 __all__ = [
-    "CheckpointSpec", "DataSpec", "DistillSpec", "FieldError", "InferenceSpec", "JobSpec", "LayoutFacts", "MemorySpec",
-    "ModelSpec", "ParallelismSpec", "PromotionSpec", "ResilienceSpec", "ResourcesSpec", "RunInfo", "SchedulingSpec",
-    "SyntheticDataSpec", "Toleration", "TrainerConfig", "TrainingSpec", "layout_problems", "validate_job_spec",
+    "CheckpointSpec",
+    "DataSpec",
+    "DistillSpec",
+    "FieldError",
+    "InferenceSpec",
+    "JobSpec",
+    "LayoutFacts",
+    "MemorySpec",
+    "ModelSpec",
+    "ParallelismSpec",
+    "PromotionSpec",
+    "ResilienceSpec",
+    "ResourcesSpec",
+    "RunInfo",
+    "SchedulingSpec",
+    "SyntheticDataSpec",
+    "Toleration",
+    "TrainerConfig",
+    "TrainingSpec",
+    "layout_problems",
+    "validate_job_spec",
 ]

@@ -29,8 +29,7 @@ _OMIT_WHEN_EMPTY = ("conditions", "excludedNodes")
 class _Status(BaseModel):
     # extra="ignore": the API server prunes unknown status fields anyway (structural schema); an older or newer
     # operator's leftovers must not make a status unreadable.
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore",
-                              validate_assignment=True)
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore", validate_assignment=True)
 
 
 class Condition(_Status):
@@ -83,16 +82,19 @@ class JobStatus(_Status):
     """Written by the operator."""
 
     phase: Phase | None = None
-    conditions: list[Condition] = Field(default_factory=list, json_schema_extra={
-        "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]})
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
     attempt: int | None = Field(None, description="Current attempt; pods of attempt N are named <job>-a<N>-n<rank>.")
     launched_attempt: int | None = Field(None, description="Last attempt whose children were all created.")
     restarts: int | None = Field(None, description="Gang restarts counted toward resilience.maxRestarts.")
     total_restarts: int | None = Field(None, description="Gang restarts including resumes and preemptions.")
     no_progress_restarts: int | None = None
     checkpoint_step_at_last_failure: int | None = None
-    last_failure_class: str | None = Field(None,
-                                           description="Class of the last failure (omnitrain.resilience.classify).")
+    last_failure_class: str | None = Field(
+        None, description="Class of the last failure (omnitrain.resilience.classify)."
+    )
     restart_not_before: str | None = Field(None, description="Back-off: the next attempt starts no earlier than this.")
     current_step: int | None = None
     total_steps: int | None = None
@@ -103,7 +105,8 @@ class JobStatus(_Status):
     completion_time: str | None = None
     last_failure: LastFailure | None = None
     goodput: dict[str, Any] | None = Field(
-        None, description="Productive fraction of wall time and badput seconds by cause.")
+        None, description="Productive fraction of wall time and badput seconds by cause."
+    )
     message: str | None = None
     observed_generation: int | None = None
     promotion: Promotion | None = None
@@ -142,6 +145,21 @@ class JobStatus(_Status):
             self.conditions = [new if c.type == type_ else c for c in self.conditions]
 
 
-__all__ = ["CONDITION_TYPES", "Children", "Condition", "FAILED", "JobStatus", "LastCheckpoint", "LastFailure",
-           "PENDING", "Phase", "Promotion", "PromotionStage", "RESTARTING", "RUNNING", "SUCCEEDED", "SUSPENDED",
-           "TERMINAL"]
+__all__ = [
+    "CONDITION_TYPES",
+    "Children",
+    "Condition",
+    "FAILED",
+    "JobStatus",
+    "LastCheckpoint",
+    "LastFailure",
+    "PENDING",
+    "Phase",
+    "Promotion",
+    "PromotionStage",
+    "RESTARTING",
+    "RUNNING",
+    "SUCCEEDED",
+    "SUSPENDED",
+    "TERMINAL",
+]

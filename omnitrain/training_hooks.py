@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-COMPLETED = "Completed"   # on_train_end's reason when the loop ran to spec.training.steps
-ERROR = "Error"           # ... when it raised
+COMPLETED = "Completed"  # on_train_end's reason when the loop ran to spec.training.steps
+ERROR = "Error"  # ... when it raised
 
 
 @dataclass(frozen=True)
@@ -19,11 +19,11 @@ class StepStats:
     """One finished optimizer step, the same on every rank (reduced over ranks by the loop)."""
 
     step: int
-    loss: float | None = None           # mean over ranks and micro-batches
-    tokens: int | None = None           # whole job, this step
-    flops: float | None = None          # model FLOPs of the whole job's step (omnitrain.model.flops)
-    step_seconds: float | None = None   # slowest rank; None: a callback measures the time between its calls
-    data_seconds: float | None = None   # of which waiting for input (this rank)
+    loss: float | None = None  # mean over ranks and micro-batches
+    tokens: int | None = None  # whole job, this step
+    flops: float | None = None  # model FLOPs of the whole job's step (omnitrain.model.flops)
+    step_seconds: float | None = None  # slowest rank; None: a callback measures the time between its calls
+    data_seconds: float | None = None  # of which waiting for input (this rank)
 
 
 @dataclass(frozen=True)
@@ -38,8 +38,8 @@ class Restored:
 class TrainOutcome:
     """What a callback adds to the loop's result (None: nothing to add)."""
 
-    goodput: dict | None = None          # the job's goodput (omnitrain.resilience.goodput GoodputReport.to_status)
-    checkpoint_step: int | None = None   # the newest complete checkpoint
+    goodput: dict | None = None  # the job's goodput (omnitrain.resilience.goodput GoodputReport.to_status)
+    checkpoint_step: int | None = None  # the newest complete checkpoint
 
 
 class TrainerHooks:

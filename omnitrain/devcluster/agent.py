@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 class Agent:
     def __init__(self, root: Path, kubeconfig: Path) -> None:
         from kubernetes import config
+
         self.root = root
         self.kubeconfig = kubeconfig
         api_client = config.new_client_from_config(str(kubeconfig))
@@ -62,15 +63,16 @@ class Agent:
         }
 
     def run(self) -> None:
-        log.info("agent starting (root %s, mount namespaces %s)", self.root,
-                 "on" if self.launcher.mount_ns else "off")
+        log.info("agent starting (root %s, mount namespaces %s)", self.root, "on" if self.launcher.mount_ns else "off")
         stop = self.stop_event
-        threads = {"nodes": lambda: watch.watch_nodes(self.api, self.events, stop),
-                   "pods": lambda: watch.watch_pods(self.api, self.events, stop),
-                   "beat": lambda: self.nodes.heartbeat(stop),
-                   "pvc-watch": self.provisioner.watch_claims,
-                   "pv-watch": self.provisioner.watch_volumes,
-                   "provisioner": self.provisioner.reconcile_loop}
+        threads = {
+            "nodes": lambda: watch.watch_nodes(self.api, self.events, stop),
+            "pods": lambda: watch.watch_pods(self.api, self.events, stop),
+            "beat": lambda: self.nodes.heartbeat(stop),
+            "pvc-watch": self.provisioner.watch_claims,
+            "pv-watch": self.provisioner.watch_volumes,
+            "provisioner": self.provisioner.reconcile_loop,
+        }
         for name, target in threads.items():
             threading.Thread(target=watch.guarded(name, target, stop), name=name, daemon=True).start()
         watch.run_loop(self.events, self.handlers, lambda: self.pods.tick(time.monotonic()), stop)

@@ -20,6 +20,7 @@ NODE_LEASE_NAMESPACE = "kube-node-lease"
 class AgentApi:
     def __init__(self, api_client: Any) -> None:
         from kubernetes import client
+
         self.api_client = api_client
         self.core = client.CoreV1Api(api_client)
         self.coord = client.CoordinationV1Api(api_client)
@@ -49,6 +50,7 @@ class AgentApi:
     @staticmethod
     def _get_raw(fn: Callable[..., Any], name: str, namespace: str) -> dict | None:
         from kubernetes.client.exceptions import ApiException
+
         try:
             return json.loads(fn(name, namespace, _preload_content=False).data)
         except ApiException as exc:
@@ -60,6 +62,7 @@ class AgentApi:
     def patch_pod_status(self, key: tuple[str, str], status: dict) -> bool:
         """True when the API server took it; a refused patch is logged (and retried on the next change)."""
         from kubernetes.client.exceptions import ApiException
+
         namespace, name = key
         try:
             self.core.patch_namespaced_pod_status(name, namespace, {"status": status})
@@ -73,10 +76,14 @@ class AgentApi:
         """What the kubelet does once the containers are gone: delete with grace 0, only this incarnation."""
         from kubernetes import client
         from kubernetes.client.exceptions import ApiException
+
         namespace, name = key
         try:
-            self.core.delete_namespaced_pod(name, namespace, body=client.V1DeleteOptions(
-                grace_period_seconds=0, preconditions=client.V1Preconditions(uid=uid)))
+            self.core.delete_namespaced_pod(
+                name,
+                namespace,
+                body=client.V1DeleteOptions(grace_period_seconds=0, preconditions=client.V1Preconditions(uid=uid)),
+            )
         except ApiException as exc:
             if exc.status not in (404, 409):
                 raise
@@ -88,6 +95,7 @@ class AgentApi:
     def renew_lease(self, node: str, uid: str, duration_s: int) -> None:
         """The node's Lease in kube-node-lease (created, owned by the Node, on first renewal)."""
         from kubernetes.client.exceptions import ApiException
+
         # MicroTime: the client turns date-like strings into datetimes and back, dropping a zero fraction that
         # the API server then refuses; a datetime with a nonzero microsecond survives the round trip.
         stamp = datetime.datetime.now(datetime.UTC)
@@ -98,8 +106,12 @@ class AgentApi:
         except ApiException as exc:
             if exc.status != 404:
                 raise
-            body: Any = {   # the client takes plain dicts for its models
-                "metadata": {"name": node, "namespace": NODE_LEASE_NAMESPACE,
-                             "ownerReferences": [{"apiVersion": "v1", "kind": "Node", "name": node, "uid": uid}]},
-                "spec": spec}
+            body: Any = {  # the client takes plain dicts for its models
+                "metadata": {
+                    "name": node,
+                    "namespace": NODE_LEASE_NAMESPACE,
+                    "ownerReferences": [{"apiVersion": "v1", "kind": "Node", "name": node, "uid": uid}],
+                },
+                "spec": spec,
+            }
             self.coord.create_namespaced_lease(NODE_LEASE_NAMESPACE, body)

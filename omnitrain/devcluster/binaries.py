@@ -45,8 +45,9 @@ def reported_versions(folder: Path | None = None) -> dict[str, str]:
     flags = {"kubectl": ["version", "--client"], "kwok": ["--version"]}
     out: dict[str, str] = {}
     for name in BINARIES:
-        text = subprocess.run([str(folder / name), *flags.get(name, ["--version"])], capture_output=True,
-                              text=True, timeout=30).stdout
+        text = subprocess.run(
+            [str(folder / name), *flags.get(name, ["--version"])], capture_output=True, text=True, timeout=30
+        ).stdout
         match = re.search(r"v?\d+\.\d+\.\d+", text)
         out[name] = match.group(0) if match else text.strip()
     return out

@@ -10,8 +10,7 @@ from pathlib import Path
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add this area's subcommands; imports of heavy modules happen inside the handlers."""
     dev = subparsers.add_parser("dev", help="local Kubernetes cluster for development and tests")
-    dev.add_argument("--root", type=Path, default=None,
-                     help="cluster folder (default <repo>/.dev/cluster)")
+    dev.add_argument("--root", type=Path, default=None, help="cluster folder (default <repo>/.dev/cluster)")
     sub = dev.add_subparsers(dest="dev_command", required=True, metavar="ACTION")
 
     up = sub.add_parser("up", help="start (or resume) the cluster; idempotent")
@@ -45,12 +44,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _cluster(args):
     from omnitrain.devcluster.cluster import DEFAULT_ROOT, LocalCluster
+
     return LocalCluster(args.root or DEFAULT_ROOT)
 
 
 def _validate_counts(args) -> None:
-    for flag, value, low in (("--nodes", args.nodes, 0), ("--gpus-per-node", args.gpus_per_node, 0),
-                             ("--kwok-nodes", args.kwok_nodes, 0)):
+    for flag, value, low in (
+        ("--nodes", args.nodes, 0),
+        ("--gpus-per-node", args.gpus_per_node, 0),
+        ("--kwok-nodes", args.kwok_nodes, 0),
+    ):
         if value < low:
             raise SystemExit(f"omnitrain dev up: {flag} must be >= {low} (got {value})")
 
@@ -69,8 +72,9 @@ def _down(args) -> int:
 def _status(args) -> int:
     report = _cluster(args).status()
     print(json.dumps(report, indent=2))
-    healthy = all(v for k, v in report["processes"].items() if k != "kwok") and \
-        report.get("apiserver", {}).get("ready", False)
+    healthy = all(v for k, v in report["processes"].items() if k != "kwok") and report.get("apiserver", {}).get(
+        "ready", False
+    )
     return 0 if healthy else 1
 
 
@@ -105,5 +109,6 @@ def _node_delete(args) -> int:
 
 def _agent(args) -> int:
     from omnitrain.devcluster import agent
+
     cluster = _cluster(args)
     return agent.main(["--root", str(cluster.root), "--kubeconfig", str(cluster.control_plane().kubeconfig("agent"))])

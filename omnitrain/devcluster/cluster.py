@@ -29,6 +29,7 @@ def kwok_node_names(count: int) -> list[str]:
 @dataclass
 class LocalCluster:
     """Handle on a local cluster folder (see the package docstring for the interface tests rely on)."""
+
     root: Path = DEFAULT_ROOT
 
     def __post_init__(self):
@@ -41,8 +42,11 @@ class LocalCluster:
 
     @property
     def node_names(self) -> list[str]:
-        return sorted(n["metadata"]["name"] for n in self._list_nodes(f"{LOCAL_LABEL}=true")
-                      if "kwok.x-k8s.io/node" not in (n["metadata"].get("annotations") or {}))
+        return sorted(
+            n["metadata"]["name"]
+            for n in self._list_nodes(f"{LOCAL_LABEL}=true")
+            if "kwok.x-k8s.io/node" not in (n["metadata"].get("annotations") or {})
+        )
 
     def node_dir(self, node: str) -> Path:
         return self.root / "nodes" / node
@@ -58,11 +62,13 @@ class LocalCluster:
 
     def api_client(self):
         from kubernetes import config
+
         return config.new_client_from_config(str(self.kubeconfig))
 
     # -- lifecycle -------------------------------------------------------------------------------------------
     def control_plane(self) -> ControlPlane:
         from omnitrain.devcluster.binaries import bin_dir
+
         return ControlPlane(self.root, bin_dir())
 
     @property
@@ -73,19 +79,23 @@ class LocalCluster:
     def kwok_pid(self) -> Path:
         return self.root / "pids" / "kwok.pid"
 
-    def up(self, nodes: int = 2, gpus_per_node: int = 2, kwok_nodes: int = 0,
-           log: Callable[[str], None] = print) -> LocalCluster:
+    def up(
+        self, nodes: int = 2, gpus_per_node: int = 2, kwok_nodes: int = 0, log: Callable[[str], None] = print
+    ) -> LocalCluster:
         started = time.monotonic()
         ensure_binaries(log)
         self.control_plane().start(log)
         from kubernetes import client
+
         core = client.CoreV1Api(self.api_client())
         for i, name in enumerate(local_node_names(nodes)):
             if create_node(core, local_node_body(name, NodeShape(gpus=gpus_per_node, rack=f"rack-{i // 2}"))):
                 log(f"[dev] registered node {name} ({gpus_per_node} nvidia.com/gpu)")
         if provisioner.ensure_storage_class(client.StorageV1Api(self.api_client())):
-            log(f"[dev] default StorageClass {provisioner.STORAGE_CLASS} (provisioner {provisioner.PROVISIONER}, "
-                f"volumes under {self.root / 'pv'})")
+            log(
+                f"[dev] default StorageClass {provisioner.STORAGE_CLASS} (provisioner {provisioner.PROVISIONER}, "
+                f"volumes under {self.root / 'pv'})"
+            )
         self.start_agent(log)
         if kwok_nodes:
             self.start_kwok(kwok_nodes, log)
@@ -99,9 +109,19 @@ class LocalCluster:
         if procs.running(self.agent_pid):
             log("[dev] node agent already running")
             return
-        pid = procs.spawn_detached([sys.executable, "-m", "omnitrain.devcluster.agent", "--root", str(self.root),
-                                    "--kubeconfig", str(self.control_plane().kubeconfig("agent"))],
-                                   self.root / "logs" / "agent.log", self.agent_pid)
+        pid = procs.spawn_detached(
+            [
+                sys.executable,
+                "-m",
+                "omnitrain.devcluster.agent",
+                "--root",
+                str(self.root),
+                "--kubeconfig",
+                str(self.control_plane().kubeconfig("agent")),
+            ],
+            self.root / "logs" / "agent.log",
+            self.agent_pid,
+        )
         log(f"[dev] started node agent (pid {pid}, log {self.root / 'logs' / 'agent.log'})")
 
     def stop_agent(self, log: Callable[[str], None] = print) -> None:
@@ -112,12 +132,16 @@ class LocalCluster:
     def start_kwok(self, count: int, log: Callable[[str], None] = print) -> list[str]:
         """Starts kwok (once) and registers `count` fake 8-GPU nodes kwok-node-0..; returns their names."""
         from kubernetes import client
+
         if not procs.running(self.kwok_pid):
             from omnitrain.devcluster.binaries import bin_dir
+
             config = kwok.write_config(self.root / "kwok")
-            pid = procs.spawn_detached(kwok.kwok_argv(bin_dir(), self.control_plane().kubeconfig("agent"), config,
-                                                      free_port(), free_port()),
-                                       self.root / "logs" / "kwok.log", self.kwok_pid)
+            pid = procs.spawn_detached(
+                kwok.kwok_argv(bin_dir(), self.control_plane().kubeconfig("agent"), config, free_port(), free_port()),
+                self.root / "logs" / "kwok.log",
+                self.kwok_pid,
+            )
             log(f"[dev] started kwok (pid {pid})")
         core = client.CoreV1Api(self.api_client())
         names = kwok_node_names(count)
@@ -131,10 +155,18 @@ class LocalCluster:
         Idempotent (an existing claim is left as it is); returns that folder."""
         from kubernetes import client
         from kubernetes.client.exceptions import ApiException
+
         core = client.CoreV1Api(self.api_client())
-        pvc = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": claim},
-               "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": provisioner.STORAGE_CLASS,
-                        "resources": {"requests": {"storage": size}}}}
+        pvc = {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": {"name": claim},
+            "spec": {
+                "accessModes": ["ReadWriteMany"],
+                "storageClassName": provisioner.STORAGE_CLASS,
+                "resources": {"requests": {"storage": size}},
+            },
+        }
         try:
             core.create_namespaced_persistent_volume_claim(namespace, pvc)
         except ApiException as exc:
@@ -143,8 +175,10 @@ class LocalCluster:
         deadline = time.monotonic() + 60
         while core.read_namespaced_persistent_volume_claim(claim, namespace).status.phase != "Bound":
             if time.monotonic() > deadline:
-                raise TimeoutError(f"PersistentVolumeClaim {namespace}/{claim} not Bound within 60 s (the node agent "
-                                   f"provisions it: see {self.root / 'logs' / 'agent.log'} and the claim's events)")
+                raise TimeoutError(
+                    f"PersistentVolumeClaim {namespace}/{claim} not Bound within 60 s (the node agent "
+                    f"provisions it: see {self.root / 'logs' / 'agent.log'} and the claim's events)"
+                )
             time.sleep(0.2)  # polling the provisioner and the PV controller's binding with a deadline
         folder = self.pv_dir(claim)
         # a claim bound to a volume made by hand maps to the same folder, which then may not exist yet
@@ -153,10 +187,12 @@ class LocalCluster:
 
     def add_node(self, name: str, gpus: int = 2) -> None:
         from kubernetes import client
+
         create_node(client.CoreV1Api(self.api_client()), local_node_body(name, NodeShape(gpus=gpus)))
 
     def delete_node(self, name: str) -> bool:
         from kubernetes import client
+
         return delete_node(client.CoreV1Api(self.api_client()), name)
 
     def wait_nodes_ready(self, names: list[str], log: Callable[[str], None] = print, timeout_s: float = 60) -> None:
@@ -168,18 +204,19 @@ class LocalCluster:
             if not pending:
                 return
             if time.monotonic() > deadline:
-                raise TimeoutError(f"nodes not Ready within {timeout_s:.0f} s: {pending} "
-                                   f"(logs: {self.root / 'logs'})")
+                raise TimeoutError(f"nodes not Ready within {timeout_s:.0f} s: {pending} (logs: {self.root / 'logs'})")
             if time.monotonic() - last > 5:
                 log(f"[dev] waiting for nodes to be Ready: {', '.join(pending)}")
                 last = time.monotonic()
             time.sleep(0.2)  # polling node conditions with a deadline
 
-    def wait_default_service_account(self, log: Callable[[str], None] = print, namespace: str = "default",
-                                     timeout_s: float = 60) -> None:
+    def wait_default_service_account(
+        self, log: Callable[[str], None] = print, namespace: str = "default", timeout_s: float = 60
+    ) -> None:
         """Pods are refused until the controller-manager has created the namespace's `default` ServiceAccount."""
         from kubernetes import client
         from kubernetes.client.exceptions import ApiException
+
         core = client.CoreV1Api(self.api_client())
         deadline = time.monotonic() + timeout_s
         while True:
@@ -190,8 +227,10 @@ class LocalCluster:
                 if exc.status != 404:
                     raise
             if time.monotonic() > deadline:
-                raise TimeoutError(f"ServiceAccount {namespace}/default not created within {timeout_s:.0f} s; "
-                                   f"see {self.root / 'logs' / 'kube-controller-manager.log'}")
+                raise TimeoutError(
+                    f"ServiceAccount {namespace}/default not created within {timeout_s:.0f} s; "
+                    f"see {self.root / 'logs' / 'kube-controller-manager.log'}"
+                )
             time.sleep(0.2)  # polling with a deadline
 
     def down(self, log: Callable[[str], None] = print) -> None:
@@ -218,6 +257,7 @@ class LocalCluster:
 
     def _list_nodes(self, selector: str = "") -> list[dict]:
         from kubernetes import client
+
         core = client.CoreV1Api(self.api_client())
         return json.loads(core.list_node(label_selector=selector, _preload_content=False).data)["items"]
 

@@ -88,8 +88,9 @@ class ControlPlane:
         self.wait_healthy("kube-apiserver", f"{self.server}/readyz", timeout_s, log, started)
         self._start("kube-controller-manager", self._controller_manager_argv(ports), log)
         self._start("kube-scheduler", self._scheduler_argv(ports), log)
-        self.wait_healthy("kube-controller-manager", f"https://127.0.0.1:{ports.controller_manager}/healthz",
-                          timeout_s, log, started)
+        self.wait_healthy(
+            "kube-controller-manager", f"https://127.0.0.1:{ports.controller_manager}/healthz", timeout_s, log, started
+        )
         self.wait_healthy("kube-scheduler", f"https://127.0.0.1:{ports.scheduler}/healthz", timeout_s, log, started)
 
     def stop(self, log: Callable[[str], None] = print) -> None:
@@ -115,7 +116,7 @@ class ControlPlane:
         """(healthy, body or error) for a /readyz or /healthz URL."""
         context = self._ssl_context()
         if "127.0.0.1:" in url and not url.startswith(self.server):
-            context.check_hostname = False          # controller-manager/scheduler serve self-signed certificates
+            context.check_hostname = False  # controller-manager/scheduler serve self-signed certificates
             context.verify_mode = ssl.CERT_NONE
         try:
             with urllib.request.urlopen(url, timeout=2, context=context) as response:
@@ -123,8 +124,9 @@ class ControlPlane:
         except OSError as exc:
             return False, str(exc)
 
-    def wait_healthy(self, component: str, url: str, timeout_s: float, log: Callable[[str], None],
-                     started: float) -> None:
+    def wait_healthy(
+        self, component: str, url: str, timeout_s: float, log: Callable[[str], None], started: float
+    ) -> None:
         deadline = time.monotonic() + timeout_s
         last_report = time.monotonic()
         while True:
@@ -135,8 +137,10 @@ class ControlPlane:
             if not procs.running(self.pid_file(component)):
                 raise RuntimeError(f"{component} exited during start; last log lines:\n{self.log_tail(component)}")
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{component} not healthy within {timeout_s:.0f} s ({detail}); "
-                                   f"log: {self.logs / (component + '.log')}\n{self.log_tail(component)}")
+                raise TimeoutError(
+                    f"{component} not healthy within {timeout_s:.0f} s ({detail}); "
+                    f"log: {self.logs / (component + '.log')}\n{self.log_tail(component)}"
+                )
             if time.monotonic() - last_report > 5:
                 log(f"[dev] waiting for {component} ({detail[:80]})")
                 last_report = time.monotonic()
@@ -148,40 +152,81 @@ class ControlPlane:
 
     # -- flags -----------------------------------------------------------------------------------------------
     def _etcd_argv(self, p: Ports) -> list[str]:
-        return [str(self.bin_dir / "etcd"), "--name", "omnitrain-dev", "--data-dir", str(self.root / "etcd"),
-                "--listen-client-urls", f"http://127.0.0.1:{p.etcd_client}",
-                "--advertise-client-urls", f"http://127.0.0.1:{p.etcd_client}",
-                "--listen-peer-urls", f"http://127.0.0.1:{p.etcd_peer}",
-                "--initial-advertise-peer-urls", f"http://127.0.0.1:{p.etcd_peer}",
-                "--initial-cluster", f"omnitrain-dev=http://127.0.0.1:{p.etcd_peer}",
-                "--listen-metrics-urls", "", "--quota-backend-bytes", str(2 * 1024 ** 3),
-                # a dev cluster on a shared disk: fewer fsyncs matter more than durability across power loss
-                "--unsafe-no-fsync"]
+        return [
+            str(self.bin_dir / "etcd"),
+            "--name",
+            "omnitrain-dev",
+            "--data-dir",
+            str(self.root / "etcd"),
+            "--listen-client-urls",
+            f"http://127.0.0.1:{p.etcd_client}",
+            "--advertise-client-urls",
+            f"http://127.0.0.1:{p.etcd_client}",
+            "--listen-peer-urls",
+            f"http://127.0.0.1:{p.etcd_peer}",
+            "--initial-advertise-peer-urls",
+            f"http://127.0.0.1:{p.etcd_peer}",
+            "--initial-cluster",
+            f"omnitrain-dev=http://127.0.0.1:{p.etcd_peer}",
+            "--listen-metrics-urls",
+            "",
+            "--quota-backend-bytes",
+            str(2 * 1024**3),
+            # a dev cluster on a shared disk: fewer fsyncs matter more than durability across power loss
+            "--unsafe-no-fsync",
+        ]
 
     def _apiserver_argv(self, p: Ports) -> list[str]:
         pki = self.pki
-        return [str(self.bin_dir / "kube-apiserver"), f"--etcd-servers=http://127.0.0.1:{p.etcd_client}",
-                "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={p.apiserver}",
-                f"--tls-cert-file={pki.serving_cert}", f"--tls-private-key-file={pki.serving_key}",
-                f"--client-ca-file={pki.ca_cert}", "--authorization-mode=Node,RBAC",
-                f"--service-account-key-file={pki.sa_pub}", f"--service-account-signing-key-file={pki.sa_key}",
-                "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-                f"--service-cluster-ip-range={SERVICE_CIDR}", "--allow-privileged=true",
-                "--endpoint-reconciler-type=none", "--profiling=false"]
+        return [
+            str(self.bin_dir / "kube-apiserver"),
+            f"--etcd-servers=http://127.0.0.1:{p.etcd_client}",
+            "--bind-address=127.0.0.1",
+            "--advertise-address=127.0.0.1",
+            f"--secure-port={p.apiserver}",
+            f"--tls-cert-file={pki.serving_cert}",
+            f"--tls-private-key-file={pki.serving_key}",
+            f"--client-ca-file={pki.ca_cert}",
+            "--authorization-mode=Node,RBAC",
+            f"--service-account-key-file={pki.sa_pub}",
+            f"--service-account-signing-key-file={pki.sa_key}",
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            "--allow-privileged=true",
+            "--endpoint-reconciler-type=none",
+            "--profiling=false",
+        ]
 
     def _controller_manager_argv(self, p: Ports) -> list[str]:
         kc = str(self.kubeconfig("controller-manager"))
-        return [str(self.bin_dir / "kube-controller-manager"), f"--kubeconfig={kc}",
-                f"--authentication-kubeconfig={kc}", f"--authorization-kubeconfig={kc}",
-                "--bind-address=127.0.0.1", f"--secure-port={p.controller_manager}",
-                f"--cert-dir={self.root / 'controller-manager-certs'}",
-                f"--controllers=*,{','.join(CLOUD_CONTROLLERS)}", "--leader-elect=false",
-                f"--service-account-private-key-file={self.pki.sa_key}", f"--root-ca-file={self.pki.ca_cert}",
-                "--use-service-account-credentials=true", f"--service-cluster-ip-range={SERVICE_CIDR}",
-                "--node-monitor-period=2s", "--profiling=false"]
+        return [
+            str(self.bin_dir / "kube-controller-manager"),
+            f"--kubeconfig={kc}",
+            f"--authentication-kubeconfig={kc}",
+            f"--authorization-kubeconfig={kc}",
+            "--bind-address=127.0.0.1",
+            f"--secure-port={p.controller_manager}",
+            f"--cert-dir={self.root / 'controller-manager-certs'}",
+            f"--controllers=*,{','.join(CLOUD_CONTROLLERS)}",
+            "--leader-elect=false",
+            f"--service-account-private-key-file={self.pki.sa_key}",
+            f"--root-ca-file={self.pki.ca_cert}",
+            "--use-service-account-credentials=true",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            "--node-monitor-period=2s",
+            "--profiling=false",
+        ]
 
     def _scheduler_argv(self, p: Ports) -> list[str]:
         kc = str(self.kubeconfig("scheduler"))
-        return [str(self.bin_dir / "kube-scheduler"), f"--kubeconfig={kc}", f"--authentication-kubeconfig={kc}",
-                f"--authorization-kubeconfig={kc}", "--bind-address=127.0.0.1", f"--secure-port={p.scheduler}",
-                f"--cert-dir={self.root / 'scheduler-certs'}", "--leader-elect=false", "--profiling=false"]
+        return [
+            str(self.bin_dir / "kube-scheduler"),
+            f"--kubeconfig={kc}",
+            f"--authentication-kubeconfig={kc}",
+            f"--authorization-kubeconfig={kc}",
+            "--bind-address=127.0.0.1",
+            f"--secure-port={p.scheduler}",
+            f"--cert-dir={self.root / 'scheduler-certs'}",
+            "--leader-elect=false",
+            "--profiling=false",
+        ]

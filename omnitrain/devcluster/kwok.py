@@ -66,7 +66,15 @@ def write_config(folder: Path) -> Path:
 
 
 def kwok_argv(bin_dir: Path, kubeconfig: Path, config: Path, node_port: int, server_port: int) -> list[str]:
-    return [str(bin_dir / "kwok"), f"--kubeconfig={kubeconfig}", f"--config={config}",
-            "--manage-all-nodes=false", "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
-            "--node-lease-duration-seconds=40", "--v=WARN", "--cidr=10.244.0.1/16",
-            f"--node-port={node_port}", f"--server-address=127.0.0.1:{server_port}"]
+    return [
+        str(bin_dir / "kwok"),
+        f"--kubeconfig={kubeconfig}",
+        f"--config={config}",
+        "--manage-all-nodes=false",
+        "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
+        "--node-lease-duration-seconds=40",
+        "--v=WARN",
+        "--cidr=10.244.0.1/16",
+        f"--node-port={node_port}",
+        f"--server-address=127.0.0.1:{server_port}",
+    ]

@@ -30,8 +30,12 @@ def mount_namespaces_work() -> bool:
     if os.environ.get("OMNITRAIN_DEV_MOUNT_NS") == "0":
         return False
     try:
-        return subprocess.run(["unshare", "--mount", "--propagation", "private", "true"],
-                              capture_output=True, timeout=10).returncode == 0
+        return (
+            subprocess.run(
+                ["unshare", "--mount", "--propagation", "private", "true"], capture_output=True, timeout=10
+            ).returncode
+            == 0
+        )
     except (OSError, subprocess.TimeoutExpired):
         return False
 
@@ -59,10 +63,14 @@ class Launcher:
         termination_file = cdir / "termination-log"
         termination_file.touch()
         term_path = container.get("terminationMessagePath") or DEFAULT_TERMINATION_PATH
-        base = {"PATH": f"{self.venv_bin}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-                "HOME": os.environ.get("HOME", "/root"), "LANG": os.environ.get("LANG", "C.UTF-8"),
-                "HOSTNAME": pod["spec"].get("hostname") or run.name, "PYTHONUNBUFFERED": "1",
-                TERMINATION_LOG_ENV: str(termination_file)}
+        base = {
+            "PATH": f"{self.venv_bin}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "HOME": os.environ.get("HOME", "/root"),
+            "LANG": os.environ.get("LANG", "C.UTF-8"),
+            "HOSTNAME": pod["spec"].get("hostname") or run.name,
+            "PYTHONUNBUFFERED": "1",
+            TERMINATION_LOG_ENV: str(termination_file),
+        }
         base.update({k: os.environ[k] for k in PASSTHROUGH_ENV if k in os.environ})
         full_env = {**base, **env}
         working_dir = container.get("workingDir") or ""
@@ -94,8 +102,11 @@ class Launcher:
                 continue
             path.mkdir(parents=True, exist_ok=True)
             if "configMap" in volume or "secret" in volume:
-                obj = (self.api.get_configmap(run.namespace, volume["configMap"]["name"]) if "configMap" in volume
-                       else self.api.get_secret(run.namespace, volume["secret"]["secretName"]))
+                obj = (
+                    self.api.get_configmap(run.namespace, volume["configMap"]["name"])
+                    if "configMap" in volume
+                    else self.api.get_secret(run.namespace, volume["secret"]["secretName"])
+                )
                 for rel, data in podspec.file_volume_contents(volume, obj).items():
                     target = path / rel
                     target.parent.mkdir(parents=True, exist_ok=True)
@@ -110,5 +121,7 @@ class Launcher:
             if ip:
                 return ip
             time.sleep(0.5)  # polling for the other pod's IP, with a deadline
-        raise podspec.PodConfigError(f"{hostname}.{subdomain}.{namespace}.svc: no pod with that hostname/subdomain"
-                                     f" got an IP within {DNS_WAIT_S} s")
+        raise podspec.PodConfigError(
+            f"{hostname}.{subdomain}.{namespace}.svc: no pod with that hostname/subdomain"
+            f" got an IP within {DNS_WAIT_S} s"
+        )

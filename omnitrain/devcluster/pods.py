@@ -32,18 +32,24 @@ FINISHED = ("Succeeded", "Failed")
 
 def restart_delay(restart_count: int) -> float:
     """Back-off before restart number restart_count + 1: 1 s doubling to BACKOFF_MAX_S (the kubelet: 10 s..5 min)."""
-    return min(BACKOFF_MAX_S, 1.0 * 2 ** restart_count)
+    return min(BACKOFF_MAX_S, 1.0 * 2**restart_count)
 
 
 class PodSupervisor:
     """Every pod this agent runs, by (namespace, name)."""
 
-    def __init__(self, root: Path, api: AgentApi, launcher: Launcher, manages: Callable[[str | None], bool],
-                 start_workers: int = 16) -> None:
+    def __init__(
+        self,
+        root: Path,
+        api: AgentApi,
+        launcher: Launcher,
+        manages: Callable[[str | None], bool],
+        start_workers: int = 16,
+    ) -> None:
         self.root = root
         self.api = api
         self.launcher = launcher
-        self.manages = manages       # is this node one of the agent's?
+        self.manages = manages  # is this node one of the agent's?
         self.pods: dict[tuple[str, str], PodRun] = {}
         self.ips = runtime.IPAllocator(root / "agent" / "next-ip")
         self.prober = Prober()
@@ -67,7 +73,7 @@ class PodSupervisor:
         key = (meta["namespace"], meta["name"])
         run = self.pods.get(key)
         if run is not None and run.uid != meta["uid"]:
-            self.forget(run, kill=True)   # same name, new pod
+            self.forget(run, kill=True)  # same name, new pod
             run = None
         if change is Change.DELETED:
             if run is not None:
@@ -129,32 +135,46 @@ class PodSupervisor:
         else:
             ip, start_time = self.ips.allocate(), now_rfc3339()
             folder.mkdir(parents=True, exist_ok=True)
-            write_json(folder / "pod.json", {"uid": meta["uid"], "ip": ip, "node": pod["spec"]["nodeName"],
-                                             "startTime": start_time})
-        run = PodRun(meta["namespace"], meta["name"], meta["uid"], pod["spec"]["nodeName"], ip, folder, pod,
-                     start_time=start_time)
+            write_json(
+                folder / "pod.json",
+                {"uid": meta["uid"], "ip": ip, "node": pod["spec"]["nodeName"], "startTime": start_time},
+            )
+        run = PodRun(
+            meta["namespace"],
+            meta["name"],
+            meta["uid"],
+            pod["spec"]["nodeName"],
+            ip,
+            folder,
+            pod,
+            start_time=start_time,
+        )
         for container in pod["spec"]["containers"]:
             cname = container["name"]
             cdir, clog = folder / "containers" / cname, folder / f"{cname}.log"
-            run.containers[cname] = (runtime.ContainerRun.load(cname, cdir, clog) if adopted
-                                     else runtime.ContainerRun(cname, cdir, clog))
+            run.containers[cname] = (
+                runtime.ContainerRun.load(cname, cdir, clog) if adopted else runtime.ContainerRun(cname, cdir, clog)
+            )
         self.pods[run.key] = run
         if adopted and all(c.spec_path.exists() for c in run.containers.values()):
             log.info("re-adopted pod %s/%s (ip %s)", *run.key, ip)
         else:
             log.info("admitted pod %s/%s on %s (ip %s)", *run.key, run.node, ip)
-            self.patch_status(run)    # the IP is visible before containers start (DNS waits on it)
+            self.patch_status(run)  # the IP is visible before containers start (DNS waits on it)
             run.starting = True
-            self.start_pool.submit(self._start_containers, run, [name for name, c in run.containers.items()
-                                                                 if not c.spec_path.exists()])
+            self.start_pool.submit(
+                self._start_containers, run, [name for name, c in run.containers.items() if not c.spec_path.exists()]
+            )
         return run
 
     def _start_containers(self, run: PodRun, names: list[str]) -> None:
         """On the start pool: build each container's spec (may wait for DNS) and launch its shim."""
         try:
             if run.pod["spec"].get("initContainers"):
-                raise podspec.PodConfigError("initContainers are not supported by the local node agent; "
-                                             "run that step at the start of the main container's command")
+                raise podspec.PodConfigError(
+                    "initContainers are not supported by the local node agent; "
+                    "run that step at the start of the main container's command"
+                )
             for name in names:
                 spec = self.launcher.container_spec(run, run.spec_of(name))
                 with run.lock:
@@ -176,9 +196,8 @@ class PodSupervisor:
         for run in list(self.pods.values()):
             if run.deleted:
                 continue
-            if run.delete_deadline is None and run.last_status is not None \
-                    and run.last_status["phase"] in FINISHED:
-                continue   # finished for good: nothing on disk can change any more
+            if run.delete_deadline is None and run.last_status is not None and run.last_status["phase"] in FINISHED:
+                continue  # finished for good: nothing on disk can change any more
             if run.delete_deadline is not None:
                 self._progress_deletion(run, now, run.delete_deadline)
                 continue

@@ -22,11 +22,13 @@ class PodConfigError(Exception):
 
 def expand_vars(text: str, env: dict[str, str]) -> str:
     """Kubernetes' $(VAR) expansion: defined names are replaced, unknown ones stay, $$ escapes a dollar."""
+
     def replace(match: re.Match) -> str:
         if match.group(0) == "$$":
             return "$"
         name = match.group(1)
         return env.get(name, match.group(0))
+
     return _VAR_REF.sub(replace, text)
 
 
@@ -39,8 +41,11 @@ def dns_target_ip(pods: list[dict], hostname: str, subdomain: str) -> str | None
     """The IP of the live pod `<hostname>.<subdomain>` names among one namespace's pods; None until it has one."""
     for pod in pods:
         spec = pod["spec"]
-        if spec.get("hostname") == hostname and spec.get("subdomain") == subdomain \
-                and not pod["metadata"].get("deletionTimestamp"):
+        if (
+            spec.get("hostname") == hostname
+            and spec.get("subdomain") == subdomain
+            and not pod["metadata"].get("deletionTimestamp")
+        ):
             ip = (pod.get("status") or {}).get("podIP")
             if ip:
                 return ip
@@ -49,11 +54,17 @@ def dns_target_ip(pods: list[dict], hostname: str, subdomain: str) -> str | None
 
 def field_ref(pod: dict, path: str, pod_ip: str) -> str:
     meta = pod["metadata"]
-    simple = {"metadata.name": meta["name"], "metadata.namespace": meta.get("namespace", "default"),
-              "metadata.uid": meta.get("uid", ""), "spec.nodeName": pod["spec"].get("nodeName", ""),
-              "spec.serviceAccountName": pod["spec"].get("serviceAccountName", "default"),
-              "status.podIP": pod_ip, "status.podIPs": pod_ip, "status.hostIP": "127.0.0.1",
-              "status.hostIPs": "127.0.0.1"}
+    simple = {
+        "metadata.name": meta["name"],
+        "metadata.namespace": meta.get("namespace", "default"),
+        "metadata.uid": meta.get("uid", ""),
+        "spec.nodeName": pod["spec"].get("nodeName", ""),
+        "spec.serviceAccountName": pod["spec"].get("serviceAccountName", "default"),
+        "status.podIP": pod_ip,
+        "status.podIPs": pod_ip,
+        "status.hostIP": "127.0.0.1",
+        "status.hostIPs": "127.0.0.1",
+    }
     if path in simple:
         return simple[path]
     match = re.fullmatch(r"metadata\.(labels|annotations)\['([^']+)'\]", path)
@@ -62,16 +73,23 @@ def field_ref(pod: dict, path: str, pod_ip: str) -> str:
     raise PodConfigError(f"env fieldRef {path!r} is not supported by the local node agent")
 
 
-def container_env(pod: dict, container: dict, pod_ip: str, get_configmap: Callable[[str, str], dict | None],
-                  get_secret: Callable[[str, str], dict | None]) -> dict[str, str]:
+def container_env(
+    pod: dict,
+    container: dict,
+    pod_ip: str,
+    get_configmap: Callable[[str, str], dict | None],
+    get_secret: Callable[[str, str], dict | None],
+) -> dict[str, str]:
     """The environment Kubernetes would give the container (before DNS rewriting), in declaration order."""
     namespace = pod["metadata"].get("namespace", "default")
     env: dict[str, str] = {}
     for source in container.get("envFrom") or []:
         prefix = source.get("prefix", "")
         if "configMapRef" in source:
-            data = _require(get_configmap(namespace, source["configMapRef"]["name"]), source["configMapRef"],
-                            "ConfigMap") or {}
+            data = (
+                _require(get_configmap(namespace, source["configMapRef"]["name"]), source["configMapRef"], "ConfigMap")
+                or {}
+            )
             env.update({prefix + k: v for k, v in (data.get("data") or {}).items()})
         if "secretRef" in source:
             data = _require(get_secret(namespace, source["secretRef"]["name"]), source["secretRef"], "Secret") or {}
@@ -121,15 +139,17 @@ def container_argv(container: dict, env: dict[str, str]) -> list[str]:
     command = list(container.get("command") or [])
     args = list(container.get("args") or [])
     if not command:
-        raise PodConfigError(f"container {container['name']!r}: no command (the local agent ignores images, so "
-                             "the command must be given in the pod spec)")
+        raise PodConfigError(
+            f"container {container['name']!r}: no command (the local agent ignores images, so "
+            "the command must be given in the pod spec)"
+        )
     return [expand_vars(part, env) for part in command + args]
 
 
 @dataclass(frozen=True)
 class Mount:
-    source: str     # host path
-    target: str     # mountPath seen by the process
+    source: str  # host path
+    target: str  # mountPath seen by the process
     read_only: bool = False
 
     def as_dict(self) -> dict:
@@ -144,7 +164,8 @@ def claim_dir(root: Path, claim: str) -> Path:
 @dataclass(frozen=True)
 class VolumeLayout:
     """Where each kind of volume lives on this machine."""
-    root: Path          # cluster folder
+
+    root: Path  # cluster folder
     pod_dir: Path
     node: str
 
@@ -170,8 +191,11 @@ def file_volume_contents(volume: dict, obj: dict | None) -> dict[str, bytes]:
         if source.get("optional"):
             return {}
         raise PodConfigError(f"volume {volume['name']!r}: {kind} {name!r} not found")
-    data = {k: v.encode() for k, v in (obj.get("data") or {}).items()} if kind == "configMap" else \
-        {k: base64.b64decode(v) for k, v in (obj.get("data") or {}).items()}
+    data = (
+        {k: v.encode() for k, v in (obj.get("data") or {}).items()}
+        if kind == "configMap"
+        else {k: base64.b64decode(v) for k, v in (obj.get("data") or {}).items()}
+    )
     if kind == "configMap":
         data.update({k: base64.b64decode(v) for k, v in (obj.get("binaryData") or {}).items()})
     if not source.get("items"):

@@ -22,23 +22,25 @@ CONDITION_TYPES = ("PodReadyToStartContainers", "Initialized", "Ready", "Contain
 @dataclass(frozen=True)
 class ContainerState:
     """One container as its shim's files show it."""
+
     name: str
-    terminated: dict | None = None      # state.terminated of the current run (exit code, reason, message, times)
-    started_at: float | None = None     # epoch seconds the current run started; None before the shim started it
-    waiting_reason: str = ""            # why it has not started yet ("" = the default, ContainerCreating)
+    terminated: dict | None = None  # state.terminated of the current run (exit code, reason, message, times)
+    started_at: float | None = None  # epoch seconds the current run started; None before the shim started it
+    waiting_reason: str = ""  # why it has not started yet ("" = the default, ContainerCreating)
     restart_count: int = 0
     container_id: str = ""
-    last_terminated: dict | None = None   # lastState.terminated after a restart in place
-    probe_ready: bool = False           # the last readiness probe's answer (False before the first one)
+    last_terminated: dict | None = None  # lastState.terminated after a restart in place
+    probe_ready: bool = False  # the last readiness probe's answer (False before the first one)
 
 
 @dataclass(frozen=True)
 class PodState:
     """A pod as the agent runs it."""
+
     ip: str
-    start_time: str                     # RFC 3339, when the agent admitted the pod
+    start_time: str  # RFC 3339, when the agent admitted the pod
     containers: Mapping[str, ContainerState] = field(default_factory=dict)
-    config_error: str = ""              # why the pod cannot start as written ("" = it can)
+    config_error: str = ""  # why the pod cannot start as written ("" = it can)
 
 
 def pod_status(pod: dict, state: PodState, now: float, previous: dict | None = None) -> dict:
@@ -46,17 +48,28 @@ def pod_status(pod: dict, state: PodState, now: float, previous: dict | None = N
     policy = pod["spec"].get("restartPolicy", "Always")
     statuses, outcomes = [], []
     for container in pod["spec"]["containers"]:
-        entry, outcome = _container_status(container, state.containers[container["name"]], policy,
-                                           state.config_error)
+        entry, outcome = _container_status(container, state.containers[container["name"]], policy, state.config_error)
         statuses.append(entry)
         outcomes.append(outcome)
     phase = _phase(outcomes)
     all_ready = phase == "Running" and all(s["ready"] for s in statuses)
-    values = {"PodReadyToStartContainers": True, "Initialized": True, "Ready": all_ready,
-              "ContainersReady": all_ready, "PodScheduled": True}
-    return {"phase": phase, "conditions": _conditions(values, previous, now_rfc3339(now)), "hostIP": HOST_IP,
-            "hostIPs": [{"ip": HOST_IP}], "podIP": state.ip, "podIPs": [{"ip": state.ip}],
-            "startTime": state.start_time, "containerStatuses": statuses}
+    values = {
+        "PodReadyToStartContainers": True,
+        "Initialized": True,
+        "Ready": all_ready,
+        "ContainersReady": all_ready,
+        "PodScheduled": True,
+    }
+    return {
+        "phase": phase,
+        "conditions": _conditions(values, previous, now_rfc3339(now)),
+        "hostIP": HOST_IP,
+        "hostIPs": [{"ip": HOST_IP}],
+        "podIP": state.ip,
+        "podIPs": [{"ip": state.ip}],
+        "startTime": state.start_time,
+        "containerStatuses": statuses,
+    }
 
 
 def will_restart(policy: str, exit_code: int) -> bool:
@@ -81,8 +94,15 @@ def _container_status(container: dict, c: ContainerState, policy: str, config_er
         reason = "CreateContainerConfigError" if config_error else (c.waiting_reason or "ContainerCreating")
         state = {"waiting": {"reason": reason, **({"message": config_error} if config_error else {})}}
         outcome = "waiting"
-    entry = {"name": c.name, "image": container.get("image", ""), "imageID": "", "ready": ready,
-             "restartCount": c.restart_count, "started": running, "state": state}
+    entry = {
+        "name": c.name,
+        "image": container.get("image", ""),
+        "imageID": "",
+        "ready": ready,
+        "restartCount": c.restart_count,
+        "started": running,
+        "state": state,
+    }
     if running or c.terminated:
         entry["containerID"] = c.container_id
     if c.last_terminated:

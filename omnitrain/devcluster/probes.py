@@ -57,8 +57,12 @@ def probe_once(run: PodRun, name: str, probe: dict) -> bool:
             return 200 <= response.status < 400
     if "exec" in probe:
         spec = read_json(run.containers[name].spec_path) or {}
-        return subprocess.run(probe["exec"]["command"], env=spec.get("env"), capture_output=True,
-                              timeout=timeout).returncode == 0
+        return (
+            subprocess.run(
+                probe["exec"]["command"], env=spec.get("env"), capture_output=True, timeout=timeout
+            ).returncode
+            == 0
+        )
     if "tcpSocket" in probe:
         port = container_port(probe["tcpSocket"]["port"], run.spec_of(name))
         with socket.create_connection((run.ip, port), timeout=timeout):

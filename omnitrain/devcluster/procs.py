@@ -16,7 +16,7 @@ def proc_start_time(pid: int) -> int | None:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    fields = stat[stat.rindex(")") + 2:].split()
+    fields = stat[stat.rindex(")") + 2 :].split()
     if fields[0] == "Z":
         return None
     return int(fields[19])
@@ -28,8 +28,9 @@ def alive(pid: int, start_time: int | None = None) -> bool:
     return now is not None and (start_time is None or now == start_time)
 
 
-def spawn_detached(argv: list[str], log_path: Path, pid_path: Path, env: dict | None = None,
-                   cwd: Path | None = None) -> int:
+def spawn_detached(
+    argv: list[str], log_path: Path, pid_path: Path, env: dict | None = None, cwd: Path | None = None
+) -> int:
     """Starts argv in its own session, output to log_path, pid + start time to pid_path.
 
     Double fork through sh: the process is reparented at once, so whoever reaps orphans reaps it and a long-lived
@@ -38,8 +39,9 @@ def spawn_detached(argv: list[str], log_path: Path, pid_path: Path, env: dict | 
     launcher = 'setsid "$@" >>"$OMNITRAIN_SPAWN_LOG" 2>&1 </dev/null & echo $!'
     run_env = dict(env if env is not None else os.environ)
     run_env["OMNITRAIN_SPAWN_LOG"] = str(log_path)
-    out = subprocess.run(["sh", "-c", launcher, "sh", *argv], capture_output=True, text=True, env=run_env,
-                         cwd=cwd, check=True)
+    out = subprocess.run(
+        ["sh", "-c", launcher, "sh", *argv], capture_output=True, text=True, env=run_env, cwd=cwd, check=True
+    )
     pid = int(out.stdout.strip())
     write_pid_file(pid_path, pid)
     return pid

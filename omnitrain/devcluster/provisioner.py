@@ -34,17 +34,21 @@ PROVISIONER = "omnitrain.io/local"
 COMPONENT = "omnitrain-local-provisioner"
 ANN_DEFAULT_CLASS = "storageclass.kubernetes.io/is-default-class"
 # The PV controller writes both; older claims may carry only the beta one.
-ANN_STORAGE_PROVISIONER = ("volume.kubernetes.io/storage-provisioner",
-                           "volume.beta.kubernetes.io/storage-provisioner")
+ANN_STORAGE_PROVISIONER = ("volume.kubernetes.io/storage-provisioner", "volume.beta.kubernetes.io/storage-provisioner")
 ANN_PROVISIONED_BY = "pv.kubernetes.io/provisioned-by"
 MANAGED_BY = {"app.kubernetes.io/managed-by": COMPONENT}
 RESYNC_S = 30.0
 
 
 def storage_class_body() -> dict:
-    return {"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
-            "metadata": {"name": STORAGE_CLASS, "annotations": {ANN_DEFAULT_CLASS: "true"}, "labels": MANAGED_BY},
-            "provisioner": PROVISIONER, "reclaimPolicy": "Delete", "volumeBindingMode": "Immediate"}
+    return {
+        "apiVersion": "storage.k8s.io/v1",
+        "kind": "StorageClass",
+        "metadata": {"name": STORAGE_CLASS, "annotations": {ANN_DEFAULT_CLASS: "true"}, "labels": MANAGED_BY},
+        "provisioner": PROVISIONER,
+        "reclaimPolicy": "Delete",
+        "volumeBindingMode": "Immediate",
+    }
 
 
 @dataclass(frozen=True)
@@ -95,26 +99,44 @@ def volume_name(claim: dict) -> str:
 def volume_for(claim: dict, storage_class: dict, root: Path) -> dict:
     """The PersistentVolume for a claim: its folder, size, access modes and class, pre-bound by claimRef."""
     meta, spec = claim["metadata"], claim["spec"]
-    return {"apiVersion": "v1", "kind": "PersistentVolume",
-            "metadata": {"name": volume_name(claim), "labels": dict(MANAGED_BY),
-                         "annotations": {ANN_PROVISIONED_BY: PROVISIONER}},
-            "spec": {"capacity": {"storage": spec["resources"]["requests"]["storage"]},
-                     "accessModes": list(spec.get("accessModes") or ["ReadWriteOnce"]),
-                     "volumeMode": "Filesystem", "storageClassName": spec["storageClassName"],
-                     "persistentVolumeReclaimPolicy": storage_class.get("reclaimPolicy") or "Delete",
-                     "hostPath": {"path": str(claim_dir(root, meta["name"])), "type": "DirectoryOrCreate"},
-                     "claimRef": {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
-                                  "namespace": meta["namespace"], "name": meta["name"], "uid": meta["uid"]}}}
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolume",
+        "metadata": {
+            "name": volume_name(claim),
+            "labels": dict(MANAGED_BY),
+            "annotations": {ANN_PROVISIONED_BY: PROVISIONER},
+        },
+        "spec": {
+            "capacity": {"storage": spec["resources"]["requests"]["storage"]},
+            "accessModes": list(spec.get("accessModes") or ["ReadWriteOnce"]),
+            "volumeMode": "Filesystem",
+            "storageClassName": spec["storageClassName"],
+            "persistentVolumeReclaimPolicy": storage_class.get("reclaimPolicy") or "Delete",
+            "hostPath": {"path": str(claim_dir(root, meta["name"])), "type": "DirectoryOrCreate"},
+            "claimRef": {
+                "apiVersion": "v1",
+                "kind": "PersistentVolumeClaim",
+                "namespace": meta["namespace"],
+                "name": meta["name"],
+                "uid": meta["uid"],
+            },
+        },
+    }
 
 
 def _handed_to_us(claim: dict, classes: dict[str, dict]) -> bool:
     meta, spec = claim["metadata"], claim.get("spec") or {}
     annotations = meta.get("annotations") or {}
     storage_class = classes.get(spec.get("storageClassName") or "")
-    return (any(annotations.get(a) == PROVISIONER for a in ANN_STORAGE_PROVISIONER)
-            and storage_class is not None and storage_class.get("provisioner") == PROVISIONER
-            and not spec.get("volumeName") and not meta.get("deletionTimestamp")
-            and (claim.get("status") or {}).get("phase", "Pending") == "Pending")
+    return (
+        any(annotations.get(a) == PROVISIONER for a in ANN_STORAGE_PROVISIONER)
+        and storage_class is not None
+        and storage_class.get("provisioner") == PROVISIONER
+        and not spec.get("volumeName")
+        and not meta.get("deletionTimestamp")
+        and (claim.get("status") or {}).get("phase", "Pending") == "Pending"
+    )
 
 
 def plan(claims: list[dict], volumes: list[dict], classes: list[dict], root: Path) -> list[Action]:
@@ -131,13 +153,23 @@ def plan(claims: list[dict], volumes: list[dict], classes: list[dict], root: Pat
         if reason:
             actions.append(Refuse(meta["namespace"], meta["name"], meta["uid"], reason))
             continue
-        actions.append(Provision(meta["namespace"], meta["name"], meta["uid"], claim_dir(root, meta["name"]),
-                                 volume_for(claim, by_name[claim["spec"]["storageClassName"]], root)))
+        actions.append(
+            Provision(
+                meta["namespace"],
+                meta["name"],
+                meta["uid"],
+                claim_dir(root, meta["name"]),
+                volume_for(claim, by_name[claim["spec"]["storageClassName"]], root),
+            )
+        )
     for volume in volumes:
         meta = volume["metadata"]
-        if ((meta.get("annotations") or {}).get(ANN_PROVISIONED_BY) == PROVISIONER
-                and volume["spec"].get("persistentVolumeReclaimPolicy") == "Delete"
-                and (volume.get("status") or {}).get("phase") == "Released" and not meta.get("deletionTimestamp")):
+        if (
+            (meta.get("annotations") or {}).get(ANN_PROVISIONED_BY) == PROVISIONER
+            and volume["spec"].get("persistentVolumeReclaimPolicy") == "Delete"
+            and (volume.get("status") or {}).get("phase") == "Released"
+            and not meta.get("deletionTimestamp")
+        ):
             actions.append(Delete(meta["name"], meta["uid"]))
     return actions
 
@@ -150,18 +182,31 @@ def claim_event(action: Provision | Refuse, now: str) -> dict:
     else:
         kind, reason = "Normal", "ProvisioningSucceeded"
         message = f"Successfully provisioned volume {action.volume['metadata']['name']} on {action.folder}"
-    return {"apiVersion": "v1", "kind": "Event",
-            "metadata": {"name": f"{action.claim[:200]}.{action.uid[:8]}.{reason.lower()}",
-                         "namespace": action.namespace},
-            "involvedObject": {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "namespace": action.namespace,
-                               "name": action.claim, "uid": action.uid},
-            "reason": reason, "message": message, "type": kind, "source": {"component": COMPONENT},
-            "firstTimestamp": now, "lastTimestamp": now, "count": 1}
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"name": f"{action.claim[:200]}.{action.uid[:8]}.{reason.lower()}", "namespace": action.namespace},
+        "involvedObject": {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "namespace": action.namespace,
+            "name": action.claim,
+            "uid": action.uid,
+        },
+        "reason": reason,
+        "message": message,
+        "type": kind,
+        "source": {"component": COMPONENT},
+        "firstTimestamp": now,
+        "lastTimestamp": now,
+        "count": 1,
+    }
 
 
 def ensure_storage_class(storage_api) -> bool:
     """Creates the default StorageClass; False when it already exists (idempotent `up`)."""
     from kubernetes.client.exceptions import ApiException
+
     try:
         storage_api.create_storage_class(storage_class_body())
         return True
@@ -177,6 +222,7 @@ class Provisioner:
 
     def __init__(self, api_client, root: Path, stop_event: threading.Event):
         from kubernetes import client
+
         self.core = client.CoreV1Api(api_client)
         self.storage = client.StorageV1Api(api_client)
         self.root = root
@@ -192,7 +238,8 @@ class Provisioner:
 
     def _watch(self, list_fn) -> None:
         from kubernetes import watch
-        self.dirty.set()   # a (re)started watch may have missed events
+
+        self.dirty.set()  # a (re)started watch may have missed events
         for _ in watch.Watch().stream(list_fn, timeout_seconds=300):
             if self.stop_event.is_set():
                 return
@@ -205,13 +252,16 @@ class Provisioner:
             try:
                 self.reconcile()
             except Exception:
-                self.dirty.set()   # retried as soon as the agent's guard restarts the loop, not a resync later
+                self.dirty.set()  # retried as soon as the agent's guard restarts the loop, not a resync later
                 raise
 
     def reconcile(self) -> None:
-        actions = plan(self._items(self.core.list_persistent_volume_claim_for_all_namespaces),
-                       self._items(self.core.list_persistent_volume), self._items(self.storage.list_storage_class),
-                       self.root)
+        actions = plan(
+            self._items(self.core.list_persistent_volume_claim_for_all_namespaces),
+            self._items(self.core.list_persistent_volume),
+            self._items(self.storage.list_storage_class),
+            self.root,
+        )
         for action in actions:
             if isinstance(action, Provision):
                 self._provision(action)
@@ -226,6 +276,7 @@ class Provisioner:
 
     def _provision(self, action: Provision) -> None:
         from kubernetes.client.exceptions import ApiException
+
         action.folder.mkdir(parents=True, exist_ok=True)
         try:
             self.core.create_persistent_volume(action.volume)
@@ -233,8 +284,13 @@ class Provisioner:
             if exc.status != 409:
                 raise
             return
-        log.info("provisioned %s for claim %s/%s on %s", action.volume["metadata"]["name"], action.namespace,
-                 action.claim, action.folder)
+        log.info(
+            "provisioned %s for claim %s/%s on %s",
+            action.volume["metadata"]["name"],
+            action.namespace,
+            action.claim,
+            action.folder,
+        )
         self._event(action)
 
     def _refuse(self, action: Refuse) -> None:
@@ -246,6 +302,7 @@ class Provisioner:
 
     def _event(self, action: Provision | Refuse) -> None:
         from kubernetes.client.exceptions import ApiException
+
         try:
             self.core.create_namespaced_event(action.namespace, claim_event(action, now_rfc3339()))
         except ApiException as exc:
@@ -255,9 +312,11 @@ class Provisioner:
     def _delete(self, action: Delete) -> None:
         from kubernetes import client
         from kubernetes.client.exceptions import ApiException
+
         try:
-            self.core.delete_persistent_volume(action.volume, body=client.V1DeleteOptions(
-                preconditions=client.V1Preconditions(uid=action.uid)))
+            self.core.delete_persistent_volume(
+                action.volume, body=client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=action.uid))
+            )
         except ApiException as exc:
             if exc.status not in (404, 409):
                 raise

@@ -33,20 +33,24 @@ def container_log(root: Path, namespace: str, name: str, container: str) -> Path
 @dataclass
 class ContainerRun:
     """One container of a pod; its files live in <pod>/containers/<name>/."""
+
     name: str
     dir: Path
     log: Path
     restart_count: int = 0
-    last_terminated: dict | None = None     # lastState.terminated after a restart
-    next_start_at: float | None = None      # back-off before a restart
+    last_terminated: dict | None = None  # lastState.terminated after a restart
+    next_start_at: float | None = None  # back-off before a restart
     waiting_reason: str = "ContainerCreating"
     waiting_message: str = ""
     kill_sent: set = field(default_factory=set)
 
     @property
-    def spec_path(self) -> Path: return self.dir / "spec.json"
+    def spec_path(self) -> Path:
+        return self.dir / "spec.json"
+
     @property
-    def termination_log(self) -> Path: return self.dir / "termination-log"
+    def termination_log(self) -> Path:
+        return self.dir / "termination-log"
 
     def started(self) -> dict | None:
         return read_json(self.dir / "started.json")
@@ -71,8 +75,12 @@ class ContainerRun:
         self.termination_log.write_text("")
         write_json(self.spec_path, spec)
         (self.dir / "restarts").write_text(str(self.restart_count))
-        procs.spawn_detached([sys.executable, "-m", "omnitrain.devcluster.shim", str(self.dir)], self.log,
-                             self.dir / "shim.pid", env=_shim_env())
+        procs.spawn_detached(
+            [sys.executable, "-m", "omnitrain.devcluster.shim", str(self.dir)],
+            self.log,
+            self.dir / "shim.pid",
+            env=_shim_env(),
+        )
         self.kill_sent = set()
         self.waiting_reason = ""
 
@@ -104,8 +112,13 @@ class ContainerRun:
             message = exit_info["message"]
         if not message and fallback_to_logs and code != 0:
             message = "\n".join(_read_text(self.log, 1 << 20).splitlines()[-FALLBACK_LOG_LINES:])[-2048:]
-        state = {"exitCode": code, "reason": reason, "startedAt": _rfc(exit_info.get("startedAt")),
-                 "finishedAt": _rfc(exit_info.get("finishedAt")), "containerID": self.container_id}
+        state = {
+            "exitCode": code,
+            "reason": reason,
+            "startedAt": _rfc(exit_info.get("startedAt")),
+            "finishedAt": _rfc(exit_info.get("finishedAt")),
+            "containerID": self.container_id,
+        }
         if exit_info.get("signal"):
             state["signal"] = exit_info["signal"]
         if message:
@@ -119,11 +132,16 @@ class ContainerRun:
     def state(self, fallback_to_logs: bool, probe_ready: bool) -> ContainerState:
         terminated = self.terminated_state(fallback_to_logs)
         started = self.started()
-        return ContainerState(name=self.name, terminated=terminated,
-                              started_at=started["startedAt"] if started is not None else None,
-                              waiting_reason=self.waiting_reason, restart_count=self.restart_count,
-                              container_id=self.container_id, last_terminated=self.last_terminated,
-                              probe_ready=probe_ready)
+        return ContainerState(
+            name=self.name,
+            terminated=terminated,
+            started_at=started["startedAt"] if started is not None else None,
+            waiting_reason=self.waiting_reason,
+            restart_count=self.restart_count,
+            container_id=self.container_id,
+            last_terminated=self.last_terminated,
+            probe_ready=probe_ready,
+        )
 
     @classmethod
     def load(cls, name: str, dir: Path, log: Path) -> ContainerRun:
@@ -136,9 +154,12 @@ class ContainerRun:
             prev = dir / f"exit.{run.restart_count - 1}.json"
             info = read_json(prev)
             if info:
-                run.last_terminated = {"exitCode": info["exitCode"], "reason": "Completed" if info["exitCode"] == 0
-                                       else "Error", "startedAt": _rfc(info.get("startedAt")),
-                                       "finishedAt": _rfc(info.get("finishedAt"))}
+                run.last_terminated = {
+                    "exitCode": info["exitCode"],
+                    "reason": "Completed" if info["exitCode"] == 0 else "Error",
+                    "startedAt": _rfc(info.get("startedAt")),
+                    "finishedAt": _rfc(info.get("finishedAt")),
+                }
         run.waiting_reason = "" if (dir / "spec.json").exists() else "ContainerCreating"
         return run
 
@@ -146,6 +167,7 @@ class ContainerRun:
 @dataclass
 class PodRun:
     """A pod the agent runs: identity, its folder and containers, and what the agent decided about it so far."""
+
     namespace: str
     name: str
     uid: str
@@ -158,10 +180,10 @@ class PodRun:
     config_error: str = ""
     delete_deadline: float | None = None
     deleted: bool = False
-    ready: dict[str, bool] = field(default_factory=dict)          # readiness probe results per container
+    ready: dict[str, bool] = field(default_factory=dict)  # readiness probe results per container
     probe_due: dict[str, float] = field(default_factory=dict)
-    rendered: dict | None = None        # the status rendered last (its conditions' transition times carry over)
-    last_status: dict | None = None     # the status last accepted by the API server
+    rendered: dict | None = None  # the status rendered last (its conditions' transition times carry over)
+    last_status: dict | None = None  # the status last accepted by the API server
     start_time: str = ""
     lock: threading.Lock = field(default_factory=threading.Lock)
 

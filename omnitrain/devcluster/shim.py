@@ -47,7 +47,7 @@ def _exec(spec: dict) -> int:
         os.execvpe(spec["argv"][0], spec["argv"], spec["env"])
     except OSError as exc:
         print(f"[shim] cannot start {spec['argv'][0]!r}: {exc}", file=sys.stderr, flush=True)
-        return 127   # what a shell reports for a command it cannot run
+        return 127  # what a shell reports for a command it cannot run
 
 
 def supervise(container_dir: Path) -> int:
@@ -56,8 +56,18 @@ def supervise(container_dir: Path) -> int:
     signal.signal(signal.SIGTERM, lambda *_: None)
     signal.signal(signal.SIGINT, lambda *_: None)
     if spec["mounts"]:
-        argv = ["unshare", "--mount", "--propagation", "private", "--", sys.executable, "-m",
-                "omnitrain.devcluster.shim", "--exec", str(container_dir)]
+        argv = [
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "--",
+            sys.executable,
+            "-m",
+            "omnitrain.devcluster.shim",
+            "--exec",
+            str(container_dir),
+        ]
         env = dict(os.environ)
     else:
         argv, env = spec["argv"], spec["env"]
@@ -70,8 +80,16 @@ def supervise(container_dir: Path) -> int:
         child = subprocess.Popen(argv, env=env, process_group=0, cwd=cwd)
     except OSError as exc:
         print(f"[shim] cannot start {argv[0]!r}: {exc}", file=sys.stderr, flush=True)
-        write_json(container_dir / "exit.json", {"exitCode": 128, "reason": "StartError", "message": str(exc),
-                                                  "startedAt": started_at, "finishedAt": time.time()})
+        write_json(
+            container_dir / "exit.json",
+            {
+                "exitCode": 128,
+                "reason": "StartError",
+                "message": str(exc),
+                "startedAt": started_at,
+                "finishedAt": time.time(),
+            },
+        )
         return 0
     procs.write_pid_file(container_dir / "child.pid", child.pid)
     write_json(container_dir / "started.json", {"startedAt": started_at, "pid": child.pid})
@@ -87,8 +105,15 @@ def supervise(container_dir: Path) -> int:
         os.killpg(child.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
-    write_json(container_dir / "exit.json", {"exitCode": exit_code, "signal": -code if code < 0 else None,
-                                              "startedAt": started_at, "finishedAt": time.time()})
+    write_json(
+        container_dir / "exit.json",
+        {
+            "exitCode": exit_code,
+            "signal": -code if code < 0 else None,
+            "startedAt": started_at,
+            "finishedAt": time.time(),
+        },
+    )
     return 0
 
 

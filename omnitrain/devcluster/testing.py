@@ -9,8 +9,7 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
-def wait_for(predicate: Callable[[], T], timeout: float = 30.0, what: str = "condition",
-             interval: float = 0.1) -> T:
+def wait_for(predicate: Callable[[], T], timeout: float = 30.0, what: str = "condition", interval: float = 0.1) -> T:
     """Calls predicate until it returns something truthy and returns that; TimeoutError naming `what` otherwise.
     Exceptions from the predicate count as "not yet" but the last one is reported on timeout."""
     deadline = time.monotonic() + timeout
@@ -31,6 +30,7 @@ def wait_for(predicate: Callable[[], T], timeout: float = 30.0, what: str = "con
 
 def pod_phase(core_api, namespace: str, name: str) -> str | None:
     from kubernetes.client.exceptions import ApiException
+
     try:
         return core_api.read_namespaced_pod_status(name, namespace).status.phase
     except ApiException as exc:
@@ -46,6 +46,7 @@ def wait_pod_phase(core_api, namespace: str, name: str, phases: set[str] | str, 
     def check():
         pod = core_api.read_namespaced_pod(name, namespace)
         return pod if pod.status.phase in wanted else None
+
     return wait_for(check, timeout, f"pod {namespace}/{name} in phase {sorted(wanted)}")
 
 
@@ -58,4 +59,5 @@ def wait_pod_gone(core_api, namespace: str, name: str, timeout: float = 60.0) ->
             return False
         except ApiException as exc:
             return exc.status == 404
+
     wait_for(gone, timeout, f"pod {namespace}/{name} to be deleted")

@@ -43,6 +43,7 @@ def _wait_ready(url: str, procs, logs) -> None:
     def ready():
         dead = [(proc, log) for proc, log in zip(procs, logs) if proc.poll() is not None]
         return dead or _api_ready(url)
+
     outcome = wait_for(ready, 120, "kube-apiserver ready")
     if isinstance(outcome, list):
         proc, log = outcome[0]
@@ -58,8 +59,11 @@ def control_plane(workdir: Path, scheduler: bool = False, kwok: bool = False):
     workdir.mkdir(parents=True, exist_ok=True)
     etcd_port, peer_port, api_port = free_port(), free_port(), free_port()
     subprocess.run(["openssl", "genrsa", "-out", str(workdir / "sa.key"), "2048"], check=True, capture_output=True)
-    subprocess.run(["openssl", "rsa", "-in", str(workdir / "sa.key"), "-pubout", "-out", str(workdir / "sa.pub")],
-                   check=True, capture_output=True)
+    subprocess.run(
+        ["openssl", "rsa", "-in", str(workdir / "sa.key"), "-pubout", "-out", str(workdir / "sa.pub")],
+        check=True,
+        capture_output=True,
+    )
     (workdir / "tokens.csv").write_text(f'{TOKEN},admin,admin,"system:masters"\n')
     kubeconfig = workdir / "kubeconfig"
     procs, logs = [], []
@@ -70,54 +74,102 @@ def control_plane(workdir: Path, scheduler: bool = False, kwok: bool = False):
         procs.append(subprocess.Popen(argv, stdout=open(log, "w"), stderr=subprocess.STDOUT))
 
     try:
-        start("etcd", [str(bins / "etcd"), "--data-dir", str(workdir / "etcd"),
-                       "--listen-client-urls", f"http://127.0.0.1:{etcd_port}",
-                       "--advertise-client-urls", f"http://127.0.0.1:{etcd_port}",
-                       "--listen-peer-urls", f"http://127.0.0.1:{peer_port}",
-                       "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer_port}",
-                       "--initial-cluster", f"default=http://127.0.0.1:{peer_port}",
-                       "--quota-backend-bytes", "268435456", "--unsafe-no-fsync"])
-        start("kube-apiserver", [
-            str(bins / "kube-apiserver"), f"--etcd-servers=http://127.0.0.1:{etcd_port}",
-            "--bind-address=127.0.0.1", f"--secure-port={api_port}", f"--cert-dir={workdir / 'certs'}",
-            f"--token-auth-file={workdir / 'tokens.csv'}", "--authorization-mode=AlwaysAllow",
-            f"--service-account-key-file={workdir / 'sa.pub'}",
-            f"--service-account-signing-key-file={workdir / 'sa.key'}",
-            "--service-account-issuer=https://kubernetes.default.svc", "--service-cluster-ip-range=10.96.0.0/24",
-            "--disable-admission-plugins=ServiceAccount", "--enable-priority-and-fairness=false"])
+        start(
+            "etcd",
+            [
+                str(bins / "etcd"),
+                "--data-dir",
+                str(workdir / "etcd"),
+                "--listen-client-urls",
+                f"http://127.0.0.1:{etcd_port}",
+                "--advertise-client-urls",
+                f"http://127.0.0.1:{etcd_port}",
+                "--listen-peer-urls",
+                f"http://127.0.0.1:{peer_port}",
+                "--initial-advertise-peer-urls",
+                f"http://127.0.0.1:{peer_port}",
+                "--initial-cluster",
+                f"default=http://127.0.0.1:{peer_port}",
+                "--quota-backend-bytes",
+                "268435456",
+                "--unsafe-no-fsync",
+            ],
+        )
+        start(
+            "kube-apiserver",
+            [
+                str(bins / "kube-apiserver"),
+                f"--etcd-servers=http://127.0.0.1:{etcd_port}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={api_port}",
+                f"--cert-dir={workdir / 'certs'}",
+                f"--token-auth-file={workdir / 'tokens.csv'}",
+                "--authorization-mode=AlwaysAllow",
+                f"--service-account-key-file={workdir / 'sa.pub'}",
+                f"--service-account-signing-key-file={workdir / 'sa.key'}",
+                "--service-account-issuer=https://kubernetes.default.svc",
+                "--service-cluster-ip-range=10.96.0.0/24",
+                "--disable-admission-plugins=ServiceAccount",
+                "--enable-priority-and-fairness=false",
+            ],
+        )
         _wait_ready(f"https://127.0.0.1:{api_port}/readyz", procs, logs)
         kubeconfig.write_text(
             "apiVersion: v1\nkind: Config\ncurrent-context: e2e\n"
             f"clusters: [{{name: e2e, cluster: {{server: 'https://127.0.0.1:{api_port}', "
             f"certificate-authority: '{workdir / 'certs' / 'apiserver.crt'}'}}}}]\n"
             f"users: [{{name: admin, user: {{token: {TOKEN}}}}}]\n"
-            "contexts: [{name: e2e, context: {cluster: e2e, user: admin}}]\n")
+            "contexts: [{name: e2e, context: {cluster: e2e, user: admin}}]\n"
+        )
         # The garbage collector deletes a job's children through their ownerReferences.
-        start("kube-controller-manager", [
-            str(bins / "kube-controller-manager"), f"--kubeconfig={kubeconfig}",
-            # nodelifecycle lifts the not-ready taint the API server puts on new (kwok) nodes once they are Ready
-            "--controllers=garbagecollector,namespace" + (",nodelifecycle" if kwok else ""),
-            "--leader-elect=false", "--bind-address=127.0.0.1",
-            f"--secure-port={free_port()}", "--concurrent-gc-syncs=5"])
+        start(
+            "kube-controller-manager",
+            [
+                str(bins / "kube-controller-manager"),
+                f"--kubeconfig={kubeconfig}",
+                # nodelifecycle lifts the not-ready taint the API server puts on new (kwok) nodes once they are Ready
+                "--controllers=garbagecollector,namespace" + (",nodelifecycle" if kwok else ""),
+                "--leader-elect=false",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={free_port()}",
+                "--concurrent-gc-syncs=5",
+            ],
+        )
         if scheduler:
             config = workdir / "scheduler.yaml"
             config.write_text(
                 "apiVersion: kubescheduler.config.k8s.io/v1\nkind: KubeSchedulerConfiguration\n"
                 f"clientConnection: {{kubeconfig: '{kubeconfig}', qps: 2000, burst: 4000}}\n"
-                "leaderElection: {leaderElect: false}\n")
-            start("kube-scheduler", [str(bins / "kube-scheduler"), f"--config={config}",
-                                     "--bind-address=127.0.0.1", f"--secure-port={free_port()}"])
+                "leaderElection: {leaderElect: false}\n"
+            )
+            start(
+                "kube-scheduler",
+                [
+                    str(bins / "kube-scheduler"),
+                    f"--config={config}",
+                    "--bind-address=127.0.0.1",
+                    f"--secure-port={free_port()}",
+                ],
+            )
         if kwok:
-            start("kwok", [str(bins / "kwok"), f"--kubeconfig={kubeconfig}", "--manage-all-nodes=false",
-                           "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
-                           "--cidr=10.0.0.1/16", f"--server-address=127.0.0.1:{free_port()}"])
+            start(
+                "kwok",
+                [
+                    str(bins / "kwok"),
+                    f"--kubeconfig={kubeconfig}",
+                    "--manage-all-nodes=false",
+                    "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
+                    "--cidr=10.0.0.1/16",
+                    f"--server-address=127.0.0.1:{free_port()}",
+                ],
+            )
         yield kubeconfig
     finally:
         for proc in reversed(procs):
             proc.terminate()
         for proc in reversed(procs):
             try:
-                proc.wait(timeout=5)    # throw-away: no need to wait out a graceful shutdown
+                proc.wait(timeout=5)  # throw-away: no need to wait out a graceful shutdown
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()

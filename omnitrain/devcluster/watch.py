@@ -27,17 +27,19 @@ WATCH_TIMEOUT_S = 300
 
 class Change(enum.Enum):
     """A watch event's type, as the API server names it."""
+
     ADDED = "ADDED"
     MODIFIED = "MODIFIED"
     DELETED = "DELETED"
 
 
-_CHANGES = {c.value: c for c in Change}   # BOOKMARK and ERROR are not changes
+_CHANGES = {c.value: c for c in Change}  # BOOKMARK and ERROR are not changes
 
 
 @dataclass(frozen=True)
 class NodesListed:
     """A fresh listing of the managed nodes: any other node the agent managed is gone."""
+
     nodes: list[dict]
 
 
@@ -55,6 +57,7 @@ class NodeDeleted:
 @dataclass(frozen=True)
 class PodsListed:
     """A fresh listing of all pods, at `resource_version`."""
+
     pods: list[dict]
     resource_version: str
 
@@ -81,8 +84,9 @@ def dispatch(event: Event, handlers: Handlers) -> None:
     handlers[type(event)](event)
 
 
-def run_loop(events: queue.Queue, handlers: Handlers, tick: Callable[[], None], stop: threading.Event,
-             tick_s: float = TICK_S) -> None:
+def run_loop(
+    events: queue.Queue, handlers: Handlers, tick: Callable[[], None], stop: threading.Event, tick_s: float = TICK_S
+) -> None:
     """Until `stop`: dispatch queued events in order, and tick at least every `tick_s`. A failing handler or tick
     is logged; the loop goes on (the next listing or tick repairs what it missed)."""
     check_handlers(handlers)
@@ -106,6 +110,7 @@ def run_loop(events: queue.Queue, handlers: Handlers, tick: Callable[[], None], 
 def guarded(what: str, fn: Callable[[], None], stop: threading.Event) -> Callable[[], None]:
     """A thread body that runs `fn` again (a second later after a failure) until `stop`: a watch ends every
     WATCH_TIMEOUT_S or on an error, and then lists again."""
+
     def loop() -> None:
         while not stop.is_set():
             try:
@@ -113,17 +118,24 @@ def guarded(what: str, fn: Callable[[], None], stop: threading.Event) -> Callabl
             except Exception:
                 log.exception("%s failed; retrying", what)
                 stop.wait(1.0)
+
     return loop
 
 
 def watch_nodes(api: AgentApi, events: queue.Queue, stop: threading.Event) -> None:
     """One list+watch of the managed nodes (run under `guarded`)."""
     from kubernetes import watch
+
     listing = api.list_nodes(NODE_SELECTOR)
     events.put(NodesListed([n for n in listing["items"] if is_ours(n)]))
     rv = listing["metadata"]["resourceVersion"]
-    for event in watch.Watch().stream(api.core.list_node, label_selector=NODE_SELECTOR, resource_version=rv,
-                                      timeout_seconds=WATCH_TIMEOUT_S, allow_watch_bookmarks=True):
+    for event in watch.Watch().stream(
+        api.core.list_node,
+        label_selector=NODE_SELECTOR,
+        resource_version=rv,
+        timeout_seconds=WATCH_TIMEOUT_S,
+        allow_watch_bookmarks=True,
+    ):
         if stop.is_set() or event["type"] == "ERROR":
             return  # an ERROR (e.g. too old a resourceVersion): list again
         obj, change = event["raw_object"], _CHANGES.get(event["type"])
@@ -136,11 +148,16 @@ def watch_nodes(api: AgentApi, events: queue.Queue, stop: threading.Event) -> No
 def watch_pods(api: AgentApi, events: queue.Queue, stop: threading.Event) -> None:
     """One list+watch of all pods (run under `guarded`); bookmarks are dropped."""
     from kubernetes import watch
+
     listing = api.list_pods()
     rv = listing["metadata"]["resourceVersion"]
     events.put(PodsListed(listing["items"], rv))
-    for event in watch.Watch().stream(api.core.list_pod_for_all_namespaces, resource_version=rv,
-                                      timeout_seconds=WATCH_TIMEOUT_S, allow_watch_bookmarks=True):
+    for event in watch.Watch().stream(
+        api.core.list_pod_for_all_namespaces,
+        resource_version=rv,
+        timeout_seconds=WATCH_TIMEOUT_S,
+        allow_watch_bookmarks=True,
+    ):
         if stop.is_set() or event["type"] == "ERROR":
             return
         change = _CHANGES.get(event["type"])

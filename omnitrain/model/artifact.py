@@ -35,9 +35,9 @@ class ModelArtifact:
     model: nn.Module
     adapter: object
     config: ModelConfig
-    factory: str                                    # "package.module:function" building (model, adapter)
-    sampler: dict = field(default_factory=dict)     # SamplerConfig fields this model is meant to run with
-    meta: dict = field(default_factory=dict)        # provenance: teacher path, distillation figures, ...
+    factory: str  # "package.module:function" building (model, adapter)
+    sampler: dict = field(default_factory=dict)  # SamplerConfig fields this model is meant to run with
+    meta: dict = field(default_factory=dict)  # provenance: teacher path, distillation figures, ...
 
 
 def build_model(factory: str, config: ModelConfig):
@@ -51,20 +51,31 @@ def build_model(factory: str, config: ModelConfig):
 def save_artifact(path: str | Path, artifact: ModelArtifact, overwrite: bool = False) -> None:
     path = Path(path)
     if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; refusing to overwrite a promoted model (remove it or pass "
-                              "overwrite=True)")
+        raise FileExistsError(
+            f"{path} exists; refusing to overwrite a promoted model (remove it or pass overwrite=True)"
+        )
     buf = io.BytesIO()
-    torch.save({"format": FORMAT, "factory": artifact.factory, "config": artifact.config.to_dict(),
-                "state_dict": {k: v.detach().cpu() for k, v in artifact.model.state_dict().items()},
-                "sampler": artifact.sampler, "meta": artifact.meta}, buf)
+    torch.save(
+        {
+            "format": FORMAT,
+            "factory": artifact.factory,
+            "config": artifact.config.to_dict(),
+            "state_dict": {k: v.detach().cpu() for k, v in artifact.model.state_dict().items()},
+            "sampler": artifact.sampler,
+            "meta": artifact.meta,
+        },
+        buf,
+    )
     write_bytes_atomic(path, buf.getvalue())
 
 
 def load_artifact(path: str | Path) -> ModelArtifact:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no model file at {path}: pass the student written by `omnitrain distill` "
-                                "(<persistentPath>/<job>/promotion/student.pt) or a teacher snapshot")
+        raise FileNotFoundError(
+            f"no model file at {path}: pass the student written by `omnitrain distill` "
+            "(<persistentPath>/<job>/promotion/student.pt) or a teacher snapshot"
+        )
     data = torch.load(path, map_location="cpu", weights_only=False)
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         found = data.get("format") if isinstance(data, dict) else type(data).__name__
@@ -75,8 +86,14 @@ def load_artifact(path: str | Path) -> ModelArtifact:
     factory = RENAMED_FACTORIES.get(data["factory"], data["factory"])
     model, adapter = build_model(factory, config)
     model.load_state_dict(data["state_dict"])
-    return ModelArtifact(model=model.eval(), adapter=adapter, config=config, factory=factory,
-                         sampler=data.get("sampler", {}), meta=data.get("meta", {}))
+    return ModelArtifact(
+        model=model.eval(),
+        adapter=adapter,
+        config=config,
+        factory=factory,
+        sampler=data.get("sampler", {}),
+        meta=data.get("meta", {}),
+    )
 
 
 def load_teacher(path: str | Path, config: ModelConfig) -> ModelArtifact:
@@ -96,9 +113,19 @@ def load_teacher(path: str | Path, config: ModelConfig) -> ModelArtifact:
     model_state = {k.removeprefix("module."): v for k, v in model_state.items()}
     model, adapter = build_model(MMDIT_FACTORY, config)
     model.load_state_dict(model_state)
-    return ModelArtifact(model=model.eval(), adapter=adapter, config=config, factory=MMDIT_FACTORY,
-                         meta={"checkpoint": str(path)})
+    return ModelArtifact(
+        model=model.eval(), adapter=adapter, config=config, factory=MMDIT_FACTORY, meta={"checkpoint": str(path)}
+    )
 
 
-__all__ = ["FORMAT", "MMDIT_FACTORY", "ModelArtifact", "ModelFileError", "RENAMED_FACTORIES", "build_model",
-           "load_artifact", "load_teacher", "save_artifact"]
+__all__ = [
+    "FORMAT",
+    "MMDIT_FACTORY",
+    "ModelArtifact",
+    "ModelFileError",
+    "RENAMED_FACTORIES",
+    "build_model",
+    "load_artifact",
+    "load_teacher",
+    "save_artifact",
+]

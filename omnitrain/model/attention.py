@@ -30,7 +30,7 @@ def select_backend(q: torch.Tensor) -> str:
     if _forced is not None:
         return _forced
     if not q.is_cuda:
-        return "sdpa_loop"      # CPU: the mask path computes every cross-sample score too (3x slower, bench/train.py)
+        return "sdpa_loop"  # CPU: the mask path computes every cross-sample score too (3x slower, bench/train.py)
     if q.dtype in (torch.float16, torch.bfloat16) and flash_available():
         return "flash"
     return "sdpa_mask" if q.shape[0] <= MASK_MAX_TOKENS else "sdpa_loop"
@@ -84,9 +84,10 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx) -> torch.T
     tokens = q.shape[0]
     if backend == "flash":
         from flash_attn import flash_attn_varlen_func
+
         cu = ctx.cu_seqlens.to(device=q.device, dtype=torch.int32)
         longest = int(ctx.max_seqlen)
-        if tokens > int(cu[-1]):          # sequence-parallel padding attends only to itself
+        if tokens > int(cu[-1]):  # sequence-parallel padding attends only to itself
             longest = max(longest, tokens - int(cu[-1]))
             cu = torch.cat((cu, cu.new_tensor([tokens])))
         return flash_attn_varlen_func(q, k, v, cu, cu, longest, longest)

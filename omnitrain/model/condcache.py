@@ -26,7 +26,7 @@ from torch import nn
 class ConditionKV:
     """Per layer: condition keys/values of each sample of one request batch (computed once, reused every step)."""
 
-    keys: list[list[torch.Tensor]] = field(default_factory=list)    # [layer][sample] -> [Lc, heads, head_dim]
+    keys: list[list[torch.Tensor]] = field(default_factory=list)  # [layer][sample] -> [Lc, heads, head_dim]
     values: list[list[torch.Tensor]] = field(default_factory=list)
 
     @property
@@ -39,9 +39,9 @@ class ConditionKV:
 
 @dataclass
 class _Mode:
-    name: str                                   # "mask" | "record" | "replay"
-    is_condition: torch.Tensor | None = None    # [tokens] bool, mode "mask"
-    cache: ConditionKV | None = None            # filled by "record", read by "replay"
+    name: str  # "mask" | "record" | "replay"
+    is_condition: torch.Tensor | None = None  # [tokens] bool, mode "mask"
+    cache: ConditionKV | None = None  # filled by "record", read by "replay"
 
 
 def _sample_slices(cu_seqlens: torch.Tensor) -> list[tuple[int, int]]:
@@ -97,8 +97,10 @@ class ConditionAwareCore(nn.Module):
         if mode.name == "replay":
             cache = mode.cache
             if cache is None or cache.layers <= self.layer or len(cache.keys[self.layer]) != len(slices):
-                raise RuntimeError(f"condition cache does not match this batch at layer {self.layer}: record the "
-                                   "conditions of exactly these samples first")
+                raise RuntimeError(
+                    f"condition cache does not match this batch at layer {self.layer}: record the "
+                    "conditions of exactly these samples first"
+                )
             out = []
             for i, (s, e) in enumerate(slices):
                 keys = torch.cat([cache.keys[self.layer][i].to(k.dtype), k[s:e]])

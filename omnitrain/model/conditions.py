@@ -10,9 +10,9 @@ import torch
 
 @dataclass(frozen=True)
 class Conditions:
-    text: torch.Tensor                        # [Lt, text_dim] pre-encoded text embedding
-    reference: torch.Tensor | None = None     # [Lr, patch_dim] reference-image tokens
-    context: torch.Tensor | None = None       # [Lc, patch_dim] video-context tokens
+    text: torch.Tensor  # [Lt, text_dim] pre-encoded text embedding
+    reference: torch.Tensor | None = None  # [Lr, patch_dim] reference-image tokens
+    context: torch.Tensor | None = None  # [Lc, patch_dim] video-context tokens
     # Patch grids (t, h, w) of the latents, for models with 3D positions (MMDiT); None where not needed.
     reference_grid: tuple[int, int, int] | None = None
     context_grid: tuple[int, int, int] | None = None

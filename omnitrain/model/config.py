@@ -10,12 +10,12 @@ class ModelConfig:
     """Dimensions of the MM-DiT. Token counts come from the data, not from here."""
 
     hidden_size: int = 64
-    depth: int = 4                    # number of transformer blocks
+    depth: int = 4  # number of transformer blocks
     num_heads: int = 4
     mlp_ratio: float = 4.0
-    latent_channels: int = 4          # channels of the video VAE latent
-    patch_size: tuple[int, int, int] = (1, 2, 2)   # (t, h, w) patchify of the latent
-    text_dim: int = 32                # width of the pre-encoded text embedding
+    latent_channels: int = 4  # channels of the video VAE latent
+    patch_size: tuple[int, int, int] = (1, 2, 2)  # (t, h, w) patchify of the latent
+    text_dim: int = 32  # width of the pre-encoded text embedding
     frequency_embedding_size: int = 64  # sinusoidal timestep embedding width
     qk_norm: bool = True
 
@@ -42,11 +42,19 @@ PRESETS: dict[str, ModelConfig] = {
     # Seconds per step on one CPU core: tests and the demo.
     "tiny": ModelConfig(hidden_size=64, depth=4, num_heads=4, latent_channels=4, text_dim=32),
     "small": ModelConfig(hidden_size=384, depth=12, num_heads=6, latent_channels=16, text_dim=256),
-    "1b": ModelConfig(hidden_size=2048, depth=24, num_heads=16, latent_channels=16, text_dim=4096,
-                      frequency_embedding_size=256),
+    "1b": ModelConfig(
+        hidden_size=2048, depth=24, num_heads=16, latent_channels=16, text_dim=4096, frequency_embedding_size=256
+    ),
     # Dimensions of the public 14B video DiTs (40 layers, 5120 wide, 40 heads, 16-channel latents).
-    "14b": ModelConfig(hidden_size=5120, depth=40, num_heads=40, mlp_ratio=3.5, latent_channels=16,
-                       text_dim=4096, frequency_embedding_size=256),
+    "14b": ModelConfig(
+        hidden_size=5120,
+        depth=40,
+        num_heads=40,
+        mlp_ratio=3.5,
+        latent_channels=16,
+        text_dim=4096,
+        frequency_embedding_size=256,
+    ),
 }
 
 # Fields a spec may override on top of a preset (camelCase in the CRD, snake_case here).

@@ -41,8 +41,9 @@ class Denoiser:
         self.attention = ConditionAttention(model)
 
     # --- one model call ---------------------------------------------------------------------------------------
-    def velocity_masked(self, conds: list[Conditions], videos: list[torch.Tensor],
-                        s: float | torch.Tensor) -> list[torch.Tensor]:
+    def velocity_masked(
+        self, conds: list[Conditions], videos: list[torch.Tensor], s: float | torch.Tensor
+    ) -> list[torch.Tensor]:
         """Everything in one sequence under the condition-causal mask (training and the uncached reference)."""
         batch, is_video = self.adapter.full_batch(conds, videos)
         with self.attention.masked(~is_video):
@@ -55,16 +56,18 @@ class Denoiser:
             self.model(self.adapter.condition_batch(conds), torch.zeros(len(conds)))
         return cache
 
-    def velocity_cached(self, conds: list[Conditions], videos: list[torch.Tensor], s: float | torch.Tensor,
-                        cache: ConditionKV) -> list[torch.Tensor]:
+    def velocity_cached(
+        self, conds: list[Conditions], videos: list[torch.Tensor], s: float | torch.Tensor, cache: ConditionKV
+    ) -> list[torch.Tensor]:
         """Only the video tokens run; their attention sees the cached condition keys/values."""
         with self.attention.replay(cache):
             out = self.model(self.adapter.video_batch(conds, videos), _per_sample_t(s, len(conds)))
         return list(out.split([x.shape[0] for x in videos]))
 
     # --- a velocity function for the sampler -------------------------------------------------------------------
-    def velocity_fn(self, conds: list[Conditions], lengths: list[int], guidance: float = 1.0,
-                    mode: Mode = "cached") -> VelocityFn:
+    def velocity_fn(
+        self, conds: list[Conditions], lengths: list[int], guidance: float = 1.0, mode: Mode = "cached"
+    ) -> VelocityFn:
         """v(x_flat, s) for these requests; classifier-free guidance batches the text-dropped branch with the
         conditional one (one model call per step, 2x the samples)."""
         branches = [conds] if guidance == 1.0 else [conds, [c.without_text() for c in conds]]
@@ -88,10 +91,17 @@ class Denoiser:
             out = run(x_flat, s)
             v_c, v_u = torch.cat(out[:n]), torch.cat(out[n:])
             return v_u + guidance * (v_c - v_u)
+
         return velocity
 
-    def generate(self, conds: list[Conditions], noise: list[torch.Tensor], config: SamplerConfig,
-                 mode: Mode = "cached", on_step=None) -> list[torch.Tensor]:
+    def generate(
+        self,
+        conds: list[Conditions],
+        noise: list[torch.Tensor],
+        config: SamplerConfig,
+        mode: Mode = "cached",
+        on_step=None,
+    ) -> list[torch.Tensor]:
         """Latent video tokens for each request, from its noise tokens."""
         lengths = [x.shape[0] for x in noise]
         with torch.no_grad():

@@ -18,9 +18,9 @@ class TokenCounts:
     """Tokens of one packed batch (or of a whole step: the counts add up)."""
 
     text: int
-    patches: int                  # reference + context + video tokens (all go through the patch embedding)
+    patches: int  # reference + context + video tokens (all go through the patch embedding)
     samples: int
-    sum_sq_seqlens: int           # sum over samples of (sequence length)^2
+    sum_sq_seqlens: int  # sum over samples of (sequence length)^2
 
     @property
     def tokens(self) -> int:
@@ -29,19 +29,28 @@ class TokenCounts:
     @classmethod
     def from_lengths(cls, text_lengths: list[int], patch_lengths: list[int]) -> TokenCounts:
         seq = [a + b for a, b in zip(text_lengths, patch_lengths)]
-        return cls(text=sum(text_lengths), patches=sum(patch_lengths), samples=len(seq),
-                   sum_sq_seqlens=sum(n * n for n in seq))
+        return cls(
+            text=sum(text_lengths), patches=sum(patch_lengths), samples=len(seq), sum_sq_seqlens=sum(n * n for n in seq)
+        )
 
     @classmethod
     def of_batch(cls, batch) -> TokenCounts:
         """From a PackedBatch (omnitrain.model.packing)."""
         counts = batch.token_counts()
-        return cls(text=counts["text"], patches=batch.num_tokens - counts["text"], samples=batch.num_samples,
-                   sum_sq_seqlens=sum(n * n for n in batch.seqlens))
+        return cls(
+            text=counts["text"],
+            patches=batch.num_tokens - counts["text"],
+            samples=batch.num_samples,
+            sum_sq_seqlens=sum(n * n for n in batch.seqlens),
+        )
 
     def __add__(self, other: TokenCounts) -> TokenCounts:
-        return TokenCounts(self.text + other.text, self.patches + other.patches, self.samples + other.samples,
-                           self.sum_sq_seqlens + other.sum_sq_seqlens)
+        return TokenCounts(
+            self.text + other.text,
+            self.patches + other.patches,
+            self.samples + other.samples,
+            self.sum_sq_seqlens + other.sum_sq_seqlens,
+        )
 
 
 def embed_flops(cfg: ModelConfig, c: TokenCounts) -> int:
@@ -58,7 +67,7 @@ def attention_core_flops(cfg: ModelConfig, c: TokenCounts) -> int:
 def block_flops(cfg: ModelConfig, c: TokenCounts) -> int:
     h, n = cfg.hidden_size, c.tokens
     adaln = 2 * n * h * 6 * h
-    projections = 4 * 2 * n * h * h          # q, k, v, o
+    projections = 4 * 2 * n * h * h  # q, k, v, o
     mlp = 2 * 2 * n * h * cfg.mlp_hidden
     return adaln + projections + mlp + attention_core_flops(cfg, c)
 

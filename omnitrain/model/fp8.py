@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 FP8_DTYPE = torch.float8_e4m3fn
-FP8_MAX = float(torch.finfo(torch.float8_e4m3fn).max)   # 448
+FP8_MAX = float(torch.finfo(torch.float8_e4m3fn).max)  # 448
 # Scales never reach zero: an all-zero row would otherwise divide by zero.
 _MIN_AMAX = 1e-12
 
@@ -44,8 +44,9 @@ def dequantize(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return q.float() * scale
 
 
-def emulated_scaled_mm(a_q: torch.Tensor, a_scale: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor,
-                       bias: torch.Tensor | None) -> torch.Tensor:
+def emulated_scaled_mm(
+    a_q: torch.Tensor, a_scale: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
     """What `torch._scaled_mm(a_q, w_q.t(), a_scale, w_scale.t())` computes, in fp32 on any device."""
     out = dequantize(a_q, a_scale) @ dequantize(w_q, w_scale).t()
     return out if bias is None else out + bias.float()
@@ -84,20 +85,27 @@ class FP8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
         a = x.reshape(-1, self.in_features)
-        a_scale = amax_scale(a, self.granularity)      # dynamic: per call, per token with rowwise weights
+        a_scale = amax_scale(a, self.granularity)  # dynamic: per call, per token with rowwise weights
         a_q = quantize(a, a_scale)
         if self._hardware_path(x):
             w_scale = self.weight_scale.reshape(1, -1) if self.granularity == "rowwise" else self.weight_scale
             out_dtype = x.dtype if x.dtype in (torch.bfloat16, torch.float32) else torch.bfloat16
-            out = torch._scaled_mm(a_q, self.weight_fp8.t(), scale_a=a_scale, scale_b=w_scale,
-                                   bias=None if self.bias is None else self.bias.to(out_dtype), out_dtype=out_dtype)
+            out = torch._scaled_mm(
+                a_q,
+                self.weight_fp8.t(),
+                scale_a=a_scale,
+                scale_b=w_scale,
+                bias=None if self.bias is None else self.bias.to(out_dtype),
+                out_dtype=out_dtype,
+            )
         else:
             out = emulated_scaled_mm(a_q, a_scale, self.weight_fp8, self.weight_scale, self.bias)
         return out.reshape(*lead, self.out_features).to(x.dtype)
 
 
-def quantize_linears(model: nn.Module, granularity: Granularity = "rowwise", skip: Iterable[str] = (),
-                     use_scaled_mm: bool | None = None) -> list[str]:
+def quantize_linears(
+    model: nn.Module, granularity: Granularity = "rowwise", skip: Iterable[str] = (), use_scaled_mm: bool | None = None
+) -> list[str]:
     """Replace every nn.Linear of `model` (in place) by an FP8Linear, except modules whose qualified name starts
     with one of `skip`. Returns the names replaced."""
     skip = tuple(skip)
@@ -111,5 +119,14 @@ def quantize_linears(model: nn.Module, granularity: Granularity = "rowwise", ski
     return replaced
 
 
-__all__ = ["FP8Linear", "FP8_DTYPE", "FP8_MAX", "amax_scale", "dequantize", "emulated_scaled_mm", "quantize",
-           "quantize_linears", "scaled_mm_supported"]
+__all__ = [
+    "FP8Linear",
+    "FP8_DTYPE",
+    "FP8_MAX",
+    "amax_scale",
+    "dequantize",
+    "emulated_scaled_mm",
+    "quantize",
+    "quantize_linears",
+    "scaled_mm_supported",
+]

@@ -21,10 +21,10 @@ class BlockContext:
     """What every block needs besides x. Per-token tensors have tokens as their first dimension (sequence
     parallelism cuts those); cu_seqlens/max_seqlen describe the whole packed sequence."""
 
-    cond: torch.Tensor            # [L, hidden] timestep conditioning of each token's sample
-    cos: torch.Tensor             # [L, head_dim // 2]
+    cond: torch.Tensor  # [L, hidden] timestep conditioning of each token's sample
+    cos: torch.Tensor  # [L, head_dim // 2]
     sin: torch.Tensor
-    cu_seqlens: torch.Tensor      # [n + 1] int32
+    cu_seqlens: torch.Tensor  # [n + 1] int32
     max_seqlen: int
 
 
@@ -42,17 +42,24 @@ class Embedder(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.text = nn.Linear(cfg.text_dim, cfg.hidden_size)
-        self.patch = nn.Linear(cfg.patch_dim, cfg.hidden_size)   # shared by reference, context and video latents
-        self.kind = nn.Embedding(4, cfg.hidden_size)             # which kind of token
-        self.time = nn.Sequential(nn.Linear(cfg.frequency_embedding_size, cfg.hidden_size), nn.SiLU(),
-                                  nn.Linear(cfg.hidden_size, cfg.hidden_size))
+        self.patch = nn.Linear(cfg.patch_dim, cfg.hidden_size)  # shared by reference, context and video latents
+        self.kind = nn.Embedding(4, cfg.hidden_size)  # which kind of token
+        self.time = nn.Sequential(
+            nn.Linear(cfg.frequency_embedding_size, cfg.hidden_size),
+            nn.SiLU(),
+            nn.Linear(cfg.hidden_size, cfg.hidden_size),
+        )
         nn.init.normal_(self.kind.weight, std=0.02)
 
     def forward(self, batch: PackedBatch, t: torch.Tensor) -> tuple[torch.Tensor, BlockContext]:
         kind = batch.kind
         x = self.text.weight.new_zeros(batch.num_tokens, self.cfg.hidden_size)
-        for k, inputs, proj in ((TEXT, batch.text, self.text), (REFERENCE, batch.reference, self.patch),
-                                (CONTEXT, batch.context, self.patch), (VIDEO, batch.video, self.patch)):
+        for k, inputs, proj in (
+            (TEXT, batch.text, self.text),
+            (REFERENCE, batch.reference, self.patch),
+            (CONTEXT, batch.context, self.patch),
+            (VIDEO, batch.video, self.patch),
+        ):
             if inputs.shape[0]:
                 # under autocast the projection comes back in bf16; the residual stream keeps the weights' dtype
                 x = x.index_put((torch.nonzero(kind == k).squeeze(1),), proj(inputs.to(x.dtype)).to(x.dtype))
@@ -74,7 +81,7 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, ctx: BlockContext) -> torch.Tensor:
         n = x.shape[0]
-        q = self.q_norm(self.q(x).view(n, -1, self.head_dim))     # heads from the shape: a TP shard has fewer
+        q = self.q_norm(self.q(x).view(n, -1, self.head_dim))  # heads from the shape: a TP shard has fewer
         k = self.k_norm(self.k(x).view(n, -1, self.head_dim))
         v = self.v(x).view(n, -1, self.head_dim)
         q, k = apply_rope(q, ctx.cos, ctx.sin), apply_rope(k, ctx.cos, ctx.sin)
@@ -107,7 +114,7 @@ class DiTBlock(nn.Module):
         self.attn = SelfAttention(cfg)
         self.mlp = Mlp(cfg)
         self.adaln = nn.Linear(cfg.hidden_size, 6 * cfg.hidden_size)
-        nn.init.zeros_(self.adaln.weight)       # adaLN-Zero: every block starts as the identity
+        nn.init.zeros_(self.adaln.weight)  # adaLN-Zero: every block starts as the identity
         nn.init.zeros_(self.adaln.bias)
 
     def forward(self, x: torch.Tensor, ctx: BlockContext) -> torch.Tensor:

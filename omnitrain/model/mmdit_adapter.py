@@ -66,8 +66,10 @@ class MMDiTAdapter:
         return pack_parts(samples, text_dim=self.cfg.text_dim, patch_dim=self.cfg.patch_dim, video_grids=grids)
 
     def full_batch(self, conds: list[Conditions], videos: list[torch.Tensor]):
-        batch = self._pack([self._condition_parts(c) + [self._video_part(c, x)] for c, x in zip(conds, videos)],
-                           [c.video_grid for c in conds])
+        batch = self._pack(
+            [self._condition_parts(c) + [self._video_part(c, x)] for c, x in zip(conds, videos)],
+            [c.video_grid for c in conds],
+        )
         return batch, batch.kind == VIDEO
 
     def condition_batch(self, conds: list[Conditions]) -> PackedBatch:

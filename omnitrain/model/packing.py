@@ -33,14 +33,14 @@ class SampleRecord:
 
 @dataclass
 class PackedBatch:
-    text: torch.Tensor            # [N_text, text_dim]
-    reference: torch.Tensor       # [N_ref, patch_dim]
-    context: torch.Tensor         # [N_ctx, patch_dim]
-    video: torch.Tensor           # [N_video, patch_dim] (noisy latents as model input)
-    kind: torch.Tensor            # [L] long, TEXT/REFERENCE/CONTEXT/VIDEO
-    sample_id: torch.Tensor       # [L] long
-    positions: torch.Tensor       # [L, 3] float (t, h, w) RoPE positions
-    cu_seqlens: torch.Tensor      # [n + 1] int32
+    text: torch.Tensor  # [N_text, text_dim]
+    reference: torch.Tensor  # [N_ref, patch_dim]
+    context: torch.Tensor  # [N_ctx, patch_dim]
+    video: torch.Tensor  # [N_video, patch_dim] (noisy latents as model input)
+    kind: torch.Tensor  # [L] long, TEXT/REFERENCE/CONTEXT/VIDEO
+    sample_id: torch.Tensor  # [L] long
+    positions: torch.Tensor  # [L, 3] float (t, h, w) RoPE positions
+    cu_seqlens: torch.Tensor  # [n + 1] int32
     video_grids: list[tuple[int, int, int]] = field(default_factory=list)  # patch grid of each sample's video
     target: torch.Tensor | None = None  # [N_video, patch_dim] regression target, set by the objective
 
@@ -73,8 +73,11 @@ class PackedBatch:
         return {name: int((self.kind == i).sum()) for i, name in enumerate(KINDS)}
 
     def to(self, device) -> PackedBatch:
-        moved = {f.name: getattr(self, f.name).to(device) for f in dataclasses.fields(self)
-                 if isinstance(getattr(self, f.name), torch.Tensor)}
+        moved = {
+            f.name: getattr(self, f.name).to(device)
+            for f in dataclasses.fields(self)
+            if isinstance(getattr(self, f.name), torch.Tensor)
+        }
         return dataclasses.replace(self, **moved)
 
 
@@ -108,8 +111,9 @@ def video_part(tokens: torch.Tensor, grid: tuple[int, int, int]) -> Part:
     return (VIDEO, tokens, grid_positions(grid))
 
 
-def pack_parts(samples: list[list[Part]], *, text_dim: int, patch_dim: int,
-               video_grids: list[tuple[int, int, int]] | None = None) -> PackedBatch:
+def pack_parts(
+    samples: list[list[Part]], *, text_dim: int, patch_dim: int, video_grids: list[tuple[int, int, int]] | None = None
+) -> PackedBatch:
     """Concatenate samples, each a list of parts in sequence order, into one PackedBatch. The widths give the
     empty per-kind tensors their shape (a batch of conditions only has no video tokens, and so on)."""
     if not samples:
@@ -132,9 +136,17 @@ def pack_parts(samples: list[list[Part]], *, text_dim: int, patch_dim: int,
     def cat(kind: int) -> torch.Tensor:
         return torch.cat(per_kind[kind]) if per_kind[kind] else torch.zeros(0, widths[kind])
 
-    return PackedBatch(text=cat(TEXT), reference=cat(REFERENCE), context=cat(CONTEXT), video=cat(VIDEO),
-                       kind=torch.cat(kinds), sample_id=torch.cat(sample_ids), positions=torch.cat(positions),
-                       cu_seqlens=cu, video_grids=list(video_grids or []))
+    return PackedBatch(
+        text=cat(TEXT),
+        reference=cat(REFERENCE),
+        context=cat(CONTEXT),
+        video=cat(VIDEO),
+        kind=torch.cat(kinds),
+        sample_id=torch.cat(sample_ids),
+        positions=torch.cat(positions),
+        cu_seqlens=cu,
+        video_grids=list(video_grids or []),
+    )
 
 
 def pack(records: list[SampleRecord], patch_size: tuple[int, int, int]) -> PackedBatch:
@@ -145,17 +157,20 @@ def pack(records: list[SampleRecord], patch_size: tuple[int, int, int]) -> Packe
     for rec in records:
         parts = [text_part(rec.text)]
         if rec.reference is not None:
-            parts.append(reference_part(patchify(rec.reference, patch_size),
-                                        patch_grid(tuple(rec.reference.shape), patch_size)))
+            parts.append(
+                reference_part(patchify(rec.reference, patch_size), patch_grid(tuple(rec.reference.shape), patch_size))
+            )
         if rec.context is not None:
-            parts.append(context_part(patchify(rec.context, patch_size),
-                                      patch_grid(tuple(rec.context.shape), patch_size)))
+            parts.append(
+                context_part(patchify(rec.context, patch_size), patch_grid(tuple(rec.context.shape), patch_size))
+            )
         grid = patch_grid(tuple(rec.video.shape), patch_size)
         grids.append(grid)
         parts.append(video_part(patchify(rec.video, patch_size), grid))
         samples.append(parts)
-    return pack_parts(samples, text_dim=records[0].text.shape[1], patch_dim=samples[0][-1][1].shape[1],
-                      video_grids=grids)
+    return pack_parts(
+        samples, text_dim=records[0].text.shape[1], patch_dim=samples[0][-1][1].shape[1], video_grids=grids
+    )
 
 
 def video_tokens_of(batch: PackedBatch, values: torch.Tensor, sample: int) -> torch.Tensor:

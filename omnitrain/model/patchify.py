@@ -10,8 +10,10 @@ def patch_grid(shape: tuple[int, ...], patch_size: tuple[int, int, int]) -> tupl
     _, t, h, w = shape
     pt, ph, pw = patch_size
     if t % pt or h % ph or w % pw:
-        raise ValueError(f"latent of shape {list(shape)} does not divide into patches {list(patch_size)}; "
-                         "pad or crop the latent to a multiple of model.patchSize")
+        raise ValueError(
+            f"latent of shape {list(shape)} does not divide into patches {list(patch_size)}; "
+            "pad or crop the latent to a multiple of model.patchSize"
+        )
     return t // pt, h // ph, w // pw
 
 
@@ -21,12 +23,13 @@ def patchify(latent: torch.Tensor, patch_size: tuple[int, int, int]) -> torch.Te
     gt, gh, gw = patch_grid(tuple(latent.shape), patch_size)
     pt, ph, pw = patch_size
     x = latent.reshape(c, gt, pt, gh, ph, gw, pw)
-    x = x.permute(1, 3, 5, 0, 2, 4, 6)            # grid first, then the patch's own (c, pt, ph, pw)
+    x = x.permute(1, 3, 5, 0, 2, 4, 6)  # grid first, then the patch's own (c, pt, ph, pw)
     return x.reshape(gt * gh * gw, c * pt * ph * pw)
 
 
-def unpatchify(tokens: torch.Tensor, grid: tuple[int, int, int], patch_size: tuple[int, int, int],
-               channels: int) -> torch.Tensor:
+def unpatchify(
+    tokens: torch.Tensor, grid: tuple[int, int, int], patch_size: tuple[int, int, int], channels: int
+) -> torch.Tensor:
     """Inverse of patchify: [T'*H'*W', C*pt*ph*pw] -> [C, T, H, W]."""
     gt, gh, gw = grid
     pt, ph, pw = patch_size

@@ -24,7 +24,7 @@ def rope_angles(positions: torch.Tensor, head_dim: int) -> torch.Tensor:
         if pairs == 0:
             continue
         inv_freq = THETA ** (-torch.arange(pairs, dtype=torch.float32, device=positions.device) / pairs)
-        parts.append(positions[:, axis:axis + 1].float() * inv_freq)
+        parts.append(positions[:, axis : axis + 1].float() * inv_freq)
     return torch.cat(parts, dim=-1)
 
 

@@ -43,6 +43,7 @@ def guided(cond_fn: VelocityFn, uncond_fn: VelocityFn | None, scale: float) -> V
         v_c = cond_fn(x, s)
         v_u = uncond_fn(x, s)
         return v_u + scale * (v_c - v_u)
+
     return velocity
 
 
@@ -81,8 +82,12 @@ class SamplerConfig:
             raise ValueError(f"shift: must be > 0, got {self.shift}")
 
 
-def sample(velocity: VelocityFn, noise: torch.Tensor, config: SamplerConfig,
-           on_step: Callable[[int, float], None] | None = None) -> torch.Tensor:
+def sample(
+    velocity: VelocityFn,
+    noise: torch.Tensor,
+    config: SamplerConfig,
+    on_step: Callable[[int, float], None] | None = None,
+) -> torch.Tensor:
     """Integrate from `noise` at s = 1 to s = 0 on the (shifted) schedule. `velocity` already includes guidance
     (see `guided`). `on_step(i, s)` is called after each step (progress lines)."""
     step = euler_step if config.method == "euler" else heun_step
@@ -96,5 +101,15 @@ def sample(velocity: VelocityFn, noise: torch.Tensor, config: SamplerConfig,
     return x
 
 
-__all__ = ["Method", "SamplerConfig", "VelocityFn", "euler_step", "function_evaluations", "guided", "heun_step",
-           "sample", "shift_timestep", "timesteps"]
+__all__ = [
+    "Method",
+    "SamplerConfig",
+    "VelocityFn",
+    "euler_step",
+    "function_evaluations",
+    "guided",
+    "heun_step",
+    "sample",
+    "shift_timestep",
+    "timesteps",
+]

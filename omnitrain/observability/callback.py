@@ -34,7 +34,7 @@ from omnitrain.training_hooks import COMPLETED, CheckpointHooks, StepStats, Trai
 log = logging.getLogger(__name__)
 
 METRICS_LOG_SUBDIR = "metrics"
-GOODPUT_EVERY_SECONDS = 30.0   # recomputing walks the whole job's log: often enough for a dashboard, cheap
+GOODPUT_EVERY_SECONDS = 30.0  # recomputing walks the whole job's log: often enough for a dashboard, cheap
 
 
 def parse_timestamp(text: str | None) -> float | None:
@@ -70,6 +70,7 @@ def detect_device_name() -> str | None:
         return names[0]
     try:
         import torch  # only when NVML has no answer: importing observability must not pull in torch
+
         if torch.cuda.is_available():
             return torch.cuda.get_device_name(0)
     except Exception:
@@ -78,12 +79,26 @@ def detect_device_name() -> str | None:
 
 
 class MetricsCallback(TrainerHooks, CheckpointHooks):
-    def __init__(self, *, job: str, attempt: int, total_steps: int, world_size: int, rank: int, local_rank: int,
-                 node: str = "", metrics_addr: str = "0.0.0.0", metrics_port: int | None = 9400,
-                 log_dir: str | os.PathLike | None = None, peak_flops_per_device: float | None = None,
-                 checkpoint_interval: int | None = None, job_created: float | None = None,
-                 goodput_every_seconds: float = GOODPUT_EVERY_SECONDS, clock: Callable[[], float] = time.time,
-                 monotonic: Callable[[], float] = time.perf_counter) -> None:
+    def __init__(
+        self,
+        *,
+        job: str,
+        attempt: int,
+        total_steps: int,
+        world_size: int,
+        rank: int,
+        local_rank: int,
+        node: str = "",
+        metrics_addr: str = "0.0.0.0",
+        metrics_port: int | None = 9400,
+        log_dir: str | os.PathLike | None = None,
+        peak_flops_per_device: float | None = None,
+        checkpoint_interval: int | None = None,
+        job_created: float | None = None,
+        goodput_every_seconds: float = GOODPUT_EVERY_SECONDS,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.perf_counter,
+    ) -> None:
         self.job, self.attempt, self.total_steps = job, attempt, total_steps
         self.world_size, self.rank, self.local_rank = world_size, rank, local_rank
         self.role = MetricsRole.for_rank(rank, local_rank)
@@ -93,10 +108,11 @@ class MetricsCallback(TrainerHooks, CheckpointHooks):
         self.log_dir = Path(log_dir) if log_dir is not None and self.role.job_level else None
         self._clock, self._monotonic = clock, monotonic
         self.metrics: TrainerMetrics | None = (
-            TrainerMetrics(job, node=node, role=self.role) if self.role.serves else None)
+            TrainerMetrics(job, node=node, role=self.role) if self.role.serves else None
+        )
         self.bound_port: int | None = None
         self._writer: StepLogWriter | None = None
-        self._pending: list[tuple[str, float, dict]] = []   # records from before on_train_start (a restore)
+        self._pending: list[tuple[str, float, dict]] = []  # records from before on_train_start (a restore)
         self._restore_recorded = False
         self._last_step_mark: float | None = None
         # Goodput (rank 0): the whole job's log (earlier attempts read once at start, this one as it is written),
@@ -120,13 +136,20 @@ class MetricsCallback(TrainerHooks, CheckpointHooks):
             if spec.peak_flops_per_device is not None and configured_peak_flops(env) is None:
                 peak = spec.peak_flops_per_device
         return cls(
-            job=env.get(contract.ENV_JOB_NAME, run.job_name), attempt=int(env.get(contract.ENV_ATTEMPT, run.attempt)),
-            total_steps=spec.training.steps, world_size=world_size, rank=rank, local_rank=local_rank,
-            node=env.get(contract.ENV_NODE_NAME, ""), metrics_addr=env.get(contract.ENV_POD_IP, "0.0.0.0"),
+            job=env.get(contract.ENV_JOB_NAME, run.job_name),
+            attempt=int(env.get(contract.ENV_ATTEMPT, run.attempt)),
+            total_steps=spec.training.steps,
+            world_size=world_size,
+            rank=rank,
+            local_rank=local_rank,
+            node=env.get(contract.ENV_NODE_NAME, ""),
+            metrics_addr=env.get(contract.ENV_POD_IP, "0.0.0.0"),
             metrics_port=port,
             log_dir=metrics_log_dir(spec.checkpoint, run.job_name),
-            peak_flops_per_device=peak, checkpoint_interval=spec.checkpoint.interval_steps,
-            job_created=parse_timestamp(run.job_created))
+            peak_flops_per_device=peak,
+            checkpoint_interval=spec.checkpoint.interval_steps,
+            job_created=parse_timestamp(run.job_created),
+        )
 
     # --- helpers ------------------------------------------------------------------------------------------
     def _record(self, kind: str, **fields) -> None:
@@ -152,13 +175,22 @@ class MetricsCallback(TrainerHooks, CheckpointHooks):
         if self.metrics is not None and self.metrics_port is not None:
             try:
                 self.bound_port = self.metrics.serve(self.metrics_addr, self.metrics_port)
-                log.info("metrics endpoint on %s:%d (job figures: %s, node figures: %s)", self.metrics_addr,
-                         self.bound_port, self.role.job_level, self.role.node_level)
+                log.info(
+                    "metrics endpoint on %s:%d (job figures: %s, node figures: %s)",
+                    self.metrics_addr,
+                    self.bound_port,
+                    self.role.job_level,
+                    self.role.node_level,
+                )
             except OSError as exc:
                 # Training goes on without an endpoint (the OmniTrainMetricsMissing alert will say so): losing
                 # the metrics must not cost the GPUs' work.
-                log.error("metrics endpoint %s:%s not started (%s); set spec.metricsPort to a free port",
-                          self.metrics_addr, self.metrics_port, exc)
+                log.error(
+                    "metrics endpoint %s:%s not started (%s); set spec.metricsPort to a free port",
+                    self.metrics_addr,
+                    self.metrics_port,
+                    exc,
+                )
         self._last_step_mark = self._monotonic()
         m = self._job
         if m is None:
@@ -175,7 +207,7 @@ class MetricsCallback(TrainerHooks, CheckpointHooks):
         if self.log_dir is not None:
             self._log_records = self._earlier_attempts(self.log_dir)
             for record in self._log_records:
-                if record["kind"] == "hang":     # written by the watchdog that ended an earlier attempt
+                if record["kind"] == "hang":  # written by the watchdog that ended an earlier attempt
                     m.hangs.inc()
             self._writer = StepLogWriter(self.log_dir, self.attempt)
             for kind, when, fields in self._pending:
@@ -183,8 +215,13 @@ class MetricsCallback(TrainerHooks, CheckpointHooks):
                 self._log_records.append({"kind": kind, "time": when, "attempt": self.attempt, **fields})
             self._pending.clear()
             self._goodput_mark = self._monotonic()
-        self._record("start", step=step, total_steps=self.total_steps, world_size=self.world_size,
-                     peak_flops=self.peak_flops_per_device)
+        self._record(
+            "start",
+            step=step,
+            total_steps=self.total_steps,
+            world_size=self.world_size,
+            peak_flops=self.peak_flops_per_device,
+        )
         if restore_seconds and not self._restore_recorded:  # not already reported by the checkpointer
             self.on_restore(step=step, seconds=restore_seconds)
 
@@ -214,8 +251,16 @@ class MetricsCallback(TrainerHooks, CheckpointHooks):
                 if mfu_value is not None:
                     m.mfu.set(mfu_value)
         extra = {"data_seconds": data_seconds} if data_seconds is not None else {}
-        self._record("step", step=step, loss=loss, step_seconds=step_seconds, tokens=tokens, tokens_per_second=tps,
-                     mfu=mfu_value, **extra)
+        self._record(
+            "step",
+            step=step,
+            loss=loss,
+            step_seconds=step_seconds,
+            tokens=tokens,
+            tokens_per_second=tps,
+            mfu=mfu_value,
+            **extra,
+        )
         if self._goodput_mark is not None and now - self._goodput_mark >= self.goodput_every_seconds:
             self._goodput_mark = now
             self._update_goodput()

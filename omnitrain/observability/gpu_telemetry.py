@@ -18,7 +18,7 @@ class GpuReading:
 
     index: int
     name: str
-    utilization: float | None = None          # 0..1, fraction of time a kernel ran
+    utilization: float | None = None  # 0..1, fraction of time a kernel ran
     memory_used_bytes: int | None = None
     memory_total_bytes: int | None = None
     power_watts: float | None = None
@@ -35,6 +35,7 @@ class GpuTelemetry:
         self._handles: list = []
         try:
             import pynvml  # nvidia-ml-py
+
             pynvml.nvmlInit()
             count = pynvml.nvmlDeviceGetCount()
             self._handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
@@ -75,8 +76,9 @@ class GpuTelemetry:
             temp = self._call(nv.nvmlDeviceGetTemperature, handle, nv.NVML_TEMPERATURE_GPU)
             if temp is not None:
                 reading.temperature_celsius = float(temp)
-            ecc = self._call(nv.nvmlDeviceGetTotalEccErrors, handle, nv.NVML_MEMORY_ERROR_TYPE_UNCORRECTED,
-                             nv.NVML_VOLATILE_ECC)
+            ecc = self._call(
+                nv.nvmlDeviceGetTotalEccErrors, handle, nv.NVML_MEMORY_ERROR_TYPE_UNCORRECTED, nv.NVML_VOLATILE_ECC
+            )
             if ecc is not None:
                 reading.ecc_uncorrected_errors = int(ecc)
             readings.append(reading)

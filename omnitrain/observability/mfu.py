@@ -27,8 +27,9 @@ def achieved_flops_per_device(flops_per_step: float, step_seconds: float, num_de
     return flops_per_step / (step_seconds * num_devices)
 
 
-def mfu(flops_per_step: float, step_seconds: float, num_devices: int, peak_flops_per_device: float | None
-        ) -> float | None:
+def mfu(
+    flops_per_step: float, step_seconds: float, num_devices: int, peak_flops_per_device: float | None
+) -> float | None:
     """Fraction of the devices' peak the model used in a step; None when the peak is unknown (never invented)."""
     if peak_flops_per_device is None:
         return None

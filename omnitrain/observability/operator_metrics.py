@@ -50,8 +50,9 @@ class _PhaseCollector:
         for phase in sorted(set(PHASES) | set(phases.values())):
             counts.add_metric([phase], sum(1 for p in phases.values() if p == phase))
         yield counts
-        per_job = GaugeMetricFamily(METRIC_JOB_PHASE, "1 for the phase each job is in.",
-                                    labels=["namespace", JOB_LABEL, "phase"])
+        per_job = GaugeMetricFamily(
+            METRIC_JOB_PHASE, "1 for the phase each job is in.", labels=["namespace", JOB_LABEL, "phase"]
+        )
         for (namespace, name), phase in sorted(phases.items()):
             per_job.add_metric([namespace, name, phase], 1)
         yield per_job
@@ -70,17 +71,39 @@ class OperatorMetrics:
         self._server = None
         r = self.registry
         r.register(_PhaseCollector(self))
-        self.reconcile = Histogram(METRIC_RECONCILE, "Duration of one operator handler run.", ["handler"],
-                                   buckets=RECONCILE_BUCKETS, registry=r)
+        self.reconcile = Histogram(
+            METRIC_RECONCILE,
+            "Duration of one operator handler run.",
+            ["handler"],
+            buckets=RECONCILE_BUCKETS,
+            registry=r,
+        )
         self.reconcile_errors = Counter(METRIC_RECONCILE_ERRORS, "Handler runs that raised.", ["handler"], registry=r)
-        self.restarts = Counter(METRIC_RESTARTS, "Gang restarts of a job, by the failure that caused them.",
-                                ["namespace", JOB_LABEL, "reason"], registry=r)
-        self.recovery = Histogram(METRIC_RECOVERY, "Seconds from a detected failure to the job Running again.",
-                                  ["namespace", JOB_LABEL], buckets=RECOVERY_BUCKETS, registry=r)
-        self.goodput = Gauge(METRIC_JOB_GOODPUT, "Productive training time / wall time of the job (0..1).",
-                             ["namespace", JOB_LABEL], registry=r)
-        self.badput = Gauge(METRIC_JOB_BADPUT, "Wall time of the job lost, by cause (resilience.goodput causes).",
-                            ["namespace", JOB_LABEL, "cause"], registry=r)
+        self.restarts = Counter(
+            METRIC_RESTARTS,
+            "Gang restarts of a job, by the failure that caused them.",
+            ["namespace", JOB_LABEL, "reason"],
+            registry=r,
+        )
+        self.recovery = Histogram(
+            METRIC_RECOVERY,
+            "Seconds from a detected failure to the job Running again.",
+            ["namespace", JOB_LABEL],
+            buckets=RECOVERY_BUCKETS,
+            registry=r,
+        )
+        self.goodput = Gauge(
+            METRIC_JOB_GOODPUT,
+            "Productive training time / wall time of the job (0..1).",
+            ["namespace", JOB_LABEL],
+            registry=r,
+        )
+        self.badput = Gauge(
+            METRIC_JOB_BADPUT,
+            "Wall time of the job lost, by cause (resilience.goodput causes).",
+            ["namespace", JOB_LABEL, "cause"],
+            registry=r,
+        )
 
     # --- job state ------------------------------------------------------------------------------------------
     def set_job_phase(self, namespace: str, name: str, phase: str) -> None:
@@ -99,8 +122,9 @@ class OperatorMetrics:
     def observe_recovery(self, namespace: str, name: str, seconds: float) -> None:
         self.recovery.labels(namespace, name).observe(seconds)
 
-    def set_job_goodput(self, namespace: str, name: str, goodput: float,
-                        badput_seconds: dict[str, float] | None = None) -> None:
+    def set_job_goodput(
+        self, namespace: str, name: str, goodput: float, badput_seconds: dict[str, float] | None = None
+    ) -> None:
         """E.g. from omnitrain.resilience.goodput:
         `set_job_goodput(ns, name, report.goodput, report.badput_seconds)`."""
         self.goodput.labels(namespace, name).set(goodput)
@@ -160,4 +184,5 @@ def start_operator_metrics_server(port: int = 8080, addr: str = "0.0.0.0") -> Op
 
 
 __all__ = ["JOB_LABEL", "OperatorMetrics", "PHASES", "start_operator_metrics_server"] + [
-    n for n in dir() if n.startswith("METRIC_")]
+    n for n in dir() if n.startswith("METRIC_")
+]

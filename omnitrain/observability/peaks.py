@@ -40,16 +40,21 @@ class DevicePeaks:
 
 # Datasheets: NVIDIA H100 Tensor Core GPU datasheet (SXM5 / PCIe / NVL), H200 datasheet (SXM / NVL),
 # A100 datasheet (SXM4 / PCIe, 40 and 80 GB identical compute), HGX B200 (per GPU = system figure / 8).
-H100_SXM = DevicePeaks("H100 SXM", fp32=67 * TERA, tf32=494.7 * TERA, bf16=989.4 * TERA, fp16=989.4 * TERA,
-                       fp8=1978.9 * TERA)
-H100_PCIE = DevicePeaks("H100 PCIe", fp32=51.2 * TERA, tf32=378 * TERA, bf16=756.5 * TERA, fp16=756.5 * TERA,
-                        fp8=1513 * TERA)
-H100_NVL = DevicePeaks("H100 NVL", fp32=60 * TERA, tf32=417.5 * TERA, bf16=835.5 * TERA, fp16=835.5 * TERA,
-                       fp8=1670.5 * TERA)
-H200_SXM = DevicePeaks("H200 SXM", fp32=67 * TERA, tf32=494.7 * TERA, bf16=989.4 * TERA, fp16=989.4 * TERA,
-                       fp8=1978.9 * TERA)
-H200_NVL = DevicePeaks("H200 NVL", fp32=60 * TERA, tf32=417.5 * TERA, bf16=835.5 * TERA, fp16=835.5 * TERA,
-                       fp8=1670.5 * TERA)
+H100_SXM = DevicePeaks(
+    "H100 SXM", fp32=67 * TERA, tf32=494.7 * TERA, bf16=989.4 * TERA, fp16=989.4 * TERA, fp8=1978.9 * TERA
+)
+H100_PCIE = DevicePeaks(
+    "H100 PCIe", fp32=51.2 * TERA, tf32=378 * TERA, bf16=756.5 * TERA, fp16=756.5 * TERA, fp8=1513 * TERA
+)
+H100_NVL = DevicePeaks(
+    "H100 NVL", fp32=60 * TERA, tf32=417.5 * TERA, bf16=835.5 * TERA, fp16=835.5 * TERA, fp8=1670.5 * TERA
+)
+H200_SXM = DevicePeaks(
+    "H200 SXM", fp32=67 * TERA, tf32=494.7 * TERA, bf16=989.4 * TERA, fp16=989.4 * TERA, fp8=1978.9 * TERA
+)
+H200_NVL = DevicePeaks(
+    "H200 NVL", fp32=60 * TERA, tf32=417.5 * TERA, bf16=835.5 * TERA, fp16=835.5 * TERA, fp8=1670.5 * TERA
+)
 A100 = DevicePeaks("A100", fp32=19.5 * TERA, tf32=156 * TERA, bf16=312 * TERA, fp16=312 * TERA, fp8=None)
 B200 = DevicePeaks("B200", fp32=75 * TERA, tf32=1100 * TERA, bf16=2250 * TERA, fp16=2250 * TERA, fp8=4500 * TERA)
 
@@ -97,15 +102,15 @@ def configured_peak_flops(environ: dict[str, str] | None = None) -> float | None
     try:
         value = float(raw)
     except ValueError:
-        raise ValueError(f"{ENV_PEAK_FLOPS}={raw!r} is not a number; set it to the peak FLOP/s of one device, "
-                         "e.g. 989.4e12") from None
+        raise ValueError(
+            f"{ENV_PEAK_FLOPS}={raw!r} is not a number; set it to the peak FLOP/s of one device, e.g. 989.4e12"
+        ) from None
     if value <= 0:
         raise ValueError(f"{ENV_PEAK_FLOPS}={raw!r} must be > 0 (FLOP/s of one device)")
     return value
 
 
-def resolve_peak_flops(device_name: str | None, precision: str,
-                       environ: dict[str, str] | None = None) -> float | None:
+def resolve_peak_flops(device_name: str | None, precision: str, environ: dict[str, str] | None = None) -> float | None:
     """The peak MFU is computed against: an explicit configuration wins, then the table, else None (no MFU)."""
     configured = configured_peak_flops(environ)
     if configured is not None:
@@ -113,5 +118,12 @@ def resolve_peak_flops(device_name: str | None, precision: str,
     return peak_flops(device_name, precision)
 
 
-__all__ = ["DevicePeaks", "ENV_PEAK_FLOPS", "PRECISIONS", "configured_peak_flops", "lookup_device", "peak_flops",
-           "resolve_peak_flops"]
+__all__ = [
+    "DevicePeaks",
+    "ENV_PEAK_FLOPS",
+    "PRECISIONS",
+    "configured_peak_flops",
+    "lookup_device",
+    "peak_flops",
+    "resolve_peak_flops",
+]

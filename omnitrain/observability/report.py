@@ -36,7 +36,7 @@ class JobSummary:
     each moment."""
 
     attempts: list[AttemptSummary]
-    steps: list[dict]                       # step records, each with "wasted": bool
+    steps: list[dict]  # step records, each with "wasted": bool
     t0: float | None
     wall_seconds: float
     productive_seconds: float
@@ -89,14 +89,21 @@ def summarise(log: JobLog, job_started: float | None = None) -> JobSummary:
         step_ends = [i + 1 for i, e in enumerate(events) if e.kind is EventKind.STEP]
         points = max(10, min(150, TIMELINE_EVENT_BUDGET // len(events)))
         stride = max(1, len(step_ends) // points)
-        cuts = sorted(set(step_ends[stride - 1::stride]) | {len(events)})
+        cuts = sorted(set(step_ends[stride - 1 :: stride]) | {len(events)})
         for cut in cuts:
             partial = compute_goodput(events[:cut])
             if partial.wall_seconds > 0:
                 timeline.append((events[cut - 1].time - t0, partial.goodput))
-    return JobSummary(attempts=ordered, steps=steps, t0=t0, wall_seconds=report.wall_seconds,
-                      productive_seconds=report.productive_seconds, badput_seconds=report.badput_seconds,
-                      goodput_timeline=timeline, checkpoints=log.of_kind("checkpoint"))
+    return JobSummary(
+        attempts=ordered,
+        steps=steps,
+        t0=t0,
+        wall_seconds=report.wall_seconds,
+        productive_seconds=report.productive_seconds,
+        badput_seconds=report.badput_seconds,
+        goodput_timeline=timeline,
+        checkpoints=log.of_kind("checkpoint"),
+    )
 
 
 def _time_unit(seconds: float) -> tuple[str, float]:
@@ -110,6 +117,7 @@ def _time_unit(seconds: float) -> tuple[str, float]:
 
 def plot_report(summary: JobSummary, title: str, path: str | os.PathLike) -> Path:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -148,8 +156,15 @@ def plot_report(summary: JobSummary, title: str, path: str | os.PathLike) -> Pat
         handles = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
         ax.legend(handles=handles, loc="lower right", fontsize=8)
     else:
-        ax.text(0.5, 0.04, "MFU not reported: no peak FLOP/s known for this device", transform=ax.transAxes,
-                ha="center", fontsize=8, color="gray")
+        ax.text(
+            0.5,
+            0.04,
+            "MFU not reported: no peak FLOP/s known for this device",
+            transform=ax.transAxes,
+            ha="center",
+            fontsize=8,
+            color="gray",
+        )
     for step in restart_steps:
         ax.axvline(step, color="crimson", ls="--", lw=1)
 
@@ -161,8 +176,9 @@ def plot_report(summary: JobSummary, title: str, path: str | os.PathLike) -> Pat
     if blocking:
         # stems, not bars: bars wide enough to see would merge when checkpoints are frequent
         ax.vlines([b[0] for b in blocking], 0, [b[1] for b in blocking], color=colours[3], lw=1.2)
-        ax.plot([b[0] for b in blocking], [b[1] for b in blocking], "s", ms=3, color=colours[3],
-                label="checkpoint blocking")
+        ax.plot(
+            [b[0] for b in blocking], [b[1] for b in blocking], "s", ms=3, color=colours[3], label="checkpoint blocking"
+        )
     ax.set(title="Step time and checkpoint blocking", xlabel="step", ylabel="seconds")
     ax.set_ylim(0, 1.25 * max([p[1] for p in pts] + [b[1] for b in blocking] + [1e-3]))
     ax.legend(loc="upper right", fontsize=8)
@@ -176,13 +192,22 @@ def plot_report(summary: JobSummary, title: str, path: str | os.PathLike) -> Pat
     t0 = summary.t0 or 0.0
     for k, (previous, current) in enumerate(zip(summary.attempts, summary.attempts[1:])):
         if previous.last_time is not None:
-            ax.axvspan((previous.last_time - t0) / scale, (current.start_time - t0) / scale, color="crimson",
-                       alpha=0.15, label="down (restart)" if k == 0 else None)
+            ax.axvspan(
+                (previous.last_time - t0) / scale,
+                (current.start_time - t0) / scale,
+                color="crimson",
+                alpha=0.15,
+                label="down (restart)" if k == 0 else None,
+            )
         ax.axvline((current.start_time - t0) / scale, color="crimson", ls="--", lw=1)
     ax.axhline(90, color="gray", ls=":", lw=1, label="90% alert threshold")
     goodput = summary.goodput
-    ax.set(title=f"Goodput timeline (final {100 * goodput:.1f}%)" if goodput is not None else "Goodput timeline",
-           xlabel=f"wall-clock {unit} since job start", ylabel="goodput (%)", ylim=(0, 105))
+    ax.set(
+        title=f"Goodput timeline (final {100 * goodput:.1f}%)" if goodput is not None else "Goodput timeline",
+        xlabel=f"wall-clock {unit} since job start",
+        ylabel="goodput (%)",
+        ylim=(0, 105),
+    )
     ax.legend(loc="lower right", fontsize=8)
     ax.grid(alpha=0.3)
 
@@ -219,14 +244,15 @@ def render_html(summary: JobSummary, title: str, png_name: str, status: JobStatu
     attempts = "".join(
         f"<tr><td>{a.attempt}</td><td>{a.resumed_from}</td><td>{a.last_step if a.last_step is not None else '-'}"
         f"</td><td>{html.escape(str(a.end_reason or 'ended without a record (killed?)'))}</td></tr>"
-        for a in summary.attempts)
+        for a in summary.attempts
+    )
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1200px}} table{{border-collapse:collapse;margin:1em 0}}
 th,td{{border:1px solid #ccc;padding:4px 10px;text-align:left}} img{{max-width:100%}}</style></head>
 <body><h1>{html.escape(title)}</h1>
 <img src="{html.escape(png_name)}" alt="loss, throughput, step time and goodput of the job">
-<h2>Summary</h2><table>{''.join(rows)}</table>
+<h2>Summary</h2><table>{"".join(rows)}</table>
 <h2>Badput by cause</h2><table>{badput}</table>
 <h2>Attempts</h2><table><tr><th>attempt</th><th>resumed from step</th><th>last step</th><th>end</th></tr>
 {attempts}</table>
@@ -234,14 +260,21 @@ th,td{{border:1px solid #ccc;padding:4px 10px;text-align:left}} img{{max-width:1
 """
 
 
-def write_report(log: JobLog, out_dir: str | os.PathLike, job_name: str, status: JobStatus | None = None,
-                 job_created: float | None = None) -> tuple[Path, Path]:
+def write_report(
+    log: JobLog,
+    out_dir: str | os.PathLike,
+    job_name: str,
+    status: JobStatus | None = None,
+    job_created: float | None = None,
+) -> tuple[Path, Path]:
     """Write <out>/report.png and <out>/report.html; returns both paths. Goodput counts from job_created (the
     job's metadata.creationTimestamp, where the trainer's status.goodput counts from), else status.startTime, else
     the first attempt's start."""
     if not log.of_kind("step"):
-        raise ValueError("the metrics log has no step records yet; run the job for at least one step "
-                         "(or point --metrics-dir at the job's <persistentPath>/<job>/metrics folder)")
+        raise ValueError(
+            "the metrics log has no step records yet; run the job for at least one step "
+            "(or point --metrics-dir at the job's <persistentPath>/<job>/metrics folder)"
+        )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     started = job_created if job_created is not None else parse_rfc3339(status.start_time if status else None)

@@ -49,8 +49,9 @@ def progress_bar(current: int, total: int, width: int = BAR_WIDTH) -> str:
     return f"[{'#' * filled}{'-' * (width - filled)}] {100 * fraction:5.1f}%"
 
 
-def estimate_eta(current: int, total: int, start: datetime | None, now: datetime, resumed_from: int = 0
-                 ) -> float | None:
+def estimate_eta(
+    current: int, total: int, start: datetime | None, now: datetime, resumed_from: int = 0
+) -> float | None:
     """Seconds left at the average rate since the job started (restarts included, so it errs on the late side)."""
     if start is None or current <= resumed_from or total <= current:
         return 0.0 if total and current >= total else None
@@ -69,8 +70,11 @@ def _goodput_text(goodput: dict | None) -> str:
     text = f"{100 * float(ratio):.1f}%" if ratio is not None else "-"
     badput = goodput.get("badputSeconds") or goodput.get("badput") or {}
     if isinstance(badput, dict) and badput:
-        parts = ", ".join(f"{cause} {format_duration(float(s))}" for cause, s in
-                          sorted(badput.items(), key=lambda kv: -float(kv[1])) if float(s) > 0)
+        parts = ", ".join(
+            f"{cause} {format_duration(float(s))}"
+            for cause, s in sorted(badput.items(), key=lambda kv: -float(kv[1]))
+            if float(s) > 0
+        )
         if parts:
             text += f"  (badput: {parts})"
     return text
@@ -102,14 +106,18 @@ def _table(rows: list[list[str]]) -> list[str]:
 
 
 def _event_time(event: dict):
-    return (parse_time(event.get("lastTimestamp")) or parse_time(event.get("eventTime"))
-            or parse_time((event.get("metadata") or {}).get("creationTimestamp")))
+    return (
+        parse_time(event.get("lastTimestamp"))
+        or parse_time(event.get("eventTime"))
+        or parse_time((event.get("metadata") or {}).get("creationTimestamp"))
+    )
 
 
 def _live_text(live: dict[str, float]) -> str:
     """Figures scraped from rank 0's endpoint (metric name -> value)."""
     from omnitrain import contract
     from omnitrain.observability import trainer_metrics as tm
+
     parts = []
     if tm.METRIC_TOKENS_PER_SECOND in live:
         parts.append(f"{live[tm.METRIC_TOKENS_PER_SECOND]:,.0f} tokens/s")
@@ -123,8 +131,9 @@ def _live_text(live: dict[str, float]) -> str:
     return "   ".join(parts) if parts else "-"
 
 
-def render_status(job: dict, pods: list[dict], events: list[dict], now: datetime | None = None,
-                  live: dict[str, float] | None = None) -> str:
+def render_status(
+    job: dict, pods: list[dict], events: list[dict], now: datetime | None = None, live: dict[str, float] | None = None
+) -> str:
     """The text of `omnitrain status` for one OmniTrainingJob object and its pods and events; `live` holds figures
     scraped from rank 0's metrics endpoint when it could be reached."""
     now = now or datetime.now(UTC)
@@ -136,16 +145,29 @@ def render_status(job: dict, pods: list[dict], events: list[dict], now: datetime
     phase = status.phase or "Pending"
     start, end = parse_time(status.start_time), parse_time(status.completion_time)
     runtime = ((end or now) - start).total_seconds() if start else None
-    lines.append(f"  Phase:        {phase}" + (f"   (running for {format_duration(runtime)})" if runtime and not end
-                                                else f"   (took {format_duration(runtime)})" if runtime else ""))
+    lines.append(
+        f"  Phase:        {phase}"
+        + (
+            f"   (running for {format_duration(runtime)})"
+            if runtime and not end
+            else f"   (took {format_duration(runtime)})"
+            if runtime
+            else ""
+        )
+    )
 
     max_restarts = (spec.get("resilience") or {}).get("maxRestarts")
     restarts = status.restarts or 0
     total_restarts = status.total_restarts
-    lines.append(f"  Attempt:      {status.attempt or 0}   restarts {restarts}"
-                 + (f"/{max_restarts}" if max_restarts is not None else "")
-                 + (f" (all gang restarts incl. resumes/preemptions: {total_restarts})"
-                    if total_restarts not in (None, restarts) else ""))
+    lines.append(
+        f"  Attempt:      {status.attempt or 0}   restarts {restarts}"
+        + (f"/{max_restarts}" if max_restarts is not None else "")
+        + (
+            f" (all gang restarts incl. resumes/preemptions: {total_restarts})"
+            if total_restarts not in (None, restarts)
+            else ""
+        )
+    )
     if status.message:
         lines.append(f"  Message:      {status.message}")
 
@@ -160,8 +182,10 @@ def render_status(job: dict, pods: list[dict], events: list[dict], now: datetime
 
     checkpoint = status.last_checkpoint
     if checkpoint is not None:
-        lines.append(f"  Checkpoint:   step {checkpoint.step if checkpoint.step is not None else '-'}  "
-                     f"{checkpoint.path or ''}  ({_age(checkpoint.time, now)} ago)")
+        lines.append(
+            f"  Checkpoint:   step {checkpoint.step if checkpoint.step is not None else '-'}  "
+            f"{checkpoint.path or ''}  ({_age(checkpoint.time, now)} ago)"
+        )
     else:
         lines.append("  Checkpoint:   none yet")
     lines.append(f"  Goodput:      {_goodput_text(status.goodput)}")
@@ -172,13 +196,21 @@ def render_status(job: dict, pods: list[dict], events: list[dict], now: datetime
     failure = status.last_failure
     if failure is not None:
         exit_code = f" exited {failure.exit_code}" if failure.exit_code is not None else ""
-        lines.append(f"  Last failure: {failure.reason or '?'}: pod {failure.pod or '?'} on "
-                     f"{failure.node or '?'}{exit_code} ({_age(failure.time, now)} ago)"
-                     + (f" - {failure.message}" if failure.message else ""))
+        lines.append(
+            f"  Last failure: {failure.reason or '?'}: pod {failure.pod or '?'} on "
+            f"{failure.node or '?'}{exit_code} ({_age(failure.time, now)} ago)"
+            + (f" - {failure.message}" if failure.message else "")
+        )
     promotion = status.promotion
-    stages = [f"{stage} {info.phase or '?'}" + (f" ({info.name})" if info.name else "")
-              for stage, info in ((("training", promotion.training), ("distill", promotion.distill),
-                                   ("inference", promotion.inference)) if promotion else ()) if info is not None]
+    stages = [
+        f"{stage} {info.phase or '?'}" + (f" ({info.name})" if info.name else "")
+        for stage, info in (
+            (("training", promotion.training), ("distill", promotion.distill), ("inference", promotion.inference))
+            if promotion
+            else ()
+        )
+        if info is not None
+    ]
     if stages:
         lines.append(f"  Promotion:    {', '.join(stages)}")
 
@@ -194,9 +226,16 @@ def render_status(job: dict, pods: list[dict], events: list[dict], now: datetime
         for pod in sorted(pods, key=lambda p: (p.get("metadata") or {}).get("name", "")):
             pmeta, pstatus = pod.get("metadata") or {}, pod.get("status") or {}
             container_restarts = sum(cs.get("restartCount", 0) for cs in pstatus.get("containerStatuses") or [])
-            rows.append([pmeta.get("name", ""), (pod.get("spec") or {}).get("nodeName") or "<unscheduled>",
-                         pstatus.get("phase", ""), _container_state(pod), str(container_restarts),
-                         _age(pmeta.get("creationTimestamp"), now)])
+            rows.append(
+                [
+                    pmeta.get("name", ""),
+                    (pod.get("spec") or {}).get("nodeName") or "<unscheduled>",
+                    pstatus.get("phase", ""),
+                    _container_state(pod),
+                    str(container_restarts),
+                    _age(pmeta.get("creationTimestamp"), now),
+                ]
+            )
         lines += _table(rows)
 
     oldest = datetime.min.replace(tzinfo=UTC)
@@ -207,9 +246,15 @@ def render_status(job: dict, pods: list[dict], events: list[dict], now: datetime
         for e in recent:
             involved = e.get("involvedObject") or {}
             count = e.get("count") or 1
-            rows.append([_age(_event_time(e), now), e.get("type", ""), e.get("reason", ""),
-                         f"{(involved.get('kind') or '').lower()}/{involved.get('name', '')}",
-                         (e.get("message") or "") + (f" (x{count})" if count > 1 else "")])
+            rows.append(
+                [
+                    _age(_event_time(e), now),
+                    e.get("type", ""),
+                    e.get("reason", ""),
+                    f"{(involved.get('kind') or '').lower()}/{involved.get('name', '')}",
+                    (e.get("message") or "") + (f" (x{count})" if count > 1 else ""),
+                ]
+            )
         lines += _table(rows)
     return "\n".join(lines) + "\n"
 

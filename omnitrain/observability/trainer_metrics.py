@@ -32,7 +32,7 @@ METRIC_ATTEMPT = "omnitrain_train_attempt"
 METRIC_CHECKPOINT_BLOCKING = "omnitrain_checkpoint_blocking_seconds"
 METRIC_CHECKPOINT_INTERVAL = "omnitrain_checkpoint_interval_steps"
 METRIC_RESTORE_SECONDS = "omnitrain_checkpoint_restore_seconds"
-METRIC_HANGS = "omnitrain_hang_detections"           # exposed as omnitrain_hang_detections_total
+METRIC_HANGS = "omnitrain_hang_detections"  # exposed as omnitrain_hang_detections_total
 METRIC_GOODPUT = contract.METRIC_GOODPUT
 METRIC_BADPUT = contract.METRIC_BADPUT
 METRIC_GPU_UTILIZATION = "omnitrain_gpu_utilization_ratio"
@@ -109,8 +109,13 @@ class TrainerMetrics:
     Methods update figures; the HTTP endpoint is started separately (`serve`), so tests can read the registry
     directly or scrape it over HTTP."""
 
-    def __init__(self, job: str, node: str = "", role: MetricsRole = MetricsRole(True, True),
-                 telemetry: GpuTelemetry | None = None) -> None:
+    def __init__(
+        self,
+        job: str,
+        node: str = "",
+        role: MetricsRole = MetricsRole(True, True),
+        telemetry: GpuTelemetry | None = None,
+    ) -> None:
         self.job, self.node, self.role = job, node, role
         self.registry = CollectorRegistry(auto_describe=True)
         self._server = None
@@ -131,8 +136,13 @@ class TrainerMetrics:
         self.step = self._gauge(contract.METRIC_STEP, "Last completed optimizer step.")
         self.total_steps = self._gauge(contract.METRIC_TOTAL_STEPS, "Optimizer steps the job trains for.")
         self.loss = self._gauge(contract.METRIC_LOSS, "Training loss of the last step (mean over data ranks).")
-        self.step_seconds = Histogram(METRIC_STEP_SECONDS, "Wall time of one optimizer step.", [JOB_LABEL],
-                                      buckets=STEP_SECONDS_BUCKETS, registry=r).labels(j)
+        self.step_seconds = Histogram(
+            METRIC_STEP_SECONDS,
+            "Wall time of one optimizer step.",
+            [JOB_LABEL],
+            buckets=STEP_SECONDS_BUCKETS,
+            registry=r,
+        ).labels(j)
         self.tokens_per_second = self._gauge(METRIC_TOKENS_PER_SECOND, "Tokens the whole job processed per second.")
         self.mfu = self._gauge(METRIC_MFU, "Model FLOPs utilisation of the last step (0..1).")
         self.model_flops = self._gauge(METRIC_MODEL_FLOPS, "Model FLOP/s each device delivered in the last step.")
@@ -140,15 +150,24 @@ class TrainerMetrics:
         self.world_size = self._gauge(METRIC_WORLD_SIZE, "Training processes (devices) of the job.")
         self.attempt = self._gauge(METRIC_ATTEMPT, "Attempt number: gang restarts before this one.")
         self.checkpoint_blocking = Histogram(
-            METRIC_CHECKPOINT_BLOCKING, "Seconds a checkpoint save blocked the training loop.", [JOB_LABEL],
-            buckets=CHECKPOINT_BLOCKING_BUCKETS, registry=r).labels(j)
+            METRIC_CHECKPOINT_BLOCKING,
+            "Seconds a checkpoint save blocked the training loop.",
+            [JOB_LABEL],
+            buckets=CHECKPOINT_BLOCKING_BUCKETS,
+            registry=r,
+        ).labels(j)
         self.checkpoint_interval = self._gauge(METRIC_CHECKPOINT_INTERVAL, "Steps between checkpoints.")
-        self.last_checkpoint_step = self._gauge(contract.METRIC_LAST_CHECKPOINT_STEP,
-                                                "Step of the newest complete checkpoint (0: none yet).")
+        self.last_checkpoint_step = self._gauge(
+            contract.METRIC_LAST_CHECKPOINT_STEP, "Step of the newest complete checkpoint (0: none yet)."
+        )
         self.restore_seconds = self._gauge(METRIC_RESTORE_SECONDS, "Seconds the last restore from a checkpoint took.")
-        self.hangs = Counter(METRIC_HANGS, "Hangs the watchdog detected in the job's earlier attempts (its hang "
-                             "records in the metrics log, counted when this attempt starts).", [JOB_LABEL],
-                             registry=r).labels(j)
+        self.hangs = Counter(
+            METRIC_HANGS,
+            "Hangs the watchdog detected in the job's earlier attempts (its hang "
+            "records in the metrics log, counted when this attempt starts).",
+            [JOB_LABEL],
+            registry=r,
+        ).labels(j)
         self.goodput = self._gauge(METRIC_GOODPUT, "Productive training time / job wall time (0..1).")
         self._badput = Gauge(METRIC_BADPUT, "Job wall time lost, by cause.", [JOB_LABEL, "cause"], registry=r)
 

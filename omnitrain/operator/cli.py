@@ -20,11 +20,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _operator(args: argparse.Namespace) -> int:
     from omnitrain.operator.run import run_operator
+
     return run_operator(verbose=args.verbose)
 
 
 def _crd(args: argparse.Namespace) -> int:
     from omnitrain.operator.crd import crd_yaml
+
     sys.stdout.write(crd_yaml())
     return 0
 
@@ -33,6 +35,7 @@ def _validate(args: argparse.Namespace) -> int:
     import yaml
 
     from omnitrain.operator.reconcile import parse_spec
+
     bad = 0
     with open(args.file) as f:
         for doc in yaml.safe_load_all(f):

@@ -19,11 +19,37 @@ from omnitrain.spec import JobSpec
 from omnitrain.status import JobStatus
 
 # The coordinates live in omnitrain.contract; re-exported here for the operator's modules.
-__all__ = ["API_VERSION", "CATEGORIES", "CRD_NAME", "GROUP", "KIND", "PLURAL", "SHORT_NAMES", "SINGULAR", "VERSION",
-           "build_crd", "crd_yaml", "spec_schema", "status_schema", "to_structural"]
+__all__ = [
+    "API_VERSION",
+    "CATEGORIES",
+    "CRD_NAME",
+    "GROUP",
+    "KIND",
+    "PLURAL",
+    "SHORT_NAMES",
+    "SINGULAR",
+    "VERSION",
+    "build_crd",
+    "crd_yaml",
+    "spec_schema",
+    "status_schema",
+    "to_structural",
+]
 
-_KEEP = ("type", "description", "enum", "minimum", "maximum", "minLength", "maxLength", "minItems", "maxItems",
-         "pattern", "format", "default")
+_KEEP = (
+    "type",
+    "description",
+    "enum",
+    "minimum",
+    "maximum",
+    "minLength",
+    "maxLength",
+    "minItems",
+    "maxItems",
+    "pattern",
+    "format",
+    "default",
+)
 
 
 def _resolve(node: dict, defs: dict) -> dict:
@@ -58,7 +84,7 @@ def to_structural(node: dict, defs: dict) -> dict:
         out["minimum"], out["exclusiveMinimum"] = node["exclusiveMinimum"], True
     if "exclusiveMaximum" in node:
         out["maximum"], out["exclusiveMaximum"] = node["exclusiveMaximum"], True
-    out.update({k: v for k, v in node.items() if k.startswith("x-kubernetes-")})   # e.g. list-map keys
+    out.update({k: v for k, v in node.items() if k.startswith("x-kubernetes-")})  # e.g. list-map keys
     kind = node.get("type")
     if kind == "object":
         props = node.get("properties")
@@ -85,15 +111,23 @@ def spec_schema() -> dict:
     props = schema["properties"]
     # Cheap cross-field checks at the API server; the full set runs in the operator (validate_job_spec).
     props["parallelism"]["x-kubernetes-validations"] = [
-        {"rule": "self.tensor <= self.gpusPerNode",
-         "message": "tensor must be <= gpusPerNode: tensor-parallel groups stay inside one node",
-         "fieldPath": ".tensor"},
-        {"rule": "self.pipelineSchedule != 'interleaved1F1B' || self.virtualStages >= 2",
-         "message": "interleaved1F1B needs virtualStages >= 2", "fieldPath": ".virtualStages"},
+        {
+            "rule": "self.tensor <= self.gpusPerNode",
+            "message": "tensor must be <= gpusPerNode: tensor-parallel groups stay inside one node",
+            "fieldPath": ".tensor",
+        },
+        {
+            "rule": "self.pipelineSchedule != 'interleaved1F1B' || self.virtualStages >= 2",
+            "message": "interleaved1F1B needs virtualStages >= 2",
+            "fieldPath": ".virtualStages",
+        },
     ]
     props["training"]["x-kubernetes-validations"] = [
-        {"rule": "self.stage != 'dpo' || has(self.initFrom)",
-         "message": "stage dpo needs initFrom (the start and frozen reference checkpoint)", "fieldPath": ".initFrom"},
+        {
+            "rule": "self.stage != 'dpo' || has(self.initFrom)",
+            "message": "stage dpo needs initFrom (the start and frozen reference checkpoint)",
+            "fieldPath": ".initFrom",
+        },
     ]
     return schema
 
@@ -126,23 +160,36 @@ def build_crd() -> dict:
         "spec": {
             "group": GROUP,
             "scope": "Namespaced",
-            "names": {"kind": KIND, "listKind": f"{KIND}List", "plural": PLURAL, "singular": SINGULAR,
-                      "shortNames": SHORT_NAMES, "categories": CATEGORIES},
-            "versions": [{
-                "name": VERSION, "served": True, "storage": True,
-                "subresources": {"status": {}},
-                "additionalPrinterColumns": PRINTER_COLUMNS,
-                "schema": {"openAPIV3Schema": {
-                    "type": "object",
-                    "description": "A distributed training job of a video diffusion transformer.",
-                    "properties": {
-                        "apiVersion": {"type": "string"}, "kind": {"type": "string"},
-                        "metadata": {"type": "object"},
-                        "spec": spec_schema(),
-                        "status": status_schema(),
+            "names": {
+                "kind": KIND,
+                "listKind": f"{KIND}List",
+                "plural": PLURAL,
+                "singular": SINGULAR,
+                "shortNames": SHORT_NAMES,
+                "categories": CATEGORIES,
+            },
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": PRINTER_COLUMNS,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "description": "A distributed training job of a video diffusion transformer.",
+                            "properties": {
+                                "apiVersion": {"type": "string"},
+                                "kind": {"type": "string"},
+                                "metadata": {"type": "object"},
+                                "spec": spec_schema(),
+                                "status": status_schema(),
+                            },
+                        }
                     },
-                }},
-            }],
+                }
+            ],
         },
     }
 

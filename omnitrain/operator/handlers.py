@@ -35,7 +35,7 @@ TimerFactory = Callable[[float, Callable[[], None]], Timer]
 
 def daemon_timer(delay: float, fn: Callable[[], None]) -> Timer:
     timer = threading.Timer(delay, fn)
-    timer.daemon = True          # a pending retry must not keep the operator from exiting
+    timer.daemon = True  # a pending retry must not keep the operator from exiting
     return timer
 
 
@@ -44,14 +44,20 @@ class Controller:
     requeue_after_seconds schedules one more pass at that time (a restart's back-off ends on time, not at the next
     resync); one timer per job, the earliest wins."""
 
-    def __init__(self, kube: Kube, settings: OperatorSettings, metrics=None, timer: TimerFactory = daemon_timer,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        kube: Kube,
+        settings: OperatorSettings,
+        metrics=None,
+        timer: TimerFactory = daemon_timer,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.kube, self.settings, self.metrics = kube, settings, metrics
         self._guard = threading.Lock()
-        self._running: dict[tuple[str, str], bool] = {}   # key -> another pass wanted
-        self._timers: dict[tuple[str, str], tuple[float, Timer]] = {}   # key -> (due, timer)
+        self._running: dict[tuple[str, str], bool] = {}  # key -> another pass wanted
+        self._timers: dict[tuple[str, str], tuple[float, Timer]] = {}  # key -> (due, timer)
         self._timer, self._clock = timer, clock
-        self.wake = threading.Event()                       # run the next resync pass now
+        self.wake = threading.Event()  # run the next resync pass now
 
     def reconcile(self, namespace: str, name: str) -> None:
         key = (namespace, name)
@@ -105,15 +111,16 @@ class Controller:
             return None
         meta = job["metadata"]
         ref = plan.JobRef(name=name, namespace=namespace, uid=meta["uid"], created=meta.get("creationTimestamp") or "")
-        checked = parse_spec(job.get("spec"))          # once per pass; everything below gets the model
+        checked = parse_spec(job.get("spec"))  # once per pass; everything below gets the model
         old = JobStatus.from_wire(job.get("status"))
         pods = pod_views(self.kube.list_pods(namespace, name))
         nodes = self.kube.nodes({p.node for p in pods if p.node and p.unfinished})
         decision = reconcile(ref, checked, old, pods, now_iso(), generation=meta.get("generation"), nodes=nodes)
         children = None
         if decision.create_attempt is not None and checked.spec is not None:
-            children = plan.plan_children(ref, checked.spec, decision.create_attempt, decision.status.excluded_nodes,
-                                          self.settings.plan_options())
+            children = plan.plan_children(
+                ref, checked.spec, decision.create_attempt, decision.status.excluded_nodes, self.settings.plan_options()
+            )
         self.kube.apply(job, decision, children)
         if decision.status.phase == SUCCEEDED and checked.spec is not None:
             self.promote({**job, "status": decision.status.to_wire()}, checked.spec, decision.status)
@@ -151,12 +158,19 @@ class Controller:
         if checked.spec is None:
             return
         spec = checked.spec
-        rank0_ip = next((p.pod_ip for p in pod_views(self.kube.list_pods(namespace, name))
-                         if p.rank == 0 and p.attempt == status.attempt and p.pod_ip), None)
+        rank0_ip = next(
+            (
+                p.pod_ip
+                for p in pod_views(self.kube.list_pods(namespace, name))
+                if p.rank == 0 and p.attempt == status.attempt and p.pod_ip
+            ),
+            None,
+        )
         if rank0_ip is None:
             return
-        new = progress.progress_status(progress.scrape(rank0_ip, spec.metrics_port), status,
-                                       plan.checkpoint_root(spec, name), now_iso())
+        new = progress.progress_status(
+            progress.scrape(rank0_ip, spec.metrics_port), status, plan.checkpoint_root(spec, name), now_iso()
+        )
         if self.kube.write_status(job, new):
             self._record_goodput(namespace, name, new.goodput)
 
@@ -175,6 +189,7 @@ def _timed(handler: str):
     if CONTROLLER is not None and CONTROLLER.metrics is not None:
         return CONTROLLER.metrics.time_reconcile(handler)
     import contextlib
+
     return contextlib.nullcontext()
 
 
@@ -183,7 +198,7 @@ def configure(settings: kopf.OperatorSettings, **_) -> None:
     # Kopf's bookkeeping goes to annotations: our status schema is structural and would prune status.kopf.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=crd.GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=crd.GROUP)
-    settings.posting.level = logging.WARNING          # our own events say what happened; no per-handler chatter
+    settings.posting.level = logging.WARNING  # our own events say what happened; no per-handler chatter
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.execution.max_workers = 8
@@ -195,7 +210,7 @@ def configure(settings: kopf.OperatorSettings, **_) -> None:
 @kopf.on.create(crd.GROUP, crd.VERSION, crd.PLURAL)
 @kopf.on.update(crd.GROUP, crd.VERSION, crd.PLURAL, field="spec")
 def job_changed(namespace: str | None, name: str, **_: Any) -> None:
-    if CONTROLLER is None or namespace is None:   # the CRD is namespaced: kopf always passes one
+    if CONTROLLER is None or namespace is None:  # the CRD is namespaced: kopf always passes one
         return
     with _timed("job"):
         CONTROLLER.reconcile(namespace, name)
@@ -213,8 +228,11 @@ def pod_event(body: kopf.Body, namespace: str | None, **_: Any) -> None:
 @kopf.on.event("", "v1", "nodes")
 def node_event(type: str | None, body: kopf.Body, **_) -> None:
     if CONTROLLER is not None and CONTROLLER.kube.observe_node(type, dict(body)):
-        log.warning("node %s %s: looking at every job now", body.metadata.get("name"),
-                    "deleted" if type == "DELETED" else "is not Ready")
+        log.warning(
+            "node %s %s: looking at every job now",
+            body.metadata.get("name"),
+            "deleted" if type == "DELETED" else "is not Ready",
+        )
         CONTROLLER.wake.set()
 
 

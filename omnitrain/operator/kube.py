@@ -23,7 +23,7 @@ from omnitrain.status import JobStatus
 from omnitrain.timestamps import now_rfc3339
 
 log = logging.getLogger("omnitrain.operator")
-REQUEST_TIMEOUT = (10.0, 60.0)   # connect, read (seconds)
+REQUEST_TIMEOUT = (10.0, 60.0)  # connect, read (seconds)
 
 
 def now_iso() -> str:
@@ -75,8 +75,9 @@ class Kube:
     # -- reads -----------------------------------------------------------------------------------------------
     def get_job(self, namespace: str, name: str) -> dict | None:
         try:
-            return cast(dict, self.custom.get_namespaced_custom_object(crd.GROUP, crd.VERSION, namespace, crd.PLURAL,
-                                                                       name))
+            return cast(
+                dict, self.custom.get_namespaced_custom_object(crd.GROUP, crd.VERSION, namespace, crd.PLURAL, name)
+            )
         except ApiException as exc:
             if exc.status == 404:
                 return None
@@ -85,13 +86,18 @@ class Kube:
     def list_jobs(self, namespaces: list[str]) -> list[dict]:
         if not namespaces:
             return cast(dict, self.custom.list_cluster_custom_object(crd.GROUP, crd.VERSION, crd.PLURAL))["items"]
-        return [j for ns in namespaces
-                for j in cast(dict, self.custom.list_namespaced_custom_object(crd.GROUP, crd.VERSION, ns,
-                                                                              crd.PLURAL))["items"]]
+        return [
+            j
+            for ns in namespaces
+            for j in cast(dict, self.custom.list_namespaced_custom_object(crd.GROUP, crd.VERSION, ns, crd.PLURAL))[
+                "items"
+            ]
+        ]
 
     def list_pods(self, namespace: str, job: str) -> list[dict]:
-        result = self.core.list_namespaced_pod(namespace, label_selector=f"{plan.LABEL_JOB}={job}",
-                                               _preload_content=False)
+        result = self.core.list_namespaced_pod(
+            namespace, label_selector=f"{plan.LABEL_JOB}={job}", _preload_content=False
+        )
         return raw_json(result)["items"]
 
     def nodes(self, names: set[str] | list[str]) -> dict[str, NodeObservation]:
@@ -130,8 +136,11 @@ class Kube:
     def create_if_absent(self, obj: dict) -> bool:
         """True when created, False when it already existed (idempotent launch)."""
         ns, kind = obj["metadata"]["namespace"], obj["kind"]
-        creators: dict[str, Callable[..., Any]] = {"Pod": self.core.create_namespaced_pod, "Service": self.core.create_namespaced_service,
-                             "ConfigMap": self.core.create_namespaced_config_map}
+        creators: dict[str, Callable[..., Any]] = {
+            "Pod": self.core.create_namespaced_pod,
+            "Service": self.core.create_namespaced_service,
+            "ConfigMap": self.core.create_namespaced_config_map,
+        }
         create = creators[kind]
         try:
             create(ns, obj)
@@ -145,8 +154,9 @@ class Kube:
 
     def delete_pod(self, namespace: str, name: str, force: bool = False) -> None:
         try:
-            self.core.delete_namespaced_pod(name, namespace, grace_period_seconds=0 if force else 5,
-                                            propagation_policy="Background")
+            self.core.delete_namespaced_pod(
+                name, namespace, grace_period_seconds=0 if force else 5, propagation_policy="Background"
+            )
         except ApiException as exc:
             if exc.status != 404:
                 raise
@@ -162,8 +172,9 @@ class Kube:
 
     def patch_status(self, namespace: str, name: str, patch: dict) -> None:
         """A JSON merge patch of status (camelCase; None removes a field)."""
-        self.custom.patch_namespaced_custom_object_status(crd.GROUP, crd.VERSION, namespace, crd.PLURAL, name,
-                                                          {"status": patch})
+        self.custom.patch_namespaced_custom_object_status(
+            crd.GROUP, crd.VERSION, namespace, crd.PLURAL, name, {"status": patch}
+        )
 
     def write_status(self, job: dict, status: JobStatus) -> bool:
         """Make the job's status `status`: a merge patch of what differs from the status `job` was read with, with
@@ -176,15 +187,32 @@ class Kube:
 
     def post_event(self, job: dict, event: Event) -> None:
         meta = job["metadata"]
-        log.log(logging.WARNING if event.type == "Warning" else logging.INFO, "%s/%s %s: %s",
-                 meta["namespace"], meta["name"], event.reason, event.message)
+        log.log(
+            logging.WARNING if event.type == "Warning" else logging.INFO,
+            "%s/%s %s: %s",
+            meta["namespace"],
+            meta["name"],
+            event.reason,
+            event.message,
+        )
         ts = dt.datetime.now(dt.UTC)
         body = client.CoreV1Event(
             metadata=client.V1ObjectMeta(name=f"{meta['name']}.{uuid.uuid4().hex[:12]}", namespace=meta["namespace"]),
-            involved_object=client.V1ObjectReference(api_version=crd.API_VERSION, kind=crd.KIND, name=meta["name"],
-                                                     namespace=meta["namespace"], uid=meta["uid"]),
-            type=event.type, reason=event.reason, message=event.message[:1024], count=1,
-            first_timestamp=ts, last_timestamp=ts, source=client.V1EventSource(component="omnitrain-operator"))
+            involved_object=client.V1ObjectReference(
+                api_version=crd.API_VERSION,
+                kind=crd.KIND,
+                name=meta["name"],
+                namespace=meta["namespace"],
+                uid=meta["uid"],
+            ),
+            type=event.type,
+            reason=event.reason,
+            message=event.message[:1024],
+            count=1,
+            first_timestamp=ts,
+            last_timestamp=ts,
+            source=client.V1EventSource(component="omnitrain-operator"),
+        )
         try:
             self.core.create_namespaced_event(meta["namespace"], body)
         except ApiException:

@@ -15,7 +15,7 @@ from omnitrain import contract
 from omnitrain.operator import crd
 from omnitrain.spec import JobSpec, RunInfo, TrainerConfig
 
-LABEL_JOB = "omnitrain.io/job-name"          # also what the PodMonitor selects (docs/contracts.md, Observability)
+LABEL_JOB = "omnitrain.io/job-name"  # also what the PodMonitor selects (docs/contracts.md, Observability)
 LABEL_ATTEMPT = "omnitrain.io/attempt"
 LABEL_NODE_RANK = "omnitrain.io/node-rank"
 LABEL_ROLE = "omnitrain.io/role"
@@ -30,9 +30,17 @@ MAX_NAME = 63
 
 # torchrun with one process per GPU; the rendezvous runs on rank 0 behind the headless Service (docs/contracts.md).
 DEFAULT_TRAIN_COMMAND = [
-    "torchrun", "--nnodes=$(PET_NNODES)", "--node-rank=$(PET_NODE_RANK)", "--nproc-per-node=$(PET_NPROC_PER_NODE)",
-    "--master-addr=$(MASTER_ADDR)", "--master-port=$(MASTER_PORT)",
-    "-m", "omnitrain", "train", "--config", contract.CONFIG_PATH,
+    "torchrun",
+    "--nnodes=$(PET_NNODES)",
+    "--node-rank=$(PET_NODE_RANK)",
+    "--nproc-per-node=$(PET_NPROC_PER_NODE)",
+    "--master-addr=$(MASTER_ADDR)",
+    "--master-port=$(MASTER_PORT)",
+    "-m",
+    "omnitrain",
+    "train",
+    "--config",
+    contract.CONFIG_PATH,
 ]
 
 
@@ -43,7 +51,7 @@ class JobRef:
     name: str
     namespace: str
     uid: str
-    created: str = ""   # metadata.creationTimestamp: the trainer's goodput counts wall time from here
+    created: str = ""  # metadata.creationTimestamp: the trainer's goodput counts wall time from here
 
 
 @dataclass(frozen=True)
@@ -94,8 +102,14 @@ def master_addr(job: JobRef, domain: str = CLUSTER_DOMAIN) -> str:
 
 
 def owner_reference(job: JobRef) -> dict:
-    return {"apiVersion": crd.API_VERSION, "kind": crd.KIND, "name": job.name, "uid": job.uid,
-            "controller": True, "blockOwnerDeletion": True}
+    return {
+        "apiVersion": crd.API_VERSION,
+        "kind": crd.KIND,
+        "name": job.name,
+        "uid": job.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
 
 
 def job_labels(job: str) -> dict[str, str]:
@@ -108,8 +122,12 @@ def label_value(value: str) -> str:
 
 
 def pod_labels(job: str, attempt: int, rank: int) -> dict[str, str]:
-    return {**job_labels(label_value(job)), LABEL_ATTEMPT: str(attempt), LABEL_NODE_RANK: str(rank),
-            LABEL_ROLE: "trainer"}
+    return {
+        **job_labels(label_value(job)),
+        LABEL_ATTEMPT: str(attempt),
+        LABEL_NODE_RANK: str(rank),
+        LABEL_ROLE: "trainer",
+    }
 
 
 def checkpoint_root(spec: JobSpec, job: str) -> str:
@@ -118,28 +136,44 @@ def checkpoint_root(spec: JobSpec, job: str) -> str:
 
 
 def render_config_map(job: JobRef, spec: JobSpec, attempt: int) -> dict:
-    config = TrainerConfig(spec=spec, run=RunInfo(job_name=job.name, namespace=job.namespace, job_uid=job.uid,
-                                                  attempt=attempt, job_created=job.created))
+    config = TrainerConfig(
+        spec=spec,
+        run=RunInfo(
+            job_name=job.name, namespace=job.namespace, job_uid=job.uid, attempt=attempt, job_created=job.created
+        ),
+    )
     return {
-        "apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": {"name": config_map_name(job.name), "namespace": job.namespace,
-                     "labels": job_labels(label_value(job.name)), "ownerReferences": [owner_reference(job)]},
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": config_map_name(job.name),
+            "namespace": job.namespace,
+            "labels": job_labels(label_value(job.name)),
+            "ownerReferences": [owner_reference(job)],
+        },
         "data": {contract.CONFIG_FILE: yaml.safe_dump(config.to_wire(), sort_keys=False)},
     }
 
 
 def render_service(job: JobRef, spec: JobSpec) -> dict:
     return {
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": service_name(job.name), "namespace": job.namespace,
-                     "labels": job_labels(label_value(job.name)), "ownerReferences": [owner_reference(job)]},
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": service_name(job.name),
+            "namespace": job.namespace,
+            "labels": job_labels(label_value(job.name)),
+            "ownerReferences": [owner_reference(job)],
+        },
         "spec": {
             "clusterIP": "None",
             # Ranks must resolve rank 0 before it is Ready: torchrun's rendezvous is what makes it ready.
             "publishNotReadyAddresses": True,
             "selector": {LABEL_JOB: label_value(job.name)},
-            "ports": [{"name": "rendezvous", "port": master_port(job.uid), "targetPort": master_port(job.uid)},
-                      {"name": "metrics", "port": spec.metrics_port, "targetPort": spec.metrics_port}],
+            "ports": [
+                {"name": "rendezvous", "port": master_port(job.uid), "targetPort": master_port(job.uid)},
+                {"name": "metrics", "port": spec.metrics_port, "targetPort": spec.metrics_port},
+            ],
         },
     }
 
@@ -147,10 +181,14 @@ def render_service(job: JobRef, spec: JobSpec) -> dict:
 def _env(job: JobRef, spec: JobSpec, attempt: int, rank: int, options: PlanOptions) -> list[dict]:
     p = spec.parallelism
     plain = {
-        "PET_NNODES": str(p.nodes), "PET_NODE_RANK": str(rank), "PET_NPROC_PER_NODE": str(p.gpus_per_node),
-        "MASTER_ADDR": master_addr(job, options.cluster_domain), "MASTER_PORT": str(master_port(job.uid)),
+        "PET_NNODES": str(p.nodes),
+        "PET_NODE_RANK": str(rank),
+        "PET_NPROC_PER_NODE": str(p.gpus_per_node),
+        "MASTER_ADDR": master_addr(job, options.cluster_domain),
+        "MASTER_PORT": str(master_port(job.uid)),
         "WORLD_SIZE": str(p.world_size),
-        contract.ENV_JOB_NAME: job.name, contract.ENV_ATTEMPT: str(attempt),
+        contract.ENV_JOB_NAME: job.name,
+        contract.ENV_ATTEMPT: str(attempt),
         contract.ENV_METRICS_PORT: str(spec.metrics_port),
         contract.TERMINATION_LOG_ENV: contract.DEFAULT_TERMINATION_LOG,
         **options.extra_env,
@@ -165,12 +203,29 @@ def excluded_nodes_affinity(excluded_nodes: list[str]) -> dict:
     """Node affinity that keeps a pod off the excluded (isolated) nodes; {} when there are none."""
     if not excluded_nodes:
         return {}
-    return {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{
-        "matchExpressions": [{"key": LABEL_HOSTNAME, "operator": "NotIn", "values": sorted(set(excluded_nodes))}]}]}}}
+    return {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [
+                    {
+                        "matchExpressions": [
+                            {"key": LABEL_HOSTNAME, "operator": "NotIn", "values": sorted(set(excluded_nodes))}
+                        ]
+                    }
+                ]
+            }
+        }
+    }
 
 
-def pod_skeleton(spec: JobSpec, containers: list[dict], volumes: list[dict], restart_policy: str,
-                 excluded_nodes: list[str] | None = None, affinity: dict | None = None) -> dict:
+def pod_skeleton(
+    spec: JobSpec,
+    containers: list[dict],
+    volumes: list[dict],
+    restart_policy: str,
+    excluded_nodes: list[str] | None = None,
+    affinity: dict | None = None,
+) -> dict:
     """The pod spec every pod of a job starts from (training gang and promotion children alike): the containers
     and volumes given, spec.scheduling (nodeSelector, tolerations, priorityClassName, schedulerName) and the
     affinity given plus the node exclusions."""
@@ -193,18 +248,30 @@ def pod_skeleton(spec: JobSpec, containers: list[dict], volumes: list[dict], res
 def _affinity(job: str) -> dict:
     affinity: dict = {
         # One pod per node: the gang is one process group per machine.
-        "podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{
-            "labelSelector": {"matchLabels": {LABEL_JOB: label_value(job)}}, "topologyKey": LABEL_HOSTNAME}]},
+        "podAntiAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": [
+                {"labelSelector": {"matchLabels": {LABEL_JOB: label_value(job)}}, "topologyKey": LABEL_HOSTNAME}
+            ]
+        },
         # Ranks close together (same rack) when the cluster has rack labels; a preference, never a blocker.
-        "podAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{
-            "weight": 50, "podAffinityTerm": {
-                "labelSelector": {"matchLabels": {LABEL_JOB: label_value(job)}}, "topologyKey": RACK_LABEL}}]},
+        "podAffinity": {
+            "preferredDuringSchedulingIgnoredDuringExecution": [
+                {
+                    "weight": 50,
+                    "podAffinityTerm": {
+                        "labelSelector": {"matchLabels": {LABEL_JOB: label_value(job)}},
+                        "topologyKey": RACK_LABEL,
+                    },
+                }
+            ]
+        },
     }
     return affinity
 
 
-def render_pod(job: JobRef, spec: JobSpec, attempt: int, rank: int, excluded_nodes: list[str],
-               options: PlanOptions) -> dict:
+def render_pod(
+    job: JobRef, spec: JobSpec, attempt: int, rank: int, excluded_nodes: list[str], options: PlanOptions
+) -> dict:
     sched = spec.scheduling
     labels = pod_labels(job.name, attempt, rank)
     if sched.queue_name:
@@ -215,20 +282,29 @@ def render_pod(job: JobRef, spec: JobSpec, attempt: int, rank: int, excluded_nod
         requests["cpu"] = spec.resources.cpu
     if spec.resources.memory:
         requests["memory"] = limits["memory"] = spec.resources.memory
-    mounts = [{"name": CONFIG_VOLUME, "mountPath": contract.CONFIG_MOUNT, "readOnly": True},
-              {"name": LOCAL_VOLUME, "mountPath": spec.checkpoint.local_path}]
-    volumes = [{"name": CONFIG_VOLUME, "configMap": {"name": config_map_name(job.name)}},
-               {"name": LOCAL_VOLUME, "hostPath": {"path": spec.checkpoint.local_path, "type": "DirectoryOrCreate"}}]
+    mounts = [
+        {"name": CONFIG_VOLUME, "mountPath": contract.CONFIG_MOUNT, "readOnly": True},
+        {"name": LOCAL_VOLUME, "mountPath": spec.checkpoint.local_path},
+    ]
+    volumes = [
+        {"name": CONFIG_VOLUME, "configMap": {"name": config_map_name(job.name)}},
+        {"name": LOCAL_VOLUME, "hostPath": {"path": spec.checkpoint.local_path, "type": "DirectoryOrCreate"}},
+    ]
     if spec.checkpoint.persistent_claim:
         mounts.append({"name": PERSISTENT_VOLUME, "mountPath": spec.checkpoint.persistent_path})
-        volumes.append({"name": PERSISTENT_VOLUME,
-                        "persistentVolumeClaim": {"claimName": spec.checkpoint.persistent_claim}})
+        volumes.append(
+            {"name": PERSISTENT_VOLUME, "persistentVolumeClaim": {"claimName": spec.checkpoint.persistent_claim}}
+        )
     container = {
-        "name": MAIN_CONTAINER, "image": spec.image, "imagePullPolicy": options.image_pull_policy,
+        "name": MAIN_CONTAINER,
+        "image": spec.image,
+        "imagePullPolicy": options.image_pull_policy,
         "command": list(options.command),
         "env": _env(job, spec, attempt, rank, options),
-        "ports": [{"name": "metrics", "containerPort": spec.metrics_port},
-                  {"name": "rendezvous", "containerPort": master_port(job.uid)}],
+        "ports": [
+            {"name": "metrics", "containerPort": spec.metrics_port},
+            {"name": "rendezvous", "containerPort": master_port(job.uid)},
+        ],
         "resources": {"limits": limits, "requests": requests},
         "volumeMounts": mounts,
         "terminationMessagePath": contract.DEFAULT_TERMINATION_LOG,
@@ -238,15 +314,25 @@ def render_pod(job: JobRef, spec: JobSpec, attempt: int, rank: int, excluded_nod
     pod_spec = pod_skeleton(spec, [container], volumes, "Never", excluded_nodes, _affinity(job.name))
     pod_spec["hostname"], pod_spec["subdomain"] = pod_hostname(rank), service_name(job.name)
     return {
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": pod_name(job.name, attempt, rank), "namespace": job.namespace, "labels": labels,
-                     "ownerReferences": [owner_reference(job)]},
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": pod_name(job.name, attempt, rank),
+            "namespace": job.namespace,
+            "labels": labels,
+            "ownerReferences": [owner_reference(job)],
+        },
         "spec": pod_spec,
     }
 
 
-def plan_children(job: JobRef, spec: JobSpec, attempt: int, excluded_nodes: list[str] | None = None,
-                  options: PlanOptions | None = None) -> list[dict]:
+def plan_children(
+    job: JobRef,
+    spec: JobSpec,
+    attempt: int,
+    excluded_nodes: list[str] | None = None,
+    options: PlanOptions | None = None,
+) -> list[dict]:
     """Everything one attempt needs, in creation order: ConfigMap, Service, then the pods by rank."""
     options = options or PlanOptions()
     excluded = list(excluded_nodes or [])

@@ -14,8 +14,12 @@ from omnitrain.status import JobStatus, LastCheckpoint
 def parse_progress(text: str) -> dict:
     """The contract metrics present in an exposition text (others ignored): name -> value, and for the badput
     gauge name -> {cause: seconds}."""
-    wanted = {contract.METRIC_STEP, contract.METRIC_TOTAL_STEPS, contract.METRIC_LAST_CHECKPOINT_STEP,
-              contract.METRIC_GOODPUT}
+    wanted = {
+        contract.METRIC_STEP,
+        contract.METRIC_TOTAL_STEPS,
+        contract.METRIC_LAST_CHECKPOINT_STEP,
+        contract.METRIC_GOODPUT,
+    }
     found: dict = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
@@ -35,13 +39,15 @@ def progress_status(metrics: dict, status: JobStatus, checkpoint_root: str, now:
         new.total_steps = int(metrics[contract.METRIC_TOTAL_STEPS])
     if contract.METRIC_LAST_CHECKPOINT_STEP in metrics:
         ck = int(metrics[contract.METRIC_LAST_CHECKPOINT_STEP])
-        if ck > 0 and ck != (status.last_checkpoint.step if status.last_checkpoint else None):   # 0: none yet
+        if ck > 0 and ck != (status.last_checkpoint.step if status.last_checkpoint else None):  # 0: none yet
             new.last_checkpoint = LastCheckpoint(step=ck, path=checkpoint_root, time=now)
     if contract.METRIC_GOODPUT in metrics:
         badput = metrics.get(contract.METRIC_BADPUT, {})
-        scraped = {"ratio": round(metrics[contract.METRIC_GOODPUT], 4),
-                   "badputSeconds": {k: round(v, 1) for k, v in sorted(badput.items())}}
-        new.goodput = {**(status.goodput or {}), **scraped}   # keeps what the trainer's final figures added
+        scraped = {
+            "ratio": round(metrics[contract.METRIC_GOODPUT], 4),
+            "badputSeconds": {k: round(v, 1) for k, v in sorted(badput.items())},
+        }
+        new.goodput = {**(status.goodput or {}), **scraped}  # keeps what the trainer's final figures added
     return new
 
 

@@ -39,7 +39,7 @@ class PromotionOptions:
 @dataclass
 class PromotionDecision:
     create: list[dict] = field(default_factory=list)
-    promotion: Promotion = field(default_factory=Promotion)   # the new status.promotion
+    promotion: Promotion = field(default_factory=Promotion)  # the new status.promotion
     events: list[Event] = field(default_factory=list)
 
 
@@ -76,8 +76,12 @@ LABEL_PROMOTED_FROM = "omnitrain.io/promoted-from"
 def _labels(job: str, role: str) -> dict[str, str]:
     # Not the training pods' omnitrain.io/job-name label: the job's reconcile treats pods with that label as its
     # gang (and cleans up leftovers of a finished job).
-    return {LABEL_PROMOTED_FROM: plan.label_value(job), "app.kubernetes.io/name": "omnitrain",
-            "app.kubernetes.io/instance": plan.label_value(job), plan.LABEL_ROLE: role}
+    return {
+        LABEL_PROMOTED_FROM: plan.label_value(job),
+        "app.kubernetes.io/name": "omnitrain",
+        "app.kubernetes.io/instance": plan.label_value(job),
+        plan.LABEL_ROLE: role,
+    }
 
 
 def _volumes(job: plan.JobRef, spec: JobSpec) -> tuple[list[dict], list[dict]]:
@@ -85,12 +89,14 @@ def _volumes(job: plan.JobRef, spec: JobSpec) -> tuple[list[dict], list[dict]]:
     volumes = [{"name": plan.CONFIG_VOLUME, "configMap": {"name": plan.config_map_name(job.name)}}]
     if spec.checkpoint.persistent_claim:
         mounts.append({"name": plan.PERSISTENT_VOLUME, "mountPath": spec.checkpoint.persistent_path})
-        volumes.append({"name": plan.PERSISTENT_VOLUME,
-                        "persistentVolumeClaim": {"claimName": spec.checkpoint.persistent_claim}})
+        volumes.append(
+            {"name": plan.PERSISTENT_VOLUME, "persistentVolumeClaim": {"claimName": spec.checkpoint.persistent_claim}}
+        )
     else:
         mounts.append({"name": plan.LOCAL_VOLUME, "mountPath": spec.checkpoint.local_path})
-        volumes.append({"name": plan.LOCAL_VOLUME, "hostPath": {"path": spec.checkpoint.local_path,
-                                                                "type": "DirectoryOrCreate"}})
+        volumes.append(
+            {"name": plan.LOCAL_VOLUME, "hostPath": {"path": spec.checkpoint.local_path, "type": "DirectoryOrCreate"}}
+        )
     return mounts, volumes
 
 
@@ -102,56 +108,103 @@ def _resources(spec: JobSpec) -> dict:
     return {"limits": gpu, "requests": requests}
 
 
-def render_distill_job(job: plan.JobRef, spec: JobSpec, options: PromotionOptions,
-                       excluded_nodes: list[str] | None = None) -> dict:
+def render_distill_job(
+    job: plan.JobRef, spec: JobSpec, options: PromotionOptions, excluded_nodes: list[str] | None = None
+) -> dict:
     mounts, volumes = _volumes(job, spec)
-    container = {"name": DISTILL_CONTAINER, "image": spec.image, "imagePullPolicy": options.image_pull_policy,
-                 "command": list(options.distill_command), "volumeMounts": mounts, "resources": _resources(spec),
-                 "env": [{"name": contract.TERMINATION_LOG_ENV, "value": contract.DEFAULT_TERMINATION_LOG}],
-                 "terminationMessagePolicy": "FallbackToLogsOnError"}
+    container = {
+        "name": DISTILL_CONTAINER,
+        "image": spec.image,
+        "imagePullPolicy": options.image_pull_policy,
+        "command": list(options.distill_command),
+        "volumeMounts": mounts,
+        "resources": _resources(spec),
+        "env": [{"name": contract.TERMINATION_LOG_ENV, "value": contract.DEFAULT_TERMINATION_LOG}],
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
     labels = _labels(job.name, LABEL_ROLE_DISTILL)
     return {
-        "apiVersion": "batch/v1", "kind": "Job",
-        "metadata": {"name": distill_job_name(job.name), "namespace": job.namespace, "labels": labels,
-                     "ownerReferences": [plan.owner_reference(job)]},
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": distill_job_name(job.name),
+            "namespace": job.namespace,
+            "labels": labels,
+            "ownerReferences": [plan.owner_reference(job)],
+        },
         # One retry for a crash; a bad config exits 3 every time, which podFailurePolicy turns into a failure now.
-        "spec": {"backoffLimit": 1,
-                 "podFailurePolicy": {"rules": [{"action": "FailJob", "onExitCodes": {
-                     "containerName": DISTILL_CONTAINER, "operator": "In",
-                     "values": sorted(int(c) for c in contract.PERMANENT_EXIT_CODES)}}]},
-                 "template": {"metadata": {"labels": labels},
-                              "spec": plan.pod_skeleton(spec, [container], volumes, "Never", excluded_nodes)}},
+        "spec": {
+            "backoffLimit": 1,
+            "podFailurePolicy": {
+                "rules": [
+                    {
+                        "action": "FailJob",
+                        "onExitCodes": {
+                            "containerName": DISTILL_CONTAINER,
+                            "operator": "In",
+                            "values": sorted(int(c) for c in contract.PERMANENT_EXIT_CODES),
+                        },
+                    }
+                ]
+            },
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": plan.pod_skeleton(spec, [container], volumes, "Never", excluded_nodes),
+            },
+        },
     }
 
 
-def render_serving(job: plan.JobRef, spec: JobSpec, options: PromotionOptions,
-                   excluded_nodes: list[str] | None = None) -> list[dict]:
+def render_serving(
+    job: plan.JobRef, spec: JobSpec, options: PromotionOptions, excluded_nodes: list[str] | None = None
+) -> list[dict]:
     inf = spec.promotion.inference
     if inf is None:
         raise ValueError("render_serving: spec.promotion.inference is not set (the caller checks wanted(spec))")
     port = inf.port
     mounts, volumes = _volumes(job, spec)
-    command = list(options.serve_command) + ["--checkpoint", served_checkpoint(job, spec), "--config",
-                                             contract.CONFIG_PATH, "--port", str(port)]
+    command = list(options.serve_command) + [
+        "--checkpoint",
+        served_checkpoint(job, spec),
+        "--config",
+        contract.CONFIG_PATH,
+        "--port",
+        str(port),
+    ]
     if not inf.fp8:
         command.append("--no-fp8")
     probe = lambda path, period: {"httpGet": {"path": path, "port": port}, "periodSeconds": period}  # noqa: E731
-    container = {"name": SERVE_CONTAINER, "image": spec.image, "imagePullPolicy": options.image_pull_policy,
-                 "command": command, "ports": [{"name": "http", "containerPort": port}],
-                 "readinessProbe": probe("/readyz", 2), "livenessProbe": {**probe("/healthz", 10),
-                                                                          "failureThreshold": 6},
-                 "volumeMounts": mounts, "resources": _resources(spec)}
+    container = {
+        "name": SERVE_CONTAINER,
+        "image": spec.image,
+        "imagePullPolicy": options.image_pull_policy,
+        "command": command,
+        "ports": [{"name": "http", "containerPort": port}],
+        "readinessProbe": probe("/readyz", 2),
+        "livenessProbe": {**probe("/healthz", 10), "failureThreshold": 6},
+        "volumeMounts": mounts,
+        "resources": _resources(spec),
+    }
     labels = _labels(job.name, LABEL_ROLE_SERVE)
     selector = {LABEL_PROMOTED_FROM: labels[LABEL_PROMOTED_FROM], plan.LABEL_ROLE: LABEL_ROLE_SERVE}
     meta = {"namespace": job.namespace, "labels": labels, "ownerReferences": [plan.owner_reference(job)]}
     deployment = {
-        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": serve_name(job.name), **meta},
-        "spec": {"replicas": inf.replicas, "selector": {"matchLabels": selector},
-                 "template": {"metadata": {"labels": labels},
-                              "spec": plan.pod_skeleton(spec, [container], volumes, "Always", excluded_nodes)}},
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": serve_name(job.name), **meta},
+        "spec": {
+            "replicas": inf.replicas,
+            "selector": {"matchLabels": selector},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": plan.pod_skeleton(spec, [container], volumes, "Always", excluded_nodes),
+            },
+        },
     }
     service = {
-        "apiVersion": "v1", "kind": "Service", "metadata": {"name": serve_name(job.name), **meta},
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": serve_name(job.name), **meta},
         "spec": {"selector": selector, "ports": [{"name": "http", "port": port, "targetPort": port}]},
     }
     return [deployment, service]
@@ -182,14 +235,19 @@ def serving_phase(observed: dict | None, replicas: int) -> tuple[str, str]:
 
 
 def chain(promotion: Promotion) -> str:
-    stages = [("training", promotion.training), ("distillation", promotion.distill),
-              ("serving", promotion.inference)]
+    stages = [("training", promotion.training), ("distillation", promotion.distill), ("serving", promotion.inference)]
     return " -> ".join(f"{name}:{s.phase}" for name, s in stages if s)
 
 
-def plan_promotion(job: plan.JobRef, spec: JobSpec, status: JobStatus, distill_job: dict | None,
-                   deployment: dict | None, now: str, options: PromotionOptions | None = None
-                   ) -> PromotionDecision | None:
+def plan_promotion(
+    job: plan.JobRef,
+    spec: JobSpec,
+    status: JobStatus,
+    distill_job: dict | None,
+    deployment: dict | None,
+    now: str,
+    options: PromotionOptions | None = None,
+) -> PromotionDecision | None:
     """None when there is nothing to promote (job not Succeeded, or promotion not configured). The children keep
     off the nodes the training excluded (isolated hardware)."""
     do_distill, do_serve = wanted(spec)
@@ -198,31 +256,49 @@ def plan_promotion(job: plan.JobRef, spec: JobSpec, status: JobStatus, distill_j
     options = options or PromotionOptions()
     excluded = list(status.excluded_nodes)
     old = status.promotion or Promotion()
-    new = Promotion(training=PromotionStage(phase=SUCCEEDED, name=job.name,
-                                            completion_time=status.completion_time or now))
+    new = Promotion(
+        training=PromotionStage(phase=SUCCEEDED, name=job.name, completion_time=status.completion_time or now)
+    )
     d = PromotionDecision(promotion=new)
     upstream_ok = True
     distill_spec, inference_spec = spec.promotion.distill, spec.promotion.inference
     if do_distill and distill_spec is not None:
         prev = old.distill or PromotionStage()
         if prev.phase in (SUCCEEDED, FAILED):
-            stage = prev.model_copy()           # terminal: recorded, whatever happened to the Job object since
+            stage = prev.model_copy()  # terminal: recorded, whatever happened to the Job object since
         elif distill_job is None and prev == PromotionStage():
             d.create.append(render_distill_job(job, spec, options, excluded))
-            stage = PromotionStage(phase=RUNNING, name=distill_job_name(job.name), start_time=now,
-                                   message=f"teacher = final checkpoint, student -> {served_checkpoint(job, spec)}")
-            d.events.append(Event("Normal", "DistillationStarted",
-                                  f"job {distill_job_name(job.name)}: {distill_spec.teacher_steps} -> "
-                                  f"{distill_spec.student_steps} sampling steps"))
+            stage = PromotionStage(
+                phase=RUNNING,
+                name=distill_job_name(job.name),
+                start_time=now,
+                message=f"teacher = final checkpoint, student -> {served_checkpoint(job, spec)}",
+            )
+            d.events.append(
+                Event(
+                    "Normal",
+                    "DistillationStarted",
+                    f"job {distill_job_name(job.name)}: {distill_spec.teacher_steps} -> "
+                    f"{distill_spec.student_steps} sampling steps",
+                )
+            )
         else:
-            phase, message = distill_phase(distill_job) if distill_job is not None else (
-                FAILED, "distillation job disappeared before it finished")
-            stage = prev.model_copy(update={"phase": phase, "name": distill_job_name(job.name), "message": message,
-                                            "start_time": prev.start_time or now})
+            phase, message = (
+                distill_phase(distill_job)
+                if distill_job is not None
+                else (FAILED, "distillation job disappeared before it finished")
+            )
+            stage = prev.model_copy(
+                update={
+                    "phase": phase,
+                    "name": distill_job_name(job.name),
+                    "message": message,
+                    "start_time": prev.start_time or now,
+                }
+            )
             if phase in (SUCCEEDED, FAILED):
                 stage.completion_time = now
-                d.events.append(Event("Normal" if phase == SUCCEEDED else "Warning", f"Distillation{phase}",
-                                      message))
+                d.events.append(Event("Normal" if phase == SUCCEEDED else "Warning", f"Distillation{phase}", message))
         new.distill = stage
         upstream_ok = stage.phase == SUCCEEDED
     if do_serve and inference_spec is not None:
@@ -230,21 +306,32 @@ def plan_promotion(job: plan.JobRef, spec: JobSpec, status: JobStatus, distill_j
         replicas = inference_spec.replicas
         if not upstream_ok:
             failed = new.distill is not None and new.distill.phase == FAILED
-            stage = PromotionStage(phase=FAILED if failed else PENDING, name=serve_name(job.name),
-                                   message="distillation failed: nothing to serve" if failed
-                                   else "waiting for distillation")
+            stage = PromotionStage(
+                phase=FAILED if failed else PENDING,
+                name=serve_name(job.name),
+                message="distillation failed: nothing to serve" if failed else "waiting for distillation",
+            )
         elif deployment is None and prev.phase not in (PROGRESSING, READY):
             d.create.extend(render_serving(job, spec, options, excluded))
             where = endpoint(job, spec, options.cluster_domain)
-            stage = PromotionStage(phase=PROGRESSING, name=serve_name(job.name), start_time=now,
-                                   message=f"serving {served_checkpoint(job, spec)} at {where}")
+            stage = PromotionStage(
+                phase=PROGRESSING,
+                name=serve_name(job.name),
+                start_time=now,
+                message=f"serving {served_checkpoint(job, spec)} at {where}",
+            )
             d.events.append(Event("Normal", "ServingCreated", stage.message or ""))
         else:
             phase, message = serving_phase(deployment, replicas)
             if deployment is None:
                 phase, message = FAILED, "serving deployment was deleted"
-            stage = prev.model_copy(update={"phase": phase, "name": serve_name(job.name),
-                                            "message": f"{message}; {endpoint(job, spec, options.cluster_domain)}"})
+            stage = prev.model_copy(
+                update={
+                    "phase": phase,
+                    "name": serve_name(job.name),
+                    "message": f"{message}; {endpoint(job, spec, options.cluster_domain)}",
+                }
+            )
             if phase == READY and prev.phase != READY:
                 stage.completion_time = now
                 d.events.append(Event("Normal", "ServingReady", stage.message or ""))
@@ -266,6 +353,19 @@ def promotion_settled(spec: JobSpec, status: JobStatus) -> bool:
     return True
 
 
-__all__ = ["PromotionDecision", "PromotionOptions", "chain", "distill_job_name", "distill_phase", "endpoint",
-           "plan_promotion", "promotion_settled", "render_distill_job", "render_serving", "serve_name",
-           "served_checkpoint", "serving_phase", "wanted"]
+__all__ = [
+    "PromotionDecision",
+    "PromotionOptions",
+    "chain",
+    "distill_job_name",
+    "distill_phase",
+    "endpoint",
+    "plan_promotion",
+    "promotion_settled",
+    "render_distill_job",
+    "render_serving",
+    "serve_name",
+    "served_checkpoint",
+    "serving_phase",
+    "wanted",
+]

@@ -30,9 +30,11 @@ def options_from_env(env: dict[str, str] | None = None) -> PromotionOptions:
     them as processes of the project's venv)."""
     e = os.environ if env is None else env
     distill, serve = e.get("OMNITRAIN_DISTILL_COMMAND"), e.get("OMNITRAIN_SERVE_COMMAND")
-    return PromotionOptions(distill_command=shlex.split(distill) if distill else list(DEFAULT_DISTILL_COMMAND),
-                            serve_command=shlex.split(serve) if serve else list(DEFAULT_SERVE_COMMAND),
-                            cluster_domain=e.get("OMNITRAIN_CLUSTER_DOMAIN", plan.CLUSTER_DOMAIN))
+    return PromotionOptions(
+        distill_command=shlex.split(distill) if distill else list(DEFAULT_DISTILL_COMMAND),
+        serve_command=shlex.split(serve) if serve else list(DEFAULT_SERVE_COMMAND),
+        cluster_domain=e.get("OMNITRAIN_CLUSTER_DOMAIN", plan.CLUSTER_DOMAIN),
+    )
 
 
 def _read(call, *args) -> dict | None:
@@ -46,19 +48,22 @@ def _read(call, *args) -> dict | None:
 
 def _create(api_client, obj: dict) -> None:
     ns, kind = obj["metadata"]["namespace"], obj["kind"]
-    creators: dict[str, Callable[..., Any]] = {"Job": client.BatchV1Api(api_client).create_namespaced_job,
-                         "Deployment": client.AppsV1Api(api_client).create_namespaced_deployment,
-                         "Service": client.CoreV1Api(api_client).create_namespaced_service}
+    creators: dict[str, Callable[..., Any]] = {
+        "Job": client.BatchV1Api(api_client).create_namespaced_job,
+        "Deployment": client.AppsV1Api(api_client).create_namespaced_deployment,
+        "Service": client.CoreV1Api(api_client).create_namespaced_service,
+    }
     create = creators[kind]
     try:
         create(ns, obj)
     except ApiException as exc:
-        if exc.status != 409:          # AlreadyExists: an earlier pass created it (idempotent)
+        if exc.status != 409:  # AlreadyExists: an earlier pass created it (idempotent)
             raise
 
 
-def promote(kube, job: dict, spec: JobSpec, status: JobStatus, now: str,
-            options: PromotionOptions | None = None) -> bool:
+def promote(
+    kube, job: dict, spec: JobSpec, status: JobStatus, now: str, options: PromotionOptions | None = None
+) -> bool:
     """One promotion pass for `job` (a dict from the API, `status` its status as the caller knows it now). True when
     something changed."""
     meta = job["metadata"]

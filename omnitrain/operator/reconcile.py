@@ -37,17 +37,31 @@ from omnitrain.status import (
 )
 from omnitrain.timestamps import parse_rfc3339
 
-FORCE_DELETE_AFTER_SECONDS = 60   # after the deletion deadline: the kubelet had its grace period and then some
-WAIT_FOR_PODS_SECONDS = 2.0       # look again this soon while old pods go away (their deletion events come too)
-WAIT_RECHECK_SECONDS = 10.0       # recovery said Wait (e.g. too few usable nodes): look again this soon
+FORCE_DELETE_AFTER_SECONDS = 60  # after the deletion deadline: the kubelet had its grace period and then some
+WAIT_FOR_PODS_SECONDS = 2.0  # look again this soon while old pods go away (their deletion events come too)
+WAIT_RECHECK_SECONDS = 10.0  # recovery said Wait (e.g. too few usable nodes): look again this soon
 
-__all__ = ["CONDITION_TYPES", "Decision", "Event", "FAILED", "PENDING", "RESTARTING", "RUNNING", "SUCCEEDED",
-           "SUSPENDED", "SpecCheck", "TERMINAL", "add_seconds", "parse_spec", "reconcile"]
+__all__ = [
+    "CONDITION_TYPES",
+    "Decision",
+    "Event",
+    "FAILED",
+    "PENDING",
+    "RESTARTING",
+    "RUNNING",
+    "SUCCEEDED",
+    "SUSPENDED",
+    "SpecCheck",
+    "TERMINAL",
+    "add_seconds",
+    "parse_spec",
+    "reconcile",
+]
 
 
 @dataclass(frozen=True)
 class Event:
-    type: str      # Normal | Warning
+    type: str  # Normal | Warning
     reason: str
     message: str
 
@@ -56,9 +70,9 @@ class Event:
 class Decision:
     """What to do now. Order of execution: delete pods, create children, patch status, post events."""
 
-    status: JobStatus = field(default_factory=JobStatus)   # the full new status
+    status: JobStatus = field(default_factory=JobStatus)  # the full new status
     delete_pods: list[str] = field(default_factory=list)
-    create_attempt: int | None = None          # create (if absent) the children of this attempt
+    create_attempt: int | None = None  # create (if absent) the children of this attempt
     events: list[Event] = field(default_factory=list)
     requeue_after_seconds: float | None = None  # one more pass this many seconds from now (None: events suffice)
     isolate_nodes: list[str] = field(default_factory=list)  # label+taint these nodes (hardware evidence)
@@ -87,12 +101,14 @@ def parse_spec(raw: dict | None) -> SpecCheck:
 def add_seconds(timestamp: str, seconds: float) -> str:
     """RFC 3339 (second resolution, UTC, as the operator writes them) plus seconds; comparable as strings."""
     import datetime as dt
+
     t = dt.datetime.strptime(timestamp, "%Y-%m-%dT%H:%M:%SZ") + dt.timedelta(seconds=math.ceil(seconds))
     return t.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def teardown(pods: list[PodObservation], nodes: Mapping[str, NodeObservation],
-             unfinished_only: bool = False) -> tuple[list[str], list[str]]:
+def teardown(
+    pods: list[PodObservation], nodes: Mapping[str, NodeObservation], unfinished_only: bool = False
+) -> tuple[list[str], list[str]]:
     """(pods to delete, pods to force-delete): those on a lost node get grace period 0, since no kubelet will
     confirm a normal deletion; pods already terminating are left to it."""
     lost = [p.name for p in pods if on_lost_node(p, nodes)]
@@ -117,6 +133,7 @@ def final_progress(status: JobStatus, pods: list[PodObservation], checkpoint_roo
 
 
 # ---- the steps -------------------------------------------------------------------------------------------------
+
 
 @dataclass
 class _Pass:
@@ -184,9 +201,16 @@ def waiting_for_old_gang(p: _Pass) -> Decision | None:
     if p.st.phase != RESTARTING or not stale:
         return None
     # A pod on a dead node stays Terminating forever (no kubelet confirms); the next gang must not wait on it.
-    p.d.force_delete_pods = [pod.name for pod in stale if on_lost_node(pod, p.nodes) or (
-        pod.deleted and pod.deletion_timestamp
-        and add_seconds(pod.deletion_timestamp, FORCE_DELETE_AFTER_SECONDS) <= p.now)]
+    p.d.force_delete_pods = [
+        pod.name
+        for pod in stale
+        if on_lost_node(pod, p.nodes)
+        or (
+            pod.deleted
+            and pod.deletion_timestamp
+            and add_seconds(pod.deletion_timestamp, FORCE_DELETE_AFTER_SECONDS) <= p.now
+        )
+    ]
     p.d.delete_pods = [n for n in p.d.delete_pods if n not in p.d.force_delete_pods]
     p.d.requeue_after_seconds = WAIT_FOR_PODS_SECONDS
     return p.d
@@ -198,8 +222,9 @@ def back_off(p: _Pass) -> Decision | None:
     if p.st.phase != RESTARTING or not not_before or p.now >= not_before:
         return None
     start, end = parse_rfc3339(p.now), parse_rfc3339(not_before)
-    p.d.requeue_after_seconds = max(0.0, end - start) if start is not None and end is not None \
-        else WAIT_FOR_PODS_SECONDS
+    p.d.requeue_after_seconds = (
+        max(0.0, end - start) if start is not None and end is not None else WAIT_FOR_PODS_SECONDS
+    )
     return p.d
 
 
@@ -210,11 +235,13 @@ def launch(p: _Pass) -> Decision | None:
     expected = p.expected()
     if set(expected) - {pod.name for pod in p.current} or st.phase in (None, RESTARTING):
         p.d.create_attempt = attempt
-    st.launched_attempt = attempt   # written only after the creations succeed (kube layer order)
-    st.children = Children(pods=expected, service=plan.service_name(p.job.name),
-                           config_map=plan.config_map_name(p.job.name))
-    st.set_condition("Created", True, "ChildrenCreated",
-                     f"attempt {attempt}: {len(expected)} pods, service and config", now)
+    st.launched_attempt = attempt  # written only after the creations succeed (kube layer order)
+    st.children = Children(
+        pods=expected, service=plan.service_name(p.job.name), config_map=plan.config_map_name(p.job.name)
+    )
+    st.set_condition(
+        "Created", True, "ChildrenCreated", f"attempt {attempt}: {len(expected)} pods, service and config", now
+    )
     reason = "Restarted" if st.phase == RESTARTING else "Created"
     p.d.events.append(Event("Normal", reason, f"created {len(expected)} pods for attempt {attempt}"))
     st.set_condition("Restarting", False, "Launched", f"attempt {attempt} launched", now)
@@ -231,7 +258,7 @@ def failure(p: _Pass) -> Decision | None:
     if action is None:
         return None
     st, now, d = p.st, p.now, p.d
-    assert action.failure is not None           # decide() classifies before it plans
+    assert action.failure is not None  # decide() classifies before it plans
     seen = last_failure(action.failure, now)
     st.last_failure_class = action.failure.failure_class.value
     match action:
@@ -294,11 +321,18 @@ def observe(p: _Pass) -> Decision:
     return p.d
 
 
-STEPS: tuple[Callable[[_Pass], Decision | None], ...] = (suspend, resume, waiting_for_old_gang, back_off, launch,
-                                                         failure)
+STEPS: tuple[Callable[[_Pass], Decision | None], ...] = (
+    suspend,
+    resume,
+    waiting_for_old_gang,
+    back_off,
+    launch,
+    failure,
+)
 
 
 # ---- the reconcile decision ------------------------------------------------------------------------------------
+
 
 def finished(st: JobStatus, pods: list[PodObservation]) -> Decision | None:
     """Finished jobs keep their record; leftover running pods (a failed gang) are cleaned up."""
@@ -328,17 +362,29 @@ def admit(st: JobStatus, spec: JobSpec, now: str) -> None:
     st.total_steps = st.total_steps if st.total_steps is not None else spec.training.steps
 
 
-def reconcile(job: plan.JobRef, checked: SpecCheck, status: JobStatus | None, pods: list[PodObservation],
-              now: str, generation: int | None = None, nodes: Mapping[str, NodeObservation] | None = None,
-              usable_nodes: list[str] | None = None) -> Decision:
+def reconcile(
+    job: plan.JobRef,
+    checked: SpecCheck,
+    status: JobStatus | None,
+    pods: list[PodObservation],
+    now: str,
+    generation: int | None = None,
+    nodes: Mapping[str, NodeObservation] | None = None,
+    usable_nodes: list[str] | None = None,
+) -> Decision:
     """`checked`: parse_spec(job's spec), once per pass. `nodes`: the Nodes the unfinished pods are bound to, by
     name (a node not listed is not judged). Pods on a gone or NotReady node count as lost at once and are
     force-deleted (no kubelet will confirm). `usable_nodes`: schedulable Ready nodes when known (else no Wait)."""
     st = status.model_copy(deep=True) if status is not None else JobStatus()
     valid = st.condition("Valid")
-    if (st.phase == FAILED and valid is not None and valid.status == "False" and generation is not None
-            and st.observed_generation != generation):
-        st = JobStatus()   # the spec that failed validation was edited: judge the new one from scratch
+    if (
+        st.phase == FAILED
+        and valid is not None
+        and valid.status == "False"
+        and generation is not None
+        and st.observed_generation != generation
+    ):
+        st = JobStatus()  # the spec that failed validation was edited: judge the new one from scratch
     if generation is not None:
         st.observed_generation = generation
     settled = finished(st, pods) or invalid_spec(st, checked.problems, now)
@@ -346,8 +392,15 @@ def reconcile(job: plan.JobRef, checked: SpecCheck, status: JobStatus | None, po
         return settled
     assert checked.spec is not None
     admit(st, checked.spec, now)
-    p = _Pass(job=job, spec=checked.spec, pods=pods, now=now, nodes=nodes or {}, usable_nodes=usable_nodes,
-              d=Decision(status=st))
+    p = _Pass(
+        job=job,
+        spec=checked.spec,
+        pods=pods,
+        now=now,
+        nodes=nodes or {},
+        usable_nodes=usable_nodes,
+        d=Decision(status=st),
+    )
     p.d.delete_pods = [pod.name for pod in p.stale if not pod.deleted]
     for step in STEPS:
         decided = step(p)

@@ -13,7 +13,7 @@ def run_operator(verbose: bool = False) -> int:
     from omnitrain.operator import handlers
     from omnitrain.operator.settings import OperatorSettings
 
-    kopf.configure(verbose=verbose)   # kopf's log format for our lines too
+    kopf.configure(verbose=verbose)  # kopf's log format for our lines too
     if not verbose:
         # one "Handler succeeded" line per pod event drowns the transitions (logged by kube.post_event)
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
@@ -25,13 +25,21 @@ def run_operator(verbose: bool = False) -> int:
     metrics = None
     if settings.metrics_port:
         from omnitrain.observability.operator_metrics import start_operator_metrics_server
+
         metrics = start_operator_metrics_server(settings.metrics_port)
     handlers.install(settings, metrics=metrics)
     logging.getLogger("omnitrain.operator").info(
-        "omnitrain operator: namespaces=%s resync=%ss command=%s", settings.namespaces or "all",
-        settings.resync_seconds, " ".join(settings.train_command))
-    asyncio.run(kopf.operator(
-        clusterwide=not settings.namespaces, namespaces=settings.namespaces,
-        standalone=settings.peering is None, peering_name=settings.peering,
-    ))
+        "omnitrain operator: namespaces=%s resync=%ss command=%s",
+        settings.namespaces or "all",
+        settings.resync_seconds,
+        " ".join(settings.train_command),
+    )
+    asyncio.run(
+        kopf.operator(
+            clusterwide=not settings.namespaces,
+            namespaces=settings.namespaces,
+            standalone=settings.peering is None,
+            peering_name=settings.peering,
+        )
+    )
     return 0

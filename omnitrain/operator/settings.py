@@ -11,14 +11,14 @@ from omnitrain.operator.plan import DEFAULT_TRAIN_COMMAND, PlanOptions
 
 @dataclass(frozen=True)
 class OperatorSettings:
-    namespaces: list[str] = field(default_factory=list)   # empty = cluster-wide
+    namespaces: list[str] = field(default_factory=list)  # empty = cluster-wide
     train_command: list[str] = field(default_factory=lambda: list(DEFAULT_TRAIN_COMMAND))
-    resync_seconds: float = 5.0          # timer: re-check every job (lost events, progress scrape)
-    metrics_port: int = 0                # operator's own Prometheus port; 0 = off
-    peering: str | None = None           # None = standalone (one replica, Recreate)
+    resync_seconds: float = 5.0  # timer: re-check every job (lost events, progress scrape)
+    metrics_port: int = 0  # operator's own Prometheus port; 0 = off
+    peering: str | None = None  # None = standalone (one replica, Recreate)
     cluster_domain: str = "cluster.local"
-    create_workers: int = 16             # concurrent pod creations per launch
-    pod_env: dict[str, str] = field(default_factory=dict)   # added to every training pod (NCCL_*, thread counts)
+    create_workers: int = 16  # concurrent pod creations per launch
+    pod_env: dict[str, str] = field(default_factory=dict)  # added to every training pod (NCCL_*, thread counts)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> OperatorSettings:
@@ -28,6 +28,7 @@ class OperatorSettings:
         if e.get("OMNITRAIN_WATCHDOG", "1") != "0":
             # the in-pod watchdog is the container's main process: it ends a hung gang with exit 42 + evidence
             from omnitrain.resilience.operator_hook import watchdog_command
+
             default = watchdog_command(default)
         return cls(
             namespaces=[n for n in e.get("OMNITRAIN_NAMESPACES", "").split(",") if n],
@@ -41,8 +42,9 @@ class OperatorSettings:
         )
 
     def plan_options(self) -> PlanOptions:
-        return PlanOptions(command=list(self.train_command), cluster_domain=self.cluster_domain,
-                           extra_env=dict(self.pod_env))
+        return PlanOptions(
+            command=list(self.train_command), cluster_domain=self.cluster_domain, extra_env=dict(self.pod_env)
+        )
 
 
 def parse_pod_env(text: str) -> dict[str, str]:
@@ -51,7 +53,8 @@ def parse_pod_env(text: str) -> dict[str, str]:
     for word in shlex.split(text):
         name, sep, value = word.partition("=")
         if not sep or not name.replace("_", "").isalnum() or name[0].isdigit():
-            raise ValueError(f"OMNITRAIN_POD_ENV: {word!r} is not NAME=VALUE; "
-                             "write e.g. 'OMP_NUM_THREADS=1 NCCL_DEBUG=WARN'")
+            raise ValueError(
+                f"OMNITRAIN_POD_ENV: {word!r} is not NAME=VALUE; write e.g. 'OMP_NUM_THREADS=1 NCCL_DEBUG=WARN'"
+            )
         env[name] = value
     return env

@@ -34,19 +34,41 @@ class FailureClass(str, Enum):
 
 
 # Most specific first: the class that explains the others wins.
-PRECEDENCE = (FailureClass.PERMANENT, FailureClass.HARDWARE, FailureClass.NODE_LOST, FailureClass.PREEMPTED,
-              FailureClass.HANG, FailureClass.OOM, FailureClass.CRASH)
+PRECEDENCE = (
+    FailureClass.PERMANENT,
+    FailureClass.HARDWARE,
+    FailureClass.NODE_LOST,
+    FailureClass.PREEMPTED,
+    FailureClass.HANG,
+    FailureClass.OOM,
+    FailureClass.CRASH,
+)
 
 # Waiting reasons of a container that will not start however often we restart.
-PERMANENT_WAITING_REASONS = frozenset({
-    "ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull", "CreateContainerConfigError",
-    "CreateContainerError",
-})
+PERMANENT_WAITING_REASONS = frozenset(
+    {
+        "ErrImagePull",
+        "ImagePullBackOff",
+        "InvalidImageName",
+        "ErrImageNeverPull",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+    }
+)
 # Pod-level reasons/conditions that mean "taken away", not "broken" (jobset PR #601: do not burn the budget).
-DISRUPTION_REASONS = frozenset({"Evicted", "Preempting", "PreemptionByScheduler", "EvictionByEvictionAPI",
-                                "TerminationByKubelet", "Shutdown", "NodeShutdown"})
+DISRUPTION_REASONS = frozenset(
+    {
+        "Evicted",
+        "Preempting",
+        "PreemptionByScheduler",
+        "EvictionByEvictionAPI",
+        "TerminationByKubelet",
+        "Shutdown",
+        "NodeShutdown",
+    }
+)
 NODE_LOSS_REASONS = frozenset({"NodeLost", "DeletionByTaintManager", "DeletionByPodGC"})
-POD_LOST = "PodLost"                           # pod_reason of `missing_pod`
+POD_LOST = "PodLost"  # pod_reason of `missing_pod`
 _PERMANENT_EXIT_REASONS = {ExitCode.CONFIG: "ConfigError", ExitCode.NO_PROGRESS: "NoProgress"}
 
 
@@ -56,15 +78,15 @@ class PodObservation:
 
     name: str
     node: str | None = None
-    phase: str = "Running"                     # Pending / Running / Succeeded / Failed / Unknown
-    exit_code: int | None = None               # terminated main container
-    container_reason: str | None = None        # terminated reason (OOMKilled, Error, ...)
-    waiting_reason: str | None = None          # e.g. ImagePullBackOff
-    termination_message: str | None = None     # as the container left it (ours is one JSON line)
-    pod_reason: str | None = None              # status.reason (Evicted, NodeLost, ...)
-    disruption_reason: str | None = None       # reason of a DisruptionTarget condition that is True
-    deleted: bool = False                      # metadata.deletionTimestamp set or the pod vanished
-    attempt: int = -1                          # the operator's labels (omnitrain.operator.plan)
+    phase: str = "Running"  # Pending / Running / Succeeded / Failed / Unknown
+    exit_code: int | None = None  # terminated main container
+    container_reason: str | None = None  # terminated reason (OOMKilled, Error, ...)
+    waiting_reason: str | None = None  # e.g. ImagePullBackOff
+    termination_message: str | None = None  # as the container left it (ours is one JSON line)
+    pod_reason: str | None = None  # status.reason (Evicted, NodeLost, ...)
+    disruption_reason: str | None = None  # reason of a DisruptionTarget condition that is True
+    deleted: bool = False  # metadata.deletionTimestamp set or the pod vanished
+    attempt: int = -1  # the operator's labels (omnitrain.operator.plan)
     rank: int = -1
     pod_ip: str | None = None
     deletion_timestamp: str | None = None
@@ -93,15 +115,15 @@ class NodeObservation:
 @dataclass(frozen=True)
 class Failure:
     failure_class: FailureClass
-    reason: str                                # short CamelCase, for conditions/events
+    reason: str  # short CamelCase, for conditions/events
     message: str
     pods: tuple[str, ...] = ()
-    nodes: tuple[str, ...] = ()                # nodes to keep out of the next attempt
-    isolate: bool = False                      # taint/label the nodes (hardware evidence)
-    step: int | None = None                    # last step a pod reported in its termination message
+    nodes: tuple[str, ...] = ()  # nodes to keep out of the next attempt
+    isolate: bool = False  # taint/label the nodes (hardware evidence)
+    step: int | None = None  # last step a pod reported in its termination message
     evidence: dict = field(default_factory=dict)
-    primary: PodObservation | None = None      # the pod that explains the attempt (lowest rank, a real exit first)
-    detail: str = ""                           # what happened to the primary pod alone
+    primary: PodObservation | None = None  # the pod that explains the attempt (lowest rank, a real exit first)
+    detail: str = ""  # what happened to the primary pod alone
 
     @property
     def counts_toward_budget(self) -> bool:
@@ -127,8 +149,9 @@ def on_lost_node(pod: PodObservation, nodes: Mapping[str, NodeObservation]) -> b
     return seen is not None and (not seen.exists or not seen.ready)
 
 
-def observe_pod(pod: dict, main_container: str | None = None, attempt_label: str | None = None,
-                rank_label: str | None = None) -> PodObservation:
+def observe_pod(
+    pod: dict, main_container: str | None = None, attempt_label: str | None = None, rank_label: str | None = None
+) -> PodObservation:
     """A Pod object (dict, camelCase as kopf and the API return it) -> the facts classification needs; the labels
     named carry the pod's attempt and rank (-1 when absent)."""
     meta, spec, status = pod.get("metadata") or {}, pod.get("spec") or {}, pod.get("status") or {}
@@ -139,16 +162,30 @@ def observe_pod(pod: dict, main_container: str | None = None, attempt_label: str
     # A restarted container's interesting end is in lastState (restartPolicy Never keeps it in state).
     terminated = state.get("terminated") or (chosen.get("lastState") or {}).get("terminated") or {}
     waiting = state.get("waiting") or {}
-    disruption = next((c.get("reason") for c in status.get("conditions") or []
-                       if c.get("type") == "DisruptionTarget" and c.get("status") == "True"), None)
+    disruption = next(
+        (
+            c.get("reason")
+            for c in status.get("conditions") or []
+            if c.get("type") == "DisruptionTarget" and c.get("status") == "True"
+        ),
+        None,
+    )
     return PodObservation(
-        name=meta.get("name", ""), node=spec.get("nodeName"), phase=status.get("phase", "Pending"),
-        exit_code=terminated.get("exitCode"), container_reason=terminated.get("reason"),
-        waiting_reason=waiting.get("reason"), termination_message=terminated.get("message") or status.get("message"),
-        pod_reason=status.get("reason"), disruption_reason=disruption,
-        deleted=bool(meta.get("deletionTimestamp")), deletion_timestamp=meta.get("deletionTimestamp"),
+        name=meta.get("name", ""),
+        node=spec.get("nodeName"),
+        phase=status.get("phase", "Pending"),
+        exit_code=terminated.get("exitCode"),
+        container_reason=terminated.get("reason"),
+        waiting_reason=waiting.get("reason"),
+        termination_message=terminated.get("message") or status.get("message"),
+        pod_reason=status.get("reason"),
+        disruption_reason=disruption,
+        deleted=bool(meta.get("deletionTimestamp")),
+        deletion_timestamp=meta.get("deletionTimestamp"),
         attempt=int(labels.get(attempt_label, -1)) if attempt_label else -1,
-        rank=int(labels.get(rank_label, -1)) if rank_label else -1, pod_ip=status.get("podIP"))
+        rank=int(labels.get(rank_label, -1)) if rank_label else -1,
+        pod_ip=status.get("podIP"),
+    )
 
 
 def _classify_pod(pod: PodObservation, nodes: dict[str, NodeObservation]) -> tuple[FailureClass, str, str] | None:
@@ -156,16 +193,22 @@ def _classify_pod(pod: PodObservation, nodes: dict[str, NodeObservation]) -> tup
     msg = pod.termination
     code = pod.exit_code
     if pod.waiting_reason in PERMANENT_WAITING_REASONS:
-        return FailureClass.PERMANENT, pod.waiting_reason, f"pod {pod.name}: container cannot start " \
-                                                           f"({pod.waiting_reason}); fix the image or pod config"
+        return (
+            FailureClass.PERMANENT,
+            pod.waiting_reason,
+            f"pod {pod.name}: container cannot start ({pod.waiting_reason}); fix the image or pod config",
+        )
     if code is not None and code in PERMANENT_EXIT_CODES:
         reason = msg.reason if msg else _PERMANENT_EXIT_REASONS[ExitCode(code)]
         detail = f": {msg.message}" if msg and msg.message else ""
         return FailureClass.PERMANENT, reason, f"pod {pod.name} exited with {code} ({reason}){detail}"
     if code == ExitCode.HARDWARE or (msg and msg.reason == "HardwareFault"):
-        return FailureClass.HARDWARE, "HardwareFault", f"pod {pod.name} on {pod.node}: hardware fault" + (
-            f" ({msg.message})" if msg and msg.message else "")
-    node = nodes.get(pod.node) if pod.node and pod.phase != "Succeeded" else None   # a finished rank lost nothing
+        return (
+            FailureClass.HARDWARE,
+            "HardwareFault",
+            f"pod {pod.name} on {pod.node}: hardware fault" + (f" ({msg.message})" if msg and msg.message else ""),
+        )
+    node = nodes.get(pod.node) if pod.node and pod.phase != "Succeeded" else None  # a finished rank lost nothing
     node_gone = node is not None and (not node.exists or not node.ready)
     if node_gone or pod.pod_reason in NODE_LOSS_REASONS or pod.disruption_reason in NODE_LOSS_REASONS:
         what = "deleted" if node is not None and not node.exists else "NotReady"
@@ -174,8 +217,11 @@ def _classify_pod(pod: PodObservation, nodes: dict[str, NodeObservation]) -> tup
         why = pod.disruption_reason or pod.pod_reason
         return FailureClass.PREEMPTED, "Preempted", f"pod {pod.name} was disrupted ({why})"
     if code == ExitCode.HANG or (msg and msg.reason == "HangDetected"):
-        return FailureClass.HANG, "HangDetected", f"pod {pod.name}: " + (msg.message if msg and msg.message
-                                                                         else "watchdog found no progress")
+        return (
+            FailureClass.HANG,
+            "HangDetected",
+            f"pod {pod.name}: " + (msg.message if msg and msg.message else "watchdog found no progress"),
+        )
     if pod.container_reason == "OOMKilled":
         return FailureClass.OOM, "OOMKilled", f"pod {pod.name} ran out of memory (exit {code})"
     if pod.pod_reason == POD_LOST:
@@ -208,6 +254,15 @@ def classify(pods: list[PodObservation], nodes: list[NodeObservation] | None = N
     steps = [p.termination.step for p in same if p.termination and p.termination.step is not None]
     evidence = next((p.termination.evidence for p in same if p.termination and p.termination.evidence), {})
     message = detail + (f" (and {len(same) - 1} more pod(s) alike)" if len(same) > 1 else "")
-    return Failure(failure_class=cls, reason=reason, message=message, pods=tuple(p.name for p in same),
-                   nodes=bad_nodes, isolate=cls is FailureClass.HARDWARE, step=min(steps) if steps else None,
-                   evidence=evidence, primary=primary, detail=detail)
+    return Failure(
+        failure_class=cls,
+        reason=reason,
+        message=message,
+        pods=tuple(p.name for p in same),
+        nodes=bad_nodes,
+        isolate=cls is FailureClass.HARDWARE,
+        step=min(steps) if steps else None,
+        evidence=evidence,
+        primary=primary,
+        detail=detail,
+    )

@@ -30,23 +30,35 @@ def last_checkpoint_step(status: JobStatus) -> int | None:
     return None if step is None or step < 0 else step
 
 
-def decide(pods: Sequence[PodObservation], nodes: Mapping[str, NodeObservation], status: JobStatus, spec: JobSpec,
-           missing: Iterable[str] = (), usable_nodes: list[str] | None = None) -> RecoveryAction | None:
+def decide(
+    pods: Sequence[PodObservation],
+    nodes: Mapping[str, NodeObservation],
+    status: JobStatus,
+    spec: JobSpec,
+    missing: Iterable[str] = (),
+    usable_nodes: list[str] | None = None,
+) -> RecoveryAction | None:
     """What to do about the current attempt: None while no pod shows a failure. `usable_nodes`: the schedulable,
     Ready nodes when known (then too few of them is a Wait, not a restart that cannot be scheduled)."""
     failure = classify([*pods, *(missing_pod(name) for name in missing)], list(nodes.values()))
     if failure is None:
         return None
-    action = plan_recovery(failure, RecoveryState.from_status(status), spec.resilience, last_checkpoint_step(status),
-                           nodes_needed=spec.parallelism.nodes if usable_nodes is not None else None,
-                           usable_nodes=usable_nodes)
+    action = plan_recovery(
+        failure,
+        RecoveryState.from_status(status),
+        spec.resilience,
+        last_checkpoint_step(status),
+        nodes_needed=spec.parallelism.nodes if usable_nodes is not None else None,
+        usable_nodes=usable_nodes,
+    )
     tag = f"[{failure.failure_class.value}]"
     match action:
         case GangRestart():
             return replace(action, reason="GangRestart", message=f"{tag} {action.message}")
         case Fail():
-            return replace(action, reason=_FAIL_REASONS.get(action.reason, "PermanentFailure"),
-                           message=f"{tag} {action.message}")
+            return replace(
+                action, reason=_FAIL_REASONS.get(action.reason, "PermanentFailure"), message=f"{tag} {action.message}"
+            )
         case Wait():
             return action
 
@@ -61,14 +73,27 @@ def last_failure(failure: Failure, now: str) -> LastFailure:
     if failure.failure_class is FailureClass.NODE_LOST:
         reason, message, exit_code = "NodeLost", failure.detail, None
     else:
-        reason = (term.reason if term else None) or pod.container_reason or pod.pod_reason \
-            or pod.disruption_reason or pod.waiting_reason or "Error"
-        message = term.message if term and term.message else (
-            failure.detail if pod.termination_message is None and pod.exit_code is None
-            else pod.termination_message or "")
+        reason = (
+            (term.reason if term else None)
+            or pod.container_reason
+            or pod.pod_reason
+            or pod.disruption_reason
+            or pod.waiting_reason
+            or "Error"
+        )
+        message = (
+            term.message
+            if term and term.message
+            else (
+                failure.detail
+                if pod.termination_message is None and pod.exit_code is None
+                else pod.termination_message or ""
+            )
+        )
         exit_code = pod.exit_code
-    return LastFailure(pod=pod.name, node=pod.node, exit_code=exit_code, reason=reason,
-                       message=message[:MAX_FAILURE_MESSAGE], time=now)
+    return LastFailure(
+        pod=pod.name, node=pod.node, exit_code=exit_code, reason=reason, message=message[:MAX_FAILURE_MESSAGE], time=now
+    )
 
 
 __all__ = ["decide", "last_checkpoint_step", "last_failure"]

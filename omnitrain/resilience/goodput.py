@@ -23,18 +23,25 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
-BADPUT_CAUSES = ("startup", "data_loading", "checkpoint_save", "checkpoint_restore", "wasted_progress", "recovery",
-                 "other")
+BADPUT_CAUSES = (
+    "startup",
+    "data_loading",
+    "checkpoint_save",
+    "checkpoint_restore",
+    "wasted_progress",
+    "recovery",
+    "other",
+)
 
 
 class EventKind(str, Enum):
-    ATTEMPT_START = "attempt_start"      # the attempt's pods were created (attempt 0: the job started)
-    PODS_RUNNING = "pods_running"        # every pod of the attempt is Running
-    RESTORE = "restore"                  # stamped at its end; seconds = duration, step = the step resumed from
-    STEP = "step"                        # stamped at its end; seconds = duration, data_seconds = input wait in it
+    ATTEMPT_START = "attempt_start"  # the attempt's pods were created (attempt 0: the job started)
+    PODS_RUNNING = "pods_running"  # every pod of the attempt is Running
+    RESTORE = "restore"  # stamped at its end; seconds = duration, step = the step resumed from
+    STEP = "step"  # stamped at its end; seconds = duration, data_seconds = input wait in it
     CHECKPOINT_SAVE = "checkpoint_save"  # seconds = time the loop was blocked
-    FAILURE = "failure"                  # the fault happened (injected, or the last sign of life)
-    DETECTION = "detection"              # the fault was noticed (watchdog exit, pod Failed, node NotReady)
+    FAILURE = "failure"  # the fault happened (injected, or the last sign of life)
+    DETECTION = "detection"  # the fault was noticed (watchdog exit, pod Failed, node NotReady)
     JOB_END = "job_end"
 
 
@@ -52,10 +59,10 @@ class Event:
 class RecoveryTiming:
     """One failure and what it took to get back to training."""
 
-    attempt: int                        # the attempt that failed
-    detection_seconds: float | None     # failure -> detection
-    relaunch_seconds: float | None      # detection -> the next attempt's pods Running
-    first_step_seconds: float | None    # pods Running -> the next attempt's first completed step
+    attempt: int  # the attempt that failed
+    detection_seconds: float | None  # failure -> detection
+    relaunch_seconds: float | None  # detection -> the next attempt's pods Running
+    first_step_seconds: float | None  # pods Running -> the next attempt's first completed step
 
 
 @dataclass
@@ -71,9 +78,12 @@ class GoodputReport:
 
     def to_status(self) -> dict:
         """The shape the operator puts in status.goodput (camelCase)."""
-        return {"ratio": round(self.goodput, 4), "wallSeconds": round(self.wall_seconds, 1),
-                "productiveSeconds": round(self.productive_seconds, 1),
-                "badputSeconds": {k: round(v, 1) for k, v in self.badput_seconds.items()}}
+        return {
+            "ratio": round(self.goodput, 4),
+            "wallSeconds": round(self.wall_seconds, 1),
+            "productiveSeconds": round(self.productive_seconds, 1),
+            "badputSeconds": {k: round(v, 1) for k, v in self.badput_seconds.items()},
+        }
 
 
 def _first(events: list[Event], kind: EventKind) -> Event | None:
@@ -140,26 +150,28 @@ def compute_goodput(events: list[Event]) -> GoodputReport:
         last_step_end = steps[-1].time if steps else start
         failure = _first(evs, EventKind.FAILURE)
         detection = _first(evs, EventKind.DETECTION)
-        t_fail = failure.time if failure is not None else (detection.time if detection is not None
-                                                          else last_step_end)
-        badput["wasted_progress"] += max(0.0, t_fail - last_step_end)   # the step in flight when it failed
+        t_fail = failure.time if failure is not None else (detection.time if detection is not None else last_step_end)
+        badput["wasted_progress"] += max(0.0, t_fail - last_step_end)  # the step in flight when it failed
         t_back = began(nxt, True)
         badput["recovery"] += max(0.0, t_back - t_fail)
         next_steps = [e for e in by_attempt[nxt] if e.kind is EventKind.STEP]
-        recoveries.append(RecoveryTiming(
-            attempt=a,
-            detection_seconds=None if detection is None else max(0.0, detection.time - t_fail),
-            relaunch_seconds=None if detection is None else max(0.0, t_back - detection.time),
-            first_step_seconds=None if not next_steps else max(0.0, next_steps[0].time - t_back)))
+        recoveries.append(
+            RecoveryTiming(
+                attempt=a,
+                detection_seconds=None if detection is None else max(0.0, detection.time - t_fail),
+                relaunch_seconds=None if detection is None else max(0.0, t_back - detection.time),
+                first_step_seconds=None if not next_steps else max(0.0, next_steps[0].time - t_back),
+            )
+        )
 
     wall = max(0.0, t_end - t0)
     badput["other"] = max(0.0, wall - productive - sum(v for k, v in badput.items() if k != "other"))
-    return GoodputReport(wall_seconds=wall, productive_seconds=productive, badput_seconds=badput,
-                         recoveries=recoveries)
+    return GoodputReport(wall_seconds=wall, productive_seconds=productive, badput_seconds=badput, recoveries=recoveries)
 
 
-def events_from_metrics_log(records: list[dict], operator_events: Sequence[Event] = (),
-                            job_started: float | None = None) -> list[Event]:
+def events_from_metrics_log(
+    records: list[dict], operator_events: Sequence[Event] = (), job_started: float | None = None
+) -> list[Event]:
     """Events from the job's metrics log (omnitrain.metrics_log records: start, step, checkpoint,
     restore, hang, end) plus what only the operator saw (attempt creation, pods Running, failure detection).
 
@@ -183,11 +195,18 @@ def events_from_metrics_log(records: list[dict], operator_events: Sequence[Event
         if kind == "start" and attempt not in started:
             events.append(Event(min(t, restore_begins.get(attempt, t)), EventKind.ATTEMPT_START, attempt, step=step))
         elif kind == "step":
-            events.append(Event(t, EventKind.STEP, attempt, step=step, seconds=float(r.get("step_seconds") or 0.0),
-                                data_seconds=float(r.get("data_seconds") or 0.0)))
+            events.append(
+                Event(
+                    t,
+                    EventKind.STEP,
+                    attempt,
+                    step=step,
+                    seconds=float(r.get("step_seconds") or 0.0),
+                    data_seconds=float(r.get("data_seconds") or 0.0),
+                )
+            )
         elif kind == "checkpoint" and r.get("blocking_seconds") is not None:
-            events.append(Event(t, EventKind.CHECKPOINT_SAVE, attempt, step=step,
-                                seconds=float(r["blocking_seconds"])))
+            events.append(Event(t, EventKind.CHECKPOINT_SAVE, attempt, step=step, seconds=float(r["blocking_seconds"])))
         elif kind == "restore":
             events.append(Event(t, EventKind.RESTORE, attempt, step=step, seconds=float(r.get("seconds") or 0.0)))
         elif kind == "hang":

@@ -20,7 +20,7 @@ CRITICAL_XIDS = frozenset({48, 63, 64, 74, 79, 92, 94, 95})
 @dataclass(frozen=True)
 class HardwareFault:
     gpu: int
-    kind: str          # "xid" or "ecc"
+    kind: str  # "xid" or "ecc"
     detail: str
 
     def evidence(self) -> dict:
@@ -34,23 +34,24 @@ def new_ecc_errors(baseline: dict[int, int], current: dict[int, int]) -> list[in
 
 class GpuHealth:
     def __init__(self) -> None:
-        self._nvml: Any = None   # pynvml, loaded lazily: it is optional and absent on CPU machines
+        self._nvml: Any = None  # pynvml, loaded lazily: it is optional and absent on CPU machines
         self._handles: list = []
         self._events = None
         self._ecc_baseline: dict[int, int] = {}
         try:
             import pynvml
+
             pynvml.nvmlInit()
             self._handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
             self._nvml = pynvml
-        except Exception as exc:   # no library, no driver, no device
+        except Exception as exc:  # no library, no driver, no device
             log.debug("NVML not available, GPU health checks off: %s", exc)
             return
         try:
             self._events = pynvml.nvmlEventSetCreate()
             for handle in self._handles:
                 pynvml.nvmlDeviceRegisterEvents(handle, pynvml.nvmlEventTypeXidCriticalError, self._events)
-        except Exception as exc:   # not supported on some boards/containers: ECC counts still work
+        except Exception as exc:  # not supported on some boards/containers: ECC counts still work
             log.debug("XID events not available: %s", exc)
             self._events = None
         self._ecc_baseline = self._ecc_counts()
@@ -64,8 +65,9 @@ class GpuHealth:
         nv = self._nvml
         for i, handle in enumerate(self._handles):
             try:
-                counts[i] = int(nv.nvmlDeviceGetTotalEccErrors(handle, nv.NVML_MEMORY_ERROR_TYPE_UNCORRECTED,
-                                                               nv.NVML_VOLATILE_ECC))
+                counts[i] = int(
+                    nv.nvmlDeviceGetTotalEccErrors(handle, nv.NVML_MEMORY_ERROR_TYPE_UNCORRECTED, nv.NVML_VOLATILE_ECC)
+                )
             except Exception:
                 continue
         return counts
@@ -86,7 +88,7 @@ class GpuHealth:
                 xid = int(data.eventData)
                 if xid in CRITICAL_XIDS:
                     return HardwareFault(self._index_of(data.device), "xid", f"critical XID {xid}")
-            except Exception:   # NVML_ERROR_TIMEOUT: no event pending
+            except Exception:  # NVML_ERROR_TIMEOUT: no event pending
                 pass
         grown = new_ecc_errors(self._ecc_baseline, self._ecc_counts())
         if grown:

@@ -28,19 +28,20 @@ class Verdict(str, Enum):
 
 @dataclass(frozen=True)
 class HangPolicy:
-    timeout: float                    # the configured hangTimeoutSeconds: also the ceiling of a learned timeout
-    startup_timeout: float | None = None       # setup section / no heartbeat yet; default 10 x timeout
+    timeout: float  # the configured hangTimeoutSeconds: also the ceiling of a learned timeout
+    startup_timeout: float | None = None  # setup section / no heartbeat yet; default 10 x timeout
     long_section_timeout: float | None = None  # checkpoint / finish; default 5 x timeout
     learn: bool = True
-    warmup_steps: int = 3             # first steps of an attempt (compilation, allocator warm-up) are not learned from
-    min_samples: int = 5              # steps after warm-up before a learned timeout is used
+    warmup_steps: int = 3  # first steps of an attempt (compilation, allocator warm-up) are not learned from
+    min_samples: int = 5  # steps after warm-up before a learned timeout is used
     safety_factor: float = 5.0
-    min_timeout: float = 5.0          # a learned timeout never goes below this (or below `timeout` if smaller)
+    min_timeout: float = 5.0  # a learned timeout never goes below this (or below `timeout` if smaller)
 
     def __post_init__(self) -> None:
         if not self.timeout > 0:
-            raise ValueError(f"hang timeout must be > 0 seconds, got {self.timeout} "
-                             "(set spec.resilience.hangTimeoutSeconds)")
+            raise ValueError(
+                f"hang timeout must be > 0 seconds, got {self.timeout} (set spec.resilience.hangTimeoutSeconds)"
+            )
 
     @property
     def startup(self) -> float:
@@ -91,11 +92,11 @@ class StepTimeLearner:
 
 @dataclass(frozen=True)
 class RankState:
-    rank: int | None          # None: a worker that has not written a heartbeat yet
+    rank: int | None  # None: a worker that has not written a heartbeat yet
     step: int | None
     section: str
-    age: float                # seconds since its last record (or since launch)
-    limit: float              # its leash in this section
+    age: float  # seconds since its last record (or since launch)
+    limit: float  # its leash in this section
 
 
 @dataclass(frozen=True)
@@ -105,7 +106,7 @@ class Assessment:
     overdue: list[RankState] = field(default_factory=list)
     step_timeout: float = 0.0
     learned: bool = False
-    rdma_seconds_since_change: float | None = None   # None: no RDMA evidence on this node
+    rdma_seconds_since_change: float | None = None  # None: no RDMA evidence on this node
 
     @property
     def min_step(self) -> int | None:
@@ -114,9 +115,16 @@ class Assessment:
 
     def evidence(self, max_ranks: int = 16) -> dict:
         """Compact, JSON-able; fits a termination message (4 KiB) with many ranks."""
+
         def brief(r: RankState) -> dict:
-            return {"rank": r.rank, "step": r.step, "section": r.section, "age_s": round(r.age, 1),
-                    "limit_s": round(r.limit, 1)}
+            return {
+                "rank": r.rank,
+                "step": r.step,
+                "section": r.section,
+                "age_s": round(r.age, 1),
+                "limit_s": round(r.limit, 1),
+            }
+
         return {
             "verdict": self.verdict.value,
             "stalled_ranks": [r.rank for r in self.overdue][:max_ranks],
@@ -124,8 +132,11 @@ class Assessment:
             "overdue": [brief(r) for r in self.overdue[:max_ranks]],
             "step_timeout_s": round(self.step_timeout, 2),
             "timeout_learned": self.learned,
-            "rdma": ("no_evidence" if self.rdma_seconds_since_change is None
-                     else {"seconds_since_change": round(self.rdma_seconds_since_change, 1)}),
+            "rdma": (
+                "no_evidence"
+                if self.rdma_seconds_since_change is None
+                else {"seconds_since_change": round(self.rdma_seconds_since_change, 1)}
+            ),
         }
 
 
@@ -136,15 +147,24 @@ def _limit(policy: HangPolicy, section: str, step_timeout: float) -> float:
         return max(policy.long_section, step_timeout)
     if section == "done":
         return math.inf
-    return max(policy.startup, step_timeout)   # setup, or not started
+    return max(policy.startup, step_timeout)  # setup, or not started
 
 
-def assess(now: float, records: dict[int, Heartbeat], expected_workers: int, started_at: float,
-           policy: HangPolicy, step_timeout: float, rdma_seconds_since_change: float | None,
-           learned: bool = False) -> Assessment:
+def assess(
+    now: float,
+    records: dict[int, Heartbeat],
+    expected_workers: int,
+    started_at: float,
+    policy: HangPolicy,
+    step_timeout: float,
+    rdma_seconds_since_change: float | None,
+    learned: bool = False,
+) -> Assessment:
     """Judge one moment. `started_at`: when the workers were launched (the age of a rank that never wrote)."""
-    ranks = [RankState(hb.rank, hb.step, hb.section, max(0.0, now - hb.time), _limit(policy, hb.section, step_timeout))
-             for hb in sorted(records.values(), key=lambda h: h.rank)]
+    ranks = [
+        RankState(hb.rank, hb.step, hb.section, max(0.0, now - hb.time), _limit(policy, hb.section, step_timeout))
+        for hb in sorted(records.values(), key=lambda h: h.rank)
+    ]
     for _ in range(max(0, expected_workers - len(records))):
         ranks.append(RankState(None, None, "setup", max(0.0, now - started_at), _limit(policy, "setup", step_timeout)))
     overdue = [r for r in ranks if r.age > r.limit]
@@ -153,5 +173,11 @@ def assess(now: float, records: dict[int, Heartbeat], expected_workers: int, sta
         window = min(r.limit for r in overdue)
         traffic_moving = rdma_seconds_since_change is not None and rdma_seconds_since_change < window
         verdict = Verdict.SLOW if traffic_moving else Verdict.HANG
-    return Assessment(verdict=verdict, ranks=ranks, overdue=overdue, step_timeout=step_timeout, learned=learned,
-                      rdma_seconds_since_change=rdma_seconds_since_change)
+    return Assessment(
+        verdict=verdict,
+        ranks=ranks,
+        overdue=overdue,
+        step_timeout=step_timeout,
+        learned=learned,
+        rdma_seconds_since_change=rdma_seconds_since_change,
+    )

@@ -46,11 +46,11 @@ class Heartbeat:
     """What one rank last said about itself."""
 
     rank: int
-    step: int                     # last completed step (the step resumed from before the first one)
-    section: str                  # one of SECTIONS
-    time: float                   # wall clock (time.time()) of the record
+    step: int  # last completed step (the step resumed from before the first one)
+    section: str  # one of SECTIONS
+    time: float  # wall clock (time.time()) of the record
     pid: int
-    step_seconds: float | None = None   # duration of the step that just completed, for learning the timeout
+    step_seconds: float | None = None  # duration of the step that just completed, for learning the timeout
 
     def to_json(self) -> str:
         return json.dumps({k: v for k, v in asdict(self).items() if v is not None}, sort_keys=True)
@@ -58,12 +58,17 @@ class Heartbeat:
     @classmethod
     def from_json(cls, text: str) -> Heartbeat:
         data = json.loads(text)
-        return cls(rank=int(data["rank"]), step=int(data["step"]), section=str(data["section"]),
-                   time=float(data["time"]), pid=int(data["pid"]),
-                   step_seconds=None if data.get("step_seconds") is None else float(data["step_seconds"]))
+        return cls(
+            rank=int(data["rank"]),
+            step=int(data["step"]),
+            section=str(data["section"]),
+            time=float(data["time"]),
+            pid=int(data["pid"]),
+            step_seconds=None if data.get("step_seconds") is None else float(data["step_seconds"]),
+        )
 
 
-RECORD_BYTES = 512   # fixed size: every write covers the whole record, so no truncate and no stale tail
+RECORD_BYTES = 512  # fixed size: every write covers the whole record, so no truncate and no stale tail
 
 
 class HeartbeatWriter:
@@ -84,12 +89,18 @@ class HeartbeatWriter:
     def beat(self, step: int, section: str, step_seconds: float | None = None) -> Heartbeat:
         if section not in SECTIONS:
             raise ValueError(f"heartbeat section {section!r} is not one of {SECTIONS}")
-        record = Heartbeat(rank=self.rank, step=int(step), section=section, time=self._clock(), pid=os.getpid(),
-                           step_seconds=step_seconds)
+        record = Heartbeat(
+            rank=self.rank,
+            step=int(step),
+            section=section,
+            time=self._clock(),
+            pid=os.getpid(),
+            step_seconds=step_seconds,
+        )
         payload = record.to_json().encode()
         try:
             os.pwrite(self._fd, payload.ljust(RECORD_BYTES - 1) + b"\n", 0)
-        except OSError as exc:   # a full or vanished pod-local dir must not stop training
+        except OSError as exc:  # a full or vanished pod-local dir must not stop training
             log.warning("heartbeat write failed: %s", exc)
         return record
 
@@ -104,7 +115,7 @@ def _read_record(path: Path, attempts: int = 3) -> Heartbeat | None:
         try:
             return Heartbeat.from_json(path.read_text().strip())
         except (ValueError, KeyError):
-            continue            # caught mid-write (or not a record): read again
+            continue  # caught mid-write (or not a record): read again
         except OSError:
             return None
     return None
@@ -132,8 +143,13 @@ class HeartbeatCallback(TrainerHooks, CheckpointHooks):
     callback, so the final save and the wait for background writes run in it), "done" at on_exit.
     """
 
-    def __init__(self, directory: str | os.PathLike, rank: int, clock: Callable[[], float] = time.time,
-                 monotonic: Callable[[], float] = time.perf_counter) -> None:
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        rank: int,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.perf_counter,
+    ) -> None:
         self.writer = HeartbeatWriter(directory, rank, clock)
         self.rank = rank
         self._monotonic = monotonic

@@ -36,7 +36,7 @@ def read_counters(root: str | os.PathLike = DEFAULT_RDMA_ROOT) -> dict[str, int]
         try:
             value = int(counter_file.read_text().strip())
         except (OSError, ValueError):
-            continue   # a port going away mid-read is not evidence either way
+            continue  # a port going away mid-read is not evidence either way
         device, port = counter_file.parents[3].name, counter_file.parents[1].name
         values[f"{device}/{port}/{counter_file.name}"] = value
     return values
@@ -56,7 +56,7 @@ class RdmaMonitor:
 
     root: str | os.PathLike = DEFAULT_RDMA_ROOT
     last_values: dict[str, int] | None = None
-    last_change: float | None = None      # time of the last sample that differed from the one before
+    last_change: float | None = None  # time of the last sample that differed from the one before
 
     def observe(self, now: float) -> dict[str, int]:
         values = read_counters(self.root)
@@ -64,7 +64,7 @@ class RdmaMonitor:
             self.last_values = None
             return values
         if self.last_values is None:
-            self.last_change = now        # first sight counts as movement: we cannot know what came before
+            self.last_change = now  # first sight counts as movement: we cannot know what came before
         elif counters_moved(self.last_values, values):
             self.last_change = now
         self.last_values = values

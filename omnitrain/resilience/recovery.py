@@ -25,7 +25,7 @@ from omnitrain.resilience.classify import Failure, FailureClass
 from omnitrain.spec import ResilienceSpec
 from omnitrain.status import JobStatus
 
-ISOLATION_KEY = "omnitrain.dev/isolated"      # label and NoSchedule taint key put on a node with hardware evidence
+ISOLATION_KEY = "omnitrain.dev/isolated"  # label and NoSchedule taint key put on a node with hardware evidence
 MAX_BACKOFF_SECONDS = 600.0
 
 
@@ -39,19 +39,23 @@ class ActionKind(str, Enum):
 class RecoveryState:
     """What the operator keeps in status between attempts (survives operator restarts)."""
 
-    restarts: int = 0                          # counted toward maxRestarts
-    total_restarts: int = 0                    # including preemptions
+    restarts: int = 0  # counted toward maxRestarts
+    total_restarts: int = 0  # including preemptions
     no_progress_restarts: int = 0
     checkpoint_step_at_last_failure: int | None = None
     excluded_nodes: tuple[str, ...] = ()
 
     def apply(self, status: JobStatus) -> JobStatus:
         """`status` with this state written into it (a copy)."""
-        return status.model_copy(update={
-            "restarts": self.restarts, "total_restarts": self.total_restarts,
-            "no_progress_restarts": self.no_progress_restarts,
-            "checkpoint_step_at_last_failure": self.checkpoint_step_at_last_failure,
-            "excluded_nodes": list(self.excluded_nodes)})
+        return status.model_copy(
+            update={
+                "restarts": self.restarts,
+                "total_restarts": self.total_restarts,
+                "no_progress_restarts": self.no_progress_restarts,
+                "checkpoint_step_at_last_failure": self.checkpoint_step_at_last_failure,
+                "excluded_nodes": list(self.excluded_nodes),
+            }
+        )
 
     def to_status(self) -> JobStatus:
         return self.apply(JobStatus())
@@ -59,20 +63,23 @@ class RecoveryState:
     @classmethod
     def from_status(cls, status: JobStatus | None) -> RecoveryState:
         s = status or JobStatus()
-        return cls(restarts=s.restarts or 0, total_restarts=s.total_restarts or 0,
-                   no_progress_restarts=s.no_progress_restarts or 0,
-                   checkpoint_step_at_last_failure=s.checkpoint_step_at_last_failure,
-                   excluded_nodes=tuple(s.excluded_nodes))
+        return cls(
+            restarts=s.restarts or 0,
+            total_restarts=s.total_restarts or 0,
+            no_progress_restarts=s.no_progress_restarts or 0,
+            checkpoint_step_at_last_failure=s.checkpoint_step_at_last_failure,
+            excluded_nodes=tuple(s.excluded_nodes),
+        )
 
 
 @dataclass(frozen=True)
 class _Action:
-    reason: str                                # CamelCase for a condition/event
+    reason: str  # CamelCase for a condition/event
     message: str
-    exclude_nodes: tuple[str, ...] = ()        # all nodes the next attempt must avoid (accumulated)
-    isolate_nodes: tuple[str, ...] = ()        # nodes to taint/label now
-    state: RecoveryState = field(default_factory=RecoveryState)   # the state to store with this action
-    failure: Failure | None = None             # what was classified (None: nothing failed)
+    exclude_nodes: tuple[str, ...] = ()  # all nodes the next attempt must avoid (accumulated)
+    isolate_nodes: tuple[str, ...] = ()  # nodes to taint/label now
+    state: RecoveryState = field(default_factory=RecoveryState)  # the state to store with this action
+    failure: Failure | None = None  # what was classified (None: nothing failed)
 
 
 @dataclass(frozen=True)
@@ -81,7 +88,7 @@ class GangRestart(_Action):
 
     kind: ClassVar[ActionKind] = ActionKind.GANG_RESTART
     delay_seconds: float = 0.0
-    counted: bool = True                       # used one of resilience.maxRestarts
+    counted: bool = True  # used one of resilience.maxRestarts
 
 
 @dataclass(frozen=True)
@@ -104,20 +111,29 @@ RecoveryAction = GangRestart | Fail | Wait
 def backoff_seconds(base: float, counted_restarts: int, cap: float = MAX_BACKOFF_SECONDS) -> float:
     if base <= 0:
         return 0.0
-    return float(min(cap, base * 2 ** counted_restarts))
+    return float(min(cap, base * 2**counted_restarts))
 
 
-def plan_recovery(failure: Failure | None, state: RecoveryState, policy: ResilienceSpec,
-                  last_checkpoint_step: int | None, nodes_needed: int | None = None,
-                  usable_nodes: list[str] | None = None) -> RecoveryAction:
+def plan_recovery(
+    failure: Failure | None,
+    state: RecoveryState,
+    policy: ResilienceSpec,
+    last_checkpoint_step: int | None,
+    nodes_needed: int | None = None,
+    usable_nodes: list[str] | None = None,
+) -> RecoveryAction:
     """`last_checkpoint_step`: the job's newest complete checkpoint now (None: none yet).
     `usable_nodes`: schedulable, Ready nodes for the job if known (before this failure's exclusions)."""
     if failure is None:
         return Wait("NoFailure", "no pod shows a failure", state=state)
     cls = failure.failure_class
     if cls is FailureClass.PERMANENT:
-        return Fail(failure.reason, f"{failure.message}; not restarting: restarting cannot fix this", state=state,
-                    failure=failure)
+        return Fail(
+            failure.reason,
+            f"{failure.message}; not restarting: restarting cannot fix this",
+            state=state,
+            failure=failure,
+        )
 
     # Hardware evidence keeps a node out (when isolateNodes). A lost node is not excluded: while NotReady the
     # scheduler avoids it anyway, and one that comes back (or is replaced under the same name) is fine to use.
@@ -130,24 +146,35 @@ def plan_recovery(failure: Failure | None, state: RecoveryState, policy: Resilie
             return Fail(
                 "RestartBudgetExhausted",
                 f"{failure.message}; {state.restarts} restart(s) used of maxRestarts={policy.max_restarts} "
-                "(raise spec.resilience.maxRestarts to allow more)", isolate_nodes=isolate, exclude_nodes=excluded,
-                state=replace(state, excluded_nodes=excluded), failure=failure)
+                "(raise spec.resilience.maxRestarts to allow more)",
+                isolate_nodes=isolate,
+                exclude_nodes=excluded,
+                state=replace(state, excluded_nodes=excluded),
+                failure=failure,
+            )
         previous = state.checkpoint_step_at_last_failure
         if state.restarts == 0:
-            no_progress = 0       # the first failure only sets the reference point
+            no_progress = 0  # the first failure only sets the reference point
         else:
             advanced = last_checkpoint_step is not None and (previous is None or last_checkpoint_step > previous)
             no_progress = 0 if advanced else state.no_progress_restarts + 1
-        next_state = replace(next_state, restarts=state.restarts + 1, no_progress_restarts=no_progress,
-                             checkpoint_step_at_last_failure=last_checkpoint_step)
+        next_state = replace(
+            next_state,
+            restarts=state.restarts + 1,
+            no_progress_restarts=no_progress,
+            checkpoint_step_at_last_failure=last_checkpoint_step,
+        )
         if no_progress >= policy.max_no_progress_restarts:
             # no restart happens: the restart counters stay, the no-progress record is kept
             return Fail(
                 "NoProgress",
                 f"{failure.message}; {no_progress} restart(s) in a row without a newer checkpoint than step "
                 f"{last_checkpoint_step} (maxNoProgressRestarts={policy.max_no_progress_restarts})",
-                isolate_nodes=isolate, exclude_nodes=excluded, failure=failure,
-                state=replace(next_state, restarts=state.restarts, total_restarts=state.total_restarts))
+                isolate_nodes=isolate,
+                exclude_nodes=excluded,
+                failure=failure,
+                state=replace(next_state, restarts=state.restarts, total_restarts=state.total_restarts),
+            )
         delay = backoff_seconds(policy.restart_backoff_seconds, state.restarts)
     else:
         delay = 0.0
@@ -158,13 +185,27 @@ def plan_recovery(failure: Failure | None, state: RecoveryState, policy: Resilie
             return Wait(
                 "InsufficientNodes",
                 f"{failure.message}; {len(left)} usable node(s) without the excluded {list(excluded)}, "
-                f"{nodes_needed} needed: waiting for capacity", exclude_nodes=excluded, isolate_nodes=isolate,
-                state=state, failure=failure)
+                f"{nodes_needed} needed: waiting for capacity",
+                exclude_nodes=excluded,
+                isolate_nodes=isolate,
+                state=state,
+                failure=failure,
+            )
 
     resume = "from scratch" if last_checkpoint_step is None else f"from checkpoint step {last_checkpoint_step}"
-    counted = (f"restart {next_state.restarts}/{policy.max_restarts}" if failure.counts_toward_budget
-               else "not counted toward maxRestarts")
+    counted = (
+        f"restart {next_state.restarts}/{policy.max_restarts}"
+        if failure.counts_toward_budget
+        else "not counted toward maxRestarts"
+    )
     extra = f", excluding {list(excluded)}" if excluded else ""
-    return GangRestart(failure.reason, f"{failure.message}; gang restart {resume} ({counted}{extra})",
-                       delay_seconds=delay, exclude_nodes=excluded, isolate_nodes=isolate, state=next_state,
-                       failure=failure, counted=failure.counts_toward_budget)
+    return GangRestart(
+        failure.reason,
+        f"{failure.message}; gang restart {resume} ({counted}{extra})",
+        delay_seconds=delay,
+        exclude_nodes=excluded,
+        isolate_nodes=isolate,
+        state=next_state,
+        failure=failure,
+        counted=failure.counts_toward_budget,
+    )

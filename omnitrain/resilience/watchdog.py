@@ -42,14 +42,14 @@ EVIDENCE_FILE = "hang-evidence.json"
 class WatchdogOptions:
     policy: HangPolicy
     expected_workers: int = 1
-    heartbeat_dir: str | None = None          # default: a fresh temporary folder
+    heartbeat_dir: str | None = None  # default: a fresh temporary folder
     rdma_root: str = DEFAULT_RDMA_ROOT
     poll_seconds: float = 0.5
     status_every_seconds: float = 30.0
     stack_dump_wait_seconds: float = 2.0
     gpu_health: bool = True
-    termination_log: str | None = None        # default: contract's env/termination-log path
-    metrics_log_dir: str | None = None        # append a `hang` record to the job's metrics log (omnitrain report)
+    termination_log: str | None = None  # default: contract's env/termination-log path
+    metrics_log_dir: str | None = None  # append a `hang` record to the job's metrics log (omnitrain report)
     attempt: int = 0
 
 
@@ -68,8 +68,16 @@ class HeartbeatWatch:
         self.learner.add(records)
         self.rdma.observe(now)
         step_timeout, learned = self.learner.timeout()
-        return assess(now, records, self.options.expected_workers, self.started_at, self.options.policy,
-                      step_timeout, self.rdma.seconds_since_change(now), learned=learned)
+        return assess(
+            now,
+            records,
+            self.options.expected_workers,
+            self.started_at,
+            self.options.policy,
+            step_timeout,
+            self.rdma.seconds_since_change(now),
+            learned=learned,
+        )
 
 
 def _exit_code_of(returncode: int) -> int:
@@ -102,6 +110,7 @@ def _die_with_parent() -> None:
     """In the worker child before exec: SIGKILL it when the watchdog dies (Linux prctl PR_SET_PDEATHSIG)."""
     try:
         import ctypes
+
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)
     except (OSError, AttributeError):
         pass
@@ -136,11 +145,14 @@ def _wait_for(condition: Callable[[], bool], deadline_seconds: float, interval: 
 class Supervisor:
     """Runs the worker command and the watch loop. `run()` returns the pod's exit code."""
 
-    def __init__(self, command: Sequence[str], options: WatchdogOptions,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, command: Sequence[str], options: WatchdogOptions, clock: Callable[[], float] = time.time
+    ) -> None:
         if not command:
-            raise ValueError("omnitrain watchdog needs the worker command after `--` "
-                             "(e.g. -- torchrun ... -m omnitrain train --config FILE)")
+            raise ValueError(
+                "omnitrain watchdog needs the worker command after `--` "
+                "(e.g. -- torchrun ... -m omnitrain train --config FILE)"
+            )
         self.command = list(command)
         self.options = options
         self.clock = clock
@@ -148,7 +160,8 @@ class Supervisor:
         Path(self.heartbeat_dir).mkdir(parents=True, exist_ok=True)
         # Records of an earlier run in a reused folder would be judged (and their pids signalled): start clean.
         for stale in list(Path(self.heartbeat_dir).glob("rank-*.json")) + list(
-                Path(self.heartbeat_dir).glob("stacks-rank-*.txt")):
+            Path(self.heartbeat_dir).glob("stacks-rank-*.txt")
+        ):
             stale.unlink(missing_ok=True)
         self.proc: subprocess.Popen | None = None
         self.hang_detected_at: float | None = None
@@ -161,8 +174,12 @@ class Supervisor:
         # Same process group as the watchdog: whoever kills the pod's group (a local node agent) kills the workers
         # too; and if the watchdog itself is SIGKILLed, the kernel kills its direct child (PDEATHSIG).
         proc = self.proc = subprocess.Popen(self.command, env=env, preexec_fn=_die_with_parent)
-        log.info("watchdog: started workers (pid %d): %s; heartbeats in %s", proc.pid, " ".join(self.command),
-                 self.heartbeat_dir)
+        log.info(
+            "watchdog: started workers (pid %d): %s; heartbeats in %s",
+            proc.pid,
+            " ".join(self.command),
+            self.heartbeat_dir,
+        )
         return proc
 
     def _worker_pids(self) -> list[int]:
@@ -170,8 +187,11 @@ class Supervisor:
         process group we could signal) and the ranks named by heartbeats that carry our heartbeat folder."""
         assert self.proc is not None
         pids = {self.proc.pid} | _descendants(self.proc.pid)
-        pids |= {hb.pid for hb in read_heartbeats(self.heartbeat_dir).values()
-                 if _environ_has(hb.pid, ENV_HEARTBEAT_DIR, self.heartbeat_dir)}
+        pids |= {
+            hb.pid
+            for hb in read_heartbeats(self.heartbeat_dir).values()
+            if _environ_has(hb.pid, ENV_HEARTBEAT_DIR, self.heartbeat_dir)
+        }
         return sorted(pids)
 
     def _signal_workers(self, signum: int) -> None:
@@ -208,13 +228,14 @@ class Supervisor:
                 continue
         if asked:
             # A SIGSTOP'd rank cannot answer: wait briefly for the ones that can, never for all.
-            _wait_for(lambda: all(Path(p).exists() and Path(p).stat().st_size > 0 for p in asked),
-                      self.options.stack_dump_wait_seconds)
+            _wait_for(
+                lambda: all(Path(p).exists() and Path(p).stat().st_size > 0 for p in asked),
+                self.options.stack_dump_wait_seconds,
+            )
         return [p for p in asked if Path(p).exists() and Path(p).stat().st_size > 0]
 
     # --- endings ------------------------------------------------------------------------------------------
-    def _end(self, code: ExitCode, reason: str, message: str, assessment: Assessment | None,
-             evidence: dict) -> int:
+    def _end(self, code: ExitCode, reason: str, message: str, assessment: Assessment | None, evidence: dict) -> int:
         step = assessment.min_step if assessment is not None else None
         path = Path(self.heartbeat_dir) / EVIDENCE_FILE
         try:
@@ -222,8 +243,10 @@ class Supervisor:
         except OSError:
             pass
         log.error("watchdog: %s: %s; evidence: %s", reason, message, json.dumps(evidence, sort_keys=True))
-        write_termination_message(TerminationMessage(reason=reason, message=message, step=step, evidence=evidence),
-                                  self.options.termination_log)
+        write_termination_message(
+            TerminationMessage(reason=reason, message=message, step=step, evidence=evidence),
+            self.options.termination_log,
+        )
         return int(code)
 
     def _on_hang(self, assessment: Assessment, now: float) -> int:
@@ -236,9 +259,11 @@ class Supervisor:
         self._kill_workers()
         self._log_hang(assessment, now)
         overdue = assessment.overdue
-        message = (f"no step progress on rank(s) {[r.rank for r in overdue][:8]} for "
-                   f"{max(r.age for r in overdue):.0f}s (limit {min(r.limit for r in overdue):.0f}s, "
-                   f"section {overdue[0].section}) and no RDMA traffic")
+        message = (
+            f"no step progress on rank(s) {[r.rank for r in overdue][:8]} for "
+            f"{max(r.age for r in overdue):.0f}s (limit {min(r.limit for r in overdue):.0f}s, "
+            f"section {overdue[0].section}) and no RDMA traffic"
+        )
         return self._end(ExitCode.HANG, "HangDetected", message, assessment, evidence)
 
     def _log_hang(self, assessment: Assessment, now: float) -> None:
@@ -248,18 +273,18 @@ class Supervisor:
         try:
             writer = StepLogWriter(self.options.metrics_log_dir, self.options.attempt)
             try:
-                writer.write("hang", now, step=assessment.min_step,
-                             stalled_ranks=[r.rank for r in assessment.overdue][:16])
+                writer.write(
+                    "hang", now, step=assessment.min_step, stalled_ranks=[r.rank for r in assessment.overdue][:16]
+                )
             finally:
                 writer.close()
-        except Exception as exc:   # a missing volume must not change the pod's exit code
+        except Exception as exc:  # a missing volume must not change the pod's exit code
             log.warning("watchdog: could not write the hang record to %s: %s", self.options.metrics_log_dir, exc)
 
     def _on_hardware(self, fault, assessment: Assessment | None) -> int:
         self._kill_workers()
         evidence = {"hardware": fault.evidence(), "node": os.environ.get("NODE_NAME", "")}
-        return self._end(ExitCode.HARDWARE, "HardwareFault", f"GPU {fault.gpu}: {fault.detail}", assessment,
-                         evidence)
+        return self._end(ExitCode.HARDWARE, "HardwareFault", f"GPU {fault.gpu}: {fault.detail}", assessment, evidence)
 
     # --- main loop ----------------------------------------------------------------------------------------
     def run(self) -> int:
@@ -267,6 +292,7 @@ class Supervisor:
         health = None
         if self.options.gpu_health:
             from omnitrain.resilience.gpu_health import GpuHealth
+
             health = GpuHealth()
             if not health.available:
                 health = None
@@ -285,13 +311,16 @@ class Supervisor:
                 now = self.clock()
                 assessment = watch.poll(now)
                 if assessment.verdict is Verdict.HANG and self._forwarded is None:
-                    if proc.poll() is None:    # a worker that just exited on its own is not hung
+                    if proc.poll() is None:  # a worker that just exited on its own is not hung
                         return self._on_hang(assessment, now)
                 elif assessment.verdict is Verdict.SLOW:
                     if not slow_reported:
-                        log.warning("watchdog: slow step: rank(s) %s past %.1fs but RDMA counters move (%.1fs ago)",
-                                    [r.rank for r in assessment.overdue], assessment.overdue[0].limit,
-                                    assessment.rdma_seconds_since_change)
+                        log.warning(
+                            "watchdog: slow step: rank(s) %s past %.1fs but RDMA counters move (%.1fs ago)",
+                            [r.rank for r in assessment.overdue],
+                            assessment.overdue[0].limit,
+                            assessment.rdma_seconds_since_change,
+                        )
                         slow_reported = True
                 else:
                     slow_reported = False
@@ -301,12 +330,17 @@ class Supervisor:
                         return self._on_hardware(fault, assessment)
                 if now - last_status >= self.options.status_every_seconds:
                     last_status = now
-                    log.info("watchdog: step %s on %d rank(s), step timeout %.1fs%s, rdma %s",
-                             assessment.min_step, len([r for r in assessment.ranks if r.rank is not None]),
-                             assessment.step_timeout, " (learned)" if assessment.learned else "",
-                             "no evidence" if assessment.rdma_seconds_since_change is None
-                             else f"changed {assessment.rdma_seconds_since_change:.0f}s ago")
-                time.sleep(self.options.poll_seconds)   # the poll period, not synchronisation
+                    log.info(
+                        "watchdog: step %s on %d rank(s), step timeout %.1fs%s, rdma %s",
+                        assessment.min_step,
+                        len([r for r in assessment.ranks if r.rank is not None]),
+                        assessment.step_timeout,
+                        " (learned)" if assessment.learned else "",
+                        "no evidence"
+                        if assessment.rdma_seconds_since_change is None
+                        else f"changed {assessment.rdma_seconds_since_change:.0f}s ago",
+                    )
+                time.sleep(self.options.poll_seconds)  # the poll period, not synchronisation
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
@@ -322,7 +356,7 @@ class PodSettings:
 
     timeout: float
     workers: int
-    metrics_log_dir: str | None = None    # the job's metrics log (written only by node rank 0's watchdog)
+    metrics_log_dir: str | None = None  # the job's metrics log (written only by node rank 0's watchdog)
     attempt: int = 0
 
 
@@ -335,6 +369,7 @@ def settings_from_config(config_path: str | None, timeout: float | None, environ
         import yaml
 
         from omnitrain.spec import TrainerConfig
+
         with open(config_path) as f:
             config = TrainerConfig.model_validate(yaml.safe_load(f))
         spec = config.spec
@@ -346,8 +381,9 @@ def settings_from_config(config_path: str | None, timeout: float | None, environ
             log_dir = str(Path(spec.checkpoint.job_root(config.run.job_name)) / "metrics")
     value = timeout if timeout is not None else configured
     if value is None:
-        raise ValueError("omnitrain watchdog: give --config FILE (spec.resilience.hangTimeoutSeconds) "
-                         "or --timeout SECONDS")
+        raise ValueError(
+            "omnitrain watchdog: give --config FILE (spec.resilience.hangTimeoutSeconds) or --timeout SECONDS"
+        )
     return PodSettings(timeout=value, workers=workers or 1, metrics_log_dir=log_dir, attempt=attempt)
 
 
@@ -359,19 +395,32 @@ def main(args) -> int:
     try:
         pod = settings_from_config(args.config, args.timeout, dict(os.environ))
         if not command:
-            raise ValueError("omnitrain watchdog needs the worker command after `--` "
-                             "(e.g. -- torchrun ... -m omnitrain train --config FILE)")
+            raise ValueError(
+                "omnitrain watchdog needs the worker command after `--` "
+                "(e.g. -- torchrun ... -m omnitrain train --config FILE)"
+            )
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return int(ExitCode.CONFIG)
-    policy = HangPolicy(timeout=pod.timeout, startup_timeout=args.startup_timeout,
-                        long_section_timeout=args.long_section_timeout, learn=not args.no_learn,
-                        warmup_steps=args.warmup_steps, safety_factor=args.safety_factor,
-                        min_timeout=args.min_timeout)
+    policy = HangPolicy(
+        timeout=pod.timeout,
+        startup_timeout=args.startup_timeout,
+        long_section_timeout=args.long_section_timeout,
+        learn=not args.no_learn,
+        warmup_steps=args.warmup_steps,
+        safety_factor=args.safety_factor,
+        min_timeout=args.min_timeout,
+    )
     options = WatchdogOptions(
-        policy=policy, expected_workers=args.workers or pod.workers, heartbeat_dir=args.heartbeat_dir,
+        policy=policy,
+        expected_workers=args.workers or pod.workers,
+        heartbeat_dir=args.heartbeat_dir,
         rdma_root=args.rdma_root or os.environ.get(ENV_RDMA_ROOT, DEFAULT_RDMA_ROOT),
-        poll_seconds=args.poll, status_every_seconds=args.status_every, gpu_health=not args.no_gpu_health,
-        termination_log=args.termination_log, metrics_log_dir=args.metrics_log_dir or pod.metrics_log_dir,
-        attempt=args.attempt if args.attempt is not None else pod.attempt)
+        poll_seconds=args.poll,
+        status_every_seconds=args.status_every,
+        gpu_health=not args.no_gpu_health,
+        termination_log=args.termination_log,
+        metrics_log_dir=args.metrics_log_dir or pod.metrics_log_dir,
+        attempt=args.attempt if args.attempt is not None else pod.attempt,
+    )
     return Supervisor(command, options).run()

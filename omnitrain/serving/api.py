@@ -10,14 +10,14 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-Array = list | dict   # nested lists, or {"npy_b64": "..."}
+Array = list | dict  # nested lists, or {"npy_b64": "..."}
 
 
 def decode_array(value, field: str) -> torch.Tensor:
     try:
         if isinstance(value, dict):
             if set(value) != {"npy_b64"}:
-                raise ValueError("an encoded array is {\"npy_b64\": <base64 of a .npy file>}")
+                raise ValueError('an encoded array is {"npy_b64": <base64 of a .npy file>}')
             arr = np.load(io.BytesIO(base64.b64decode(value["npy_b64"])), allow_pickle=False)
         else:
             arr = np.asarray(value, dtype=np.float32)

@@ -26,7 +26,7 @@ class BatchQueue:
         self._process = process
         self.max_batch, self.max_wait_s = max_batch, max_wait_s
         self._queue: queue.Queue[_Item | None] = queue.Queue()
-        self._held: list[_Item] = []          # taken from the queue but of another key than the batch being formed
+        self._held: list[_Item] = []  # taken from the queue but of another key than the batch being formed
         self._thread = threading.Thread(target=self._run, name="batch-worker", daemon=True)
         self._thread.start()
 
@@ -67,7 +67,7 @@ class BatchQueue:
                 results = self._process([it.payload for it in batch])
                 for it, res in zip(batch, results):
                     it.future.set_result(res)
-            except Exception as e:     # one bad batch must not stop the server: fail its requests only
+            except Exception as e:  # one bad batch must not stop the server: fail its requests only
                 for it in batch:
                     it.future.set_exception(e)
             if closing:

@@ -14,10 +14,13 @@ def _serve(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     engine = InferenceEngine(args.checkpoint, fp8=not args.no_fp8, config_path=args.config)
-    server = InferenceServer(engine, host=args.host, port=args.port, max_batch=args.max_batch,
-                             max_wait_s=args.max_wait_ms / 1000)
+    server = InferenceServer(
+        engine, host=args.host, port=args.port, max_batch=args.max_batch, max_wait_s=args.max_wait_ms / 1000
+    )
+
     def stop(*_):
-        raise KeyboardInterrupt      # SIGTERM (pod deletion) ends serve_forever like Ctrl-C
+        raise KeyboardInterrupt  # SIGTERM (pod deletion) ends serve_forever like Ctrl-C
+
     signal.signal(signal.SIGTERM, stop)
     print(f"omnitrain serve: listening on {args.host}:{server.port}, loading {args.checkpoint}", flush=True)
     server.start_loading()

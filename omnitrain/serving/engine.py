@@ -31,7 +31,7 @@ class RequestError(ValueError):
 @dataclass
 class Prepared:
     conditions: Conditions
-    noise: torch.Tensor            # [video tokens, patch_dim]
+    noise: torch.Tensor  # [video tokens, patch_dim]
     shape: tuple[int, int, int, int]
     sampler: SamplerConfig
     request: GenerateRequest
@@ -42,8 +42,14 @@ class Prepared:
 
 
 class InferenceEngine:
-    def __init__(self, checkpoint: str, fp8: bool = True, metrics: ServerMetrics | None = None,
-                 skip_fp8: tuple[str, ...] = ("embed", "head.proj"), config_path: str | None = None):
+    def __init__(
+        self,
+        checkpoint: str,
+        fp8: bool = True,
+        metrics: ServerMetrics | None = None,
+        skip_fp8: tuple[str, ...] = ("embed", "head.proj"),
+        config_path: str | None = None,
+    ):
         self.checkpoint, self.fp8, self.skip_fp8 = checkpoint, fp8, skip_fp8
         self.config_path = config_path
         self.metrics = metrics or ServerMetrics()
@@ -61,8 +67,7 @@ class InferenceEngine:
             replaced = quantize_linears(art.model, "rowwise", skip=self.skip_fp8) if self.fp8 else []
             self.denoiser = Denoiser(art.model, art.adapter)
             self.config, self.sampler_defaults = art.config, dict(art.sampler)
-            log.info("loaded %s in %.1fs (%d FP8 linears)", self.checkpoint, time.monotonic() - started,
-                     len(replaced))
+            log.info("loaded %s in %.1fs (%d FP8 linears)", self.checkpoint, time.monotonic() - started, len(replaced))
             self.loaded.set()
             self.metrics.ready.set(1)
         except Exception as e:
@@ -80,10 +85,14 @@ class InferenceEngine:
         import yaml
 
         from omnitrain.spec import TrainerConfig
+
         with open(self.config_path) as f:
             trainer_config = TrainerConfig.model_validate(yaml.safe_load(f))
-        steps = {parse_step(p.name): p for p in path.iterdir() if parse_step(p.name) is not None
-                 and (p / MANIFEST_NAME).is_file()}
+        steps = {
+            parse_step(p.name): p
+            for p in path.iterdir()
+            if parse_step(p.name) is not None and (p / MANIFEST_NAME).is_file()
+        }
         return load_teacher(steps[max(steps)] if steps else path, trainer_config.spec.model.resolve())
 
     def prepare(self, req: GenerateRequest) -> Prepared:
@@ -105,24 +114,40 @@ class InferenceEngine:
                 want = f"[{cfg.latent_channels}, {frames if frames else 'T'}, H, W]"
                 raise RequestError(f"{name}: expected a latent {want}, got {list(x.shape)}")
             if x.shape[1] % pt or x.shape[2] % ph or x.shape[3] % pw:
-                raise RequestError(f"{name}: latent size {list(x.shape[1:])} must be divisible by the patch size "
-                                   f"{list(cfg.patch_size)}")
+                raise RequestError(
+                    f"{name}: latent size {list(x.shape[1:])} must be divisible by the patch size "
+                    f"{list(cfg.patch_size)}"
+                )
             return patchify(x, cfg.patch_size)
+
         if req.frames % pt or req.height % ph or req.width % pw:
-            raise RequestError(f"frames/height/width: {req.frames}x{req.height}x{req.width} must be divisible by "
-                               f"the patch size {list(cfg.patch_size)}")
+            raise RequestError(
+                f"frames/height/width: {req.frames}x{req.height}x{req.width} must be divisible by "
+                f"the patch size {list(cfg.patch_size)}"
+            )
         shape = (cfg.latent_channels, req.frames, req.height, req.width)
         tokens = (req.frames // pt) * (req.height // ph) * (req.width // pw)
         g = torch.Generator().manual_seed(req.seed)
         noise = torch.randn(tokens, cfg.patch_dim, generator=g)
         d = self.sampler_defaults
-        sampler = SamplerConfig(steps=req.steps or d.get("steps", 10), method=req.method or d.get("method", "euler"),
-                                shift=req.shift or d.get("shift", 1.0), guidance=req.guidance)
+        sampler = SamplerConfig(
+            steps=req.steps or d.get("steps", 10),
+            method=req.method or d.get("method", "euler"),
+            shift=req.shift or d.get("shift", 1.0),
+            guidance=req.guidance,
+        )
+
         def grid(x):
             return None if x is None else (x.shape[1] // pt, x.shape[2] // ph, x.shape[3] // pw)
-        conds = Conditions(text=text, reference=latent_tokens(reference, "reference", 1),
-                           context=latent_tokens(context, "context"), reference_grid=grid(reference),
-                           context_grid=grid(context), video_grid=(req.frames // pt, req.height // ph, req.width // pw))
+
+        conds = Conditions(
+            text=text,
+            reference=latent_tokens(reference, "reference", 1),
+            context=latent_tokens(context, "context"),
+            reference_grid=grid(reference),
+            context_grid=grid(context),
+            video_grid=(req.frames // pt, req.height // ph, req.width // pw),
+        )
         return Prepared(conds, noise, shape, sampler, req)
 
     def run_batch(self, batch: list[Prepared]) -> list[dict]:
@@ -131,16 +156,23 @@ class InferenceEngine:
         started = time.monotonic()
         self.metrics.batch_size.observe(len(batch))
         sampler = batch[0].sampler
-        outs = self.denoiser.generate([p.conditions for p in batch], [p.noise for p in batch], sampler,
-                                      mode="cached")
+        outs = self.denoiser.generate([p.conditions for p in batch], [p.noise for p in batch], sampler, mode="cached")
         self.metrics.model_evaluations.inc(function_evaluations(sampler.steps, sampler.method) + 1)  # +1: encode
         seconds = time.monotonic() - started
         results = []
         for p, tokens in zip(batch, outs):
             latent = unpatchify(tokens, p.conditions.video_grid, self.config.patch_size, p.shape[0])
-            res = {"shape": list(latent.shape), "mean": float(latent.mean()), "std": float(latent.std()),
-                   "steps": p.sampler.steps, "method": p.sampler.method, "guidance": p.sampler.guidance,
-                   "seed": p.request.seed, "batch_size": len(batch), "batch_seconds": seconds}
+            res = {
+                "shape": list(latent.shape),
+                "mean": float(latent.mean()),
+                "std": float(latent.std()),
+                "steps": p.sampler.steps,
+                "method": p.sampler.method,
+                "guidance": p.sampler.guidance,
+                "seed": p.request.seed,
+                "batch_size": len(batch),
+                "batch_seconds": seconds,
+            }
             if p.request.return_latent:
                 res["latent"] = encode_array(latent)
             results.append(res)

@@ -30,8 +30,15 @@ def _validation_message(e: ValidationError) -> str:
 
 
 class InferenceServer:
-    def __init__(self, engine: InferenceEngine, host: str = "0.0.0.0", port: int = 8080, max_batch: int = 8,
-                 max_wait_s: float = 0.02, request_timeout_s: float = 600):
+    def __init__(
+        self,
+        engine: InferenceEngine,
+        host: str = "0.0.0.0",
+        port: int = 8080,
+        max_batch: int = 8,
+        max_wait_s: float = 0.02,
+        request_timeout_s: float = 600,
+    ):
         self.engine = engine
         self.request_timeout_s = request_timeout_s
         self.queue = BatchQueue(engine.run_batch, max_batch=max_batch, max_wait_s=max_wait_s)
@@ -75,7 +82,7 @@ class InferenceServer:
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
-            def log_message(self, fmt, *args):      # access log through logging, not stderr
+            def log_message(self, fmt, *args):  # access log through logging, not stderr
                 log.debug("%s " + fmt, self.address_string(), *args)
 
             def _send(self, code: int, payload: bytes, content_type: str = "application/json") -> None:
@@ -96,8 +103,9 @@ class InferenceServer:
                     if engine.loaded.is_set():
                         self._json(200, {"status": "ready", "checkpoint": engine.checkpoint, "fp8": engine.fp8})
                     else:
-                        self._json(503, {"status": "failed" if engine.load_error else "loading",
-                                         "error": engine.load_error})
+                        self._json(
+                            503, {"status": "failed" if engine.load_error else "loading", "error": engine.load_error}
+                        )
                 elif self.path == "/metrics":
                     self._send(200, generate_latest(engine.metrics.registry), CONTENT_TYPE_LATEST)
                 else:
@@ -114,7 +122,7 @@ class InferenceServer:
                 else:
                     try:
                         code, obj = server._generate(self.rfile.read(length))
-                    except Exception as e:      # a failed batch: the client learns why, the server lives on
+                    except Exception as e:  # a failed batch: the client learns why, the server lives on
                         log.exception("generate failed")
                         code, obj = 500, {"error": f"{type(e).__name__}: {e}"}
                 server.engine.metrics.requests.labels(code=str(code)).inc()

@@ -27,17 +27,17 @@ KIND_TEXT, KIND_REFERENCE, KIND_CONTEXT, KIND_VIDEO = 0, 1, 2, 3
 class OmniBatch:
     """Packed token sequence of several samples: conditions and/or video tokens (see TinyOmniAdapter)."""
 
-    text: torch.Tensor          # [L, text_dim] (zero rows where kind != text)
-    patches: torch.Tensor       # [L, patch_dim] (zero rows where kind == text)
-    kind: torch.Tensor          # [L] long
-    position: torch.Tensor      # [L] float
-    sample_id: torch.Tensor     # [L] long
-    cu_seqlens: torch.Tensor    # [n + 1] int32
+    text: torch.Tensor  # [L, text_dim] (zero rows where kind != text)
+    patches: torch.Tensor  # [L, patch_dim] (zero rows where kind == text)
+    kind: torch.Tensor  # [L] long
+    position: torch.Tensor  # [L] float
+    sample_id: torch.Tensor  # [L] long
+    cu_seqlens: torch.Tensor  # [n + 1] int32
 
 
 @dataclass
 class OmniCtx:
-    cond: torch.Tensor          # [L, hidden] per-token modulation input
+    cond: torch.Tensor  # [L, hidden] per-token modulation input
     cos: torch.Tensor
     sin: torch.Tensor
     cu_seqlens: torch.Tensor
@@ -62,9 +62,12 @@ class AttentionCore(nn.Module):
 
     def forward(self, q, k, v, ctx):
         cu = ctx.cu_seqlens.tolist()
-        out = [F.scaled_dot_product_attention(q[s:e].transpose(0, 1), k[s:e].transpose(0, 1),
-                                              v[s:e].transpose(0, 1)).transpose(0, 1)
-               for s, e in zip(cu[:-1], cu[1:])]
+        out = [
+            F.scaled_dot_product_attention(
+                q[s:e].transpose(0, 1), k[s:e].transpose(0, 1), v[s:e].transpose(0, 1)
+            ).transpose(0, 1)
+            for s, e in zip(cu[:-1], cu[1:])
+        ]
         return torch.cat(out)
 
 
@@ -119,8 +122,11 @@ class Embed(nn.Module):
         self.text = nn.Linear(cfg.text_dim, cfg.hidden_size)
         self.patch = nn.Linear(cfg.patch_dim, cfg.hidden_size)
         self.kind = nn.Embedding(4, cfg.hidden_size)
-        self.time = nn.Sequential(nn.Linear(cfg.frequency_embedding_size, cfg.hidden_size), nn.SiLU(),
-                                  nn.Linear(cfg.hidden_size, cfg.hidden_size))
+        self.time = nn.Sequential(
+            nn.Linear(cfg.frequency_embedding_size, cfg.hidden_size),
+            nn.SiLU(),
+            nn.Linear(cfg.hidden_size, cfg.hidden_size),
+        )
 
     def forward(self, batch: OmniBatch, t: torch.Tensor):
         is_text = (batch.kind == KIND_TEXT)[:, None]
@@ -131,8 +137,13 @@ class Embed(nn.Module):
         half = self.cfg.head_dim // 2
         rot = batch.position[:, None] * torch.exp(-math.log(10000.0) * torch.arange(half) / half)[None]
         lengths = batch.cu_seqlens[1:] - batch.cu_seqlens[:-1]
-        ctx = OmniCtx(cond=cond, cos=rot.cos(), sin=rot.sin(), cu_seqlens=batch.cu_seqlens,
-                      max_seqlen=int(lengths.max()) if len(lengths) else 0)
+        ctx = OmniCtx(
+            cond=cond,
+            cos=rot.cos(),
+            sin=rot.sin(),
+            cu_seqlens=batch.cu_seqlens,
+            max_seqlen=int(lengths.max()) if len(lengths) else 0,
+        )
         return x, ctx
 
 
@@ -197,8 +208,14 @@ class TinyOmniAdapter:
             lengths.append(n)
         cu = torch.zeros(len(samples) + 1, dtype=torch.int32)
         cu[1:] = torch.cumsum(torch.tensor(lengths), 0)
-        return OmniBatch(text=torch.cat(text), patches=torch.cat(patches), kind=torch.cat(kind),
-                         position=torch.cat(position), sample_id=torch.cat(sample_id), cu_seqlens=cu)
+        return OmniBatch(
+            text=torch.cat(text),
+            patches=torch.cat(patches),
+            kind=torch.cat(kind),
+            position=torch.cat(position),
+            sample_id=torch.cat(sample_id),
+            cu_seqlens=cu,
+        )
 
     def _condition_pieces(self, c: Conditions):
         out, start = [], 0

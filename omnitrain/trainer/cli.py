@@ -29,22 +29,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _synth(args: argparse.Namespace) -> int:
     from omnitrain.model.config import resolve_model_config
     from omnitrain.trainer.data.synthetic import SynthSpec, write_synthetic
+
     for name in ("samples", "shards", "max_frames", "max_side"):
         if getattr(args, name) < 1:
             print(f"--{name.replace('_', '-')} must be at least 1", file=sys.stderr)
             return 2
     model = resolve_model_config(args.preset)
-    write_synthetic(args.out, SynthSpec(samples=args.samples, shards=args.shards, seed=args.seed,
-                                        max_frames=args.max_frames, max_side=args.max_side,
-                                        latent_channels=model.latent_channels, text_dim=model.text_dim,
-                                        patch_size=model.patch_size),
-                    log=lambda line: print(line, flush=True))
+    write_synthetic(
+        args.out,
+        SynthSpec(
+            samples=args.samples,
+            shards=args.shards,
+            seed=args.seed,
+            max_frames=args.max_frames,
+            max_side=args.max_side,
+            latent_channels=model.latent_channels,
+            text_dim=model.text_dim,
+            patch_size=model.patch_size,
+        ),
+        log=lambda line: print(line, flush=True),
+    )
     return 0
 
 
 def _train(args: argparse.Namespace) -> int:
     from omnitrain.contract import ExitCode, TerminationMessage, write_termination_message
     from omnitrain.trainer.config_io import ConfigError, load_trainer_config
+
     try:
         config = load_trainer_config(args.config)
     except ConfigError as error:
@@ -56,6 +67,7 @@ def _train(args: argparse.Namespace) -> int:
 
     from omnitrain.trainer.data.reader import DataError
     from omnitrain.trainer.train import TrainConfigError, train
+
     try:
         result = train(config)
     except (DataError, TrainConfigError) as error:
@@ -68,7 +80,10 @@ def _train(args: argparse.Namespace) -> int:
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
-    if int(os.environ.get("LOCAL_RANK", "0")) == 0:   # one writer per pod: rank 0's message carries the goodput
-        write_termination_message(TerminationMessage(reason="Completed", step=result.step, goodput=result.goodput,
-                                                     checkpoint_step=result.checkpoint_step))
+    if int(os.environ.get("LOCAL_RANK", "0")) == 0:  # one writer per pod: rank 0's message carries the goodput
+        write_termination_message(
+            TerminationMessage(
+                reason="Completed", step=result.step, goodput=result.goodput, checkpoint_step=result.checkpoint_step
+            )
+        )
     return ExitCode.OK

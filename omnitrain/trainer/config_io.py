@@ -21,7 +21,7 @@ def _field(loc: tuple) -> str:
 def load_trainer_config(path: str | Path) -> TrainerConfig:
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())     # YAML is a superset of JSON
+        raw = yaml.safe_load(path.read_text())  # YAML is a superset of JSON
     except OSError as error:
         raise ConfigError(f"--config: cannot read {path}: {error.strerror}") from error
     except yaml.YAMLError as error:

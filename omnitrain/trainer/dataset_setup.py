@@ -17,12 +17,21 @@ WAIT_SECONDS = 600.0
 
 def synth_spec(data: DataSpec, model: ModelConfig) -> SynthSpec:
     s = data.synthetic
-    return SynthSpec(samples=s.samples, shards=s.shards, seed=s.seed, max_frames=s.max_frames, max_side=s.max_side,
-                     latent_channels=model.latent_channels, text_dim=model.text_dim, patch_size=model.patch_size)
+    return SynthSpec(
+        samples=s.samples,
+        shards=s.shards,
+        seed=s.seed,
+        max_frames=s.max_frames,
+        max_side=s.max_side,
+        latent_channels=model.latent_channels,
+        text_dim=model.text_dim,
+        patch_size=model.patch_size,
+    )
 
 
-def ensure_dataset(data: DataSpec, model: ModelConfig, is_writer: bool, log=print,
-                   wait_seconds: float = WAIT_SECONDS) -> None:
+def ensure_dataset(
+    data: DataSpec, model: ModelConfig, is_writer: bool, log=print, wait_seconds: float = WAIT_SECONDS
+) -> None:
     folder = Path(data.path)
     if data.synthetic is None:
         if not list_shards(folder):
@@ -32,7 +41,7 @@ def ensure_dataset(data: DataSpec, model: ModelConfig, is_writer: bool, log=prin
     manifest = folder / MANIFEST
     if is_writer:
         with open(folder / ".synthetic.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)      # two writers on a shared volume: the second finds it done
+            fcntl.flock(lock, fcntl.LOCK_EX)  # two writers on a shared volume: the second finds it done
             if not manifest.exists():
                 log(f"writing synthetic dataset to {folder} ({data.synthetic.samples} samples)")
                 write_synthetic(folder, synth_spec(data, model), log=log)
@@ -41,4 +50,4 @@ def ensure_dataset(data: DataSpec, model: ModelConfig, is_writer: bool, log=prin
     while not manifest.exists():
         if time.monotonic() > deadline:
             raise DataError(f"waited {wait_seconds:.0f}s for the synthetic dataset in {folder}; is node 0 running?")
-        time.sleep(0.2)   # polling a file another process writes (not synchronising threads of this one)
+        time.sleep(0.2)  # polling a file another process writes (not synchronising threads of this one)

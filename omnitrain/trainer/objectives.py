@@ -21,8 +21,9 @@ def shift_timesteps(s: torch.Tensor, shift: float) -> torch.Tensor:
     return shift * s / (1 + (shift - 1) * s)
 
 
-def sample_timesteps(n: int, generator: torch.Generator, mean: float = 0.0, std: float = 1.0,
-                     shift: float = 1.0) -> torch.Tensor:
+def sample_timesteps(
+    n: int, generator: torch.Generator, mean: float = 0.0, std: float = 1.0, shift: float = 1.0
+) -> torch.Tensor:
     """Logit-normal timesteps in (0, 1), shifted (a > 1 spends more steps at high noise)."""
     s = torch.sigmoid(mean + std * torch.randn(n, generator=generator))
     return shift_timesteps(s, shift)
@@ -35,15 +36,17 @@ def noise_batch(batch: PackedBatch, s: torch.Tensor, eps: torch.Tensor) -> Packe
     return dataclasses.replace(batch, video=(1 - s_tok) * x0 + s_tok * eps, target=eps - x0)
 
 
-def flow_matching_inputs(batch: PackedBatch, generator: torch.Generator, mean: float = 0.0, std: float = 1.0,
-                         shift: float = 1.0) -> tuple[PackedBatch, torch.Tensor]:
+def flow_matching_inputs(
+    batch: PackedBatch, generator: torch.Generator, mean: float = 0.0, std: float = 1.0, shift: float = 1.0
+) -> tuple[PackedBatch, torch.Tensor]:
     s = sample_timesteps(batch.num_samples, generator, mean, std, shift)
     eps = torch.randn(batch.video.shape, generator=generator)
     return noise_batch(batch, s, eps), s
 
 
-def dpo_inputs(batch: PackedBatch, generator: torch.Generator, mean: float = 0.0, std: float = 1.0,
-               shift: float = 1.0) -> tuple[PackedBatch, torch.Tensor]:
+def dpo_inputs(
+    batch: PackedBatch, generator: torch.Generator, mean: float = 0.0, std: float = 1.0, shift: float = 1.0
+) -> tuple[PackedBatch, torch.Tensor]:
     """Samples 2i (winner) and 2i+1 (loser) of `batch` form pair i: one timestep and one noise tensor per pair."""
     if batch.num_samples % 2:
         raise ValueError("a DPO batch holds (winner, loser) pairs: an even number of samples")
@@ -77,15 +80,17 @@ def per_sample_error(prediction: torch.Tensor, batch: PackedBatch) -> torch.Tens
     return total / count
 
 
-def dpo_pair_losses(err_w: torch.Tensor, err_l: torch.Tensor, ref_err_w: torch.Tensor, ref_err_l: torch.Tensor,
-                    beta: float) -> torch.Tensor:
+def dpo_pair_losses(
+    err_w: torch.Tensor, err_l: torch.Tensor, ref_err_w: torch.Tensor, ref_err_l: torch.Tensor, beta: float
+) -> torch.Tensor:
     """[pairs] Diffusion-DPO loss of each (winner, loser) pair."""
     margin = (err_w - ref_err_w) - (err_l - ref_err_l)
     return -F.logsigmoid(-beta / 2 * margin)
 
 
-def dpo_loss(err_w: torch.Tensor, err_l: torch.Tensor, ref_err_w: torch.Tensor, ref_err_l: torch.Tensor,
-             beta: float) -> torch.Tensor:
+def dpo_loss(
+    err_w: torch.Tensor, err_l: torch.Tensor, ref_err_w: torch.Tensor, ref_err_l: torch.Tensor, beta: float
+) -> torch.Tensor:
     return dpo_pair_losses(err_w, err_l, ref_err_w, ref_err_l, beta).mean()
 
 

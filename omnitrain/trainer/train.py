@@ -42,8 +42,8 @@ class TrainResult:
     step: int
     losses: list[float]
     state: TrainState
-    goodput: dict | None = None   # the job's goodput at the end (rank 0; GoodputReport.to_status)
-    checkpoint_step: int | None = None   # the newest complete checkpoint after the final save
+    goodput: dict | None = None  # the job's goodput at the end (rank 0; GoodputReport.to_status)
+    checkpoint_step: int | None = None  # the newest complete checkpoint after the final save
 
 
 def step_seed(seed: int, step: int, data_rank: int) -> int:
@@ -54,6 +54,7 @@ def load_initial_weights(path: str, model: torch.nn.Module) -> None:
     """spec.training.initFrom: a checkpoint step folder (rank-0 shard holding state['train']['model']), or a torch
     file with a state dict (plain, or under 'model')."""
     from omnitrain.checkpoint_paths import shard_file_name
+
     target = Path(path)
     file = target / shard_file_name(0) if target.is_dir() else target
     if not file.is_file():
@@ -72,8 +73,7 @@ def load_initial_weights(path: str, model: torch.nn.Module) -> None:
 
 def _world() -> tuple[int, int, int]:
     """(global rank, local rank, node rank) from torchrun's environment."""
-    return (int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)),
-            int(os.environ.get("GROUP_RANK", 0)))
+    return (int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("GROUP_RANK", 0)))
 
 
 def _slowest(seconds: float, device: torch.device) -> float:
@@ -84,19 +84,21 @@ def _slowest(seconds: float, device: torch.device) -> float:
     return float(t)
 
 
-def step_inputs(batches, schedule, ulysses_rank: int, rng: torch.Generator, make_inputs, training,
-                device) -> list:
+def step_inputs(batches, schedule, ulysses_rank: int, rng: torch.Generator, make_inputs, training, device) -> list:
     """The (noisy batch, timesteps) micro-batches this rank runs; None for those of its Ulysses group it does not.
     batches: the loader's micro-batches, or its ElasticStep with elastic Ulysses (schedule)."""
     fixed = batches.fixed if schedule is not None else batches
     noised = []
-    for batch in fixed:   # all of them, as the fixed degree does: the noise of each follows from the ones before
-        noised.append(make_inputs(batch, rng, training.logit_normal_mean, training.logit_normal_std,
-                                  training.timestep_shift))
+    for batch in fixed:  # all of them, as the fixed degree does: the noise of each follows from the ones before
+        noised.append(
+            make_inputs(batch, rng, training.logit_normal_mean, training.logit_normal_std, training.timestep_shift)
+        )
     if schedule is None:
         return [(noisy.to(device), s.to(device)) for noisy, s in noised]
-    return [tuple(t.to(device) for t in batches.take(k, noised)) if ulysses_rank in schedule.ranks_of(k) else None
-            for k in range(len(batches.bins))]
+    return [
+        tuple(t.to(device) for t in batches.take(k, noised)) if ulysses_rank in schedule.ranks_of(k) else None
+        for k in range(len(batches.bins))
+    ]
 
 
 def restore_all(callbacks: list[TrainerCallback], state: TrainState) -> Restored:
@@ -115,55 +117,79 @@ def train(config: TrainerConfig, callbacks: list[TrainerCallback] | None = None,
     training = spec.training
     model_cfg = spec.model.resolve()
     rank, local_rank, node_rank = _world()
-    ensure_dataset(spec.data, model_cfg, is_writer=(local_rank == 0 and node_rank == 0),
-                   log=log if rank == 0 else (lambda *_: None))
+    ensure_dataset(
+        spec.data,
+        model_cfg,
+        is_writer=(local_rank == 0 and node_rank == 0),
+        log=log if rank == 0 else (lambda *_: None),
+    )
     init_distributed()
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
 
-    torch.manual_seed(training.seed)                 # identical initial model on every rank
+    torch.manual_seed(training.seed)  # identical initial model on every rank
     model = MMDiT(model_cfg)
     if training.init_from:
         load_initial_weights(training.init_from, model)
     reference = None
     if training.stage == "dpo":
         if not training.init_from:
-            raise TrainConfigError("spec.training.initFrom: stage dpo needs the checkpoint that is both the start "
-                                   "and the frozen reference")
+            raise TrainConfigError(
+                "spec.training.initFrom: stage dpo needs the checkpoint that is both the start and the frozen reference"
+            )
         reference = MMDiT(model_cfg)
         reference.load_state_dict(model.state_dict())
         reference.to(device)
     plan = setup_parallel(model.to(device), config)
-    optimizer = torch.optim.AdamW(plan.parameters_for_optimizer(), lr=training.learning_rate,
-                                  betas=(0.9, 0.95), weight_decay=training.weight_decay)
+    optimizer = torch.optim.AdamW(
+        plan.parameters_for_optimizer(),
+        lr=training.learning_rate,
+        betas=(0.9, 0.95),
+        weight_decay=training.weight_decay,
+    )
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda i: warmup_cosine(i, training.warmup_steps, training.steps))
+        optimizer, lambda i: warmup_cosine(i, training.warmup_steps, training.steps)
+    )
     dp_index, dp_count = plan.data_shard
     elastic = plan.layout.elastic_ulysses
-    loader = PackedLoader(ShardReader(spec.data.path, spec.data.on_corrupt), model_cfg.patch_size,
-                          spec.data.token_budget, CostModel.of(model_cfg), dp_rank=dp_index, dp_size=dp_count,
-                          micro_batches=spec.parallelism.micro_batches, balance=spec.data.balance,
-                          pairs=training.stage == "dpo", text_dim=model_cfg.text_dim,
-                          latent_channels=model_cfg.latent_channels,
-                          elastic_ulysses=plan.ulysses_size if elastic else 0)
-    if elastic:   # step N+1's micro-batches and where they run are worked out while step N trains
+    loader = PackedLoader(
+        ShardReader(spec.data.path, spec.data.on_corrupt),
+        model_cfg.patch_size,
+        spec.data.token_budget,
+        CostModel.of(model_cfg),
+        dp_rank=dp_index,
+        dp_size=dp_count,
+        micro_batches=spec.parallelism.micro_batches,
+        balance=spec.data.balance,
+        pairs=training.stage == "dpo",
+        text_dim=model_cfg.text_dim,
+        latent_channels=model_cfg.latent_channels,
+        elastic_ulysses=plan.ulysses_size if elastic else 0,
+    )
+    if elastic:  # step N+1's micro-batches and where they run are worked out while step N trains
         loader = PrefetchingLoader(loader, lambda step: step_schedule(step, plan.ulysses_size))
-    state = TrainState(model=plan.model, optimizer=optimizer, lr_scheduler=scheduler, data_loader=loader,
-                       rng=torch.Generator())
+    state = TrainState(
+        model=plan.model, optimizer=optimizer, lr_scheduler=scheduler, data_loader=loader, rng=torch.Generator()
+    )
     callbacks = default_callbacks(config) if callbacks is None else callbacks
     restored = restore_all(callbacks, state)
     start = state.step = restored.step
     for cb in callbacks:
         cb.on_train_start(state=state, step=start, restore_seconds=restored.seconds)
     if rank == 0:
-        log(f"train: {training.stage} {spec.model.preset} ({sum(p.numel() for p in model.parameters()):,} params) "
-            f"from step {start} to {training.steps}; {plan.describe()}")
+        log(
+            f"train: {training.stage} {spec.model.preset} ({sum(p.numel() for p in model.parameters()):,} params) "
+            f"from step {start} to {training.steps}; {plan.describe()}"
+        )
 
     loss_fn = FlowMatchingLoss() if reference is None else DiffusionDPOLoss(reference, training.dpo_beta)
     if elastic:
         loss_fn = RegroupedLoss(loss_fn)
     make_inputs = flow_matching_inputs if reference is None else dpo_inputs
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
-                if training.precision == "bf16" and device.type == "cuda" else contextlib.nullcontext())
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16)
+        if training.precision == "bf16" and device.type == "cuda"
+        else contextlib.nullcontext()
+    )
     losses: list[float] = []
     reason = COMPLETED
     try:
@@ -172,8 +198,7 @@ def train(config: TrainerConfig, callbacks: list[TrainerCallback] | None = None,
             batches, schedule = loader.next_step() if elastic else (loader.next_step(), None)
             data_seconds = time.perf_counter() - began
             state.rng.manual_seed(step_seed(training.seed, step, dp_index))
-            microbatches = step_inputs(batches, schedule, plan.ulysses_rank, state.rng, make_inputs, training,
-                                       device)
+            microbatches = step_inputs(batches, schedule, plan.ulysses_rank, state.rng, make_inputs, training, device)
             with autocast:
                 loss = plan.run_step(microbatches, loss_fn, schedule=schedule)
             if training.grad_clip > 0:
@@ -187,11 +212,19 @@ def train(config: TrainerConfig, callbacks: list[TrainerCallback] | None = None,
             step_seconds = _slowest(time.perf_counter() - began, device)
             counts: TokenCounts = loader.last_step_counts
             if rank == 0 and (step % training.log_every == 0 or step == training.steps):
-                log(f"step {step}/{training.steps} loss {loss_value:.4f} lr {scheduler.get_last_lr()[0]:.2e} "
-                    f"tokens/s {counts.tokens / step_seconds:,.0f} step {step_seconds * 1000:.0f} ms", flush=True)
-            stats = StepStats(step=step, loss=loss_value, tokens=counts.tokens,
-                              flops=training_flops(model_cfg, counts), step_seconds=step_seconds,
-                              data_seconds=data_seconds)
+                log(
+                    f"step {step}/{training.steps} loss {loss_value:.4f} lr {scheduler.get_last_lr()[0]:.2e} "
+                    f"tokens/s {counts.tokens / step_seconds:,.0f} step {step_seconds * 1000:.0f} ms",
+                    flush=True,
+                )
+            stats = StepStats(
+                step=step,
+                loss=loss_value,
+                tokens=counts.tokens,
+                flops=training_flops(model_cfg, counts),
+                step_seconds=step_seconds,
+                data_seconds=data_seconds,
+            )
             for cb in callbacks:
                 cb.on_step_end(state=state, stats=stats)
     except BaseException:
@@ -202,9 +235,13 @@ def train(config: TrainerConfig, callbacks: list[TrainerCallback] | None = None,
             loader.close()
         for cb in callbacks:
             cb.on_train_end(state=state, step=state.step, reason=reason)
-        for cb in callbacks:    # reached only when every on_train_end returned: the final save is complete
+        for cb in callbacks:  # reached only when every on_train_end returned: the final save is complete
             cb.on_exit(step=state.step)
     outcomes = [cb.outcome() for cb in callbacks]
-    return TrainResult(step=state.step, losses=losses, state=state,
-                       checkpoint_step=next((o.checkpoint_step for o in outcomes if o.checkpoint_step), None),
-                       goodput=next((o.goodput for o in outcomes if o.goodput is not None), None))
+    return TrainResult(
+        step=state.step,
+        losses=losses,
+        state=state,
+        checkpoint_step=next((o.checkpoint_step for o in outcomes if o.checkpoint_step), None),
+        goodput=next((o.goodput for o in outcomes if o.goodput is not None), None),
+    )

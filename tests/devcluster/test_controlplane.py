@@ -29,6 +29,7 @@ def test_build_script_second_run_is_a_noop():
 
 def test_api_server_answers_with_version(local_cluster):
     from kubernetes import client
+
     info = client.VersionApi(local_cluster.api_client()).get_code()
     assert info.git_version == binaries.K8S_VERSION
     server = local_cluster.control_plane().server
@@ -37,6 +38,7 @@ def test_api_server_answers_with_version(local_cluster):
 
 def test_nodes_registered_with_gpus_topology_and_lease(local_cluster):
     from kubernetes import client
+
     api = local_cluster.api_client()
     core, coord = client.CoreV1Api(api), client.CoordinationV1Api(api)
     assert local_cluster.node_names[:2] == ["local-node-0", "local-node-1"]
@@ -49,15 +51,24 @@ def test_nodes_registered_with_gpus_topology_and_lease(local_cluster):
         assert "topology.kubernetes.io/zone" in labels and "omnitrain.dev/rack" in labels
         assert any(c.type == "Ready" and c.status == "True" for c in node.status.conditions)
         assert not [t for t in node.spec.taints or [] if t.effect in ("NoSchedule", "NoExecute")]
-    renewed = {n: wait_for(lambda n=n: coord.read_namespaced_lease(n, "kube-node-lease").spec.renew_time, 30,
-                           f"lease of {n}") for n in renewed_names}
-    wait_for(lambda: all(coord.read_namespaced_lease(n, "kube-node-lease").spec.renew_time > t
-                         for n, t in renewed.items()), 30, "node leases renewed")
+    renewed = {
+        n: wait_for(lambda n=n: coord.read_namespaced_lease(n, "kube-node-lease").spec.renew_time, 30, f"lease of {n}")
+        for n in renewed_names
+    }
+    wait_for(
+        lambda: all(coord.read_namespaced_lease(n, "kube-node-lease").spec.renew_time > t for n, t in renewed.items()),
+        30,
+        "node leases renewed",
+    )
 
 
 def _cli(root, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "omnitrain", "dev", "--root", str(root), *args],
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "omnitrain", "dev", "--root", str(root), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_cli_up_is_idempotent_and_status_reports_health(local_cluster):
@@ -84,10 +95,18 @@ def test_cli_logs(local_cluster):
     from kubernetes import client
 
     from omnitrain.devcluster.testing import wait_pod_phase
+
     core = client.CoreV1Api(local_cluster.api_client())
-    core.create_namespaced_pod("default", {"metadata": {"name": "cli-logs"}, "spec": {
-        "restartPolicy": "Never",
-        "containers": [{"name": "main", "image": "x", "command": ["echo", "line from the pod"]}]}})
+    core.create_namespaced_pod(
+        "default",
+        {
+            "metadata": {"name": "cli-logs"},
+            "spec": {
+                "restartPolicy": "Never",
+                "containers": [{"name": "main", "image": "x", "command": ["echo", "line from the pod"]}],
+            },
+        },
+    )
     wait_pod_phase(core, "default", "cli-logs", "Succeeded")
     out = _cli(local_cluster.root, "logs", "cli-logs")
     assert out.returncode == 0 and out.stdout == "line from the pod\n"
@@ -101,13 +120,27 @@ def test_down_stops_everything_and_up_resumes(tmp_path):
 
     from omnitrain.devcluster.cluster import LocalCluster
     from omnitrain.devcluster.testing import wait_pod_phase
+
     cluster = LocalCluster(tmp_path / "second").up(nodes=1, log=lambda _: None)
     try:
         core = client.CoreV1Api(cluster.api_client())
-        core.create_namespaced_pod("default", {"metadata": {"name": "sleeper"}, "spec": {"containers": [
-            {"name": "main", "image": "x", "command": ["sh", "-c", "echo $$$$ > /data/pid; sleep 300"],
-             "volumeMounts": [{"name": "d", "mountPath": "/data"}]}],
-            "volumes": [{"name": "d", "hostPath": {"path": "/down-test"}}]}})
+        core.create_namespaced_pod(
+            "default",
+            {
+                "metadata": {"name": "sleeper"},
+                "spec": {
+                    "containers": [
+                        {
+                            "name": "main",
+                            "image": "x",
+                            "command": ["sh", "-c", "echo $$$$ > /data/pid; sleep 300"],
+                            "volumeMounts": [{"name": "d", "mountPath": "/data"}],
+                        }
+                    ],
+                    "volumes": [{"name": "d", "hostPath": {"path": "/down-test"}}],
+                },
+            },
+        )
         wait_pod_phase(core, "default", "sleeper", "Running")
         pid_file = cluster.node_dir("local-node-0") / "down-test" / "pid"
         pid = int(wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(), 30, "pid written"))
@@ -119,6 +152,6 @@ def test_down_stops_everything_and_up_resumes(tmp_path):
         assert not any(cluster.status()["processes"].values())
         cluster.up(nodes=1, log=lambda _: None)
         core = client.CoreV1Api(cluster.api_client())
-        assert core.read_namespaced_pod("sleeper", "default").metadata.name == "sleeper"   # etcd data kept
+        assert core.read_namespaced_pod("sleeper", "default").metadata.name == "sleeper"  # etcd data kept
     finally:
         cluster.down(log=lambda _: None)

@@ -12,15 +12,27 @@ pytestmark = pytest.mark.e2e
 
 
 def _job(name: str) -> dict:
-    return {"metadata": {"name": name}, "spec": {"backoffLimit": 0, "template": {"spec": {
-        "restartPolicy": "Never", "nodeSelector": {"type": "kwok"},
-        "tolerations": [{"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"}],
-        "containers": [{"name": "trainer", "image": "fake",
-                        "resources": {"limits": {"nvidia.com/gpu": "8"}}}]}}}}
+    return {
+        "metadata": {"name": name},
+        "spec": {
+            "backoffLimit": 0,
+            "template": {
+                "spec": {
+                    "restartPolicy": "Never",
+                    "nodeSelector": {"type": "kwok"},
+                    "tolerations": [{"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"}],
+                    "containers": [
+                        {"name": "trainer", "image": "fake", "resources": {"limits": {"nvidia.com/gpu": "8"}}}
+                    ],
+                }
+            },
+        },
+    }
 
 
 def test_kwok_nodes_and_long_running_pods(local_cluster):
     from kubernetes import client
+
     api = local_cluster.api_client()
     core, batch = client.CoreV1Api(api), client.BatchV1Api(api)
     names = local_cluster.start_kwok(2)
@@ -34,6 +46,7 @@ def test_kwok_nodes_and_long_running_pods(local_cluster):
     def job_pod(job: str):
         pods = core.list_namespaced_pod("default", label_selector=f"job-name={job}").items
         return pods[0].metadata.name if pods else None
+
     first, second = f"kw-a-{tag}", f"kw-b-{tag}"
     batch.create_namespaced_job("default", _job(first))
     first_pod = wait_for(lambda: job_pod(first), 30, "first job's pod")

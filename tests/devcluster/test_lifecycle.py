@@ -19,12 +19,17 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture
 def core(local_cluster):
     from kubernetes import client
+
     return client.CoreV1Api(local_cluster.api_client())
 
 
 def _cli(root: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "omnitrain", "dev", "--root", str(root), *args],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "omnitrain", "dev", "--root", str(root), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def _pids(path: Path) -> list[int]:
@@ -37,11 +42,23 @@ def _alive(pid: int) -> bool:
 
 def _pod(name: str, script: str, tag: str, **spec) -> dict:
     """Scripts write `$$$$` for the shell's `$$`: Kubernetes expands `$$` in commands to a single `$`."""
-    return {"metadata": {"name": name}, "spec": {
-        "restartPolicy": "Never", "terminationGracePeriodSeconds": 30,
-        "containers": [{"name": "main", "image": "x", "command": ["sh", "-c", script],
-                        "volumeMounts": [{"name": "data", "mountPath": "/data"}]}],
-        "volumes": [{"name": "data", "hostPath": {"path": f"/test-{tag}"}}], **spec}}
+    return {
+        "metadata": {"name": name},
+        "spec": {
+            "restartPolicy": "Never",
+            "terminationGracePeriodSeconds": 30,
+            "containers": [
+                {
+                    "name": "main",
+                    "image": "x",
+                    "command": ["sh", "-c", script],
+                    "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+                }
+            ],
+            "volumes": [{"name": "data", "hostPath": {"path": f"/test-{tag}"}}],
+            **spec,
+        },
+    }
 
 
 def test_delete_kills_process_group_after_grace(local_cluster, core):
@@ -62,14 +79,13 @@ def test_delete_kills_process_group_after_grace(local_cluster, core):
 def test_delete_sends_sigterm_first(local_cluster, core):
     tag = uuid.uuid4().hex[:6]
     name = f"term-{tag}"
-    script = ("trap 'echo got-term > /data/term; exit 0' TERM; echo $$$$ > /data/pids; "
-              "while true; do sleep 0.1; done")
+    script = "trap 'echo got-term > /data/term; exit 0' TERM; echo $$$$ > /data/pids; while true; do sleep 0.1; done"
     core.create_namespaced_pod("default", _pod(name, script, tag))
     pod = wait_pod_phase(core, "default", name, "Running")
     folder = local_cluster.node_dir(pod.spec.node_name) / f"test-{tag}"
     wait_for(lambda: _pids(folder / "pids"), 30, "pid written")
     core.delete_namespaced_pod(name, "default")
-    wait_pod_gone(core, "default", name, timeout=25)   # well inside the 30 s grace: SIGTERM was enough
+    wait_pod_gone(core, "default", name, timeout=25)  # well inside the 30 s grace: SIGTERM was enough
     assert (folder / "term").read_text() == "got-term\n"
 
 
@@ -125,6 +141,7 @@ def test_readiness_probe_http(local_cluster, core):
     def ready() -> bool:
         conditions = core.read_namespaced_pod(name, "default").status.conditions
         return any(c.type == "Ready" and c.status == "True" for c in conditions)
+
     assert not ready()
     (folder / "ready").write_text("ok")
     wait_for(ready, 30, "Ready after the probe succeeds")

@@ -34,21 +34,53 @@ c.sendall(sys.argv[1].encode()); print("master", os.environ["MASTER_ADDR"], flus
 
 def test_headless_dns_name_rewritten_and_pods_talk(local_cluster):
     from kubernetes import client
+
     core = client.CoreV1Api(local_cluster.api_client())
     tag = uuid.uuid4().hex[:6]
     sub, server, talker = f"job-{tag}", f"rank0-{tag}", f"rank1-{tag}"
-    core.create_namespaced_service("default", {"metadata": {"name": sub}, "spec": {
-        "clusterIP": "None", "selector": {"job": tag}, "ports": [{"port": 29500}]}})
+    core.create_namespaced_service(
+        "default",
+        {
+            "metadata": {"name": sub},
+            "spec": {"clusterIP": "None", "selector": {"job": tag}, "ports": [{"port": 29500}]},
+        },
+    )
     pod_ip_env = {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}
-    core.create_namespaced_pod("default", {"metadata": {"name": server, "labels": {"job": tag}}, "spec": {
-        "hostname": server, "subdomain": sub, "restartPolicy": "Never",
-        "containers": [{"name": "main", "image": "x", "command": ["python", "-c", SERVER], "env": [pod_ip_env]}]}})
+    core.create_namespaced_pod(
+        "default",
+        {
+            "metadata": {"name": server, "labels": {"job": tag}},
+            "spec": {
+                "hostname": server,
+                "subdomain": sub,
+                "restartPolicy": "Never",
+                "containers": [
+                    {"name": "main", "image": "x", "command": ["python", "-c", SERVER], "env": [pod_ip_env]}
+                ],
+            },
+        },
+    )
     dns = f"{server}.{sub}.default.svc.cluster.local"
-    core.create_namespaced_pod("default", {"metadata": {"name": talker, "labels": {"job": tag}}, "spec": {
-        "hostname": talker, "subdomain": sub, "restartPolicy": "Never",
-        "containers": [{"name": "main", "image": "x", "command": ["python", "-c", CLIENT],
+    core.create_namespaced_pod(
+        "default",
+        {
+            "metadata": {"name": talker, "labels": {"job": tag}},
+            "spec": {
+                "hostname": talker,
+                "subdomain": sub,
+                "restartPolicy": "Never",
+                "containers": [
+                    {
+                        "name": "main",
+                        "image": "x",
+                        "command": ["python", "-c", CLIENT],
                         "args": [f"hello-from-{talker}"],
-                        "env": [{"name": "MASTER_ADDR", "value": dns}, pod_ip_env]}]}})
+                        "env": [{"name": "MASTER_ADDR", "value": dns}, pod_ip_env],
+                    }
+                ],
+            },
+        },
+    )
     server_pod = wait_pod_phase(core, "default", server, {"Succeeded", "Failed"})
     talker_pod = wait_pod_phase(core, "default", talker, {"Succeeded", "Failed"})
     server_log = local_cluster.container_log("default", server, "main").read_text()
@@ -61,6 +93,7 @@ def test_headless_dns_name_rewritten_and_pods_talk(local_cluster):
 
 def test_dns_rewrite_pattern():
     from omnitrain.devcluster.podspec import rewrite_dns_names
+
     ips = {("a", "s", "ns"): "127.1.0.5"}
     resolve = lambda h, s, n: ips[(h, s, n)]  # noqa: E731
     assert rewrite_dns_names("tcp://a.s.ns.svc.cluster.local:29500", resolve) == "tcp://127.1.0.5:29500"

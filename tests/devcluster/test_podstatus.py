@@ -12,14 +12,17 @@ START = now_rfc3339(T0 - 60)
 
 
 def pod(*names: str, restart: str = "Never", probe: bool = False) -> dict:
-    containers = [{"name": n, "image": f"img-{n}", **({"readinessProbe": {"httpGet": {"port": 80}}} if probe else {})}
-                  for n in names]
+    containers = [
+        {"name": n, "image": f"img-{n}", **({"readinessProbe": {"httpGet": {"port": 80}}} if probe else {})}
+        for n in names
+    ]
     return {"metadata": {"name": "p", "namespace": "ns"}, "spec": {"restartPolicy": restart, "containers": containers}}
 
 
 def state(*containers: ContainerState, config_error: str = "") -> PodState:
-    return PodState(ip="127.1.0.2", start_time=START, containers={c.name: c for c in containers},
-                    config_error=config_error)
+    return PodState(
+        ip="127.1.0.2", start_time=START, containers={c.name: c for c in containers}, config_error=config_error
+    )
 
 
 def running(name: str = "main", **kw) -> ContainerState:
@@ -28,8 +31,7 @@ def running(name: str = "main", **kw) -> ContainerState:
 
 def ended(name: str = "main", code: int = 0, **kw) -> ContainerState:
     terminated = {"exitCode": code, "reason": "Completed" if code == 0 else "Error", "containerID": "x"}
-    return ContainerState(name, terminated=terminated, started_at=T0 - 30, container_id=f"omnitrain://p/{name}/0",
-                          **kw)
+    return ContainerState(name, terminated=terminated, started_at=T0 - 30, container_id=f"omnitrain://p/{name}/0", **kw)
 
 
 def conditions(status: dict) -> dict[str, str]:
@@ -45,8 +47,13 @@ def test_a_container_not_started_yet_is_pending_creating_with_the_pod_ip_already
     assert entry["image"] == "img-main" and entry["restartCount"] == 0
     assert status["podIP"] == "127.1.0.2" and status["podIPs"] == [{"ip": "127.1.0.2"}]
     assert status["hostIP"] == "127.0.0.1" and status["startTime"] == START
-    assert conditions(status) == {"PodReadyToStartContainers": "True", "Initialized": "True", "Ready": "False",
-                                  "ContainersReady": "False", "PodScheduled": "True"}
+    assert conditions(status) == {
+        "PodReadyToStartContainers": "True",
+        "Initialized": "True",
+        "Ready": "False",
+        "ContainersReady": "False",
+        "PodScheduled": "True",
+    }
     assert {c["lastTransitionTime"] for c in status["conditions"]} == {now_rfc3339(T0)}
 
 
@@ -54,7 +61,8 @@ def test_a_pod_that_cannot_start_says_why_in_the_waiting_state():
     status = pod_status(pod("main"), state(ContainerState("main"), config_error="ConfigMap 'cfg' not found"), T0)
     assert status["phase"] == "Pending"
     assert status["containerStatuses"][0]["state"] == {
-        "waiting": {"reason": "CreateContainerConfigError", "message": "ConfigMap 'cfg' not found"}}
+        "waiting": {"reason": "CreateContainerConfigError", "message": "ConfigMap 'cfg' not found"}
+    }
 
 
 def test_running_without_a_probe_is_ready():
@@ -75,11 +83,17 @@ def test_with_a_readiness_probe_ready_waits_for_the_probe_and_every_container():
     assert conditions(both)["Ready"] == "True"
 
 
-@pytest.mark.parametrize("policy, code, phase", [
-    ("Never", 0, "Succeeded"), ("Never", 3, "Failed"),
-    ("OnFailure", 0, "Succeeded"), ("OnFailure", 3, "Running"),
-    ("Always", 0, "Running"), ("Always", 3, "Running"),
-])
+@pytest.mark.parametrize(
+    "policy, code, phase",
+    [
+        ("Never", 0, "Succeeded"),
+        ("Never", 3, "Failed"),
+        ("OnFailure", 0, "Succeeded"),
+        ("OnFailure", 3, "Running"),
+        ("Always", 0, "Running"),
+        ("Always", 3, "Running"),
+    ],
+)
 def test_the_phase_of_an_ended_container_follows_the_restart_policy(policy, code, phase):
     status = pod_status(pod("main", restart=policy), state(ended(code=code)), T0)
     assert status["phase"] == phase

@@ -10,10 +10,16 @@ from omnitrain.devcluster.runtime import ContainerRun, IPAllocator, PodRun
 
 def _run(tmp_path, policy: str = "FallbackToLogsOnError") -> PodRun:
     folder = tmp_path / "pods" / "ns" / "p"
-    pod = {"metadata": {"name": "p", "namespace": "ns", "uid": "u"},
-           "spec": {"restartPolicy": "Never",
-                    "containers": [{"name": "main", "image": "x", "terminationMessagePolicy": policy},
-                                   {"name": "side", "image": "y", "readinessProbe": {"exec": {"command": ["true"]}}}]}}
+    pod = {
+        "metadata": {"name": "p", "namespace": "ns", "uid": "u"},
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [
+                {"name": "main", "image": "x", "terminationMessagePolicy": policy},
+                {"name": "side", "image": "y", "readinessProbe": {"exec": {"command": ["true"]}}},
+            ],
+        },
+    }
     run = PodRun("ns", "p", "u", "local-node-0", "127.1.0.2", folder, pod, start_time="2026-01-01T00:00:00Z")
     for name in ("main", "side"):
         cdir = folder / "containers" / name
@@ -33,11 +39,11 @@ def test_the_snapshot_reads_exit_and_start_files_termination_logs_and_probe_resu
     assert state.ip == "127.1.0.2" and state.start_time == "2026-01-01T00:00:00Z" and state.config_error == ""
     ended = state.containers["main"]
     assert ended.terminated["exitCode"] == 2 and ended.terminated["reason"] == "Error"
-    assert ended.terminated["message"].endswith("boom: disk full")   # FallbackToLogsOnError
+    assert ended.terminated["message"].endswith("boom: disk full")  # FallbackToLogsOnError
     assert ended.container_id == "omnitrain://p/main/0" and not ended.probe_ready
     assert state.containers["side"].started_at == 120.0 and state.containers["side"].probe_ready
     status = pod_status(run.pod, state, 200.0)
-    assert status["phase"] == "Running"   # side still runs
+    assert status["phase"] == "Running"  # side still runs
     assert [s["ready"] for s in status["containerStatuses"]] == [False, True]
 
 

@@ -18,6 +18,7 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture
 def core(local_cluster):
     from kubernetes import client
+
     return client.CoreV1Api(local_cluster.api_client())
 
 
@@ -47,13 +48,14 @@ def claim_event(core, namespace: str, name: str, reason: str):
 
 def test_quickstart_claim_is_provisioned_and_pods_write_to_its_folder(local_cluster, core, namespace):
     from kubernetes import client
+
     body = quickstart_claim()
     name = body["metadata"]["name"]
     assert "storageClassName" not in body["spec"], "the example is meant to rely on the default class"
     core.create_namespaced_persistent_volume_claim(namespace, body)
     wait_for(lambda: claim_phase(core, namespace, name) == "Bound", 60, f"claim {namespace}/{name} Bound")
     pvc = core.read_namespaced_persistent_volume_claim(name, namespace)
-    assert pvc.spec.storage_class_name == provisioner.STORAGE_CLASS          # DefaultStorageClass admission
+    assert pvc.spec.storage_class_name == provisioner.STORAGE_CLASS  # DefaultStorageClass admission
     volume = core.read_persistent_volume(pvc.spec.volume_name)
     assert volume.metadata.annotations[provisioner.ANN_PROVISIONED_BY] == provisioner.PROVISIONER
     assert volume.spec.claim_ref.uid == pvc.metadata.uid
@@ -63,11 +65,24 @@ def test_quickstart_claim_is_provisioned_and_pods_write_to_its_folder(local_clus
 
     tag = uuid.uuid4().hex[:6]
     pod = f"writer-{tag}"
-    core.create_namespaced_pod(namespace, {"metadata": {"name": pod}, "spec": {
-        "restartPolicy": "Never",
-        "containers": [{"name": "main", "image": "ignored", "command": ["sh", "-c", f"echo {tag} > /mnt/ckpt/{tag}"],
-                        "volumeMounts": [{"name": "ckpt", "mountPath": "/mnt/ckpt"}]}],
-        "volumes": [{"name": "ckpt", "persistentVolumeClaim": {"claimName": name}}]}})
+    core.create_namespaced_pod(
+        namespace,
+        {
+            "metadata": {"name": pod},
+            "spec": {
+                "restartPolicy": "Never",
+                "containers": [
+                    {
+                        "name": "main",
+                        "image": "ignored",
+                        "command": ["sh", "-c", f"echo {tag} > /mnt/ckpt/{tag}"],
+                        "volumeMounts": [{"name": "ckpt", "mountPath": "/mnt/ckpt"}],
+                    }
+                ],
+                "volumes": [{"name": "ckpt", "persistentVolumeClaim": {"claimName": name}}],
+            },
+        },
+    )
     written = local_cluster.pv_dir(name) / tag
     try:
         phase = wait_pod_phase(core, namespace, pod, {"Succeeded", "Failed"}).status.phase
@@ -85,6 +100,7 @@ def test_quickstart_claim_is_provisioned_and_pods_write_to_its_folder(local_clus
             except client.exceptions.ApiException as exc:
                 return exc.status == 404
             return False
+
         wait_for(volume_gone, 60, f"volume {volume.metadata.name} deleted after its claim")
         assert written.read_text() == f"{tag}\n"
     finally:
@@ -93,11 +109,22 @@ def test_quickstart_claim_is_provisioned_and_pods_write_to_its_folder(local_clus
 
 def test_claim_with_a_selector_gets_an_event_naming_the_field(core, namespace):
     name = "picky"
-    core.create_namespaced_persistent_volume_claim(namespace, {"metadata": {"name": name}, "spec": {
-        "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}},
-        "selector": {"matchLabels": {"tier": "fast"}}}})
+    core.create_namespaced_persistent_volume_claim(
+        namespace,
+        {
+            "metadata": {"name": name},
+            "spec": {
+                "accessModes": ["ReadWriteOnce"],
+                "resources": {"requests": {"storage": "1Gi"}},
+                "selector": {"matchLabels": {"tier": "fast"}},
+            },
+        },
+    )
 
-    event = wait_for(lambda: claim_event(core, namespace, name, "ProvisioningFailed"), 60,
-                     f"a ProvisioningFailed event on claim {namespace}/{name}")
+    event = wait_for(
+        lambda: claim_event(core, namespace, name, "ProvisioningFailed"),
+        60,
+        f"a ProvisioningFailed event on claim {namespace}/{name}",
+    )
     assert event.type == "Warning" and "spec.selector" in event.message
     assert claim_phase(core, namespace, name) == "Pending"

@@ -16,6 +16,7 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture
 def core(local_cluster):
     from kubernetes import client
+
     return client.CoreV1Api(local_cluster.api_client())
 
 
@@ -23,25 +24,45 @@ def test_hostpath_pvc_configmap_emptydir(local_cluster, core, tmp_path):
     tag = uuid.uuid4().hex[:6]
     name, claim = f"vol-{tag}", f"claim-{tag}"
     pv_folder = local_cluster.ensure_persistent_claim("default", claim)
-    core.create_namespaced_config_map("default", {"metadata": {"name": f"cfg-{tag}"},
-                                                  "data": {"config.yaml": f"job: {tag}\n", "other": "x"}})
+    core.create_namespaced_config_map(
+        "default", {"metadata": {"name": f"cfg-{tag}"}, "data": {"config.yaml": f"job: {tag}\n", "other": "x"}}
+    )
     # mountPaths under a scratch folder of the host: they must look empty there (bind mounts live only in the
     # pod's private mount namespace)
     mnt = Path(f"/tmp/omnitrain-mnt-{tag}")
-    script = (f"cat {mnt}/etc/config.yaml > {mnt}/ckpt/from-configmap; echo node-local > {mnt}/ckpt/local.txt; "
-              f"echo shared > {mnt}/shared/pv.txt; echo scratch > {mnt}/scratch/s.txt; "
-              f"ls {mnt}/etc > {mnt}/shared/cfg-files")
-    body = {"metadata": {"name": name}, "spec": {
-        "restartPolicy": "Never",
-        "containers": [{"name": "main", "image": "ignored", "command": ["sh", "-c", script], "volumeMounts": [
-            {"name": "nvme", "mountPath": f"{mnt}/ckpt"}, {"name": "pv", "mountPath": f"{mnt}/shared"},
-            {"name": "cfg", "mountPath": f"{mnt}/etc", "readOnly": True},
-            {"name": "scratch", "mountPath": f"{mnt}/scratch"}]}],
-        "volumes": [{"name": "nvme", "hostPath": {"path": f"/mnt/nvme/{tag}", "type": "DirectoryOrCreate"}},
-                    {"name": "pv", "persistentVolumeClaim": {"claimName": claim}},
-                    {"name": "cfg", "configMap": {"name": f"cfg-{tag}", "items": [
-                        {"key": "config.yaml", "path": "config.yaml"}]}},
-                    {"name": "scratch", "emptyDir": {}}]}}
+    script = (
+        f"cat {mnt}/etc/config.yaml > {mnt}/ckpt/from-configmap; echo node-local > {mnt}/ckpt/local.txt; "
+        f"echo shared > {mnt}/shared/pv.txt; echo scratch > {mnt}/scratch/s.txt; "
+        f"ls {mnt}/etc > {mnt}/shared/cfg-files"
+    )
+    body = {
+        "metadata": {"name": name},
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [
+                {
+                    "name": "main",
+                    "image": "ignored",
+                    "command": ["sh", "-c", script],
+                    "volumeMounts": [
+                        {"name": "nvme", "mountPath": f"{mnt}/ckpt"},
+                        {"name": "pv", "mountPath": f"{mnt}/shared"},
+                        {"name": "cfg", "mountPath": f"{mnt}/etc", "readOnly": True},
+                        {"name": "scratch", "mountPath": f"{mnt}/scratch"},
+                    ],
+                }
+            ],
+            "volumes": [
+                {"name": "nvme", "hostPath": {"path": f"/mnt/nvme/{tag}", "type": "DirectoryOrCreate"}},
+                {"name": "pv", "persistentVolumeClaim": {"claimName": claim}},
+                {
+                    "name": "cfg",
+                    "configMap": {"name": f"cfg-{tag}", "items": [{"key": "config.yaml", "path": "config.yaml"}]},
+                },
+                {"name": "scratch", "emptyDir": {}},
+            ],
+        },
+    }
     try:
         core.create_namespaced_pod("default", body)
         pod = wait_pod_phase(core, "default", name, {"Succeeded", "Failed"})
@@ -52,7 +73,7 @@ def test_hostpath_pvc_configmap_emptydir(local_cluster, core, tmp_path):
         assert (node_folder / "from-configmap").read_text() == f"job: {tag}\n"
         assert pv_folder == local_cluster.pv_dir(claim)
         assert (pv_folder / "pv.txt").read_text() == "shared\n"
-        assert (pv_folder / "cfg-files").read_text() == "config.yaml\n"   # items: only the listed key
+        assert (pv_folder / "cfg-files").read_text() == "config.yaml\n"  # items: only the listed key
         assert (local_cluster.pod_dir("default", name) / "volumes" / "scratch" / "s.txt").read_text() == "scratch\n"
         assert not any(p.is_file() for p in mnt.rglob("*")), "bind mounts leaked into the host mount namespace"
     finally:
@@ -61,15 +82,29 @@ def test_hostpath_pvc_configmap_emptydir(local_cluster, core, tmp_path):
 
 def test_missing_configmap_key_is_reported_not_run(local_cluster, core):
     name = f"nocfg-{uuid.uuid4().hex[:6]}"
-    core.create_namespaced_pod("default", {"metadata": {"name": name}, "spec": {
-        "restartPolicy": "Never",
-        "containers": [{"name": "main", "image": "ignored", "command": ["sh", "-c", "echo ran"],
-                        "env": [{"name": "X", "valueFrom": {"configMapKeyRef": {"name": "absent", "key": "k"}}}]}]}})
+    core.create_namespaced_pod(
+        "default",
+        {
+            "metadata": {"name": name},
+            "spec": {
+                "restartPolicy": "Never",
+                "containers": [
+                    {
+                        "name": "main",
+                        "image": "ignored",
+                        "command": ["sh", "-c", "echo ran"],
+                        "env": [{"name": "X", "valueFrom": {"configMapKeyRef": {"name": "absent", "key": "k"}}}],
+                    }
+                ],
+            },
+        },
+    )
     from omnitrain.devcluster.testing import wait_for
 
     def waiting_reason():
         statuses = core.read_namespaced_pod(name, "default").status.container_statuses or []
         return statuses and statuses[0].state.waiting and statuses[0].state.waiting.reason
+
     wait_for(lambda: waiting_reason() == "CreateContainerConfigError", 30, "CreateContainerConfigError")
     pod = core.read_namespaced_pod(name, "default")
     assert pod.status.phase == "Pending"
@@ -90,13 +125,22 @@ def test_fallback_without_mount_namespace_rewrites_paths(local_cluster, tmp_path
 
     api = AgentApi(config.new_client_from_config(str(local_cluster.control_plane().kubeconfig("agent"))))
     launcher = Launcher(tmp_path, api, mount_ns=False)
-    container = {"name": "main", "image": "x", "workingDir": "/work",
-                 "command": ["sh", "-c", 'echo "$OUT" > /ckpt/out.txt; pwd > /ckpt/cwd.txt'],
-                 "env": [{"name": "OUT", "value": "saved under /ckpt"}],
-                 "volumeMounts": [{"name": "nvme", "mountPath": "/ckpt"}, {"name": "w", "mountPath": "/work"}]}
-    pod = {"metadata": {"name": "fallback", "namespace": "default", "uid": "u"},
-           "spec": {"nodeName": "local-node-0", "containers": [container],
-                    "volumes": [{"name": "nvme", "hostPath": {"path": "/mnt/nvme"}}, {"name": "w", "emptyDir": {}}]}}
+    container = {
+        "name": "main",
+        "image": "x",
+        "workingDir": "/work",
+        "command": ["sh", "-c", 'echo "$OUT" > /ckpt/out.txt; pwd > /ckpt/cwd.txt'],
+        "env": [{"name": "OUT", "value": "saved under /ckpt"}],
+        "volumeMounts": [{"name": "nvme", "mountPath": "/ckpt"}, {"name": "w", "mountPath": "/work"}],
+    }
+    pod = {
+        "metadata": {"name": "fallback", "namespace": "default", "uid": "u"},
+        "spec": {
+            "nodeName": "local-node-0",
+            "containers": [container],
+            "volumes": [{"name": "nvme", "hostPath": {"path": "/mnt/nvme"}}, {"name": "w", "emptyDir": {}}],
+        },
+    }
     folder = tmp_path / "pods" / "default" / "fallback"
     run = PodRun("default", "fallback", "u", "local-node-0", "127.200.0.2", folder, pod)
     run.containers["main"] = ContainerRun("main", folder / "containers" / "main", folder / "main.log")

@@ -33,17 +33,32 @@ def test_events_reach_their_handlers_in_order_and_a_failing_handler_does_not_sto
         PodsListed: lambda e: seen.append(("pods", e.resource_version)),
         PodChanged: pod_changed,
     }
-    for event in (NodesListed([]), NodeSeen({"metadata": {"name": "n0"}}), PodsListed([], "7"),
-                  PodChanged(Change.ADDED, {"metadata": {"name": "bad"}}),
-                  PodChanged(Change.DELETED, {"metadata": {"name": "ok"}}), NodeDeleted("n0", None)):
+    for event in (
+        NodesListed([]),
+        NodeSeen({"metadata": {"name": "n0"}}),
+        PodsListed([], "7"),
+        PodChanged(Change.ADDED, {"metadata": {"name": "bad"}}),
+        PodChanged(Change.DELETED, {"metadata": {"name": "ok"}}),
+        NodeDeleted("n0", None),
+    ):
         events.put(event)
     watch.run_loop(events, handlers, lambda: ticks.append(len(seen)), stop, tick_s=0.01)
-    assert seen == [("nodes", 0), ("node", "n0"), ("pods", "7"), ("pod", (Change.ADDED, "bad")),
-                    ("pod", (Change.DELETED, "ok")), ("node-deleted", "n0")]
+    assert seen == [
+        ("nodes", 0),
+        ("node", "n0"),
+        ("pods", "7"),
+        ("pod", (Change.ADDED, "bad")),
+        ("pod", (Change.DELETED, "ok")),
+        ("node-deleted", "n0"),
+    ]
     assert ticks, "the loop ticks between batches of events"
 
 
 def test_a_table_without_a_handler_for_every_event_type_is_refused_up_front():
     with pytest.raises(ValueError, match="no handler for NodeDeleted"):
-        watch.run_loop(queue.Queue(), {t: print for t in watch.EVENT_TYPES if t is not NodeDeleted},
-                       lambda: None, threading.Event())
+        watch.run_loop(
+            queue.Queue(),
+            {t: print for t in watch.EVENT_TYPES if t is not NodeDeleted},
+            lambda: None,
+            threading.Event(),
+        )

@@ -24,8 +24,17 @@ def test_files_naming_the_old_adapter_module_still_load(tmp_path):
     model, _ = build_mmdit(CFG)
     path = tmp_path / "student.pt"
     # What save_artifact wrote before the move, with the factory name of that time.
-    torch.save({"format": "omnitrain-model/1", "factory": "omnitrain.serving.mmdit_adapter:build_mmdit",
-                "config": CFG.to_dict(), "state_dict": model.state_dict(), "sampler": {}, "meta": {}}, path)
+    torch.save(
+        {
+            "format": "omnitrain-model/1",
+            "factory": "omnitrain.serving.mmdit_adapter:build_mmdit",
+            "config": CFG.to_dict(),
+            "state_dict": model.state_dict(),
+            "sampler": {},
+            "meta": {},
+        },
+        path,
+    )
     art = load_artifact(path)
     assert art.factory == MMDIT_FACTORY
     assert all(torch.equal(a, b) for a, b in zip(art.model.state_dict().values(), model.state_dict().values()))

@@ -8,19 +8,29 @@ from omnitrain.model.mmdit import MMDiT
 from omnitrain.model.packing import SampleRecord, pack
 
 # hidden 8, 1 block, 2 heads, mlp 16, 1 latent channel, patch (1,1,1) -> patch_dim 1, text_dim 3, freq 4
-CFG = ModelConfig(hidden_size=8, depth=1, num_heads=2, mlp_ratio=2.0, latent_channels=1, patch_size=(1, 1, 1),
-                  text_dim=3, frequency_embedding_size=4)
+CFG = ModelConfig(
+    hidden_size=8,
+    depth=1,
+    num_heads=2,
+    mlp_ratio=2.0,
+    latent_channels=1,
+    patch_size=(1, 1, 1),
+    text_dim=3,
+    frequency_embedding_size=4,
+)
 
 
 def test_hand_count_tiny_config():
     # two samples: 2 text + 3 video tokens, 1 text + 4 video tokens -> lengths 5, 5; 10 tokens
     c = TokenCounts.from_lengths([2, 1], [3, 4])
     assert (c.text, c.patches, c.samples, c.sum_sq_seqlens, c.tokens) == (3, 7, 2, 50, 10)
-    embed = 2 * 3 * 3 * 8 + 2 * 7 * 1 * 8 + 2 * 2 * (4 * 8 + 8 * 8)          # 144 + 112 + 384
-    block = (2 * 10 * 8 * 48          # adaLN 8 -> 48
-             + 4 * 2 * 10 * 8 * 8     # q k v o
-             + 2 * 2 * 10 * 8 * 16    # fc1 fc2
-             + 2 * 2 * 50 * 8)        # QK^T and AV over 5^2 + 5^2 pairs
+    embed = 2 * 3 * 3 * 8 + 2 * 7 * 1 * 8 + 2 * 2 * (4 * 8 + 8 * 8)  # 144 + 112 + 384
+    block = (
+        2 * 10 * 8 * 48  # adaLN 8 -> 48
+        + 4 * 2 * 10 * 8 * 8  # q k v o
+        + 2 * 2 * 10 * 8 * 16  # fc1 fc2
+        + 2 * 2 * 50 * 8
+    )  # QK^T and AV over 5^2 + 5^2 pairs
     head = 2 * 10 * 8 * 16 + 2 * 10 * 8 * 1
     assert forward_flops(CFG, c) == embed + block + head == 640 + 7680 + 5120 + 5120 + 1600 + 2560 + 160
     assert training_flops(CFG, c) == 3 * forward_flops(CFG, c)
@@ -29,13 +39,21 @@ def test_hand_count_tiny_config():
 def test_matches_flop_counter_on_the_real_model():
     cfg = ModelConfig(hidden_size=32, depth=2, num_heads=4, latent_channels=4, text_dim=16)
     gen = torch.Generator().manual_seed(0)
-    recs = [SampleRecord(text=torch.randn(5, 16, generator=gen), video=torch.randn(4, 2, 4, 4, generator=gen),
-                         reference=torch.randn(4, 1, 4, 4, generator=gen)),
-            SampleRecord(text=torch.randn(3, 16, generator=gen), video=torch.randn(4, 3, 2, 6, generator=gen),
-                         context=torch.randn(4, 3, 2, 6, generator=gen))]
+    recs = [
+        SampleRecord(
+            text=torch.randn(5, 16, generator=gen),
+            video=torch.randn(4, 2, 4, 4, generator=gen),
+            reference=torch.randn(4, 1, 4, 4, generator=gen),
+        ),
+        SampleRecord(
+            text=torch.randn(3, 16, generator=gen),
+            video=torch.randn(4, 3, 2, 6, generator=gen),
+            context=torch.randn(4, 3, 2, 6, generator=gen),
+        ),
+    ]
     batch = pack(recs, cfg.patch_size)
     model = MMDiT(cfg)
     t = torch.rand(2, generator=gen)
-    with force_backend("math"), FlopCounterMode(display=False) as counter:   # attention as countable matmuls
+    with force_backend("math"), FlopCounterMode(display=False) as counter:  # attention as countable matmuls
         model(batch, t)
     assert counter.get_total_flops() == forward_flops(cfg, TokenCounts.of_batch(batch))

@@ -17,11 +17,14 @@ def _records(gen, specs):
     out = []
     for text_len, frames, side, ref, ctx in specs:
         c = CFG.latent_channels
-        out.append(SampleRecord(
-            text=torch.randn(text_len, CFG.text_dim, generator=gen),
-            video=torch.randn(c, frames, side, side, generator=gen),
-            reference=torch.randn(c, 1, side, side, generator=gen) if ref else None,
-            context=torch.randn(c, frames, side, side, generator=gen) if ctx else None))
+        out.append(
+            SampleRecord(
+                text=torch.randn(text_len, CFG.text_dim, generator=gen),
+                video=torch.randn(c, frames, side, side, generator=gen),
+                reference=torch.randn(c, 1, side, side, generator=gen) if ref else None,
+                context=torch.randn(c, frames, side, side, generator=gen) if ctx else None,
+            )
+        )
     return out
 
 
@@ -61,9 +64,9 @@ def test_packed_forward_equals_per_sample_forward():
     t = torch.rand(len(recs), generator=gen)
     with torch.no_grad():
         packed = model(pack(recs, CFG.patch_size), t)
-        singles = torch.cat([model(pack([r], CFG.patch_size), t[i:i + 1]) for i, r in enumerate(recs)])
+        singles = torch.cat([model(pack([r], CFG.patch_size), t[i : i + 1]) for i, r in enumerate(recs)])
     assert packed.shape == (sum(sample_tokens(r, CFG.patch_size) for r in recs), CFG.patch_dim)
-    assert packed.abs().mean() > 1e-3          # a randomized model predicts something
+    assert packed.abs().mean() > 1e-3  # a randomized model predicts something
     torch.testing.assert_close(packed, singles, rtol=1e-4, atol=1e-5)
 
 
@@ -101,15 +104,16 @@ def test_sdpa_mask_equals_per_sample_attention(lengths):
     qp, kp, vp = (torch.cat((x, torch.randn(3, 3, 8, generator=gen))) for x in (q, k, v))
     for backend in ("sdpa_mask", "sdpa_loop", "math"):
         with force_backend(backend):
-            torch.testing.assert_close(attention(qp, kp, vp, ctx)[:sum(lengths)], ref, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(attention(qp, kp, vp, ctx)[: sum(lengths)], ref, rtol=1e-5, atol=1e-5)
 
 
 def test_backend_selected_by_capability():
     cpu = torch.randn(4, 2, 8)
-    assert select_backend(cpu) == "sdpa_loop"           # never flash on CPU, even in bf16
+    assert select_backend(cpu) == "sdpa_loop"  # never flash on CPU, even in bf16
     assert select_backend(cpu.bfloat16()) == "sdpa_loop"
     if torch.cuda.is_available():
         from omnitrain.model.attention import flash_available
+
         want = "flash" if flash_available() else "sdpa_mask"
         assert select_backend(cpu.cuda().bfloat16()) == want
         assert select_backend(cpu.cuda()) == "sdpa_mask"  # fp32: flash-attn has no fp32 kernels
@@ -135,6 +139,7 @@ def test_heads_read_from_shape():
     x = torch.randn(10, CFG.hidden_size)
     ctx = _ctx([4, 6])
     from omnitrain.model.rope import rope_cos_sin
+
     ctx.cos, ctx.sin = rope_cos_sin(torch.zeros(10, 3), CFG.head_dim)
     q = attn.q(x).view(10, -1, CFG.head_dim)[:, : shard.num_heads]
     assert attn.core(q, q, q, ctx).shape == (10, shard.num_heads, CFG.head_dim)

@@ -24,10 +24,11 @@ def _records() -> list[SampleRecord]:
 
     def latent(t, h, w):
         return torch.randn(c, t * pt, h * ph, w * pw, generator=g)
-    return [SampleRecord(text=torch.randn(3, CFG.text_dim, generator=g), video=latent(2, 2, 2),
-                         reference=latent(1, 1, 2)),
-            SampleRecord(text=torch.randn(2, CFG.text_dim, generator=g), video=latent(1, 2, 1),
-                         context=latent(1, 2, 1))]
+
+    return [
+        SampleRecord(text=torch.randn(3, CFG.text_dim, generator=g), video=latent(2, 2, 2), reference=latent(1, 1, 2)),
+        SampleRecord(text=torch.randn(2, CFG.text_dim, generator=g), video=latent(1, 2, 1), context=latent(1, 2, 1)),
+    ]
 
 
 def _conditions(rec: SampleRecord) -> Conditions:
@@ -36,8 +37,15 @@ def _conditions(rec: SampleRecord) -> Conditions:
 
     def grid(x):
         return None if x is None else patch_grid(tuple(x.shape), CFG.patch_size)
-    return Conditions(text=rec.text, reference=tokens(rec.reference), context=tokens(rec.context),
-                      reference_grid=grid(rec.reference), context_grid=grid(rec.context), video_grid=grid(rec.video))
+
+    return Conditions(
+        text=rec.text,
+        reference=tokens(rec.reference),
+        context=tokens(rec.context),
+        reference_grid=grid(rec.reference),
+        context_grid=grid(rec.context),
+        video_grid=grid(rec.video),
+    )
 
 
 def _assert_same(a, b):

@@ -17,13 +17,24 @@ KUSTOMIZATION = ROOT / "manifests" / "monitoring" / "kustomization.yaml"
 
 def test_checked_in_json_is_the_generated_one():
     assert DASHBOARD.read_text() == render(), (
-        "regenerate: python -m omnitrain.observability.dashboard > manifests/monitoring/dashboards/omnitrain.json")
+        "regenerate: python -m omnitrain.observability.dashboard > manifests/monitoring/dashboards/omnitrain.json"
+    )
 
 
 def test_dashboard_covers_the_figures_sres_watch():
     titles = {p["title"] for p in build_dashboard()["panels"]}
-    for wanted in ("MFU", "Tokens / s", "Step time", "Loss", "Goodput", "Goodput and badput by cause", "Restarts",
-                   "Checkpoint blocking", "GPU utilisation", "GPU memory used"):
+    for wanted in (
+        "MFU",
+        "Tokens / s",
+        "Step time",
+        "Loss",
+        "Goodput",
+        "Goodput and badput by cause",
+        "Restarts",
+        "Checkpoint blocking",
+        "GPU utilisation",
+        "GPU memory used",
+    ):
         assert wanted in titles
     ids = [p["id"] for p in build_dashboard()["panels"]]
     assert len(ids) == len(set(ids))
@@ -42,19 +53,29 @@ def test_kustomization_lists_every_manifest():
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed (make promtool)")
 def test_every_panel_query_parses(tmp_path):
     # Grafana substitutes the variables before querying; promtool sees what Prometheus would.
-    rules = [{"record": f"dashboard:query:{i}",
-              "expr": q.replace("$namespace", "ml").replace("$job", "demo").replace("${datasource}", "")}
-             for i, q in enumerate(panel_queries(build_dashboard()))]
+    rules = [
+        {
+            "record": f"dashboard:query:{i}",
+            "expr": q.replace("$namespace", "ml").replace("$job", "demo").replace("${datasource}", ""),
+        }
+        for i, q in enumerate(panel_queries(build_dashboard()))
+    ]
     (tmp_path / "dashboard_queries.yaml").write_text(yaml.safe_dump({"groups": [{"name": "q", "rules": rules}]}))
-    result = subprocess.run(["promtool", "check", "rules", "dashboard_queries.yaml"], cwd=tmp_path,
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        ["promtool", "check", "rules", "dashboard_queries.yaml"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed")
 def test_kustomize_builds_the_monitoring_bundle():
-    result = subprocess.run(["kubectl", "kustomize", str(KUSTOMIZATION.parent)], capture_output=True, text=True,
-                            timeout=60)
+    result = subprocess.run(
+        ["kubectl", "kustomize", str(KUSTOMIZATION.parent)], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
     kinds = sorted(d["kind"] for d in yaml.safe_load_all(result.stdout))
     assert kinds == ["ConfigMap", "PodMonitor", "PrometheusRule", "ServiceMonitor"]

@@ -20,7 +20,7 @@ def test_two_node_data_parallel_run(tmp_path):
     steps = 4
     results = run_on_ranks(data_parallel_run, 2, steps, str(tmp_path), timeout_s=240)
     rank0, rank1 = results
-    assert rank0["losses"] == rank1["losses"]                   # the reduced figures agree on every rank
+    assert rank0["losses"] == rank1["losses"]  # the reduced figures agree on every rank
     mean_loss, tokens, seconds = rank0["losses"][-1]
     assert tokens == 24 + 32
     job_endpoint, node1_endpoint = rank0["scraped"]
@@ -36,4 +36,4 @@ def test_two_node_data_parallel_run(tmp_path):
     # one metrics log, written by rank 0, with the reduced loss of every step
     log = read_job_log(tmp_path)
     assert [r["loss"] for r in log.of_kind("step")] == pytest.approx([loss for loss, _, _ in rank0["losses"]])
-    assert rank0["losses"][-1][0] < rank0["losses"][0][0]        # it trained
+    assert rank0["losses"][-1][0] < rank0["losses"][0][0]  # it trained

@@ -40,8 +40,11 @@ def test_phases_restarts_recovery_goodput_and_reconcile(metrics):
     by_phase = {s.labels["phase"]: s.value for s in f[om.METRIC_JOBS]}
     assert by_phase["Running"] == 2 and by_phase["Failed"] == 1 and by_phase["Pending"] == 0
     per_job = {(s.labels["namespace"], s.labels["omnitrain_job"]): s.labels["phase"] for s in f[om.METRIC_JOB_PHASE]}
-    assert per_job == {("team-a", "video-1"): "Running", ("team-a", "video-2"): "Running",
-                       ("team-b", "video-1"): "Failed"}
+    assert per_job == {
+        ("team-a", "video-1"): "Running",
+        ("team-a", "video-2"): "Running",
+        ("team-b", "video-1"): "Failed",
+    }
     restarts = {s.labels["reason"]: s.value for s in f[om.METRIC_RESTARTS] if s.name.endswith("_total")}
     assert restarts == {"HangDetected": 2, "NodeLost": 1}
     recovery_sum = [s.value for s in f[om.METRIC_RECOVERY] if s.name.endswith("_sum")]
@@ -62,13 +65,20 @@ def test_forget_job_drops_its_series(metrics):
     metrics.set_job_phase("ns", "kept", "Running")
     metrics.forget_job("ns", "gone")
     f = scrape(metrics.serve(0))
-    for family in (om.METRIC_JOB_PHASE, om.METRIC_RESTARTS, om.METRIC_RECOVERY, om.METRIC_JOB_GOODPUT,
-                   om.METRIC_JOB_BADPUT):
+    for family in (
+        om.METRIC_JOB_PHASE,
+        om.METRIC_RESTARTS,
+        om.METRIC_RECOVERY,
+        om.METRIC_JOB_GOODPUT,
+        om.METRIC_JOB_BADPUT,
+    ):
         assert all(s.labels.get("omnitrain_job") != "gone" for s in f.get(family, [])), family
     assert {s.labels["omnitrain_job"] for s in f[om.METRIC_JOB_PHASE]} == {"kept"}
 
 
 def test_operator_side_imports_load_no_torch():
-    code = ("import sys; import omnitrain.observability.operator_metrics, omnitrain.observability.status_view; "
-            "assert 'torch' not in sys.modules, 'torch imported'")
+    code = (
+        "import sys; import omnitrain.observability.operator_metrics, omnitrain.observability.status_view; "
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)

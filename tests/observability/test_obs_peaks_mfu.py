@@ -12,16 +12,19 @@ from omnitrain.observability.peaks import (
 )
 
 
-@pytest.mark.parametrize("nvml_name, expected", [
-    ("NVIDIA H100 80GB HBM3", "H100 SXM"),
-    ("NVIDIA H100 PCIe", "H100 PCIe"),
-    ("NVIDIA H100 NVL", "H100 NVL"),
-    ("NVIDIA H200", "H200 SXM"),
-    ("NVIDIA H200 NVL", "H200 NVL"),
-    ("NVIDIA A100-SXM4-80GB", "A100"),
-    ("NVIDIA A100 80GB PCIe", "A100"),
-    ("NVIDIA B200", "B200"),
-])
+@pytest.mark.parametrize(
+    "nvml_name, expected",
+    [
+        ("NVIDIA H100 80GB HBM3", "H100 SXM"),
+        ("NVIDIA H100 PCIe", "H100 PCIe"),
+        ("NVIDIA H100 NVL", "H100 NVL"),
+        ("NVIDIA H200", "H200 SXM"),
+        ("NVIDIA H200 NVL", "H200 NVL"),
+        ("NVIDIA A100-SXM4-80GB", "A100"),
+        ("NVIDIA A100 80GB PCIe", "A100"),
+        ("NVIDIA B200", "B200"),
+    ],
+)
 def test_nvml_names_map_to_datasheet_entries(nvml_name, expected):
     assert lookup_device(nvml_name).name == expected
 
@@ -85,8 +88,10 @@ def test_dit_flops_agree_with_the_dense_transformer_formula():
 
     cfg = PRESETS["small"]
     params = sum(p.numel() for p in MMDiT(cfg).parameters())
-    for text, patches in ((16, 64), (64, 960)):                     # short and long sequences
+    for text, patches in ((16, 64), (64, 960)):  # short and long sequences
         counts = TokenCounts.from_lengths([text] * 8, [patches] * 8)
-        reference = (m.dense_transformer_train_flops_per_token(params) * counts.tokens
-                     + 12 * cfg.depth * cfg.hidden_size * counts.sum_sq_seqlens)
+        reference = (
+            m.dense_transformer_train_flops_per_token(params) * counts.tokens
+            + 12 * cfg.depth * cfg.hidden_size * counts.sum_sq_seqlens
+        )
         assert training_flops(cfg, counts) == pytest.approx(reference, rel=0.03)

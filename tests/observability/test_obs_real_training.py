@@ -17,7 +17,7 @@ from omnitrain.trainer.parallel.testing import free_port
 from omnitrain.trainer.train import train
 from omnitrain.training_hooks import TrainerHooks
 
-PEAK = 2e10   # a configured per-device peak: on CPU MFU exists only relative to one
+PEAK = 2e10  # a configured per-device peak: on CPU MFU exists only relative to one
 
 
 class StepRecorder(TrainerHooks):
@@ -34,12 +34,22 @@ def test_real_training_run_exports_plausible_metrics(tmp_path, monkeypatch):
     monkeypatch.setenv(contract.ENV_POD_IP, "127.0.0.1")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     steps = 6
-    config = TrainerConfig.model_validate({"spec": {
-        "data": {"path": str(tmp_path / "data"), "synthetic": {"samples": 48, "shards": 2}, "tokenBudget": 512},
-        "training": {"steps": steps, "learningRate": 3e-3, "warmupSteps": 2, "logEvery": 3},
-        "checkpoint": {"localPath": str(tmp_path / "local"), "persistentClaim": "pv",
-                       "persistentPath": str(tmp_path / "pv"), "intervalSteps": 3},
-        "metricsPort": free_port()}, "run": {"jobName": "real", "attempt": 0}})
+    config = TrainerConfig.model_validate(
+        {
+            "spec": {
+                "data": {"path": str(tmp_path / "data"), "synthetic": {"samples": 48, "shards": 2}, "tokenBudget": 512},
+                "training": {"steps": steps, "learningRate": 3e-3, "warmupSteps": 2, "logEvery": 3},
+                "checkpoint": {
+                    "localPath": str(tmp_path / "local"),
+                    "persistentClaim": "pv",
+                    "persistentPath": str(tmp_path / "pv"),
+                    "intervalSteps": 3,
+                },
+                "metricsPort": free_port(),
+            },
+            "run": {"jobName": "real", "attempt": 0},
+        }
+    )
     recorder = StepRecorder()
     callbacks = default_callbacks(config) + [recorder]
     metrics = next(cb for cb in callbacks if isinstance(cb, MetricsCallback))
@@ -59,11 +69,11 @@ def test_real_training_run_exports_plausible_metrics(tmp_path, monkeypatch):
     assert one(contract.METRIC_STEP) == steps and one(contract.METRIC_TOTAL_STEPS) == steps
     assert one(contract.METRIC_LOSS) == pytest.approx(last["loss"])
     assert 0 < one(contract.METRIC_LOSS) < 10
-    assert one(contract.METRIC_LAST_CHECKPOINT_STEP) == steps            # interval 3 and the final save
+    assert one(contract.METRIC_LAST_CHECKPOINT_STEP) == steps  # interval 3 and the final save
     assert one(tm.METRIC_CHECKPOINT_BLOCKING, tm.METRIC_CHECKPOINT_BLOCKING + "_count") >= 2
     assert one(tm.METRIC_STEP_SECONDS, tm.METRIC_STEP_SECONDS + "_count") == steps
     assert one(tm.METRIC_TOKENS_PER_SECOND) == pytest.approx(last["tokens"] / last["step_seconds"])
-    assert last["flops"] > 6 * 300_000 * last["tokens"]                 # tiny preset: ~0.32M parameters
+    assert last["flops"] > 6 * 300_000 * last["tokens"]  # tiny preset: ~0.32M parameters
     achieved = one(tm.METRIC_MODEL_FLOPS)
     assert achieved == pytest.approx(last["flops"] / last["step_seconds"])
     assert one(tm.METRIC_MFU) == pytest.approx(achieved / PEAK)

@@ -16,7 +16,8 @@ PROMTOOL = shutil.which("promtool")
 if PROMTOOL is None and os.environ.get("CI"):
     pytest.fail("promtool is required in CI: run `make promtool` (apt-get install prometheus)", pytrace=False)
 pytestmark = pytest.mark.skipif(
-    PROMTOOL is None, reason="promtool not installed (make promtool / apt-get install prometheus); required in CI")
+    PROMTOOL is None, reason="promtool not installed (make promtool / apt-get install prometheus); required in CI"
+)
 
 
 @pytest.fixture
@@ -60,6 +61,7 @@ def test_rules_only_use_metric_names_the_code_exports():
     from omnitrain import contract
     from omnitrain.observability import operator_metrics as om
     from omnitrain.observability import trainer_metrics as tm
+
     exported = {v for mod in (contract, om, tm) for k, v in vars(mod).items() if k.startswith("METRIC_")}
     counters = {tm.METRIC_HANGS + "_total", om.METRIC_RESTARTS + "_total"}
     histograms = {tm.METRIC_STEP_SECONDS + s for s in ("_sum", "_count", "_bucket")}

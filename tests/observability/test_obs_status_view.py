@@ -14,35 +14,67 @@ def iso(minutes_ago: float) -> str:
 
 def running_job():
     return {
-        "apiVersion": "omnitrain.io/v1alpha1", "kind": "OmniTrainingJob",
+        "apiVersion": "omnitrain.io/v1alpha1",
+        "kind": "OmniTrainingJob",
         "metadata": {"name": "video-1", "namespace": "team-a", "uid": "u-1"},
         "spec": {"training": {"steps": 1000}, "resilience": {"maxRestarts": 3}},
         "status": {
-            "phase": "Running", "attempt": 2, "restarts": 2, "currentStep": 250, "totalSteps": 1000,
-            "startTime": iso(60), "lastCheckpoint": {"step": 200, "path": "/mnt/checkpoints/step-200", "time": iso(5)},
-            "excludedNodes": ["node-3"], "goodput": {"ratio": 0.912, "badputSeconds": {"recovery": 180, "startup": 40}},
+            "phase": "Running",
+            "attempt": 2,
+            "restarts": 2,
+            "currentStep": 250,
+            "totalSteps": 1000,
+            "startTime": iso(60),
+            "lastCheckpoint": {"step": 200, "path": "/mnt/checkpoints/step-200", "time": iso(5)},
+            "excludedNodes": ["node-3"],
+            "goodput": {"ratio": 0.912, "badputSeconds": {"recovery": 180, "startup": 40}},
             "conditions": [
-                {"type": "Running", "status": "True", "reason": "AllPodsRunning", "lastTransitionTime": iso(10),
-                 "message": "2/2 pods running"},
-                {"type": "Restarting", "status": "False", "reason": "Recovered", "lastTransitionTime": iso(10)}],
+                {
+                    "type": "Running",
+                    "status": "True",
+                    "reason": "AllPodsRunning",
+                    "lastTransitionTime": iso(10),
+                    "message": "2/2 pods running",
+                },
+                {"type": "Restarting", "status": "False", "reason": "Recovered", "lastTransitionTime": iso(10)},
+            ],
         },
     }
 
 
 def pod(name, node, state, restarts=0):
-    return {"metadata": {"name": name, "creationTimestamp": iso(10), "uid": name + "-uid"},
-            "spec": {"nodeName": node},
-            "status": {"phase": "Running" if "running" in state else "Failed",
-                       "containerStatuses": [{"state": state, "restartCount": restarts}]}}
+    return {
+        "metadata": {"name": name, "creationTimestamp": iso(10), "uid": name + "-uid"},
+        "spec": {"nodeName": node},
+        "status": {
+            "phase": "Running" if "running" in state else "Failed",
+            "containerStatuses": [{"state": state, "restartCount": restarts}],
+        },
+    }
 
 
 def test_running_job_shows_progress_eta_checkpoint_goodput_pods_events():
-    pods = [pod("video-1-node-1", "node-2", {"running": {}}),
-            pod("video-1-node-0", "node-1", {"terminated": {"exitCode": 42, "reason": "HangDetected"}})]
-    events = [{"type": "Warning", "reason": "HangDetected", "message": "no step for 60s", "lastTimestamp": iso(12),
-               "involvedObject": {"kind": "Pod", "name": "video-1-node-0"}, "count": 2},
-              {"type": "Normal", "reason": "Restarted", "message": "attempt 2 from step 200",
-               "lastTimestamp": iso(10), "involvedObject": {"kind": "OmniTrainingJob", "name": "video-1"}}]
+    pods = [
+        pod("video-1-node-1", "node-2", {"running": {}}),
+        pod("video-1-node-0", "node-1", {"terminated": {"exitCode": 42, "reason": "HangDetected"}}),
+    ]
+    events = [
+        {
+            "type": "Warning",
+            "reason": "HangDetected",
+            "message": "no step for 60s",
+            "lastTimestamp": iso(12),
+            "involvedObject": {"kind": "Pod", "name": "video-1-node-0"},
+            "count": 2,
+        },
+        {
+            "type": "Normal",
+            "reason": "Restarted",
+            "message": "attempt 2 from step 200",
+            "lastTimestamp": iso(10),
+            "involvedObject": {"kind": "OmniTrainingJob", "name": "video-1"},
+        },
+    ]
     text = render_status(running_job(), pods, events, now=NOW)
     lines = text.splitlines()
     assert lines[0] == "OmniTrainingJob team-a/video-1"
@@ -92,9 +124,13 @@ def test_helpers():
 
 
 def test_live_figures_from_rank0_endpoint_are_shown():
-    live = {"omnitrain_train_tokens_per_second": 123456.0, "omnitrain_train_mfu_ratio": 0.4123,
-            "omnitrain_train_step_seconds_count": 10.0, "omnitrain_train_step_seconds_sum": 12.5,
-            "omnitrain_train_loss": 0.25}
+    live = {
+        "omnitrain_train_tokens_per_second": 123456.0,
+        "omnitrain_train_mfu_ratio": 0.4123,
+        "omnitrain_train_step_seconds_count": 10.0,
+        "omnitrain_train_step_seconds_sum": 12.5,
+        "omnitrain_train_loss": 0.25,
+    }
     text = render_status(running_job(), [], [], now=NOW, live=live)
     assert "Live:         123,456 tokens/s   MFU 41.2%   step 1.25s (mean)   loss 0.25" in text
     assert "Live:" not in render_status(running_job(), [], [], now=NOW)
@@ -103,19 +139,32 @@ def test_live_figures_from_rank0_endpoint_are_shown():
 def test_scrape_live_metrics_reads_the_pod_that_serves_job_figures():
     from omnitrain.observability.callback import MetricsCallback
     from omnitrain.observability.status_fetch import scrape_live_metrics
-    node_only = MetricsCallback(job="j", attempt=0, total_steps=4, world_size=2, rank=1, local_rank=0,
-                                metrics_addr="127.0.0.2", metrics_port=0)
-    rank0 = MetricsCallback(job="j", attempt=0, total_steps=4, world_size=2, rank=0, local_rank=0,
-                            metrics_addr="127.0.0.1", metrics_port=0, peak_flops_per_device=1e9)
+
+    node_only = MetricsCallback(
+        job="j", attempt=0, total_steps=4, world_size=2, rank=1, local_rank=0, metrics_addr="127.0.0.2", metrics_port=0
+    )
+    rank0 = MetricsCallback(
+        job="j",
+        attempt=0,
+        total_steps=4,
+        world_size=2,
+        rank=0,
+        local_rank=0,
+        metrics_addr="127.0.0.1",
+        metrics_port=0,
+        peak_flops_per_device=1e9,
+    )
     try:
         for cb in (node_only, rank0):
             cb.on_train_start(step=0)
             cb.on_step_end(stats=StepStats(step=1, loss=0.5, tokens=1000, flops=4e8, step_seconds=0.5))
-        pods = [{"status": {"phase": "Pending"}},
-                {"status": {"phase": "Running", "podIP": "127.0.0.2"}},
-                {"status": {"phase": "Running", "podIP": "127.0.0.1"}}]
+        pods = [
+            {"status": {"phase": "Pending"}},
+            {"status": {"phase": "Running", "podIP": "127.0.0.2"}},
+            {"status": {"phase": "Running", "podIP": "127.0.0.1"}},
+        ]
         # each endpoint on its own port here; in a cluster every pod uses spec.metricsPort
-        assert scrape_live_metrics(pods[:2], node_only.bound_port) is None       # node figures only
+        assert scrape_live_metrics(pods[:2], node_only.bound_port) is None  # node figures only
         live = scrape_live_metrics(pods, rank0.bound_port)
         assert live["omnitrain_train_step"] == 1 and live["omnitrain_train_mfu_ratio"] == 0.4
         assert live["omnitrain_train_tokens_per_second"] == 2000
@@ -127,13 +176,20 @@ def test_scrape_live_metrics_reads_the_pod_that_serves_job_figures():
 def test_failure_message_promotion_and_total_restarts():
     job = running_job()
     job["status"].update(
-        totalRestarts=3, message="restarting after a hang",
-        lastFailure={"pod": "video-1-a1-n0", "node": "node-1", "exitCode": 42, "reason": "HangDetected",
-                     "message": "no step for 60s", "time": iso(3)},
-        promotion={"distill": {"phase": "Running", "name": "video-1-distill"}})
+        totalRestarts=3,
+        message="restarting after a hang",
+        lastFailure={
+            "pod": "video-1-a1-n0",
+            "node": "node-1",
+            "exitCode": 42,
+            "reason": "HangDetected",
+            "message": "no step for 60s",
+            "time": iso(3),
+        },
+        promotion={"distill": {"phase": "Running", "name": "video-1-distill"}},
+    )
     text = render_status(job, [], [], now=NOW)
     assert "restarts 2/3 (all gang restarts incl. resumes/preemptions: 3)" in text
     assert "Message:      restarting after a hang" in text
-    assert ("Last failure: HangDetected: pod video-1-a1-n0 on node-1 exited 42 (3m00s ago) - no step for 60s"
-            in text)
+    assert "Last failure: HangDetected: pod video-1-a1-n0 on node-1 exited 42 (3m00s ago) - no step for 60s" in text
     assert "Promotion:    distill Running (video-1-distill)" in text

@@ -26,8 +26,11 @@ def scrape(port: int) -> dict[str, list]:
 
 
 def value(families, family, sample_name=None, **labels):
-    matches = [s for s in families[family] if (sample_name is None or s.name == sample_name)
-               and all(s.labels.get(k) == v for k, v in labels.items())]
+    matches = [
+        s
+        for s in families[family]
+        if (sample_name is None or s.name == sample_name) and all(s.labels.get(k) == v for k, v in labels.items())
+    ]
     assert len(matches) == 1, (family, sample_name, labels, families[family])
     return matches[0].value
 
@@ -51,8 +54,9 @@ def tiny_training_run(callback: MetricsCallback, steps: int, batch: int = 8, seq
         seconds = time.perf_counter() - started
         tokens = batch * seq
         flops = 6 * params * tokens
-        callback.on_step_end(stats=StepStats(step=step, loss=loss.item(), tokens=tokens, flops=flops,
-                                             step_seconds=seconds))
+        callback.on_step_end(
+            stats=StepStats(step=step, loss=loss.item(), tokens=tokens, flops=flops, step_seconds=seconds)
+        )
         history.append({"step": step, "loss": loss.item(), "seconds": seconds, "tokens": tokens, "flops": flops})
         if step % 2 == 0:
             callback.on_checkpoint_blocked(step=step, seconds=0.002)
@@ -62,9 +66,20 @@ def tiny_training_run(callback: MetricsCallback, steps: int, batch: int = 8, seq
 
 @pytest.fixture
 def callback(tmp_path):
-    cb = MetricsCallback(job="demo", attempt=1, total_steps=5, world_size=1, rank=0, local_rank=0, node="node-a",
-                         metrics_addr="127.0.0.1", metrics_port=0, log_dir=tmp_path / "metrics",
-                         peak_flops_per_device=PEAK, checkpoint_interval=2)
+    cb = MetricsCallback(
+        job="demo",
+        attempt=1,
+        total_steps=5,
+        world_size=1,
+        rank=0,
+        local_rank=0,
+        node="node-a",
+        metrics_addr="127.0.0.1",
+        metrics_port=0,
+        log_dir=tmp_path / "metrics",
+        peak_flops_per_device=PEAK,
+        checkpoint_interval=2,
+    )
     yield cb
     cb.close()
 
@@ -85,7 +100,8 @@ def test_endpoint_serves_job_figures_of_a_real_run(callback, tmp_path):
     assert value(f, tm.METRIC_CHECKPOINT_INTERVAL) == 2
     assert value(f, tm.METRIC_STEP_SECONDS, tm.METRIC_STEP_SECONDS + "_count") == 5
     assert value(f, tm.METRIC_STEP_SECONDS, tm.METRIC_STEP_SECONDS + "_sum") == pytest.approx(
-        sum(h["seconds"] for h in history), rel=1e-6)
+        sum(h["seconds"] for h in history), rel=1e-6
+    )
     assert value(f, tm.METRIC_CHECKPOINT_BLOCKING, tm.METRIC_CHECKPOINT_BLOCKING + "_count") == 2
     assert value(f, tm.METRIC_TOKENS_PER_SECOND) == pytest.approx(last["tokens"] / last["seconds"], rel=1e-6)
     achieved = value(f, tm.METRIC_MODEL_FLOPS)
@@ -116,8 +132,18 @@ def test_loss_falls_and_is_logged_per_step(callback, tmp_path):
 
 
 def test_cpu_run_without_configured_peak_reports_no_mfu(tmp_path):
-    cb = MetricsCallback(job="demo", attempt=0, total_steps=2, world_size=1, rank=0, local_rank=0,
-                         metrics_addr="127.0.0.1", metrics_port=0, log_dir=tmp_path, peak_flops_per_device=None)
+    cb = MetricsCallback(
+        job="demo",
+        attempt=0,
+        total_steps=2,
+        world_size=1,
+        rank=0,
+        local_rank=0,
+        metrics_addr="127.0.0.1",
+        metrics_port=0,
+        log_dir=tmp_path,
+        peak_flops_per_device=None,
+    )
     try:
         tiny_training_run(cb, steps=2)
         f = scrape(cb.bound_port)
@@ -128,10 +154,29 @@ def test_cpu_run_without_configured_peak_reports_no_mfu(tmp_path):
 
 
 def test_roles_other_ranks_serve_node_figures_or_nothing(tmp_path):
-    node_rank0 = MetricsCallback(job="demo", attempt=0, total_steps=3, world_size=4, rank=2, local_rank=0,
-                                 node="node-b", metrics_addr="127.0.0.1", metrics_port=0, log_dir=tmp_path)
-    worker = MetricsCallback(job="demo", attempt=0, total_steps=3, world_size=4, rank=3, local_rank=1,
-                             metrics_addr="127.0.0.1", metrics_port=0, log_dir=tmp_path)
+    node_rank0 = MetricsCallback(
+        job="demo",
+        attempt=0,
+        total_steps=3,
+        world_size=4,
+        rank=2,
+        local_rank=0,
+        node="node-b",
+        metrics_addr="127.0.0.1",
+        metrics_port=0,
+        log_dir=tmp_path,
+    )
+    worker = MetricsCallback(
+        job="demo",
+        attempt=0,
+        total_steps=3,
+        world_size=4,
+        rank=3,
+        local_rank=1,
+        metrics_addr="127.0.0.1",
+        metrics_port=0,
+        log_dir=tmp_path,
+    )
     try:
         for cb in (node_rank0, worker):
             cb.on_train_start(step=0)
@@ -147,13 +192,24 @@ def test_roles_other_ranks_serve_node_figures_or_nothing(tmp_path):
 
 
 def test_from_config_reads_the_pod_environment(tmp_path):
-    spec = JobSpec.model_validate({"training": {"steps": 7, "precision": "fp32"},
-                                   "checkpoint": {"persistentClaim": "ckpt", "persistentPath": str(tmp_path),
-                                                  "intervalSteps": 3}})
+    spec = JobSpec.model_validate(
+        {
+            "training": {"steps": 7, "precision": "fp32"},
+            "checkpoint": {"persistentClaim": "ckpt", "persistentPath": str(tmp_path), "intervalSteps": 3},
+        }
+    )
     config = TrainerConfig(spec=spec, run=RunInfo(job_name="from-spec", attempt=0))
-    env = {contract.ENV_JOB_NAME: "job-x", contract.ENV_ATTEMPT: "2", contract.ENV_METRICS_PORT: "0",
-           contract.ENV_POD_IP: "127.0.0.1", contract.ENV_NODE_NAME: "n1", "RANK": "0", "LOCAL_RANK": "0",
-           "WORLD_SIZE": "1", "OMNITRAIN_PEAK_FLOPS": "1e9"}
+    env = {
+        contract.ENV_JOB_NAME: "job-x",
+        contract.ENV_ATTEMPT: "2",
+        contract.ENV_METRICS_PORT: "0",
+        contract.ENV_POD_IP: "127.0.0.1",
+        contract.ENV_NODE_NAME: "n1",
+        "RANK": "0",
+        "LOCAL_RANK": "0",
+        "WORLD_SIZE": "1",
+        "OMNITRAIN_PEAK_FLOPS": "1e9",
+    }
     cb = MetricsCallback.from_config(config, environ=env)
     try:
         assert (cb.job, cb.attempt, cb.total_steps, cb.peak_flops_per_device) == ("job-x", 2, 7, 1e9)
@@ -170,7 +226,7 @@ def test_from_config_reads_the_pod_environment(tmp_path):
 
 
 def test_torn_last_line_is_skipped_not_fatal(tmp_path):
-    (tmp_path / "attempt-0000.jsonl").write_text(json.dumps({"kind": "step", "step": 1, "attempt": 0}) + "\n{\"kin")
+    (tmp_path / "attempt-0000.jsonl").write_text(json.dumps({"kind": "step", "step": 1, "attempt": 0}) + '\n{"kin')
     log = read_job_log(tmp_path)
     assert len(log.records) == 1 and log.skipped_lines == 1
     with pytest.raises(FileNotFoundError, match="attempt-"):
@@ -180,13 +236,24 @@ def test_torn_last_line_is_skipped_not_fatal(tmp_path):
 @pytest.mark.skipif(not GpuTelemetry().available, reason="no NVML/GPU on this machine (the CPU path is tested above)")
 def test_gpu_series_on_a_machine_with_nvml(tmp_path):
     from omnitrain.observability.peaks import lookup_device
+
     telemetry = GpuTelemetry()
     readings = telemetry.read()
     assert readings and all(r.memory_total_bytes and r.memory_total_bytes > 0 for r in readings)
     assert all(r.utilization is None or 0 <= r.utilization <= 1 for r in readings)
     print("NVML names:", telemetry.device_names(), "peaks:", [lookup_device(n) for n in telemetry.device_names()])
-    cb = MetricsCallback(job="gpu", attempt=0, total_steps=1, world_size=1, rank=0, local_rank=0, node="n",
-                         metrics_addr="127.0.0.1", metrics_port=0, log_dir=tmp_path)
+    cb = MetricsCallback(
+        job="gpu",
+        attempt=0,
+        total_steps=1,
+        world_size=1,
+        rank=0,
+        local_rank=0,
+        node="n",
+        metrics_addr="127.0.0.1",
+        metrics_port=0,
+        log_dir=tmp_path,
+    )
     try:
         cb.on_train_start(step=0)
         f = scrape(cb.bound_port)
@@ -202,7 +269,7 @@ def test_spec_peak_is_used_when_the_environment_sets_none(tmp_path):
     cb = MetricsCallback.from_config(config, environ=env)
     cb.close()
     assert cb.peak_flops_per_device == 2.5e11
-    assert cb.log_dir == tmp_path / "j" / "metrics"        # no persistent claim: the node-local disk
+    assert cb.log_dir == tmp_path / "j" / "metrics"  # no persistent claim: the node-local disk
     with_env = MetricsCallback.from_config(config, environ={**env, "OMNITRAIN_PEAK_FLOPS": "1e9"})
     with_env.close()
     assert with_env.peak_flops_per_device == 1e9
@@ -212,17 +279,27 @@ def test_spec_peak_is_used_when_the_environment_sets_none(tmp_path):
 
 def test_busy_metrics_port_does_not_stop_training(tmp_path, caplog):
     import socket
+
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        cb = MetricsCallback(job="demo", attempt=0, total_steps=2, world_size=1, rank=0, local_rank=0,
-                             metrics_addr="127.0.0.1", metrics_port=port, log_dir=tmp_path)
+        cb = MetricsCallback(
+            job="demo",
+            attempt=0,
+            total_steps=2,
+            world_size=1,
+            rank=0,
+            local_rank=0,
+            metrics_addr="127.0.0.1",
+            metrics_port=port,
+            log_dir=tmp_path,
+        )
         try:
             with caplog.at_level("ERROR"):
                 history = tiny_training_run(cb, steps=2)
             assert len(history) == 2 and cb.bound_port is None
             assert "set spec.metricsPort to a free port" in caplog.text
-            assert [r["step"] for r in read_job_log(tmp_path).of_kind("step")] == [1, 2]   # the log still works
+            assert [r["step"] for r in read_job_log(tmp_path).of_kind("step")] == [1, 2]  # the log still works
         finally:
             cb.close()

@@ -27,14 +27,22 @@ class TinyState:
 
 
 def attempt(config, attempt_number, last_step, crash):
-    metrics = MetricsCallback(job="ck", attempt=attempt_number, total_steps=8, world_size=1, rank=0, local_rank=0,
-                              metrics_addr="127.0.0.1", metrics_port=0,
-                              log_dir=config.spec.checkpoint.persistent_path + "/ck/metrics")
+    metrics = MetricsCallback(
+        job="ck",
+        attempt=attempt_number,
+        total_steps=8,
+        world_size=1,
+        rank=0,
+        local_rank=0,
+        metrics_addr="127.0.0.1",
+        metrics_port=0,
+        log_dir=config.spec.checkpoint.persistent_path + "/ck/metrics",
+    )
     checkpoints = CheckpointCallback.from_trainer_config(config, listeners=[metrics])
     state = TinyState()
     x, y = torch.randn(16, 8), torch.randn(16, 8)
     try:
-        restored = checkpoints.restore(state=state)      # tells the listener before the loop starts
+        restored = checkpoints.restore(state=state)  # tells the listener before the loop starts
         state.step, restore_seconds = (restored.step, restored.seconds) if restored is not None else (0, 0.0)
         metrics.on_train_start(step=state.step, restore_seconds=restore_seconds)
         for step in range(state.step + 1, last_step + 1):
@@ -46,7 +54,7 @@ def attempt(config, attempt_number, last_step, crash):
             metrics.on_step_end(stats=StepStats(step=step, loss=loss.item(), tokens=16, flops=6.0 * 72 * 16))
             checkpoints.on_step_end(state=state, stats=StepStats(step=step))
         reason = "Crashed" if crash else "Completed"
-        checkpoints.on_train_end(step=state.step, state=state, reason=reason)   # waits for the writer
+        checkpoints.on_train_end(step=state.step, state=state, reason=reason)  # waits for the writer
         if not crash:
             metrics.on_train_end(step=state.step, reason=reason)
         return metrics, checkpoints
@@ -55,10 +63,20 @@ def attempt(config, attempt_number, last_step, crash):
 
 
 def test_checkpoint_events_reach_the_metrics_and_the_log(tmp_path):
-    config = TrainerConfig.model_validate({
-        "spec": {"checkpoint": {"localPath": str(tmp_path / "nvme"), "persistentClaim": "pv",
-                                "persistentPath": str(tmp_path / "pv"), "intervalSteps": 2, "async": True}},
-        "run": {"jobName": "ck"}})
+    config = TrainerConfig.model_validate(
+        {
+            "spec": {
+                "checkpoint": {
+                    "localPath": str(tmp_path / "nvme"),
+                    "persistentClaim": "pv",
+                    "persistentPath": str(tmp_path / "pv"),
+                    "intervalSteps": 2,
+                    "async": True,
+                }
+            },
+            "run": {"jobName": "ck"},
+        }
+    )
     _, first = attempt(config, 0, last_step=5, crash=True)
     assert first.last_complete_step == 4
     _, second = attempt(config, 1, last_step=8, crash=False)
@@ -70,9 +88,9 @@ def test_checkpoint_events_reach_the_metrics_and_the_log(tmp_path):
     blocked = [r for r in log.of_kind("checkpoint") if "blocking_seconds" in r]
     assert blocked and all(r["blocking_seconds"] >= 0 for r in blocked)
     restores = log.of_kind("restore")
-    assert [(r["attempt"], r["step"]) for r in restores] == [(1, 4)]         # once, though reported twice
+    assert [(r["attempt"], r["step"]) for r in restores] == [(1, 4)]  # once, though reported twice
     records_of_1 = [r["kind"] for r in log.records if r["attempt"] == 1]
-    assert records_of_1[:2] == ["restore", "start"]                          # kept until the log opened
+    assert records_of_1[:2] == ["restore", "start"]  # kept until the log opened
     summary = summarise(log)
     assert [s["step"] for s in summary.steps if s["wasted"]] == [5]
     assert summary.badput_seconds["wasted_progress"] > 0 and summary.badput_seconds["checkpoint_restore"] > 0

@@ -17,8 +17,10 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, os.path.dirname(__file__))
 
 # What pods would run on a real node agent until `omnitrain train` is wired end to end (read config, exit 0).
-STAND_IN_COMMAND = ("python -c \"import yaml,sys; c=yaml.safe_load(open('/etc/omnitrain/config.yaml')); "
-                    "print('job', c['run']['jobName'], 'attempt', c['run']['attempt'])\"")
+STAND_IN_COMMAND = (
+    "python -c \"import yaml,sys; c=yaml.safe_load(open('/etc/omnitrain/config.yaml')); "
+    "print('job', c['run']['jobName'], 'attempt', c['run']['attempt'])\""
+)
 
 
 def _needs_binaries():
@@ -36,6 +38,7 @@ def e2e_kubeconfig(tmp_path_factory):
 
 def _install_crd(kubeconfig: Path) -> None:
     from kubernetes import client, config
+
     api = config.new_client_from_config(str(kubeconfig))
     body = yaml.safe_load((REPO / "manifests" / "crd" / "omnitrainingjobs.yaml").read_text())
     ext = client.ApiextensionsV1Api(api)
@@ -44,30 +47,39 @@ def _install_crd(kubeconfig: Path) -> None:
     def established():
         crd = ext.read_custom_resource_definition(body["metadata"]["name"])
         return any(c.type == "Established" and c.status == "True" for c in crd.status.conditions or [])
+
     wait_until(established, 30, "CRD Established")
 
 
 @pytest.fixture(scope="session")
 def api(e2e_kubeconfig):
     from kubernetes import config
+
     return config.new_client_from_config(str(e2e_kubeconfig))
 
 
 class OperatorProcess:
-    def __init__(self, kubeconfig: Path, log: Path, extra_env: dict[str, str] | None = None,
-                 command: list[str] | None = None) -> None:
+    def __init__(
+        self, kubeconfig: Path, log: Path, extra_env: dict[str, str] | None = None, command: list[str] | None = None
+    ) -> None:
         self.command = command or [sys.executable, "-m", "omnitrain", "operator"]
-        self.env = {**os.environ, "KUBECONFIG": str(kubeconfig), "OMNITRAIN_RESYNC_SECONDS": "1",
-                    "OMNITRAIN_TRAIN_COMMAND": STAND_IN_COMMAND, "OMP_NUM_THREADS": "1", **(extra_env or {})}
+        self.env = {
+            **os.environ,
+            "KUBECONFIG": str(kubeconfig),
+            "OMNITRAIN_RESYNC_SECONDS": "1",
+            "OMNITRAIN_TRAIN_COMMAND": STAND_IN_COMMAND,
+            "OMP_NUM_THREADS": "1",
+            **(extra_env or {}),
+        }
         self.log = log
         self.start()
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(self.command, env=self.env,
-                                     stdout=open(self.log, "a"), stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(self.command, env=self.env, stdout=open(self.log, "a"), stderr=subprocess.STDOUT)
 
     def stop(self) -> None:
         from omnitrain.devcluster.procs import end_child
+
         end_child(self.proc)
 
     def tail(self) -> str:
@@ -91,6 +103,7 @@ def start_operator(e2e_kubeconfig, tmp_path):
         op = OperatorProcess(e2e_kubeconfig, tmp_path / f"operator-{len(started)}.log", extra_env, command)
         started.append(op)
         return op
+
     yield start
     for op in started:
         op.stop()
@@ -99,6 +112,7 @@ def start_operator(e2e_kubeconfig, tmp_path):
 @pytest.fixture
 def namespace(api):
     from kubernetes import client
+
     name = f"e2e-{uuid.uuid4().hex[:8]}"
     client.CoreV1Api(api).create_namespace({"metadata": {"name": name}})
     return name

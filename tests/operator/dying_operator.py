@@ -38,6 +38,7 @@ def die_after_creates(after: int) -> None:
 def main(argv: list[str]) -> int:
     die_after_creates(int(argv[0]))
     from omnitrain.cli import main as omnitrain_main
+
     return omnitrain_main(["operator", *argv[1:]])
 
 

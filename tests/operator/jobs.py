@@ -20,8 +20,9 @@ def get_job(api, ns: str, name: str) -> dict:
 
 
 def patch_spec(api, ns: str, name: str, spec: dict) -> None:
-    client.CustomObjectsApi(api).patch_namespaced_custom_object(crd.GROUP, crd.VERSION, ns, crd.PLURAL, name,
-                                                                {"spec": spec})
+    client.CustomObjectsApi(api).patch_namespaced_custom_object(
+        crd.GROUP, crd.VERSION, ns, crd.PLURAL, name, {"spec": spec}
+    )
 
 
 def status(api, ns, name) -> dict:
@@ -44,19 +45,46 @@ def events(api, ns: str, name: str) -> list:
     return [e for e in client.CoreV1Api(api).list_namespaced_event(ns).items if e.involved_object.name == name]
 
 
-def set_pod(api, ns: str, pod: str, phase: str, exit_code: int | None = None, pod_ip: str = "127.0.0.1",
-            termination: TerminationMessage | None = None) -> None:
+def set_pod(
+    api,
+    ns: str,
+    pod: str,
+    phase: str,
+    exit_code: int | None = None,
+    pod_ip: str = "127.0.0.1",
+    termination: TerminationMessage | None = None,
+) -> None:
     """Write what a kubelet reports for the trainer container."""
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     if phase == "Running":
         state = {"running": {"startedAt": now}}
     else:
-        state = {"terminated": {"exitCode": exit_code or 0, "reason": "Completed" if not exit_code else "Error",
-                                "startedAt": now, "finishedAt": now,
-                                **({"message": termination.to_json()} if termination else {})}}
-    body = {"status": {"phase": phase, "podIP": pod_ip, "podIPs": [{"ip": pod_ip}], "containerStatuses": [{
-        "name": plan.MAIN_CONTAINER, "image": "omnitrain:latest", "imageID": "", "ready": phase == "Running",
-        "restartCount": 0, "state": state}]}}
+        state = {
+            "terminated": {
+                "exitCode": exit_code or 0,
+                "reason": "Completed" if not exit_code else "Error",
+                "startedAt": now,
+                "finishedAt": now,
+                **({"message": termination.to_json()} if termination else {}),
+            }
+        }
+    body = {
+        "status": {
+            "phase": phase,
+            "podIP": pod_ip,
+            "podIPs": [{"ip": pod_ip}],
+            "containerStatuses": [
+                {
+                    "name": plan.MAIN_CONTAINER,
+                    "image": "omnitrain:latest",
+                    "imageID": "",
+                    "ready": phase == "Running",
+                    "restartCount": 0,
+                    "state": state,
+                }
+            ],
+        }
+    }
     client.CoreV1Api(api).patch_namespaced_pod_status(pod, ns, body)
 
 

@@ -15,10 +15,27 @@ config = yaml.safe_load(Path(CONFIG_PATH).read_text())
 rank, attempt = int(os.environ["PET_NODE_RANK"]), int(os.environ["OMNITRAIN_ATTEMPT"])
 local = Path(config["spec"]["checkpoint"]["localPath"])
 local.mkdir(parents=True, exist_ok=True)
-(local / f"attempt{attempt}-rank{rank}.json").write_text(json.dumps({
-    "job": config["run"]["jobName"], "config_attempt": config["run"]["attempt"],
-    "env": {k: os.environ.get(k) for k in ("PET_NNODES", "PET_NODE_RANK", "PET_NPROC_PER_NODE", "MASTER_ADDR",
-                                           "MASTER_PORT", "WORLD_SIZE", "POD_IP", "NODE_NAME")}}))
+(local / f"attempt{attempt}-rank{rank}.json").write_text(
+    json.dumps(
+        {
+            "job": config["run"]["jobName"],
+            "config_attempt": config["run"]["attempt"],
+            "env": {
+                k: os.environ.get(k)
+                for k in (
+                    "PET_NNODES",
+                    "PET_NODE_RANK",
+                    "PET_NPROC_PER_NODE",
+                    "MASTER_ADDR",
+                    "MASTER_PORT",
+                    "WORLD_SIZE",
+                    "POD_IP",
+                    "NODE_NAME",
+                )
+            },
+        }
+    )
+)
 plan_file = local / "fault-plan.json"
 code = json.loads(plan_file.read_text()).get(f"{attempt}/{rank}", 0) if plan_file.exists() else 0
 if code:

@@ -22,8 +22,12 @@ class FakeTimer:
 def controller(requeues):
     timers: list[FakeTimer] = []
     now = [100.0]
-    c = Controller(kube=None, settings=OperatorSettings(), timer=lambda d, fn: timers.append(FakeTimer(d, fn))
-                   or timers[-1], clock=lambda: now[0])
+    c = Controller(
+        kube=None,
+        settings=OperatorSettings(),
+        timer=lambda d, fn: timers.append(FakeTimer(d, fn)) or timers[-1],
+        clock=lambda: now[0],
+    )
     passes: list[tuple[str, str]] = []
 
     def once(namespace, name):
@@ -39,24 +43,24 @@ def test_a_requeue_schedules_one_more_pass_at_that_time():
     c.reconcile("ns", "j")
     assert passes == [("ns", "j")]
     assert len(timers) == 1 and timers[0].delay == 20.0 and timers[0].started
-    timers[0].fn()                       # the back-off ended: the timer fires the next pass
+    timers[0].fn()  # the back-off ended: the timer fires the next pass
     assert passes == [("ns", "j"), ("ns", "j")]
-    assert len(timers) == 1              # that pass asked for nothing more
-    c.reconcile("ns", "j")               # and the fired timer is forgotten: a new requeue gets a new timer
+    assert len(timers) == 1  # that pass asked for nothing more
+    c.reconcile("ns", "j")  # and the fired timer is forgotten: a new requeue gets a new timer
     assert len(timers) == 1
 
 
 def test_one_timer_per_job_and_the_earliest_wins():
     c, timers, passes, now = controller([])
     c.schedule("ns", "j", 30.0)
-    c.schedule("ns", "j", 40.0)          # later than the pending one: nothing new
+    c.schedule("ns", "j", 40.0)  # later than the pending one: nothing new
     assert len(timers) == 1
     now[0] += 5.0
-    c.schedule("ns", "j", 10.0)          # due at 115 < 130: replaces it
+    c.schedule("ns", "j", 10.0)  # due at 115 < 130: replaces it
     assert len(timers) == 2 and timers[0].cancelled and timers[1].delay == 10.0
-    c.schedule("ns", "other", 30.0)      # other jobs have their own
+    c.schedule("ns", "other", 30.0)  # other jobs have their own
     assert len(timers) == 3
-    timers[0].fn()                       # a cancelled timer that fires anyway runs a pass but keeps the new one
+    timers[0].fn()  # a cancelled timer that fires anyway runs a pass but keeps the new one
     assert passes == [("ns", "j")]
     c.schedule("ns", "j", 60.0)
     assert len(timers) == 3

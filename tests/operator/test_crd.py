@@ -37,8 +37,11 @@ def test_schema_is_structural():
         assert "$ref" not in node and "anyOf" not in node and "title" not in node, path
         assert "type" in node, f"{path} has no type"
         if node["type"] == "object" and path not in ("$.metadata",):
-            assert ("properties" in node or "additionalProperties" in node
-                    or node.get("x-kubernetes-preserve-unknown-fields")), path
+            assert (
+                "properties" in node
+                or "additionalProperties" in node
+                or node.get("x-kubernetes-preserve-unknown-fields")
+            ), path
 
 
 def test_schema_keeps_limits_enums_defaults_and_optionals():
@@ -66,13 +69,27 @@ def test_names_status_subresource_and_columns():
     columns = {c["name"]: c["jsonPath"] for c in version["additionalPrinterColumns"]}
     assert columns["Phase"] == ".status.phase" and columns["Checkpoint"] == ".status.lastCheckpoint.step"
     status = version["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]
-    for key in ("phase", "conditions", "attempt", "restarts", "currentStep", "totalSteps", "lastCheckpoint",
-                "excludedNodes", "children", "startTime", "completionTime", "goodput", "observedGeneration"):
+    for key in (
+        "phase",
+        "conditions",
+        "attempt",
+        "restarts",
+        "currentStep",
+        "totalSteps",
+        "lastCheckpoint",
+        "excludedNodes",
+        "children",
+        "startTime",
+        "completionTime",
+        "goodput",
+        "observedGeneration",
+    ):
         assert key in status
 
 
 def test_status_schema_is_generated_from_the_status_model():
     from omnitrain.status import JobStatus
+
     status = crd.status_schema()
     assert set(status["properties"]) == {f.alias or name for name, f in JobStatus.model_fields.items()}
     props = status["properties"]
@@ -84,4 +101,9 @@ def test_status_schema_is_generated_from_the_status_model():
     assert props["goodput"]["x-kubernetes-preserve-unknown-fields"] is True
     assert set(props["children"]["properties"]) == {"pods", "service", "configMap"}
     assert set(props["promotion"]["properties"]["distill"]["properties"]) == {
-        "phase", "name", "message", "startTime", "completionTime"}
+        "phase",
+        "name",
+        "message",
+        "startTime",
+        "completionTime",
+    }

@@ -27,7 +27,12 @@ print("survived", flush=True)
 
 
 def test_exits_right_after_the_nth_real_creation():
-    out = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=120,
-                         cwd=Path(dying_operator.__file__).parent)
+    out = subprocess.run(
+        [sys.executable, "-c", SCRIPT],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(dying_operator.__file__).parent,
+    )
     assert out.returncode == dying_operator.EXIT_CODE, out.stderr
     assert out.stdout.splitlines() == ["create a", "create taken-1", "create taken-2", "create b"]

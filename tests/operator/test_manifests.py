@@ -25,8 +25,7 @@ def _kubectl() -> str:
 
 
 def _build() -> list[dict]:
-    out = subprocess.run([_kubectl(), "kustomize", str(REPO / "manifests")], capture_output=True, text=True,
-                         timeout=60)
+    out = subprocess.run([_kubectl(), "kustomize", str(REPO / "manifests")], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     return [d for d in yaml.safe_load_all(out.stdout) if d]
 
@@ -51,18 +50,42 @@ def test_bundle_has_crd_rbac_and_a_single_recreate_operator():
 @pytest.mark.e2e
 def test_api_server_accepts_the_bundle_and_the_examples(e2e_kubeconfig):
     kubectl = _kubectl()
-    bundle = subprocess.run([kubectl, "kustomize", str(REPO / "manifests")], capture_output=True, text=True,
-                            timeout=60).stdout
+    bundle = subprocess.run(
+        [kubectl, "kustomize", str(REPO / "manifests")], capture_output=True, text=True, timeout=60
+    ).stdout
     # the namespace must exist for a namespaced dry-run
-    subprocess.run([kubectl, "--kubeconfig", str(e2e_kubeconfig), "create", "namespace", "omnitrain-system"],
-                   capture_output=True, text=True, timeout=60)
-    out = subprocess.run([kubectl, "--kubeconfig", str(e2e_kubeconfig), "apply", "--dry-run=server", "-f", "-"],
-                         input=bundle, capture_output=True, text=True, timeout=60)
+    subprocess.run(
+        [kubectl, "--kubeconfig", str(e2e_kubeconfig), "create", "namespace", "omnitrain-system"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    out = subprocess.run(
+        [kubectl, "--kubeconfig", str(e2e_kubeconfig), "apply", "--dry-run=server", "-f", "-"],
+        input=bundle,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     assert "deployment.apps/omnitrain-operator" in out.stdout
     for example in EXAMPLES:
-        out = subprocess.run([kubectl, "--kubeconfig", str(e2e_kubeconfig), "apply", "--dry-run=server", "-n",
-                              "default", "-f", str(example)], capture_output=True, text=True, timeout=60)
+        out = subprocess.run(
+            [
+                kubectl,
+                "--kubeconfig",
+                str(e2e_kubeconfig),
+                "apply",
+                "--dry-run=server",
+                "-n",
+                "default",
+                "-f",
+                str(example),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert out.returncode == 0, f"{example.name}: {out.stderr}"
 
 
@@ -73,8 +96,16 @@ def test_examples_pass_the_operators_checks(example, capsys):
 
 def test_validate_names_the_field_and_fix(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
-    bad.write_text(yaml.safe_dump({"apiVersion": crd.API_VERSION, "kind": crd.KIND, "metadata": {"name": "x"},
-                                   "spec": {"training": {"stage": "dpo"}}}))
+    bad.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": crd.API_VERSION,
+                "kind": crd.KIND,
+                "metadata": {"name": "x"},
+                "spec": {"training": {"stage": "dpo"}},
+            }
+        )
+    )
     assert main(["validate", str(bad)]) == 1
     err = capsys.readouterr().err
     assert "spec.training.initFrom" in err and "stage dpo needs initFrom" in err

@@ -21,8 +21,7 @@ from omnitrain.operator import plan
 
 pytestmark = pytest.mark.e2e
 
-SPEC = {"parallelism": {"nodes": 2, "gpusPerNode": 2}, "training": {"steps": 30},
-        "resilience": {"maxRestarts": 2}}
+SPEC = {"parallelism": {"nodes": 2, "gpusPerNode": 2}, "training": {"steps": 30}, "resilience": {"maxRestarts": 2}}
 T = 30  # seconds any one transition may take on a busy shared machine
 
 
@@ -34,7 +33,11 @@ def test_job_runs_to_success_with_children_owned_by_the_job(api, operator, names
     ns, core = namespace, client.CoreV1Api(api)
     job = create_job(api, ns, "quick", SPEC)
     uid = job["metadata"]["uid"]
-    wait_until(lambda: pod_names(api, ns, "quick") == ["quick-a0-n0", "quick-a0-n1"], T, "two pods",)
+    wait_until(
+        lambda: pod_names(api, ns, "quick") == ["quick-a0-n0", "quick-a0-n1"],
+        T,
+        "two pods",
+    )
     svc = core.read_namespaced_service("quick", ns)
     cm = core.read_namespaced_config_map("quick-config", ns)
     for obj in [svc, cm, *pods(api, ns, "quick")]:
@@ -85,8 +88,10 @@ def test_semantically_invalid_spec_fails_without_children(api, operator, namespa
     warnings = [e for e in events(api, ns, "bad") if e.type == "Warning" and e.reason == "InvalidSpec"]
     assert warnings and "spec.parallelism" in warnings[0].message
     assert pods(api, ns, "bad") == []
-    assert core.list_namespaced_service(ns).items == [] and core.list_namespaced_config_map(
-        ns, label_selector=plan.LABEL_JOB).items == []
+    assert (
+        core.list_namespaced_service(ns).items == []
+        and core.list_namespaced_config_map(ns, label_selector=plan.LABEL_JOB).items == []
+    )
     # fixing the spec starts the job
     patch_spec(api, ns, "bad", {"parallelism": {"pipeline": 1}})
     wait_until(lambda: pod_names(api, ns, "bad") == ["bad-a0-n0"], T, "the pod of the fixed job")
@@ -100,13 +105,15 @@ def test_suspend_deletes_pods_and_resume_relaunches(api, operator, namespace):
     set_all(api, ns, "pausable", "Running")
     wait_until(phase_is(api, ns, "pausable", "Running"), T, "Running")
     patch_spec(api, ns, "pausable", {"suspend": True})
-    wait_until(lambda: pods(api, ns, "pausable") == [] and status(api, ns, "pausable").get("phase") == "Suspended",
-               T, "no pods, phase Suspended")
+    wait_until(
+        lambda: pods(api, ns, "pausable") == [] and status(api, ns, "pausable").get("phase") == "Suspended",
+        T,
+        "no pods, phase Suspended",
+    )
     assert cond(status(api, ns, "pausable"), "Suspended")["status"] == "True"
     client.CoreV1Api(api).read_namespaced_service("pausable", ns)  # kept while suspended
     patch_spec(api, ns, "pausable", {"suspend": False})
-    wait_until(lambda: pod_names(api, ns, "pausable") == ["pausable-a1-n0", "pausable-a1-n1"], T,
-               "attempt 1 pods")
+    wait_until(lambda: pod_names(api, ns, "pausable") == ["pausable-a1-n0", "pausable-a1-n1"], T, "attempt 1 pods")
     st = status(api, ns, "pausable")
     assert st["attempt"] == 1 and st["restarts"] == 0 and cond(st, "Suspended")["status"] == "False"
 
@@ -116,10 +123,17 @@ def test_deleting_the_job_deletes_its_children(api, operator, namespace):
     create_job(api, ns, "short-lived", SPEC)
     wait_until(lambda: len(pods(api, ns, "short-lived")) == 2, T, "two pods")
     client.CustomObjectsApi(api).delete_namespaced_custom_object(
-        "omnitrain.io", "v1alpha1", ns, "omnitrainingjobs", "short-lived")
-    wait_until(lambda: not pods(api, ns, "short-lived") and not core.list_namespaced_service(ns).items
-               and not core.list_namespaced_config_map(ns, label_selector=plan.LABEL_JOB).items,
-               60, "children garbage-collected")
+        "omnitrain.io", "v1alpha1", ns, "omnitrainingjobs", "short-lived"
+    )
+    wait_until(
+        lambda: (
+            not pods(api, ns, "short-lived")
+            and not core.list_namespaced_service(ns).items
+            and not core.list_namespaced_config_map(ns, label_selector=plan.LABEL_JOB).items
+        ),
+        60,
+        "children garbage-collected",
+    )
 
 
 def test_operator_killed_mid_launch_creates_no_duplicates(api, start_operator, operator, namespace):
@@ -128,8 +142,9 @@ def test_operator_killed_mid_launch_creates_no_duplicates(api, start_operator, o
     operator.stop()  # the session operator must not finish the launch for us
     try:
         # one create at a time so the exit lands after exactly: ConfigMap, Service, one pod
-        dying = start_operator({"OMNITRAIN_CREATE_WORKERS": "1"},
-                               command=[sys.executable, str(Path(dying_operator.__file__)), "3"])
+        dying = start_operator(
+            {"OMNITRAIN_CREATE_WORKERS": "1"}, command=[sys.executable, str(Path(dying_operator.__file__)), "3"]
+        )
         create_job(api, ns, "crashy", spec)
         wait_until(lambda: dying.proc.poll() is not None, 60, "operator exit mid-launch")
         assert dying.proc.returncode == dying_operator.EXIT_CODE, dying.tail()
@@ -137,8 +152,11 @@ def test_operator_killed_mid_launch_creates_no_duplicates(api, start_operator, o
         assert pod_names(api, ns, "crashy") == ["crashy-a0-n0"]
         assert "launchedAttempt" not in status(api, ns, "crashy")
         start_operator()
-        wait_until(lambda: len(pods(api, ns, "crashy")) == 4 and status(api, ns, "crashy").get("launchedAttempt")
-                   == 0, T, "all four pods after restart")
+        wait_until(
+            lambda: len(pods(api, ns, "crashy")) == 4 and status(api, ns, "crashy").get("launchedAttempt") == 0,
+            T,
+            "all four pods after restart",
+        )
         assert pod_names(api, ns, "crashy") == expected
         set_all(api, ns, "crashy", "Running")
         wait_until(phase_is(api, ns, "crashy", "Running"), T, "Running")
@@ -153,8 +171,14 @@ def test_retryable_failure_restarts_the_gang_then_permanent_exit_fails(api, oper
     wait_until(lambda: len(pods(api, ns, "flaky")) == 2, T, "two pods")
     set_all(api, ns, "flaky", "Running")
     wait_until(phase_is(api, ns, "flaky", "Running"), T, "Running")
-    set_pod(api, ns, "flaky-a0-n1", "Failed", int(contract.ExitCode.HANG),
-            termination=contract.TerminationMessage(reason="HangDetected", message="no step for 60 s"))
+    set_pod(
+        api,
+        ns,
+        "flaky-a0-n1",
+        "Failed",
+        int(contract.ExitCode.HANG),
+        termination=contract.TerminationMessage(reason="HangDetected", message="no step for 60 s"),
+    )
     wait_until(lambda: pod_names(api, ns, "flaky") == ["flaky-a1-n0", "flaky-a1-n1"], T, "attempt 1 pods")
     st = status(api, ns, "flaky")
     assert st["attempt"] == 1 and st["restarts"] == 1
@@ -165,8 +189,14 @@ def test_retryable_failure_restarts_the_gang_then_permanent_exit_fails(api, oper
 
     set_all(api, ns, "flaky", "Running", attempt=1)
     wait_until(phase_is(api, ns, "flaky", "Running"), T, "Running again")
-    set_pod(api, ns, "flaky-a1-n0", "Failed", int(contract.ExitCode.CONFIG),
-            termination=contract.TerminationMessage(reason="ConfigError", message="data.path has no shards"))
+    set_pod(
+        api,
+        ns,
+        "flaky-a1-n0",
+        "Failed",
+        int(contract.ExitCode.CONFIG),
+        termination=contract.TerminationMessage(reason="ConfigError", message="data.path has no shards"),
+    )
     wait_until(phase_is(api, ns, "flaky", "Failed"), T, "Failed")
     failed = cond(status(api, ns, "flaky"), "Failed")
     assert failed["reason"] == "PermanentFailure" and "data.path has no shards" in failed["message"]
@@ -191,8 +221,9 @@ class _Metrics(http.server.BaseHTTPRequestHandler):
 def test_progress_comes_from_rank_zero_metrics(api, operator, namespace):
     ns = namespace
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Metrics)
-    _Metrics.body = (f"{contract.METRIC_STEP} 17\n{contract.METRIC_TOTAL_STEPS} 30\n"
-                     f"{contract.METRIC_LAST_CHECKPOINT_STEP} 10\n").encode()
+    _Metrics.body = (
+        f"{contract.METRIC_STEP} 17\n{contract.METRIC_TOTAL_STEPS} 30\n{contract.METRIC_LAST_CHECKPOINT_STEP} 10\n"
+    ).encode()
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         create_job(api, ns, "progress", {**SPEC, "metricsPort": server.server_address[1]})

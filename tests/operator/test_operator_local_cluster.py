@@ -33,9 +33,14 @@ def cluster_operator(local_cluster, tmp_path_factory):
         if exc.status != 409:
             raise
         ext.patch_custom_resource_definition(body["metadata"]["name"], body)
-    wait_for(lambda: any(c.type == "Established" and c.status == "True" for c in
-                         ext.read_custom_resource_definition(body["metadata"]["name"]).status.conditions or []),
-             30, "CRD Established")
+    wait_for(
+        lambda: any(
+            c.type == "Established" and c.status == "True"
+            for c in ext.read_custom_resource_definition(body["metadata"]["name"]).status.conditions or []
+        ),
+        30,
+        "CRD Established",
+    )
     namespace = f"otj-{uuid.uuid4().hex[:6]}"
     client.CoreV1Api(api).create_namespace({"metadata": {"name": namespace}})
     command = f"{sys.executable} {Path(__file__).with_name('stand_in_trainer.py')}"
@@ -44,8 +49,9 @@ def cluster_operator(local_cluster, tmp_path_factory):
     # if the ClusterRole lacks a permission the operator uses.
     kubeconfig = service_account_kubeconfig(api, local_cluster.kubeconfig, folder / "operator-kubeconfig")
     # only this namespace: other areas' tests may run their own operator on the same cluster
-    op = OperatorProcess(kubeconfig, folder / "operator.log",
-                         {"OMNITRAIN_TRAIN_COMMAND": command, "OMNITRAIN_NAMESPACES": namespace})
+    op = OperatorProcess(
+        kubeconfig, folder / "operator.log", {"OMNITRAIN_TRAIN_COMMAND": command, "OMNITRAIN_NAMESPACES": namespace}
+    )
     yield api, namespace, op
     op.stop()
 
@@ -61,8 +67,13 @@ def _create_or_replace(create, replace, body):
 
 def service_account_kubeconfig(api, admin_kubeconfig: Path, path: Path) -> Path:
     core, rbac = client.CoreV1Api(api), client.RbacAuthorizationV1Api(api)
-    docs = {d["kind"]: d for f in sorted((REPO / "manifests" / "rbac").glob("*.yaml"))
-            if f.name != "kustomization.yaml" for d in yaml.safe_load_all(f.read_text()) if d}
+    docs = {
+        d["kind"]: d
+        for f in sorted((REPO / "manifests" / "rbac").glob("*.yaml"))
+        if f.name != "kustomization.yaml"
+        for d in yaml.safe_load_all(f.read_text())
+        if d
+    }
     sa = docs["ServiceAccount"]
     ns = sa["metadata"]["namespace"]
     try:
@@ -70,19 +81,30 @@ def service_account_kubeconfig(api, admin_kubeconfig: Path, path: Path) -> Path:
     except ApiException as exc:
         if exc.status != 409:
             raise
-    _create_or_replace(lambda b: core.create_namespaced_service_account(ns, b),
-                       lambda n, b: core.replace_namespaced_service_account(n, ns, b), sa)
+    _create_or_replace(
+        lambda b: core.create_namespaced_service_account(ns, b),
+        lambda n, b: core.replace_namespaced_service_account(n, ns, b),
+        sa,
+    )
     _create_or_replace(rbac.create_cluster_role, rbac.replace_cluster_role, docs["ClusterRole"])
-    _create_or_replace(rbac.create_cluster_role_binding, rbac.replace_cluster_role_binding,
-                       docs["ClusterRoleBinding"])
+    _create_or_replace(rbac.create_cluster_role_binding, rbac.replace_cluster_role_binding, docs["ClusterRoleBinding"])
     token = core.create_namespaced_service_account_token(
-        sa["metadata"]["name"], ns, {"spec": {"expirationSeconds": 3600}}).status.token
+        sa["metadata"]["name"], ns, {"spec": {"expirationSeconds": 3600}}
+    ).status.token
     admin = yaml.safe_load(admin_kubeconfig.read_text())
     cluster = admin["clusters"][0]
-    path.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "clusters": [cluster], "current-context": "operator",
-        "users": [{"name": "operator", "user": {"token": token}}],
-        "contexts": [{"name": "operator", "context": {"cluster": cluster["name"], "user": "operator"}}]}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [cluster],
+                "current-context": "operator",
+                "users": [{"name": "operator", "user": {"token": token}}],
+                "contexts": [{"name": "operator", "context": {"cluster": cluster["name"], "user": "operator"}}],
+            }
+        )
+    )
     return path
 
 
@@ -93,10 +115,20 @@ def test_pods_run_for_real_gang_restart_then_success(local_cluster, cluster_oper
         folder = local_cluster.node_dir(node) / LOCAL_PATH.lstrip("/")
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "fault-plan.json").write_text(json.dumps({"0/1": 1}))
-    create_job(api, ns, "real", {"parallelism": {"nodes": 2, "gpusPerNode": 1}, "training": {"steps": 5},
-                                 "checkpoint": {"localPath": LOCAL_PATH}, "resilience": {"maxRestarts": 1}})
-    wait_for(lambda: status(api, ns, "real").get("phase") in ("Succeeded", "Failed"), 120,
-             "the job to finish", interval=0.2)
+    create_job(
+        api,
+        ns,
+        "real",
+        {
+            "parallelism": {"nodes": 2, "gpusPerNode": 1},
+            "training": {"steps": 5},
+            "checkpoint": {"localPath": LOCAL_PATH},
+            "resilience": {"maxRestarts": 1},
+        },
+    )
+    wait_for(
+        lambda: status(api, ns, "real").get("phase") in ("Succeeded", "Failed"), 120, "the job to finish", interval=0.2
+    )
     st = status(api, ns, "real")
     assert st["phase"] == "Succeeded", (st, op.tail())
     assert st["attempt"] == 1 and st["restarts"] == 1

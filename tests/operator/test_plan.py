@@ -10,12 +10,18 @@ JOB = plan.JobRef(name="video-dit", namespace="research", uid="0d9a3c1e-1111-222
 
 
 def _spec(**over) -> JobSpec:
-    base = {"parallelism": {"nodes": 3, "gpusPerNode": 4},
-            "checkpoint": {"localPath": "/mnt/nvme/ck", "persistentClaim": "ckpt-pvc"},
-            "scheduling": {"nodeSelector": {"pool": "gpu"}, "queueName": "team-a", "priorityClassName": "high",
-                           "schedulerName": "volcano",
-                           "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]},
-            "resources": {"cpu": "8", "memory": "64Gi"}}
+    base = {
+        "parallelism": {"nodes": 3, "gpusPerNode": 4},
+        "checkpoint": {"localPath": "/mnt/nvme/ck", "persistentClaim": "ckpt-pvc"},
+        "scheduling": {
+            "nodeSelector": {"pool": "gpu"},
+            "queueName": "team-a",
+            "priorityClassName": "high",
+            "schedulerName": "volcano",
+            "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        },
+        "resources": {"cpu": "8", "memory": "64Gi"},
+    }
     base.update(over)
     return JobSpec.model_validate(base)
 
@@ -51,8 +57,10 @@ def test_master_port_differs_between_jobs_and_is_stable():
     other = plan.master_port("another-uid")
     assert plan.master_port(JOB.uid) == plan.master_port(JOB.uid)
     assert other != plan.master_port(JOB.uid)
-    assert all(plan.MASTER_PORT_BASE <= plan.master_port(f"u{i}") < plan.MASTER_PORT_BASE + plan.MASTER_PORT_SPAN
-               for i in range(100))
+    assert all(
+        plan.MASTER_PORT_BASE <= plan.master_port(f"u{i}") < plan.MASTER_PORT_BASE + plan.MASTER_PORT_SPAN
+        for i in range(100)
+    )
 
 
 def test_resources_scheduling_and_volumes():
@@ -61,8 +69,11 @@ def test_resources_scheduling_and_volumes():
     assert container["resources"]["limits"]["amd.com/gpu"] == "4"
     assert container["resources"]["requests"] == {"amd.com/gpu": "4", "cpu": "8", "memory": "64Gi"}
     mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
-    assert mounts == {contract.CONFIG_MOUNT: "config", "/mnt/nvme/ck": "local-checkpoints",
-                      "/mnt/checkpoints": "checkpoints"}
+    assert mounts == {
+        contract.CONFIG_MOUNT: "config",
+        "/mnt/nvme/ck": "local-checkpoints",
+        "/mnt/checkpoints": "checkpoints",
+    }
     volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
     assert volumes["config"]["configMap"]["name"] == "video-dit-config"
     assert volumes["local-checkpoints"]["hostPath"]["path"] == "/mnt/nvme/ck"
@@ -87,10 +98,13 @@ def test_affinity_spreads_one_pod_per_node_and_excludes_isolated_nodes():
     assert anti["topologyKey"] == "kubernetes.io/hostname"
     assert anti["labelSelector"]["matchLabels"] == {plan.LABEL_JOB: "video-dit"}
     term = aff["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][0]
-    assert term["matchExpressions"] == [{"key": "kubernetes.io/hostname", "operator": "NotIn",
-                                         "values": ["gpu-2", "gpu-7"]}]
-    assert aff["podAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"][0]["podAffinityTerm"][
-        "topologyKey"] == plan.RACK_LABEL
+    assert term["matchExpressions"] == [
+        {"key": "kubernetes.io/hostname", "operator": "NotIn", "values": ["gpu-2", "gpu-7"]}
+    ]
+    assert (
+        aff["podAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"][0]["podAffinityTerm"]["topologyKey"]
+        == plan.RACK_LABEL
+    )
     assert "nodeAffinity" not in plan.plan_children(JOB, _spec(), 1)[2]["spec"]["affinity"]
 
 
@@ -103,8 +117,14 @@ def test_service_config_map_and_owner_references():
     assert config.spec == _spec()
     for obj in [cm, svc, *pods]:
         (owner,) = obj["metadata"]["ownerReferences"]
-        assert owner == {"apiVersion": "omnitrain.io/v1alpha1", "kind": "OmniTrainingJob", "name": "video-dit",
-                         "uid": JOB.uid, "controller": True, "blockOwnerDeletion": True}
+        assert owner == {
+            "apiVersion": "omnitrain.io/v1alpha1",
+            "kind": "OmniTrainingJob",
+            "name": "video-dit",
+            "uid": JOB.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
 
 
 def test_command_is_torchrun_by_default_and_configurable():

@@ -25,8 +25,9 @@ def exposition(step=None, checkpoint=None, goodput=None, badput=None) -> str:
 
 
 def test_step_checkpoint_and_goodput_reach_status():
-    metrics = parse_progress(exposition(step=12, checkpoint=10, goodput=0.91234,
-                                        badput={"startup": 4.04, "recovery": 0.0}))
+    metrics = parse_progress(
+        exposition(step=12, checkpoint=10, goodput=0.91234, badput={"startup": 4.04, "recovery": 0.0})
+    )
     new = progress_status(metrics, JobStatus(), "/mnt/ckpt/j", "t1")
     assert new.current_step == 12 and new.total_steps == 100
     assert new.last_checkpoint == LastCheckpoint(step=10, path="/mnt/ckpt/j", time="t1")

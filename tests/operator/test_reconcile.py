@@ -23,8 +23,18 @@ SPEC = {"parallelism": {"nodes": 2, "gpusPerNode": 2}, "resilience": {"maxRestar
 
 def pods(attempt, *phases, codes=None, node="node-a"):
     codes = codes or [None] * len(phases)
-    return [PodObservation(name=plan.pod_name("j", attempt, r), attempt=attempt, rank=r, phase=ph, node=f"{node}{r}",
-                           pod_ip=f"127.0.0.{r + 2}", exit_code=c) for r, (ph, c) in enumerate(zip(phases, codes))]
+    return [
+        PodObservation(
+            name=plan.pod_name("j", attempt, r),
+            attempt=attempt,
+            rank=r,
+            phase=ph,
+            node=f"{node}{r}",
+            pod_ip=f"127.0.0.{r + 2}",
+            exit_code=c,
+        )
+        for r, (ph, c) in enumerate(zip(phases, codes))
+    ]
 
 
 def step(spec, status, observed, now="t", nodes=None):
@@ -211,12 +221,16 @@ def test_an_invalid_spec_that_is_fixed_gets_a_fresh_start():
 
 def test_success_takes_the_last_step_checkpoint_and_goodput_from_rank_zero():
     st = step(SPEC, launched(), pods(0, "Running", "Running")).status
-    st.current_step = 8             # the last progress scrape, seconds before the end
+    st.current_step = 8  # the last progress scrape, seconds before the end
     goodput = {"ratio": 0.87, "wallSeconds": 100.0, "productiveSeconds": 87.0, "badputSeconds": {"startup": 13.0}}
-    messages = [TerminationMessage(reason="Completed", step=40, checkpoint_step=40, goodput=goodput),
-                TerminationMessage("Completed")]
-    done = [dataclasses.replace(p, termination_message=m.to_json())
-            for p, m in zip(pods(0, "Succeeded", "Succeeded"), messages)]
+    messages = [
+        TerminationMessage(reason="Completed", step=40, checkpoint_step=40, goodput=goodput),
+        TerminationMessage("Completed"),
+    ]
+    done = [
+        dataclasses.replace(p, termination_message=m.to_json())
+        for p, m in zip(pods(0, "Succeeded", "Succeeded"), messages)
+    ]
     d = step(SPEC, st, done, now="t9")
     assert d.status.phase == SUCCEEDED and d.status.goodput == goodput and d.status.current_step == 40
     assert d.status.last_checkpoint == LastCheckpoint(step=40, path="/mnt/nvme/omnitrain/j", time="t9")
@@ -240,8 +254,11 @@ def test_a_pod_on_a_deleted_or_not_ready_node_restarts_the_gang_at_once_and_is_f
     running = pods(0, "Running", "Running")
     healthy = step(SPEC, st, running, nodes=seen(**{"node-a0": node("node-a0"), "node-a1": node("node-a1")}))
     assert healthy.status.phase == RUNNING
-    for gone, what in ((None, "deleted"), (node("node-a1", "Unknown"), "NotReady"),
-                       (node("node-a1", "False"), "NotReady")):
+    for gone, what in (
+        (None, "deleted"),
+        (node("node-a1", "Unknown"), "NotReady"),
+        (node("node-a1", "False"), "NotReady"),
+    ):
         d = step(SPEC, st, running, nodes=seen(**{"node-a0": node("node-a0"), "node-a1": gone}))
         assert d.status.phase == RESTARTING and d.status.attempt == 1 and d.status.restarts == 1
         failure = d.status.to_wire()["lastFailure"]
@@ -252,8 +269,13 @@ def test_a_pod_on_a_deleted_or_not_ready_node_restarts_the_gang_at_once_and_is_f
         assert d.delete_pods == ["j-a0-n0"] and d.force_delete_pods == ["j-a0-n1"]
     # the next pass: the healthy pod is terminating normally, the lost one is still there (force delete again)
     terminating = deleting(running, "2026-01-01T00:00:05Z")
-    w = step(SPEC, d.status, terminating, now="2026-01-01T00:00:06Z",
-             nodes=seen(**{"node-a0": node("node-a0"), "node-a1": None}))
+    w = step(
+        SPEC,
+        d.status,
+        terminating,
+        now="2026-01-01T00:00:06Z",
+        nodes=seen(**{"node-a0": node("node-a0"), "node-a1": None}),
+    )
     assert w.force_delete_pods == ["j-a0-n1"] and w.delete_pods == [] and w.create_attempt is None
     assert w.requeue_after_seconds
 
@@ -282,10 +304,10 @@ def test_wait_keeps_the_job_pending_with_the_reason_and_looks_again():
     assert restarting["status"] == "False" and restarting["reason"] == "InsufficientNodes"
     assert condition(d.status, "Failed") is None and d.status.last_failure.pod == "j-a0-n0"
     assert [e.reason for e in d.events] == ["InsufficientNodes"] and d.isolate_nodes == ["node-a0"]
-    again = reconcile(JOB, parse_spec(SPEC), d.status, failed, "t2", generation=1,
-                      usable_nodes=["node-a0", "node-a1"])
+    again = reconcile(JOB, parse_spec(SPEC), d.status, failed, "t2", generation=1, usable_nodes=["node-a0", "node-a1"])
     assert again.status.phase == PENDING and again.events == [] and again.status.last_failure.time == "t"
     # capacity came back: the gang restarts without the isolated node
-    go = reconcile(JOB, parse_spec(SPEC), again.status, failed, "t3", generation=1,
-                   usable_nodes=["node-a0", "node-a1", "node-a2"])
+    go = reconcile(
+        JOB, parse_spec(SPEC), again.status, failed, "t3", generation=1, usable_nodes=["node-a0", "node-a1", "node-a2"]
+    )
     assert go.status.phase == RESTARTING and go.status.attempt == 1 and go.status.excluded_nodes == ["node-a0"]

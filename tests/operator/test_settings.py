@@ -7,13 +7,19 @@ from omnitrain.operator.settings import OperatorSettings
 def test_default_command_is_torchrun_behind_the_watchdog():
     s = OperatorSettings.from_env({})
     assert s.train_command[:2] == ["omnitrain", "watchdog"]
-    assert s.train_command[-len(DEFAULT_TRAIN_COMMAND):] == DEFAULT_TRAIN_COMMAND
+    assert s.train_command[-len(DEFAULT_TRAIN_COMMAND) :] == DEFAULT_TRAIN_COMMAND
     assert OperatorSettings.from_env({"OMNITRAIN_WATCHDOG": "0"}).train_command == DEFAULT_TRAIN_COMMAND
 
 
 def test_overrides():
-    s = OperatorSettings.from_env({"OMNITRAIN_TRAIN_COMMAND": "python -c 'print(1)'", "OMNITRAIN_NAMESPACES": "a,b",
-                                   "OMNITRAIN_RESYNC_SECONDS": "2", "OMNITRAIN_CREATE_WORKERS": "4"})
+    s = OperatorSettings.from_env(
+        {
+            "OMNITRAIN_TRAIN_COMMAND": "python -c 'print(1)'",
+            "OMNITRAIN_NAMESPACES": "a,b",
+            "OMNITRAIN_RESYNC_SECONDS": "2",
+            "OMNITRAIN_CREATE_WORKERS": "4",
+        }
+    )
     assert s.train_command == ["python", "-c", "print(1)"] and s.namespaces == ["a", "b"]
     assert s.resync_seconds == 2.0 and s.create_workers == 4 and s.peering is None
     assert s.plan_options().command == ["python", "-c", "print(1)"]
@@ -24,10 +30,10 @@ def test_pod_env_reaches_every_training_pod_and_bad_words_are_refused():
 
     from omnitrain.operator.plan import JobRef, render_pod
     from omnitrain.spec import JobSpec
+
     s = OperatorSettings.from_env({"OMNITRAIN_POD_ENV": "OMP_NUM_THREADS=1 NCCL_DEBUG='WARN INIT'"})
     assert s.pod_env == {"OMP_NUM_THREADS": "1", "NCCL_DEBUG": "WARN INIT"}
-    pod = render_pod(JobRef(name="j", namespace="ns", uid="u"), JobSpec.model_validate({}), 0, 0, [],
-                     s.plan_options())
+    pod = render_pod(JobRef(name="j", namespace="ns", uid="u"), JobSpec.model_validate({}), 0, 0, [], s.plan_options())
     env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
     assert env["OMP_NUM_THREADS"] == "1" and env["NCCL_DEBUG"] == "WARN INIT"
     with pytest.raises(ValueError, match="OMNITRAIN_POD_ENV.*NAME=VALUE"):
@@ -37,10 +43,13 @@ def test_pod_env_reaches_every_training_pod_and_bad_words_are_refused():
 def test_operator_side_never_imports_torch():
     import subprocess
     import sys
-    code = ("import sys, omnitrain.operator.handlers, omnitrain.operator.run, omnitrain.operator.promotion_kube, "
-            "omnitrain.resilience.operator_hook; from omnitrain.operator.settings import OperatorSettings; "
-            "OperatorSettings.from_env({}); from omnitrain.cli import build_parser; build_parser(); "
-            "print('torch' in sys.modules)")
+
+    code = (
+        "import sys, omnitrain.operator.handlers, omnitrain.operator.run, omnitrain.operator.promotion_kube, "
+        "omnitrain.resilience.operator_hook; from omnitrain.operator.settings import OperatorSettings; "
+        "OperatorSettings.from_env({}); from omnitrain.cli import build_parser; build_parser(); "
+        "print('torch' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"

@@ -7,8 +7,11 @@ from tests.promotion.helpers import random_conditions, tiny_model
 
 
 def _requests(g):
-    conds = [random_conditions(g, text=5), random_conditions(g, text=3, reference=4),
-             random_conditions(g, text=4, reference=4, context=8)]
+    conds = [
+        random_conditions(g, text=5),
+        random_conditions(g, text=3, reference=4),
+        random_conditions(g, text=4, reference=4, context=8),
+    ]
     noise = [torch.randn(n, 16, generator=g) for n in (8, 12, 6)]
     return conds, noise
 
@@ -49,8 +52,8 @@ def test_mask_keeps_conditions_blind_to_video_but_video_sees_conditions():
     with torch.no_grad():
         a = den.velocity_masked(conds, videos, 0.5)
         b = den.velocity_masked(other_conds, videos, 0.5)
-    assert not torch.allclose(a[0], b[0])        # the text changes the first sample's video prediction
-    torch.testing.assert_close(a[1], b[1])       # and nothing else: samples stay separate
+    assert not torch.allclose(a[0], b[0])  # the text changes the first sample's video prediction
+    torch.testing.assert_close(a[1], b[1])  # and nothing else: samples stay separate
 
 
 def test_replay_with_a_cache_of_other_requests_fails_clearly():

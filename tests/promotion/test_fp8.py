@@ -43,6 +43,7 @@ def test_quantization_saturates_instead_of_overflowing():
 def test_fp8_model_stays_within_tolerance_of_fp32():
     model, adapter = tiny_model(seed=1)
     from omnitrain.model.denoiser import Denoiser
+
     g = torch.Generator().manual_seed(0)
     conds = [random_conditions(g, text=6, reference=4) for _ in range(2)]
     videos = [torch.randn(12, 16, generator=g), torch.randn(8, 16, generator=g)]
@@ -56,8 +57,10 @@ def test_fp8_model_stays_within_tolerance_of_fp32():
     assert 0 < rel < 0.05, rel
 
 
-@pytest.mark.skipif(not scaled_mm_supported(torch.device("cuda", 0)) if torch.cuda.is_available() else True,
-                    reason="needs an sm89+ GPU for torch._scaled_mm")
+@pytest.mark.skipif(
+    not scaled_mm_supported(torch.device("cuda", 0)) if torch.cuda.is_available() else True,
+    reason="needs an sm89+ GPU for torch._scaled_mm",
+)
 @pytest.mark.parametrize("granularity", ["tensor", "rowwise"])
 def test_scaled_mm_matches_emulation_on_gpu(granularity):
     torch.manual_seed(0)

@@ -16,16 +16,23 @@ CFG = ModelConfig(hidden_size=32, depth=2, num_heads=4, latent_channels=4, text_
 def _model(seed=0):
     torch.manual_seed(seed)
     model, adapter = build_mmdit(CFG)
-    randomize_(model, torch.Generator().manual_seed(seed))   # adaLN-Zero starts at zero: make blocks do something
+    randomize_(model, torch.Generator().manual_seed(seed))  # adaLN-Zero starts at zero: make blocks do something
     return model.eval(), adapter
 
 
 def _requests(g):
     p = CFG.patch_dim
-    conds = [Conditions(text=torch.randn(5, CFG.text_dim, generator=g), video_grid=(2, 2, 2)),
-             Conditions(text=torch.randn(3, CFG.text_dim, generator=g), reference=torch.randn(4, p, generator=g),
-                        reference_grid=(1, 2, 2), context=torch.randn(8, p, generator=g), context_grid=(2, 2, 2),
-                        video_grid=(2, 2, 3))]
+    conds = [
+        Conditions(text=torch.randn(5, CFG.text_dim, generator=g), video_grid=(2, 2, 2)),
+        Conditions(
+            text=torch.randn(3, CFG.text_dim, generator=g),
+            reference=torch.randn(4, p, generator=g),
+            reference_grid=(1, 2, 2),
+            context=torch.randn(8, p, generator=g),
+            context_grid=(2, 2, 2),
+            video_grid=(2, 2, 3),
+        ),
+    ]
     noise = [torch.randn(8, p, generator=g), torch.randn(12, p, generator=g)]
     return conds, noise
 
@@ -46,7 +53,7 @@ def test_a_trained_mmdit_state_dict_loads_and_conditions_matter():
     torch.manual_seed(1)
     plain = randomize_(MMDiT(CFG), torch.Generator().manual_seed(1))
     model, adapter = build_mmdit(CFG)
-    model.load_state_dict(plain.state_dict())          # same parameter names
+    model.load_state_dict(plain.state_dict())  # same parameter names
     den = Denoiser(model.eval(), adapter)
     conds, noise = _requests(torch.Generator().manual_seed(2))
     with torch.no_grad():

@@ -21,8 +21,9 @@ def _spec(distill=True, inference=True, **inference_fields):
         promotion["distill"] = {"teacherSteps": 150, "studentSteps": 10}
     if inference:
         promotion["inference"] = {"port": 8081, **inference_fields}
-    return JobSpec.model_validate({"checkpoint": {"persistentClaim": "ckpt", "persistentPath": "/mnt/ck"},
-                                   "promotion": promotion})
+    return JobSpec.model_validate(
+        {"checkpoint": {"persistentClaim": "ckpt", "persistentPath": "/mnt/ck"}, "promotion": promotion}
+    )
 
 
 def _succeeded(promotion=None, **fields):
@@ -31,8 +32,9 @@ def _succeeded(promotion=None, **fields):
 
 def _job_done(ok=True):
     t = "Complete" if ok else "Failed"
-    return {"status": {"conditions": [{"type": t, "status": "True", "message": "BackoffLimitExceeded" if not ok
-                                       else ""}]}}
+    return {
+        "status": {"conditions": [{"type": t, "status": "True", "message": "BackoffLimitExceeded" if not ok else ""}]}
+    }
 
 
 def test_nothing_before_success_or_without_promotion():
@@ -70,8 +72,7 @@ def test_full_chain_training_distillation_serving():
     assert "http://video-serve.team.svc.cluster.local:8081" in done.promotion.inference.message
     assert not promotion_settled(spec, _succeeded(done.promotion))
 
-    ready = plan_promotion(JOB, spec, _succeeded(done.promotion), _job_done(), {"status": {"readyReplicas": 1}},
-                           NOW)
+    ready = plan_promotion(JOB, spec, _succeeded(done.promotion), _job_done(), {"status": {"readyReplicas": 1}}, NOW)
     assert ready.create == [] and ready.promotion.inference.phase == "Ready"
     assert [e.reason for e in ready.events] == ["ServingReady"]
     assert promotion_settled(spec, _succeeded(ready.promotion))
@@ -101,18 +102,28 @@ def test_inference_only_serves_the_final_checkpoint_folder():
 
 
 def test_commands_come_from_the_operator_options():
-    opts = PromotionOptions(distill_command=["python", "-m", "omnitrain", "distill", "--config", "/c.yaml"],
-                            serve_command=["python", "-m", "omnitrain", "serve"])
+    opts = PromotionOptions(
+        distill_command=["python", "-m", "omnitrain", "distill", "--config", "/c.yaml"],
+        serve_command=["python", "-m", "omnitrain", "serve"],
+    )
     spec = _spec()
-    assert render_distill_job(JOB, spec, opts)["spec"]["template"]["spec"]["containers"][0]["command"][:3] == \
-        ["python", "-m", "omnitrain"]
-    assert render_serving(JOB, spec, opts)[0]["spec"]["template"]["spec"]["containers"][0]["command"][:4] == \
-        ["python", "-m", "omnitrain", "serve"]
+    assert render_distill_job(JOB, spec, opts)["spec"]["template"]["spec"]["containers"][0]["command"][:3] == [
+        "python",
+        "-m",
+        "omnitrain",
+    ]
+    assert render_serving(JOB, spec, opts)[0]["spec"]["template"]["spec"]["containers"][0]["command"][:4] == [
+        "python",
+        "-m",
+        "omnitrain",
+        "serve",
+    ]
 
 
 def test_operator_side_imports_no_torch():
     import subprocess
     import sys
+
     code = "import sys, omnitrain.operator.promotion; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
 
@@ -124,14 +135,18 @@ def test_promotion_pods_are_not_mistaken_for_the_training_gang():
 
 
 def test_promotion_pods_share_the_training_pods_skeleton():
-    spec = JobSpec.model_validate({"checkpoint": {"persistentClaim": "ckpt", "persistentPath": "/mnt/ck"},
-                                   "scheduling": {"schedulerName": "volcano", "nodeSelector": {"pool": "gpu"}},
-                                   "promotion": {"distill": {}, "inference": {}}})
+    spec = JobSpec.model_validate(
+        {
+            "checkpoint": {"persistentClaim": "ckpt", "persistentPath": "/mnt/ck"},
+            "scheduling": {"schedulerName": "volcano", "nodeSelector": {"pool": "gpu"}},
+            "promotion": {"distill": {}, "inference": {}},
+        }
+    )
     d = plan_promotion(JOB, spec, _succeeded(excluded_nodes=["gpu-3"]), None, None, NOW)
     pod = d.create[0]["spec"]["template"]["spec"]
     assert pod["schedulerName"] == "volcano" and pod["nodeSelector"] == {"pool": "gpu"}
     terms = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
-    assert terms[0]["matchExpressions"][0]["values"] == ["gpu-3"]     # kept off the isolated node
+    assert terms[0]["matchExpressions"][0]["values"] == ["gpu-3"]  # kept off the isolated node
     training = plan.render_pod(JOB, spec, 0, 0, ["gpu-3"], plan.PlanOptions())["spec"]
     for key in ("schedulerName", "nodeSelector"):
         assert pod[key] == training[key]

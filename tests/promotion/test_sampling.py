@@ -34,8 +34,10 @@ def test_heun_is_second_order_on_a_curved_flow():
 
     x1 = torch.ones(1)
     exact = math.exp(-1.0)
+
     def err(method, n):
         return abs(float(sample(v, x1, SamplerConfig(steps=n, method=method))) - exact)
+
     # Heun's last step is Euler (s_next = 0), so compare the interior order on steps that dominate.
     assert err("euler", 40) / err("euler", 80) == pytest.approx(2.0, rel=0.1)
     assert err("heun", 40) < err("euler", 40) / 5

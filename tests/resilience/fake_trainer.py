@@ -67,7 +67,7 @@ def main() -> int:
         for _ in range(count):
             if port:
                 port.moving.set()
-            time.sleep(args.step_seconds)   # stands in for compute + communication of one step
+            time.sleep(args.step_seconds)  # stands in for compute + communication of one step
             step += 1
             cb.on_step_end(stats=StepStats(step=step))
         return step
@@ -77,7 +77,7 @@ def main() -> int:
     if args.fault_rank is not None and int(os.environ.get("RANK", 0)) != args.fault_rank:
         if port:
             port.moving.clear()
-        threading.Event().wait()          # waiting for the faulty peer in the next collective
+        threading.Event().wait()  # waiting for the faulty peer in the next collective
     if args.marker:
         Path(args.marker).write_text(repr(time.time()))
     if args.mode == "sigstop":
@@ -91,9 +91,9 @@ def main() -> int:
     elif args.mode == "spin":
         if port:
             port.moving.clear()
-        sum(range(10 ** 15))              # one builtin call: no bytecode boundary, the GIL is never released
+        sum(range(10**15))  # one builtin call: no bytecode boundary, the GIL is never released
     elif args.mode == "slow":
-        time.sleep(args.slow)               # counters keep moving: a slow, healthy step
+        time.sleep(args.slow)  # counters keep moving: a slow, healthy step
         step += 1
         cb.on_step_end(stats=StepStats(step=step))
         step = run_steps(step, args.steps)

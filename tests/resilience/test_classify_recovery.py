@@ -22,45 +22,95 @@ def running(name: str, node: str) -> PodObservation:
 
 
 def failed(name: str, node: str, code: int, reason: str = "Error", message: str | None = None) -> PodObservation:
-    return PodObservation(name=name, node=node, phase="Failed", exit_code=code, container_reason=reason,
-                          termination_message=message)
+    return PodObservation(
+        name=name, node=node, phase="Failed", exit_code=code, container_reason=reason, termination_message=message
+    )
 
 
-HANG_MSG = TerminationMessage(reason="HangDetected", message="no step progress", step=17,
-                              evidence={"stalled_ranks": [3]}).to_json()
+HANG_MSG = TerminationMessage(
+    reason="HangDetected", message="no step progress", step=17, evidence={"stalled_ranks": [3]}
+).to_json()
 HW_MSG = TerminationMessage(reason="HardwareFault", message="GPU 2: critical XID 79").to_json()
 CONFIG_MSG = TerminationMessage(reason="ConfigError", message="spec.data.path: no shards").to_json()
 
 
-@pytest.mark.parametrize("pods, nodes, cls, reason, bad_nodes", [
-    # one rank crashed, the others' collectives broke: a crash
-    ([failed("p0", "n0", 1), failed("p1", "n1", 1)], [], FailureClass.CRASH, "Crash", ()),
-    # the watchdog ended a pod, the others crashed afterwards: the hang explains them
-    ([failed("p0", "n0", 1), failed("p1", "n1", ExitCode.HANG, message=HANG_MSG)], [], FailureClass.HANG,
-     "HangDetected", ()),
-    ([failed("p0", "n0", 137, "OOMKilled"), failed("p1", "n1", 1)], [], FailureClass.OOM, "OOMKilled", ()),
-    ([failed("p0", "n0", ExitCode.HARDWARE, message=HW_MSG), failed("p1", "n1", 1)], [], FailureClass.HARDWARE,
-     "HardwareFault", ("n0",)),
-    ([failed("p0", "n0", ExitCode.CONFIG, message=CONFIG_MSG), failed("p1", "n1", ExitCode.CONFIG)], [],
-     FailureClass.PERMANENT, "ConfigError", ()),
-    ([failed("p0", "n0", ExitCode.NO_PROGRESS)], [], FailureClass.PERMANENT, "NoProgress", ()),
-    ([PodObservation("p0", "n0", phase="Pending", waiting_reason="ImagePullBackOff"), running("p1", "n1")], [],
-     FailureClass.PERMANENT, "ImagePullBackOff", ()),
-    # node deleted under a running pod; the pod on the healthy node crashed as a consequence
-    ([running("p0", "n0"), failed("p1", "n1", 1)], [NodeObservation("n0", ready=False, exists=False)],
-     FailureClass.NODE_LOST, "NodeLost", ("n0",)),
-    ([running("p0", "n0")], [NodeObservation("n0", ready=False)], FailureClass.NODE_LOST, "NodeLost", ("n0",)),
-    ([PodObservation("p0", "n0", phase="Failed", pod_reason="Evicted"), failed("p1", "n1", 1)], [],
-     FailureClass.PREEMPTED, "Preempted", ()),
-    ([PodObservation("p0", "n0", phase="Running", disruption_reason="PreemptionByScheduler", deleted=True)], [],
-     FailureClass.PREEMPTED, "Preempted", ()),
-    ([PodObservation("p0", "n0", phase="Failed", exit_code=137, disruption_reason="DeletionByTaintManager")], [],
-     FailureClass.NODE_LOST, "NodeLost", ("n0",)),
-    ([PodObservation("p0", "n0", phase="Running", deleted=True)], [], FailureClass.CRASH, "PodDeleted", ()),
-    # permanent beats hardware: restarting would not help anyway
-    ([failed("p0", "n0", ExitCode.HARDWARE), failed("p1", "n1", ExitCode.CONFIG)], [], FailureClass.PERMANENT,
-     "ConfigError", ()),
-])
+@pytest.mark.parametrize(
+    "pods, nodes, cls, reason, bad_nodes",
+    [
+        # one rank crashed, the others' collectives broke: a crash
+        ([failed("p0", "n0", 1), failed("p1", "n1", 1)], [], FailureClass.CRASH, "Crash", ()),
+        # the watchdog ended a pod, the others crashed afterwards: the hang explains them
+        (
+            [failed("p0", "n0", 1), failed("p1", "n1", ExitCode.HANG, message=HANG_MSG)],
+            [],
+            FailureClass.HANG,
+            "HangDetected",
+            (),
+        ),
+        ([failed("p0", "n0", 137, "OOMKilled"), failed("p1", "n1", 1)], [], FailureClass.OOM, "OOMKilled", ()),
+        (
+            [failed("p0", "n0", ExitCode.HARDWARE, message=HW_MSG), failed("p1", "n1", 1)],
+            [],
+            FailureClass.HARDWARE,
+            "HardwareFault",
+            ("n0",),
+        ),
+        (
+            [failed("p0", "n0", ExitCode.CONFIG, message=CONFIG_MSG), failed("p1", "n1", ExitCode.CONFIG)],
+            [],
+            FailureClass.PERMANENT,
+            "ConfigError",
+            (),
+        ),
+        ([failed("p0", "n0", ExitCode.NO_PROGRESS)], [], FailureClass.PERMANENT, "NoProgress", ()),
+        (
+            [PodObservation("p0", "n0", phase="Pending", waiting_reason="ImagePullBackOff"), running("p1", "n1")],
+            [],
+            FailureClass.PERMANENT,
+            "ImagePullBackOff",
+            (),
+        ),
+        # node deleted under a running pod; the pod on the healthy node crashed as a consequence
+        (
+            [running("p0", "n0"), failed("p1", "n1", 1)],
+            [NodeObservation("n0", ready=False, exists=False)],
+            FailureClass.NODE_LOST,
+            "NodeLost",
+            ("n0",),
+        ),
+        ([running("p0", "n0")], [NodeObservation("n0", ready=False)], FailureClass.NODE_LOST, "NodeLost", ("n0",)),
+        (
+            [PodObservation("p0", "n0", phase="Failed", pod_reason="Evicted"), failed("p1", "n1", 1)],
+            [],
+            FailureClass.PREEMPTED,
+            "Preempted",
+            (),
+        ),
+        (
+            [PodObservation("p0", "n0", phase="Running", disruption_reason="PreemptionByScheduler", deleted=True)],
+            [],
+            FailureClass.PREEMPTED,
+            "Preempted",
+            (),
+        ),
+        (
+            [PodObservation("p0", "n0", phase="Failed", exit_code=137, disruption_reason="DeletionByTaintManager")],
+            [],
+            FailureClass.NODE_LOST,
+            "NodeLost",
+            ("n0",),
+        ),
+        ([PodObservation("p0", "n0", phase="Running", deleted=True)], [], FailureClass.CRASH, "PodDeleted", ()),
+        # permanent beats hardware: restarting would not help anyway
+        (
+            [failed("p0", "n0", ExitCode.HARDWARE), failed("p1", "n1", ExitCode.CONFIG)],
+            [],
+            FailureClass.PERMANENT,
+            "ConfigError",
+            (),
+        ),
+    ],
+)
 def test_classification_table(pods, nodes, cls, reason, bad_nodes):
     failure = classify(pods, nodes)
     assert failure is not None
@@ -70,8 +120,7 @@ def test_classification_table(pods, nodes, cls, reason, bad_nodes):
 
 
 def test_no_failure_while_running_or_succeeded():
-    assert classify([running("p0", "n0"), running("p1", "n1")], [NodeObservation("n0"), NodeObservation("n1")]) \
-        is None
+    assert classify([running("p0", "n0"), running("p1", "n1")], [NodeObservation("n0"), NodeObservation("n1")]) is None
     ok = PodObservation("p0", "n0", phase="Succeeded", exit_code=0, container_reason="Completed")
     assert classify([ok]) is None
 
@@ -93,16 +142,29 @@ def test_observe_pod_and_node_from_api_dicts():
             "conditions": [{"type": "DisruptionTarget", "status": "False", "reason": "PreemptionByScheduler"}],
             "containerStatuses": [
                 {"name": "sidecar", "state": {"running": {}}},
-                {"name": "trainer", "state": {"terminated": {"exitCode": 42, "reason": "Error",
-                                                             "message": HANG_MSG}}},
-            ]},
+                {"name": "trainer", "state": {"terminated": {"exitCode": 42, "reason": "Error", "message": HANG_MSG}}},
+            ],
+        },
     }
     obs = observe_pod(pod, main_container="trainer")
     assert (obs.name, obs.node, obs.phase, obs.exit_code, obs.disruption_reason, obs.deleted) == (
-        "job-node-1", "gpu-3", "Failed", 42, None, False)
+        "job-node-1",
+        "gpu-3",
+        "Failed",
+        42,
+        None,
+        False,
+    )
     assert classify([obs]).failure_class is FailureClass.HANG
-    waiting = observe_pod({"metadata": {"name": "p"}, "status": {"phase": "Pending", "containerStatuses": [
-        {"name": "trainer", "state": {"waiting": {"reason": "ErrImagePull"}}}]}})
+    waiting = observe_pod(
+        {
+            "metadata": {"name": "p"},
+            "status": {
+                "phase": "Pending",
+                "containerStatuses": [{"name": "trainer", "state": {"waiting": {"reason": "ErrImagePull"}}}],
+            },
+        }
+    )
     assert waiting.waiting_reason == "ErrImagePull" and waiting.node is None
     assert observe_node(None, "gone") == NodeObservation("gone", ready=False, exists=False)
     node = {"status": {"conditions": [{"type": "Ready", "status": "Unknown"}]}}
@@ -133,7 +195,7 @@ def test_exponential_backoff_and_budget():
     assert backoff_seconds(0, 5) == 0
     state, step, delays = RecoveryState(), 0, []
     for _ in range(3):
-        step += 50                                   # every attempt saved a newer checkpoint
+        step += 50  # every attempt saved a newer checkpoint
         action = plan_recovery(CRASH, state, POLICY, last_checkpoint_step=step)
         assert action.kind is ActionKind.GANG_RESTART
         delays.append(action.delay_seconds)
@@ -146,7 +208,7 @@ def test_exponential_backoff_and_budget():
 
 def test_no_progress_restarts_end_the_job():
     state = plan_recovery(CRASH, RecoveryState(), POLICY, last_checkpoint_step=100).state
-    second = plan_recovery(CRASH, state, POLICY, last_checkpoint_step=100)     # no newer checkpoint
+    second = plan_recovery(CRASH, state, POLICY, last_checkpoint_step=100)  # no newer checkpoint
     assert second.kind is ActionKind.GANG_RESTART and second.state.no_progress_restarts == 1
     third = plan_recovery(CRASH, second.state, POLICY, last_checkpoint_step=100)
     assert third.kind is ActionKind.FAIL and third.reason == "NoProgress"
@@ -186,7 +248,7 @@ def test_hardware_isolates_and_excluded_nodes_accumulate():
     assert plan_recovery(HW, RecoveryState(), no_isolation, 5).isolate_nodes == ()
     assert plan_recovery(HW, RecoveryState(), no_isolation, 5).exclude_nodes == ()
     lost = plan_recovery(LOST, RecoveryState(), POLICY, last_checkpoint_step=5)
-    assert lost.exclude_nodes == () and lost.isolate_nodes == ()      # left to the scheduler (NotReady taints)
+    assert lost.exclude_nodes == () and lost.isolate_nodes == ()  # left to the scheduler (NotReady taints)
 
 
 def test_wait_for_capacity_when_too_few_nodes_remain():
@@ -197,8 +259,13 @@ def test_wait_for_capacity_when_too_few_nodes_remain():
 
 
 def test_state_round_trips_through_status():
-    state = RecoveryState(restarts=2, total_restarts=3, no_progress_restarts=1, checkpoint_step_at_last_failure=40,
-                          excluded_nodes=("a", "b"))
+    state = RecoveryState(
+        restarts=2,
+        total_restarts=3,
+        no_progress_restarts=1,
+        checkpoint_step_at_last_failure=40,
+        excluded_nodes=("a", "b"),
+    )
     assert RecoveryState.from_status(state.to_status()) == state
     assert RecoveryState.from_status(None) == RecoveryState()
     assert plan_recovery(None, state, POLICY, 40).kind is ActionKind.WAIT

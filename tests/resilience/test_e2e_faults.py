@@ -39,7 +39,7 @@ def wait_until(condition, deadline: float, what: str, interval: float = 0.2):
         value = condition()
         if value:
             return value
-        time.sleep(interval)   # polling with a deadline
+        time.sleep(interval)  # polling with a deadline
     raise AssertionError(f"timed out after {deadline:.0f}s waiting for {what}")
 
 
@@ -50,27 +50,39 @@ def trainer_operator(local_cluster, tmp_path_factory):
     from a watch event (pod ended, pod deleted, node deleted), not from the timer."""
     from kubernetes import client
     from kubernetes.client.exceptions import ApiException
+
     api = local_cluster.api_client()
     crd_body = yaml.safe_load((REPO / "manifests" / "crd" / "omnitrainingjobs.yaml").read_text())
     ext = client.ApiextensionsV1Api(api)
     try:
         ext.create_custom_resource_definition(crd_body)
     except ApiException as exc:
-        if exc.status != 409:     # another test module installed it already
+        if exc.status != 409:  # another test module installed it already
             raise
-    wait_until(lambda: any(c.type == "Established" and c.status == "True"
-                           for c in ext.read_custom_resource_definition(crd_body["metadata"]["name"]).status.conditions
-                           or []), 30, "CRD Established")
+    wait_until(
+        lambda: any(
+            c.type == "Established" and c.status == "True"
+            for c in ext.read_custom_resource_definition(crd_body["metadata"]["name"]).status.conditions or []
+        ),
+        30,
+        "CRD Established",
+    )
     namespace = f"resilience-{uuid.uuid4().hex[:6]}"
     client.CoreV1Api(api).create_namespace({"metadata": {"name": namespace}})
     wait_until(lambda: _has_default_sa(api, namespace), 60, "default service account")
     log = tmp_path_factory.mktemp("operator") / "operator.log"
-    env = {**os.environ, "KUBECONFIG": str(local_cluster.kubeconfig), "OMNITRAIN_RESYNC_SECONDS": "30",
-           "OMNITRAIN_NAMESPACES": namespace, "OMP_NUM_THREADS": "1",
-           "OMNITRAIN_POD_ENV": "OMP_NUM_THREADS=1"}
+    env = {
+        **os.environ,
+        "KUBECONFIG": str(local_cluster.kubeconfig),
+        "OMNITRAIN_RESYNC_SECONDS": "30",
+        "OMNITRAIN_NAMESPACES": namespace,
+        "OMP_NUM_THREADS": "1",
+        "OMNITRAIN_POD_ENV": "OMP_NUM_THREADS=1",
+    }
     env.pop("OMNITRAIN_TRAIN_COMMAND", None)
-    proc = subprocess.Popen([sys.executable, "-m", "omnitrain", "operator"], env=env, stdout=open(log, "w"),
-                            stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "omnitrain", "operator"], env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT
+    )
     try:
         yield local_cluster, api, namespace, log
     finally:
@@ -79,28 +91,33 @@ def trainer_operator(local_cluster, tmp_path_factory):
 
 def _has_default_sa(api, namespace: str) -> bool:
     from kubernetes import client
-    return any(sa.metadata.name == "default"
-               for sa in client.CoreV1Api(api).list_namespaced_service_account(namespace).items)
+
+    return any(
+        sa.metadata.name == "default" for sa in client.CoreV1Api(api).list_namespaced_service_account(namespace).items
+    )
 
 
 def job_status(api, namespace: str, name: str) -> dict:
     from kubernetes import client
 
     from omnitrain.operator import crd
-    obj = client.CustomObjectsApi(api).get_namespaced_custom_object(crd.GROUP, crd.VERSION, namespace, crd.PLURAL,
-                                                                    name)
+
+    obj = client.CustomObjectsApi(api).get_namespaced_custom_object(crd.GROUP, crd.VERSION, namespace, crd.PLURAL, name)
     return obj.get("status") or {}
 
 
 def find_rank_pid(job: str, attempt: int, rank: int) -> int | None:
     """The training process of one rank, found by the env the operator and torchrun give it."""
     from omnitrain.devcluster.procs import find_pid_by_env
-    return find_pid_by_env({"OMNITRAIN_JOB_NAME": job, "OMNITRAIN_ATTEMPT": str(attempt), "RANK": str(rank)},
-                           ("OMNITRAIN_HEARTBEAT_DIR",))
+
+    return find_pid_by_env(
+        {"OMNITRAIN_JOB_NAME": job, "OMNITRAIN_ATTEMPT": str(attempt), "RANK": str(rank)}, ("OMNITRAIN_HEARTBEAT_DIR",)
+    )
 
 
 def pod_logs(cluster, api, namespace: str, job: str) -> str:
     from kubernetes import client
+
     out = []
     for pod in client.CoreV1Api(api).list_namespaced_pod(namespace).items:
         if pod.metadata.name.startswith(job):
@@ -111,6 +128,7 @@ def pod_logs(cluster, api, namespace: str, job: str) -> str:
 
 def tensors(state, prefix: str = "") -> dict:
     import torch
+
     if isinstance(state, torch.Tensor):
         return {prefix: state}
     if isinstance(state, dict):
@@ -122,10 +140,12 @@ def tensors(state, prefix: str = "") -> dict:
 
 TRAIN_STEPS, TRAIN_INTERVAL = 12, 4
 # Pods and the reference differ only in paths and the spread of the 2 ranks over pods.
-TRAIN_SPEC = {"data": {"path": "/mnt/checkpoints/data", "synthetic": {"samples": 64, "shards": 2}, "tokenBudget": 512},
-              "training": {"steps": TRAIN_STEPS, "learningRate": 3e-3, "warmupSteps": 3},
-              "checkpoint": {"persistentPath": "/mnt/checkpoints", "intervalSteps": TRAIN_INTERVAL},
-              "resilience": {"hangTimeoutSeconds": 5, "maxRestarts": 2}}
+TRAIN_SPEC = {
+    "data": {"path": "/mnt/checkpoints/data", "synthetic": {"samples": 64, "shards": 2}, "tokenBudget": 512},
+    "training": {"steps": TRAIN_STEPS, "learningRate": 3e-3, "warmupSteps": 3},
+    "checkpoint": {"persistentPath": "/mnt/checkpoints", "intervalSteps": TRAIN_INTERVAL},
+    "resilience": {"hangTimeoutSeconds": 5, "maxRestarts": 2},
+}
 
 
 class Reference:
@@ -133,22 +153,50 @@ class Reference:
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        config = {"spec": {**TRAIN_SPEC, "parallelism": {"nodes": 1, "gpusPerNode": 2},
-                           "data": {**TRAIN_SPEC["data"], "path": str(folder / "data")},
-                           "checkpoint": {"localPath": str(folder / "local"), "persistentPath": str(folder / "pv"),
-                                          "persistentClaim": "reference", "intervalSteps": TRAIN_INTERVAL}},
-                  "run": {"jobName": "reference"}}
+        config = {
+            "spec": {
+                **TRAIN_SPEC,
+                "parallelism": {"nodes": 1, "gpusPerNode": 2},
+                "data": {**TRAIN_SPEC["data"], "path": str(folder / "data")},
+                "checkpoint": {
+                    "localPath": str(folder / "local"),
+                    "persistentPath": str(folder / "pv"),
+                    "persistentClaim": "reference",
+                    "intervalSteps": TRAIN_INTERVAL,
+                },
+            },
+            "run": {"jobName": "reference"},
+        }
         (folder / "config.yaml").write_text(yaml.safe_dump(config))
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "",
-               "OMNITRAIN_TERMINATION_LOG": str(folder / "termination")}
+        env = {
+            **os.environ,
+            "OMP_NUM_THREADS": "1",
+            "CUDA_VISIBLE_DEVICES": "",
+            "OMNITRAIN_TERMINATION_LOG": str(folder / "termination"),
+        }
         self.log = folder / "reference.log"
-        self.proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                                      "--nproc_per_node", "2", "-m", "omnitrain", "train", "--config",
-                                      str(folder / "config.yaml")], env=env, stdout=subprocess.DEVNULL,
-                                     stderr=open(self.log, "w"))
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                "--nproc_per_node",
+                "2",
+                "-m",
+                "omnitrain",
+                "train",
+                "--config",
+                str(folder / "config.yaml"),
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.log, "w"),
+        )
 
     def final(self):
         from omnitrain.trainer.checkpoint.restore import final_checkpoint
+
         assert self.proc.wait(timeout=300) == 0, self.log.read_text()[-3000:]
         checkpoint = final_checkpoint(str(self.folder / "pv"), "reference")
         assert checkpoint is not None and checkpoint.step == TRAIN_STEPS
@@ -173,28 +221,45 @@ def create_job(trainer_operator, name: str, parallelism: dict, extra: dict | Non
     from kubernetes import client
 
     from omnitrain.operator import crd
+
     cluster, api, namespace, log = trainer_operator
     claim = f"{name}-ckpt"
     persistent = cluster.ensure_persistent_claim(namespace, claim, size="1Gi")
-    spec = {**TRAIN_SPEC, "parallelism": parallelism,
-            "checkpoint": {**TRAIN_SPEC["checkpoint"], "persistentClaim": claim, "localPath": f"/omnitrain-e2e/{name}"},
-            "metricsPort": 19400 + int(uuid.uuid4().int % 500), **(extra or {})}
+    spec = {
+        **TRAIN_SPEC,
+        "parallelism": parallelism,
+        "checkpoint": {**TRAIN_SPEC["checkpoint"], "persistentClaim": claim, "localPath": f"/omnitrain-e2e/{name}"},
+        "metricsPort": 19400 + int(uuid.uuid4().int % 500),
+        **(extra or {}),
+    }
     client.CustomObjectsApi(api).create_namespaced_custom_object(
-        crd.GROUP, crd.VERSION, namespace, crd.PLURAL,
-        {"apiVersion": crd.API_VERSION, "kind": crd.KIND, "metadata": {"name": name}, "spec": spec})
+        crd.GROUP,
+        crd.VERSION,
+        namespace,
+        crd.PLURAL,
+        {"apiVersion": crd.API_VERSION, "kind": crd.KIND, "metadata": {"name": name}, "spec": spec},
+    )
     return persistent
 
 
 def wait_first_checkpoint(trainer_operator, persistent: Path, name: str) -> None:
     from omnitrain.trainer.checkpoint.restore import final_checkpoint
-    wait_until(lambda: (c := final_checkpoint(str(persistent), name)) is not None and c.step >= TRAIN_INTERVAL,
-               240, f"a complete checkpoint (operator log: {trainer_operator[3]})", interval=0.1)
+
+    wait_until(
+        lambda: (c := final_checkpoint(str(persistent), name)) is not None and c.step >= TRAIN_INTERVAL,
+        240,
+        f"a complete checkpoint (operator log: {trainer_operator[3]})",
+        interval=0.1,
+    )
 
 
 def wait_finished(trainer_operator, name: str) -> dict:
     cluster, api, namespace, log = trainer_operator
-    st = wait_until(lambda: (s := job_status(api, namespace, name)).get("phase") in ("Succeeded", "Failed") and s,
-                    240, f"job {name} to finish (operator log: {log})")
+    st = wait_until(
+        lambda: (s := job_status(api, namespace, name)).get("phase") in ("Succeeded", "Failed") and s,
+        240,
+        f"job {name} to finish (operator log: {log})",
+    )
     assert st["phase"] == "Succeeded", (st, pod_logs(cluster, api, namespace, name))
     return st
 
@@ -204,6 +269,7 @@ def assert_recovered_like_the_reference(st: dict, persistent: Path, name: str, r
     import torch
 
     from omnitrain.trainer.checkpoint.restore import final_checkpoint, read_shard
+
     assert st["restarts"] == 1 and st["attempt"] == 1, st
     goodput = st["goodput"]
     assert 0 < goodput["ratio"] < 1 and goodput["wallSeconds"] > goodput["productiveSeconds"] > 0
@@ -219,14 +285,19 @@ def assert_recovered_like_the_reference(st: dict, persistent: Path, name: str, r
 
 
 def test_real_trainer_one_rank_sigstopped_in_a_two_pod_gang_resumes_and_matches_an_uninterrupted_run(
-        trainer_operator, reference):
+    trainer_operator, reference
+):
     """2 pods x 1 rank; rank 1 SIGSTOP'd after the first checkpoint: rank 0, in the other pod, blocks in its
     cross-pod all-reduce; both watchdogs find no progress and end their pods with 42 (HangDetected); restart,
     resume, Succeeded, same parameters as uninterrupted."""
     name = f"hang-{uuid.uuid4().hex[:5]}"
     with node_pool(trainer_operator, name, 2):
-        persistent = create_job(trainer_operator, name, {"nodes": 2, "gpusPerNode": 1},
-                                {"scheduling": {"nodeSelector": {"omnitrain.dev/e2e-pool": name}}})
+        persistent = create_job(
+            trainer_operator,
+            name,
+            {"nodes": 2, "gpusPerNode": 1},
+            {"scheduling": {"nodeSelector": {"omnitrain.dev/e2e-pool": name}}},
+        )
         wait_first_checkpoint(trainer_operator, persistent, name)
         os.kill(wait_until(lambda: find_rank_pid(name, 0, 1), 30, "rank 1's process"), signal.SIGSTOP)
         st = wait_finished(trainer_operator, name)
@@ -251,6 +322,7 @@ def node_pool(trainer_operator, name: str, count: int):
     """`count` fresh 1-GPU local nodes labelled omnitrain.dev/e2e-pool=<name> (the job's nodeSelector), deleted after:
     each gang gets nodes of its own, whatever earlier tests left on the shared ones."""
     from kubernetes import client
+
     cluster, api, _, _ = trainer_operator
     core = client.CoreV1Api(api)
     pool = [f"{name}-{chr(ord('a') + i)}" for i in range(count)]
@@ -271,25 +343,39 @@ def attempt_pods(core, namespace: str, name: str, attempt: int) -> list:
 
 
 def test_real_trainer_node_deleted_restarts_the_gang_on_another_node_from_the_persistent_checkpoint(
-        trainer_operator, reference):
+    trainer_operator, reference
+):
     """2 pods x 1 rank on a pool of three 1-GPU nodes; rank 1's node is deleted after the first checkpoint. The
     operator sees the Node gone (watch event, no pod event comes: no kubelet is left to report), force-deletes the
     lost pod, gang-restarts; one pod of the next attempt lands on the spare node, the gang resumes from the
     persistent checkpoint."""
     from kubernetes import client
+
     cluster, api, namespace, log = trainer_operator
     core = client.CoreV1Api(api)
     name = f"node-{uuid.uuid4().hex[:5]}"
     with node_pool(trainer_operator, name, 3) as pool:
-        persistent = create_job(trainer_operator, name, {"nodes": 2, "gpusPerNode": 1},
-                                {"scheduling": {"nodeSelector": {"omnitrain.dev/e2e-pool": name}}})
+        persistent = create_job(
+            trainer_operator,
+            name,
+            {"nodes": 2, "gpusPerNode": 1},
+            {"scheduling": {"nodeSelector": {"omnitrain.dev/e2e-pool": name}}},
+        )
         wait_first_checkpoint(trainer_operator, persistent, name)
         first = {p.metadata.name: p.spec.node_name for p in attempt_pods(core, namespace, name, 0)}
         lost = first[f"{name}-a0-n1"]
         deleted_at = time.monotonic()
         assert cluster.delete_node(lost)
-        wait_until(lambda: (pods := attempt_pods(core, namespace, name, 1)) and len(pods) == 2
-                   and all(p.status.phase == "Running" for p in pods), 120, "attempt 1's pods Running", interval=0.1)
+        wait_until(
+            lambda: (
+                (pods := attempt_pods(core, namespace, name, 1))
+                and len(pods) == 2
+                and all(p.status.phase == "Running" for p in pods)
+            ),
+            120,
+            "attempt 1's pods Running",
+            interval=0.1,
+        )
         print(f"node deleted -> attempt 1's pods Running: {time.monotonic() - deleted_at:.1f} s")
         st = wait_finished(trainer_operator, name)
         assert st["lastFailure"]["reason"] == "NodeLost" and st["lastFailure"]["node"] == lost, st

@@ -21,6 +21,7 @@ FAKE = str(Path(__file__).with_name("fake_trainer.py"))
 @pytest.fixture
 def core(local_cluster):
     from kubernetes import client
+
     return client.CoreV1Api(local_cluster.api_client())
 
 
@@ -30,6 +31,7 @@ def as_dict(local_cluster, obj) -> dict:
 
 def node_or_none(core, name: str) -> dict | None:
     from kubernetes.client.exceptions import ApiException
+
     try:
         return core.read_node(name).to_dict()
     except ApiException as exc:
@@ -39,9 +41,18 @@ def node_or_none(core, name: str) -> dict | None:
 
 
 def trainer_pod(name: str, command: list[str], node: str | None = None) -> dict:
-    spec = {"restartPolicy": "Never", "terminationGracePeriodSeconds": 5,
-            "containers": [{"name": "trainer", "image": "ignored", "command": command,
-                            "env": [{"name": "OMP_NUM_THREADS", "value": "1"}]}]}
+    spec = {
+        "restartPolicy": "Never",
+        "terminationGracePeriodSeconds": 5,
+        "containers": [
+            {
+                "name": "trainer",
+                "image": "ignored",
+                "command": command,
+                "env": [{"name": "OMP_NUM_THREADS", "value": "1"}],
+            }
+        ],
+    }
     if node:
         spec["nodeName"] = node
     return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": spec}
@@ -49,9 +60,25 @@ def trainer_pod(name: str, command: list[str], node: str | None = None) -> dict:
 
 def test_sigstopped_trainer_pod_fails_with_hang_and_is_classified_hang(local_cluster, core):
     from omnitrain.devcluster.testing import wait_pod_phase
+
     name = f"hang-{uuid.uuid4().hex[:6]}"
-    command = [sys.executable, "-m", "omnitrain", "watchdog", "--timeout", "3", "--workers", "1", "--poll", "0.1",
-               "--no-gpu-health", "--", sys.executable, FAKE, "sigstop"]
+    command = [
+        sys.executable,
+        "-m",
+        "omnitrain",
+        "watchdog",
+        "--timeout",
+        "3",
+        "--workers",
+        "1",
+        "--poll",
+        "0.1",
+        "--no-gpu-health",
+        "--",
+        sys.executable,
+        FAKE,
+        "sigstop",
+    ]
     core.create_namespaced_pod("default", trainer_pod(name, command))
     pod = wait_pod_phase(core, "default", name, {"Succeeded", "Failed"}, timeout=120)
     state = pod.status.container_statuses[0].state.terminated
@@ -67,6 +94,7 @@ def test_sigstopped_trainer_pod_fails_with_hang_and_is_classified_hang(local_clu
 
 def test_pod_on_a_deleted_node_is_classified_node_lost(local_cluster, core):
     from omnitrain.devcluster.testing import wait_pod_phase
+
     node = f"res-{uuid.uuid4().hex[:6]}"
     local_cluster.add_node(node)
     local_cluster.wait_nodes_ready([node], timeout_s=60)
@@ -75,7 +103,8 @@ def test_pod_on_a_deleted_node_is_classified_node_lost(local_cluster, core):
     running = as_dict(local_cluster, wait_pod_phase(core, "default", name, "Running", timeout=60))
     assert local_cluster.delete_node(node)
     from kubernetes.client.exceptions import ApiException
-    try:   # the pod object usually outlives its node for a while; else the operator's last view of it
+
+    try:  # the pod object usually outlives its node for a while; else the operator's last view of it
         pod = as_dict(local_cluster, core.read_namespaced_pod(name, "default"))
     except ApiException as exc:
         assert exc.status == 404

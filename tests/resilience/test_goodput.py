@@ -10,8 +10,10 @@ K = EventKind
 
 
 def steps(attempt: int, first_step: int, count: int, start: float, seconds: float, data: float = 0.0) -> list[Event]:
-    return [Event(start + (i + 1) * seconds, K.STEP, attempt, step=first_step + i, seconds=seconds,
-                  data_seconds=data) for i in range(count)]
+    return [
+        Event(start + (i + 1) * seconds, K.STEP, attempt, step=first_step + i, seconds=seconds, data_seconds=data)
+        for i in range(count)
+    ]
 
 
 def test_uninterrupted_run():
@@ -24,10 +26,18 @@ def test_uninterrupted_run():
     events += [Event(31, K.JOB_END, 0)]
     report = compute_goodput(events)
     assert report.wall_seconds == 31
-    assert report.productive_seconds == pytest.approx(15)          # 10 x (2 - 0.5)
-    assert report.badput_seconds == pytest.approx({
-        "startup": 10, "data_loading": 5, "checkpoint_save": 1, "checkpoint_restore": 0,
-        "wasted_progress": 0, "recovery": 0, "other": 0})
+    assert report.productive_seconds == pytest.approx(15)  # 10 x (2 - 0.5)
+    assert report.badput_seconds == pytest.approx(
+        {
+            "startup": 10,
+            "data_loading": 5,
+            "checkpoint_save": 1,
+            "checkpoint_restore": 0,
+            "wasted_progress": 0,
+            "recovery": 0,
+            "other": 0,
+        }
+    )
     assert report.goodput == pytest.approx(15 / 31)
     assert report.recoveries == []
 
@@ -41,20 +51,24 @@ def test_failure_restart_from_checkpoint():
     events += steps(0, 1, 4, start=5, seconds=1)
     events += [Event(9.5, K.CHECKPOINT_SAVE, 0, step=4, seconds=0.5)]
     events += steps(0, 5, 2, start=9.5, seconds=1)
-    events += [Event(12, K.FAILURE, 0), Event(20, K.DETECTION, 0),
-               Event(22, K.ATTEMPT_START, 1), Event(30, K.PODS_RUNNING, 1),
-               Event(32, K.RESTORE, 1, step=4, seconds=2)]
+    events += [
+        Event(12, K.FAILURE, 0),
+        Event(20, K.DETECTION, 0),
+        Event(22, K.ATTEMPT_START, 1),
+        Event(30, K.PODS_RUNNING, 1),
+        Event(32, K.RESTORE, 1, step=4, seconds=2),
+    ]
     events += steps(1, 5, 6, start=33, seconds=1)
     events += [Event(39, K.JOB_END, 1)]
     report = compute_goodput(events)
     b = report.badput_seconds
     assert report.wall_seconds == 39
-    assert report.productive_seconds == pytest.approx(4 + 6)       # steps 1-4 of attempt 0 and 5-10 of attempt 1
-    assert b["wasted_progress"] == pytest.approx(2 + 0.5)         # steps 5, 6 redone + half of step 7 lost
-    assert b["recovery"] == pytest.approx(30 - 12)                 # fault -> pods Running again
+    assert report.productive_seconds == pytest.approx(4 + 6)  # steps 1-4 of attempt 0 and 5-10 of attempt 1
+    assert b["wasted_progress"] == pytest.approx(2 + 0.5)  # steps 5, 6 redone + half of step 7 lost
+    assert b["recovery"] == pytest.approx(30 - 12)  # fault -> pods Running again
     assert b["checkpoint_restore"] == pytest.approx(2)
     assert b["checkpoint_save"] == pytest.approx(0.5)
-    assert b["startup"] == pytest.approx(5 + (33 - 30 - 2))        # attempt 0: 5 s; attempt 1: 1 s after restore
+    assert b["startup"] == pytest.approx(5 + (33 - 30 - 2))  # attempt 0: 5 s; attempt 1: 1 s after restore
     assert b["other"] == pytest.approx(39 - 10 - sum(v for k, v in b.items() if k != "other"))
     assert sum(b.values()) + report.productive_seconds == pytest.approx(39)
     [rec] = report.recoveries
@@ -65,10 +79,14 @@ def test_failure_restart_from_checkpoint():
 
 def test_without_failure_or_running_events():
     # Only detection known (e.g. a pod Failed): the fault is dated at its detection; time since the last step is lost.
-    events = [Event(0, K.ATTEMPT_START, 0)] + steps(0, 1, 3, start=0, seconds=1) + [
-        Event(5, K.DETECTION, 0), Event(6, K.ATTEMPT_START, 1)] + steps(1, 1, 3, start=6, seconds=1)
+    events = (
+        [Event(0, K.ATTEMPT_START, 0)]
+        + steps(0, 1, 3, start=0, seconds=1)
+        + [Event(5, K.DETECTION, 0), Event(6, K.ATTEMPT_START, 1)]
+        + steps(1, 1, 3, start=6, seconds=1)
+    )
     report = compute_goodput(events)
-    assert report.badput_seconds["wasted_progress"] == pytest.approx(3 + 2)   # 3 steps redone + 3..5 in flight
+    assert report.badput_seconds["wasted_progress"] == pytest.approx(3 + 2)  # 3 steps redone + 3..5 in flight
     assert report.badput_seconds["recovery"] == pytest.approx(1)
     assert report.productive_seconds == pytest.approx(3)
     assert report.recoveries[0].detection_seconds == 0
@@ -81,6 +99,7 @@ def test_empty_timeline():
 
 def test_events_from_the_metrics_log_and_operator_events():
     from omnitrain.resilience.goodput import events_from_metrics_log
+
     records = [
         {"kind": "start", "time": 10.0, "attempt": 0, "step": 0},
         {"kind": "step", "time": 12.0, "attempt": 0, "step": 1, "step_seconds": 2.0},
@@ -95,12 +114,12 @@ def test_events_from_the_metrics_log_and_operator_events():
     operator = [Event(0.0, K.ATTEMPT_START, 0), Event(20.0, K.DETECTION, 0), Event(29.0, K.PODS_RUNNING, 1)]
     events = events_from_metrics_log(records, operator)
     starts = sorted((e.attempt, e.time) for e in events if e.kind is K.ATTEMPT_START)
-    assert starts == [(0, 0.0), (1, 30.0)]            # attempt 1 from its start record less the restore
+    assert starts == [(0, 0.0), (1, 30.0)]  # attempt 1 from its start record less the restore
     report = compute_goodput(events)
     assert report.wall_seconds == 33
-    assert report.productive_seconds == pytest.approx(4)     # steps 1 (attempt 0) and 2 (attempt 1)
+    assert report.productive_seconds == pytest.approx(4)  # steps 1 (attempt 0) and 2 (attempt 1)
     b = report.badput_seconds
-    assert b["wasted_progress"] == pytest.approx(2 + 5.5)    # step 2 redone; 14.5 -> 20 in flight until detection
+    assert b["wasted_progress"] == pytest.approx(2 + 5.5)  # step 2 redone; 14.5 -> 20 in flight until detection
     assert b["recovery"] == pytest.approx(29 - 20)
     assert b["checkpoint_save"] == 0.5 and b["checkpoint_restore"] == 1
     assert b["startup"] == pytest.approx(10 + (31 - 29 - 1))

@@ -16,8 +16,16 @@ from omnitrain.status import JobStatus, LastCheckpoint
 
 
 def pod(name, node, phase, exit_code=None, reason=None, message=None, rank=-1, **kw):
-    return PodObservation(name=name, node=node, phase=phase, exit_code=exit_code, container_reason=reason,
-                          termination_message=message, rank=rank, **kw)
+    return PodObservation(
+        name=name,
+        node=node,
+        phase=phase,
+        exit_code=exit_code,
+        container_reason=reason,
+        termination_message=message,
+        rank=rank,
+        **kw,
+    )
 
 
 def ready(*names):
@@ -72,8 +80,9 @@ def test_a_missing_pod_is_pod_lost_and_a_real_exit_explains_more():
 
 
 def test_eviction_is_free_and_running_pods_need_nothing():
-    status = JobStatus(restarts=2, total_restarts=2, last_checkpoint=LastCheckpoint(step=10),
-                       checkpoint_step_at_last_failure=10)
+    status = JobStatus(
+        restarts=2, total_restarts=2, last_checkpoint=LastCheckpoint(step=10), checkpoint_step_at_last_failure=10
+    )
     evicted = pod("p", "gpu-0", "Failed", pod_reason="Evicted")
     action = decide([evicted], ready("gpu-0"), status, SPEC)
     assert isinstance(action, GangRestart) and not action.counted
@@ -92,8 +101,12 @@ def test_the_operators_reasons_and_the_no_progress_counter():
     assert "spec.data.path has no shards" in permanent.message
     assert last_failure(permanent.failure, "t").reason == "ConfigError"
     hang_msg = TerminationMessage(reason="HangDetected", message="no progress").to_json()
-    hang = decide([pod("p", "gpu-0", "Failed", ExitCode.HANG, "Error", hang_msg)], {},
-                  JobStatus(last_checkpoint=LastCheckpoint(step=40)), spec)
+    hang = decide(
+        [pod("p", "gpu-0", "Failed", ExitCode.HANG, "Error", hang_msg)],
+        {},
+        JobStatus(last_checkpoint=LastCheckpoint(step=40)),
+        spec,
+    )
     assert isinstance(hang, GangRestart) and hang.reason == "GangRestart" and hang.counted
     assert hang.failure.failure_class.value == "Hang"
     assert hang.state.restarts == 1 and hang.state.checkpoint_step_at_last_failure == 40
@@ -101,8 +114,9 @@ def test_the_operators_reasons_and_the_no_progress_counter():
     assert hw.exclude_nodes == ("gpu-3",) and hw.isolate_nodes == ("gpu-3",)
     off = JobSpec.model_validate({"resilience": {"isolateNodes": False}})
     assert decide([pod("p", "gpu-3", "Failed", 43)], {}, JobStatus(), off).exclude_nodes == ()
-    stuck = JobStatus(restarts=1, last_checkpoint=LastCheckpoint(step=40), checkpoint_step_at_last_failure=40,
-                      no_progress_restarts=1)
+    stuck = JobStatus(
+        restarts=1, last_checkpoint=LastCheckpoint(step=40), checkpoint_step_at_last_failure=40, no_progress_restarts=1
+    )
     no_progress = decide([pod("p", "gpu-0", "Failed", 1)], {}, stuck, spec)
     assert isinstance(no_progress, Fail) and no_progress.reason == "NoProgress"
     # a Fail restarts nothing: the restart counters stay, the no-progress record is kept
@@ -111,10 +125,17 @@ def test_the_operators_reasons_and_the_no_progress_counter():
 
 def test_observe_pod_parses_the_termination_message_once_and_reads_the_labels():
     msg = TerminationMessage(reason="HangDetected", message="no step for 60 s", step=7).to_json()
-    obj = {"metadata": {"name": "j-a1-n0", "labels": {"a": "1", "r": "0"}, "deletionTimestamp": "2026-01-01T00:00:00Z"},
-           "spec": {"nodeName": "gpu-0"},
-           "status": {"phase": "Failed", "podIP": "10.0.0.1", "containerStatuses": [
-               {"name": "trainer", "state": {"terminated": {"exitCode": 42, "reason": "Error", "message": msg}}}]}}
+    obj = {
+        "metadata": {"name": "j-a1-n0", "labels": {"a": "1", "r": "0"}, "deletionTimestamp": "2026-01-01T00:00:00Z"},
+        "spec": {"nodeName": "gpu-0"},
+        "status": {
+            "phase": "Failed",
+            "podIP": "10.0.0.1",
+            "containerStatuses": [
+                {"name": "trainer", "state": {"terminated": {"exitCode": 42, "reason": "Error", "message": msg}}}
+            ],
+        },
+    }
     seen = observe_pod(obj, "trainer", attempt_label="a", rank_label="r")
     assert (seen.attempt, seen.rank, seen.pod_ip, seen.deleted) == (1, 0, "10.0.0.1", True)
     assert seen.termination == TerminationMessage(reason="HangDetected", message="no step for 60 s", step=7)
@@ -135,6 +156,8 @@ def test_watchdog_command_wraps_torchrun():
 
 
 def test_operator_side_imports_no_torch():
-    code = ("import sys, omnitrain.resilience.decide, omnitrain.resilience.operator_hook, "
-            "omnitrain.resilience.goodput; assert 'torch' not in sys.modules and 'kopf' not in sys.modules")
+    code = (
+        "import sys, omnitrain.resilience.decide, omnitrain.resilience.operator_hook, "
+        "omnitrain.resilience.goodput; assert 'torch' not in sys.modules and 'kopf' not in sys.modules"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

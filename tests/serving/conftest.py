@@ -16,8 +16,16 @@ def student_file(tmp_path_factory):
     torch.manual_seed(7)
     model, adapter = build_tiny(TINY)
     path = tmp_path_factory.mktemp("student") / "student.pt"
-    save_artifact(path, ModelArtifact(model=model, adapter=adapter, config=TINY, factory=FACTORY,
-                                      sampler={"steps": 4, "shift": 1.0, "method": "euler"}))
+    save_artifact(
+        path,
+        ModelArtifact(
+            model=model,
+            adapter=adapter,
+            config=TINY,
+            factory=FACTORY,
+            sampler={"steps": 4, "shift": 1.0, "method": "euler"},
+        ),
+    )
     return path
 
 
@@ -41,5 +49,5 @@ def wait_until(check, timeout_s: float = 60, what: str = "condition"):
         value = check()
         if value:
             return value
-        time.sleep(0.05)   # polling interval of a condition with a deadline, not synchronisation by sleeping
+        time.sleep(0.05)  # polling interval of a condition with a deadline, not synchronisation by sleeping
     raise TimeoutError(f"{what} not reached within {timeout_s}s")

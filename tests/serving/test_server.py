@@ -17,16 +17,22 @@ from tests.serving.conftest import http, wait_until
 
 def _request(seed=0, **extra):
     g = torch.Generator().manual_seed(100 + seed)
-    body = {"text": encode_array(torch.randn(5, TINY.text_dim, generator=g)), "frames": 2, "height": 4, "width": 4,
-            "seed": seed}
+    body = {
+        "text": encode_array(torch.randn(5, TINY.text_dim, generator=g)),
+        "frames": 2,
+        "height": 4,
+        "width": 4,
+        "seed": seed,
+    }
     body.update(extra)
     return body
 
 
 @pytest.fixture
 def server(student_file):
-    srv = InferenceServer(InferenceEngine(str(student_file), fp8=True), host="127.0.0.1", port=0, max_batch=4,
-                          max_wait_s=0.05)
+    srv = InferenceServer(
+        InferenceEngine(str(student_file), fp8=True), host="127.0.0.1", port=0, max_batch=4, max_wait_s=0.05
+    )
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
     yield srv, f"http://127.0.0.1:{srv.port}"
@@ -62,15 +68,17 @@ def test_concurrent_requests_get_the_same_answer_as_alone(server):
 
     def call(i):
         together[i] = http("POST", url + "/v1/generate", _request(seed=i, return_latent=True))[1]
+
     threads = [threading.Thread(target=call, args=(i,)) for i in range(4)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(60)
     for a, b in zip(alone, together):
-        np.testing.assert_allclose(decode_array(b["latent"], "b").numpy(), decode_array(a["latent"], "a").numpy(),
-                                   rtol=1e-4, atol=1e-5)
-    assert alone[0]["mean"] != alone[1]["mean"]        # different seeds, different videos
+        np.testing.assert_allclose(
+            decode_array(b["latent"], "b").numpy(), decode_array(a["latent"], "a").numpy(), rtol=1e-4, atol=1e-5
+        )
+    assert alone[0]["mean"] != alone[1]["mean"]  # different seeds, different videos
 
 
 def test_bad_requests_name_the_field(server):
@@ -107,15 +115,31 @@ def test_fp8_server_stays_close_to_fp32(student_file):
         engine = InferenceEngine(str(student_file), fp8=fp8)
         engine.load()
         from omnitrain.serving.api import GenerateRequest
+
         outs.append(engine.run_batch([engine.prepare(GenerateRequest.model_validate(_request(return_latent=True)))]))
     a, b = (decode_array(o[0]["latent"], "x") for o in outs)
     assert 0 < float((a - b).norm() / a.norm()) < 0.05
 
 
 def test_serve_command_answers_over_http(student_file):
-    proc = subprocess.Popen([sys.executable, "-m", "omnitrain", "serve", "--checkpoint", str(student_file),
-                             "--host", "127.0.0.1", "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "omnitrain",
+            "serve",
+            "--checkpoint",
+            str(student_file),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
     try:
         line = proc.stdout.readline()
         port = int(re.search(r"listening on 127\.0\.0\.1:(\d+)", line).group(1))

@@ -13,24 +13,32 @@ from omnitrain.trainer.parallel.layout import ParallelLayout, check_layout
 LAYOUTS = [
     ({"gpusPerNode": 4, "tensor": 2, "ulysses": 2}, []),
     ({"gpusPerNode": 2, "pipeline": 2, "microBatches": 2}, []),
-    ({"gpusPerNode": 2, "pipeline": 2, "pipelineSchedule": "interleaved1F1B", "virtualStages": 2, "microBatches": 4},
-     []),
+    (
+        {"gpusPerNode": 2, "pipeline": 2, "pipelineSchedule": "interleaved1F1B", "virtualStages": 2, "microBatches": 4},
+        [],
+    ),
     ({"gpusPerNode": 4, "data": 2}, ["spec.parallelism.data"]),
     ({"gpusPerNode": 3, "tensor": 2}, ["spec.parallelism", "spec.parallelism.tensor"]),
     ({"nodes": 2, "gpusPerNode": 1, "tensor": 2}, ["spec.parallelism.tensor"]),
     ({"gpusPerNode": 8, "tensor": 8}, ["spec.parallelism.tensor"]),
     ({"gpusPerNode": 8, "ulysses": 8}, ["spec.parallelism.ulysses"]),
     ({"gpusPerNode": 16, "tensor": 2, "ulysses": 8}, ["spec.parallelism.tensor/ulysses"]),
-    ({"gpusPerNode": 4, "pipeline": 4, "pipelineSchedule": "interleaved1F1B", "virtualStages": 2,
-      "microBatches": 4}, ["spec.parallelism.pipeline"]),
+    (
+        {"gpusPerNode": 4, "pipeline": 4, "pipelineSchedule": "interleaved1F1B", "virtualStages": 2, "microBatches": 4},
+        ["spec.parallelism.pipeline"],
+    ),
     # the micro-batch rules: 1F1B leaves stages idle below `pipeline`; interleaved needs a multiple of it
     ({"gpusPerNode": 2, "pipeline": 2}, ["spec.parallelism.microBatches"]),
-    ({"gpusPerNode": 2, "pipeline": 2, "pipelineSchedule": "interleaved1F1B", "virtualStages": 2, "microBatches": 3},
-     ["spec.parallelism.microBatches"]),
+    (
+        {"gpusPerNode": 2, "pipeline": 2, "pipelineSchedule": "interleaved1F1B", "virtualStages": 2, "microBatches": 3},
+        ["spec.parallelism.microBatches"],
+    ),
     ({"gpusPerNode": 2, "pipeline": 2, "virtualStages": 2, "microBatches": 2}, ["spec.parallelism.pipelineSchedule"]),
     ({"pipelineSchedule": "interleaved1F1B"}, ["spec.parallelism.virtualStages"]),
-    ({"gpusPerNode": 4, "pipeline": 2, "ulysses": 2, "microBatches": 2, "elasticUlysses": True},
-     ["spec.parallelism.elasticUlysses"]),
+    (
+        {"gpusPerNode": 4, "pipeline": 2, "ulysses": 2, "microBatches": 2, "elasticUlysses": True},
+        ["spec.parallelism.elasticUlysses"],
+    ),
     ({"gpusPerNode": 2, "elasticUlysses": True}, ["spec.parallelism.elasticUlysses"]),
     ({"gpusPerNode": 2, "dataSharding": "fsdp", "gradientReduce": "overlapped"}, ["spec.parallelism.gradientReduce"]),
 ]
@@ -59,5 +67,10 @@ def test_trainer_checks_the_world_torchrun_started():
     spec = JobSpec.model_validate({"parallelism": {"gpusPerNode": 2}})
     model = spec.model.resolve()
     with pytest.raises(ValueError, match=r"spec.parallelism.data: .* 3 processes"):
-        check_layout(ParallelLayout.from_spec(spec.parallelism), 3, num_heads=model.num_heads, depth=model.depth,
-                     mlp_hidden=model.mlp_hidden)
+        check_layout(
+            ParallelLayout.from_spec(spec.parallelism),
+            3,
+            num_heads=model.num_heads,
+            depth=model.depth,
+            mlp_hidden=model.mlp_hidden,
+        )

@@ -35,7 +35,7 @@ def test_pipeline_aware_policy_on_1f1b(pp, m):
         for d in aware.values():
             assert d.forward_at < d.prefetch_at <= d.backward_at
             assert d.offload == (d.actions_between > 0)
-        if rank == pp - 1:   # the last stage runs each backward right after its forward
+        if rank == pp - 1:  # the last stage runs each backward right after its forward
             assert not any(d.offload for d in aware.values())
         else:
             assert sum(d.offload for d in aware.values()) >= m - 1
@@ -76,8 +76,9 @@ MODES = [(o, r) for o in ("none", "all") for r in ("none", "selective", "full")]
 
 def _one_step(offload: str, recompute: str, m: int = 3):
     torch.manual_seed(0)
-    plan = configure_memory(setup_parallel(workers.build_model(), layout=ParallelLayout(micro_batches=m)),
-                            offload, recompute, account=True)
+    plan = configure_memory(
+        setup_parallel(workers.build_model(), layout=ParallelLayout(micro_batches=m)), offload, recompute, account=True
+    )
     loss = plan.run_step(workers.global_microbatches(m, seed=5), workers.loss_fn)
     grads = {n: p.grad.clone() for n, p in plan.model.named_parameters() if p.grad is not None}
     return float(loss), grads, plan.memory.account
@@ -95,10 +96,10 @@ def test_every_mode_gives_the_same_gradients_in_one_process():
             torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-9, msg=lambda s: f"{mode}: {s}")
     for offload in ("none", "all"):
         peaks = [accounts[offload, r].peak_device for r in ("full", "selective", "none")]
-        assert peaks == sorted(set(peaks)), peaks          # full < selective < none
+        assert peaks == sorted(set(peaks)), peaks  # full < selective < none
     everything = accounts["all", "none"]
     assert everything.offloaded == everything.prefetched > 0 and everything.late_reloads == 0
-    assert everything.device == everything.host == 0    # released after the backwards
+    assert everything.device == everything.host == 0  # released after the backwards
     assert accounts["none", "none"].offloaded == 0
 
 
@@ -128,13 +129,13 @@ def test_recompute_reruns_with_the_forwards_module_state(mode):
     x = torch.randn(5, requires_grad=True)
     scale = torch.randn(5, requires_grad=True)
     run_block(block, x, {"scale": scale}, mode).sum().backward()
-    block.packed_tokens = 7          # another micro-batch's forward ran in between
+    block.packed_tokens = 7  # another micro-batch's forward ran in between
     x2, scale2 = x.detach().clone().requires_grad_(), scale.detach().clone().requires_grad_()
     block.calls = 0
     out = run_block(block, x2, {"scale": scale2}, mode)
     block.packed_tokens = 99
     out.sum().backward()
-    assert block.calls == 2 and block.packed_tokens == 99    # recomputed in the backward, state put back after
+    assert block.calls == 2 and block.packed_tokens == 99  # recomputed in the backward, state put back after
     # ... and the recomputation used the forward's value (7), not the current one
     torch.testing.assert_close(x2.grad, 7 * scale2.detach() * (x2 * scale2).detach().cos())
     torch.testing.assert_close(scale2.grad, 7 * x2.detach() * (x2 * scale2).detach().cos())
@@ -144,8 +145,9 @@ def test_spec_rejects_offload_that_cannot_take_effect():
     from omnitrain.spec import JobSpec, validate_job_spec
 
     def errors(**memory):
-        spec = JobSpec.model_validate({"memory": memory, "parallelism": {"gpusPerNode": 2, "pipeline": 2,
-                                                                         "microBatches": 2}})
+        spec = JobSpec.model_validate(
+            {"memory": memory, "parallelism": {"gpusPerNode": 2, "pipeline": 2, "microBatches": 2}}
+        )
         return [e for e in validate_job_spec(spec) if e.field == "spec.memory.offload"]
 
     assert not errors(offload="pipelineAware", recompute="selective")
@@ -177,4 +179,4 @@ def test_trainer_applies_spec_memory_in_one_process(tmp_path, monkeypatch):
     assert offloaded.losses == pytest.approx(plain.losses, rel=1e-5)
     plan = configured[-1]
     assert plan.runner.recompute == "selective" and plan.memory.account.offloaded > 0
-    assert configured[0].memory is None      # offload none: no hooks at all
+    assert configured[0].memory is None  # offload none: no hooks at all

@@ -44,7 +44,7 @@ def test_shift_and_timestep_distribution():
 
 def test_flow_matching_hand_computed():
     gen = torch.Generator().manual_seed(1)
-    batch = _batch(gen)                       # 1 + 2 video tokens of 16 values
+    batch = _batch(gen)  # 1 + 2 video tokens of 16 values
     s = torch.tensor([0.25, 0.5])
     eps = torch.ones(batch.video.shape)
     noisy = noise_batch(batch, s, eps)
@@ -64,8 +64,7 @@ def test_flow_matching_hand_computed():
 def test_dpo_loss_hand_computed_and_log2_when_policy_is_reference():
     ew, el, rw, rl = torch.tensor([1.0]), torch.tensor([3.0]), torch.tensor([2.0]), torch.tensor([2.5])
     # margin = (1 - 2) - (3 - 2.5) = -1.5; loss = -log sigmoid(0.1 / 2 * 1.5)
-    torch.testing.assert_close(dpo_loss(ew, el, rw, rl, beta=0.1),
-                               torch.tensor(math.log1p(math.exp(-0.075))))
+    torch.testing.assert_close(dpo_loss(ew, el, rw, rl, beta=0.1), torch.tensor(math.log1p(math.exp(-0.075))))
     gen = torch.Generator().manual_seed(2)
     policy = randomize_(MMDiT(CFG), torch.Generator().manual_seed(3))
     reference = randomize_(MMDiT(CFG), torch.Generator().manual_seed(3))
@@ -93,4 +92,4 @@ def test_flow_matching_loss_fn_trains():
     noisy, s = flow_matching_inputs(batch, gen)
     model = MMDiT(CFG)
     loss = FlowMatchingLoss()(model(noisy, s), (noisy, s))
-    torch.testing.assert_close(loss, noisy.target.square().mean())   # zero-initialised head predicts 0
+    torch.testing.assert_close(loss, noisy.target.square().mean())  # zero-initialised head predicts 0

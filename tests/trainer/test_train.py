@@ -36,7 +36,7 @@ def _quiet(*_, **__):
 def test_loss_falls_on_synthetic_data(tmp_path):
     lines = []
     result = train(make_config(tmp_path, steps=40), callbacks=[], log=lambda line, **_: lines.append(line))
-    assert len(list_shards(tmp_path / "data")) == 2            # the synthetic dataset was written on demand
+    assert len(list_shards(tmp_path / "data")) == 2  # the synthetic dataset was written on demand
     first, last = sum(result.losses[:5]) / 5, sum(result.losses[-5:]) / 5
     assert last < 0.7 * first, result.losses
     progress = [line for line in lines if line.startswith("step ")]
@@ -93,9 +93,12 @@ def test_dpo_starts_at_log2_and_trains(tmp_path):
     pre = train(make_config(tmp_path, steps=3), callbacks=[], log=_quiet)
     weights = tmp_path / "init.pt"
     torch.save({"model": pre.state.model.state_dict()}, weights)
-    dpo = train(make_config(tmp_path, steps=4, stage="dpo", initFrom=str(weights), dpoBeta=50.0, learningRate=1e-3),
-                callbacks=[], log=_quiet)
-    assert dpo.losses[0] == pytest.approx(math.log(2.0), abs=1e-6)   # policy == reference at the start
+    dpo = train(
+        make_config(tmp_path, steps=4, stage="dpo", initFrom=str(weights), dpoBeta=50.0, learningRate=1e-3),
+        callbacks=[],
+        log=_quiet,
+    )
+    assert dpo.losses[0] == pytest.approx(math.log(2.0), abs=1e-6)  # policy == reference at the start
     assert all(math.isfinite(x) for x in dpo.losses) and dpo.losses[-1] != dpo.losses[0]
 
 
@@ -132,20 +135,44 @@ def test_torchrun_two_processes_gloo(tmp_path):
     data["spec"]["parallelism"] = {"nodes": 1, "gpusPerNode": 2}
     data["spec"]["checkpoint"]["intervalSteps"] = 2
     cfg = write_config(tmp_path / "config.yaml", data)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMNITRAIN_TERMINATION_LOG": str(tmp_path / "termination"),
-           "CUDA_VISIBLE_DEVICES": ""}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           "-m", "omnitrain", "train", "--config", cfg],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "OMNITRAIN_TERMINATION_LOG": str(tmp_path / "termination"),
+        "CUDA_VISIBLE_DEVICES": "",
+    }
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "omnitrain",
+            "train",
+            "--config",
+            cfg,
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "step 4/4" in proc.stdout
     # one writer (local rank 0, here global rank 0): the job's goodput over its whole metrics log rides along
     message = json.loads((tmp_path / "termination").read_text())
-    assert {k: message[k] for k in ("reason", "step", "checkpoint_step")} == {"reason": "Completed", "step": 4,
-                                                                             "checkpoint_step": 4}
+    assert {k: message[k] for k in ("reason", "step", "checkpoint_step")} == {
+        "reason": "Completed",
+        "step": 4,
+        "checkpoint_step": 4,
+    }
     goodput = message["goodput"]
     assert 0 < goodput["ratio"] <= 1 and goodput["productiveSeconds"] <= goodput["wallSeconds"]
-    for step in (2, 4):     # interval saves and the final one, by both ranks (no persistent claim: local tier)
+    for step in (2, 4):  # interval saves and the final one, by both ranks (no persistent claim: local tier)
         manifest = json.loads((tmp_path / "local" / "looptest" / f"step-{step}" / "manifest.json").read_text())
         assert manifest["step"] == step
 
@@ -161,10 +188,12 @@ class CrashAt(TrainerHooks):
 
 def test_crash_and_resume_with_the_real_checkpoint_callback(tmp_path):
     from omnitrain.trainer.checkpoint.callback import CheckpointCallback
+
     reference = _params(train(make_config(tmp_path, steps=6), callbacks=[], log=_quiet))
     data = config_dict(tmp_path, steps=6)
     data["spec"]["checkpoint"].update({"intervalSteps": 3, "async": False})
     from omnitrain.spec import TrainerConfig
+
     config = TrainerConfig.model_validate(data)
     with pytest.raises(RuntimeError, match="injected"):
         train(config, callbacks=[CheckpointCallback.from_trainer_config(config), CrashAt(4)], log=_quiet)
@@ -206,8 +235,15 @@ class HookOrder(TrainerHooks):
 def test_the_loop_calls_every_hook_in_order_and_takes_the_outcome(tmp_path):
     order = HookOrder()
     result = train(make_config(tmp_path, steps=2), callbacks=[order], log=_quiet)
-    assert order.calls == ["restore", ("start", 0, 0.0), ("step", 1), ("step", 2), ("end", 2, "Completed"),
-                           ("exit", 2), "outcome"]
+    assert order.calls == [
+        "restore",
+        ("start", 0, 0.0),
+        ("step", 1),
+        ("step", 2),
+        ("end", 2, "Completed"),
+        ("exit", 2),
+        "outcome",
+    ]
     assert result.checkpoint_step == 7 and result.goodput is None
 
 
@@ -224,6 +260,7 @@ def test_default_callbacks_leave_a_done_heartbeat_and_the_final_checkpoint(tmp_p
     from omnitrain.observability.callback import MetricsCallback
     from omnitrain.resilience.heartbeat import HeartbeatCallback, read_heartbeats
     from omnitrain.trainer.callbacks import default_callbacks
+
     monkeypatch.setenv("OMNITRAIN_HEARTBEAT_DIR", str(tmp_path / "beats"))
     monkeypatch.setenv("OMNITRAIN_METRICS_PORT", "0")
     monkeypatch.setenv("POD_IP", "127.0.0.1")
@@ -234,7 +271,7 @@ def test_default_callbacks_leave_a_done_heartbeat_and_the_final_checkpoint(tmp_p
     finally:
         for cb in callbacks:
             if isinstance(cb, (MetricsCallback, HeartbeatCallback)):
-                cb.close()    # the endpoint and the stack-dump file; a pod's process simply exits
+                cb.close()  # the endpoint and the stack-dump file; a pod's process simply exits
     beat = read_heartbeats(tmp_path / "beats")[0]
     assert (beat.step, beat.section) == (2, "done")
     assert result.checkpoint_step == 2 and 0 < result.goodput["ratio"] <= 1

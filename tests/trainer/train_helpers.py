@@ -16,13 +16,19 @@ def free_port() -> int:
 
 
 def config_dict(root, steps=8, **training) -> dict:
-    return {"spec": {
-        "data": {"path": str(root / "data"), "synthetic": {"samples": 64, "shards": 2}, "tokenBudget": 512},
-        "training": {"steps": steps, "learningRate": 3e-3, "warmupSteps": 3, "logEvery": 2, **training},
-        "checkpoint": {"localPath": str(root / "local"), "persistentPath": str(root / "persistent"),
-                       "intervalSteps": 100},
-        "metricsPort": free_port()},
-        "run": {"jobName": "looptest"}}
+    return {
+        "spec": {
+            "data": {"path": str(root / "data"), "synthetic": {"samples": 64, "shards": 2}, "tokenBudget": 512},
+            "training": {"steps": steps, "learningRate": 3e-3, "warmupSteps": 3, "logEvery": 2, **training},
+            "checkpoint": {
+                "localPath": str(root / "local"),
+                "persistentPath": str(root / "persistent"),
+                "intervalSteps": 100,
+            },
+            "metricsPort": free_port(),
+        },
+        "run": {"jobName": "looptest"},
+    }
 
 
 def make_config(root, steps=8, **training) -> TrainerConfig:

@@ -9,15 +9,26 @@ because serving and promotion read them too: omnitrain.checkpoint_paths (folder 
 
 from omnitrain.trainer.checkpoint.checkpointer import CheckpointConfig, Checkpointer, CheckpointSaveError
 from omnitrain.trainer.checkpoint.manifest import (
-                                                   CheckpointError,
-                                                   CheckpointMismatchError,
-                                                   Manifest,
-                                                   WorldLayout,
-                                                   model_fingerprint,
+    CheckpointError,
+    CheckpointMismatchError,
+    Manifest,
+    WorldLayout,
+    model_fingerprint,
 )
 from omnitrain.trainer.checkpoint.restore import LayoutChangeError, RestoredCheckpoint
 from omnitrain.trainer.checkpoint.rng import capture_rng_state, restore_rng_state
 
-__all__ = ["CheckpointConfig", "CheckpointError", "CheckpointMismatchError", "CheckpointSaveError", "Checkpointer",
-           "LayoutChangeError", "Manifest", "RestoredCheckpoint", "WorldLayout", "capture_rng_state",
-           "model_fingerprint", "restore_rng_state"]
+__all__ = [
+    "CheckpointConfig",
+    "CheckpointError",
+    "CheckpointMismatchError",
+    "CheckpointSaveError",
+    "Checkpointer",
+    "LayoutChangeError",
+    "Manifest",
+    "RestoredCheckpoint",
+    "WorldLayout",
+    "capture_rng_state",
+    "model_fingerprint",
+    "restore_rng_state",
+]

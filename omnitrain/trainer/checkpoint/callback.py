@@ -34,10 +34,14 @@ class CheckpointCallback(TrainerHooks):
         """From omnitrain.spec.TrainerConfig: paths/policy from spec.checkpoint, the job from run.jobName, the
         layout from spec.parallelism, the model fingerprint from spec.model."""
         from omnitrain.trainer.parallel.layout import ParallelLayout
+
         spec = config.spec
-        ck = Checkpointer(CheckpointConfig.from_spec(spec.checkpoint, config.run.job_name),
-                          WorldLayout.from_parallel_layout(ParallelLayout.from_spec(spec.parallelism)),
-                          spec.model.resolve(), listeners=listeners)
+        ck = Checkpointer(
+            CheckpointConfig.from_spec(spec.checkpoint, config.run.job_name),
+            WorldLayout.from_parallel_layout(ParallelLayout.from_spec(spec.parallelism)),
+            spec.model.resolve(),
+            listeners=listeners,
+        )
         return cls(ck)
 
     # figures for the metrics registry (METRIC_LAST_CHECKPOINT_STEP)
@@ -64,7 +68,7 @@ class CheckpointCallback(TrainerHooks):
         if self.checkpointer.should_save(stats.step):
             self._save(stats.step, state)
         else:
-            self.checkpointer.poll()      # take in finished saves, raise a failed one
+            self.checkpointer.poll()  # take in finished saves, raise a failed one
 
     def on_train_end(self, *, state: Any, step: int, reason: str) -> None:
         try:

@@ -57,7 +57,7 @@ class CheckpointSaveError(CheckpointError):
 class CheckpointConfig:
     job: str
     local_root: str
-    persistent_root: str | None = None     # None: no persistent claim, node-local only
+    persistent_root: str | None = None  # None: no persistent claim, node-local only
     interval_steps: int = 50
     async_save: bool = True
     keep: int = 3
@@ -72,35 +72,54 @@ class CheckpointConfig:
     @classmethod
     def from_spec(cls, spec, job: str) -> CheckpointConfig:
         """From omnitrain.spec.CheckpointSpec; the persistent tier exists only with a persistent claim."""
-        return cls(job=job, local_root=spec.local_path,
-                   persistent_root=spec.persistent_root,
-                   interval_steps=spec.interval_steps, async_save=spec.async_save, keep=spec.keep,
-                   when_busy=spec.when_busy)
+        return cls(
+            job=job,
+            local_root=spec.local_path,
+            persistent_root=spec.persistent_root,
+            interval_steps=spec.interval_steps,
+            async_save=spec.async_save,
+            keep=spec.keep,
+            when_busy=spec.when_busy,
+        )
 
 
 def _dist_info() -> tuple[int, int]:
     import torch.distributed as dist
+
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
 
 
 class Checkpointer:
-    def __init__(self, config: CheckpointConfig, layout: WorldLayout | None = None, model_config=None,
-                 node_id: str | None = None, listeners: list[CheckpointListener] | None = None):
+    def __init__(
+        self,
+        config: CheckpointConfig,
+        layout: WorldLayout | None = None,
+        model_config=None,
+        node_id: str | None = None,
+        listeners: list[CheckpointListener] | None = None,
+    ):
         self.config = config
         self.rank, self.world_size = _dist_info()
         self.layout = layout or WorldLayout(dp=self.world_size)
         if self.layout.world_size != self.world_size:
-            raise ValueError(f"checkpoint layout {self.layout.describe()} does not match the world of "
-                             f"{self.world_size} ranks")
+            raise ValueError(
+                f"checkpoint layout {self.layout.describe()} does not match the world of {self.world_size} ranks"
+            )
         self.fingerprint = model_fingerprint(model_config)
         node = node_id or os.environ.get("NODE_NAME") or socket.gethostname()
-        self.target = SaveTarget(job=config.job, local_root=str(config.local_root),
-                                 persistent_root=str(config.persistent_root) if config.persistent_root else None,
-                                 keep=config.keep, rank=self.rank, world_size=self.world_size,
-                                 node_id=f"{node}:{os.path.abspath(config.local_root)}", layout=self.layout,
-                                 model_fingerprint=self.fingerprint)
+        self.target = SaveTarget(
+            job=config.job,
+            local_root=str(config.local_root),
+            persistent_root=str(config.persistent_root) if config.persistent_root else None,
+            keep=config.keep,
+            rank=self.rank,
+            world_size=self.world_size,
+            node_id=f"{node}:{os.path.abspath(config.local_root)}",
+            layout=self.layout,
+            model_fingerprint=self.fingerprint,
+        )
         self.listeners = list(listeners or [])
         self.last_complete_step: int | None = None
         self.last_blocking_seconds = 0.0
@@ -130,16 +149,22 @@ class Checkpointer:
 
         from omnitrain.trainer.checkpoint.staging import HostStaging
         from omnitrain.trainer.checkpoint.writer import free_port, writer_main
+
         rendezvous = None
         if self.world_size > 1:
             import torch.distributed as dist
+
             box = [f"tcp://{os.environ.get('MASTER_ADDR', '127.0.0.1')}:{free_port()}" if self.rank == 0 else None]
             dist.broadcast_object_list(box, src=0)
             rendezvous = box[0]
         ctx = mp.get_context("spawn")
         self._requests, self._results = ctx.Queue(), ctx.Queue()
-        self._process = ctx.Process(target=writer_main, name=f"ckpt-writer-{self.rank}", daemon=True,
-                                    args=(self.target, rendezvous, os.getpid(), self._requests, self._results))
+        self._process = ctx.Process(
+            target=writer_main,
+            name=f"ckpt-writer-{self.rank}",
+            daemon=True,
+            args=(self.target, rendezvous, os.getpid(), self._requests, self._results),
+        )
         self._process.start()
         self._staging = HostStaging()
 
@@ -161,8 +186,12 @@ class Checkpointer:
                 listener.on_checkpoint_complete(step=outcome.step)
         if outcome.status == "complete":
             self.saves_completed += 1
-            log.info("checkpoint step %d complete (%.1f MiB in %.2f s in the background)",
-                     outcome.step, outcome.bytes_written / 2**20, outcome.seconds)
+            log.info(
+                "checkpoint step %d complete (%.1f MiB in %.2f s in the background)",
+                outcome.step,
+                outcome.bytes_written / 2**20,
+                outcome.seconds,
+            )
         elif outcome.status == "failed":
             self.saves_failed += 1
             self._pending_error = f"checkpoint step {outcome.step} failed: {outcome.error}"
@@ -191,11 +220,13 @@ class Checkpointer:
             except queue.Empty:
                 if not self._process.is_alive():
                     self.in_flight_step = None
-                    raise CheckpointSaveError(f"checkpoint writer of rank {self.rank} died "
-                                              f"(exit code {self._process.exitcode})") from None
+                    raise CheckpointSaveError(
+                        f"checkpoint writer of rank {self.rank} died (exit code {self._process.exitcode})"
+                    ) from None
                 if deadline is not None and time.monotonic() > deadline:
                     raise TimeoutError(
-                        f"checkpoint step {self.in_flight_step} still writing after {timeout_s} s") from None
+                        f"checkpoint step {self.in_flight_step} still writing after {timeout_s} s"
+                    ) from None
                 log.info("waiting for checkpoint step %d to finish writing", self.in_flight_step)
         self._raise_pending()
 
@@ -206,13 +237,13 @@ class Checkpointer:
     def _any_rank_busy(self) -> bool:
         busy = self.in_flight_step is not None
         if self.world_size == 1 or self.config.when_busy == "wait":
-            return busy        # waiting is consistent by itself: each writer finishes the same save
+            return busy  # waiting is consistent by itself: each writer finishes the same save
         # A skip must be decided by all ranks together, or the writers' collectives would pair different steps.
         return any(default_exchange().gather(busy))
 
     def save(self, step: int, state: Any) -> bool:
         """Checkpoint `state` as step `step`; returns False when skipped because a save was still in flight."""
-        for listener in self.listeners:     # the watchdog's heartbeat: a long save is not a hang
+        for listener in self.listeners:  # the watchdog's heartbeat: a long save is not a hang
             listener.on_checkpoint_start(step=step)
         if not self.config.async_save:
             return self._save_sync(step, state)
@@ -221,14 +252,20 @@ class Checkpointer:
         if self._any_rank_busy():
             if self.config.when_busy == "skip":
                 self.saves_skipped_busy += 1
-                log.warning("checkpoint step %d skipped: step %s is still being written (whenBusy=skip; %d "
-                            "skipped so far)", step, self.in_flight_step, self.saves_skipped_busy)
+                log.warning(
+                    "checkpoint step %d skipped: step %s is still being written (whenBusy=skip; %d skipped so far)",
+                    step,
+                    self.in_flight_step,
+                    self.saves_skipped_busy,
+                )
                 return False
             self.saves_waited_busy += 1
-            log.warning("checkpoint step %d waits for step %s still being written (whenBusy=wait)",
-                        step, self.in_flight_step)
+            log.warning(
+                "checkpoint step %d waits for step %s still being written (whenBusy=wait)", step, self.in_flight_step
+            )
             self.wait()
         from omnitrain.trainer.checkpoint.flatten import flatten_state
+
         skeleton, tensors = flatten_state(state)
         if not self._staging.fits(tensors):
             self._staging.allocate_for(tensors)
@@ -257,8 +294,7 @@ class Checkpointer:
     def restore(self) -> RestoredCheckpoint | None:
         """The newest complete checkpoint every rank can read (collective), or None for a fresh start."""
         roots = {"local": self.target.local_root, "persistent": self.target.persistent_root}
-        restored = restore_newest(roots, self.config.job, self.fingerprint, self.layout, self.rank,
-                                  default_exchange())
+        restored = restore_newest(roots, self.config.job, self.fingerprint, self.layout, self.rank, default_exchange())
         if restored is not None:
             self.last_complete_step = restored.step
             for listener in self.listeners:

@@ -26,12 +26,14 @@ class SingleExchange:
 class GroupExchange:
     def __init__(self, group=None):
         import torch.distributed as dist
+
         self._group = group
         self.rank = dist.get_rank(group)
         self.world_size = dist.get_world_size(group)
 
     def gather(self, obj: Any) -> list[Any]:
         import torch.distributed as dist
+
         out: list[Any] = [None] * self.world_size
         dist.all_gather_object(out, obj, group=self._group)
         return out
@@ -40,6 +42,7 @@ class GroupExchange:
 def default_exchange() -> Exchange:
     """The training group when one exists (restore, synchronous saves), else a single process."""
     import torch.distributed as dist
+
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         return GroupExchange()
     return SingleExchange()

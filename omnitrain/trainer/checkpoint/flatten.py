@@ -63,13 +63,20 @@ def rewrap_like(template: Any, loaded: Any) -> Any:
     Same layout only (restore refuses sharded layout changes)."""
     if hasattr(template, "to_local") and isinstance(loaded, torch.Tensor) and not hasattr(loaded, "to_local"):
         from torch.distributed.tensor import DTensor
+
         local = template.to_local()
         if tuple(loaded.shape) != tuple(local.shape):
-            raise ValueError(f"saved shard of shape {tuple(loaded.shape)} does not fit the live shard "
-                             f"{tuple(local.shape)}")
-        return DTensor.from_local(loaded.to(device=local.device, dtype=local.dtype), template.device_mesh,
-                                  template.placements, run_check=False, shape=template.shape,
-                                  stride=template.stride())
+            raise ValueError(
+                f"saved shard of shape {tuple(loaded.shape)} does not fit the live shard {tuple(local.shape)}"
+            )
+        return DTensor.from_local(
+            loaded.to(device=local.device, dtype=local.dtype),
+            template.device_mesh,
+            template.placements,
+            run_check=False,
+            shape=template.shape,
+            stride=template.stride(),
+        )
     if isinstance(template, dict) and isinstance(loaded, dict):
         return {k: rewrap_like(template[k], v) if k in template else v for k, v in loaded.items()}
     if isinstance(template, (list, tuple)) and isinstance(loaded, (list, tuple)) and len(template) == len(loaded):

@@ -39,25 +39,26 @@ class WorldLayout:
     pp: int = 1
     ulysses: int = 1
     tp: int = 1
-    data_sharding: str = "replicate"   # "fsdp": model/optimizer shards differ between data-parallel ranks
+    data_sharding: str = "replicate"  # "fsdp": model/optimizer shards differ between data-parallel ranks
 
     @property
     def world_size(self) -> int:
         return self.dp * self.pp * self.ulysses * self.tp
 
     def describe(self) -> str:
-        return (f"dp={self.dp} pp={self.pp} ulysses={self.ulysses} tp={self.tp} "
-                f"({self.data_sharding}, {self.world_size} ranks)")
+        return (
+            f"dp={self.dp} pp={self.pp} ulysses={self.ulysses} tp={self.tp} "
+            f"({self.data_sharding}, {self.world_size} ranks)"
+        )
 
     @classmethod
     def from_parallel_layout(cls, layout) -> WorldLayout:
-        return cls(dp=layout.dp, pp=layout.pp, ulysses=layout.ulysses, tp=layout.tp,
-                   data_sharding=layout.data_sharding)
+        return cls(dp=layout.dp, pp=layout.pp, ulysses=layout.ulysses, tp=layout.tp, data_sharding=layout.data_sharding)
 
 
 @dataclass(frozen=True)
 class ShardFile:
-    name: str        # relative to the step folder
+    name: str  # relative to the step folder
     rank: int
     size: int
     crc32: int
@@ -87,10 +88,15 @@ class Manifest:
     def from_json(cls, text: str) -> Manifest:
         try:
             data = json.loads(text)
-            return cls(job=data["job"], step=int(data["step"]), layout=WorldLayout(**data["layout"]),
-                       model_fingerprint=data["model_fingerprint"],
-                       files=[ShardFile(**f) for f in data["files"]], created_unix=float(data["created_unix"]),
-                       format_version=int(data["format_version"]))
+            return cls(
+                job=data["job"],
+                step=int(data["step"]),
+                layout=WorldLayout(**data["layout"]),
+                model_fingerprint=data["model_fingerprint"],
+                files=[ShardFile(**f) for f in data["files"]],
+                created_unix=float(data["created_unix"]),
+                format_version=int(data["format_version"]),
+            )
         except (ValueError, KeyError, TypeError) as e:
             raise InvalidManifestError(f"unreadable manifest: {e}") from e
 
@@ -99,11 +105,13 @@ class Manifest:
         if self.job != job:
             raise CheckpointMismatchError(
                 f"{where} was written by job {self.job!r}, not {job!r}: point checkpoint.localPath/persistentPath "
-                f"at this job's folder or remove the foreign checkpoint")
+                f"at this job's folder or remove the foreign checkpoint"
+            )
         if self.model_fingerprint != model_fingerprint:
             raise CheckpointMismatchError(
                 f"{where} was written for model config {self.model_fingerprint}, this run has {model_fingerprint}: "
-                f"the model dimensions changed (spec.model); start a new job or use training.initFrom")
+                f"the model dimensions changed (spec.model); start a new job or use training.initFrom"
+            )
 
 
 def model_fingerprint(model_config) -> str:

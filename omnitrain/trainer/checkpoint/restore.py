@@ -45,7 +45,7 @@ class LayoutChangeError(CheckpointError):
 class Candidate:
     step: int
     manifest: Manifest
-    folders: dict[str, Path] = field(default_factory=dict)   # tier -> step folder holding a manifest
+    folders: dict[str, Path] = field(default_factory=dict)  # tier -> step folder holding a manifest
 
 
 @dataclass
@@ -54,7 +54,7 @@ class RestoredCheckpoint:
     state: Any
     manifest: Manifest
     source_rank: int
-    tier: str                  # where the shard came from: "local" or "persistent"
+    tier: str  # where the shard came from: "local" or "persistent"
     seconds: float
 
 
@@ -71,8 +71,7 @@ def discover(roots: dict[str, str | None], job: str, fingerprint: str | None) ->
             if manifest is None:
                 log.warning("skipping step-%d on %s tier (%s): no manifest (torn write)", step, tier, folder)
                 continue
-            manifest.check_belongs_to(job, manifest.model_fingerprint if fingerprint is None else fingerprint,
-                                      folder)
+            manifest.check_belongs_to(job, manifest.model_fingerprint if fingerprint is None else fingerprint, folder)
             found.setdefault(step, Candidate(step, manifest)).folders[tier] = folder
     return found
 
@@ -84,12 +83,14 @@ def source_rank(saved: WorldLayout, current: WorldLayout, rank: int) -> int:
     if (saved.pp, saved.tp) != (current.pp, current.tp):
         raise LayoutChangeError(
             f"checkpoint layout {saved.describe()} cannot be loaded into {current.describe()}: pipeline and tensor "
-            f"degrees must stay the same for a sharded resume (change only the data or Ulysses degree)")
+            f"degrees must stay the same for a sharded resume (change only the data or Ulysses degree)"
+        )
     fsdp = "fsdp" in (saved.data_sharding, current.data_sharding)
     if fsdp and (saved.dp != current.dp or saved.data_sharding != current.data_sharding):
         raise LayoutChangeError(
             f"checkpoint layout {saved.describe()} cannot be loaded into {current.describe()}: FSDP shards follow "
-            f"the data degree and sharding mode; keep parallelism.data and dataSharding as they were")
+            f"the data degree and sharding mode; keep parallelism.data and dataSharding as they were"
+        )
     c = rank_coords(rank, ParallelLayout(dp=current.dp, pp=current.pp, ulysses=current.ulysses, tp=current.tp))
     old = ParallelLayout(dp=saved.dp, pp=saved.pp, ulysses=saved.ulysses, tp=saved.tp)
     dp, uly = c.dp % saved.dp, c.ulysses % saved.ulysses
@@ -113,8 +114,12 @@ def read_shard(candidate: Candidate, rank: int) -> tuple[Any, str]:
         size, crc = fsio.file_crc32(path)
         if (size, crc) != (entry.size, entry.crc32):
             problems.append(f"{tier}: {path} checksum mismatch (size {size}/{entry.size})")
-            log.warning("step-%d shard %s on %s tier is corrupt or truncated; trying the next copy",
-                        candidate.step, entry.name, tier)
+            log.warning(
+                "step-%d shard %s on %s tier is corrupt or truncated; trying the next copy",
+                candidate.step,
+                entry.name,
+                tier,
+            )
             continue
         return torch.load(path, map_location="cpu", weights_only=False), tier
     raise CheckpointError(f"no usable copy of {entry.name} of step {candidate.step}: {'; '.join(problems)}")
@@ -140,8 +145,9 @@ def final_checkpoint(persistent_root: str, job: str) -> Candidate | None:
     return found[max(found)] if found else None
 
 
-def restore_newest(roots: dict[str, str | None], job: str, fingerprint: str, current: WorldLayout, rank: int,
-                   exchange: Exchange) -> RestoredCheckpoint | None:
+def restore_newest(
+    roots: dict[str, str | None], job: str, fingerprint: str, current: WorldLayout, rank: int, exchange: Exchange
+) -> RestoredCheckpoint | None:
     """Collective over `exchange`: every rank returns the same step, or None when no checkpoint is usable."""
     t0 = time.perf_counter()
     found = discover(roots, job, fingerprint)
@@ -163,9 +169,14 @@ def restore_newest(roots: dict[str, str | None], job: str, fingerprint: str, cur
         errors = [e for e in exchange.gather(error) if e]
         if not errors:
             result.seconds = time.perf_counter() - t0
-            log.info("restored step %d (rank %d from saved rank %d, %s tier) in %.2f s",
-                     step, rank, result.source_rank, result.tier, result.seconds)
+            log.info(
+                "restored step %d (rank %d from saved rank %d, %s tier) in %.2f s",
+                step,
+                rank,
+                result.source_rank,
+                result.tier,
+                result.seconds,
+            )
             return result
-        log.warning("cannot restore step-%d (%s); falling back to the previous complete checkpoint",
-                    step, errors[0])
+        log.warning("cannot restore step-%d (%s); falling back to the previous complete checkpoint", step, errors[0])
     return None

@@ -14,6 +14,7 @@ def capture_rng_state() -> dict:
     state = {"python": random.getstate(), "torch": torch.get_rng_state()}
     try:
         import numpy as np
+
         state["numpy"] = np.random.get_state()
     except ImportError:
         pass
@@ -29,6 +30,7 @@ def restore_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"].clone())
     if "numpy" in state:
         import numpy as np
+
         np.random.set_state(state["numpy"])
     if "cuda" in state and torch.cuda.is_available():
         # A resume on a different number of local devices restores the ones that exist.

@@ -55,7 +55,7 @@ class SaveTarget:
 @dataclass
 class SaveOutcome:
     step: int
-    status: str                      # "complete", "exists" (never overwritten), "failed"
+    status: str  # "complete", "exists" (never overwritten), "failed"
     local_complete: bool = False
     persistent_complete: bool = False
     error: str = ""
@@ -93,8 +93,10 @@ def save_rank(target: SaveTarget, step: int, state: Any, exchange: Exchange) -> 
         except Exception as e:  # noqa: BLE001 - reported to every rank; raising here would hang the others
             mine["error"] = f"writing {local / name}: {type(e).__name__}: {e}"
             if isinstance(e, OSError) and e.errno == errno.ENOSPC:
-                mine["error"] += (f" (free space under {target.local_root} or lower checkpoint.keep; the previous "
-                                  f"complete checkpoint is untouched)")
+                mine["error"] += (
+                    f" (free space under {target.local_root} or lower checkpoint.keep; the previous "
+                    f"complete checkpoint is untouched)"
+                )
     results = exchange.gather(mine)
     outcome.timings["local_write_s"] = time.perf_counter() - t0
 
@@ -104,13 +106,23 @@ def save_rank(target: SaveTarget, step: int, state: Any, exchange: Exchange) -> 
         return outcome
     if any(r["error"] for r in results):
         outcome.error = _first_error(results)
-        log.error("checkpoint step %d FAILED, no manifest written (previous checkpoint stays the newest): %s",
-                  step, outcome.error)
+        log.error(
+            "checkpoint step %d FAILED, no manifest written (previous checkpoint stays the newest): %s",
+            step,
+            outcome.error,
+        )
         return outcome
 
-    manifest = Manifest(job=target.job, step=step, layout=target.layout, model_fingerprint=target.model_fingerprint,
-                        files=[ShardFile(name=shard_file_name(r["rank"]), rank=r["rank"], size=r["size"],
-                                         crc32=r["crc32"]) for r in sorted(results, key=lambda r: r["rank"])])
+    manifest = Manifest(
+        job=target.job,
+        step=step,
+        layout=target.layout,
+        model_fingerprint=target.model_fingerprint,
+        files=[
+            ShardFile(name=shard_file_name(r["rank"]), rank=r["rank"], size=r["size"], crc32=r["crc32"])
+            for r in sorted(results, key=lambda r: r["rank"])
+        ],
+    )
     node_leader = min(r["rank"] for r in results if r["node"] == target.node_id) == target.rank
     if node_leader:
         write_manifest(local, manifest)
@@ -133,7 +145,7 @@ def save_rank(target: SaveTarget, step: int, state: Any, exchange: Exchange) -> 
         else:
             if target.rank == 0:
                 write_manifest(persistent, manifest)
-            exchange.gather(None)    # everyone knows the persistent manifest exists before reporting
+            exchange.gather(None)  # everyone knows the persistent manifest exists before reporting
             outcome.persistent_complete = True
         outcome.timings["replicate_s"] = time.perf_counter() - t1
 

@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 class LeafSpec:
     shape: tuple[int, ...]
     dtype: torch.dtype
-    offset: int          # elements into the buffer of its dtype
+    offset: int  # elements into the buffer of its dtype
 
     @property
     def numel(self) -> int:
@@ -40,7 +40,7 @@ def plan_leaves(tensors: list[torch.Tensor]) -> tuple[list[LeafSpec], dict[torch
 
 def leaf_views(buffers: dict[torch.dtype, torch.Tensor], specs: list[LeafSpec]) -> list[torch.Tensor]:
     """Tensors viewing the flat buffers, one per leaf spec (no copies)."""
-    return [buffers[s.dtype][s.offset:s.offset + s.numel].view(s.shape) for s in specs]
+    return [buffers[s.dtype][s.offset : s.offset + s.numel].view(s.shape) for s in specs]
 
 
 def _pin(buffer: torch.Tensor) -> bool:
@@ -59,7 +59,7 @@ class HostStaging:
         self.specs: list[LeafSpec] = []
         self.views: list[torch.Tensor] = []
         self.pinned = False
-        self.generation = 0          # bumped on every (re)allocation so the writer knows to remap
+        self.generation = 0  # bumped on every (re)allocation so the writer knows to remap
 
     @property
     def bytes_held(self) -> int:
@@ -67,7 +67,8 @@ class HostStaging:
 
     def fits(self, tensors: list[torch.Tensor]) -> bool:
         return len(tensors) == len(self.specs) and all(
-            tuple(t.shape) == s.shape and t.dtype == s.dtype for t, s in zip(tensors, self.specs))
+            tuple(t.shape) == s.shape and t.dtype == s.dtype for t, s in zip(tensors, self.specs)
+        )
 
     def allocate_for(self, tensors: list[torch.Tensor]) -> None:
         specs, sizes = plan_leaves(tensors)
@@ -78,8 +79,12 @@ class HostStaging:
         self.pinned = all([_pin(b) for b in self.buffers.values()]) and bool(self.buffers)
         self.specs, self.views = specs, leaf_views(self.buffers, specs)
         self.generation += 1
-        log.info("checkpoint staging: %.1f MiB of host memory for %d tensors (pinned=%s)",
-                 self.bytes_held / 2**20, len(specs), self.pinned)
+        log.info(
+            "checkpoint staging: %.1f MiB of host memory for %d tensors (pinned=%s)",
+            self.bytes_held / 2**20,
+            len(specs),
+            self.pinned,
+        )
 
     def copy_in(self, tensors: list[torch.Tensor]) -> None:
         """Device->host copy of every tensor; returns when the host buffers hold them."""

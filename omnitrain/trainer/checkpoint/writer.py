@@ -29,29 +29,36 @@ def _die_with_parent() -> None:
     half-open process group. Linux: ask the kernel to SIGKILL us when the parent goes."""
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except OSError:
         pass
 
 
 def writer_main(target: SaveTarget, rendezvous: str | None, parent_pid: int, requests, results) -> None:
     _die_with_parent()
-    if os.getppid() != parent_pid:      # the parent died before prctl took effect
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
         # An orphan that owns nothing yet ends at once: multiprocessing's exit handling (finalizers, flushing
         # queues) would only talk to a parent that is gone.
         os._exit(1)
     import torch
+
     torch.set_num_threads(1)
     try:
         if target.world_size > 1:
             import torch.distributed as dist
+
             # Under torchrun this env var (inherited from the trainer) makes every rank a *client* of the agent's
             # store; the writers' own rendezvous needs rank 0 to host its store, or they all wait forever.
             os.environ.pop("TORCHELASTIC_USE_AGENT_STORE", None)
             # A peer writer that crashed mid-save must not hold the others forever: its collective times out
             # and the failure reaches the trainer as a crashed writer.
-            dist.init_process_group("gloo", init_method=rendezvous, rank=target.rank,
-                                    world_size=target.world_size, timeout=timedelta(minutes=10))
+            dist.init_process_group(
+                "gloo",
+                init_method=rendezvous,
+                rank=target.rank,
+                world_size=target.world_size,
+                timeout=timedelta(minutes=10),
+            )
             exchange = GroupExchange()
         else:
             exchange = SingleExchange()
@@ -74,5 +81,6 @@ def writer_main(target: SaveTarget, rendezvous: str | None, parent_pid: int, req
     finally:
         if target.world_size > 1:
             import torch.distributed as dist
+
             if dist.is_initialized():
                 dist.destroy_process_group()

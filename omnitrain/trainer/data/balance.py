@@ -72,6 +72,7 @@ def imbalance(loads: list[float]) -> float:
 
 # -- elastic Ulysses: a Ulysses group's samples packed at the granularity of the per-micro-batch degree ----------
 
+
 def divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
@@ -108,7 +109,7 @@ def spread_loads(placements: Iterable[tuple[int, int, float]], ulysses: int) -> 
 def least_loaded_start(load: Sequence[float], degree: int) -> int:
     """The first rank of the aligned sub-group of `degree` ranks whose busiest rank is least loaded (lowest first
     rank on ties)."""
-    return min(range(0, len(load), degree), key=lambda s: (max(load[s:s + degree]), s))
+    return min(range(0, len(load), degree), key=lambda s: (max(load[s : s + degree]), s))
 
 
 def rank_loads(bins: Sequence[ElasticBin], costs: Sequence[float], ulysses: int) -> list[float]:
@@ -116,8 +117,9 @@ def rank_loads(bins: Sequence[ElasticBin], costs: Sequence[float], ulysses: int)
     return spread_loads(((b.first, b.degree, sum(costs[i] for i in b.samples)) for b in bins), ulysses)
 
 
-def assign_elastic(tokens: Sequence[int], costs: Sequence[float], ulysses: int, token_budget: int,
-                   tolerance: float = 0.05) -> list[ElasticBin]:
+def assign_elastic(
+    tokens: Sequence[int], costs: Sequence[float], ulysses: int, token_budget: int, tolerance: float = 0.05
+) -> list[ElasticBin]:
     """Pack one Ulysses group's samples into micro-batches for elastic degrees (pure).
 
     Each sample gets the smallest degree its length allows (degree_for) and is placed, costliest first, on the
@@ -150,11 +152,14 @@ def assign_elastic(tokens: Sequence[int], costs: Sequence[float], ulysses: int, 
             load[r] += costs[i] / d
     wider = {d: next(w for w in divisors(ulysses) if w > d and w % d == 0) for d in divisors(ulysses)[:-1]}
     mean = sum(load) / ulysses
-    while mean and max(load) > mean * (1 + tolerance):   # each pass lowers the maximum and widens one sample
+    while mean and max(load) > mean * (1 + tolerance):  # each pass lowers the maximum and widens one sample
         busiest = max(range(ulysses), key=lambda r: (load[r], -r))
-        options = [(max(moved(i, wider[degrees[i]], start)), i, start) for i in range(n)
-                   if degrees[i] < ulysses and first[i] <= busiest < first[i] + degrees[i]
-                   for start in range(0, ulysses, wider[degrees[i]])]
+        options = [
+            (max(moved(i, wider[degrees[i]], start)), i, start)
+            for i in range(n)
+            if degrees[i] < ulysses and first[i] <= busiest < first[i] + degrees[i]
+            for start in range(0, ulysses, wider[degrees[i]])
+        ]
         if not options or min(options)[0] >= max(load):
             break
         _, i, start = min(options)

@@ -23,7 +23,7 @@ from omnitrain.trainer.data.balance import CostModel, ElasticBin, assign_balance
 from omnitrain.trainer.data.reader import DataError, ShardReader
 from omnitrain.trainer.data.schema import DataSample
 
-LOOKAHEAD = 8    # samples that did not fit, carried while the step keeps trying smaller ones
+LOOKAHEAD = 8  # samples that did not fit, carried while the step keeps trying smaller ones
 
 
 def records_of(sample: DataSample, pairs: bool) -> list[SampleRecord]:
@@ -33,8 +33,10 @@ def records_of(sample: DataSample, pairs: bool) -> list[SampleRecord]:
         return [winner]
     if sample.loser is None:
         raise DataError(f"sample {sample.key} has no loser latent; stage dpo needs preference pairs")
-    return [winner, SampleRecord(text=sample.text, video=sample.loser, reference=sample.reference,
-                                 context=sample.context)]
+    return [
+        winner,
+        SampleRecord(text=sample.text, video=sample.loser, reference=sample.reference, context=sample.context),
+    ]
 
 
 @dataclasses.dataclass
@@ -43,7 +45,7 @@ class RegroupedBatch(PackedBatch):
     ElasticStep.take): a per-sample loss times loss_weights, summed, is its part of the fixed degree's step loss
     (times the number of micro-batches, which the step divides by)."""
 
-    loss_weights: torch.Tensor | None = None     # [num_samples] float
+    loss_weights: torch.Tensor | None = None  # [num_samples] float
 
 
 def take_samples(batches: list[PackedBatch], members: list[tuple[int, int]]) -> PackedBatch:
@@ -53,7 +55,7 @@ def take_samples(batches: list[PackedBatch], members: list[tuple[int, int]]) -> 
     kinds, ids, positions, lengths, grids = [], [], [], [], []
     for new, (j, i) in enumerate(members):
         b = batches[j]
-        lo, hi = int(b.cu_seqlens[i]), int(b.cu_seqlens[i + 1])     # pack() keeps a sample's tokens together
+        lo, hi = int(b.cu_seqlens[i]), int(b.cu_seqlens[i + 1])  # pack() keeps a sample's tokens together
         kinds.append(b.kind[lo:hi])
         positions.append(b.positions[lo:hi])
         ids.append(torch.full((hi - lo,), new, dtype=torch.long))
@@ -65,11 +67,18 @@ def take_samples(batches: list[PackedBatch], members: list[tuple[int, int]]) -> 
             parts["target"].append(b.target[b.video_sample_id() == i])
     cu = torch.zeros(len(members) + 1, dtype=torch.int32)
     cu[1:] = torch.cumsum(torch.tensor(lengths), 0)
-    return PackedBatch(text=torch.cat(parts["text"]), reference=torch.cat(parts["reference"]),
-                       context=torch.cat(parts["context"]), video=torch.cat(parts["video"]),
-                       kind=torch.cat(kinds), sample_id=torch.cat(ids), positions=torch.cat(positions),
-                       cu_seqlens=cu, video_grids=grids,
-                       target=torch.cat(parts["target"]) if len(parts["target"]) == len(members) else None)
+    return PackedBatch(
+        text=torch.cat(parts["text"]),
+        reference=torch.cat(parts["reference"]),
+        context=torch.cat(parts["context"]),
+        video=torch.cat(parts["video"]),
+        kind=torch.cat(kinds),
+        sample_id=torch.cat(ids),
+        positions=torch.cat(positions),
+        cu_seqlens=cu,
+        video_grids=grids,
+        target=torch.cat(parts["target"]) if len(parts["target"]) == len(members) else None,
+    )
 
 
 @dataclass
@@ -83,8 +92,8 @@ class ElasticStep:
     fixed: list[PackedBatch]
     bins: list[ElasticBin]
     where: list[tuple[int, int]]
-    tokens: list[int]            # per group sample
-    costs: list[float]           # per group sample
+    tokens: list[int]  # per group sample
+    costs: list[float]  # per group sample
     records: int = 1
 
     def bin_tokens(self, k: int) -> int:
@@ -104,31 +113,45 @@ class ElasticStep:
             j, i = self.where[g]
             members += [(j, i * r + t) for t in range(r)]
         batch = take_samples([b for b, _ in noised], members)
-        s = torch.cat([noised[j][1][i:i + 1] for j, i in members])
+        s = torch.cat([noised[j][1][i : i + 1] for j, i in members])
         if r == 2:
             weights = [1.0 / (m * (self.fixed[j].num_samples // 2)) for j, _ in members]
-        else:   # each fixed micro-batch's video tokens per sample, counted once
-            video = {j: torch.bincount(self.fixed[j].video_sample_id(), minlength=self.fixed[j].num_samples)
-                     for j in {j for j, _ in members}}
+        else:  # each fixed micro-batch's video tokens per sample, counted once
+            video = {
+                j: torch.bincount(self.fixed[j].video_sample_id(), minlength=self.fixed[j].num_samples)
+                for j in {j for j, _ in members}
+            }
             weights = [float(video[j][i]) / (m * float(video[j].sum())) for j, i in members]
         scale = torch.tensor(weights, dtype=torch.float64) * len(self.bins)
-        return RegroupedBatch(**{f.name: getattr(batch, f.name) for f in dataclasses.fields(batch)},
-                              loss_weights=scale.float()), s
+        return RegroupedBatch(
+            **{f.name: getattr(batch, f.name) for f in dataclasses.fields(batch)}, loss_weights=scale.float()
+        ), s
 
 
 class PackedLoader:
-    def __init__(self, reader: ShardReader, patch_size: tuple[int, int, int], token_budget: int, cost: CostModel,
-                 dp_rank: int = 0, dp_size: int = 1, micro_batches: int = 1, balance: bool = True,
-                 pairs: bool = False, text_dim: int | None = None, latent_channels: int | None = None,
-                 elastic_ulysses: int = 0):
+    def __init__(
+        self,
+        reader: ShardReader,
+        patch_size: tuple[int, int, int],
+        token_budget: int,
+        cost: CostModel,
+        dp_rank: int = 0,
+        dp_size: int = 1,
+        micro_batches: int = 1,
+        balance: bool = True,
+        pairs: bool = False,
+        text_dim: int | None = None,
+        latent_channels: int | None = None,
+        elastic_ulysses: int = 0,
+    ):
         self.reader, self.patch_size, self.token_budget, self.cost = reader, patch_size, token_budget, cost
         self.dp_rank, self.dp_size, self.micro_batches = dp_rank, dp_size, micro_batches
         self.balance, self.pairs = balance, pairs
         self.elastic_ulysses = elastic_ulysses
         self.text_dim, self.latent_channels = text_dim, latent_channels
         self.carry: list[tuple[tuple, DataSample]] = []
-        self.last_step_tokens = 0          # real tokens of the whole step (all ranks)
-        self.last_step_counts = TokenCounts(0, 0, 0, 0)   # the same, split for the FLOP count
+        self.last_step_tokens = 0  # real tokens of the whole step (all ranks)
+        self.last_step_counts = TokenCounts(0, 0, 0, 0)  # the same, split for the FLOP count
 
     # -- resumable position ---------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -146,20 +169,26 @@ class PackedLoader:
     # -- one step ---------------------------------------------------------------------------------------------
     def _check(self, sample: DataSample) -> None:
         if self.text_dim is not None and sample.text.shape[1] != self.text_dim:
-            raise DataError(f"sample {sample.key}: text embedding width {sample.text.shape[1]} but spec.model.textDim="
-                            f"{self.text_dim}; use a dataset encoded for this model or change textDim")
+            raise DataError(
+                f"sample {sample.key}: text embedding width {sample.text.shape[1]} but spec.model.textDim="
+                f"{self.text_dim}; use a dataset encoded for this model or change textDim"
+            )
         for name in ("video", "reference", "context", "loser"):
             latent = getattr(sample, name)
             if self.latent_channels is not None and latent is not None and latent.shape[0] != self.latent_channels:
-                raise DataError(f"sample {sample.key}: {name} latent has {latent.shape[0]} channels but "
-                                f"spec.model.latentChannels={self.latent_channels}; use a matching dataset")
+                raise DataError(
+                    f"sample {sample.key}: {name} latent has {latent.shape[0]} channels but "
+                    f"spec.model.latentChannels={self.latent_channels}; use a matching dataset"
+                )
 
     def _tokens(self, sample: DataSample) -> int:
         self._check(sample)
         n = sum(sample_tokens(r, self.patch_size) for r in records_of(sample, self.pairs))
         if n > self.token_budget:
-            raise DataError(f"sample {sample.key} has {n} tokens, more than spec.data.tokenBudget="
-                            f"{self.token_budget}; raise tokenBudget or drop long samples from the dataset")
+            raise DataError(
+                f"sample {sample.key} has {n} tokens, more than spec.data.tokenBudget="
+                f"{self.token_budget}; raise tokenBudget or drop long samples from the dataset"
+            )
         return n
 
     def next_global_step(self) -> list[list[DataSample]]:
@@ -200,20 +229,28 @@ class PackedLoader:
                     patches = sample_tokens(r, self.patch_size) - text
                     self.last_step_counts += TokenCounts.from_lengths([text], [patches])
         if any(not samples for samples in out):
-            raise DataError(f"a step of {bins} micro-batches got an empty one; lower parallelism.microBatches or "
-                            "raise spec.data.tokenBudget")
+            raise DataError(
+                f"a step of {bins} micro-batches got an empty one; lower parallelism.microBatches or "
+                "raise spec.data.tokenBudget"
+            )
         return out
 
     def next_step(self) -> list[PackedBatch] | ElasticStep:
         """This rank's micro-batches of the next step (its Ulysses group's ElasticStep with elastic_ulysses)."""
         bins = self.next_global_step()
-        mine = bins[self.dp_rank * self.micro_batches:(self.dp_rank + 1) * self.micro_batches]
+        mine = bins[self.dp_rank * self.micro_batches : (self.dp_rank + 1) * self.micro_batches]
         fixed = [pack([r for s in samples for r in records_of(s, self.pairs)], self.patch_size) for samples in mine]
         if self.elastic_ulysses <= 1:
             return fixed
         where = [(j, i) for j, samples in enumerate(mine) for i in range(len(samples))]
         lengths = [[sample_tokens(r, self.patch_size) for r in records_of(mine[j][i], self.pairs)] for j, i in where]
         tokens = [sum(n) for n in lengths]
-        costs = [sum(self.cost(t) for t in n) for n in lengths]     # attention is per packed sample
-        return ElasticStep(fixed=fixed, bins=assign_elastic(tokens, costs, self.elastic_ulysses, self.token_budget),
-                           where=where, tokens=tokens, costs=costs, records=2 if self.pairs else 1)
+        costs = [sum(self.cost(t) for t in n) for n in lengths]  # attention is per packed sample
+        return ElasticStep(
+            fixed=fixed,
+            bins=assign_elastic(tokens, costs, self.elastic_ulysses, self.token_budget),
+            where=where,
+            tokens=tokens,
+            costs=costs,
+            records=2 if self.pairs else 1,
+        )

@@ -17,7 +17,7 @@ from omnitrain.trainer.data.schema import CorruptRow, DataSample, decode
 
 log = logging.getLogger(__name__)
 
-Position = tuple[int, int, int]      # (epoch, shard index, row)
+Position = tuple[int, int, int]  # (epoch, shard index, row)
 
 
 class DataError(RuntimeError):
@@ -42,13 +42,14 @@ class ShardReader:
         self.folder = Path(folder)
         self.shards = list_shards(folder)
         if not self.shards:
-            raise DataError(f"no shards (shard-*.parquet) in {self.folder}; check spec.data.path or set "
-                            "spec.data.synthetic")
+            raise DataError(
+                f"no shards (shard-*.parquet) in {self.folder}; check spec.data.path or set spec.data.synthetic"
+            )
         self.on_corrupt = on_corrupt
         self.corrupt = CorruptCounts()
         self._bad_shards: set[int] = set()
-        self._row_groups: dict[int, list[tuple[int, int]]] = {}    # shard -> [(first row, rows)] per group
-        self._cache: tuple[int, int, list[dict]] | None = None     # (shard, group, rows)
+        self._row_groups: dict[int, list[tuple[int, int]]] = {}  # shard -> [(first row, rows)] per group
+        self._cache: tuple[int, int, list[dict]] | None = None  # (shard, group, rows)
         self.epoch, self.shard, self.row = 0, 0, 0
 
     # -- position -------------------------------------------------------------------------------------------
@@ -76,7 +77,7 @@ class ShardReader:
                 for i in range(meta.num_row_groups):
                     groups.append((first, meta.row_group(i).num_rows))
                     first += meta.row_group(i).num_rows
-            except Exception as error:          # pyarrow raises several types for a torn file
+            except Exception as error:  # pyarrow raises several types for a torn file
                 self._bad_shards.add(shard)
                 self.corrupt.shards += 1
                 self._corrupt(f"shard {self.shards[shard]}", error)
@@ -127,7 +128,7 @@ class ShardReader:
         while True:
             position = (self.epoch, self.shard, self.row)
             found = self._row(self.shard, self.row)
-            if found is False:              # end of shard (or unreadable): next shard, next epoch after the last
+            if found is False:  # end of shard (or unreadable): next shard, next epoch after the last
                 self.shard, self.row = self.shard + 1, 0
                 if self.shard == len(self.shards):
                     self.epoch, self.shard = self.epoch + 1, 0

@@ -9,12 +9,12 @@ import pyarrow as pa
 import torch
 
 TASKS = ("t2v", "i2v", "v2v")
-TENSOR_COLUMNS = ("text", "video", "reference", "context", "loser")   # text [L, text_dim], latents [C, T, H, W]
+TENSOR_COLUMNS = ("text", "video", "reference", "context", "loser")  # text [L, text_dim], latents [C, T, H, W]
 
 SCHEMA = pa.schema(
     [("key", pa.int64()), ("task", pa.string())]
-    + [field for name in TENSOR_COLUMNS
-       for field in ((name, pa.binary()), (f"{name}_shape", pa.list_(pa.int64())))])
+    + [field for name in TENSOR_COLUMNS for field in ((name, pa.binary()), (f"{name}_shape", pa.list_(pa.int64())))]
+)
 
 
 class CorruptRow(ValueError):
@@ -26,7 +26,7 @@ class DataSample:
     key: int
     task: str
     text: torch.Tensor
-    video: torch.Tensor                # the clean latent (the DPO winner)
+    video: torch.Tensor  # the clean latent (the DPO winner)
     reference: torch.Tensor | None = None
     context: torch.Tensor | None = None
     loser: torch.Tensor | None = None  # DPO: the rejected latent for the same condition
@@ -57,9 +57,15 @@ def _tensor(row: dict, name: str, required: bool, ndim: int) -> torch.Tensor | N
 def decode(row: dict) -> DataSample:
     if row.get("task") not in TASKS:
         raise CorruptRow(f"task {row.get('task')!r} is not one of {TASKS}")
-    sample = DataSample(key=int(row["key"]), task=row["task"], text=_tensor(row, "text", True, 2),
-                        video=_tensor(row, "video", True, 4), reference=_tensor(row, "reference", False, 4),
-                        context=_tensor(row, "context", False, 4), loser=_tensor(row, "loser", False, 4))
+    sample = DataSample(
+        key=int(row["key"]),
+        task=row["task"],
+        text=_tensor(row, "text", True, 2),
+        video=_tensor(row, "video", True, 4),
+        reference=_tensor(row, "reference", False, 4),
+        context=_tensor(row, "context", False, 4),
+        loser=_tensor(row, "loser", False, 4),
+    )
     if sample.task == "i2v" and sample.reference is None:
         raise CorruptRow("an i2v row needs reference latents")
     if sample.task == "v2v" and sample.context is None:

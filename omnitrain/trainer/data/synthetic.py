@@ -58,13 +58,19 @@ def _sample(key: int, spec: SynthSpec, classes: dict, gen: torch.Generator) -> D
     w = torch.arange(sides[1], dtype=torch.float32)[None, None, :]
     wave = torch.cos(classes["freq"][k] * (h + w) + classes["phase"][k] * t)
     video = classes["amp"][k][:, None, None, None] * wave + 0.1 * torch.randn(
-        spec.latent_channels, frames, *sides, generator=gen)
+        spec.latent_channels, frames, *sides, generator=gen
+    )
     task = ("t2v", "t2v", "i2v", "v2v")[int(torch.randint(4, (1,), generator=gen))]
     loser = video + torch.randn(video.shape, generator=gen)
-    return DataSample(key=key, task=task, text=text, video=video,
-                      reference=video[:, :1].clone() if task == "i2v" else None,
-                      context=-video + 0.05 * torch.randn(video.shape, generator=gen) if task == "v2v" else None,
-                      loser=loser)
+    return DataSample(
+        key=key,
+        task=task,
+        text=text,
+        video=video,
+        reference=video[:, :1].clone() if task == "i2v" else None,
+        context=-video + 0.05 * torch.randn(video.shape, generator=gen) if task == "v2v" else None,
+        loser=loser,
+    )
 
 
 def write_synthetic(out: str | Path, spec: SynthSpec, log=print) -> list[Path]:
@@ -72,17 +78,21 @@ def write_synthetic(out: str | Path, spec: SynthSpec, log=print) -> list[Path]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     gen = torch.Generator().manual_seed(spec.seed)
-    classes = {"text": torch.randn(CLASSES, spec.text_dim, generator=gen),
-               "amp": torch.randn(CLASSES, spec.latent_channels, generator=gen),
-               "freq": torch.rand(CLASSES, generator=gen) * math.pi / 2,
-               "phase": torch.rand(CLASSES, generator=gen) * math.pi}
-    order = torch.randperm(spec.samples, generator=gen).tolist()     # the shuffle happens here, once
+    classes = {
+        "text": torch.randn(CLASSES, spec.text_dim, generator=gen),
+        "amp": torch.randn(CLASSES, spec.latent_channels, generator=gen),
+        "freq": torch.rand(CLASSES, generator=gen) * math.pi / 2,
+        "phase": torch.rand(CLASSES, generator=gen) * math.pi,
+    }
+    order = torch.randperm(spec.samples, generator=gen).tolist()  # the shuffle happens here, once
     per_shard = -(-spec.samples // spec.shards)
     paths = []
     for shard in range(spec.shards):
-        keys = order[shard * per_shard:(shard + 1) * per_shard]
-        rows = [encode(_sample(key, spec, classes, torch.Generator().manual_seed(spec.seed * 1_000_003 + key)))
-                for key in keys]
+        keys = order[shard * per_shard : (shard + 1) * per_shard]
+        rows = [
+            encode(_sample(key, spec, classes, torch.Generator().manual_seed(spec.seed * 1_000_003 + key)))
+            for key in keys
+        ]
         path = out / f"shard-{shard:05d}.parquet"
         tmp = out / f".{path.name}.tmp-{os.getpid()}"
         pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), tmp, row_group_size=spec.row_group_size)

@@ -22,6 +22,7 @@ def _distill(args: argparse.Namespace) -> int:
         return ExitCode.CONFIG
 
     from omnitrain.trainer.distill.run import DistillConfigError, run_distill
+
     try:
         run_distill(config, teacher=args.teacher, out=args.out)
     except (DistillConfigError, FileNotFoundError, FileExistsError) as e:

@@ -33,14 +33,14 @@ from omnitrain.trainer.distill.synthetic import Request
 class DistillConfig:
     teacher_steps: int = 150
     student_steps: int = 10
-    steps: int = 100                     # optimizer steps of both phases together
+    steps: int = 100  # optimizer steps of both phases together
     trajectory_steps: int | None = None  # phase-1 steps; None: half of `steps`
     batch_size: int = 8
     learning_rate: float = 1e-4
-    fake_learning_rate: float | None = None   # None: learning_rate
+    fake_learning_rate: float | None = None  # None: learning_rate
     distribution_weight: float = 0.1
     regularizer_weight: float = 1.0
-    guidance: float = 1.0                # the teacher's classifier-free guidance (baked into the student)
+    guidance: float = 1.0  # the teacher's classifier-free guidance (baked into the student)
     shift: float = 1.0
     seed: int = 0
     log_every: int = 10
@@ -66,8 +66,13 @@ def _rollout(student: Denoiser, conds, lengths, x: torch.Tensor, phases, upto: i
     return x
 
 
-def distill(teacher: Denoiser, student: Denoiser, draw: Callable[[torch.Generator], Request], cfg: DistillConfig,
-            log: Callable[[str], None] = print) -> DistillStats:
+def distill(
+    teacher: Denoiser,
+    student: Denoiser,
+    draw: Callable[[torch.Generator], Request],
+    cfg: DistillConfig,
+    log: Callable[[str], None] = print,
+) -> DistillStats:
     """Trains `student.model` in place (start it as a copy of the teacher)."""
     phases = plan_phases(cfg.teacher_steps, cfg.student_steps, cfg.shift)
     g = torch.Generator().manual_seed(cfg.seed)
@@ -101,7 +106,7 @@ def distill(teacher: Denoiser, student: Denoiser, draw: Callable[[torch.Generato
         stats.trajectory_loss.append(loss.item())
         if with_dm:
             loss = cfg.regularizer_weight * loss
-            x0 = x0_from_velocity(x, phase.start, v)      # = the student's sample: x + (0 - start) v
+            x0 = x0_from_velocity(x, phase.start, v)  # = the student's sample: x + (0 - start) v
             s = float(torch.rand((), generator=g)) * 0.96 + 0.02
             eps = torch.randn(x0.shape, generator=g)
             noisy = (1 - s) * x0.detach() + s * eps
@@ -130,10 +135,15 @@ def distill(teacher: Denoiser, student: Denoiser, draw: Callable[[torch.Generato
             stats.fake_loss.append(fl.item())
         if cfg.log_every and ((step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps):
             name = "distribution matching" if in_phase2 else "trajectory matching"
-            extra = (f" dm {stats.distribution_loss[-1]:.4f} fake {stats.fake_loss[-1]:.4f}"
-                     if stats.distribution_loss else "")
-            log(f"distill step {step + 1}/{cfg.steps} ({name}) trajectory {stats.trajectory_loss[-1]:.4f}{extra} "
-                f"elapsed {time.monotonic() - started:.1f}s")
+            extra = (
+                f" dm {stats.distribution_loss[-1]:.4f} fake {stats.fake_loss[-1]:.4f}"
+                if stats.distribution_loss
+                else ""
+            )
+            log(
+                f"distill step {step + 1}/{cfg.steps} ({name}) trajectory {stats.trajectory_loss[-1]:.4f}{extra} "
+                f"elapsed {time.monotonic() - started:.1f}s"
+            )
     student.model.eval()
     stats.seconds = time.monotonic() - started
     return stats

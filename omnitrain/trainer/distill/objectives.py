@@ -6,8 +6,9 @@ import torch
 import torch.nn.functional as F
 
 
-def trajectory_loss(student_velocity: torch.Tensor, x_start: torch.Tensor, teacher_end: torch.Tensor,
-                    start: float, end: float) -> torch.Tensor:
+def trajectory_loss(
+    student_velocity: torch.Tensor, x_start: torch.Tensor, teacher_end: torch.Tensor, start: float, end: float
+) -> torch.Tensor:
     """Phase consistency: one student Euler step x + (end - start) v must land on the teacher's phase end (a
     stop-grad target). Written in velocity units so every phase weighs alike however long it is."""
     target = (teacher_end - x_start) / (end - start)
@@ -19,8 +20,9 @@ def x0_from_velocity(x: torch.Tensor, s: float | torch.Tensor, v: torch.Tensor) 
     return x - s * v
 
 
-def distribution_matching_loss(x0_student: torch.Tensor, x0_teacher: torch.Tensor,
-                               x0_fake: torch.Tensor) -> torch.Tensor:
+def distribution_matching_loss(
+    x0_student: torch.Tensor, x0_teacher: torch.Tensor, x0_fake: torch.Tensor
+) -> torch.Tensor:
     """DMD/TDM: the gradient of the reverse KL between student and teacher distributions at a noise level is
     (fake score - teacher score); in x0 terms the student sample moves by x0_teacher - x0_fake. Normalised by the
     mean distance to the teacher's denoised sample (DMD), so the step size does not depend on the noise level."""

@@ -18,21 +18,23 @@ from omnitrain.model.sampling import VelocityFn, euler_step, timesteps
 @dataclass(frozen=True)
 class Phase:
     index: int
-    start: float          # noise level where the student step starts
-    end: float            # where it ends (the next student level)
-    teacher_levels: tuple[float, ...]   # the teacher's levels from start to end, both included
+    start: float  # noise level where the student step starts
+    end: float  # where it ends (the next student level)
+    teacher_levels: tuple[float, ...]  # the teacher's levels from start to end, both included
 
 
 def plan_phases(teacher_steps: int, student_steps: int, shift: float = 1.0) -> list[Phase]:
     if teacher_steps % student_steps:
-        raise ValueError(f"teacherSteps={teacher_steps} must be a multiple of studentSteps={student_steps} so that "
-                         "phase boundaries fall on teacher levels")
+        raise ValueError(
+            f"teacherSteps={teacher_steps} must be a multiple of studentSteps={student_steps} so that "
+            "phase boundaries fall on teacher levels"
+        )
     per_phase = teacher_steps // student_steps
     teacher = timesteps(teacher_steps, shift)
     student = timesteps(student_steps, shift)
     phases = []
     for i in range(student_steps):
-        levels = tuple(teacher[i * per_phase:(i + 1) * per_phase + 1])
+        levels = tuple(teacher[i * per_phase : (i + 1) * per_phase + 1])
         assert abs(levels[0] - student[i]) < 1e-9 and abs(levels[-1] - student[i + 1]) < 1e-9
         phases.append(Phase(i, student[i], student[i + 1], levels))
     return phases

@@ -31,7 +31,8 @@ def final_checkpoint(persistent_path: str, job: str) -> Path:
     if not complete:
         raise DistillConfigError(
             f"spec.promotion.distill.teacher: no complete checkpoint under {job_dir(persistent_path, job)}; train "
-            "the job first or set teacher to a checkpoint path")
+            "the job first or set teacher to a checkpoint path"
+        )
     return complete[max(complete)]
 
 
@@ -40,23 +41,32 @@ def distill_config(trainer_config: TrainerConfig) -> DistillConfig:
     d = spec.promotion.distill
     if d is None or not d.enabled:
         raise DistillConfigError("spec.promotion.distill: not enabled; set promotion.distill.enabled: true")
-    return DistillConfig(teacher_steps=d.teacher_steps, student_steps=d.student_steps, steps=d.steps,
-                         trajectory_steps=d.trajectory_steps, batch_size=d.batch_size, learning_rate=d.learning_rate,
-                         distribution_weight=d.distribution_weight, guidance=d.guidance,
-                         shift=spec.training.timestep_shift, seed=spec.training.seed,
-                         log_every=spec.training.log_every)
+    return DistillConfig(
+        teacher_steps=d.teacher_steps,
+        student_steps=d.student_steps,
+        steps=d.steps,
+        trajectory_steps=d.trajectory_steps,
+        batch_size=d.batch_size,
+        learning_rate=d.learning_rate,
+        distribution_weight=d.distribution_weight,
+        guidance=d.guidance,
+        shift=spec.training.timestep_shift,
+        seed=spec.training.seed,
+        log_every=spec.training.log_every,
+    )
 
 
-def run_distill(trainer_config: TrainerConfig, teacher: str | None = None, out: str | None = None,
-                log=print) -> Path:
+def run_distill(trainer_config: TrainerConfig, teacher: str | None = None, out: str | None = None, log=print) -> Path:
     cfg = distill_config(trainer_config)
     spec, job = trainer_config.spec, trainer_config.run.job_name
     out_path = Path(out or student_path(spec.checkpoint.persistent_path, job))
     if out_path.exists():
         raise DistillConfigError(f"{out_path} exists: a student was already promoted; remove it to distil again")
     teacher_path = teacher or spec.promotion.distill.teacher or final_checkpoint(spec.checkpoint.persistent_path, job)
-    log(f"distill: teacher {teacher_path} ({cfg.teacher_steps} steps) -> student {cfg.student_steps} steps, "
-        f"{cfg.steps} optimizer steps ({cfg.phase1_steps} trajectory matching)")
+    log(
+        f"distill: teacher {teacher_path} ({cfg.teacher_steps} steps) -> student {cfg.student_steps} steps, "
+        f"{cfg.steps} optimizer steps ({cfg.phase1_steps} trajectory matching)"
+    )
     torch.manual_seed(cfg.seed)
     try:
         art = load_teacher(teacher_path, spec.model.resolve())
@@ -66,11 +76,23 @@ def run_distill(trainer_config: TrainerConfig, teacher: str | None = None, out: 
     student = Denoiser(copy.deepcopy(art.model), art.adapter)
     task = SyntheticTask(art.config, seed=cfg.seed)
     stats = distill(teacher_den, student, task.request, cfg, log=log)
-    save_artifact(out_path, ModelArtifact(
-        model=student.model, adapter=art.adapter, config=art.config, factory=art.factory,
-        sampler={"steps": cfg.student_steps, "shift": cfg.shift, "method": "euler", "guidance": 1.0},
-        meta={"teacher": str(teacher_path), "teacher_steps": cfg.teacher_steps, "job": job,
-              "final_trajectory_loss": stats.trajectory_loss[-1], "seconds": stats.seconds}))
+    save_artifact(
+        out_path,
+        ModelArtifact(
+            model=student.model,
+            adapter=art.adapter,
+            config=art.config,
+            factory=art.factory,
+            sampler={"steps": cfg.student_steps, "shift": cfg.shift, "method": "euler", "guidance": 1.0},
+            meta={
+                "teacher": str(teacher_path),
+                "teacher_steps": cfg.teacher_steps,
+                "job": job,
+                "final_trajectory_loss": stats.trajectory_loss[-1],
+                "seconds": stats.seconds,
+            },
+        ),
+    )
     log(f"distill: wrote {out_path} in {stats.seconds:.1f}s")
     return out_path
 

@@ -23,8 +23,15 @@ class Request:
 
 
 class SyntheticTask:
-    def __init__(self, config: ModelConfig, seed: int = 0, text_tokens: int = 4, video_tokens: int = 8,
-                 reference_tokens: int = 0, noise: float = 0.1):
+    def __init__(
+        self,
+        config: ModelConfig,
+        seed: int = 0,
+        text_tokens: int = 4,
+        video_tokens: int = 8,
+        reference_tokens: int = 0,
+        noise: float = 0.1,
+    ):
         g = torch.Generator().manual_seed(seed)
         self.config = config
         self.text_tokens, self.video_tokens, self.reference_tokens = text_tokens, video_tokens, reference_tokens
@@ -37,9 +44,15 @@ class SyntheticTask:
         text = torch.randn(self.text_tokens, self.config.text_dim, generator=g)
         ref = torch.randn(self.reference_tokens, self.config.patch_dim, generator=g) if self.reference_tokens else None
         # Grids for models with 3D positions: the tokens as one row of patches.
-        return Request(Conditions(text=text, reference=ref, video_grid=(1, 1, self.video_tokens),
-                                  reference_grid=(1, 1, self.reference_tokens) if ref is not None else None),
-                       self.video_tokens)
+        return Request(
+            Conditions(
+                text=text,
+                reference=ref,
+                video_grid=(1, 1, self.video_tokens),
+                reference_grid=(1, 1, self.reference_tokens) if ref is not None else None,
+            ),
+            self.video_tokens,
+        )
 
     def clean_video(self, request: Request, g: torch.Generator) -> torch.Tensor:
         c = request.conditions
@@ -54,8 +67,9 @@ def logit_normal(n: int, g: torch.Generator, mean: float = 0.0, std: float = 1.0
     return torch.sigmoid(mean + std * torch.randn(n, generator=g))
 
 
-def train_teacher(denoiser, task: SyntheticTask, steps: int, batch: int = 16, lr: float = 3e-3, seed: int = 0,
-                  log_every: int = 0) -> list[float]:
+def train_teacher(
+    denoiser, task: SyntheticTask, steps: int, batch: int = 16, lr: float = 3e-3, seed: int = 0, log_every: int = 0
+) -> list[float]:
     """Flow-matching training of `denoiser.model` on the task under the condition-causal mask (a small single-process
     trainer for tests, benchmarks and demos; jobs train with omnitrain train)."""
     from omnitrain.trainer.distill.objectives import flow_matching_loss

@@ -9,8 +9,9 @@ from omnitrain.trainer.memory.policy import OFFLOAD_MODES, offload_plan
 from omnitrain.trainer.memory.recompute import RECOMPUTE_MODES, run_block
 
 
-def configure_memory(plan, offload: str = "none", recompute: str = "none", prefetch_ahead: int = 0,
-                     account: bool = False):
+def configure_memory(
+    plan, offload: str = "none", recompute: str = "none", prefetch_ahead: int = 0, account: bool = False
+):
     """Set the plan's offload and recompute modes (also between steps: the benchmark alternates them). With
     offload "none" the saved-tensor hooks are only installed when `account` asks for the accounting (they cost a
     little Python per saved tensor). Returns the plan."""
@@ -24,5 +25,12 @@ def configure_memory(plan, offload: str = "none", recompute: str = "none", prefe
     return plan
 
 
-__all__ = ["ActivationMemory", "MemoryAccount", "OFFLOAD_MODES", "RECOMPUTE_MODES", "configure_memory",
-           "offload_plan", "run_block"]
+__all__ = [
+    "ActivationMemory",
+    "MemoryAccount",
+    "OFFLOAD_MODES",
+    "RECOMPUTE_MODES",
+    "configure_memory",
+    "offload_plan",
+    "run_block",
+]

@@ -27,7 +27,7 @@ from torch import nn
 
 from omnitrain.trainer.memory.policy import OffloadDecision, offload_plan
 
-_active: ActivationMemory | None = None   # the memory whose forward is running (selective recompute reports to it)
+_active: ActivationMemory | None = None  # the memory whose forward is running (selective recompute reports to it)
 
 
 @dataclass
@@ -38,9 +38,9 @@ class MemoryAccount:
     host: int = 0
     peak_device: int = 0
     peak_host: int = 0
-    offloaded: int = 0           # bytes copied device -> host
-    prefetched: int = 0          # bytes copied host -> device ahead of their backward
-    late_reloads: int = 0        # tensors the backward needed before their prefetch: a wait the plan should avoid
+    offloaded: int = 0  # bytes copied device -> host
+    prefetched: int = 0  # bytes copied host -> device ahead of their backward
+    late_reloads: int = 0  # tensors the backward needed before their prefetch: a wait the plan should avoid
 
     def move(self, device: int = 0, host: int = 0) -> None:
         self.device += device
@@ -106,7 +106,7 @@ class _Copier:
         with torch.cuda.stream(self.stream):
             entry.host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
             entry.host.copy_(t, non_blocking=True)
-            t.record_stream(self.stream)   # the allocator keeps t's memory until this copy is done
+            t.record_stream(self.stream)  # the allocator keeps t's memory until this copy is done
             entry.event = self.stream.record_event()
 
     def to_device(self, entry: _Entry, device: torch.device) -> None:
@@ -115,7 +115,7 @@ class _Copier:
             entry.tensor = host.clone()
             return
         current = torch.cuda.current_stream(device)
-        out = torch.empty(host.shape, dtype=host.dtype, device=device)   # allocated on the compute stream
+        out = torch.empty(host.shape, dtype=host.dtype, device=device)  # allocated on the compute stream
         self.stream.wait_stream(current)
         with torch.cuda.stream(self.stream):
             out.copy_(host, non_blocking=True)
@@ -189,7 +189,7 @@ class ActivationMemory:
 
     def _register(self, group: _Group, t: torch.Tensor, offloadable: bool) -> tuple | torch.Tensor:
         if type(t) is not torch.Tensor and not isinstance(t, nn.Parameter):
-            offloadable = False          # DTensor & co: kept as they are
+            offloadable = False  # DTensor & co: kept as they are
             key = ("object", id(t))
         else:
             key = _storage_key(t)
@@ -214,7 +214,7 @@ class ActivationMemory:
             return packed
         group, i = packed
         entry = group.entries[i]
-        if entry.tensor is None:        # the plan did not prefetch it in time
+        if entry.tensor is None:  # the plan did not prefetch it in time
             self.account.late_reloads += 1
             self._reload(entry)
         self._copier.wait(entry)
@@ -223,7 +223,7 @@ class ActivationMemory:
     def _finish_offload(self, group: _Group) -> None:
         for entry in group.entries:
             if entry.offloadable:
-                entry.tensor = None      # on CUDA record_stream keeps the memory until the copy is done
+                entry.tensor = None  # on CUDA record_stream keeps the memory until the copy is done
                 self.account.move(device=-entry.nbytes, host=entry.nbytes)
                 self.account.offloaded += entry.nbytes
         group.on_host = True

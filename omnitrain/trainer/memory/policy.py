@@ -25,10 +25,10 @@ OFFLOAD_MODES = ("none", "pipelineAware", "all")
 
 @dataclass(frozen=True)
 class OffloadDecision:
-    forward_at: int          # index of the forward action in the rank's schedule
-    backward_at: int         # index of its backward
+    forward_at: int  # index of the forward action in the rank's schedule
+    backward_at: int  # index of its backward
     offload: bool
-    prefetch_at: int         # the copy back is issued as this action begins (== backward_at when ahead is 0)
+    prefetch_at: int  # the copy back is issued as this action begins (== backward_at when ahead is 0)
 
     @property
     def actions_between(self) -> int:
@@ -52,7 +52,7 @@ def offload_plan(actions: Sequence, mode: str, prefetch_ahead: int = 0) -> dict[
         f = forwards.pop(key)
         # Never prefetch before the forward has finished: the copy out must come first.
         prefetch_at = max(f + 1, index - prefetch_ahead)
-        wait_in_between = prefetch_at - f - 1   # actions that run while it could be on the host
+        wait_in_between = prefetch_at - f - 1  # actions that run while it could be on the host
         offload = mode == "all" or (mode == "pipelineAware" and wait_in_between > 0)
         plan[key] = OffloadDecision(forward_at=f, backward_at=index, offload=offload, prefetch_at=prefetch_at)
     if forwards:
@@ -66,7 +66,7 @@ def held_micro_batches(actions: Sequence, plan: dict[tuple[int, int], OffloadDec
     peak, held = 0, set()
     for index, action in enumerate(actions):
         key = (action.chunk, action.micro_batch)
-        for k, d in plan.items():   # prefetches due as this action begins
+        for k, d in plan.items():  # prefetches due as this action begins
             if d.offload and d.prefetch_at == index:
                 held.add(k)
         if action.kind == "F":

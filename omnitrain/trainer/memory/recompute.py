@@ -24,10 +24,18 @@ from omnitrain.trainer.memory import offload
 RECOMPUTE_MODES = ("none", "selective", "full")
 
 _aten = torch.ops.aten
-_KEEP = {_aten.mm, _aten.addmm, _aten.bmm, _aten.baddbmm,
-         _aten._scaled_dot_product_flash_attention, _aten._scaled_dot_product_efficient_attention,
-         _aten._scaled_dot_product_cudnn_attention, _aten._scaled_dot_product_flash_attention_for_cpu,
-         _aten._flash_attention_forward, _aten._efficient_attention_forward}
+_KEEP = {
+    _aten.mm,
+    _aten.addmm,
+    _aten.bmm,
+    _aten.baddbmm,
+    _aten._scaled_dot_product_flash_attention,
+    _aten._scaled_dot_product_efficient_attention,
+    _aten._scaled_dot_product_cudnn_attention,
+    _aten._scaled_dot_product_flash_attention_for_cpu,
+    _aten._flash_attention_forward,
+    _aten._efficient_attention_forward,
+}
 # Per-call module state a block reads besides its arguments; the recomputation must see the forward's values
 # (in 1F1B other micro-batches' forwards run before this one's backward).
 _CALL_STATE = ("packed_tokens", "degree", "group")
@@ -46,7 +54,7 @@ def _policy(ctx, op, *args, **kwargs):
     if keeps_output(op):
         memory = offload.active()
         if memory is not None:
-            for out in (ctx.op_output if isinstance(ctx.op_output, (tuple, list)) else (ctx.op_output,)):
+            for out in ctx.op_output if isinstance(ctx.op_output, (tuple, list)) else (ctx.op_output,):
                 if isinstance(out, torch.Tensor):
                     memory.note_kept(out)
         return CheckpointPolicy.MUST_SAVE
@@ -77,8 +85,11 @@ def _join_context(ctx, names: list[str], tensors) -> object:
 
 
 def _call_state(block: torch.nn.Module) -> list[tuple[torch.nn.Module, dict]]:
-    return [(m, {a: getattr(m, a) for a in _CALL_STATE if hasattr(m, a)})
-            for m in block.modules() if hasattr(m, "packed_tokens")]
+    return [
+        (m, {a: getattr(m, a) for a in _CALL_STATE if hasattr(m, a)})
+        for m in block.modules()
+        if hasattr(m, "packed_tokens")
+    ]
 
 
 def _set_call_state(state) -> None:

@@ -14,5 +14,12 @@ from omnitrain.trainer.parallel.layout import MESH_DIMS, ParallelLayout, RankCoo
 from omnitrain.trainer.parallel.parallelize import init_distributed, setup_parallel
 from omnitrain.trainer.parallel.plan import ParallelPlan
 
-__all__ = ["MESH_DIMS", "ParallelLayout", "ParallelPlan", "RankCoords", "init_distributed", "rank_coords",
-           "setup_parallel"]
+__all__ = [
+    "MESH_DIMS",
+    "ParallelLayout",
+    "ParallelPlan",
+    "RankCoords",
+    "init_distributed",
+    "rank_coords",
+    "setup_parallel",
+]

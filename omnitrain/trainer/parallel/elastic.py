@@ -56,8 +56,9 @@ class ElasticSchedule:
         return spread_loads(zip(self.first, self.degrees, costs), self.ulysses)
 
 
-def plan_elastic(tokens: Sequence[int], ulysses: int, token_budget: int,
-                 cost: Callable[[int], float] | None = None) -> ElasticSchedule:
+def plan_elastic(
+    tokens: Sequence[int], ulysses: int, token_budget: int, cost: Callable[[int], float] | None = None
+) -> ElasticSchedule:
     """Degrees from the token counts (degree_for), then longest-processing-time placement: widest and costliest
     first, each onto the aligned sub-group whose busiest rank is least loaded. The order is widest first so that
     the all-rank micro-batches run while every rank is still in step."""
@@ -80,8 +81,12 @@ def step_schedule(step, ulysses: int) -> ElasticSchedule:
     first, as plan_elastic orders."""
     count = len(step.bins)
     order = sorted(range(count), key=lambda k: (-step.bins[k].degree, -step.bin_cost(k), k))
-    return ElasticSchedule(ulysses=ulysses, degrees=tuple(b.degree for b in step.bins),
-                           first=tuple(b.first for b in step.bins), order=tuple(order))
+    return ElasticSchedule(
+        ulysses=ulysses,
+        degrees=tuple(b.degree for b in step.bins),
+        first=tuple(b.first for b in step.bins),
+        order=tuple(order),
+    )
 
 
 class RegroupedLoss:
@@ -95,7 +100,7 @@ class RegroupedLoss:
     def __call__(self, prediction: torch.Tensor, microbatch) -> torch.Tensor:
         batch = microbatch[0]
         weights = batch.loss_weights.to(prediction.device)
-        if isinstance(self.base, DiffusionDPOLoss):   # one weight per pair, on its winner
+        if isinstance(self.base, DiffusionDPOLoss):  # one weight per pair, on its winner
             return (self.base.pair_losses(prediction, microbatch) * weights[0::2]).sum()
         return (per_sample_error(prediction, batch) * weights).sum()
 
@@ -123,7 +128,7 @@ def new_subgroups(world_ranks_of_group: Sequence[Sequence[int]], ulysses: int, m
     for d in divisors(ulysses)[1:-1]:
         for ranks in world_ranks_of_group:
             for start in range(0, ulysses, d):
-                members = list(ranks[start:start + d])
+                members = list(ranks[start : start + d])
                 group = dist.new_group(members)
                 if my_rank in members:
                     mine[d] = group
@@ -134,8 +139,9 @@ def new_subgroups(world_ranks_of_group: Sequence[Sequence[int]], ulysses: int, m
 def sequence_group(runner, blocks, degree: int, rank: int, group):
     """Run the ChunkRunner and its Ulysses wrappers at another degree for one micro-batch."""
     saved = runner.ulysses, runner.ulysses_rank, runner.ulysses_group
-    cores = [c for b in blocks for c in [getattr(getattr(b, "attn", None), "core", None)]
-             if isinstance(c, UlyssesAttention)]
+    cores = [
+        c for b in blocks for c in [getattr(getattr(b, "attn", None), "core", None)] if isinstance(c, UlyssesAttention)
+    ]
     saved_cores = [(c.degree, c.group) for c in cores]
     runner.ulysses, runner.ulysses_rank, runner.ulysses_group = degree, rank, group
     for c in cores:
@@ -148,14 +154,21 @@ def sequence_group(runner, blocks, degree: int, rank: int, group):
             c.degree, c.group = d, g
 
 
-def run_elastic_step(plan, microbatches: Sequence[Any], loss_fn: Callable, schedule: ElasticSchedule,
-                     before_last_backward: Callable[[], None] | None = None) -> torch.Tensor:
+def run_elastic_step(
+    plan,
+    microbatches: Sequence[Any],
+    loss_fn: Callable,
+    schedule: ElasticSchedule,
+    before_last_backward: Callable[[], None] | None = None,
+) -> torch.Tensor:
     """Forward + backward of this rank's share of the group's micro-batches (entries it does not run may be None).
     Returns this rank's part of the group's mean loss: loss_j / (m * degree_j) summed over its micro-batches, so the
     sum over the Ulysses group is the mean over micro-batches."""
     if schedule.ulysses != plan.ulysses_size or len(schedule.degrees) != len(microbatches):
-        raise ValueError(f"schedule for {len(schedule.degrees)} micro-batches on ulysses={schedule.ulysses} does not "
-                         f"fit {len(microbatches)} micro-batches on ulysses={plan.ulysses_size}")
+        raise ValueError(
+            f"schedule for {len(schedule.degrees)} micro-batches on ulysses={schedule.ulysses} does not "
+            f"fit {len(microbatches)} micro-batches on ulysses={plan.ulysses_size}"
+        )
     m, rank = len(microbatches), plan.ulysses_rank
     blocks = [plan.model.blocks[i] for r in plan.chunk_blocks.values() for i in r]
     mine = schedule.items_of(rank)
@@ -187,7 +200,7 @@ class PrefetchingLoader:
         self.loader, self.make_schedule = loader, make_schedule
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="omnitrain-prefetch")
         self._pending: Future | None = None
-        self._position: dict | None = None      # loader position after the last step handed out
+        self._position: dict | None = None  # loader position after the last step handed out
         self.last_step_tokens = 0
         self.last_step_counts = getattr(loader, "last_step_counts", None)
 
@@ -216,7 +229,7 @@ class PrefetchingLoader:
         return self.loader.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
-        self._drain()       # a step prepared from the old position is dropped
+        self._drain()  # a step prepared from the old position is dropped
         self.loader.load_state_dict(state)
         self._position = None
 

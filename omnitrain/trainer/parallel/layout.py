@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from omnitrain.spec import LayoutFacts, layout_problems
 
-MESH_DIMS = ("dp", "pp", "ulysses", "tp")   # outermost first: the DeviceMesh shape follows this order
+MESH_DIMS = ("dp", "pp", "ulysses", "tp")  # outermost first: the DeviceMesh shape follows this order
 
 
 @dataclass(frozen=True)
@@ -25,12 +25,12 @@ class ParallelLayout:
     ulysses: int = 1
     tp: int = 1
     virtual_stages: int = 1
-    schedule: str = "1F1B"          # or "interleaved1F1B"
+    schedule: str = "1F1B"  # or "interleaved1F1B"
     micro_batches: int = 1
     data_sharding: str = "replicate"  # or "fsdp"
-    elastic_ulysses: bool = False     # per-micro-batch Ulysses degree (elastic.py)
-    grad_reduce: str = "coalesced"    # or "overlapped": bucketed all-reduce during backward (overlap.py)
-    grad_bucket_mb: float = 25.0      # bucket size of the overlapped all-reduce
+    elastic_ulysses: bool = False  # per-micro-batch Ulysses degree (elastic.py)
+    grad_reduce: str = "coalesced"  # or "overlapped": bucketed all-reduce during backward (overlap.py)
+    grad_bucket_mb: float = 25.0  # bucket size of the overlapped all-reduce
     gpus_per_node: int | None = None  # processes per node, when known (tensor-parallel groups stay inside one)
 
     @property
@@ -44,11 +44,19 @@ class ParallelLayout:
     @classmethod
     def from_spec(cls, parallelism) -> ParallelLayout:
         """From omnitrain.spec.ParallelismSpec (its validation already checked the degrees multiply out)."""
-        return cls(dp=parallelism.data_degree(), pp=parallelism.pipeline, ulysses=parallelism.ulysses,
-                   tp=parallelism.tensor, virtual_stages=parallelism.virtual_stages,
-                   schedule=parallelism.pipeline_schedule, micro_batches=parallelism.micro_batches,
-                   data_sharding=parallelism.data_sharding, elastic_ulysses=parallelism.elastic_ulysses,
-                   grad_reduce=parallelism.gradient_reduce, gpus_per_node=parallelism.gpus_per_node)
+        return cls(
+            dp=parallelism.data_degree(),
+            pp=parallelism.pipeline,
+            ulysses=parallelism.ulysses,
+            tp=parallelism.tensor,
+            virtual_stages=parallelism.virtual_stages,
+            schedule=parallelism.pipeline_schedule,
+            micro_batches=parallelism.micro_batches,
+            data_sharding=parallelism.data_sharding,
+            elastic_ulysses=parallelism.elastic_ulysses,
+            grad_reduce=parallelism.gradient_reduce,
+            gpus_per_node=parallelism.gpus_per_node,
+        )
 
 
 @dataclass(frozen=True)
@@ -76,15 +84,23 @@ def global_rank(coords: RankCoords, layout: ParallelLayout) -> int:
     return ((coords.dp * layout.pp + coords.pp) * layout.ulysses + coords.ulysses) * layout.tp + coords.tp
 
 
-def check_layout(layout: ParallelLayout, world_size: int, *, num_heads: int, depth: int,
-                 mlp_hidden: int) -> None:
+def check_layout(layout: ParallelLayout, world_size: int, *, num_heads: int, depth: int, mlp_hidden: int) -> None:
     """Refuse layouts the model or the world cannot take, naming the spec field to change: the same rules as the
     operator's validation (omnitrain.spec.layout_problems), against the world torchrun really started."""
-    facts = LayoutFacts(world=world_size, tensor=layout.tp, pipeline=layout.pp, ulysses=layout.ulysses, data=layout.dp,
-                        virtual_stages=layout.virtual_stages, pipeline_schedule=layout.schedule,
-                        micro_batches=layout.micro_batches, data_sharding=layout.data_sharding,
-                        elastic_ulysses=layout.elastic_ulysses, gradient_reduce=layout.grad_reduce,
-                        gpus_per_node=layout.gpus_per_node)
+    facts = LayoutFacts(
+        world=world_size,
+        tensor=layout.tp,
+        pipeline=layout.pp,
+        ulysses=layout.ulysses,
+        data=layout.dp,
+        virtual_stages=layout.virtual_stages,
+        pipeline_schedule=layout.schedule,
+        micro_batches=layout.micro_batches,
+        data_sharding=layout.data_sharding,
+        elastic_ulysses=layout.elastic_ulysses,
+        gradient_reduce=layout.grad_reduce,
+        gpus_per_node=layout.gpus_per_node,
+    )
     problems = layout_problems(facts, num_heads=num_heads, depth=depth, mlp_hidden=mlp_hidden)
     if problems:
         raise ValueError("; ".join(str(e) for e in problems))

@@ -37,8 +37,8 @@ class OverlappedGradReducer:
         self._bucket_of = {id(p): b for b, bucket in enumerate(self.buckets) for p in bucket}
         self._armed = False
         self._ready: list[set[int]] = []
-        self._launched: list = []        # (flat buffer, work) per launched bucket, in bucket order
-        self.launched_during_backward = 0   # of the last step (tests, benchmarks)
+        self._launched: list = []  # (flat buffer, work) per launched bucket, in bucket order
+        self.launched_during_backward = 0  # of the last step (tests, benchmarks)
         for p in params:
             p.register_post_accumulate_grad_hook(self._on_grad)
 
@@ -65,14 +65,14 @@ class OverlappedGradReducer:
     @torch.no_grad()
     def finish(self) -> None:
         """Launch the remaining buckets, wait for all, write the reduced gradients back."""
-        if not self._armed:      # this rank ran no backward this step
+        if not self._armed:  # this rank ran no backward this step
             self._ready = [set() for _ in self.buckets]
             self._launched = []
         self.launched_during_backward = len(self._launched)
         had = torch.tensor([p.grad is not None for p in self.params], dtype=torch.float32)
         for b in range(len(self._launched), len(self.buckets)):
             for p in self.buckets[b]:
-                if p.grad is None:   # used on another rank: take part with zeros
+                if p.grad is None:  # used on another rank: take part with zeros
                     p.grad = torch.zeros_like(p)
             self._launch(b)
         used = had.to(self.params[0].device)
@@ -83,10 +83,10 @@ class OverlappedGradReducer:
                 flat.mul_(1.0 / self.data_degree)
             offset = 0
             for p in bucket:
-                p.grad.copy_(flat[offset:offset + p.numel()].view_as(p))
+                p.grad.copy_(flat[offset : offset + p.numel()].view_as(p))
                 offset += p.numel()
         for p, u in zip(self.params, used.tolist()):
-            if not u:            # nobody used it: no gradient, as in one process (AdamW skips it)
+            if not u:  # nobody used it: no gradient, as in one process (AdamW skips it)
                 p.grad = None
         self._armed = False
         self._launched = []

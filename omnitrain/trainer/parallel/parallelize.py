@@ -18,8 +18,14 @@ from omnitrain.trainer.parallel.schedule import chunks_of_rank, split_blocks
 from omnitrain.trainer.parallel.ulysses import wrap_attention_cores
 
 # Column-parallel in, row-parallel out: one all-reduce per attention and one per MLP (Megatron's layout).
-TP_BLOCK_PLAN = {"attn.q": "colwise", "attn.k": "colwise", "attn.v": "colwise", "attn.o": "rowwise",
-                 "mlp.fc1": "colwise", "mlp.fc2": "rowwise"}
+TP_BLOCK_PLAN = {
+    "attn.q": "colwise",
+    "attn.k": "colwise",
+    "attn.v": "colwise",
+    "attn.o": "rowwise",
+    "mlp.fc1": "colwise",
+    "mlp.fc2": "rowwise",
+}
 
 
 class _Absent(nn.Module):
@@ -50,6 +56,7 @@ def _model_dims(model: nn.Module) -> dict:
 
 def apply_tensor_parallel(block: nn.Module, tp_mesh) -> None:
     from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+
     styles = {"colwise": ColwiseParallel, "rowwise": RowwiseParallel}
     parallelize_module(block, tp_mesh, {name: styles[style]() for name, style in TP_BLOCK_PLAN.items()})
 
@@ -58,8 +65,12 @@ def inside_tensor_parallel_region(block: nn.Module) -> list[str]:
     """Replicated parameters applied to head- or width-sharded activations (e.g. per-head q/k norms between the
     column- and row-parallel layers): each TP rank sees only its heads, so their gradients are partial sums."""
     from torch.distributed.tensor import DTensor
-    return [name for name, p in block.named_parameters()
-            if name.split(".")[0] in ("attn", "mlp") and not isinstance(p, DTensor) and p.requires_grad]
+
+    return [
+        name
+        for name, p in block.named_parameters()
+        if name.split(".")[0] in ("attn", "mlp") and not isinstance(p, DTensor) and p.requires_grad
+    ]
 
 
 def setup_parallel(model: nn.Module, config=None, layout: ParallelLayout | None = None) -> ParallelPlan:
@@ -74,18 +85,32 @@ def setup_parallel(model: nn.Module, config=None, layout: ParallelLayout | None 
     check_layout(layout, world, **_model_dims(model))
     device = next(model.parameters()).device
     coords = rank_coords(rank, layout)
-    chunk_ranges = split_blocks(len(model.blocks), layout.pp * layout.virtual_stages) if layout.pp > 1 \
+    chunk_ranges = (
+        split_blocks(len(model.blocks), layout.pp * layout.virtual_stages)
+        if layout.pp > 1
         else [range(len(model.blocks))]
+    )
     my_chunks = chunks_of_rank(coords.pp, layout.pp, layout.virtual_stages) if layout.pp > 1 else [0]
     chunk_blocks = {c: chunk_ranges[c] for c in my_chunks}
     owned = sorted(i for r in chunk_blocks.values() for i in r)
 
     if world == 1:
         runner = ChunkRunner(model, chunk_blocks, 1, 0, None)
-        return _apply_memory(ParallelPlan(model=model, layout=layout, coords=coords, rank=0, device=device,
-                                          chunk_blocks=chunk_blocks, runner=runner), config)
+        return _apply_memory(
+            ParallelPlan(
+                model=model,
+                layout=layout,
+                coords=coords,
+                rank=0,
+                device=device,
+                chunk_blocks=chunk_blocks,
+                runner=runner,
+            ),
+            config,
+        )
 
     from torch.distributed.device_mesh import init_device_mesh
+
     mesh = init_device_mesh(device.type, layout.shape, mesh_dim_names=MESH_DIMS)
     if tuple(mesh.get_coordinate()) != (coords.dp, coords.pp, coords.ulysses, coords.tp):
         raise RuntimeError(f"DeviceMesh placed rank {rank} at {mesh.get_coordinate()}, expected {coords}")
@@ -116,6 +141,7 @@ def setup_parallel(model: nn.Module, config=None, layout: ParallelLayout | None 
     fsdp = layout.data_sharding == "fsdp" and layout.dp * layout.ulysses > 1
     if fsdp:
         from torch.distributed.fsdp import fully_shard
+
         # Shard over data x ulysses: Ulysses ranks hold partial gradients (their tokens) and FSDP averages over
         # dp * ulysses, so run_step scales the loss by the Ulysses degree (a custom divide factor would need
         # PREMUL_SUM, which gloo lacks).
@@ -129,18 +155,35 @@ def setup_parallel(model: nn.Module, config=None, layout: ParallelLayout | None 
     elastic_groups = {}
     if layout.elastic_ulysses:
         from omnitrain.trainer.parallel.elastic import new_subgroups
+
         u = layout.ulysses
         elastic_groups = new_subgroups([range(d * u, (d + 1) * u) for d in range(layout.dp)], u, rank)
     grad_reducer = None
     if layout.grad_reduce == "overlapped" and layout.dp * layout.ulysses > 1:
         from omnitrain.trainer.parallel.overlap import OverlappedGradReducer
-        grad_reducer = OverlappedGradReducer(model, dist.new_group(list(range(world))), layout.dp,
-                                             int(layout.grad_bucket_mb * (1 << 20)))
-    plan = ParallelPlan(model=model, layout=layout, coords=coords, rank=rank, device=device, mesh=mesh,
-                        chunk_blocks=chunk_blocks, dp_group=dp_group, pp_group=pp_group,
-                        ulysses_group=ulysses_group, grad_group=grad_group, fsdp=fsdp, runner=runner,
-                        tp_group=mesh.get_group("tp"), tp_partial_names=tp_partial,
-                        elastic_groups=elastic_groups, grad_reducer=grad_reducer)
+
+        grad_reducer = OverlappedGradReducer(
+            model, dist.new_group(list(range(world))), layout.dp, int(layout.grad_bucket_mb * (1 << 20))
+        )
+    plan = ParallelPlan(
+        model=model,
+        layout=layout,
+        coords=coords,
+        rank=rank,
+        device=device,
+        mesh=mesh,
+        chunk_blocks=chunk_blocks,
+        dp_group=dp_group,
+        pp_group=pp_group,
+        ulysses_group=ulysses_group,
+        grad_group=grad_group,
+        fsdp=fsdp,
+        runner=runner,
+        tp_group=mesh.get_group("tp"),
+        tp_partial_names=tp_partial,
+        elastic_groups=elastic_groups,
+        grad_reducer=grad_reducer,
+    )
     return _apply_memory(plan, config)
 
 
@@ -149,4 +192,5 @@ def _apply_memory(plan: ParallelPlan, config) -> ParallelPlan:
     if config is None:
         return plan
     from omnitrain.trainer.memory import configure_memory
+
     return configure_memory(plan, config.spec.memory.offload, config.spec.memory.recompute)

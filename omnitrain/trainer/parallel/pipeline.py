@@ -40,8 +40,9 @@ def run_pipeline(plan, microbatches: Sequence[Any], loss_fn: Callable) -> torch.
 
     def send(tensor: torch.Tensor, chunk: int, kind: str, mb: int) -> None:
         # Non-blocking: a send never waits for its receiver, so the schedule order alone cannot deadlock.
-        pending.append(dist.isend(tensor.contiguous(), group=group, group_dst=chunk % pp,
-                                  tag=_tag(kind, chunk, mb, chunks, m)))
+        pending.append(
+            dist.isend(tensor.contiguous(), group=group, group_dst=chunk % pp, tag=_tag(kind, chunk, mb, chunks, m))
+        )
 
     def recv(shape, dtype, chunk_from: int, chunk_tag: int, kind: str, mb: int) -> torch.Tensor:
         buf = torch.empty(shape, dtype=dtype, device=plan.device)
@@ -58,8 +59,9 @@ def run_pipeline(plan, microbatches: Sequence[Any], loss_fn: Callable) -> torch.
                 received.append(recv(shape, dtype, c - 1, c, "F", j).requires_grad_())
                 return received[0]
 
-            out = plan.forward_chunk(c, args, receive if c > 0 else None, loss_fn, last=(c == chunks - 1),
-                                     micro_batch=j)
+            out = plan.forward_chunk(
+                c, args, receive if c > 0 else None, loss_fn, last=(c == chunks - 1), micro_batch=j
+            )
             x_in = received[0] if received else None
             if c == chunks - 1:
                 out = out / m
@@ -69,7 +71,7 @@ def run_pipeline(plan, microbatches: Sequence[Any], loss_fn: Callable) -> torch.
             stash[(c, j)] = (x_in, out)
         else:
             x_in, out = stash.pop((c, j))
-            plan.before_backward(c, j)   # before the gradient's receive: a prefetch overlaps the wait
+            plan.before_backward(c, j)  # before the gradient's receive: a prefetch overlaps the wait
             if plan.fsdp:
                 # Reduce-scatter a chunk's gradients once, after its last micro-batch (backwards run in micro-batch
                 # order per chunk); the embedder/head (the FSDP root) after this rank's very last backward.

@@ -33,6 +33,7 @@ LossFn = Callable[[torch.Tensor, Any], torch.Tensor]
 
 def _is_dtensor(t) -> bool:
     from torch.distributed.tensor import DTensor
+
     return isinstance(t, DTensor)
 
 
@@ -53,47 +54,69 @@ class ParallelPlan:
     coords: RankCoords
     rank: int = 0
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    mesh: Any = None                 # DeviceMesh over MESH_DIMS, None in one process
-    chunk_blocks: dict[int, range] = field(default_factory=dict)   # this rank's pipeline chunks -> block indices
+    mesh: Any = None  # DeviceMesh over MESH_DIMS, None in one process
+    chunk_blocks: dict[int, range] = field(default_factory=dict)  # this rank's pipeline chunks -> block indices
     dp_group: Any = None
     pp_group: Any = None
     ulysses_group: Any = None
-    grad_group: Any = None           # data x ulysses: where replicated gradients are summed
+    grad_group: Any = None  # data x ulysses: where replicated gradients are summed
     fsdp: bool = False
     tp_group: Any = None
     tp_partial_names: list[str] = field(default_factory=list)  # replicated params inside the TP region
     runner: nn.Module | None = None  # ChunkRunner: the module the step calls (the FSDP root when sharded)
-    elastic_groups: dict[int, Any] = field(default_factory=dict)   # elastic Ulysses: degree -> my sub-group
-    grad_reducer: Any = None         # OverlappedGradReducer when layout.grad_reduce == "overlapped"
-    memory: Any = None               # ActivationMemory (omnitrain.trainer.memory) when activations are offloaded
+    elastic_groups: dict[int, Any] = field(default_factory=dict)  # elastic Ulysses: degree -> my sub-group
+    grad_reducer: Any = None  # OverlappedGradReducer when layout.grad_reduce == "overlapped"
+    memory: Any = None  # ActivationMemory (omnitrain.trainer.memory) when activations are offloaded
 
     # ---- where this rank sits -------------------------------------------------------------------------------
     @property
-    def dp_rank(self) -> int: return self.coords.dp
+    def dp_rank(self) -> int:
+        return self.coords.dp
+
     @property
-    def pp_rank(self) -> int: return self.coords.pp
+    def pp_rank(self) -> int:
+        return self.coords.pp
+
     @property
-    def tp_rank(self) -> int: return self.coords.tp
+    def tp_rank(self) -> int:
+        return self.coords.tp
+
     @property
-    def ulysses_rank(self) -> int: return self.coords.ulysses
+    def ulysses_rank(self) -> int:
+        return self.coords.ulysses
+
     @property
-    def dp_size(self) -> int: return self.layout.dp
+    def dp_size(self) -> int:
+        return self.layout.dp
+
     @property
-    def pp_size(self) -> int: return self.layout.pp
+    def pp_size(self) -> int:
+        return self.layout.pp
+
     @property
-    def tp_size(self) -> int: return self.layout.tp
+    def tp_size(self) -> int:
+        return self.layout.tp
+
     @property
-    def ulysses_size(self) -> int: return self.layout.ulysses
+    def ulysses_size(self) -> int:
+        return self.layout.ulysses
+
     @property
     def data_shard(self) -> tuple[int, int]:
         """(index, count) of the data shard this rank reads: ranks of one data-parallel replica read the same."""
         return self.coords.dp, self.layout.dp
+
     @property
-    def is_first_stage(self) -> bool: return self.coords.pp == 0
+    def is_first_stage(self) -> bool:
+        return self.coords.pp == 0
+
     @property
-    def is_last_stage(self) -> bool: return self.coords.pp == self.layout.pp - 1
+    def is_last_stage(self) -> bool:
+        return self.coords.pp == self.layout.pp - 1
+
     @property
-    def num_chunks(self) -> int: return self.layout.pp * self.layout.virtual_stages
+    def num_chunks(self) -> int:
+        return self.layout.pp * self.layout.virtual_stages
 
     @property
     def loss_scale(self) -> float:
@@ -103,14 +126,17 @@ class ParallelPlan:
 
     def describe(self) -> str:
         c, lay = self.coords, self.layout
-        return (f"rank {self.rank}: dp {c.dp}/{lay.dp} pp {c.pp}/{lay.pp} ulysses {c.ulysses}/{lay.ulysses} "
-                f"tp {c.tp}/{lay.tp} chunks {sorted(self.chunk_blocks)} "
-                f"blocks {[list(r) for _, r in sorted(self.chunk_blocks.items())]} sharding {lay.data_sharding} "
-                f"gradients {lay.grad_reduce}{' elastic ulysses' if lay.elastic_ulysses else ''}")
+        return (
+            f"rank {self.rank}: dp {c.dp}/{lay.dp} pp {c.pp}/{lay.pp} ulysses {c.ulysses}/{lay.ulysses} "
+            f"tp {c.tp}/{lay.tp} chunks {sorted(self.chunk_blocks)} "
+            f"blocks {[list(r) for _, r in sorted(self.chunk_blocks.items())]} sharding {lay.data_sharding} "
+            f"gradients {lay.grad_reduce}{' elastic ulysses' if lay.elastic_ulysses else ''}"
+        )
 
     # ---- the step -----------------------------------------------------------------------------------------------
-    def forward_chunk(self, chunk: int, args, x_in: Callable | None, loss_fn: LossFn, last: bool,
-                      micro_batch: int | None = None):
+    def forward_chunk(
+        self, chunk: int, args, x_in: Callable | None, loss_fn: LossFn, last: bool, micro_batch: int | None = None
+    ):
         """x_in: None on the first chunk, else a function (shape, dtype) -> the activation received for it.
         micro_batch: its index in this step's schedule, so that its saved activations can be offloaded."""
         if self.memory is None or micro_batch is None:
@@ -119,7 +145,7 @@ class ParallelPlan:
             return self.runner(chunk, args, x_in, loss_fn, last)
 
     def before_backward(self, chunk: int, micro_batch: int) -> None:
-        if self.memory is not None:   # brings offloaded activations back (policy.offload_plan says when)
+        if self.memory is not None:  # brings offloaded activations back (policy.offload_plan says when)
             self.memory.before_backward(chunk, micro_batch)
 
     def after_backward(self, chunk: int, micro_batch: int) -> None:
@@ -136,16 +162,22 @@ class ParallelPlan:
         arm = self.grad_reducer.arm if self.grad_reducer is not None else None
         if self.memory is not None and schedule is None:
             from omnitrain.trainer.parallel.schedule import build_schedule
+
             lay = self.layout
-            self.memory.start_step(build_schedule(self.pp_rank, lay.pp, lay.virtual_stages if lay.pp > 1 else 1,
-                                                  len(microbatches), lay.schedule))
+            self.memory.start_step(
+                build_schedule(
+                    self.pp_rank, lay.pp, lay.virtual_stages if lay.pp > 1 else 1, len(microbatches), lay.schedule
+                )
+            )
         if schedule is not None:
             from omnitrain.trainer.parallel.elastic import run_elastic_step
+
             loss = run_elastic_step(self, microbatches, loss_fn, schedule, before_last_backward=arm)
-            if self.layout.ulysses > 1:   # each rank holds its micro-batches' share of the group's loss
+            if self.layout.ulysses > 1:  # each rank holds its micro-batches' share of the group's loss
                 dist.all_reduce(loss, group=self.ulysses_group)
         elif self.layout.pp > 1:
             from omnitrain.trainer.parallel.pipeline import run_pipeline
+
             loss = run_pipeline(self, microbatches, loss_fn)
         else:
             loss = None
@@ -166,7 +198,7 @@ class ParallelPlan:
     def _report_loss(self, loss: torch.Tensor | None) -> torch.Tensor:
         if loss is None:
             loss = torch.zeros((), device=self.device)
-        if self.layout.pp > 1:   # only the last stage computed it
+        if self.layout.pp > 1:  # only the last stage computed it
             dist.broadcast(loss, group=self.pp_group, group_src=self.layout.pp - 1)
         if self.layout.dp > 1:
             dist.all_reduce(loss, group=self.dp_group)
@@ -176,19 +208,19 @@ class ParallelPlan:
     def _reduce_gradients(self) -> None:
         if self.mesh is None:
             return
-        if self.grad_reducer is not None:   # launched during backward (overlap.py); the coalesced path otherwise
+        if self.grad_reducer is not None:  # launched during backward (overlap.py); the coalesced path otherwise
             self.grad_reducer.finish()
             return
         named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         live = []
         for (name, p), used in zip(named, self._used_anywhere(named)):
-            if not used:   # no rank used it this step: no gradient, as in one process (AdamW skips it)
+            if not used:  # no rank used it this step: no gradient, as in one process (AdamW skips it)
                 p.grad = None
                 continue
-            if p.grad is None:   # used elsewhere: this rank still takes part in the collectives, with zeros
+            if p.grad is None:  # used elsewhere: this rank still takes part in the collectives, with zeros
                 p.grad = torch.zeros_like(p)
             live.append((name, p))
-        partial = set(self.tp_partial_names)   # names, not objects: FSDP swaps the Parameter objects
+        partial = set(self.tp_partial_names)  # names, not objects: FSDP swaps the Parameter objects
         if partial:
             _all_reduce_coalesced([_local(p.grad) for n, p in live if n in partial], self.tp_group)
         if self.layout.pp > 1:
@@ -226,9 +258,12 @@ class ParallelPlan:
         optimizer kernels (the default on GPU) refuse a list that mixes both. Always two, so that optimizer state
         dicts keep their structure when only the data or Ulysses degree changes."""
         from torch.distributed.tensor import DTensor
+
         params = [p for p in self.model.parameters() if p.requires_grad]
-        return [{"params": [p for p in params if not isinstance(p, DTensor)]},
-                {"params": [p for p in params if isinstance(p, DTensor)]}]
+        return [
+            {"params": [p for p in params if not isinstance(p, DTensor)]},
+            {"params": [p for p in params if isinstance(p, DTensor)]},
+        ]
 
     @torch.no_grad()
     def grad_norm(self) -> torch.Tensor:
@@ -240,7 +275,7 @@ class ParallelPlan:
             if p.grad is None or not p.requires_grad:
                 continue
             if self.layout.pp > 1 and param_owner(name) == "shared" and not self.is_first_stage:
-                continue   # identical copy on every pipeline rank: count it on the first
+                continue  # identical copy on every pipeline rank: count it on the first
             g = p.grad
             if _is_dtensor(g):
                 dims = tuple(i for i, pl in enumerate(g.placements) if not pl.is_replicate())  # _StridedShard too
@@ -285,8 +320,11 @@ class ParallelPlan:
         """Unsharded CPU tensors of the whole model under the model's own names, on every rank (collective).
         grads=True gives the parameters' gradients instead (tests compare them with one process)."""
         mine = {}
-        items = ((n, p.grad) for n, p in self.model.named_parameters() if p.grad is not None) if grads \
+        items = (
+            ((n, p.grad) for n, p in self.model.named_parameters() if p.grad is not None)
+            if grads
             else self.model.state_dict().items()
+        )
         for name, value in items:
             if not self._owns(name):
                 continue
@@ -307,6 +345,7 @@ class ParallelPlan:
         """Load unsharded tensors (e.g. saved by another layout); every rank takes its own shard. Checks every key
         first so a mismatching checkpoint changes nothing."""
         from torch.distributed.tensor import distribute_tensor
+
         targets = self.model.state_dict()
         missing = [n for n in targets if n not in state]
         wrong = [n for n, v in targets.items() if n in state and tuple(state[n].shape) != tuple(v.shape)]
@@ -326,10 +365,11 @@ class ChunkRunner(nn.Module):
     context; the tokens too on chunk 0), this chunk's blocks, and on the last chunk the head and the loss over the
     whole packed sequence (gathered from the Ulysses group). A module so that FSDP can make it the root."""
 
-    recompute = "none"   # spec.memory.recompute, per block (omnitrain.trainer.memory.recompute)
+    recompute = "none"  # spec.memory.recompute, per block (omnitrain.trainer.memory.recompute)
 
-    def __init__(self, model: nn.Module, chunk_blocks: dict[int, range], ulysses: int, ulysses_rank: int,
-                 ulysses_group):
+    def __init__(
+        self, model: nn.Module, chunk_blocks: dict[int, range], ulysses: int, ulysses_rank: int, ulysses_group
+    ):
         super().__init__()
         self.model = model
         self.chunk_blocks = chunk_blocks
@@ -342,7 +382,7 @@ class ChunkRunner(nn.Module):
         ctx = shard_context(ctx, tokens, u, ur)
         if x_in is None:
             x = shard_sequence(x_full, u, ur)
-        else:   # a receive from the previous stage: its shape follows from this micro-batch
+        else:  # a receive from the previous stage: its shape follows from this micro-batch
             x = x_in((padded_length(tokens, u) // u, x_full.shape[1]), x_full.dtype)
         for i in self.chunk_blocks[chunk]:
             core = getattr(getattr(self.model.blocks[i], "attn", None), "core", None)
@@ -372,7 +412,7 @@ def _all_reduce_coalesced(tensors: list[torch.Tensor], group, bucket_elements: i
         dist.all_reduce(flat, group=group)
         offset = 0
         for t in bucket:
-            t.copy_(flat[offset:offset + t.numel()].view_as(t))
+            t.copy_(flat[offset : offset + t.numel()].view_as(t))
             offset += t.numel()
         bucket, size = [], 0
 

@@ -15,7 +15,7 @@ from typing import Literal
 @dataclass(frozen=True)
 class Action:
     kind: Literal["F", "B"]
-    chunk: int          # global model chunk index, 0 .. pp * virtual_stages - 1
+    chunk: int  # global model chunk index, 0 .. pp * virtual_stages - 1
     micro_batch: int
 
     def __str__(self) -> str:
@@ -95,8 +95,9 @@ def check_schedule(pp: int, virtual_stages: int, micro_batches: int, schedules: 
             if a.kind == "B" and ("F", a.chunk, a.micro_batch) not in seen:
                 raise AssertionError(f"{a} before its forward on rank {rank}")
             seen.add((a.kind, a.chunk, a.micro_batch))
-        expected = {(k, c, m) for k in "FB" for c in chunks_of_rank(rank, pp, virtual_stages)
-                    for m in range(micro_batches)}
+        expected = {
+            (k, c, m) for k in "FB" for c in chunks_of_rank(rank, pp, virtual_stages) for m in range(micro_batches)
+        }
         if seen != expected or len(actions) != len(expected):
             raise AssertionError(f"rank {rank} runs {sorted(seen)}, expected {sorted(expected)}")
     assert chunks == sum(len(chunks_of_rank(r, pp, virtual_stages)) for r in range(pp))

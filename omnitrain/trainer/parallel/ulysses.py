@@ -49,7 +49,7 @@ def seq_to_heads(x: torch.Tensor, degree: int, group) -> torch.Tensor:
     """[L/U, S, H, D] (local tokens, all local heads; S stacked tensors) -> [L, S, H/U, D] (all tokens, 1/U heads)."""
     local_tokens, stacked, heads, head_dim = x.shape
     x = x.reshape(local_tokens, stacked, degree, heads // degree, head_dim).permute(2, 0, 1, 3, 4)
-    x = all_to_all(x.contiguous(), group)              # dim 0: head group out, sequence chunk in
+    x = all_to_all(x.contiguous(), group)  # dim 0: head group out, sequence chunk in
     return x.reshape(degree * local_tokens, stacked, heads // degree, head_dim)
 
 
@@ -57,7 +57,7 @@ def heads_to_seq(x: torch.Tensor, degree: int, group) -> torch.Tensor:
     """[L, H/U, D] -> [L/U, H, D]: the inverse of seq_to_heads for the attention output."""
     tokens, heads, head_dim = x.shape
     x = x.reshape(degree, tokens // degree, heads, head_dim)
-    x = all_to_all(x.contiguous(), group)              # dim 0: sequence chunk out, head group in
+    x = all_to_all(x.contiguous(), group)  # dim 0: sequence chunk out, head group in
     return x.permute(1, 0, 2, 3).reshape(tokens // degree, degree * heads, head_dim)
 
 
@@ -83,17 +83,19 @@ class UlyssesAttention(nn.Module):
         self.packed_tokens: int | None = None
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx, *args, **kwargs) -> torch.Tensor:
-        if self.degree == 1:   # elastic Ulysses runs short micro-batches whole on one rank (elastic.py)
+        if self.degree == 1:  # elastic Ulysses runs short micro-batches whole on one rank (elastic.py)
             return self.core(q, k, v, ctx, *args, **kwargs)
         if q.shape[1] % self.degree:
-            raise ValueError(f"{q.shape[1]} local heads do not split over ulysses={self.degree}; "
-                             "numHeads must divide by tensor x ulysses")
+            raise ValueError(
+                f"{q.shape[1]} local heads do not split over ulysses={self.degree}; "
+                "numHeads must divide by tensor x ulysses"
+            )
         qkv = seq_to_heads(torch.stack((q, k, v), dim=1), self.degree, self.group)
         real = self.packed_tokens if self.packed_tokens is not None else packed_length(ctx)
         padded = qkv.shape[0]
         qkv = qkv[:real]
         out = self.core(qkv[:, 0], qkv[:, 1], qkv[:, 2], ctx, *args, **kwargs)
-        if padded > real:   # padding tokens attend to nothing; they are dropped when predictions are gathered
+        if padded > real:  # padding tokens attend to nothing; they are dropped when predictions are gathered
             out = torch.cat((out, out.new_zeros((padded - real,) + tuple(out.shape[1:]))))
         return heads_to_seq(out, self.degree, self.group)
 
@@ -117,7 +119,7 @@ def shard_sequence(x: torch.Tensor, degree: int, rank: int) -> torch.Tensor:
     if pad:
         x = torch.cat((x, x.new_zeros((pad,) + tuple(x.shape[1:]))))
     local = x.shape[0] // degree
-    return x[rank * local:(rank + 1) * local]
+    return x[rank * local : (rank + 1) * local]
 
 
 # Fields of the model's context that describe the whole packed sequence, not one token each.
@@ -140,8 +142,9 @@ def shard_context(ctx, tokens: int, degree: int, rank: int):
     if isinstance(ctx, dict):
         return {name: cut(name, value) for name, value in ctx.items()}
     if dataclasses.is_dataclass(ctx):
-        return dataclasses.replace(ctx, **{f.name: cut(f.name, getattr(ctx, f.name))
-                                           for f in dataclasses.fields(ctx) if f.init})
+        return dataclasses.replace(
+            ctx, **{f.name: cut(f.name, getattr(ctx, f.name)) for f in dataclasses.fields(ctx) if f.init}
+        )
     out = copy.copy(ctx)
     for name, value in vars(ctx).items():
         setattr(out, name, cut(name, value))
@@ -162,7 +165,7 @@ class _GatherSequence(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        return grad[ctx.rank * ctx.local:(ctx.rank + 1) * ctx.local].contiguous(), None, None, None
+        return grad[ctx.rank * ctx.local : (ctx.rank + 1) * ctx.local].contiguous(), None, None, None
 
 
 def gather_sequence(local: torch.Tensor, tokens: int, degree: int, rank: int, group) -> torch.Tensor:

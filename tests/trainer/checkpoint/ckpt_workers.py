@@ -51,18 +51,25 @@ class TinyLoader:
 
 
 def build(rank: int, world: int, dropout: float):
-    torch.manual_seed(0)    # identical initial model on every rank
-    model = torch.nn.Sequential(torch.nn.Linear(FEATURES, 16), torch.nn.Tanh(), torch.nn.Dropout(dropout),
-                                torch.nn.Linear(16, 1))
+    torch.manual_seed(0)  # identical initial model on every rank
+    model = torch.nn.Sequential(
+        torch.nn.Linear(FEATURES, 16), torch.nn.Tanh(), torch.nn.Dropout(dropout), torch.nn.Linear(16, 1)
+    )
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 / (1 + 0.1 * s))
-    torch.manual_seed(100 + rank)    # per-rank dropout streams
+    torch.manual_seed(100 + rank)  # per-rank dropout streams
     return model, opt, sched, TinyLoader(rank, world)
 
 
 def train_state(step, model, opt, sched, loader) -> dict:
-    return {"step": step, "model": model.state_dict(), "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict(), "loader": loader.state_dict(), "rng": capture_rng_state()}
+    return {
+        "step": step,
+        "model": model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict(),
+        "loader": loader.state_dict(),
+        "rng": capture_rng_state(),
+    }
 
 
 def load_train_state(state, model, opt, sched, loader, rng: bool = True) -> int:
@@ -77,8 +84,10 @@ def load_train_state(state, model, opt, sched, loader, rng: bool = True) -> int:
 
 def snapshot(model, opt) -> dict:
     """Plain copies of everything a comparison needs."""
-    return {"model": {k: v.clone() for k, v in model.state_dict().items()},
-            "optimizer": {k: {n: t.clone() for n, t in s.items()} for k, s in opt.state_dict()["state"].items()}}
+    return {
+        "model": {k: v.clone() for k, v in model.state_dict().items()},
+        "optimizer": {k: {n: t.clone() for n, t in s.items()} for k, s in opt.state_dict()["state"].items()},
+    }
 
 
 def _wait_forever_at(progress_dir: Path, rank: int, step: int) -> None:
@@ -98,11 +107,20 @@ def tiny_train(rank: int, world: int, cfg: dict) -> dict:
     start, restored_tier, restored_from = 0, None, None
     if cfg.get("checkpoint"):
         c = cfg["checkpoint"]
-        ck = Checkpointer(CheckpointConfig(job=c["job"], local_root=c["local_root"].format(rank=rank),
-                                           persistent_root=c.get("persistent_root"),
-                                           interval_steps=c["interval"], async_save=c.get("async", True),
-                                           keep=c.get("keep", 3), when_busy=c.get("when_busy", "wait")),
-                          WorldLayout(dp=world), MODEL_CONFIG, node_id=f"node{rank}")
+        ck = Checkpointer(
+            CheckpointConfig(
+                job=c["job"],
+                local_root=c["local_root"].format(rank=rank),
+                persistent_root=c.get("persistent_root"),
+                interval_steps=c["interval"],
+                async_save=c.get("async", True),
+                keep=c.get("keep", 3),
+                when_busy=c.get("when_busy", "wait"),
+            ),
+            WorldLayout(dp=world),
+            MODEL_CONFIG,
+            node_id=f"node{rank}",
+        )
         restored = ck.restore()
         if restored is not None:
             start = load_train_state(restored.state, model, opt, sched, loader)
@@ -135,15 +153,23 @@ def tiny_train(rank: int, world: int, cfg: dict) -> dict:
             _wait_forever_at(Path(cfg["progress_dir"]), rank, step)
     if ck is not None:
         ck.close()
-    return {"losses": losses, "final": snapshot(model, opt), "at_restore": at_restore, "start": start,
-            "restored_tier": restored_tier, "restored_from": restored_from, "blocking": blocking,
-            "last_complete_step": ck.last_complete_step if ck else None}
+    return {
+        "losses": losses,
+        "final": snapshot(model, opt),
+        "at_restore": at_restore,
+        "start": start,
+        "restored_tier": restored_tier,
+        "restored_from": restored_from,
+        "blocking": blocking,
+        "last_complete_step": ck.last_complete_step if ck else None,
+    }
 
 
 def _entry(rank: int, world: int, port: int, fn, args) -> None:
     torch.set_num_threads(1)
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank)
+    )
     dist.init_process_group("gloo", rank=rank, world_size=world)
     fn(rank, world, *args)
 
@@ -153,8 +179,10 @@ def launch_ranks(fn, world: int, *args):
     import torch.multiprocessing as mp
 
     from omnitrain.trainer.parallel.testing import free_port
-    return mp.start_processes(_entry, args=(world, free_port(), fn, args), nprocs=world, join=False,
-                              start_method="spawn")
+
+    return mp.start_processes(
+        _entry, args=(world, free_port(), fn, args), nprocs=world, join=False, start_method="spawn"
+    )
 
 
 def _wait_for_file(path: str) -> str:
@@ -195,12 +223,14 @@ def sharded_save_restore(rank: int, world: int, root: str) -> dict:
     from torch.distributed.tensor import Shard, distribute_tensor
 
     from omnitrain.trainer.checkpoint.flatten import rewrap_like
+
     mesh = init_device_mesh("cpu", (world,))
     torch.manual_seed(0)
     full = torch.randn(8, 4)
     live = {"w": distribute_tensor(full, mesh, [Shard(0)]), "step": 3}
-    cfg = CheckpointConfig(job="sharded", local_root=f"{root}/node{rank}", persistent_root=f"{root}/pv",
-                           interval_steps=1)
+    cfg = CheckpointConfig(
+        job="sharded", local_root=f"{root}/node{rank}", persistent_root=f"{root}/pv", interval_steps=1
+    )
     ck = Checkpointer(cfg, WorldLayout(tp=world), MODEL_CONFIG)
     ck.save(3, live)
     ck.wait()
@@ -208,5 +238,8 @@ def sharded_save_restore(rank: int, world: int, root: str) -> dict:
     restored = ck.restore()
     back = rewrap_like(fresh, restored.state)
     ck.close()
-    return {"equal": torch.equal(back["w"].full_tensor(), full), "is_dtensor": hasattr(back["w"], "to_local"),
-            "local_rows": tuple(restored.state["w"].shape)}
+    return {
+        "equal": torch.equal(back["w"].full_tensor(), full),
+        "is_dtensor": hasattr(back["w"], "to_local"),
+        "local_rows": tuple(restored.state["w"].shape),
+    }

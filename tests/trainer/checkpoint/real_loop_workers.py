@@ -12,13 +12,20 @@ from omnitrain.training_hooks import TrainerHooks
 
 def loop_config(root: str, steps: int, interval: int, dp: int, ckpt_root: str | None = None) -> dict:
     ckpt = Path(ckpt_root or root)
-    return {"spec": {
-        "data": {"path": f"{root}/data", "synthetic": {"samples": 32, "shards": 2}, "tokenBudget": 256},
-        "training": {"steps": steps, "learningRate": 3e-3, "warmupSteps": 2, "logEvery": 100},
-        "parallelism": {"nodes": 1, "gpusPerNode": dp},
-        "checkpoint": {"localPath": str(ckpt / "nvme"), "persistentClaim": "pv",
-                       "persistentPath": str(ckpt / "pv"), "intervalSteps": interval}},
-        "run": {"jobName": "real-loop"}}
+    return {
+        "spec": {
+            "data": {"path": f"{root}/data", "synthetic": {"samples": 32, "shards": 2}, "tokenBudget": 256},
+            "training": {"steps": steps, "learningRate": 3e-3, "warmupSteps": 2, "logEvery": 100},
+            "parallelism": {"nodes": 1, "gpusPerNode": dp},
+            "checkpoint": {
+                "localPath": str(ckpt / "nvme"),
+                "persistentClaim": "pv",
+                "persistentPath": str(ckpt / "pv"),
+                "intervalSteps": interval,
+            },
+        },
+        "run": {"jobName": "real-loop"},
+    }
 
 
 class Snapshots(TrainerHooks):
@@ -36,20 +43,31 @@ class Snapshots(TrainerHooks):
         step = stats.step
         self.by_step[step] = {k: v.clone() for k, v in state.model.state_dict().items()}
         if step == self.park_at:
-            self.checkpoints.checkpointer.wait()       # the step's checkpoint is complete before the kill
+            self.checkpoints.checkpointer.wait()  # the step's checkpoint is complete before the kill
             (Path(self.progress_dir) / f"rank{self.rank}-at-{step}").write_text("")
-            while True:                                # parked until the test SIGKILLs this process
+            while True:  # parked until the test SIGKILLs this process
                 time.sleep(0.05)
 
 
-def real_train(rank: int, world: int, cfg: dict, park_at: int | None = None, progress_dir: str | None = None,
-               keep_steps: tuple = ()) -> dict:
+def real_train(
+    rank: int,
+    world: int,
+    cfg: dict,
+    park_at: int | None = None,
+    progress_dir: str | None = None,
+    keep_steps: tuple = (),
+) -> dict:
     from omnitrain.trainer.train import train
+
     config = TrainerConfig.model_validate(cfg)
     checkpoints = CheckpointCallback.from_trainer_config(config)
     snaps = Snapshots(checkpoints, park_at, progress_dir, rank)
     result = train(config, callbacks=[checkpoints, snaps], log=lambda *a, **k: None)
-    return {"losses": result.losses, "start": snaps.at_start["step"], "at_start": snaps.at_start["model"],
-            "final": {k: v.clone() for k, v in result.state.model.state_dict().items()},
-            "by_step": {s: snaps.by_step[s] for s in keep_steps if s in snaps.by_step},
-            "last_complete_step": checkpoints.last_complete_step}
+    return {
+        "losses": result.losses,
+        "start": snaps.at_start["step"],
+        "at_start": snaps.at_start["model"],
+        "final": {k: v.clone() for k, v in result.state.model.state_dict().items()},
+        "by_step": {s: snaps.by_step[s] for s in keep_steps if s in snaps.by_step},
+        "last_complete_step": checkpoints.last_complete_step,
+    }

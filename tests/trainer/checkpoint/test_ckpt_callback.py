@@ -21,12 +21,11 @@ class LoopState:
 
     def state_dict(self):
         state = train_state(self.step, self.model, self.opt, self.sched, self.loader)
-        del state["rng"]           # the callback captures RNG itself
+        del state["rng"]  # the callback captures RNG itself
         return state
 
     def load_state_dict(self, state):
-        self.step = load_train_state({**state, "rng": None}, self.model, self.opt, self.sched, self.loader,
-                                     rng=False)
+        self.step = load_train_state({**state, "rng": None}, self.model, self.opt, self.sched, self.loader, rng=False)
 
 
 class Recorder(CheckpointHooks):
@@ -67,23 +66,44 @@ def _run(config, steps, listeners):
 
 
 def test_callback_saves_interval_and_final_and_resumes(tmp_path):
-    config = TrainerConfig.model_validate({
-        "spec": {"checkpoint": {"localPath": str(tmp_path / "nvme"), "persistentClaim": "ckpt",
-                                "persistentPath": str(tmp_path / "pv"), "intervalSteps": 2, "keep": 2}},
-        "run": {"jobName": "cb-job"}})
-    straight, _ = _run(config.model_copy(update={"spec": config.spec.model_copy(
-        update={"checkpoint": config.spec.checkpoint.model_copy(update={"local_path": str(tmp_path / "x"),
-                                                                        "persistent_path": str(tmp_path / "y")})})}),
-        7, [])
+    config = TrainerConfig.model_validate(
+        {
+            "spec": {
+                "checkpoint": {
+                    "localPath": str(tmp_path / "nvme"),
+                    "persistentClaim": "ckpt",
+                    "persistentPath": str(tmp_path / "pv"),
+                    "intervalSteps": 2,
+                    "keep": 2,
+                }
+            },
+            "run": {"jobName": "cb-job"},
+        }
+    )
+    straight, _ = _run(
+        config.model_copy(
+            update={
+                "spec": config.spec.model_copy(
+                    update={
+                        "checkpoint": config.spec.checkpoint.model_copy(
+                            update={"local_path": str(tmp_path / "x"), "persistent_path": str(tmp_path / "y")}
+                        )
+                    }
+                )
+            }
+        ),
+        7,
+        [],
+    )
     rec = Recorder()
     first, cb = _run(config, 5, [rec])
-    assert cb.last_complete_step == cb.outcome().checkpoint_step == 5   # the final save at the end
+    assert cb.last_complete_step == cb.outcome().checkpoint_step == 5  # the final save at the end
     assert ("complete", 2) in rec.events and ("complete", 4) in rec.events and ("blocked", 5) in rec.events
-    sections = [e for e in rec.events if e[0] in ("start", "blocked")]        # a section around each copy
+    sections = [e for e in rec.events if e[0] in ("start", "blocked")]  # a section around each copy
     assert sections == [("start", 2), ("blocked", 2), ("start", 4), ("blocked", 4), ("start", 5), ("blocked", 5)]
-    assert sorted(list_step_dirs(tmp_path / "pv", "cb-job")) == [4, 5]   # keep 2
+    assert sorted(list_step_dirs(tmp_path / "pv", "cb-job")) == [4, 5]  # keep 2
     assert read_manifest(tmp_path / "pv" / "cb-job" / "step-5").job == "cb-job"
     rec2 = Recorder()
     resumed, _ = _run(config, 7, [rec2])
     assert rec2.events[0] == ("restore", 5)
-    assert {**first, **resumed} == straight                   # dropout RNG and loader position restored
+    assert {**first, **resumed} == straight  # dropout RNG and loader position restored

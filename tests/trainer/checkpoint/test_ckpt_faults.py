@@ -31,15 +31,19 @@ JOB = "fault-job"
 
 
 def _config(tmp_path: Path, **kw) -> CheckpointConfig:
-    base = dict(job=JOB, local_root=str(tmp_path / "nvme"), persistent_root=str(tmp_path / "pv"), interval_steps=2,
-                keep=10)
+    base = dict(
+        job=JOB, local_root=str(tmp_path / "nvme"), persistent_root=str(tmp_path / "pv"), interval_steps=2, keep=10
+    )
     base.update(kw)
     return CheckpointConfig(**base)
 
 
 def _state(step: int, n: int = 64) -> dict:
-    return {"step": step, "model": {"w": torch.full((n,), float(step)), "b": torch.arange(3, dtype=torch.int64)},
-            "loader": {"position": step}}
+    return {
+        "step": step,
+        "model": {"w": torch.full((n,), float(step)), "b": torch.arange(3, dtype=torch.int64)},
+        "loader": {"position": step},
+    }
 
 
 def _save_steps(ck: Checkpointer, steps) -> None:
@@ -59,16 +63,16 @@ def test_torn_and_corrupt_checkpoints_fall_back(tmp_path, caplog):
     try:
         _save_steps(ck, [2, 4, 6])
         assert ck.last_complete_step == 6 and ck.saves_completed == 3
-        for root in (cfg.local_root, cfg.persistent_root):       # killed before the manifest: torn
+        for root in (cfg.local_root, cfg.persistent_root):  # killed before the manifest: torn
             (step_dir(root, JOB, 6) / MANIFEST_NAME).unlink()
-        _truncate(step_dir(cfg.local_root, JOB, 4) / shard_file_name(0))   # local copy truncated
+        _truncate(step_dir(cfg.local_root, JOB, 4) / shard_file_name(0))  # local copy truncated
         with caplog.at_level(logging.INFO):
             restored = ck.restore()
         assert (restored.step, restored.tier) == (4, "persistent")
         assert torch.equal(restored.state["model"]["w"], torch.full((64,), 4.0))
         assert "skipping step-6" in caplog.text and "no manifest (torn write)" in caplog.text
 
-        _truncate(step_dir(cfg.persistent_root, JOB, 4) / shard_file_name(0))   # and the replica
+        _truncate(step_dir(cfg.persistent_root, JOB, 4) / shard_file_name(0))  # and the replica
         caplog.clear()
         with caplog.at_level(logging.INFO):
             restored = ck.restore()
@@ -87,8 +91,9 @@ def test_foreign_job_or_model_is_a_clear_error(tmp_path):
         Checkpointer(cfg, model_config={"hidden": 128}).restore()
     for root in (cfg.local_root, cfg.persistent_root):
         shutil.copytree(Path(root) / JOB, Path(root) / "other-job")
-    other = CheckpointConfig(job="other-job", local_root=cfg.local_root, persistent_root=cfg.persistent_root,
-                             async_save=False)
+    other = CheckpointConfig(
+        job="other-job", local_root=cfg.local_root, persistent_root=cfg.persistent_root, async_save=False
+    )
     with pytest.raises(CheckpointMismatchError, match="written by job 'fault-job', not 'other-job'"):
         Checkpointer(other, model_config={"hidden": 64}).restore()
 
@@ -118,9 +123,9 @@ def test_one_save_in_flight_skip_mode(tmp_path):
     try:
         assert ck.save(2, {**_state(2), "gate": Gate(str(gate))})
         _poll(lambda: Path(str(gate) + ".writer-waiting").exists(), "the writer to hold step 2")
-        assert ck.save(4, _state(4)) is False                      # step 2 still in flight: skipped
+        assert ck.save(4, _state(4)) is False  # step 2 still in flight: skipped
         assert ck.saves_skipped_busy == 1 and ck.in_flight_step == 2
-        assert ck.host_bytes_held == 64 * 4 + 3 * 8                # one staging set, accounted
+        assert ck.host_bytes_held == 64 * 4 + 3 * 8  # one staging set, accounted
         gate.write_text("")
         ck.wait()
         assert ck.last_complete_step == 2
@@ -139,8 +144,9 @@ def test_one_save_in_flight_wait_mode(tmp_path):
         ck.save(2, {**_state(2), "gate": Gate(str(gate))})
         _poll(lambda: Path(str(gate) + ".writer-waiting").exists(), "the writer to hold step 2")
         # open the gate only once the second save is waiting for the first
-        opener = threading.Thread(target=lambda: (_poll(lambda: ck.saves_waited_busy == 1, "save 4 to wait"),
-                                                  gate.write_text("")))
+        opener = threading.Thread(
+            target=lambda: (_poll(lambda: ck.saves_waited_busy == 1, "save 4 to wait"), gate.write_text(""))
+        )
         opener.start()
         assert ck.save(4, _state(4))
         opener.join()
@@ -155,8 +161,10 @@ def tiny_disk(tmp_path):
     """A real 512 KiB filesystem (tmpfs) so a write hits ENOSPC; skipped where mounting is not allowed."""
     mnt = tmp_path / "tiny"
     mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mnt)],
-                      capture_output=True).returncode != 0:
+    if (
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mnt)], capture_output=True).returncode
+        != 0
+    ):
         pytest.skip("cannot mount a tmpfs here (needs root); the disk-full path is not exercised")
     yield mnt
     subprocess.run(["umount", str(mnt)], check=True)
@@ -167,12 +175,12 @@ def test_disk_full_fails_loudly_and_keeps_previous(tmp_path, tiny_disk):
     ck = Checkpointer(cfg)
     try:
         _save_steps(ck, [2])
-        big = {"step": 4, "model": {"w": torch.ones(1 << 20)}}    # 4 MiB on a 512 KiB disk
+        big = {"step": 4, "model": {"w": torch.ones(1 << 20)}}  # 4 MiB on a 512 KiB disk
         ck.save(4, big)
         with pytest.raises(CheckpointSaveError, match="No space left on device"):
             ck.wait()
         assert ck.saves_failed == 1 and ck.last_complete_step == 2
-        assert read_manifest(step_dir(cfg.local_root, JOB, 4)) is None     # incomplete, never loaded
+        assert read_manifest(step_dir(cfg.local_root, JOB, 4)) is None  # incomplete, never loaded
         restored = ck.restore()
         assert (restored.step, restored.tier) == (2, "local")
     finally:
@@ -180,9 +188,9 @@ def test_disk_full_fails_loudly_and_keeps_previous(tmp_path, tiny_disk):
 
 
 def test_retention_keeps_newest_and_collects_torn(tmp_path):
-    assert plan_retention([2, 4, 6, 8], [3, 9], keep=2) == [2, 3, 4]    # 9 may be in progress
+    assert plan_retention([2, 4, 6, 8], [3, 9], keep=2) == [2, 3, 4]  # 9 may be in progress
     assert plan_retention([8], [], keep=1) == []
-    assert plan_retention([], [3], keep=1) == []                        # nothing complete: keep everything
+    assert plan_retention([], [3], keep=1) == []  # nothing complete: keep everything
     cfg = _config(tmp_path, keep=2)
     torn = step_dir(cfg.local_root, JOB, 3)
     torn.mkdir(parents=True)
@@ -209,12 +217,13 @@ def test_layout_mapping_and_refusals():
 
 def test_final_checkpoint_is_the_newest_complete_persistent_step(tmp_path):
     from omnitrain.trainer.checkpoint.restore import final_checkpoint, read_shard
+
     cfg = _config(tmp_path, async_save=False)
     assert final_checkpoint(cfg.persistent_root, JOB) is None
     ck = Checkpointer(cfg, model_config={"hidden": 64})
     for s in (2, 4, 5):
         ck.save(s, _state(s))
-    (step_dir(cfg.persistent_root, JOB, 6)).mkdir()          # a torn later folder does not count
+    (step_dir(cfg.persistent_root, JOB, 6)).mkdir()  # a torn later folder does not count
     final = final_checkpoint(cfg.persistent_root, JOB)
     assert final.step == 5 and final.folders["persistent"] == step_dir(cfg.persistent_root, JOB, 5)
     state, tier = read_shard(final, 0)

@@ -26,8 +26,9 @@ def _poll(condition, what: str, timeout_s: float = 180.0) -> None:
 
 def test_real_loop_sigkill_resume_is_exact_and_survives_a_data_degree_change(tmp_path):
     steps = 6
-    straight = run_on_ranks(real_train, 2, loop_config(str(tmp_path), steps, 100, 2, str(tmp_path / "straight")),
-                            None, None, (4,))
+    straight = run_on_ranks(
+        real_train, 2, loop_config(str(tmp_path), steps, 100, 2, str(tmp_path / "straight")), None, None, (4,)
+    )
 
     cfg = loop_config(str(tmp_path), steps, 2, 2)
     progress = tmp_path / "progress"
@@ -46,13 +47,14 @@ def test_real_loop_sigkill_resume_is_exact_and_survives_a_data_degree_change(tmp
     resumed = run_on_ranks(real_train, 2, cfg)
     for r in range(2):
         assert resumed[r]["start"] == 4
-        assert resumed[r]["losses"] == straight[r]["losses"][4:]          # bitwise on CPU
+        assert resumed[r]["losses"] == straight[r]["losses"][4:]  # bitwise on CPU
         for k, v in straight[r]["final"].items():
             assert torch.equal(resumed[r]["final"][k], v), k
         assert resumed[r]["last_complete_step"] == steps
 
     # dp2 -> dp1 from the step-4 checkpoint (step 6 removed): the model comes back exactly as dp2 had it
     import shutil
+
     for tier in ("nvme", "pv"):
         shutil.rmtree(step_dir(tmp_path / tier, "real-loop", 6))
     single = run_on_ranks(real_train, 1, loop_config(str(tmp_path), steps, 2, 1))[0]

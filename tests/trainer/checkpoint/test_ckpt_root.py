@@ -14,10 +14,17 @@ from omnitrain.spec import JobSpec, TrainerConfig
 from omnitrain.trainer.checkpoint.checkpointer import CheckpointConfig
 
 
-@pytest.mark.parametrize(("checkpoint", "root", "persistent"), [
-    ({"persistentClaim": "ckpt", "persistentPath": "/mnt/ckpt", "localPath": "/nvme"}, "/mnt/ckpt/video", "/mnt/ckpt"),
-    ({"persistentPath": "/mnt/ckpt", "localPath": "/nvme"}, "/nvme/video", None),
-])
+@pytest.mark.parametrize(
+    ("checkpoint", "root", "persistent"),
+    [
+        (
+            {"persistentClaim": "ckpt", "persistentPath": "/mnt/ckpt", "localPath": "/nvme"},
+            "/mnt/ckpt/video",
+            "/mnt/ckpt",
+        ),
+        ({"persistentPath": "/mnt/ckpt", "localPath": "/nvme"}, "/nvme/video", None),
+    ],
+)
 def test_every_reader_of_the_checkpoint_root_agrees(tmp_path, checkpoint, root, persistent):
     spec = JobSpec.model_validate({"checkpoint": checkpoint})
     assert spec.checkpoint.job_root("video") == root
@@ -28,6 +35,7 @@ def test_every_reader_of_the_checkpoint_root_agrees(tmp_path, checkpoint, root, 
     config = CheckpointConfig.from_spec(spec.checkpoint, "video")
     assert (config.local_root, config.persistent_root) == ("/nvme", persistent)
     path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(TrainerConfig.model_validate({"spec": spec.to_wire(),
-                                                                 "run": {"jobName": "video"}}).to_wire()))
+    path.write_text(
+        yaml.safe_dump(TrainerConfig.model_validate({"spec": spec.to_wire(), "run": {"jobName": "video"}}).to_wire())
+    )
     assert settings_from_config(str(path), 60, {"PET_NODE_RANK": "0"}).metrics_log_dir == f"{root}/metrics"

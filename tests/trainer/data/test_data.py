@@ -34,8 +34,9 @@ def dataset(tmp_path_factory):
 def _loader(folder, **kw):
     args = dict(patch_size=CFG.patch_size, token_budget=256, cost=CostModel.of(CFG))
     args.update(kw)
-    return PackedLoader(ShardReader(folder, kw.pop("on_corrupt", "skip")), **{k: v for k, v in args.items()
-                                                                               if k != "on_corrupt"})
+    return PackedLoader(
+        ShardReader(folder, kw.pop("on_corrupt", "skip")), **{k: v for k, v in args.items() if k != "on_corrupt"}
+    )
 
 
 def _keys(step_bins):
@@ -62,7 +63,7 @@ def test_packing_respects_budget_and_boundaries(dataset):
         for batch in loader.next_step():
             assert batch.num_tokens <= 256
             assert int(batch.cu_seqlens[-1]) == batch.num_tokens
-        assert loader.last_step_tokens > 0.8 * 2 * 256      # the step is nearly full
+        assert loader.last_step_tokens > 0.8 * 2 * 256  # the step is nearly full
 
 
 def test_resume_yields_the_same_batches(dataset):
@@ -70,8 +71,8 @@ def test_resume_yields_the_same_batches(dataset):
     for _ in range(3):
         first.next_global_step()
     state = first.state_dict()
-    assert state["carry"]                 # something is carried over, so carry-over is exercised
-    expected = [_keys(first.next_global_step()) for _ in range(6)]   # crosses an epoch boundary
+    assert state["carry"]  # something is carried over, so carry-over is exercised
+    expected = [_keys(first.next_global_step()) for _ in range(6)]  # crosses an epoch boundary
     second = _loader(dataset, dp_size=2, micro_batches=2)
     second.load_state_dict(state)
     assert [_keys(second.next_global_step()) for _ in range(6)] == expected
@@ -87,7 +88,7 @@ def test_ranks_split_one_step(dataset):
 
 def test_balancer_beats_round_robin_on_skewed_lengths():
     rng = random.Random(0)
-    tokens = [rng.choice([40] * 9 + [600]) for _ in range(256)]      # mostly short, a few long clips
+    tokens = [rng.choice([40] * 9 + [600]) for _ in range(256)]  # mostly short, a few long clips
     cost = CostModel.of(CFG)
     costs = [cost(n) for n in tokens]
     bins = 8
@@ -128,7 +129,7 @@ def test_bad_row_skipped_or_named(dataset, tmp_path):
     folder = tmp_path / "d"
     folder.mkdir()
     rows = pq.read_table(list_shards(dataset)[0]).to_pylist()[:6]
-    rows[2]["video"] = rows[2]["video"][:-4]          # bytes no longer match the shape
+    rows[2]["video"] = rows[2]["video"][:-4]  # bytes no longer match the shape
     pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), folder / "shard-00000.parquet")
     reader = ShardReader(folder, "skip")
     got = [s.key for _, (_, s) in zip(range(5), reader)]
@@ -148,10 +149,10 @@ def test_empty_folder_and_oversized_sample_are_clear_errors(dataset, tmp_path):
 
 
 def _check_elastic_bins(bins, tokens, ulysses, budget):
-    assert sorted(i for b in bins for i in b.samples) == list(range(len(tokens)))     # every sample exactly once
+    assert sorted(i for b in bins for i in b.samples) == list(range(len(tokens)))  # every sample exactly once
     for b in bins:
         assert ulysses % b.degree == 0 and b.first % b.degree == 0 and b.first + b.degree <= ulysses
-        assert sum(tokens[i] for i in b.samples) * ulysses <= budget * b.degree    # the fixed degree's tokens per rank
+        assert sum(tokens[i] for i in b.samples) * ulysses <= budget * b.degree  # the fixed degree's tokens per rank
 
 
 def test_elastic_packing_of_mostly_short_clips_is_degree_one_and_balanced():
@@ -174,12 +175,12 @@ def test_elastic_packing_of_mostly_short_clips_is_degree_one_and_balanced():
 
 def test_elastic_packing_widens_short_samples_rather_than_idle_ranks():
     cost = CostModel.of(CFG)
-    tokens = [200, 180]                        # two short samples, four ranks: degree 1 would idle two of them
+    tokens = [200, 180]  # two short samples, four ranks: degree 1 would idle two of them
     bins = assign_elastic(tokens, [cost(n) for n in tokens], 4, 1024)
     _check_elastic_bins(bins, tokens, 4, 1024)
     assert imbalance(rank_loads(bins, [cost(n) for n in tokens], 4)) < 1.2
     assert sorted(b.degree for b in bins) == [2, 2]
-    many = [100] * 8                           # enough short ones: each stays on one rank
+    many = [100] * 8  # enough short ones: each stays on one rank
     bins = assign_elastic(many, [cost(n) for n in many], 4, 1024)
     assert {b.degree for b in bins} == {1} and imbalance(rank_loads(bins, [cost(n) for n in many], 4)) == 1.0
 
@@ -187,16 +188,19 @@ def test_elastic_packing_widens_short_samples_rather_than_idle_ranks():
 @pytest.fixture(scope="module")
 def mixed_dataset(tmp_path_factory):
     out = tmp_path_factory.mktemp("mixed")
-    write_synthetic(out, SynthSpec(samples=96, shards=2, seed=3, max_frames=8, max_side=16, long_fraction=0.1),
-                    log=lambda *_: None)
+    write_synthetic(
+        out, SynthSpec(samples=96, shards=2, seed=3, max_frames=8, max_side=16, long_fraction=0.1), log=lambda *_: None
+    )
     return out
 
 
 def test_elastic_loader_keeps_the_steps_samples_and_position_and_recuts_them(mixed_dataset):
     kw = dict(token_budget=2560, micro_batches=3, dp_size=2)
     for rank in (0, 1):
-        fixed, elastic = _loader(mixed_dataset, dp_rank=rank, **kw), _loader(mixed_dataset, dp_rank=rank,
-                                                                               elastic_ulysses=4, **kw)
+        fixed, elastic = (
+            _loader(mixed_dataset, dp_rank=rank, **kw),
+            _loader(mixed_dataset, dp_rank=rank, elastic_ulysses=4, **kw),
+        )
         ones = total = 0
         for _ in range(4):
             want, step = fixed.next_step(), elastic.next_step()
@@ -220,6 +224,7 @@ def test_elastic_loader_keeps_the_steps_samples_and_position_and_recuts_them(mix
 def test_take_samples_rebuilds_micro_batches_sample_by_sample(mixed_dataset):
     from omnitrain.model.packing import pack
     from omnitrain.trainer.data.loader import records_of, take_samples
+
     rows = [s for _, (_, s) in zip(range(6), ShardReader(mixed_dataset))]
     a = pack([r for s in rows[:3] for r in records_of(s, False)], CFG.patch_size)
     b = pack([r for s in rows[3:] for r in records_of(s, False)], CFG.patch_size)

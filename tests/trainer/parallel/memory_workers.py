@@ -13,11 +13,14 @@ def step_per_mode(rank: int, world_size: int, layout: ParallelLayout, modes: lis
     everything = workers.global_microbatches(layout.dp * layout.micro_batches, seed=100)
     report = {}
     for offload, recompute in modes:
-        plan = configure_memory(setup_parallel(workers.build_model(), layout=layout), offload, recompute,
-                                account=True)
+        plan = configure_memory(setup_parallel(workers.build_model(), layout=layout), offload, recompute, account=True)
         index, _ = plan.data_shard
         m = layout.micro_batches
-        loss = plan.run_step(everything[index * m:(index + 1) * m], workers.loss_fn)
-        report[(offload, recompute)] = {"loss": float(loss), "grads": plan.full_state_dict(grads=True),
-                                        "account": plan.memory.account.as_dict(), "stage": plan.pp_rank}
+        loss = plan.run_step(everything[index * m : (index + 1) * m], workers.loss_fn)
+        report[(offload, recompute)] = {
+            "loss": float(loss),
+            "grads": plan.full_state_dict(grads=True),
+            "account": plan.memory.account.as_dict(),
+            "stage": plan.pp_rank,
+        }
     return report

@@ -8,8 +8,16 @@ import torch
 from omnitrain.model.config import ModelConfig
 from omnitrain.trainer.parallel import ParallelLayout, setup_parallel
 
-TINY = ModelConfig(hidden_size=32, depth=4, num_heads=4, mlp_ratio=2.0, latent_channels=2, patch_size=(1, 2, 2),
-                   text_dim=8, frequency_embedding_size=16)
+TINY = ModelConfig(
+    hidden_size=32,
+    depth=4,
+    num_heads=4,
+    mlp_ratio=2.0,
+    latent_channels=2,
+    patch_size=(1, 2, 2),
+    text_dim=8,
+    frequency_embedding_size=16,
+)
 # (text tokens, latent frames, latent side, reference image?, video context?) of each sample, per micro-batch:
 # packed samples of different lengths; odd totals exercise the Ulysses padding.
 SAMPLES = [
@@ -36,9 +44,11 @@ LENGTHS = [[7, 12, 4], [9, 3, 10, 1], [15, 6], [5, 5, 8, 3], [11, 13], [2, 17, 4
 def build_model(seed: int = 0, kind: str = "mmdit"):
     if kind == "standin":
         from standin_model import StandinDiT
+
         torch.manual_seed(seed)
         return StandinDiT(TINY)
     from omnitrain.model.mmdit import MMDiT, randomize_
+
     torch.manual_seed(seed)
     # Random everywhere: adaLN-Zero would leave the blocks' gradients zero at the first step, testing nothing.
     return randomize_(MMDiT(TINY), torch.Generator().manual_seed(seed))
@@ -46,14 +56,18 @@ def build_model(seed: int = 0, kind: str = "mmdit"):
 
 def _mmdit_microbatch(specs, g: torch.Generator) -> tuple:
     from omnitrain.model.packing import SampleRecord, pack
+
     c = TINY.latent_channels
     records = []
     for text, frames, side, reference, context in specs:
-        records.append(SampleRecord(
-            text=torch.randn(text, TINY.text_dim, generator=g),
-            video=torch.randn(c, frames, side, side, generator=g),
-            reference=torch.randn(c, 1, side, side, generator=g) if reference else None,
-            context=torch.randn(c, frames, side, side, generator=g) if context else None))
+        records.append(
+            SampleRecord(
+                text=torch.randn(text, TINY.text_dim, generator=g),
+                video=torch.randn(c, frames, side, side, generator=g),
+                reference=torch.randn(c, 1, side, side, generator=g) if reference else None,
+                context=torch.randn(c, frames, side, side, generator=g) if context else None,
+            )
+        )
     batch = pack(records, TINY.patch_size)
     batch.target = torch.randn(batch.video.shape, generator=g)
     return batch, torch.rand(len(specs), generator=g)
@@ -65,6 +79,7 @@ def global_microbatches(count: int, seed: int = 1, kind: str = "mmdit") -> list[
         samples = ELASTIC_SAMPLES if kind == "elastic" else SAMPLES
         return [_mmdit_microbatch(samples[i % len(samples)], g) for i in range(count)]
     from standin_model import make_batch
+
     out = []
     for i in range(count):
         lengths = LENGTHS[i % len(LENGTHS)]
@@ -78,6 +93,7 @@ def loss_fn(prediction, args):
     if hasattr(batch, "target_mask"):
         return ((prediction[batch.target_mask] - batch.target) ** 2).mean()
     from standin_model import masked_mse
+
     return masked_mse(prediction, args)
 
 
@@ -90,10 +106,11 @@ def train(rank: int, world_size: int, layout: ParallelLayout, steps: int = 2, ki
     for step in range(steps):
         everything = global_microbatches(layout.dp * m, seed=100 + step, kind=kind)
         index, count = plan.data_shard
-        mine = everything[index * m:(index + 1) * m]
+        mine = everything[index * m : (index + 1) * m]
         schedule = None
         if layout.elastic_ulysses:
             from omnitrain.trainer.parallel.elastic import plan_elastic
+
             schedule = plan_elastic([b.num_tokens for b, _ in mine], layout.ulysses, ELASTIC_BUDGET)
             report.setdefault("degrees", schedule.degrees)
             mine = [mb if plan.ulysses_rank in schedule.ranks_of(j) else None for j, mb in enumerate(mine)]
@@ -123,13 +140,13 @@ def reference(layout: ParallelLayout, steps: int = 2, kind: str = "mmdit") -> di
 
 def load_and_step(rank: int, world_size: int, layout: ParallelLayout, state: dict) -> dict:
     """Load a full state dict written under another layout, run one step: loss and full gradients."""
-    model = build_model(seed=123)          # different init: everything must come from the state dict
+    model = build_model(seed=123)  # different init: everything must come from the state dict
     plan = setup_parallel(model, layout=layout)
     plan.load_full_state_dict(state)
     m = layout.micro_batches
     everything = global_microbatches(layout.dp * m, seed=7)
     index, _ = plan.data_shard
-    loss = plan.run_step(everything[index * m:(index + 1) * m], loss_fn)
+    loss = plan.run_step(everything[index * m : (index + 1) * m], loss_fn)
     return {"loss": float(loss), "grads": plan.full_state_dict(grads=True), "params": plan.full_state_dict()}
 
 
@@ -139,6 +156,7 @@ def train_loop(rank: int, world_size: int, config: dict) -> dict:
     from omnitrain.spec import TrainerConfig
     from omnitrain.trainer.parallel import elastic
     from omnitrain.trainer.train import train as train_loop_
+
     degrees = []
     plan = elastic.step_schedule
 
@@ -152,5 +170,8 @@ def train_loop(rank: int, world_size: int, config: dict) -> dict:
         result = train_loop_(TrainerConfig.model_validate(config), callbacks=[], log=lambda *_, **__: None)
     finally:
         elastic.step_schedule = plan
-    return {"losses": result.losses, "degrees": degrees,
-            "params": {n: p.detach().clone() for n, p in result.state.model.named_parameters()}}
+    return {
+        "losses": result.losses,
+        "degrees": degrees,
+        "params": {n: p.detach().clone() for n, p in result.state.model.named_parameters()},
+    }

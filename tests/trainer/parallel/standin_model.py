@@ -15,18 +15,18 @@ from omnitrain.model.config import ModelConfig
 
 @dataclass
 class StandinBatch:
-    tokens: torch.Tensor        # [L, patch_dim] input tokens (stand-in for text/video tokens)
-    target: torch.Tensor        # [L, patch_dim]
-    loss_mask: torch.Tensor     # [L] bool: video-target tokens
-    positions: torch.Tensor     # [L] float positions for RoPE
-    sample_id: torch.Tensor     # [L] long
-    cu_seqlens: torch.Tensor    # [n + 1] int32
+    tokens: torch.Tensor  # [L, patch_dim] input tokens (stand-in for text/video tokens)
+    target: torch.Tensor  # [L, patch_dim]
+    loss_mask: torch.Tensor  # [L] bool: video-target tokens
+    positions: torch.Tensor  # [L] float positions for RoPE
+    sample_id: torch.Tensor  # [L] long
+    cu_seqlens: torch.Tensor  # [n + 1] int32
 
 
 @dataclass
 class StandinCtx:
-    cond: torch.Tensor          # [L, hidden] per-token conditioning
-    cos: torch.Tensor           # [L, head_dim // 2]
+    cond: torch.Tensor  # [L, hidden] per-token conditioning
+    cos: torch.Tensor  # [L, head_dim // 2]
     sin: torch.Tensor
     cu_seqlens: torch.Tensor
     max_seqlen: int
@@ -39,9 +39,14 @@ def make_batch(lengths: list[int], config: ModelConfig, generator: torch.Generat
     positions = torch.cat([torch.arange(n, dtype=torch.float32) for n in lengths])
     sample_id = torch.cat([torch.full((n,), i) for i, n in enumerate(lengths)])
     mask = torch.cat([torch.arange(n) >= n // 3 for n in lengths])
-    return StandinBatch(tokens=torch.randn(total, config.patch_dim, generator=generator),
-                        target=torch.randn(total, config.patch_dim, generator=generator), loss_mask=mask,
-                        positions=positions, sample_id=sample_id, cu_seqlens=cu)
+    return StandinBatch(
+        tokens=torch.randn(total, config.patch_dim, generator=generator),
+        target=torch.randn(total, config.patch_dim, generator=generator),
+        loss_mask=mask,
+        positions=positions,
+        sample_id=sample_id,
+        cu_seqlens=cu,
+    )
 
 
 def varlen_attention(q, k, v, ctx):
@@ -76,7 +81,7 @@ class Attention(nn.Module):
 
     def forward(self, x, ctx):
         L = x.shape[0]
-        q = self.q_norm(self.q(x).view(L, -1, self.head_dim))   # heads from the shape: works on a TP shard
+        q = self.q_norm(self.q(x).view(L, -1, self.head_dim))  # heads from the shape: works on a TP shard
         k = self.k_norm(self.k(x).view(L, -1, self.head_dim))
         v = self.v(x).view(L, -1, self.head_dim)
         q, k = rope(q, ctx.cos, ctx.sin), rope(k, ctx.cos, ctx.sin)
@@ -113,8 +118,11 @@ class Embed(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.patch = nn.Linear(cfg.patch_dim, cfg.hidden_size)
-        self.time = nn.Sequential(nn.Linear(cfg.frequency_embedding_size, cfg.hidden_size), nn.SiLU(),
-                                  nn.Linear(cfg.hidden_size, cfg.hidden_size))
+        self.time = nn.Sequential(
+            nn.Linear(cfg.frequency_embedding_size, cfg.hidden_size),
+            nn.SiLU(),
+            nn.Linear(cfg.hidden_size, cfg.hidden_size),
+        )
         # Used only by some micro-batches (like a reference-image embedder when a batch has reference images), so
         # data-parallel ranks differ in which parameters got gradients.
         self.pair = nn.Linear(cfg.frequency_embedding_size, cfg.hidden_size)
@@ -128,8 +136,9 @@ class Embed(nn.Module):
             cond = cond + self.pair(temb)[batch.sample_id]
         rot = batch.positions[:, None] * torch.exp(-torch.arange(self.cfg.head_dim // 2) * 2.0 / self.cfg.head_dim)
         lengths = batch.cu_seqlens[1:] - batch.cu_seqlens[:-1]
-        ctx = StandinCtx(cond=cond, cos=rot.cos(), sin=rot.sin(), cu_seqlens=batch.cu_seqlens,
-                         max_seqlen=int(lengths.max()))
+        ctx = StandinCtx(
+            cond=cond, cos=rot.cos(), sin=rot.sin(), cu_seqlens=batch.cu_seqlens, max_seqlen=int(lengths.max())
+        )
         return self.patch(batch.tokens), ctx
 
 

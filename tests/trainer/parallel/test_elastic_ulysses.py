@@ -35,14 +35,14 @@ def test_plan_places_micro_batches_on_aligned_sub_groups_and_balances_them():
     for j, d in enumerate(s.degrees):
         assert s.first[j] % d == 0 and s.first[j] + d <= 4
     assert sorted(j for r in range(4) for j in s.items_of(r) if s.degrees[j] == 1) == [1, 2, 4, 7]
-    assert [s.degrees[j] for j in s.order] == sorted(s.degrees, reverse=True)   # widest first
+    assert [s.degrees[j] for j in s.order] == sorted(s.degrees, reverse=True)  # widest first
     loads = s.loads(tokens)
     assert max(loads) / (sum(loads) / 4) < 1.1
     assert sum(loads) == pytest.approx(sum(tokens))
     # Same micro-batches, fewer all-to-all bytes than the fixed degree; nothing at all when everything is short.
     fixed = fixed_schedule(len(tokens), 4)
-    per_token = 2 * 4 * 64 * 2       # forward + backward, q/k/v + output, hidden 64, 2 blocks
-    assert all_to_all_elements(tokens, fixed.degrees, 64, 2) == per_token * (2872 * 3 // 4)   # 90 padded to 92
+    per_token = 2 * 4 * 64 * 2  # forward + backward, q/k/v + output, hidden 64, 2 blocks
+    assert all_to_all_elements(tokens, fixed.degrees, 64, 2) == per_token * (2872 * 3 // 4)  # 90 padded to 92
     assert all_to_all_elements(tokens, s.degrees, 64, 2) == per_token * (1000 * 3 // 4 + (500 + 260 + 480) // 2)
     assert all_to_all_elements([10, 20], plan_elastic([10, 20], 4, 1024).degrees, 64, 2) == 0
 
@@ -64,12 +64,22 @@ def test_unsupported_layouts_are_refused_naming_the_field():
         check_layout(ParallelLayout(dp=2, elastic_ulysses=True), 2, **dims)
     with pytest.raises(ValueError, match="spec.parallelism.gradientReduce: .*dataSharding fsdp"):
         check_layout(ParallelLayout(dp=2, data_sharding="fsdp", grad_reduce="overlapped"), 2, **dims)
-    spec = JobSpec.model_validate({"parallelism": {"gpusPerNode": 4, "ulysses": 2, "tensor": 2,
-                                                   "elasticUlysses": True, "gradientReduce": "overlapped"}})
+    spec = JobSpec.model_validate(
+        {
+            "parallelism": {
+                "gpusPerNode": 4,
+                "ulysses": 2,
+                "tensor": 2,
+                "elasticUlysses": True,
+                "gradientReduce": "overlapped",
+            }
+        }
+    )
     fields = [e.field for e in validate_job_spec(spec)]
     assert fields == ["spec.parallelism.elasticUlysses", "spec.parallelism.gradientReduce"]
-    ok = ParallelismSpec.model_validate({"gpusPerNode": 4, "ulysses": 4, "elasticUlysses": True,
-                                         "gradientReduce": "overlapped"})
+    ok = ParallelismSpec.model_validate(
+        {"gpusPerNode": 4, "ulysses": 4, "elasticUlysses": True, "gradientReduce": "overlapped"}
+    )
     assert not validate_job_spec(JobSpec(parallelism=ok))
 
 
@@ -100,7 +110,7 @@ def test_prefetching_loader_yields_the_same_steps_and_resumes_where_training_was
         assert prefetch.next_step() == ([2], ("plan", 2))
         assert prefetch.last_step_tokens == 2
         saved = prefetch.state_dict()
-        assert saved == {"made": 2}          # not 3: step 3 is only prepared
+        assert saved == {"made": 2}  # not 3: step 3 is only prepared
         assert prefetch.next_step()[0] == [3]
         prefetch.load_state_dict(saved)
         assert [prefetch.next_step()[0] for _ in range(2)] == [[3], [4]]
@@ -121,10 +131,13 @@ def test_elastic_ulysses_trains_like_the_fixed_degree_and_one_process(name):
     """Packed micro-batches of 4-32 tokens: elastic degrees (1, 2, 4) with and without the overlapped all-reduce
     (small buckets, so several launch during backward) against the fixed degree, in the same processes."""
     base = ELASTIC_LAYOUTS[name]
-    layouts = {"fixed": ParallelLayout(**base),
-               "elastic": ParallelLayout(**base, elastic_ulysses=True),
-               "elastic-overlapped": ParallelLayout(**base, elastic_ulysses=True, grad_reduce="overlapped",
-                                                    grad_bucket_mb=0.02)}
+    layouts = {
+        "fixed": ParallelLayout(**base),
+        "elastic": ParallelLayout(**base, elastic_ulysses=True),
+        "elastic-overlapped": ParallelLayout(
+            **base, elastic_ulysses=True, grad_reduce="overlapped", grad_bucket_mb=0.02
+        ),
+    }
     first = layouts["fixed"]
     want = reference(first.dp * first.micro_batches, "elastic")
     results = run_on_ranks(workers.train_layouts, first.world_size, layouts, 2, "elastic")
@@ -132,7 +145,7 @@ def test_elastic_ulysses_trains_like_the_fixed_degree_and_one_process(name):
     assert degrees == ({1, 2, 4} if first.ulysses == 4 else {1, 2})
     for mode in layouts:
         assert_runs_match([r[mode] for r in results], want)
-    launched = [r["elastic-overlapped"]["buckets"] for r in results]   # (during backward, all) per rank
+    launched = [r["elastic-overlapped"]["buckets"] for r in results]  # (during backward, all) per rank
     assert all(total > 3 and early > 0 for early, total in launched), launched
     for r in results:
         assert r["elastic"]["losses"] == pytest.approx(r["fixed"]["losses"], rel=1e-5)
@@ -144,8 +157,10 @@ def test_elastic_ulysses_trains_like_the_fixed_degree_and_one_process(name):
 def test_overlapped_all_reduce_gives_the_coalesced_gradients_with_parameters_unused_on_some_ranks():
     """Stand-in model whose `embed.pair` only rank 1's micro-batch uses: that bucket launches on rank 1 during
     backward and on rank 0 only in finish(), in the same bucket order."""
-    layouts = {"coalesced": ParallelLayout(dp=2, micro_batches=2),
-               "overlapped": ParallelLayout(dp=2, micro_batches=2, grad_reduce="overlapped", grad_bucket_mb=0.02)}
+    layouts = {
+        "coalesced": ParallelLayout(dp=2, micro_batches=2),
+        "overlapped": ParallelLayout(dp=2, micro_batches=2, grad_reduce="overlapped", grad_bucket_mb=0.02),
+    }
     want = reference(4, "standin")
     assert "embed.pair.weight" in want["grads"]
     results = run_on_ranks(workers.train_layouts, 2, layouts, 2, "standin")
@@ -166,6 +181,7 @@ def test_training_loop_with_elastic_ulysses_and_overlap_matches_the_fixed_degree
     inside the real loop give the fixed degree's run."""
     import sys
     from pathlib import Path
+
     sys.path.insert(0, str(Path(__file__).parents[1]))
     from train_helpers import config_dict
 
@@ -178,7 +194,7 @@ def test_training_loop_with_elastic_ulysses_and_overlap_matches_the_fixed_degree
     fixed = run_on_ranks(workers.train_loop, 2, config())
     elastic = run_on_ranks(workers.train_loop, 2, config(elasticUlysses=True, gradientReduce="overlapped"))
     degrees = elastic[0]["degrees"]
-    assert not fixed[0]["degrees"] and 1 in degrees, degrees   # short samples on one rank, elastic only
+    assert not fixed[0]["degrees"] and 1 in degrees, degrees  # short samples on one rank, elastic only
     for got in elastic:
         assert got["losses"] == pytest.approx(fixed[0]["losses"], rel=1e-5)
         assert_same_tensors(got["params"], fixed[0]["params"], "parameter", atol=5e-5)
@@ -197,21 +213,41 @@ def test_regrouped_micro_batches_keep_the_fixed_degrees_loss_and_gradients(tmp_p
     from omnitrain.trainer.data.synthetic import SynthSpec, write_synthetic
     from omnitrain.trainer.objectives import DiffusionDPOLoss, FlowMatchingLoss, dpo_inputs, flow_matching_inputs
     from omnitrain.trainer.parallel.elastic import RegroupedLoss
+
     cfg = PRESETS["tiny"]
-    write_synthetic(tmp_path, SynthSpec(samples=48, shards=1, seed=4, max_frames=8, max_side=16, long_fraction=0.15,
-                                        latent_channels=cfg.latent_channels, text_dim=cfg.text_dim),
-                    log=lambda *_: None)
+    write_synthetic(
+        tmp_path,
+        SynthSpec(
+            samples=48,
+            shards=1,
+            seed=4,
+            max_frames=8,
+            max_side=16,
+            long_fraction=0.15,
+            latent_channels=cfg.latent_channels,
+            text_dim=cfg.text_dim,
+        ),
+        log=lambda *_: None,
+    )
     pairs = stage == "dpo"
-    loader = PackedLoader(ShardReader(tmp_path), cfg.patch_size, 2048, CostModel.of(cfg), micro_batches=3,
-                          pairs=pairs, text_dim=cfg.text_dim, latent_channels=cfg.latent_channels,
-                          elastic_ulysses=4)
+    loader = PackedLoader(
+        ShardReader(tmp_path),
+        cfg.patch_size,
+        2048,
+        CostModel.of(cfg),
+        micro_batches=3,
+        pairs=pairs,
+        text_dim=cfg.text_dim,
+        latent_channels=cfg.latent_channels,
+        elastic_ulysses=4,
+    )
     torch.manual_seed(0)
     model = MMDiT(cfg)
     base = DiffusionDPOLoss(MMDiT(cfg), beta=500.0) if pairs else FlowMatchingLoss()
     make_inputs = dpo_inputs if pairs else flow_matching_inputs
     step = loader.next_step()
     fixed_groups = {tuple(g for g, (j, _) in enumerate(step.where) if j == m) for m in range(len(step.fixed))}
-    assert {b.samples for b in step.bins} != fixed_groups and min(b.degree for b in step.bins) < 4   # really re-cut
+    assert {b.samples for b in step.bins} != fixed_groups and min(b.degree for b in step.bins) < 4  # really re-cut
 
     def loss_and_grads(microbatches, loss_fn):
         model.zero_grad()

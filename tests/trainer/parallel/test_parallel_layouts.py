@@ -20,14 +20,15 @@ LAYOUTS = {
     "pp2-1f1b": ParallelLayout(pp=2, micro_batches=3),
     "pp2-interleaved": ParallelLayout(pp=2, virtual_stages=2, schedule="interleaved1F1B", micro_batches=4),
     "ulysses2": ParallelLayout(ulysses=2, micro_batches=2),
-    "ulysses4": ParallelLayout(ulysses=4, micro_batches=2),   # one head per rank, up to 3 padding tokens
+    "ulysses4": ParallelLayout(ulysses=4, micro_batches=2),  # one head per rank, up to 3 padding tokens
     "fsdp2": ParallelLayout(dp=2, data_sharding="fsdp", micro_batches=2),
     "dp2-ulysses2": ParallelLayout(dp=2, ulysses=2),
     "fsdp2-tp2": ParallelLayout(dp=2, tp=2, data_sharding="fsdp"),
     "fsdp2-pp2": ParallelLayout(dp=2, pp=2, data_sharding="fsdp", micro_batches=2),
     "tp2-ulysses2": ParallelLayout(tp=2, ulysses=2),
-    "pp2-ulysses2-interleaved": ParallelLayout(pp=2, ulysses=2, virtual_stages=2, schedule="interleaved1F1B",
-                                               micro_batches=2),
+    "pp2-ulysses2-interleaved": ParallelLayout(
+        pp=2, ulysses=2, virtual_stages=2, schedule="interleaved1F1B", micro_batches=2
+    ),
     # The one 8-process test: all three of data x pipeline x tensor at once.
     "dp2-pp2-tp2": ParallelLayout(dp=2, pp=2, tp=2, micro_batches=2),
 }

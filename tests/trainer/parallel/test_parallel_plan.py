@@ -43,8 +43,7 @@ def test_bad_layouts_name_the_field():
     with pytest.raises(ValueError, match="spec.parallelism.pipeline: .* 8 stages"):
         check_layout(ParallelLayout(pp=4, virtual_stages=2, schedule="interleaved1F1B"), 4, **dims)
     with pytest.raises(ValueError, match="spec.parallelism.microBatches: .* multiple"):
-        check_layout(ParallelLayout(pp=2, virtual_stages=2, schedule="interleaved1F1B", micro_batches=3), 2,
-                     **dims)
+        check_layout(ParallelLayout(pp=2, virtual_stages=2, schedule="interleaved1F1B", micro_batches=3), 2, **dims)
     with pytest.raises(ValueError, match="spec.parallelism.pipelineSchedule"):
         check_layout(ParallelLayout(pp=2, virtual_stages=2), 2, **dims)
 
@@ -55,13 +54,14 @@ def test_split_blocks_is_contiguous_and_complete():
         split_blocks(3, 4)
 
 
-@pytest.mark.parametrize("pp,v,m", [(2, 1, 1), (2, 1, 5), (4, 1, 8), (2, 2, 4), (4, 2, 8), (3, 3, 6), (2, 4, 2),
-                                    (4, 4, 16)])
+@pytest.mark.parametrize(
+    "pp,v,m", [(2, 1, 1), (2, 1, 5), (4, 1, 8), (2, 2, 4), (4, 2, 8), (3, 3, 6), (2, 4, 2), (4, 4, 16)]
+)
 def test_schedules_run_everything_once_in_dependency_order(pp, v, m):
     kind = "interleaved1F1B" if v > 1 else "1F1B"
     schedules = [build_schedule(r, pp, v, m, kind) for r in range(pp)]
     check_schedule(pp, v, m, schedules)
-    assert messages_in_order(pp, v, m, schedules)   # so NCCL (no tags) pairs the same messages as gloo
+    assert messages_in_order(pp, v, m, schedules)  # so NCCL (no tags) pairs the same messages as gloo
 
 
 def _peak_in_flight(actions) -> int:
@@ -75,7 +75,7 @@ def _peak_in_flight(actions) -> int:
 def test_1f1b_bounds_activations_in_flight_by_the_stage_distance():
     pp, m = 4, 12
     for rank in range(pp):
-        assert _peak_in_flight(one_f_one_b(rank, pp, m)) == pp - rank   # GPipe would hold all 12
+        assert _peak_in_flight(one_f_one_b(rank, pp, m)) == pp - rank  # GPipe would hold all 12
     assert [str(a) for a in one_f_one_b(1, 3, 3)] == ["F1.0", "F1.1", "B1.0", "F1.2", "B1.1", "B1.2"]
 
 
