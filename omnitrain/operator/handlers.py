@@ -16,7 +16,7 @@ from omnitrain.operator import crd, plan, progress
 from omnitrain.operator.kube import Kube, now_iso, pod_views
 from omnitrain.operator.promotion import promotion_settled
 from omnitrain.operator.promotion_kube import promote
-from omnitrain.operator.reconcile import parse_spec, reconcile
+from omnitrain.operator.reconcile import Decision, parse_spec, reconcile
 from omnitrain.operator.settings import OperatorSettings
 from omnitrain.spec import JobSpec
 from omnitrain.status import FAILED, RUNNING, SUCCEEDED, JobStatus
@@ -37,6 +37,16 @@ def daemon_timer(delay: float, fn: Callable[[], None]) -> Timer:
     timer = threading.Timer(delay, fn)
     timer.daemon = True  # a pending retry must not keep the operator from exiting
     return timer
+
+
+def restart_cause(old: JobStatus, decision: Decision) -> str:
+    """The label of a restart counted in this pass: the failure that caused it (status.lastFailure.reason:
+    HangDetected, NodeLost, ...), which alerts and dashboards select on; without a new failure (a resume), the
+    reason of the pass's first event (Resumed)."""
+    new = decision.status
+    if new.last_failure is not None and new.last_failure != old.last_failure and new.last_failure.reason:
+        return new.last_failure.reason
+    return decision.events[0].reason if decision.events else "Restart"
 
 
 class Controller:
@@ -125,8 +135,7 @@ class Controller:
         if decision.status.phase == SUCCEEDED and checked.spec is not None:
             self.promote({**job, "status": decision.status.to_wire()}, checked.spec, decision.status)
         if self.metrics is not None and decision.status.phase:
-            restart_reason = decision.events[-1].reason if decision.events else "Restart"
-            self._record_metrics(namespace, name, old, decision.status, restart_reason)
+            self._record_metrics(namespace, name, old, decision.status, restart_cause(old, decision))
         return decision.requeue_after_seconds
 
     def _record_metrics(self, namespace: str, name: str, old: JobStatus, new: JobStatus, restart_reason: str) -> None:

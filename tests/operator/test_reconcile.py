@@ -4,6 +4,7 @@ import dataclasses
 
 from omnitrain.contract import ExitCode, TerminationMessage
 from omnitrain.operator import plan
+from omnitrain.operator.handlers import restart_cause
 from omnitrain.operator.reconcile import (
     FAILED,
     PENDING,
@@ -311,3 +312,16 @@ def test_wait_keeps_the_job_pending_with_the_reason_and_looks_again():
         JOB, parse_spec(SPEC), again.status, failed, "t3", generation=1, usable_nodes=["node-a0", "node-a1", "node-a2"]
     )
     assert go.status.phase == RESTARTING and go.status.attempt == 1 and go.status.excluded_nodes == ["node-a0"]
+
+
+def test_a_counted_restart_is_labelled_with_the_failure_that_caused_it():
+    # omnitrain_operator_restarts_total{reason} feeds OmniTrainHangDetected and the dashboard's restarts by cause
+    st = step(SPEC, launched(), pods(0, "Running", "Running")).status
+    watchdog = TerminationMessage(reason="HangDetected", message="rank 1: no heartbeat for 60 s").to_json()
+    hung_pods = pods(0, "Running", "Failed", codes=[None, ExitCode.HANG])
+    hung_pods[1] = dataclasses.replace(hung_pods[1], termination_message=watchdog)
+    hung = step(SPEC, st, hung_pods)
+    assert hung.status.total_restarts == 1 and restart_cause(st, hung) == "HangDetected"
+    suspended = step({**SPEC, "suspend": True}, hung.status, []).status
+    resumed = step(SPEC, suspended, [])
+    assert resumed.status.total_restarts == 2 and restart_cause(suspended, resumed) == "Resumed"
