@@ -102,6 +102,13 @@ def run_operator(kube, workers: int):
     settings = OperatorSettings(resync_seconds=5.0, create_workers=workers)
     kube.create_workers = workers
     handlers.install(settings, kube=kube)
+
+    # kopf's default login reads the kubernetes client's default kubeconfig path, fixed when `kubernetes` was
+    # first imported (before this process set KUBECONFIG): without this, kopf's watches never start and only the
+    # resync thread launches jobs.
+    @kopf.on.login()
+    def login(**kwargs):
+        return kopf.login_with_kubeconfig(**kwargs)
     stop, ready = threading.Event(), threading.Event()
     thread = threading.Thread(
         target=lambda: asyncio.run(kopf.operator(clusterwide=True, standalone=True, stop_flag=stop, ready_flag=ready)),
