@@ -8,10 +8,12 @@ mount namespace is allowed, mountPaths rewritten to the host folders.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -21,8 +23,13 @@ from omnitrain.devcluster.agentapi import AgentApi
 from omnitrain.devcluster.runtime import PodRun
 
 DNS_WAIT_S = 300
+DNS_POLL_S = 0.5
 DEFAULT_TERMINATION_PATH = "/dev/termination-log"
 PASSTHROUGH_ENV = ("OMNITRAIN_CACHE", "TMPDIR")
+
+
+class StartCancelled(Exception):
+    """The pod was deleted while its start-up waited: nothing is launched, nothing to report."""
 
 
 def mount_namespaces_work() -> bool:
@@ -51,12 +58,14 @@ class Launcher:
 
     def container_spec(self, run: PodRun, container: dict) -> dict:
         """The shim's spec.json for `container` of `run`; raises PodConfigError when the pod cannot start as
-        written. May wait (DNS_WAIT_S at most) for the pods its cluster DNS names point at to get an IP."""
+        written. May wait (DNS_WAIT_S at most) for the pods its cluster DNS names point at to get an IP; raises
+        StartCancelled as soon as `run.stopping` is set (the pod's deletion must not wait for a peer)."""
         pod = run.pod
         env = podspec.container_env(pod, container, run.ip, self.api.get_configmap, self.api.get_secret)
         argv = podspec.container_argv(container, env)
-        env = {k: podspec.rewrite_dns_names(v, self.resolve_pod_ip) for k, v in env.items()}
-        argv = [podspec.rewrite_dns_names(a, self.resolve_pod_ip) for a in argv]
+        resolve = functools.partial(self.resolve_pod_ip, stop=run.stopping)
+        env = {k: podspec.rewrite_dns_names(v, resolve) for k, v in env.items()}
+        argv = [podspec.rewrite_dns_names(a, resolve) for a in argv]
         mounts = podspec.container_mounts(container, self.prepare_volumes(run))
         cdir = run.containers[container["name"]].dir
         cdir.mkdir(parents=True, exist_ok=True)
@@ -113,14 +122,17 @@ class Launcher:
                     target.write_bytes(data)
         return paths
 
-    def resolve_pod_ip(self, hostname: str, subdomain: str, namespace: str) -> str:
-        """The IP of the pod a headless-Service DNS name means; waits (with a deadline) until it has one."""
+    def resolve_pod_ip(self, hostname: str, subdomain: str, namespace: str, stop: threading.Event | None = None) -> str:
+        """The IP of the pod a headless-Service DNS name means; waits (with a deadline) until it has one, or
+        raises StartCancelled once `stop` is set."""
+        stop = stop or threading.Event()
         deadline = time.monotonic() + DNS_WAIT_S
         while time.monotonic() < deadline:
             ip = podspec.dns_target_ip(self.api.namespace_pods(namespace), hostname, subdomain)
             if ip:
                 return ip
-            time.sleep(0.5)  # polling for the other pod's IP, with a deadline
+            if stop.wait(DNS_POLL_S):  # polling for the other pod's IP; a deletion ends the wait at once
+                raise StartCancelled(f"{hostname}.{subdomain}.{namespace}.svc: pod deleted while waiting")
         raise podspec.PodConfigError(
             f"{hostname}.{subdomain}.{namespace}.svc: no pod with that hostname/subdomain"
             f" got an IP within {DNS_WAIT_S} s"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from omnitrain.devcluster import podspec, procs, runtime
 from omnitrain.devcluster.agentapi import AgentApi
-from omnitrain.devcluster.launch import Launcher
+from omnitrain.devcluster.launch import Launcher, StartCancelled
 from omnitrain.devcluster.podstatus import pod_status, will_restart
 from omnitrain.devcluster.probes import Prober
 from omnitrain.devcluster.runtime import PodRun, read_json, write_json
@@ -28,6 +28,19 @@ log = logging.getLogger(__name__)
 
 BACKOFF_MAX_S = 30.0
 FINISHED = ("Succeeded", "Failed")
+
+
+def deletion_step(running: bool, starting: bool, past_grace: bool) -> str:
+    """What a pod being deleted needs next: "kill" (SIGKILL what still runs), "term" (SIGTERM what runs and wait
+    for it or for a start-up in flight) or "delete" (remove the Pod object and its processes).
+
+    Past the grace period a start-up in flight is not waited for either: it may wait for a peer's DNS name for
+    minutes (launch.DNS_WAIT_S), and the start thread checks the deletion under the pod's lock before launching."""
+    if running:
+        return "kill" if past_grace else "term"
+    if starting and not past_grace:
+        return "term"
+    return "delete"
 
 
 def restart_delay(restart_count: int) -> float:
@@ -96,6 +109,7 @@ class PodSupervisor:
             if grace is None:
                 grace = pod["spec"].get("terminationGracePeriodSeconds", 30)
             run.delete_deadline = time.monotonic() + float(grace)
+            run.stopping.set()  # a start-up waiting for a peer's DNS name gives up now
             log.info("pod %s/%s deleted: SIGTERM, grace %s s", *key, grace)
             for container in run.containers.values():
                 container.signal(signal.SIGTERM)
@@ -108,6 +122,7 @@ class PodSupervisor:
                 del self.pods[key]
 
     def forget(self, run: PodRun, kill: bool) -> None:
+        run.stopping.set()
         with run.lock:
             run.deleted = True
             if kill:
@@ -168,7 +183,8 @@ class PodSupervisor:
         return run
 
     def _start_containers(self, run: PodRun, names: list[str]) -> None:
-        """On the start pool: build each container's spec (may wait for DNS) and launch its shim."""
+        """On the start pool: build each container's spec (may wait for DNS) and launch its shim (a first start or
+        a restart). A deletion in the meantime cancels the wait and nothing is launched."""
         try:
             if run.pod["spec"].get("initContainers"):
                 raise podspec.PodConfigError(
@@ -181,6 +197,8 @@ class PodSupervisor:
                     if run.deleted or run.delete_deadline is not None:
                         return
                     run.containers[name].launch(spec)
+        except StartCancelled as exc:
+            log.info("pod %s/%s: start-up cancelled (%s)", *run.key, exc)
         except podspec.PodConfigError as exc:
             log.warning("pod %s/%s cannot start: %s", *run.key, exc)
             run.config_error = str(exc)
@@ -208,13 +226,14 @@ class PodSupervisor:
     def _progress_deletion(self, run: PodRun, now: float, deadline: float) -> None:
         """SIGTERM what runs, SIGKILL it past the grace period's `deadline`; once nothing runs, delete the pod."""
         running = [c for c in run.containers.values() if c.is_running() and _child_alive(c)]
-        if running and now > deadline:
+        step = deletion_step(bool(running), run.starting, past_grace=now > deadline)
+        if step == "kill":
             for c in running:
                 if signal.SIGKILL not in c.kill_sent:
                     log.info("pod %s/%s: grace period over, SIGKILL %s", *run.key, c.name)
                     c.signal(signal.SIGKILL)
             return
-        if running or run.starting:
+        if step == "term":
             for c in running:
                 if signal.SIGTERM not in c.kill_sent:
                     c.signal(signal.SIGTERM)
@@ -236,10 +255,10 @@ class PodSupervisor:
                 c.archive_exit()
                 c.next_start_at = None
                 log.info("pod %s/%s: restarting %s (restart %d)", *run.key, c.name, c.restart_count)
-                try:
-                    c.launch(self.launcher.container_spec(run, run.spec_of(c.name)))
-                except podspec.PodConfigError as exc:
-                    run.config_error = str(exc)
+                # on the start pool like a first start: its spec may wait for a peer's DNS name, and this loop
+                # must stay free to see the pod's deletion (which ends that wait)
+                run.starting = True
+                self.start_pool.submit(self._start_containers, run, [c.name])
 
     def patch_status(self, run: PodRun) -> None:
         """Render the status and patch it when it differs from what the API server last took."""

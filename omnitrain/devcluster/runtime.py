@@ -186,6 +186,8 @@ class PodRun:
     last_status: dict | None = None  # the status last accepted by the API server
     start_time: str = ""
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # set once the pod is being deleted or forgotten: a start-up wait (a peer's DNS name) ends at once
+    stopping: threading.Event = field(default_factory=threading.Event)
 
     @property
     def key(self) -> tuple[str, str]:

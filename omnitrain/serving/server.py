@@ -1,5 +1,10 @@
 """The HTTP server of `omnitrain serve` (stdlib ThreadingHTTPServer; one thread per connection, one batch worker).
 
+One client cannot hold it open or crash it: every socket read times out (`read_timeout_s`, which also closes idle
+keep-alive connections), the body must arrive within the same time, at most `max_connections` connections are served
+at once (beyond that a 503 and the connection closed), and Content-Length is parsed before anything is read (400 for a
+non-integer or negative value, 413 beyond MAX_BODY).
+
 GET /healthz   200 while the process serves HTTP (liveness)
 GET /readyz    200 once the model is loaded, 503 before (readiness: the Service routes only to loaded pods)
 GET /metrics   Prometheus text
@@ -10,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -23,6 +29,93 @@ from omnitrain.serving.engine import InferenceEngine, RequestError
 
 log = logging.getLogger(__name__)
 MAX_BODY = 64 << 20
+_READ_CHUNK = 1 << 16
+
+
+class BodyError(Exception):
+    """A request body the server refuses; `code` is the HTTP status to answer with."""
+
+    def __init__(self, code: int, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+def parse_content_length(value: str | None, limit: int = MAX_BODY) -> int:
+    """The body length a request announces, or BodyError naming the header and the fix."""
+    if value is None or not value.strip():
+        return 0
+    text = value.strip()
+    # int() alone would accept "+5", " 5" and "1_000"; HTTP allows digits only (RFC 9110 8.6)
+    if not text.isascii() or not text.isdigit():
+        raise BodyError(400, f"Content-Length: {value!r} is not a non-negative integer; send the body's size in bytes")
+    length = int(text)
+    if length > limit:
+        raise BodyError(413, f"Content-Length: body of {length} bytes exceeds {limit}; send a smaller request")
+    return length
+
+
+def read_body(rfile, length: int, deadline: float) -> bytes:
+    """Exactly `length` bytes, in chunks, or BodyError if the client closes early or the deadline passes.
+
+    Each read is bounded by the socket timeout; the deadline bounds a client that trickles a byte per timeout."""
+    chunks: list[bytes] = []
+    left = length
+    while left > 0:
+        if time.monotonic() > deadline:
+            raise BodyError(408, f"request body not received in time ({length - left} of {length} bytes)")
+        try:
+            chunk = rfile.read1(min(left, _READ_CHUNK))
+        except TimeoutError:
+            chunk = None
+        if chunk is None:
+            raise BodyError(408, f"request body not received in time ({length - left} of {length} bytes)")
+        if not chunk:
+            raise BodyError(400, f"request body ended after {length - left} of {length} bytes (Content-Length)")
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+_BUSY = json.dumps({"error": "too many connections; retry later"}).encode()
+_BUSY_RESPONSE = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nConnection: close\r\n"
+    b"Retry-After: 1\r\nContent-Length: " + str(len(_BUSY)).encode() + b"\r\n\r\n" + _BUSY
+)
+
+
+class _BoundedHTTPServer(ThreadingHTTPServer):
+    """ThreadingHTTPServer with at most `max_connections` handler threads; beyond them a 503 and close."""
+
+    daemon_threads = True
+
+    def __init__(self, address, handler, max_connections: int):
+        self._slots = threading.BoundedSemaphore(max_connections)
+        super().__init__(address, handler)
+
+    def process_request(self, request, client_address):
+        if not self._slots.acquire(blocking=False):
+            self._refuse(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def _refuse(self, request: socket.socket) -> None:
+        # in the accept loop: a short timeout so that a client that does not read cannot stall accepting
+        try:
+            request.settimeout(1.0)
+            request.sendall(_BUSY_RESPONSE)
+        except OSError:
+            pass
+        self.shutdown_request(request)
 
 
 def _validation_message(e: ValidationError) -> str:
@@ -38,12 +131,14 @@ class InferenceServer:
         max_batch: int = 8,
         max_wait_s: float = 0.02,
         request_timeout_s: float = 600,
+        read_timeout_s: float = 30,
+        max_connections: int = 64,
     ):
         self.engine = engine
         self.request_timeout_s = request_timeout_s
+        self.read_timeout_s = read_timeout_s
         self.queue = BatchQueue(engine.run_batch, max_batch=max_batch, max_wait_s=max_wait_s)
-        self.httpd = ThreadingHTTPServer((host, port), self._handler_class())
-        self.httpd.daemon_threads = True
+        self.httpd = _BoundedHTTPServer((host, port), self._handler_class(), max_connections)
 
     @property
     def port(self) -> int:
@@ -81,19 +176,25 @@ class InferenceServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            timeout = server.read_timeout_s  # StreamRequestHandler sets it on the socket: every read is bounded
 
             def log_message(self, fmt, *args):  # access log through logging, not stderr
                 log.debug("%s " + fmt, self.address_string(), *args)
 
-            def _send(self, code: int, payload: bytes, content_type: str = "application/json") -> None:
+            def _send(
+                self, code: int, payload: bytes, content_type: str = "application/json", close: bool = False
+            ) -> None:
                 self.send_response(code)
                 self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(payload)))
+                if close:  # the rest of the request was not read: the connection cannot carry another one
+                    self.close_connection = True
+                    self.send_header("Connection", "close")
                 self.end_headers()
                 self.wfile.write(payload)
 
-            def _json(self, code: int, obj) -> None:
-                self._send(code, json.dumps(obj).encode())
+            def _json(self, code: int, obj, close: bool = False) -> None:
+                self._send(code, json.dumps(obj).encode(), close=close)
 
             def do_GET(self):
                 engine = server.engine
@@ -116,15 +217,18 @@ class InferenceServer:
                     self._json(404, {"error": f"no route {self.path}"})
                     return
                 started = time.monotonic()
-                length = int(self.headers.get("Content-Length") or 0)
-                if length > MAX_BODY:
-                    code, obj = 413, {"error": f"body of {length} bytes exceeds {MAX_BODY}"}
-                else:
-                    try:
-                        code, obj = server._generate(self.rfile.read(length))
-                    except Exception as e:  # a failed batch: the client learns why, the server lives on
-                        log.exception("generate failed")
-                        code, obj = 500, {"error": f"{type(e).__name__}: {e}"}
+                try:
+                    length = parse_content_length(self.headers.get("Content-Length"))
+                    body = read_body(self.rfile, length, deadline=started + server.read_timeout_s)
+                except BodyError as e:
+                    server.engine.metrics.requests.labels(code=str(e.code)).inc()
+                    self._json(e.code, {"error": str(e)}, close=True)
+                    return
+                try:
+                    code, obj = server._generate(body)
+                except Exception as e:  # a failed batch: the client learns why, the server lives on
+                    log.exception("generate failed")
+                    code, obj = 500, {"error": f"{type(e).__name__}: {e}"}
                 server.engine.metrics.requests.labels(code=str(code)).inc()
                 if code == 200:
                     server.engine.metrics.latency.observe(time.monotonic() - started)
@@ -133,4 +237,4 @@ class InferenceServer:
         return Handler
 
 
-__all__ = ["InferenceServer"]
+__all__ = ["BodyError", "InferenceServer", "parse_content_length", "read_body"]

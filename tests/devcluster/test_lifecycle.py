@@ -89,6 +89,24 @@ def test_delete_sends_sigterm_first(local_cluster, core):
     assert (folder / "term").read_text() == "got-term\n"
 
 
+def test_delete_while_waiting_for_a_peer_dns_name_honours_the_grace_period(local_cluster, core):
+    """The agent waits up to launch.DNS_WAIT_S (300 s) for the pod a headless-Service name points at; a deletion
+    must end that wait: the Pod object is gone within its grace period (+ a bound), and nothing was started."""
+    tag = uuid.uuid4().hex[:6]
+    name = f"dnswait-{tag}"
+    grace = 2
+    body = _pod(name, "echo started > /data/started; sleep 300", tag, terminationGracePeriodSeconds=grace)
+    peer = f"nobody-{tag}.nosuch-{tag}.default.svc.cluster.local"  # no pod has that hostname/subdomain
+    body["spec"]["containers"][0]["env"] = [{"name": "MASTER_ADDR", "value": peer}]
+    core.create_namespaced_pod("default", body)
+    # the agent patches the pod's IP when it admits it, before the start-up (and its DNS wait) begins
+    pod = wait_for(lambda: (p := core.read_namespaced_pod(name, "default")).status.pod_ip and p, 30, "pod admitted")
+    assert pod.status.phase == "Pending"
+    core.delete_namespaced_pod(name, "default")
+    wait_pod_gone(core, "default", name, timeout=grace + 10)
+    assert not (local_cluster.node_dir(pod.spec.node_name) / f"test-{tag}" / "started").exists()
+
+
 def test_agent_restart_readopts_running_pod(local_cluster, core):
     tag = uuid.uuid4().hex[:6]
     name = f"adopt-{tag}"
