@@ -109,6 +109,7 @@ def run_operator(kube, workers: int):
     @kopf.on.login()
     def login(**kwargs):
         return kopf.login_with_kubeconfig(**kwargs)
+
     stop, ready = threading.Event(), threading.Event()
     thread = threading.Thread(
         target=lambda: asyncio.run(kopf.operator(clusterwide=True, standalone=True, stop_flag=stop, ready_flag=ready)),
