@@ -80,6 +80,23 @@ def test_a_job_with_a_100_character_name_gets_pods_and_a_phase(api, operator, na
     assert not cond(status(api, ns, name), "ReconcileError"), operator.tail()
 
 
+def test_quantities_as_numbers_are_accepted_and_a_bad_one_fails_the_job(api, operator, namespace):
+    """Issue 14, case 4: the API server takes `cpu: 2` (before: "must be of type string"); `memory: lots` passes the
+    schema (int-or-string) and the operator fails the job naming the field, creating nothing."""
+    ns = namespace
+    create_job(api, ns, "cpu-number", {**SPEC, "resources": {"cpu": 2, "memory": "1Gi"}})
+    wait_until(lambda: len(pods(api, ns, "cpu-number")) == 2, T, "two pods")
+    assert pods(api, ns, "cpu-number")[0].spec.containers[0].resources.requests["cpu"] == "2"
+    create_job(api, ns, "lots", {**SPEC, "resources": {"memory": "lots"}})
+    wait_until(phase_is(api, ns, "lots", "Failed"), T, "phase Failed")
+    valid = cond(status(api, ns, "lots"), "Valid")
+    assert (
+        valid["reason"] == "InvalidSpec"
+        and "spec.resources.memory: 'lots' is not a Kubernetes quantity" in valid["message"]
+    )
+    assert pods(api, ns, "lots") == []
+
+
 def test_schema_rejects_malformed_specs_naming_the_field(api, namespace):
     with pytest.raises(ApiException) as err:
         create_job(api, namespace, "bad-schema", {"parallelism": {"nodes": 0}})
