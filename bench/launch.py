@@ -25,6 +25,7 @@ sys.path.insert(0, str(REPO))
 
 from omnitrain.devcluster.testing import wait_for  # noqa: E402
 from omnitrain.devcluster.throwaway import control_plane  # noqa: E402
+from omnitrain.operator import plan  # noqa: E402
 
 KWOK = "kwok.x-k8s.io/node"
 
@@ -77,7 +78,7 @@ class PodClock:
                 for ev in w.stream(
                     core.list_namespaced_pod,
                     self.ns,
-                    label_selector=f"omnitrain.io/job-name={self.job}",
+                    label_selector=plan.job_selector(self.job),
                     timeout_seconds=5,
                 ):
                     pod, now = ev["object"], time.monotonic()

@@ -7,11 +7,14 @@ kopf. Semantic checks that span fields live in `validate_job_spec`, which names 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from typing import Literal
+from fractions import Fraction
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 from pydantic.alias_generators import to_camel
+from pydantic_core import PydanticCustomError
 
 from omnitrain.model.config import PRESETS, ModelConfig, resolve_model_config
 
@@ -217,9 +220,64 @@ class SchedulingSpec(_Spec):
     gpu_resource: str = Field("nvidia.com/gpu", description="Extended resource requested per GPU.")
 
 
+# Kubernetes' quantity grammar (apimachinery resource.Quantity): a signed decimal number, then a binary suffix
+# (Ki..Ei), a decimal one (n, u, m, k, M..E) or a decimal exponent (e3, E-2).
+_QUANTITY = re.compile(r"^([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))(Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE]|[eE][+-]?[0-9]+)?$")
+_BINARY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
+_DECIMAL = {"n": -9, "u": -6, "m": -3, "k": 3, "M": 6, "G": 9, "T": 12, "P": 15, "E": 18}
+
+
+def parse_quantity(text: str) -> Fraction:
+    """A Kubernetes quantity's exact value ("2" -> 2, "500m" -> 1/2, "4Gi" -> 4 * 2**30, "1e3" -> 1000).
+    ValueError when `text` is not one."""
+    match = _QUANTITY.match(text.strip()) if isinstance(text, str) else None
+    if match is None:
+        raise ValueError(f"{text!r} is not a Kubernetes quantity")
+    number, suffix = Fraction(match.group(1)), match.group(2) or ""
+    if suffix in _BINARY:
+        return number * _BINARY[suffix]
+    exponent = _DECIMAL[suffix] if suffix in _DECIMAL else int(suffix[1:] or 0)
+    return number * Fraction(10) ** exponent
+
+
+def _quantity_text(value: Any) -> Any:
+    """Kubernetes users write quantities as numbers (cpu: 2) or strings (cpu: "500m"): both become the string."""
+    if isinstance(value, bool):  # a YAML `true` is no quantity (bool is an int subclass)
+        return value
+    return str(value) if isinstance(value, int | float) else value
+
+
+def _quantity_check(example: str):
+    def check(value: str) -> str:
+        try:
+            amount = parse_quantity(value)
+        except ValueError:
+            amount = None
+        if amount is None or amount < 0:
+            problem = "is not a Kubernetes quantity" if amount is None else "is negative; a request is >= 0"
+            # the message as the template's only field: a value with braces in it stays text
+            raise PydanticCustomError("quantity", "{message}", {"message": f"{value!r} {problem} (e.g. {example})"})
+        return value.strip()
+
+    return check
+
+
+def Quantity(example: str) -> Any:  # noqa: N802 (a type, written like one)
+    """A resource quantity field: int or string on the wire (x-kubernetes-int-or-string, as Kubernetes' own
+    resource fields), checked against the quantity grammar, stored as its string."""
+    return Annotated[
+        str,
+        BeforeValidator(_quantity_text),
+        AfterValidator(_quantity_check(example)),
+        WithJsonSchema({"x-kubernetes-int-or-string": True}),
+    ]
+
+
 class ResourcesSpec(_Spec):
-    cpu: str | None = Field(None, description="CPU request per pod.")
-    memory: str | None = Field(None, description="Memory request per pod.")
+    cpu: Quantity("8") | None = Field(None, description="CPU request per pod: a quantity (2, 500m).")  # type: ignore[valid-type]
+    memory: Quantity("64Gi") | None = Field(  # type: ignore[valid-type]
+        None, description="Memory request (and limit) per pod: a quantity (64Gi, 512Mi)."
+    )
 
 
 class JobSpec(_Spec):

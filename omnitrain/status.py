@@ -20,7 +20,9 @@ SUSPENDED: Final = "Suspended"
 SUCCEEDED: Final = "Succeeded"
 FAILED: Final = "Failed"
 TERMINAL = (SUCCEEDED, FAILED)
-CONDITION_TYPES = ("Valid", "Created", "Running", "Restarting", "Suspended", "Succeeded", "Failed")
+CONDITION_TYPES = ("Valid", "Created", "Running", "Restarting", "Suspended", "Succeeded", "Failed", "ReconcileError")
+# True while the operator's last pass over the job raised (the message says what); False again after a clean pass.
+RECONCILE_ERROR: Final = "ReconcileError"
 
 # Top-level lists the operator leaves out while empty (kubectl users never saw `excludedNodes: []`).
 _OMIT_WHEN_EMPTY = ("conditions", "excludedNodes")
@@ -147,6 +149,7 @@ class JobStatus(_Status):
 
 __all__ = [
     "CONDITION_TYPES",
+    "RECONCILE_ERROR",
     "Children",
     "Condition",
     "FAILED",

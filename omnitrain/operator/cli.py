@@ -36,19 +36,30 @@ def _validate(args: argparse.Namespace) -> int:
 
     from omnitrain.operator.reconcile import parse_spec
 
+    try:
+        with open(args.file) as f:
+            docs = list(yaml.safe_load_all(f))
+    except OSError as exc:  # a person typed the path: say what is wrong with it, no traceback
+        print(f"omnitrain validate: cannot read {args.file}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except yaml.YAMLError as exc:
+        print(f"omnitrain validate: {args.file} is not YAML: {exc}", file=sys.stderr)
+        return 2
     bad = 0
-    with open(args.file) as f:
-        for doc in yaml.safe_load_all(f):
-            if not doc:
-                continue
-            spec = doc.get("spec", doc) if doc.get("kind", "OmniTrainingJob") == "OmniTrainingJob" else None
-            if spec is None:
-                continue
-            name = (doc.get("metadata") or {}).get("name", args.file)
-            _, problems = parse_spec(spec)
-            for p in problems:
-                print(f"{name}: {p}", file=sys.stderr)
-            bad += bool(problems)
-            if not problems:
-                print(f"{name}: valid")
+    for doc in docs:
+        if not isinstance(doc, dict):
+            if doc:
+                print(f"{args.file}: a document is not a mapping (an OmniTrainingJob or a bare spec)", file=sys.stderr)
+                bad += 1
+            continue
+        spec = doc.get("spec", doc) if doc.get("kind", "OmniTrainingJob") == "OmniTrainingJob" else None
+        if spec is None:
+            continue
+        name = (doc.get("metadata") or {}).get("name", args.file)
+        _, problems = parse_spec(spec)
+        for p in problems:
+            print(f"{name}: {p}", file=sys.stderr)
+        bad += bool(problems)
+        if not problems:
+            print(f"{name}: valid")
     return 1 if bad else 0

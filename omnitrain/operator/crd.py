@@ -99,7 +99,7 @@ def to_structural(node: dict, defs: dict) -> dict:
             out["x-kubernetes-preserve-unknown-fields"] = True
     elif kind == "array":
         out["items"] = to_structural(node.get("items", {"type": "string"}), defs)
-    elif kind is None:
+    elif kind is None and not node.get("x-kubernetes-int-or-string"):  # int-or-string nodes carry no type
         raise ValueError(f"schema node without a type: {node}")
     return out
 

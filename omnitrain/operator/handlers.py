@@ -16,10 +16,10 @@ from omnitrain.operator import crd, plan, progress
 from omnitrain.operator.kube import Kube, now_iso, pod_views
 from omnitrain.operator.promotion import promotion_settled
 from omnitrain.operator.promotion_kube import promote
-from omnitrain.operator.reconcile import Decision, parse_spec, reconcile
+from omnitrain.operator.reconcile import Decision, Event, parse_spec, reconcile
 from omnitrain.operator.settings import OperatorSettings
 from omnitrain.spec import JobSpec
-from omnitrain.status import FAILED, RUNNING, SUCCEEDED, JobStatus
+from omnitrain.status import FAILED, RECONCILE_ERROR, RUNNING, SUCCEEDED, JobStatus
 from omnitrain.timestamps import parse_rfc3339
 
 log = logging.getLogger("omnitrain.operator")
@@ -37,6 +37,32 @@ def daemon_timer(delay: float, fn: Callable[[], None]) -> Timer:
     timer = threading.Timer(delay, fn)
     timer.daemon = True  # a pending retry must not keep the operator from exiting
     return timer
+
+
+def error_text(exc: BaseException) -> str:
+    """One line for a condition and an event: the exception's class and message (an ApiException's reason and
+    body's message rather than its multi-line dump)."""
+    body = getattr(exc, "body", None)
+    detail = getattr(exc, "reason", None) if body is None else body
+    if isinstance(detail, (str, bytes)) and detail:
+        text = detail.decode(errors="replace") if isinstance(detail, bytes) else detail
+        return f"{type(exc).__name__} ({getattr(exc, 'status', '?')}): {text}"[:1000]
+    return f"{type(exc).__name__}: {exc}"[:1000]
+
+
+def errored_status(status: JobStatus, message: str, now: str) -> JobStatus:
+    """The job's status after a pass that raised: everything else as it was, ReconcileError True with the message."""
+    new = status.model_copy(deep=True)
+    new.set_condition(RECONCILE_ERROR, True, "ReconcileError", message, now)
+    return new
+
+
+def cleared_status(status: JobStatus, now: str) -> JobStatus:
+    """A clean pass after one that raised: ReconcileError False (left alone when it was never set)."""
+    cond = status.condition(RECONCILE_ERROR)
+    if cond is not None and cond.status == "True":
+        status.set_condition(RECONCILE_ERROR, False, "Reconciled", "the last pass completed", now)
+    return status
 
 
 def restart_cause(old: JobStatus, decision: Decision) -> str:
@@ -68,6 +94,7 @@ class Controller:
         self._timers: dict[tuple[str, str], tuple[float, Timer]] = {}  # key -> (due, timer)
         self._timer, self._clock = timer, clock
         self.wake = threading.Event()  # run the next resync pass now
+        self._errors: dict[tuple[str, str, str], str] = {}  # (key, step) -> its last error (logged once)
 
     def reconcile(self, namespace: str, name: str) -> None:
         key = (namespace, name)
@@ -79,7 +106,7 @@ class Controller:
         requeue_after: float | None = None
         try:
             while True:
-                requeue_after = self._reconcile_once(namespace, name)
+                requeue_after = self._isolated(namespace, name, "reconcile", self._reconcile_once)
                 with self._guard:
                     again = self._running[key]
                     self._running[key] = False
@@ -90,6 +117,40 @@ class Controller:
                 self._running.pop(key, None)
         if requeue_after is not None:
             self.schedule(namespace, name, requeue_after)
+
+    def _isolated(self, namespace: str, name: str, what: str, step: Callable[[str, str], float | None]) -> float | None:
+        """Run one job's step so that its error stays its own: logged (with traceback) when it is new, written to
+        the job as the ReconcileError condition and a Warning event, and never raised into the caller (a kopf
+        handler, a timer, or the resync loop that goes on to the next job). The resync retries it."""
+        key = (namespace, name, what)
+        try:
+            result = step(namespace, name)
+        except Exception as exc:
+            message = error_text(exc)
+            with self._guard:
+                new = self._errors.get(key) != message
+                self._errors[key] = message
+            if new:
+                log.exception("%s/%s: %s failed", namespace, name, what)
+            else:
+                log.debug("%s/%s: %s failed again: %s", namespace, name, what, message)
+            self._report_error(namespace, name, message, post_event=new)
+            return None
+        with self._guard:
+            self._errors.pop(key, None)
+        return result
+
+    def _report_error(self, namespace: str, name: str, message: str, post_event: bool) -> None:
+        """Best effort: the error may be the API server itself, and the next pass tries again anyway."""
+        try:
+            job = self.kube.get_job(namespace, name)
+            if job is None:
+                return
+            self.kube.write_status(job, errored_status(JobStatus.from_wire(job.get("status")), message, now_iso()))
+            if post_event:
+                self.kube.post_event(job, Event("Warning", "ReconcileError", message))
+        except Exception as exc:
+            log.warning("%s/%s: could not record the reconcile error: %s", namespace, name, error_text(exc))
 
     def schedule(self, namespace: str, name: str, delay: float) -> None:
         """One more pass of this job `delay` seconds from now, unless one is due earlier already."""
@@ -125,7 +186,9 @@ class Controller:
         old = JobStatus.from_wire(job.get("status"))
         pods = pod_views(self.kube.list_pods(namespace, name))
         nodes = self.kube.nodes({p.node for p in pods if p.node and p.unfinished})
-        decision = reconcile(ref, checked, old, pods, now_iso(), generation=meta.get("generation"), nodes=nodes)
+        now = now_iso()
+        decision = reconcile(ref, checked, old, pods, now, generation=meta.get("generation"), nodes=nodes)
+        cleared_status(decision.status, now)
         children = None
         if decision.create_attempt is not None and checked.spec is not None:
             children = plan.plan_children(
@@ -159,6 +222,10 @@ class Controller:
         promote(self.kube, job, spec, status, now_iso())
 
     def update_progress(self, namespace: str, name: str) -> None:
+        """Read rank 0's progress into the job's status; an error is the job's own (see `_isolated`)."""
+        self._isolated(namespace, name, "progress read", self._update_progress)
+
+    def _update_progress(self, namespace: str, name: str) -> None:
         job = self.kube.get_job(namespace, name)
         status = JobStatus.from_wire(job.get("status")) if job is not None else None
         if job is None or status is None or status.phase != RUNNING:
@@ -261,17 +328,28 @@ class Resync(threading.Thread):
             self.controller.wake.clear()
             if self.stopped.is_set():
                 break
+            self.run_once()
+
+    def run_once(self) -> None:
+        """One pass over every job. Each job's reconcile and progress read is isolated (Controller._isolated): a
+        job that raises is that job's condition, and the jobs after it are still looked at in this pass."""
+        try:
+            jobs = self.controller.kube.list_jobs(self.controller.settings.namespaces)
+        except Exception:  # the next pass tries again; a resync must never kill the operator
+            log.exception("resync: listing the jobs failed")
+            return
+        for job in jobs:
             try:
-                for job in self.controller.kube.list_jobs(self.controller.settings.namespaces):
-                    meta = job["metadata"]
-                    status = JobStatus.from_wire(job.get("status"))
-                    if status.phase == FAILED or (status.phase == SUCCEEDED and _promotion_settled(job, status)):
-                        continue
-                    with _timed("resync"):
-                        self.controller.reconcile(meta["namespace"], meta["name"])
-                        self.controller.update_progress(meta["namespace"], meta["name"])
-            except Exception:  # the next pass tries again; a resync must never kill the operator
-                log.exception("resync pass failed")
+                meta = job["metadata"]
+                status = JobStatus.from_wire(job.get("status"))
+                if status.phase == FAILED or (status.phase == SUCCEEDED and _promotion_settled(job, status)):
+                    continue
+            except Exception:  # a job whose stored object cannot be read: the others go on
+                log.exception("resync: skipping an unreadable job %s", (job.get("metadata") or {}).get("name"))
+                continue
+            with _timed("resync"):
+                self.controller.reconcile(meta["namespace"], meta["name"])
+                self.controller.update_progress(meta["namespace"], meta["name"])
 
 
 def _promotion_settled(job: dict, status: JobStatus) -> bool:

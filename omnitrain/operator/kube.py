@@ -95,9 +95,7 @@ class Kube:
         ]
 
     def list_pods(self, namespace: str, job: str) -> list[dict]:
-        result = self.core.list_namespaced_pod(
-            namespace, label_selector=f"{plan.LABEL_JOB}={job}", _preload_content=False
-        )
+        result = self.core.list_namespaced_pod(namespace, label_selector=plan.job_selector(job), _preload_content=False)
         return raw_json(result)["items"]
 
     def nodes(self, names: set[str] | list[str]) -> dict[str, NodeObservation]:
@@ -197,7 +195,9 @@ class Kube:
         )
         ts = dt.datetime.now(dt.UTC)
         body = client.CoreV1Event(
-            metadata=client.V1ObjectMeta(name=f"{meta['name']}.{uuid.uuid4().hex[:12]}", namespace=meta["namespace"]),
+            metadata=client.V1ObjectMeta(
+                name=f"{meta['name'][:240]}.{uuid.uuid4().hex[:12]}", namespace=meta["namespace"]
+            ),
             involved_object=client.V1ObjectReference(
                 api_version=crd.API_VERSION,
                 kind=crd.KIND,

@@ -112,18 +112,26 @@ def owner_reference(job: JobRef) -> dict:
     }
 
 
-def job_labels(job: str) -> dict[str, str]:
-    return {LABEL_JOB: job, "app.kubernetes.io/name": "omnitrain", "app.kubernetes.io/instance": job}
-
-
 def label_value(value: str) -> str:
-    """A job name as a label value (<= 63 characters; long names cut the way fit_name cuts them)."""
+    """A job name as a label value (<= 63 characters; long names cut the way fit_name cuts them). A job name may be
+    253 characters, a label value only 63: every label the operator writes and every selector it reads by goes
+    through here (idempotent: a value that fits is itself)."""
     return value if len(value) <= MAX_NAME else fit_name(value, "")
+
+
+def job_labels(job: str) -> dict[str, str]:
+    value = label_value(job)
+    return {LABEL_JOB: value, "app.kubernetes.io/name": "omnitrain", "app.kubernetes.io/instance": value}
+
+
+def job_selector(job: str) -> str:
+    """The label selector of a job's training pods (list calls, watches)."""
+    return f"{LABEL_JOB}={label_value(job)}"
 
 
 def pod_labels(job: str, attempt: int, rank: int) -> dict[str, str]:
     return {
-        **job_labels(label_value(job)),
+        **job_labels(job),
         LABEL_ATTEMPT: str(attempt),
         LABEL_NODE_RANK: str(rank),
         LABEL_ROLE: "trainer",
@@ -148,7 +156,7 @@ def render_config_map(job: JobRef, spec: JobSpec, attempt: int) -> dict:
         "metadata": {
             "name": config_map_name(job.name),
             "namespace": job.namespace,
-            "labels": job_labels(label_value(job.name)),
+            "labels": job_labels(job.name),
             "ownerReferences": [owner_reference(job)],
         },
         "data": {contract.CONFIG_FILE: yaml.safe_dump(config.to_wire(), sort_keys=False)},
@@ -162,7 +170,7 @@ def render_service(job: JobRef, spec: JobSpec) -> dict:
         "metadata": {
             "name": service_name(job.name),
             "namespace": job.namespace,
-            "labels": job_labels(label_value(job.name)),
+            "labels": job_labels(job.name),
             "ownerReferences": [owner_reference(job)],
         },
         "spec": {

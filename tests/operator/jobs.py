@@ -34,7 +34,7 @@ def cond(st: dict, type_: str) -> dict:
 
 
 def pods(api, ns: str, job: str) -> list:
-    return client.CoreV1Api(api).list_namespaced_pod(ns, label_selector=f"{plan.LABEL_JOB}={job}").items
+    return client.CoreV1Api(api).list_namespaced_pod(ns, label_selector=plan.job_selector(job)).items
 
 
 def pod_names(api, ns, job) -> list[str]:

@@ -35,8 +35,9 @@ def test_schema_is_structural():
     root = crd.build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     for path, node in _walk(root):
         assert "$ref" not in node and "anyOf" not in node and "title" not in node, path
-        assert "type" in node, f"{path} has no type"
-        if node["type"] == "object" and path not in ("$.metadata",):
+        # an int-or-string node must have no type (Kubernetes' structural schema rules); every other node one
+        assert "type" in node or node.get("x-kubernetes-int-or-string") is True, f"{path} has no type"
+        if node.get("type") == "object" and path not in ("$.metadata",):
             assert (
                 "properties" in node
                 or "additionalProperties" in node
@@ -107,3 +108,10 @@ def test_status_schema_is_generated_from_the_status_model():
         "startTime",
         "completionTime",
     }
+
+
+def test_resource_quantities_are_int_or_string():
+    """Issue 14, case 4: `cpu: 2` is a Kubernetes quantity as much as `cpu: "2"`."""
+    resources = crd.spec_schema()["properties"]["resources"]["properties"]
+    for name in ("cpu", "memory"):
+        assert resources[name]["x-kubernetes-int-or-string"] is True and "type" not in resources[name]

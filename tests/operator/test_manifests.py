@@ -109,3 +109,26 @@ def test_validate_names_the_field_and_fix(tmp_path, capsys):
     assert main(["validate", str(bad)]) == 1
     err = capsys.readouterr().err
     assert "spec.training.initFrom" in err and "stage dpo needs initFrom" in err
+
+
+def _job_file(tmp_path, spec: dict):
+    path = tmp_path / "job.yaml"
+    path.write_text(
+        yaml.safe_dump({"apiVersion": crd.API_VERSION, "kind": crd.KIND, "metadata": {"name": "x"}, "spec": spec})
+    )
+    return str(path)
+
+
+def test_validate_accepts_numeric_quantities_and_names_a_bad_one(tmp_path, capsys):
+    """Issue 14, case 4: numbers and strings are quantities; `lots` is refused with the field and an example."""
+    assert main(["validate", _job_file(tmp_path, {"resources": {"cpu": 2, "memory": "4Gi"}})]) == 0
+    capsys.readouterr()
+    assert main(["validate", _job_file(tmp_path, {"resources": {"cpu": "500m", "memory": "lots"}})]) == 1
+    err = capsys.readouterr().err
+    assert "spec.resources.memory: 'lots' is not a Kubernetes quantity (e.g. 64Gi)" in err
+
+
+def test_validate_says_a_file_is_missing_without_a_traceback(tmp_path, capsys):
+    assert main(["validate", str(tmp_path / "nope.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot read" in err and "nope.yaml" in err and "No such file" in err and "Traceback" not in err

@@ -65,6 +65,38 @@ def test_job_runs_to_success_with_children_owned_by_the_job(api, operator, names
     assert {"Created", "Running", "Succeeded"} <= reasons, operator.tail()
 
 
+def test_a_job_with_a_100_character_name_gets_pods_and_a_phase(api, operator, namespace):
+    """Issue 14, case 2: the job-name label value is cut and hashed to 63 characters; the operator lists the pods
+    by the same cut value, so the job is reconciled like any other (before: the pod list was refused, no status)."""
+    ns, name = namespace, "long-" + "n" * 94 + "e"
+    assert len(name) == 100
+    create_job(api, ns, name, SPEC)
+    wait_until(lambda: len(pods(api, ns, name)) == 2, T, "two pods")
+    assert {p.metadata.labels[plan.LABEL_JOB] for p in pods(api, ns, name)} == {plan.label_value(name)}
+    wait_until(phase_is(api, ns, name, "Pending"), T, "phase Pending")
+    set_all(api, ns, name, "Running")
+    wait_until(phase_is(api, ns, name, "Running"), T, "phase Running")
+    assert cond(status(api, ns, name), "Running")["status"] == "True"
+    assert not cond(status(api, ns, name), "ReconcileError"), operator.tail()
+
+
+def test_quantities_as_numbers_are_accepted_and_a_bad_one_fails_the_job(api, operator, namespace):
+    """Issue 14, case 4: the API server takes `cpu: 2` (before: "must be of type string"); `memory: lots` passes the
+    schema (int-or-string) and the operator fails the job naming the field, creating nothing."""
+    ns = namespace
+    create_job(api, ns, "cpu-number", {**SPEC, "resources": {"cpu": 2, "memory": "1Gi"}})
+    wait_until(lambda: len(pods(api, ns, "cpu-number")) == 2, T, "two pods")
+    assert pods(api, ns, "cpu-number")[0].spec.containers[0].resources.requests["cpu"] == "2"
+    create_job(api, ns, "lots", {**SPEC, "resources": {"memory": "lots"}})
+    wait_until(phase_is(api, ns, "lots", "Failed"), T, "phase Failed")
+    valid = cond(status(api, ns, "lots"), "Valid")
+    assert (
+        valid["reason"] == "InvalidSpec"
+        and "spec.resources.memory: 'lots' is not a Kubernetes quantity" in valid["message"]
+    )
+    assert pods(api, ns, "lots") == []
+
+
 def test_schema_rejects_malformed_specs_naming_the_field(api, namespace):
     with pytest.raises(ApiException) as err:
         create_job(api, namespace, "bad-schema", {"parallelism": {"nodes": 0}})

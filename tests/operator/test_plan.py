@@ -1,9 +1,12 @@
 """The children of one attempt: names, ranks, env, resources, volumes, affinity, owner references."""
 
+import re
+
 import yaml
 
 from omnitrain import contract
 from omnitrain.operator import plan
+from omnitrain.operator.promotion import PromotionOptions, render_distill_job, render_serving
 from omnitrain.spec import JobSpec, TrainerConfig
 
 JOB = plan.JobRef(name="video-dit", namespace="research", uid="0d9a3c1e-1111-2222-3333-444455556666")
@@ -151,3 +154,53 @@ def test_long_names_stay_within_63_characters_and_unique():
             names.add(obj["metadata"]["name"])
         assert len(pods[0]["spec"]["hostname"]) <= 63
     assert len(names) == 2 * 14
+
+
+LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")  # apimachinery's validation
+
+
+def _label_maps(obj, found=None) -> list[dict]:
+    """Every labels / matchLabels / selector map anywhere in an object (template labels, affinity terms, ...)."""
+    found = [] if found is None else found
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            if key in ("labels", "matchLabels") or (key == "selector" and "matchLabels" not in value):
+                found.append(value)
+            _label_maps(value, found)
+    elif isinstance(obj, list):
+        for item in obj:
+            _label_maps(item, found)
+    return found
+
+
+def test_a_253_character_job_name_gets_valid_labels_and_selectors_that_match():
+    """Issue 14, case 2: a job name may be 253 characters, a label value only 63. Every label value the operator
+    writes (pods, Service, ConfigMap, promotion's Job and Deployment) is cut and hashed like object names, and
+    every selector it uses (the pod list, the Service, affinity, serving) selects exactly those pods."""
+    name = "v" * 120 + "." + "w" * 132
+    assert len(name) == 253
+    job = plan.JobRef(name=name, namespace="ns", uid="u")
+    spec = JobSpec.model_validate(
+        {
+            "parallelism": {"nodes": 2},
+            "checkpoint": {"persistentClaim": "ckpt", "persistentPath": "/mnt/ck"},
+            "promotion": {"distill": {"teacherSteps": 150, "studentSteps": 10}, "inference": {"port": 8081}},
+        }
+    )
+    cm, svc, *pods = plan.plan_children(job, spec, 3)
+    distill = render_distill_job(job, spec, PromotionOptions())
+    serving = render_serving(job, spec, PromotionOptions())
+    for obj in [cm, svc, *pods, distill, *serving]:
+        assert len(obj["metadata"]["name"]) <= 63
+        for labels in _label_maps(obj):
+            for value in labels.values():
+                assert len(value) <= 63 and LABEL_VALUE.match(value), (obj["kind"], value)
+    key, value = plan.job_selector(name).split("=")
+    assert all(p["metadata"]["labels"][key] == value for p in pods)
+    assert svc["spec"]["selector"] == {key: value}
+    anti = pods[0]["spec"]["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][0]
+    assert anti["labelSelector"]["matchLabels"] == {key: value}
+    other = plan.plan_children(plan.JobRef(name=name[:-1] + "x", namespace="ns", uid="u"), spec, 3)[2]
+    assert other["metadata"]["labels"][key] != value  # two long names that share a prefix stay apart
+    deployment, service = serving[0], serving[1]
+    assert service["spec"]["selector"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
