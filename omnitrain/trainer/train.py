@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from omnitrain.checkpoint_paths import shard_file_name
 from omnitrain.model.flops import TokenCounts, training_flops
 from omnitrain.model.mmdit import MMDiT
 from omnitrain.spec import TrainerConfig
@@ -53,8 +54,6 @@ def step_seed(seed: int, step: int, data_rank: int) -> int:
 def load_initial_weights(path: str, model: torch.nn.Module) -> None:
     """spec.training.initFrom: a checkpoint step folder (rank-0 shard holding state['train']['model']), or a torch
     file with a state dict (plain, or under 'model')."""
-    from omnitrain.checkpoint_paths import shard_file_name
-
     target = Path(path)
     file = target / shard_file_name(0) if target.is_dir() else target
     if not file.is_file():
