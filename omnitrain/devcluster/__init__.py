@@ -27,6 +27,7 @@ loopback IP (127.a.b.c) as status.podIP; `<host>.<subdomain>.<ns>.svc[.cluster.l
 that pod's IP; volumes are bind-mounted at their mountPath in a private mount namespace (fallback without
 `unshare`: mountPath prefixes in env/args/workingDir are rewritten and OMNITRAIN_PATH_MAP lists the mapping);
 the termination message comes from the file in $OMNITRAIN_TERMINATION_LOG (also bound at terminationMessagePath).
-Restart back-off is 1 s doubling to 30 s (shorter than the kubelet's 10 s..5 min, for tests). Not supported: init
-containers, resource limits, image pulls, Services' cluster IPs (use headless Services + pod DNS names).
+Restart back-off is 1 s doubling to 30 s (shorter than the kubelet's 10 s..5 min, for tests). `kubectl logs [-f]`
+reaches the agent's kubelet endpoint (kubelet.py). Not supported: init containers, resource limits, image pulls,
+Services' cluster IPs (use headless Services + pod DNS names).
 """

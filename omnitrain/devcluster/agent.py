@@ -9,7 +9,8 @@ the default StorageClass (omnitrain.devcluster.provisioner): the process that ow
 
 This module only wires the parts together, one concern each:
   watch.py         list+watch threads -> typed events -> one loop that dispatches them through a table, and ticks
-  registration.py  which nodes are ours; their Leases and Ready conditions
+  registration.py  which nodes are ours; their Leases, Ready conditions, addresses and kubelet port
+  kubelet.py       the kubelet's HTTPS endpoint the API server dials for `kubectl logs`
   pods.py          admitting/adopting pods, starting containers, restarts, deletion, status patches
   launch.py        a container's spec for its shim: env, argv, DNS names and volumes resolved, mounts
   probes.py        readiness probes
@@ -31,6 +32,8 @@ from pathlib import Path
 
 from omnitrain.devcluster import provisioner, watch
 from omnitrain.devcluster.agentapi import AgentApi
+from omnitrain.devcluster.certs import ClusterPKI
+from omnitrain.devcluster.kubelet import KubeletServer
 from omnitrain.devcluster.launch import Launcher, mount_namespaces_work
 from omnitrain.devcluster.pods import PodSupervisor
 from omnitrain.devcluster.registration import NodeRegistry
@@ -50,7 +53,8 @@ class Agent:
         self.api = AgentApi(api_client)
         self.events: queue.Queue = queue.Queue()
         self.stop_event = threading.Event()
-        self.nodes = NodeRegistry(self.api, root)
+        self.kubelet = KubeletServer(root, ClusterPKI(root / "pki"), self.stop_event)
+        self.nodes = NodeRegistry(self.api, root, self.kubelet.port)
         self.launcher = Launcher(root, self.api, mount_namespaces_work())
         self.pods = PodSupervisor(root, self.api, self.launcher, self.nodes.manages)
         self.provisioner = provisioner.Provisioner(api_client, root, self.stop_event)
@@ -63,7 +67,12 @@ class Agent:
         }
 
     def run(self) -> None:
-        log.info("agent starting (root %s, mount namespaces %s)", self.root, "on" if self.launcher.mount_ns else "off")
+        log.info(
+            "agent starting (root %s, mount namespaces %s, kubelet endpoint https://127.0.0.1:%d)",
+            self.root,
+            "on" if self.launcher.mount_ns else "off",
+            self.kubelet.port,
+        )
         stop = self.stop_event
         threads = {
             "nodes": lambda: watch.watch_nodes(self.api, self.events, stop),
@@ -72,6 +81,7 @@ class Agent:
             "pvc-watch": self.provisioner.watch_claims,
             "pv-watch": self.provisioner.watch_volumes,
             "provisioner": self.provisioner.reconcile_loop,
+            "kubelet": self.kubelet.serve_forever,
         }
         for name, target in threads.items():
             threading.Thread(target=watch.guarded(name, target, stop), name=name, daemon=True).start()

@@ -89,8 +89,9 @@ class AgentApi:
                 raise
 
     # -- nodes -----------------------------------------------------------------------------------------------
-    def post_node_condition(self, node: str, condition: dict) -> None:
-        self.core.patch_node_status(node, {"status": {"conditions": [condition]}})
+    def patch_node_status(self, node: str, status: dict) -> None:
+        """A strategic merge of the node's status (conditions and addresses merge by type)."""
+        self.core.patch_node_status(node, {"status": status})
 
     def renew_lease(self, node: str, uid: str, duration_s: int) -> None:
         """The node's Lease in kube-node-lease (created, owned by the Node, on first renewal)."""

@@ -1,6 +1,8 @@
 """Cluster PKI with the openssl CLI (present on the machines we target, so no extra Python dependency):
 a CA, the API server's serving certificate for 127.0.0.1, an admin client certificate (system:masters),
-client certificates for the controller-manager and scheduler, and the service-account key pair."""
+client certificates for the controller-manager and scheduler, the service-account key pair, and the pair the
+API server and the node agent's kubelet endpoint use with each other (`kubectl logs`): the agent's serving
+certificate for 127.0.0.1 and the API server's kubelet client certificate (CN KUBELET_CLIENT_USER)."""
 
 from __future__ import annotations
 
@@ -37,6 +39,15 @@ class ClusterPKI:
     def sa_pub(self) -> Path:
         return self.folder / "sa.pub"
 
+    @property
+    def kubelet_cert(self) -> Path:
+        """The node agent's serving certificate (the address the API server dials for a local node: 127.0.0.1)."""
+        return self.folder / "kubelet.crt"
+
+    @property
+    def kubelet_key(self) -> Path:
+        return self.folder / "kubelet.key"
+
     def client(self, name: str) -> tuple[Path, Path]:
         return self.folder / f"{name}.crt", self.folder / f"{name}.key"
 
@@ -47,7 +58,11 @@ CLIENTS = {
     "controller-manager": ("system:kube-controller-manager", ""),
     "scheduler": ("system:kube-scheduler", ""),
     "agent": ("omnitrain-node-agent", "system:masters"),
+    # what the API server presents to kubelets (--kubelet-client-certificate); the node agent accepts only this
+    "apiserver-kubelet-client": ("kube-apiserver-kubelet-client", ""),
 }
+KUBELET_CLIENT_USER = CLIENTS["apiserver-kubelet-client"][0]
+SERVER_EXT = "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n"
 
 
 def _openssl(*args: str) -> None:
@@ -114,10 +129,18 @@ def ensure_pki(folder: Path) -> ClusterPKI:
             pki.serving_key,
             pki.serving_cert,
             "/CN=kube-apiserver",
-            "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\n"
-            "extendedKeyUsage=serverAuth\n"
-            "subjectAltName=IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,"
+            SERVER_EXT + "subjectAltName=IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,"
             "DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local\n",
+        )
+    if not pki.kubelet_cert.exists():
+        # every local node's address is 127.0.0.1 (one agent serves them all); the API server verifies this name
+        _key(pki.kubelet_key)
+        _sign(
+            pki,
+            pki.kubelet_key,
+            pki.kubelet_cert,
+            "/CN=omnitrain-node-agent",
+            SERVER_EXT + "subjectAltName=IP:127.0.0.1\n",
         )
     for name, (user, group) in CLIENTS.items():
         cert, key = pki.client(name)

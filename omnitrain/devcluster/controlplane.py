@@ -192,6 +192,12 @@ class ControlPlane:
             f"--service-account-signing-key-file={pki.sa_key}",
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
             f"--service-cluster-ip-range={SERVICE_CIDR}",
+            # `kubectl logs`: dial local nodes at 127.0.0.1 (their Hostname resolves nowhere), check the agent's
+            # serving certificate, present the client certificate the agent accepts (kubelet.py)
+            "--kubelet-preferred-address-types=InternalIP,Hostname",
+            f"--kubelet-certificate-authority={pki.ca_cert}",
+            f"--kubelet-client-certificate={pki.client('apiserver-kubelet-client')[0]}",
+            f"--kubelet-client-key={pki.client('apiserver-kubelet-client')[1]}",
             "--allow-privileged=true",
             "--endpoint-reconciler-type=none",
             "--profiling=false",

@@ -37,6 +37,21 @@ def ready_condition(heartbeat: str, ready: bool = True) -> dict:
     }
 
 
+def node_addresses(name: str) -> list[dict]:
+    """A local node's addresses: the API server dials the InternalIP (--kubelet-preferred-address-types) for logs."""
+    return [{"type": "InternalIP", "address": "127.0.0.1"}, {"type": "Hostname", "address": name}]
+
+
+def node_status_patch(name: str, heartbeat: str, kubelet_port: int) -> dict:
+    """What the agent posts for a node it runs, as a kubelet does: Ready, where to reach it, its endpoint's port
+    (status.daemonEndpoints.kubeletEndpoint.Port: the API server's `pods/log` dials it; the field is spelled Port)."""
+    return {
+        "conditions": [ready_condition(heartbeat)],
+        "addresses": node_addresses(name),
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": kubelet_port}},
+    }
+
+
 def local_node_body(name: str, shape: NodeShape) -> dict:
     capacity = {
         "cpu": shape.cpu,
@@ -64,7 +79,7 @@ def local_node_body(name: str, shape: NodeShape) -> dict:
         "status": {
             "capacity": capacity,
             "allocatable": dict(capacity),
-            "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}, {"type": "Hostname", "address": name}],
+            "addresses": node_addresses(name),
             # NotReady until the agent takes it over: a Ready node then means an agent runs its pods
             "conditions": [ready_condition(now, ready=False)],
             "nodeInfo": _node_info("omnitrain-local-agent"),

@@ -166,7 +166,8 @@ class PodSupervisor:
         )
         for container in pod["spec"]["containers"]:
             cname = container["name"]
-            cdir, clog = folder / "containers" / cname, folder / f"{cname}.log"
+            cdir = runtime.container_dir(self.root, run.namespace, run.name, cname)
+            clog = runtime.container_log(self.root, run.namespace, run.name, cname)
             run.containers[cname] = (
                 runtime.ContainerRun.load(cname, cdir, clog) if adopted else runtime.ContainerRun(cname, cdir, clog)
             )

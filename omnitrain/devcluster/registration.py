@@ -1,5 +1,6 @@
 """The nodes the agent stands in for: which ones it manages, and keeping each one alive to the control plane
-(its Lease renewed every LEASE_RENEW_S, its Ready condition posted every NODE_STATUS_S), as a kubelet does.
+(its Lease renewed every LEASE_RENEW_S, its Ready condition posted every NODE_STATUS_S, with the addresses and the
+port of the agent's kubelet endpoint, kubelet.py), as a kubelet does.
 
 A node is managed when it carries the local label and is not one of kwok's fake nodes. Without renewals the
 node lifecycle controller marks the node NotReady once its Lease (LEASE_SECONDS) runs out, as for a lost machine.
@@ -13,7 +14,7 @@ import time
 from pathlib import Path
 
 from omnitrain.devcluster.agentapi import AgentApi
-from omnitrain.devcluster.nodes import KWOK_ANNOTATION, LOCAL_LABEL, ready_condition
+from omnitrain.devcluster.nodes import KWOK_ANNOTATION, LOCAL_LABEL, node_status_patch
 from omnitrain.timestamps import now_rfc3339
 
 log = logging.getLogger(__name__)
@@ -32,9 +33,10 @@ def is_ours(node: dict) -> bool:
 class NodeRegistry:
     """Managed nodes (name -> uid). Changed by the agent's event loop, read by the heartbeat thread."""
 
-    def __init__(self, api: AgentApi, root: Path) -> None:
+    def __init__(self, api: AgentApi, root: Path, kubelet_port: int) -> None:
         self.api = api
         self.root = root
+        self.kubelet_port = kubelet_port
         self._nodes: dict[str, str] = {}
         self._lock = threading.Lock()
 
@@ -66,7 +68,7 @@ class NodeRegistry:
             return self._nodes.pop(name, None) is not None
 
     def post_ready(self, name: str) -> None:
-        self.api.post_node_condition(name, ready_condition(now_rfc3339()))
+        self.api.patch_node_status(name, node_status_patch(name, now_rfc3339(), self.kubelet_port))
 
     def heartbeat(self, stop: threading.Event) -> None:
         """Runs until `stop`: Leases every LEASE_RENEW_S, Ready conditions every NODE_STATUS_S."""

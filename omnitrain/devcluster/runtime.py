@@ -30,6 +30,11 @@ def container_log(root: Path, namespace: str, name: str, container: str) -> Path
     return pod_dir(root, namespace, name) / f"{container}.log"
 
 
+def container_dir(root: Path, namespace: str, name: str, container: str) -> Path:
+    """Where the shim of that container records its run (spec.json, started.json, exit.json, ...)."""
+    return pod_dir(root, namespace, name) / "containers" / container
+
+
 @dataclass
 class ContainerRun:
     """One container of a pod; its files live in <pod>/containers/<name>/."""
