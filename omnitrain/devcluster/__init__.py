@@ -29,5 +29,6 @@ that pod's IP; volumes are bind-mounted at their mountPath in a private mount na
 the termination message comes from the file in $OMNITRAIN_TERMINATION_LOG (also bound at terminationMessagePath).
 Restart back-off is 1 s doubling to 30 s (shorter than the kubelet's 10 s..5 min, for tests). `kubectl logs [-f]`
 reaches the agent's kubelet endpoint (kubelet.py). Not supported: init containers, resource limits, image pulls,
-Services' cluster IPs (use headless Services + pod DNS names).
+Services' cluster IPs (use headless Services + pod DNS names), Endpoints/EndpointSlices (the API refuses loopback
+addresses: their controllers are off, docs/operator.md "The local cluster").
 """

@@ -20,6 +20,11 @@ COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-schedul
 SERVICE_CIDR = "10.96.0.0/24"
 # Controllers that need a cloud provider; everything else (garbage collector, job, node lifecycle, pod GC, ...) runs.
 CLOUD_CONTROLLERS = ("-service-lb-controller", "-node-route-controller", "-cloud-node-lifecycle-controller")
+# Controllers that cannot work here: local pods have loopback IPs (127.a.b.c, one per pod), which the API refuses
+# in Endpoints and EndpointSlices ("may not be in the loopback range"), so they would retry and post a Warning
+# event for every Service forever. Nothing local reads them: there is no service proxy or cluster DNS, and the node
+# agent resolves pod DNS names from the pods themselves (podspec.dns_target_ip).
+LOOPBACK_CONTROLLERS = ("-endpoints-controller", "-endpointslice-controller")
 
 
 def free_port() -> int:
@@ -213,7 +218,7 @@ class ControlPlane:
             "--bind-address=127.0.0.1",
             f"--secure-port={p.controller_manager}",
             f"--cert-dir={self.root / 'controller-manager-certs'}",
-            f"--controllers=*,{','.join(CLOUD_CONTROLLERS)}",
+            f"--controllers=*,{','.join(CLOUD_CONTROLLERS + LOOPBACK_CONTROLLERS)}",
             "--leader-elect=false",
             f"--service-account-private-key-file={self.pki.sa_key}",
             f"--root-ca-file={self.pki.ca_cert}",

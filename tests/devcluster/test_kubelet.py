@@ -127,6 +127,8 @@ def test_control_plane_dials_local_nodes_by_ip_with_the_agents_pki(tmp_path):
     apiserver = cp._apiserver_argv(Ports(1, 2, 3, 4, 5))
     assert "--kubelet-preferred-address-types=InternalIP,Hostname" in apiserver
     assert f"--kubelet-certificate-authority={cp.pki.ca_cert}" in apiserver
+    controllers = next(a for a in cp._controller_manager_argv(Ports(1, 2, 3, 4, 5)) if a.startswith("--controllers="))
+    assert "-endpoints-controller" in controllers and "-endpointslice-controller" in controllers
 
 
 @pytest.fixture(scope="module")
