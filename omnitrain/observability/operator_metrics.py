@@ -5,7 +5,7 @@ ServiceMonitor scrapes with honorLabels: the operator pod's own namespace must n
 drops a deleted job's series, so label sets stay bounded by the jobs that exist.
 
 Wiring (operator side):
-    metrics = start_operator_metrics_server(port=8080)          # once, at start-up
+    metrics = start_operator_metrics_server(8080, "0.0.0.0")     # once, at start-up (OperatorSettings.metrics_*)
     with metrics.time_reconcile("create"): ...                   # around each handler
     metrics.set_job_phase(ns, name, "Running"); metrics.record_restart(ns, name, reason="HangDetected")
     metrics.observe_recovery(ns, name, seconds); metrics.set_job_goodput(ns, name, 0.97, {"recovery": 42.0, ...})
@@ -162,7 +162,7 @@ class OperatorMetrics:
             self.reconcile.labels(handler).observe(time.perf_counter() - started)
 
     # --- endpoint -------------------------------------------------------------------------------------------
-    def serve(self, port: int, addr: str = "0.0.0.0") -> int:
+    def serve(self, port: int, addr: str = "127.0.0.1") -> int:
         with self._lock:
             if self._server is None:
                 self._server, _thread = start_http_server(port, addr=addr, registry=self.registry)
@@ -176,8 +176,9 @@ class OperatorMetrics:
                 self._server = None
 
 
-def start_operator_metrics_server(port: int = 8080, addr: str = "0.0.0.0") -> OperatorMetrics:
-    """Create the operator's metrics and serve them on addr:port (a daemon thread). Call once at start-up."""
+def start_operator_metrics_server(port: int = 8080, addr: str = "127.0.0.1") -> OperatorMetrics:
+    """Create the operator's metrics and serve them on addr:port (a daemon thread). Call once at start-up.
+    Loopback unless told: the operator's Deployment asks for 0.0.0.0 (OMNITRAIN_OPERATOR_METRICS_ADDRESS)."""
     metrics = OperatorMetrics()
     metrics.serve(port, addr)
     return metrics

@@ -26,7 +26,7 @@ def run_operator(verbose: bool = False) -> int:
     if settings.metrics_port:
         from omnitrain.observability.operator_metrics import start_operator_metrics_server
 
-        metrics = start_operator_metrics_server(settings.metrics_port)
+        metrics = start_operator_metrics_server(settings.metrics_port, settings.metrics_address)
     handlers.install(settings, metrics=metrics)
     logging.getLogger("omnitrain.operator").info(
         "omnitrain operator: namespaces=%s resync=%ss command=%s",

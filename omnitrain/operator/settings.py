@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import shlex
 from dataclasses import dataclass, field
@@ -15,6 +16,9 @@ class OperatorSettings:
     train_command: list[str] = field(default_factory=lambda: list(DEFAULT_TRAIN_COMMAND))
     resync_seconds: float = 5.0  # timer: re-check every job (lost events, progress scrape)
     metrics_port: int = 0  # operator's own Prometheus port; 0 = off
+    # where that port listens: loopback unless told; the Deployment (manifests/operator) sets 0.0.0.0, so that
+    # Prometheus reaches it at the pod's IP
+    metrics_address: str = "127.0.0.1"
     peering: str | None = None  # None = standalone (one replica, Recreate)
     cluster_domain: str = "cluster.local"
     create_workers: int = 16  # concurrent pod creations per launch
@@ -35,6 +39,7 @@ class OperatorSettings:
             train_command=shlex.split(command) if command else default,
             resync_seconds=float(e.get("OMNITRAIN_RESYNC_SECONDS", "5")),
             metrics_port=int(e.get("OMNITRAIN_OPERATOR_METRICS_PORT", "0")),
+            metrics_address=parse_listen_address(e.get("OMNITRAIN_OPERATOR_METRICS_ADDRESS", "127.0.0.1")),
             peering=e.get("OMNITRAIN_PEERING") or None,
             cluster_domain=e.get("OMNITRAIN_CLUSTER_DOMAIN", "cluster.local"),
             create_workers=int(e.get("OMNITRAIN_CREATE_WORKERS", "16")),
@@ -58,3 +63,14 @@ def parse_pod_env(text: str) -> dict[str, str]:
             )
         env[name] = value
     return env
+
+
+def parse_listen_address(text: str) -> str:
+    """OMNITRAIN_OPERATOR_METRICS_ADDRESS: an IP address to listen on (the socket binds it as written)."""
+    try:
+        return str(ipaddress.ip_address(text.strip()))
+    except ValueError:
+        raise ValueError(
+            f"OMNITRAIN_OPERATOR_METRICS_ADDRESS: {text!r} is not an IP address; write 0.0.0.0 in a pod "
+            "(Prometheus scrapes the pod's IP) or 127.0.0.1 on a machine of your own"
+        ) from None

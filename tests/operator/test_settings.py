@@ -53,3 +53,28 @@ def test_operator_side_never_imports_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+def test_metrics_listen_on_loopback_unless_told_and_the_deployment_says_every_interface():
+    from pathlib import Path
+
+    import pytest
+    import yaml
+
+    from omnitrain.observability.operator_metrics import start_operator_metrics_server
+
+    assert OperatorSettings.from_env({}).metrics_address == "127.0.0.1"
+    told = OperatorSettings.from_env({"OMNITRAIN_OPERATOR_METRICS_ADDRESS": "0.0.0.0"})
+    assert told.metrics_address == "0.0.0.0"
+    with pytest.raises(ValueError, match="OMNITRAIN_OPERATOR_METRICS_ADDRESS: 'everywhere' is not an IP address"):
+        OperatorSettings.from_env({"OMNITRAIN_OPERATOR_METRICS_ADDRESS": "everywhere"})
+    # in a pod Prometheus scrapes the pod's IP: the manifest keeps 0.0.0.0
+    deployment = yaml.safe_load((Path(__file__).parents[2] / "manifests/operator/deployment.yaml").read_text())
+    env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["OMNITRAIN_OPERATOR_METRICS_ADDRESS"] == "0.0.0.0"
+    # the server binds what it is given (the default: loopback only)
+    metrics = start_operator_metrics_server(0)
+    try:
+        assert metrics._server is not None and metrics._server.server_address[0] == "127.0.0.1"
+    finally:
+        metrics.close()
