@@ -118,3 +118,8 @@ ENV_ATTEMPT = "OMNITRAIN_ATTEMPT"
 ENV_METRICS_PORT = "OMNITRAIN_METRICS_PORT"
 ENV_POD_IP = "POD_IP"
 ENV_NODE_NAME = "NODE_NAME"
+
+# The address servers in a pod listen on when not told (`omnitrain serve --host`). Unset in a real pod: 0.0.0.0, the
+# pod's own network namespace, where Services, probes and port-forward reach it. The local node agent sets it to
+# the pod's loopback IP: its pods share the machine's network, where 0.0.0.0 would be every interface it has.
+ENV_BIND_HOST = "OMNITRAIN_BIND_HOST"

@@ -17,7 +17,7 @@ import threading
 import time
 from pathlib import Path
 
-from omnitrain.contract import TERMINATION_LOG_ENV
+from omnitrain.contract import ENV_BIND_HOST, TERMINATION_LOG_ENV
 from omnitrain.devcluster import podspec
 from omnitrain.devcluster.agentapi import AgentApi
 from omnitrain.devcluster.runtime import PodRun
@@ -79,6 +79,8 @@ class Launcher:
             "HOSTNAME": pod["spec"].get("hostname") or run.name,
             "PYTHONUNBUFFERED": "1",
             TERMINATION_LOG_ENV: str(termination_file),
+            # the pod shares this machine's network: servers that default to 0.0.0.0 listen on the pod's own IP
+            ENV_BIND_HOST: run.ip,
         }
         base.update({k: os.environ[k] for k in PASSTHROUGH_ENV if k in os.environ})
         full_env = {**base, **env}
