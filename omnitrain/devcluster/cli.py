@@ -6,23 +6,31 @@ import argparse
 import json
 from pathlib import Path
 
+ROOT_HELP = "cluster folder (default <repo>/.dev/cluster)"
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add this area's subcommands; imports of heavy modules happen inside the handlers."""
     dev = subparsers.add_parser("dev", help="local Kubernetes cluster for development and tests")
-    dev.add_argument("--root", type=Path, default=None, help="cluster folder (default <repo>/.dev/cluster)")
+    dev.add_argument("--root", type=Path, default=None, metavar="DIR", help=ROOT_HELP)
+    # `dev up --root X` as well as `dev --root X up`: each action takes it too (its own dest: see cluster_root)
+    root = argparse.ArgumentParser(add_help=False)
+    root.add_argument("--root", dest="action_root", type=Path, default=None, metavar="DIR", help=ROOT_HELP)
     sub = dev.add_subparsers(dest="dev_command", required=True, metavar="ACTION")
 
-    up = sub.add_parser("up", help="start (or resume) the cluster; idempotent")
+    def action(parent: argparse._SubParsersAction, name: str, **kwargs) -> argparse.ArgumentParser:
+        return parent.add_parser(name, parents=[root], **kwargs)
+
+    up = action(sub, "up", help="start (or resume) the cluster; idempotent")
     up.add_argument("--nodes", type=int, default=2, help="local nodes run by the node agent (default 2)")
     up.add_argument("--gpus-per-node", type=int, default=2, help="nvidia.com/gpu per local node (default 2)")
     up.add_argument("--kwok-nodes", type=int, default=0, help="fake 8-GPU nodes simulated by kwok (default 0)")
     up.set_defaults(func=_up)
 
-    sub.add_parser("down", help="stop every process of the cluster (state is kept)").set_defaults(func=_down)
-    sub.add_parser("status", help="processes, API server readiness and nodes").set_defaults(func=_status)
+    action(sub, "down", help="stop every process of the cluster (state is kept)").set_defaults(func=_down)
+    action(sub, "status", help="processes, API server readiness and nodes").set_defaults(func=_status)
 
-    logs = sub.add_parser("logs", help="print a pod's container log")
+    logs = action(sub, "logs", help="print a pod's container log")
     logs.add_argument("pod")
     logs.add_argument("-n", "--namespace", default="default")
     logs.add_argument("-c", "--container", default=None, help="container (default: the only/first one)")
@@ -30,22 +38,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     node = sub.add_parser("node", help="add or delete a local node (deleting one kills its pods: a lost machine)")
     node_sub = node.add_subparsers(dest="node_command", required=True, metavar="ACTION")
-    add = node_sub.add_parser("add")
+    add = action(node_sub, "add")
     add.add_argument("name")
     add.add_argument("--gpus", type=int, default=2)
     add.set_defaults(func=_node_add)
-    delete = node_sub.add_parser("delete")
+    delete = action(node_sub, "delete")
     delete.add_argument("name")
     delete.set_defaults(func=_node_delete)
 
-    agent = sub.add_parser("agent", help="run the node agent in the foreground (normally started by `dev up`)")
+    agent = action(sub, "agent", help="run the node agent in the foreground (normally started by `dev up`)")
     agent.set_defaults(func=_agent)
+
+
+def cluster_root(args: argparse.Namespace) -> Path | None:
+    """--root before the action or after it (None: the default folder); both, naming two folders, is refused."""
+    before, after = args.root, getattr(args, "action_root", None)
+    if before and after and Path(before).resolve() != Path(after).resolve():
+        raise SystemExit(f"omnitrain dev: --root given twice ({before} and {after}); give it once")
+    return after or before
 
 
 def _cluster(args):
     from omnitrain.devcluster.cluster import DEFAULT_ROOT, LocalCluster
 
-    return LocalCluster(args.root or DEFAULT_ROOT)
+    return LocalCluster(cluster_root(args) or DEFAULT_ROOT)
 
 
 def _validate_counts(args) -> None:
