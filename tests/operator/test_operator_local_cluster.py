@@ -19,7 +19,7 @@ from kubernetes.client.exceptions import ApiException
 from omnitrain.devcluster.testing import wait_for
 
 pytestmark = pytest.mark.e2e
-LOCAL_PATH = "/var/lib/omnitrain-e2e"
+LOCAL_PATH = "/var/lib/omnitrain/e2e"  # below an allowed host root (OMNITRAIN_ALLOWED_HOST_ROOTS default)
 
 
 @pytest.fixture(scope="module")
