@@ -44,11 +44,12 @@ def _validate(args: argparse.Namespace) -> int:
     import yaml
 
     from omnitrain.operator.reconcile import parse_spec
-    from omnitrain.operator.settings import allowed_host_roots
+    from omnitrain.operator.settings import allowed_host_roots, checked_host_roots
 
     try:
-        roots = args.allowed_host_root or allowed_host_roots()
-    except ValueError as exc:  # the variable here is as broken as the operator would find it
+        given = args.allowed_host_root
+        roots = checked_host_roots(given, "--allowed-host-root") if given else allowed_host_roots()
+    except ValueError as exc:  # a root the operator would refuse to start with
         print(f"omnitrain validate: {exc}", file=sys.stderr)
         return 2
     try:

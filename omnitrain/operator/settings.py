@@ -73,9 +73,13 @@ def allowed_host_roots(env: Mapping[str, str] | None = None) -> list[str]:
     text = e.get(ALLOWED_HOST_ROOTS_ENV)
     if text is None:
         return list(DEFAULT_ALLOWED_HOST_ROOTS)
-    roots = [r.strip() for r in text.split(",") if r.strip()]
+    return checked_host_roots([r.strip() for r in text.split(",") if r.strip()], ALLOWED_HOST_ROOTS_ENV)
+
+
+def checked_host_roots(roots: list[str], where: str) -> list[str]:
+    """`roots` when each is a mountable path itself; ValueError naming `where` they came from otherwise."""
     for root in roots:
         problem = path_problem(root)
         if problem:
-            raise ValueError(f"{ALLOWED_HOST_ROOTS_ENV}: {problem}")
+            raise ValueError(f"{where}: {problem}")
     return roots

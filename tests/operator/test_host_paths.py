@@ -123,6 +123,12 @@ def test_validate_runs_the_same_checks_with_the_option_or_the_variable(tmp_path,
     f.write_text("spec:\n  checkpoint: {localPath: /}\n")
     assert main(["validate", "--allowed-host-root", "/srv", str(f)]) == 1
     assert "system folder" in capsys.readouterr().err
+    # a root the operator would not start with is refused here too, in one line
+    assert main(["validate", "--allowed-host-root", "/", str(f)]) == 2
+    assert "--allowed-host-root: '/' contains the system folder" in capsys.readouterr().err
+    monkeypatch.setenv("OMNITRAIN_ALLOWED_HOST_ROOTS", "/etc")
+    assert main(["validate", str(f)]) == 2
+    assert "OMNITRAIN_ALLOWED_HOST_ROOTS: '/etc' is the system folder /etc" in capsys.readouterr().err
 
 
 _SEGMENT = st.sampled_from(["", ".", "..", "mnt", "etc", "var", "lib", "kubelet", "run", "omnitrain", "nvme", "x y"])
@@ -136,3 +142,11 @@ def test_any_accepted_path_is_normal_and_away_from_every_system_folder(segments,
     assert posixpath.normpath(path) == path and path.startswith("/") and not path.startswith("//")
     for folder in SYSTEM_FOLDERS:
         assert not path.startswith(folder + "/") and path != folder and not folder.startswith(path.rstrip("/") + "/")
+
+
+def test_the_operator_does_not_start_with_a_bad_root_and_says_why(monkeypatch, caplog):
+    from omnitrain.operator.run import run_operator
+
+    monkeypatch.setenv("OMNITRAIN_ALLOWED_HOST_ROOTS", "/mnt,/")
+    assert run_operator() == 2
+    assert "OMNITRAIN_ALLOWED_HOST_ROOTS: '/' contains the system folder" in caplog.text
