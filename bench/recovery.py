@@ -446,7 +446,7 @@ def cluster_faults(steps: int = CLUSTER_STEPS, interval: int = CLUSTER_INTERVAL)
                 "checkpoint": {
                     "persistentClaim": claim,
                     "persistentPath": "/mnt/checkpoints",
-                    "localPath": f"/omnitrain-bench/{name}",
+                    "localPath": f"/var/lib/omnitrain/bench/{name}",
                     "intervalSteps": interval,
                 },
                 "resilience": {"hangTimeoutSeconds": 5, "maxRestarts": 3},

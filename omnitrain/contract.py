@@ -7,6 +7,7 @@ termination message (one JSON line) and its Prometheus metrics. Pure Python, imp
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -55,12 +56,17 @@ class ExitCode(IntEnum):
     ERROR = 1  # crash (Python exception, failed collective): gang restart
     CONFIG = 3  # bad config or data the trainer cannot use: restart will not help, the job fails
     NO_PROGRESS = 4  # resumed but cannot advance (e.g. every checkpoint unreadable): the job fails
+    STORAGE = 5  # the checkpoint/metrics storage refused a write (full, quota, read-only, no permission): fails
     HANG = 42  # the watchdog found no step progress and no RDMA traffic: gang restart
     HARDWARE = 43  # GPU/NIC fault evidence (XID, ECC, link down): gang restart without this node
     SIGKILL = 137  # killed (OOM killer, eviction, node loss): gang restart
 
 
-PERMANENT_EXIT_CODES = frozenset({ExitCode.CONFIG, ExitCode.NO_PROGRESS})
+PERMANENT_EXIT_CODES = frozenset({ExitCode.CONFIG, ExitCode.NO_PROGRESS, ExitCode.STORAGE})
+# Termination reasons that mean "restart will not help" whatever the exit code: under torchrun a worker's own code
+# becomes torchrun's 1, so the reason the worker left in the termination log is what the operator can trust.
+STORAGE_ERROR = "StorageError"
+PERMANENT_REASONS = frozenset({STORAGE_ERROR})
 
 
 @dataclass
@@ -102,6 +108,45 @@ def write_termination_message(msg: TerminationMessage, path: str | None = None) 
             f.write(msg.to_json() + "\n")
     except OSError:
         pass
+
+
+# A write refused for one of these is the disk's or the mount's doing: the same write fails again after a restart
+# (from the same checkpoint, onto the same disk), so the job fails at once and says what to fix.
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
+_STORAGE_FIXES = {
+    errno.ENOSPC: "free space on {path} (or lower checkpoint.keep) or point {field} at a bigger disk",
+    errno.EDQUOT: "raise the quota of {path}, free space there (or lower checkpoint.keep) or point {field} elsewhere",
+    errno.EROFS: "{path} is read-only: mount it read-write or point {field} at a writable folder",
+    errno.EACCES: "give the pod's user write access to {path} (e.g. securityContext.fsGroup) or point {field} "
+    "at a folder it may write",
+    errno.EPERM: "give the pod's user write access to {path} (e.g. securityContext.fsGroup) or point {field} "
+    "at a folder it may write",
+}
+
+
+def storage_oserror(exc: BaseException | None) -> OSError | None:
+    """The OSError with a STORAGE_ERRNOS errno that `exc` is or was raised from (its __cause__/__context__
+    chain), or None."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS:
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def storage_termination(path: str, err_no: int, field: str = "checkpoint.localPath") -> TerminationMessage:
+    """The termination message of a pod whose storage refused a write: the path, the error by name and the fix.
+    `field`: the spec field that chose the path (checkpoint.localPath or checkpoint.persistentPath)."""
+    name = errno.errorcode.get(err_no, str(err_no))
+    fix = _STORAGE_FIXES.get(err_no, "check the storage at {path} or point {field} elsewhere")
+    return TerminationMessage(
+        reason=STORAGE_ERROR,
+        message=f"cannot write {path}: {name} ({os.strerror(err_no)}); restarting will not help: "
+        + fix.format(path=path, field=field),
+        evidence={"path": path, "errno": name},
+    )
 
 
 # Prometheus metric names the operator reads from rank 0's metrics endpoint to fill status.

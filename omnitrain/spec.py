@@ -7,7 +7,9 @@ kopf. Semantic checks that span fields live in `validate_job_spec`, which names 
 
 from __future__ import annotations
 
+import posixpath
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Annotated, Any, Literal
@@ -143,6 +145,105 @@ class CheckpointSpec(_Spec):
         """`<root>/<job>` as the pods see it: the job's checkpoints and metrics log (docs/checkpointing.md), on the
         persistent tier when there is a claim (it outlives the pods and nodes), else on the node-local disk."""
         return f"{self.persistent_root or self.local_path}/{job}"
+
+
+# ---- paths that become mounts (checkpoint.localPath: a hostPath on the node; both: mount targets in the pod) ----
+
+# Folders a job's mount may neither be, be inside of, nor contain: the node's system (a hostPath there hands the
+# user's image the host: credentials, the kubelet's pod secrets, the container runtime's socket) and the image's own
+# (a mount there hides the container's system files). `/` is refused as the ancestor of all of them.
+SYSTEM_FOLDERS = (
+    "/bin",
+    "/boot",
+    "/dev",
+    "/etc",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/libx32",
+    "/proc",
+    "/root",
+    "/run",
+    "/sbin",
+    "/sys",
+    "/usr",
+    "/var/lib/containerd",
+    "/var/lib/docker",
+    "/var/lib/etcd",
+    "/var/lib/kubelet",
+    "/var/log",
+    "/var/run",
+)
+# Where a node-local checkpoint folder may be when the operator is not told otherwise (OMNITRAIN_ALLOWED_HOST_ROOTS):
+# the default localPath's disk and the project's own folder under /var/lib.
+DEFAULT_ALLOWED_HOST_ROOTS = ("/mnt", "/var/lib/omnitrain")
+ALLOWED_HOST_ROOTS_ENV = "OMNITRAIN_ALLOWED_HOST_ROOTS"  # the operator's setting (omnitrain.operator.settings)
+_PATH_CHARS = re.compile(r"[A-Za-z0-9._/+@=,~-]+")
+
+
+def is_within(path: str, root: str) -> bool:
+    """`path` is `root` or below it, by whole path segments (/var/lib/omnitrain-x is not within /var/lib/omnitrain)."""
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def path_problem(path: str) -> str | None:
+    """Why `path` cannot be a mount (its source on the node or its target in the pod), or None. Pure: the path as
+    written; symlinks on the node are the node's business (docs/operator.md, What is refused and why)."""
+    if not path.startswith("/"):
+        return f"{path!r} is not absolute; write the full path, e.g. /mnt/nvme/omnitrain"
+    if not _PATH_CHARS.fullmatch(path):
+        return f"{path!r} has characters other than letters, digits and ._/+@=,~-; rename the folder"
+    normal = posixpath.normpath(path)
+    if normal.startswith("//"):  # POSIX keeps a leading // as is
+        normal = "/" + normal.lstrip("/")
+    if normal != path:
+        return f"{path!r} is not normalised (no '..', '.', '//' or trailing '/'); write {normal!r}"
+    for folder in SYSTEM_FOLDERS:
+        if is_within(path, folder) or is_within(folder, path):
+            where = "is" if path == folder else "is inside" if is_within(path, folder) else "contains"
+            return f"{path!r} {where} the system folder {folder}; use a folder of its own, e.g. /mnt/nvme/omnitrain"
+    return None
+
+
+def host_path_problems(checkpoint: CheckpointSpec, allowed_host_roots: Sequence[str] | None = None) -> list[FieldError]:
+    """The checkpoint paths the pods mount (docs/operator.md, What is refused and why): localPath is a hostPath and
+    a mount target, persistentPath a mount target when there is a claim. `allowed_host_roots`: where the operator
+    lets a hostPath be (OMNITRAIN_ALLOWED_HOST_ROOTS); None = not checked (the trainer, which mounts nothing)."""
+    errors = []
+    local = path_problem(checkpoint.local_path)
+    if local:
+        errors.append(FieldError(field="spec.checkpoint.localPath", message=local))
+    elif allowed_host_roots is not None and not any(is_within(checkpoint.local_path, r) for r in allowed_host_roots):
+        roots = ", ".join(allowed_host_roots) or "(none)"
+        errors.append(
+            FieldError(
+                field="spec.checkpoint.localPath",
+                message=(
+                    f"{checkpoint.local_path!r} is outside the folders this operator may mount from the node "
+                    f"({roots}); use a folder below one of them, or ask the admin to add its root to the "
+                    f"operator's {ALLOWED_HOST_ROOTS_ENV}"
+                ),
+            )
+        )
+    if checkpoint.persistent_claim:
+        persistent = path_problem(checkpoint.persistent_path)
+        if persistent:
+            errors.append(FieldError(field="spec.checkpoint.persistentPath", message=persistent))
+        elif not local and (
+            is_within(checkpoint.persistent_path, checkpoint.local_path)
+            or is_within(checkpoint.local_path, checkpoint.persistent_path)
+        ):
+            errors.append(
+                FieldError(
+                    field="spec.checkpoint.persistentPath",
+                    message=(
+                        f"{checkpoint.persistent_path!r} and localPath {checkpoint.local_path!r} overlap: the two "
+                        "tiers are separate mounts; give them separate folders (e.g. /mnt/checkpoints and "
+                        "/mnt/nvme/omnitrain)"
+                    ),
+                )
+            )
+    return errors
 
 
 class ResilienceSpec(_Spec):
@@ -314,9 +415,11 @@ class FieldError(BaseModel):
         return f"{self.field}: {self.message}"
 
 
-def validate_job_spec(spec: JobSpec) -> list[FieldError]:
-    """Checks that span fields (the schema checks single fields). Empty list = valid."""
+def validate_job_spec(spec: JobSpec, allowed_host_roots: Sequence[str] | None = None) -> list[FieldError]:
+    """Checks that span fields (the schema checks single fields). Empty list = valid. `allowed_host_roots`: where
+    the operator may mount a hostPath from (None: not checked; see host_path_problems)."""
     errors: list[FieldError] = []
+    errors += host_path_problems(spec.checkpoint, allowed_host_roots)
     p = spec.parallelism
     model = spec.model.resolve()
     if model.hidden_size % model.num_heads:
@@ -556,6 +659,9 @@ class TrainerConfig(_Spec):
 
 
 __all__ = [
+    "ALLOWED_HOST_ROOTS_ENV",
+    "DEFAULT_ALLOWED_HOST_ROOTS",
+    "SYSTEM_FOLDERS",
     "CheckpointSpec",
     "DataSpec",
     "DistillSpec",
@@ -575,6 +681,9 @@ __all__ = [
     "Toleration",
     "TrainerConfig",
     "TrainingSpec",
+    "host_path_problems",
+    "is_within",
     "layout_problems",
+    "path_problem",
     "validate_job_spec",
 ]

@@ -15,6 +15,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     c.set_defaults(func=_crd)
     v = subparsers.add_parser("validate", help="check an OmniTrainingJob manifest like the operator does")
     v.add_argument("file", help="YAML file with an OmniTrainingJob (or a bare spec)")
+    v.add_argument(
+        "--allowed-host-root",
+        action="append",
+        metavar="DIR",
+        help=(
+            "a folder checkpoint.localPath may be in, as the operator's OMNITRAIN_ALLOWED_HOST_ROOTS says "
+            "(repeat for more; default: that variable here, else /mnt and /var/lib/omnitrain)"
+        ),
+    )
     v.set_defaults(func=_validate)
 
 
@@ -35,7 +44,14 @@ def _validate(args: argparse.Namespace) -> int:
     import yaml
 
     from omnitrain.operator.reconcile import parse_spec
+    from omnitrain.operator.settings import allowed_host_roots, checked_host_roots
 
+    try:
+        given = args.allowed_host_root
+        roots = checked_host_roots(given, "--allowed-host-root") if given else allowed_host_roots()
+    except ValueError as exc:  # a root the operator would refuse to start with
+        print(f"omnitrain validate: {exc}", file=sys.stderr)
+        return 2
     try:
         with open(args.file) as f:
             docs = list(yaml.safe_load_all(f))
@@ -56,7 +72,7 @@ def _validate(args: argparse.Namespace) -> int:
         if spec is None:
             continue
         name = (doc.get("metadata") or {}).get("name", args.file)
-        _, problems = parse_spec(spec)
+        _, problems = parse_spec(spec, roots)
         for p in problems:
             print(f"{name}: {p}", file=sys.stderr)
         bad += bool(problems)

@@ -236,9 +236,15 @@ def pod_skeleton(
 ) -> dict:
     """The pod spec every pod of a job starts from (training gang and promotion children alike): the containers
     and volumes given, spec.scheduling (nodeSelector, tolerations, priorityClassName, schedulerName) and the
-    affinity given plus the node exclusions."""
+    affinity given plus the node exclusions. No ServiceAccount token: the trainer, distiller and inference server
+    never call the API, and a token in a pod running the user's image would be the namespace's credentials."""
     sched = spec.scheduling
-    pod: dict = {"restartPolicy": restart_policy, "containers": containers, "volumes": volumes}
+    pod: dict = {
+        "restartPolicy": restart_policy,
+        "containers": containers,
+        "volumes": volumes,
+        "automountServiceAccountToken": False,
+    }
     merged = {**(affinity or {}), **excluded_nodes_affinity(list(excluded_nodes or []))}
     if merged:
         pod["affinity"] = merged

@@ -11,7 +11,7 @@ hand on to the next one (resume hands on after it has started the next attempt).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -86,7 +86,8 @@ class SpecCheck(NamedTuple):
     problems: list[str]
 
 
-def parse_spec(raw: dict | None) -> SpecCheck:
+def parse_spec(raw: dict | None, allowed_host_roots: Sequence[str] | None = None) -> SpecCheck:
+    """`allowed_host_roots`: the operator's OMNITRAIN_ALLOWED_HOST_ROOTS (None: hostPath roots not checked)."""
     try:
         spec = JobSpec.model_validate(raw or {})
     except ValidationError as err:
@@ -95,7 +96,7 @@ def parse_spec(raw: dict | None) -> SpecCheck:
             where = "spec." + ".".join(str(x) for x in e["loc"])
             msgs.append(f"{where}: {e['msg']}")
         return SpecCheck(None, msgs)
-    return SpecCheck(spec, [str(e) for e in validate_job_spec(spec)])
+    return SpecCheck(spec, [str(e) for e in validate_job_spec(spec, allowed_host_roots)])
 
 
 def add_seconds(timestamp: str, seconds: float) -> str:

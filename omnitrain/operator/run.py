@@ -17,7 +17,11 @@ def run_operator(verbose: bool = False) -> int:
     if not verbose:
         # one "Handler succeeded" line per pod event drowns the transitions (logged by kube.post_event)
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
-    settings = OperatorSettings.from_env()
+    try:
+        settings = OperatorSettings.from_env()
+    except ValueError as exc:  # a setting that is wrong: one line naming it, not a traceback
+        logging.getLogger("omnitrain.operator").error("omnitrain operator: %s", exc)
+        return 2
     try:
         config.load_incluster_config()
     except config.ConfigException:
@@ -29,10 +33,11 @@ def run_operator(verbose: bool = False) -> int:
         metrics = start_operator_metrics_server(settings.metrics_port, settings.metrics_address)
     handlers.install(settings, metrics=metrics)
     logging.getLogger("omnitrain.operator").info(
-        "omnitrain operator: namespaces=%s resync=%ss command=%s",
+        "omnitrain operator: namespaces=%s resync=%ss command=%s allowed host roots=%s",
         settings.namespaces or "all",
         settings.resync_seconds,
         " ".join(settings.train_command),
+        ",".join(settings.allowed_host_roots) or "(none)",
     )
     asyncio.run(
         kopf.operator(

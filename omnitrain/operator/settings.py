@@ -5,9 +5,11 @@ from __future__ import annotations
 import ipaddress
 import os
 import shlex
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from omnitrain.operator.plan import DEFAULT_TRAIN_COMMAND, PlanOptions
+from omnitrain.spec import ALLOWED_HOST_ROOTS_ENV, DEFAULT_ALLOWED_HOST_ROOTS, path_problem
 
 
 @dataclass(frozen=True)
@@ -23,6 +25,9 @@ class OperatorSettings:
     cluster_domain: str = "cluster.local"
     create_workers: int = 16  # concurrent pod creations per launch
     pod_env: dict[str, str] = field(default_factory=dict)  # added to every training pod (NCCL_*, thread counts)
+    # where a job's checkpoint.localPath (a hostPath on the node) may be: the operator can create pods anywhere,
+    # so it, not the job's author, decides which parts of a node a pod may mount
+    allowed_host_roots: list[str] = field(default_factory=lambda: list(DEFAULT_ALLOWED_HOST_ROOTS))
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> OperatorSettings:
@@ -44,6 +49,7 @@ class OperatorSettings:
             cluster_domain=e.get("OMNITRAIN_CLUSTER_DOMAIN", "cluster.local"),
             create_workers=int(e.get("OMNITRAIN_CREATE_WORKERS", "16")),
             pod_env=parse_pod_env(e.get("OMNITRAIN_POD_ENV", "")),
+            allowed_host_roots=allowed_host_roots(e),
         )
 
     def plan_options(self) -> PlanOptions:
@@ -74,3 +80,22 @@ def parse_listen_address(text: str) -> str:
             f"OMNITRAIN_OPERATOR_METRICS_ADDRESS: {text!r} is not an IP address; write 0.0.0.0 in a pod "
             "(Prometheus scrapes the pod's IP) or 127.0.0.1 on a machine of your own"
         ) from None
+
+
+def allowed_host_roots(env: Mapping[str, str] | None = None) -> list[str]:
+    """OMNITRAIN_ALLOWED_HOST_ROOTS: comma-separated folders (default DEFAULT_ALLOWED_HOST_ROOTS); each must be a
+    mountable path itself (absolute, normalised, no system folder), or the operator refuses to start."""
+    e = os.environ if env is None else env
+    text = e.get(ALLOWED_HOST_ROOTS_ENV)
+    if text is None:
+        return list(DEFAULT_ALLOWED_HOST_ROOTS)
+    return checked_host_roots([r.strip() for r in text.split(",") if r.strip()], ALLOWED_HOST_ROOTS_ENV)
+
+
+def checked_host_roots(roots: list[str], where: str) -> list[str]:
+    """`roots` when each is a mountable path itself; ValueError naming `where` they came from otherwise."""
+    for root in roots:
+        problem = path_problem(root)
+        if problem:
+            raise ValueError(f"{where}: {problem}")
+    return roots

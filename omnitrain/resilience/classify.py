@@ -5,7 +5,8 @@ Output: one `Failure` for the attempt — the most specific cause among the pods
 (a hang, a lost node) makes the other ranks fail too (their collectives break: plain crashes).
 
 Classes and what recovery does with them (omnitrain.resilience.recovery):
-  Permanent  config/data error (exit 3/4), image cannot be pulled, bad container config: fail, restart won't help
+  Permanent  config/data error (exit 3/4), storage refused a write (exit 5 / reason StorageError: disk full, quota,
+             read-only, no permission), image cannot be pulled, bad container config: fail, restart won't help
   Hardware   exit 43 / termination reason HardwareFault: restart without the node, isolate it
   NodeLost   node NotReady or deleted under a running pod: restart without the node
   Preempted  scheduler preemption / eviction / DisruptionTarget: restart, not counted toward maxRestarts
@@ -20,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 
-from omnitrain.contract import PERMANENT_EXIT_CODES, ExitCode, TerminationMessage
+from omnitrain.contract import PERMANENT_EXIT_CODES, PERMANENT_REASONS, STORAGE_ERROR, ExitCode, TerminationMessage
 
 
 class FailureClass(str, Enum):
@@ -69,7 +70,11 @@ DISRUPTION_REASONS = frozenset(
 )
 NODE_LOSS_REASONS = frozenset({"NodeLost", "DeletionByTaintManager", "DeletionByPodGC"})
 POD_LOST = "PodLost"  # pod_reason of `missing_pod`
-_PERMANENT_EXIT_REASONS = {ExitCode.CONFIG: "ConfigError", ExitCode.NO_PROGRESS: "NoProgress"}
+_PERMANENT_EXIT_REASONS = {
+    ExitCode.CONFIG: "ConfigError",
+    ExitCode.NO_PROGRESS: "NoProgress",
+    ExitCode.STORAGE: STORAGE_ERROR,
+}
 
 
 @dataclass(frozen=True)
@@ -198,8 +203,9 @@ def _classify_pod(pod: PodObservation, nodes: dict[str, NodeObservation]) -> tup
             pod.waiting_reason,
             f"pod {pod.name}: container cannot start ({pod.waiting_reason}); fix the image or pod config",
         )
-    if code is not None and code in PERMANENT_EXIT_CODES:
-        reason = msg.reason if msg else _PERMANENT_EXIT_REASONS[ExitCode(code)]
+    if (code is not None and code in PERMANENT_EXIT_CODES) or (msg and msg.reason in PERMANENT_REASONS):
+        # without a message it was the exit code that matched, so code is set
+        reason = msg.reason if msg else _PERMANENT_EXIT_REASONS[ExitCode(code)]  # type: ignore[arg-type]
         detail = f": {msg.message}" if msg and msg.message else ""
         return FailureClass.PERMANENT, reason, f"pod {pod.name} exited with {code} ({reason}){detail}"
     if code == ExitCode.HARDWARE or (msg and msg.reason == "HardwareFault"):
@@ -227,7 +233,9 @@ def _classify_pod(pod: PodObservation, nodes: dict[str, NodeObservation]) -> tup
     if pod.pod_reason == POD_LOST:
         return FailureClass.CRASH, POD_LOST, f"pod {pod.name} disappeared (deleted, evicted or its node was removed)"
     if pod.phase == "Failed" or (code not in (None, 0)):
-        return FailureClass.CRASH, "Crash", f"pod {pod.name} failed (exit {code}, {pod.container_reason})"
+        # user text: only what is known (a pod that failed before its container ran has neither)
+        known = ", ".join(x for x in (f"exit {code}" if code is not None else "", pod.container_reason or "") if x)
+        return FailureClass.CRASH, "Crash", f"pod {pod.name} failed" + (f" ({known})" if known else "")
     if pod.deleted and pod.phase != "Succeeded":
         return FailureClass.CRASH, "PodDeleted", f"pod {pod.name} was deleted while running"
     return None

@@ -8,7 +8,7 @@ classify omnitrain.resilience.classify: every pod, lost node and missing pod at 
          explains the others (a crash caused by a lost peer node is a NodeLost)
 plan     omnitrain.resilience.recovery.plan_recovery: budget, back-off, no-progress counter, isolation/exclusion
 result   None (nothing failed) or GangRestart / Fail / Wait, with the operator's reasons: GangRestart;
-         PermanentFailure / RestartLimitExceeded / NoProgress; InsufficientNodes
+         PermanentFailure / StorageError / RestartLimitExceeded / NoProgress; InsufficientNodes
 """
 
 from __future__ import annotations
@@ -16,12 +16,19 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 
+from omnitrain.contract import STORAGE_ERROR
 from omnitrain.resilience.classify import Failure, FailureClass, NodeObservation, PodObservation, classify, missing_pod
 from omnitrain.resilience.recovery import Fail, GangRestart, RecoveryAction, RecoveryState, Wait, plan_recovery
 from omnitrain.spec import JobSpec
 from omnitrain.status import JobStatus, LastFailure
 
-_FAIL_REASONS = {"RestartBudgetExhausted": "RestartLimitExceeded", "NoProgress": "NoProgress"}
+# The operator's reasons for a Fail; a permanent failure keeps the pod's own reason where it says what to fix
+# (StorageError: the disk, not the job), else PermanentFailure.
+_FAIL_REASONS = {
+    "RestartBudgetExhausted": "RestartLimitExceeded",
+    "NoProgress": "NoProgress",
+    STORAGE_ERROR: STORAGE_ERROR,
+}
 MAX_FAILURE_MESSAGE = 500
 
 

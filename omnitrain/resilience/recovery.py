@@ -114,6 +114,13 @@ def backoff_seconds(base: float, counted_restarts: int, cap: float = MAX_BACKOFF
     return float(min(cap, base * 2**counted_restarts))
 
 
+def _without_progress(last_checkpoint_step: int | None) -> str:
+    """User text: a job that never saved a checkpoint has no step to name."""
+    if last_checkpoint_step is None:
+        return "without any checkpoint"
+    return f"without a newer checkpoint than step {last_checkpoint_step}"
+
+
 def plan_recovery(
     failure: Failure | None,
     state: RecoveryState,
@@ -168,8 +175,8 @@ def plan_recovery(
             # no restart happens: the restart counters stay, the no-progress record is kept
             return Fail(
                 "NoProgress",
-                f"{failure.message}; {no_progress} restart(s) in a row without a newer checkpoint than step "
-                f"{last_checkpoint_step} (maxNoProgressRestarts={policy.max_no_progress_restarts})",
+                f"{failure.message}; {no_progress} restart(s) in a row {_without_progress(last_checkpoint_step)} "
+                f"(maxNoProgressRestarts={policy.max_no_progress_restarts})",
                 isolate_nodes=isolate,
                 exclude_nodes=excluded,
                 failure=failure,

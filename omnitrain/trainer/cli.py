@@ -75,6 +75,11 @@ def _train(args: argparse.Namespace) -> int:
         write_termination_message(TerminationMessage(reason="ConfigError", message=str(error)[:1000]))
         return ExitCode.CONFIG
     except Exception as error:
+        refused = storage_termination_for(error, config.spec)
+        if refused is not None:  # the disk's doing, not the job's: a restart would fail the same way
+            print(f"omnitrain train: {refused.message}", file=sys.stderr, flush=True)
+            write_termination_message(refused)
+            return ExitCode.STORAGE
         write_termination_message(TerminationMessage(reason="Error", message=f"{type(error).__name__}: {error}"[:1000]))
         raise
     finally:
@@ -87,3 +92,26 @@ def _train(args: argparse.Namespace) -> int:
             )
         )
     return ExitCode.OK
+
+
+def storage_termination_for(error: BaseException, spec):
+    """The StorageError termination message when `error` is (or was raised from) a write the storage refused
+    (omnitrain.contract.STORAGE_ERRNOS: full, quota, read-only, denied), naming the spec field that chose the path;
+    None for any other error."""
+    from omnitrain.contract import storage_oserror, storage_termination
+    from omnitrain.spec import is_within
+
+    refused = storage_oserror(error)
+    if refused is None or refused.errno is None:
+        return None
+    path = str(refused.filename or spec.checkpoint.local_path)
+    persistent = spec.checkpoint.persistent_root
+    if persistent and is_within(path, persistent):
+        field = "checkpoint.persistentPath"
+    elif is_within(path, spec.data.path):
+        field = "data.path"
+    elif is_within(path, spec.checkpoint.local_path):
+        field = "checkpoint.localPath"
+    else:
+        field = "the spec field that names it"
+    return storage_termination(path, refused.errno, field)

@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import REPO, OperatorProcess
-from jobs import cond, create_job, events, pod_names, status
+from jobs import cond, create_job, events, pod_names, pods, status
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from omnitrain.devcluster.testing import wait_for
 
 pytestmark = pytest.mark.e2e
-LOCAL_PATH = "/var/lib/omnitrain-e2e"
+LOCAL_PATH = "/var/lib/omnitrain/e2e"  # below an allowed host root (OMNITRAIN_ALLOWED_HOST_ROOTS default)
 
 
 @pytest.fixture(scope="module")
@@ -149,3 +149,55 @@ def test_pods_run_for_real_gang_restart_then_success(local_cluster, cluster_oper
     assert r1["env"]["PET_NODE_RANK"] == "1" and r1["env"]["WORLD_SIZE"] == "2"
     # rank 0's DNS name (through the headless Service) reached rank 1 as rank 0's pod IP
     assert r1["env"]["MASTER_ADDR"] == r0["env"]["POD_IP"] and r1["env"]["NODE_NAME"] == node1
+
+
+def test_a_full_checkpoint_disk_fails_the_job_at_once_naming_the_disk(local_cluster, cluster_operator):
+    # issue 14, case 6: this used to be two gang restarts from scratch, then NoProgress "than step None"
+    api, ns, op = cluster_operator
+    local = f"{LOCAL_PATH}/full"
+    for node in local_cluster.node_names[:2]:
+        folder = local_cluster.node_dir(node) / local.lstrip("/")
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "fault-plan.json").write_text(json.dumps({"0/1": "storage"}))
+    create_job(
+        api,
+        ns,
+        "full",
+        {
+            "parallelism": {"nodes": 2, "gpusPerNode": 1},
+            "checkpoint": {"localPath": local},
+            "resilience": {"maxRestarts": 2},
+        },
+    )
+    wait_for(
+        lambda: status(api, ns, "full").get("phase") in ("Succeeded", "Failed"), 120, "the job to end", interval=0.2
+    )
+    st = status(api, ns, "full")
+    assert st["phase"] == "Failed", (st, op.tail())
+    assert st.get("attempt") == 0 and not st.get("totalRestarts") and not st.get("restarts")
+    failed = cond(st, "Failed")
+    assert failed["reason"] == "StorageError" and local in failed["message"] and "ENOSPC" in failed["message"]
+    assert "free space on" in st["message"] and "None" not in st["message"]
+    assert st["lastFailure"]["reason"] == "StorageError" and st["lastFailure"]["pod"] == "full-a0-n1"
+    assert "StorageError" in {e.reason for e in events(api, ns, "full")}
+    # issue 14, case 5: no pod of the job carries a ServiceAccount token
+    created = pods(api, ns, "full")
+    assert created and all(p.spec.automount_service_account_token is False for p in created)
+    assert not any(v.projected for p in created for v in p.spec.volumes or [])
+
+
+def test_a_job_that_asks_for_the_hosts_root_is_refused_and_gets_nothing(cluster_operator):
+    # issue 14, case 5: localPath "/" was a hostPath / (DirectoryOrCreate) mounted at / in the user's image
+    api, ns, op = cluster_operator
+    create_job(api, ns, "root", {"checkpoint": {"localPath": "/"}})
+    wait_for(lambda: status(api, ns, "root").get("phase") == "Failed", 60, "the job to be refused", interval=0.2)
+    st = status(api, ns, "root")
+    valid = cond(st, "Valid")
+    assert valid["status"] == "False" and valid["reason"] == "InvalidSpec", (st, op.tail())
+    assert "spec.checkpoint.localPath" in valid["message"] and "system folder" in valid["message"]
+    core = client.CoreV1Api(api)
+    assert pod_names(api, ns, "root") == []
+    assert [
+        c.metadata.name for c in core.list_namespaced_config_map(ns).items if c.metadata.name == "root-config"
+    ] == []
+    assert [s.metadata.name for s in core.list_namespaced_service(ns).items if s.metadata.name == "root"] == []

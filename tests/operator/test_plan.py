@@ -204,3 +204,10 @@ def test_a_253_character_job_name_gets_valid_labels_and_selectors_that_match():
     assert other["metadata"]["labels"][key] != value  # two long names that share a prefix stay apart
     deployment, service = serving[0], serving[1]
     assert service["spec"]["selector"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+
+
+def test_no_pod_of_a_job_gets_a_service_account_token():
+    # The pods run the user's image and never call the API: a mounted token would be the namespace's credentials.
+    spec = _spec()
+    pods = [c for c in plan.plan_children(JOB, spec, attempt=0) if c["kind"] == "Pod"]
+    assert pods and all(p["spec"]["automountServiceAccountToken"] is False for p in pods)

@@ -151,3 +151,11 @@ def test_promotion_pods_share_the_training_pods_skeleton():
     for key in ("schedulerName", "nodeSelector"):
         assert pod[key] == training[key]
     assert training["affinity"]["nodeAffinity"] == pod["affinity"]["nodeAffinity"]
+
+
+def test_distillation_and_inference_pods_get_no_service_account_token():
+    spec, opts = _spec(), PromotionOptions()
+    distill = render_distill_job(JOB, spec, opts)["spec"]["template"]["spec"]
+    deployment = next(o for o in render_serving(JOB, spec, opts) if o["kind"] == "Deployment")
+    assert distill["automountServiceAccountToken"] is False
+    assert deployment["spec"]["template"]["spec"]["automountServiceAccountToken"] is False

@@ -228,7 +228,11 @@ def create_job(trainer_operator, name: str, parallelism: dict, extra: dict | Non
     spec = {
         **TRAIN_SPEC,
         "parallelism": parallelism,
-        "checkpoint": {**TRAIN_SPEC["checkpoint"], "persistentClaim": claim, "localPath": f"/omnitrain-e2e/{name}"},
+        "checkpoint": {
+            **TRAIN_SPEC["checkpoint"],
+            "persistentClaim": claim,
+            "localPath": f"/var/lib/omnitrain/e2e/{name}",
+        },
         "metricsPort": 19400 + int(uuid.uuid4().int % 500),
         **(extra or {}),
     }

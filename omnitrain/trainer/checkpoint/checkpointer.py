@@ -50,7 +50,9 @@ class CheckpointListener(Protocol):
 
 
 class CheckpointSaveError(CheckpointError):
-    """A save did not complete (e.g. ENOSPC). The previous complete checkpoint is untouched."""
+    """A save did not complete (e.g. ENOSPC). The previous complete checkpoint is untouched. When the storage
+    refused the write (contract.STORAGE_ERRNOS), it is raised from an OSError with that errno and the root written
+    under, so the trainer's exit maps it to a StorageError (contract.storage_oserror)."""
 
 
 @dataclass(frozen=True)
@@ -128,6 +130,7 @@ class Checkpointer:
         self.in_flight_step: int | None = None
         self.outcomes: list[SaveOutcome] = []
         self._pending_error: str | None = None
+        self._pending_storage: tuple[int, str] | None = None  # (errno, root) of a save the storage refused
         self._staging = None
         self._sent_generation = 0
         self._process = None
@@ -195,6 +198,8 @@ class Checkpointer:
         elif outcome.status == "failed":
             self.saves_failed += 1
             self._pending_error = f"checkpoint step {outcome.step} failed: {outcome.error}"
+            if outcome.storage_errno is not None:
+                self._pending_storage = (outcome.storage_errno, outcome.storage_path)
 
     def poll(self) -> None:
         """Take in finished saves without blocking; raises CheckpointSaveError for a failed one."""
@@ -209,6 +214,10 @@ class Checkpointer:
     def _raise_pending(self) -> None:
         if self._pending_error:
             error, self._pending_error = self._pending_error, None
+            storage, self._pending_storage = self._pending_storage, None
+            if storage is not None:
+                err_no, path = storage
+                raise CheckpointSaveError(error) from OSError(err_no, os.strerror(err_no), path)
             raise CheckpointSaveError(error)
 
     def wait(self, timeout_s: float | None = None) -> None:

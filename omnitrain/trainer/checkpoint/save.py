@@ -23,6 +23,7 @@ import torch
 
 from omnitrain import fsio
 from omnitrain.checkpoint_paths import shard_file_name, step_dir
+from omnitrain.contract import STORAGE_ERRNOS
 from omnitrain.trainer.checkpoint.exchange import Exchange
 from omnitrain.trainer.checkpoint.manifest import (
     InvalidManifestError,
@@ -59,6 +60,10 @@ class SaveOutcome:
     local_complete: bool = False
     persistent_complete: bool = False
     error: str = ""
+    # the first failing rank's storage refusal (contract.STORAGE_ERRNOS): the root it wrote under and the errno;
+    # the trainer ends the pod with a StorageError (restart will not help) instead of a crash
+    storage_path: str = ""
+    storage_errno: int | None = None
     bytes_written: int = 0
     seconds: float = 0.0
     timings: dict = field(default_factory=dict)
@@ -74,6 +79,19 @@ def _is_complete(folder: Path) -> bool:
 def _first_error(results: list[dict]) -> str:
     bad = [r for r in results if r.get("error")]
     return "; ".join(f"rank {r['rank']}: {r['error']}" for r in bad[:4])
+
+
+def _storage_refusal(error: Exception, root: str) -> dict:
+    """{"storage_errno", "storage_path"} when the storage refused the write (full, quota, read-only, denied)."""
+    if isinstance(error, OSError) and error.errno in STORAGE_ERRNOS:
+        return {"storage_errno": error.errno, "storage_path": root}
+    return {}
+
+
+def _note_storage(outcome: SaveOutcome, results: list[dict]) -> None:
+    refused = next((r for r in sorted(results, key=lambda r: r["rank"]) if r.get("storage_errno")), None)
+    if refused is not None and outcome.storage_errno is None:
+        outcome.storage_errno, outcome.storage_path = refused["storage_errno"], refused["storage_path"]
 
 
 def save_rank(target: SaveTarget, step: int, state: Any, exchange: Exchange) -> SaveOutcome:
@@ -97,6 +115,7 @@ def save_rank(target: SaveTarget, step: int, state: Any, exchange: Exchange) -> 
                     f" (free space under {target.local_root} or lower checkpoint.keep; the previous "
                     f"complete checkpoint is untouched)"
                 )
+            mine.update(_storage_refusal(e, target.local_root))
     results = exchange.gather(mine)
     outcome.timings["local_write_s"] = time.perf_counter() - t0
 
@@ -106,6 +125,7 @@ def save_rank(target: SaveTarget, step: int, state: Any, exchange: Exchange) -> 
         return outcome
     if any(r["error"] for r in results):
         outcome.error = _first_error(results)
+        _note_storage(outcome, results)
         log.error(
             "checkpoint step %d FAILED, no manifest written (previous checkpoint stays the newest): %s",
             step,
@@ -138,9 +158,11 @@ def save_rank(target: SaveTarget, step: int, state: Any, exchange: Exchange) -> 
                 replicated["error"] = f"replica of {name} differs from the local shard (size/crc32)"
         except OSError as e:
             replicated["error"] = f"replicating to {persistent / name}: {e}"
+            replicated.update(_storage_refusal(e, str(target.persistent_root)))
         results = exchange.gather(replicated)
         if any(r["error"] for r in results):
             outcome.error = _first_error(results)
+            _note_storage(outcome, results)
             log.error("checkpoint step %d not replicated (node-local copies are complete): %s", step, outcome.error)
         else:
             if target.rank == 0:

@@ -3,6 +3,7 @@ overwriting, one save in flight (wait/skip counters), disk full, retention, refu
 
 from __future__ import annotations
 
+import errno
 import logging
 import shutil
 import subprocess
@@ -15,6 +16,7 @@ import torch
 from ckpt_workers import Gate
 
 from omnitrain.checkpoint_paths import MANIFEST_NAME, list_step_dirs, shard_file_name, step_dir
+from omnitrain.contract import storage_oserror
 from omnitrain.trainer.checkpoint import (
     CheckpointConfig,
     Checkpointer,
@@ -228,3 +230,19 @@ def test_final_checkpoint_is_the_newest_complete_persistent_step(tmp_path):
     assert final.step == 5 and final.folders["persistent"] == step_dir(cfg.persistent_root, JOB, 5)
     state, tier = read_shard(final, 0)
     assert tier == "persistent" and torch.equal(state["model"]["w"], torch.full((64,), 5.0))
+
+
+def test_a_full_disk_reaches_the_trainer_as_the_refusing_oserror_from_the_writer_process(tmp_path, tiny_disk):
+    # issue 14, case 6: the errno and the root cross the writer process and the ranks' gather, so `omnitrain train`
+    # can end the pod with a StorageError (restart will not help) instead of a crash
+    cfg = _config(tmp_path, local_root=str(tiny_disk))
+    assert cfg.async_save
+    ck = Checkpointer(cfg)
+    try:
+        ck.save(4, {"step": 4, "model": {"w": torch.ones(1 << 20)}})  # 4 MiB on a 512 KiB disk
+        with pytest.raises(CheckpointSaveError) as caught:
+            ck.wait()
+        refused = storage_oserror(caught.value)
+        assert refused is not None and refused.errno == errno.ENOSPC and refused.filename == str(tiny_disk)
+    finally:
+        ck.close()

@@ -1,0 +1,78 @@
+"""Every API permission the operator uses, in one table: manifests/rbac/cluster-role.yaml grants exactly these
+(tests/operator/test_rbac.py), and docs/operator.md ("Permissions") says which could be a namespaced Role.
+
+The operator creates pods that run users' images, so it holds no verb it does not call: no `*`, no update where a
+patch is what it sends, no reads of objects it only creates (a create answers AlreadyExists by itself).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from omnitrain import contract
+
+
+@dataclass(frozen=True)
+class Permission:
+    group: str  # API group ("" = core)
+    resource: str  # plural, with /subresource
+    verbs: tuple[str, ...]
+    namespaced: bool  # False: cluster-scoped, a ClusterRole even in a namespaced install
+    used_by: str  # who calls it, and why
+
+
+OPERATOR_PERMISSIONS: tuple[Permission, ...] = (
+    Permission(
+        contract.GROUP,
+        contract.PLURAL,
+        ("list", "watch", "get", "patch"),
+        True,
+        "kopf watches the jobs and patches its annotations (progress, diff base); Kube.get_job, list_jobs (resync)",
+    ),
+    Permission(contract.GROUP, f"{contract.PLURAL}/status", ("patch",), True, "Kube.patch_status (merge patch)"),
+    Permission(
+        "", "pods", ("list", "watch", "create", "delete"), True, "kopf pod events; Kube.list_pods, create, delete"
+    ),
+    Permission("", "services", ("create",), True, "the headless rendezvous Service; promotion's inference Service"),
+    Permission("", "configmaps", ("create", "patch"), True, "the trainer config; its attempt number patched on 409"),
+    Permission("", "events", ("create",), True, "Kube.post_event and kopf's own events (core v1)"),
+    Permission("batch", "jobs", ("get", "create"), True, "promotion: read and create the distillation Job"),
+    Permission("apps", "deployments", ("get", "create"), True, "promotion: read and create the inference Deployment"),
+    Permission("", "nodes", ("get", "list", "watch", "patch"), False, "node watch and reads (lost nodes); isolation"),
+    Permission(
+        "apiextensions.k8s.io",
+        "customresourcedefinitions",
+        ("list", "watch"),
+        False,
+        "kopf's resource scanning (a CRD that comes or goes)",
+    ),
+    Permission("", "namespaces", ("list", "watch"), False, "kopf's namespace scanning (namespaced mode)"),
+    Permission(
+        "kopf.dev",
+        "clusterkopfpeerings",
+        ("get", "list", "watch", "patch"),
+        False,
+        "kopf peering, only with OMNITRAIN_PEERING (several replicas, cluster-wide)",
+    ),
+    Permission(
+        "kopf.dev",
+        "kopfpeerings",
+        ("get", "list", "watch", "patch"),
+        True,
+        "kopf peering, only with OMNITRAIN_PEERING (several replicas, OMNITRAIN_NAMESPACES set)",
+    ),
+)
+
+
+def grants(rules: list[dict]) -> dict[tuple[str, str], set[str]]:
+    """(group, resource) -> verbs, from RBAC rules as in a (Cluster)Role."""
+    out: dict[tuple[str, str], set[str]] = {}
+    for rule in rules:
+        for group in rule.get("apiGroups") or []:
+            for resource in rule.get("resources") or []:
+                out.setdefault((group, resource), set()).update(rule.get("verbs") or [])
+    return out
+
+
+def needed() -> dict[tuple[str, str], set[str]]:
+    return {(p.group, p.resource): set(p.verbs) for p in OPERATOR_PERMISSIONS}
