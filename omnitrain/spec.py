@@ -16,6 +16,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
+from omnitrain import k8s_names
 from omnitrain.model.config import PRESETS, ModelConfig, resolve_model_config
 
 
@@ -372,7 +373,94 @@ def validate_job_spec(spec: JobSpec) -> list[FieldError]:
                 ),
             )
         )
+    errors += pod_field_problems(spec)
     return errors
+
+
+def _named(field: str, problem: str | None, fix: str) -> list[FieldError]:
+    return [] if problem is None else [FieldError(field=field, message=f"{problem} ({fix})")]
+
+
+def pod_field_problems(spec: JobSpec) -> list[FieldError]:
+    """Every check the pod API (and the Service's) would make of what the spec puts into the job's children
+    (omnitrain.operator.plan): refused here, the job fails before anything is created, instead of a child the API
+    server refuses halfway through a launch. The rules are apimachinery's (omnitrain.k8s_names)."""
+    errors: list[FieldError] = []
+    errors += _named(
+        "spec.image",
+        k8s_names.image_problem(spec.image),
+        "set the trainer's image, e.g. registry.example.com/omnitrain:0.1.0",
+    )
+    sched = spec.scheduling
+    for key, value in sched.node_selector.items():
+        where = f"spec.scheduling.nodeSelector[{key!r}]"
+        errors += _named(where, _quoted(key, k8s_names.qualified_name_problem(key)), "use a node label's key")
+        errors += _named(where, _quoted(value, k8s_names.label_value_problem(value)), "use a node label's value")
+    for i, tol in enumerate(sched.tolerations):
+        errors += toleration_problems(f"spec.scheduling.tolerations[{i}]", tol)
+    for name, object_name in (
+        ("priorityClassName", sched.priority_class_name),
+        ("schedulerName", sched.scheduler_name),
+    ):
+        if object_name is not None:
+            problem = _quoted(object_name, k8s_names.dns1123_subdomain_problem(object_name))
+            errors += _named(f"spec.scheduling.{name}", problem, "use the object's name, or leave it unset")
+    if sched.queue_name is not None:
+        problem = _quoted(sched.queue_name, k8s_names.label_value_problem(sched.queue_name))
+        errors += _named("spec.scheduling.queueName", problem, "use the LocalQueue's name, or leave it unset")
+    errors += _named(
+        "spec.scheduling.gpuResource",
+        _quoted(sched.gpu_resource, k8s_names.extended_resource_problem(sched.gpu_resource)),
+        "use the device plugin's resource name, e.g. nvidia.com/gpu, or leave it unset",
+    )
+    claim = spec.checkpoint.persistent_claim
+    if claim is not None:
+        errors += _named(
+            "spec.checkpoint.persistentClaim",
+            _quoted(claim, k8s_names.dns1123_subdomain_problem(claim)),
+            "use the PersistentVolumeClaim's name, or leave it unset",
+        )
+    return errors
+
+
+def toleration_problems(where: str, tol: Toleration) -> list[FieldError]:
+    """The pod API's toleration rules (validateTolerations): key a qualified name; no key only with Exists; Exists
+    takes no value, Equal a label value; tolerationSeconds only with effect NoExecute."""
+    errors: list[FieldError] = []
+    if tol.key:
+        errors += _named(
+            f"{where}.key", _quoted(tol.key, k8s_names.qualified_name_problem(tol.key)), "use a taint's key"
+        )
+    elif tol.operator != "Exists":
+        errors.append(
+            FieldError(
+                field=f"{where}.operator",
+                message="must be Exists when key is empty (which tolerates every taint) (set key, or operator: Exists)",
+            )
+        )
+    if tol.operator == "Exists" and tol.value:
+        errors.append(
+            FieldError(
+                field=f"{where}.value", message="must be empty when operator is Exists (drop value, or use Equal)"
+            )
+        )
+    elif tol.operator != "Exists" and tol.value:
+        errors += _named(
+            f"{where}.value", _quoted(tol.value, k8s_names.label_value_problem(tol.value)), "use a taint's value"
+        )
+    if tol.toleration_seconds is not None and tol.effect != "NoExecute":
+        errors.append(
+            FieldError(
+                field=f"{where}.tolerationSeconds",
+                message="is only allowed with effect NoExecute (set effect: NoExecute, or drop tolerationSeconds)",
+            )
+        )
+    return errors
+
+
+def _quoted(value: str, problem: str | None) -> str | None:
+    """`'bad key!' is not a qualified name ...`: the value in the message, so a reader sees which one."""
+    return None if problem is None else f"{value!r} {problem}"
 
 
 @dataclass(frozen=True)
@@ -576,5 +664,7 @@ __all__ = [
     "TrainerConfig",
     "TrainingSpec",
     "layout_problems",
+    "pod_field_problems",
+    "toleration_problems",
     "validate_job_spec",
 ]

@@ -182,7 +182,7 @@ class Controller:
             return None
         meta = job["metadata"]
         ref = plan.JobRef(name=name, namespace=namespace, uid=meta["uid"], created=meta.get("creationTimestamp") or "")
-        checked = parse_spec(job.get("spec"))  # once per pass; everything below gets the model
+        checked = parse_spec(job.get("spec"), name)  # once per pass; everything below gets the model
         old = JobStatus.from_wire(job.get("status"))
         pods = pod_views(self.kube.list_pods(namespace, name))
         nodes = self.kube.nodes({p.node for p in pods if p.node and p.unfinished})

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import yaml
 
-from omnitrain import contract
+from omnitrain import contract, k8s_names
 from omnitrain.operator import crd
 from omnitrain.spec import JobSpec, RunInfo, TrainerConfig
 
@@ -26,7 +26,7 @@ MAIN_CONTAINER = "trainer"
 CONFIG_VOLUME, LOCAL_VOLUME, PERSISTENT_VOLUME = "config", "local-checkpoints", "checkpoints"
 MASTER_PORT_BASE, MASTER_PORT_SPAN = 20000, 20000
 CLUSTER_DOMAIN = "cluster.local"
-MAX_NAME = 63
+MAX_NAME = k8s_names.MAX_LABEL  # the Service name is a DNS label; label values have the same bound
 
 # torchrun with one process per GPU; the rendezvous runs on rank 0 behind the headless Service (docs/contracts.md).
 DEFAULT_TRAIN_COMMAND = [
@@ -89,6 +89,24 @@ def fit_name(job: str, suffix: str) -> str:
     digest = hashlib.sha256(job.encode()).hexdigest()[:8]
     keep = MAX_NAME - len(suffix) - len(digest) - 1
     return f"{job[:keep].rstrip('-.')}-{digest}{suffix}"
+
+
+def job_name_problems(job: str) -> list[str]:
+    """What the API would refuse of the names derived from the job's: its Service (and the pods' subdomain) must
+    be a DNS-1035 label, which a job name (a DNS-1123 subdomain) need not be (a dot, a leading digit)."""
+    problem = k8s_names.dns1035_label_problem(service_name(job))
+    if problem is None:
+        return []
+    return [
+        f"metadata.name: {job!r} names the job's Service (its pods' DNS subdomain), and {service_name(job)!r} "
+        f"{problem} (rename the job, e.g. {_dns1035_like(job)!r})"
+    ]
+
+
+def _dns1035_like(job: str) -> str:
+    """A name close to `job` that is a DNS-1035 label (for the fix in a message)."""
+    name = "".join(c if c.isalnum() or c == "-" else "-" for c in job.lower()).strip("-")
+    return fit_name(name if name[:1].isalpha() else f"job-{name}", "")
 
 
 def master_port(uid: str) -> int:

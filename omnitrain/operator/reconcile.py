@@ -86,7 +86,10 @@ class SpecCheck(NamedTuple):
     problems: list[str]
 
 
-def parse_spec(raw: dict | None) -> SpecCheck:
+def parse_spec(raw: dict | None, name: str | None = None) -> SpecCheck:
+    """The spec checked as the operator and the API server would check what it creates: `name`, the job's
+    metadata.name when known, is checked for the names derived from it (plan.job_name_problems)."""
+    named = plan.job_name_problems(name) if name is not None else []
     try:
         spec = JobSpec.model_validate(raw or {})
     except ValidationError as err:
@@ -94,8 +97,8 @@ def parse_spec(raw: dict | None) -> SpecCheck:
         for e in err.errors():
             where = "spec." + ".".join(str(x) for x in e["loc"])
             msgs.append(f"{where}: {e['msg']}")
-        return SpecCheck(None, msgs)
-    return SpecCheck(spec, [str(e) for e in validate_job_spec(spec)])
+        return SpecCheck(None, named + msgs)
+    return SpecCheck(spec, named + [str(e) for e in validate_job_spec(spec)])
 
 
 def add_seconds(timestamp: str, seconds: float) -> str:
