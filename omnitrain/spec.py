@@ -16,7 +16,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
-from omnitrain import k8s_names
+from omnitrain import contract, k8s_names
 from omnitrain.model.config import PRESETS, ModelConfig, resolve_model_config
 
 
@@ -413,6 +413,7 @@ def pod_field_problems(spec: JobSpec) -> list[FieldError]:
         _quoted(sched.gpu_resource, k8s_names.extended_resource_problem(sched.gpu_resource)),
         "use the device plugin's resource name, e.g. nvidia.com/gpu, or leave it unset",
     )
+    errors += mount_problems(spec.checkpoint)
     claim = spec.checkpoint.persistent_claim
     if claim is not None:
         errors += _named(
@@ -420,6 +421,35 @@ def pod_field_problems(spec: JobSpec) -> list[FieldError]:
             _quoted(claim, k8s_names.dns1123_subdomain_problem(claim)),
             "use the PersistentVolumeClaim's name, or leave it unset",
         )
+    return errors
+
+
+def mount_problems(ckpt: CheckpointSpec) -> list[FieldError]:
+    """The pod API's rules for the checkpoint folders the trainer container mounts (hostPath and volumeMounts): a
+    path is required and has no '..' element, and no two mounts share a mountPath (the config is mounted at
+    contract.CONFIG_MOUNT). Which folders are allowed at all is a separate policy."""
+    errors: list[FieldError] = []
+    taken = {contract.CONFIG_MOUNT: "the trainer's config mount"}
+    mounts = [("spec.checkpoint.localPath", ckpt.local_path)]
+    if ckpt.persistent_claim:
+        mounts.append(("spec.checkpoint.persistentPath", ckpt.persistent_path))
+    for where, path in mounts:
+        if not path:
+            errors.append(FieldError(field=where, message="is empty (set an absolute folder, e.g. /mnt/checkpoints)"))
+        elif ".." in path.split("/"):
+            errors.append(
+                FieldError(
+                    field=where, message=f"{path!r} contains '..', which a pod's paths may not (write it without)"
+                )
+            )
+        elif path in taken:
+            errors.append(
+                FieldError(
+                    field=where,
+                    message=f"{path!r} is also {taken[path]}; a pod mounts one volume per path (use another folder)",
+                )
+            )
+        taken.setdefault(path, where)
     return errors
 
 
@@ -664,6 +694,7 @@ __all__ = [
     "TrainerConfig",
     "TrainingSpec",
     "layout_problems",
+    "mount_problems",
     "pod_field_problems",
     "toleration_problems",
     "validate_job_spec",

@@ -109,10 +109,15 @@ def _dns1035_like(job: str) -> str:
     return fit_name(name if name[:1].isalpha() else f"job-{name}", "")
 
 
-def master_port(uid: str) -> int:
-    """A port derived from the job uid: two jobs whose rank-0 pods share a machine (hostNetwork, local agent) differ."""
+def master_port(uid: str, avoid: int | None = None) -> int:
+    """A port derived from the job uid: two jobs whose rank-0 pods share a machine (hostNetwork, local agent) differ.
+    `avoid` (the spec's metricsPort) is never the answer: the Service would carry one port twice, which the API
+    refuses, and the user cannot see the uid to choose around it."""
     digest = int(hashlib.sha256(uid.encode()).hexdigest()[:8], 16)
-    return MASTER_PORT_BASE + digest % MASTER_PORT_SPAN
+    port = MASTER_PORT_BASE + digest % MASTER_PORT_SPAN
+    if port == avoid:
+        port = MASTER_PORT_BASE + (digest + 1) % MASTER_PORT_SPAN
+    return port
 
 
 def master_addr(job: JobRef, domain: str = CLUSTER_DOMAIN) -> str:
@@ -182,6 +187,7 @@ def render_config_map(job: JobRef, spec: JobSpec, attempt: int) -> dict:
 
 
 def render_service(job: JobRef, spec: JobSpec) -> dict:
+    rendezvous = master_port(job.uid, spec.metrics_port)
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -197,7 +203,7 @@ def render_service(job: JobRef, spec: JobSpec) -> dict:
             "publishNotReadyAddresses": True,
             "selector": {LABEL_JOB: label_value(job.name)},
             "ports": [
-                {"name": "rendezvous", "port": master_port(job.uid), "targetPort": master_port(job.uid)},
+                {"name": "rendezvous", "port": rendezvous, "targetPort": rendezvous},
                 {"name": "metrics", "port": spec.metrics_port, "targetPort": spec.metrics_port},
             ],
         },
@@ -211,7 +217,7 @@ def _env(job: JobRef, spec: JobSpec, attempt: int, rank: int, options: PlanOptio
         "PET_NODE_RANK": str(rank),
         "PET_NPROC_PER_NODE": str(p.gpus_per_node),
         "MASTER_ADDR": master_addr(job, options.cluster_domain),
-        "MASTER_PORT": str(master_port(job.uid)),
+        "MASTER_PORT": str(master_port(job.uid, spec.metrics_port)),
         "WORLD_SIZE": str(p.world_size),
         contract.ENV_JOB_NAME: job.name,
         contract.ENV_ATTEMPT: str(attempt),
@@ -329,7 +335,7 @@ def render_pod(
         "env": _env(job, spec, attempt, rank, options),
         "ports": [
             {"name": "metrics", "containerPort": spec.metrics_port},
-            {"name": "rendezvous", "containerPort": master_port(job.uid)},
+            {"name": "rendezvous", "containerPort": master_port(job.uid, spec.metrics_port)},
         ],
         "resources": {"limits": limits, "requests": requests},
         "volumeMounts": mounts,

@@ -122,6 +122,14 @@ CASES = [
     ({"scheduling": {"schedulerName": "Volcano!"}}, "spec.scheduling.schedulerName", "subdomain"),
     ({"scheduling": {"queueName": "team queue"}}, "spec.scheduling.queueName", "label value"),
     ({"checkpoint": {"persistentClaim": "My Claim"}}, "spec.checkpoint.persistentClaim", "subdomain"),
+    ({"checkpoint": {"localPath": ""}}, "spec.checkpoint.localPath", "is empty"),
+    ({"checkpoint": {"localPath": "/mnt/../x"}}, "spec.checkpoint.localPath", "'..'"),
+    ({"checkpoint": {"localPath": "/etc/omnitrain"}}, "spec.checkpoint.localPath", "config mount"),
+    (
+        {"checkpoint": {"persistentClaim": "c", "localPath": "/ckpt", "persistentPath": "/ckpt"}},
+        "spec.checkpoint.persistentPath",
+        "spec.checkpoint.localPath",
+    ),
 ]
 
 
@@ -179,3 +187,18 @@ def test_omnitrain_validate_reports_the_same(tmp_path, capsys):
     for problem in parse_spec(body, "x").problems:
         assert f"x: {problem}" in err
     assert "spec.image" in err and "nodeSelector['bad key!']" in err and "spec.scheduling.gpuResource" in err
+
+
+def test_the_rendezvous_port_never_equals_the_metrics_port():
+    """The Service carries both; one port twice is refused by the API (422 spec.ports[1]: Duplicate value), and the
+    user cannot choose around a port derived from the uid, so the plan does."""
+    job = plan.JobRef(name="j", namespace="ns", uid="some-uid")
+    taken = plan.master_port(job.uid)
+    spec = parse_spec({"metricsPort": taken}).spec
+    assert spec is not None
+    service, pod = plan.plan_children(job, spec, 0)[1:3]
+    ports = [p["port"] for p in service["spec"]["ports"]]
+    assert len(set(ports)) == 2 and taken in ports
+    env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
+    assert int(env["MASTER_PORT"]) == plan.master_port(job.uid, taken) != taken
+    assert plan.master_port(job.uid, 9400) == taken  # unchanged for every other metrics port
