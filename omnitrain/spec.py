@@ -29,6 +29,8 @@ class _Spec(BaseModel):
 
 
 class ModelSpec(_Spec):
+    """The model's size: a preset, with explicit dimensions on top."""
+
     # The allowed names are PRESETS' keys, read at run time (pydantic and the CRD enum); a checker cannot see them.
     preset: Literal[tuple(PRESETS)] = Field(  # type: ignore[valid-type]
         "tiny", description="Named model size; explicit dimensions override it."
@@ -50,6 +52,8 @@ class ModelSpec(_Spec):
 
 
 class ParallelismSpec(_Spec):
+    """How the job is split: nodes x gpusPerNode processes, laid out as tensor x pipeline x ulysses x data."""
+
     nodes: int = Field(1, ge=1, le=4096, description="Pods (one per node).")
     gpus_per_node: int = Field(1, ge=1, le=16, description="Worker processes per pod (one per GPU).")
     tensor: int = Field(1, ge=1, le=16, description="Tensor-parallel degree (kept inside a node).")
@@ -92,6 +96,8 @@ class ParallelismSpec(_Spec):
 
 
 class SyntheticDataSpec(_Spec):
+    """A synthetic dataset written at data.path when it is absent (tests, demos)."""
+
     samples: int = Field(256, ge=1, description="Samples written when the dataset does not exist yet.")
     shards: int = Field(4, ge=1, description="Parquet shards to write.")
     seed: int = Field(0, description="Seed of the synthetic generator.")
@@ -99,19 +105,45 @@ class SyntheticDataSpec(_Spec):
     max_side: int = Field(8, ge=2, description="Longest latent side, in latent pixels.")
 
 
+# A hard bound on one packed micro-batch (data.tokenBudget), far above any clip a video DiT trains on (a 720p,
+# 81-frame clip of the 14b preset is ~76k tokens; a 1M-token context needs Ulysses) and low enough that a typo
+# (1e15) is refused by the schema instead of growing the workers' memory until the node gives out.
+TOKEN_BUDGET_MAX = 2**22
+DEFAULT_WARMUP_STEPS = 10
+
+
 class DataSpec(_Spec):
+    """The training data: pre-shuffled Parquet shards, packed into micro-batches of tokenBudget tokens."""
+
     path: str = Field("/data/omnitrain", description="Folder of pre-shuffled Parquet shards.")
     synthetic: SyntheticDataSpec | None = Field(None, description="Write a synthetic dataset at path when absent.")
-    token_budget: int = Field(1024, ge=16, description="Tokens per packed micro-batch.")
+    token_budget: int = Field(
+        1024,
+        ge=16,
+        le=TOKEN_BUDGET_MAX,
+        description=(
+            f"Tokens per packed micro-batch (at most {TOKEN_BUDGET_MAX}; with resources.memory, also what the pod's "
+            "workers can hold)."
+        ),
+    )
     on_corrupt: Literal["skip", "fail"] = Field("skip", description="Skip corrupt rows/shards, or fail the job.")
     balance: bool = Field(True, description="Balance attention cost across data-parallel ranks.")
 
 
 class TrainingSpec(_Spec):
+    """The objective, the optimizer and the schedule."""
+
     stage: Literal["pretrain", "sft", "dpo"] = Field("pretrain", description="Training objective.")
     steps: int = Field(100, ge=1, description="Optimizer steps to train.")
     learning_rate: float = Field(1e-3, gt=0, description="Peak AdamW learning rate.")
-    warmup_steps: int = Field(10, ge=0, description="Linear warm-up steps before cosine decay.")
+    warmup_steps: int | None = Field(
+        None,
+        ge=0,
+        description=(
+            f"Linear warm-up steps before cosine decay, at most steps; unset: {DEFAULT_WARMUP_STEPS}, or steps for "
+            "a shorter run."
+        ),
+    )
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     grad_clip: float = Field(1.0, ge=0, description="Gradient norm clip (0 disables).")
     seed: int = Field(0, description="Seed of parameters, timesteps and noise.")
@@ -123,8 +155,15 @@ class TrainingSpec(_Spec):
     init_from: str | None = Field(None, description="Checkpoint to start from (sft/dpo; also the DPO reference).")
     log_every: int = Field(1, ge=1, description="Steps between progress lines.")
 
+    @property
+    def warmup(self) -> int:
+        """The warm-up the schedule uses: warmupSteps as written, else the default cut to the run's length."""
+        return self.warmup_steps if self.warmup_steps is not None else min(DEFAULT_WARMUP_STEPS, self.steps)
+
 
 class CheckpointSpec(_Spec):
+    """Where and how often checkpoints are written (node-local disk, then a persistent claim)."""
+
     local_path: str = Field("/mnt/nvme/omnitrain", description="Node-local (NVMe) checkpoint folder.")
     persistent_claim: str | None = Field(None, description="PersistentVolumeClaim for replicated checkpoints.")
     persistent_path: str = Field("/mnt/checkpoints", description="Where the persistent claim is mounted.")
@@ -147,6 +186,8 @@ class CheckpointSpec(_Spec):
 
 
 class ResilienceSpec(_Spec):
+    """Hang detection, gang restarts and node isolation."""
+
     hang_timeout_seconds: int = Field(60, ge=5, description="No step and no RDMA traffic for this long is a hang.")
     max_restarts: int = Field(3, ge=0, description="Gang restarts before the job fails.")
     isolate_nodes: bool = Field(True, description="Keep nodes with hardware evidence out of later attempts.")
@@ -157,6 +198,8 @@ class ResilienceSpec(_Spec):
 
 
 class MemorySpec(_Spec):
+    """Activation memory: offload to host memory and recompute."""
+
     offload: Literal["none", "pipelineAware", "all"] = Field(
         "none",
         description=(
@@ -174,6 +217,8 @@ class MemorySpec(_Spec):
 
 
 class DistillSpec(_Spec):
+    """The distillation job created when training succeeds (fewer sampling steps)."""
+
     enabled: bool = Field(True, description="Run distillation after training succeeds.")
     teacher_steps: int = Field(150, ge=2, description="Sampling steps of the teacher.")
     student_steps: int = Field(10, ge=1, description="Sampling steps of the student.")
@@ -193,6 +238,8 @@ class DistillSpec(_Spec):
 
 
 class InferenceSpec(_Spec):
+    """The inference Deployment that serves the (distilled) model."""
+
     enabled: bool = Field(True, description="Serve the (distilled) model after promotion.")
     replicas: int = Field(1, ge=0, description="Inference Deployment replicas.")
     fp8: bool = Field(True, description="Quantize linear layers to FP8.")
@@ -200,19 +247,29 @@ class InferenceSpec(_Spec):
 
 
 class PromotionSpec(_Spec):
+    """What happens after training succeeds: distillation, then serving."""
+
     distill: DistillSpec | None = Field(None, description="Distillation job created on success.")
     inference: InferenceSpec | None = Field(None, description="Inference Deployment created on success.")
 
 
 class Toleration(_Spec):
-    key: str | None = None
-    operator: Literal["Exists", "Equal"] | None = None
-    value: str | None = None
-    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
-    toleration_seconds: int | None = None
+    """A taint the job's pods tolerate (as a Pod's tolerations)."""
+
+    key: str | None = Field(None, description="The taint's key; unset with operator Exists: every taint.")
+    operator: Literal["Exists", "Equal"] | None = Field(None, description="Equal (the default) or Exists.")
+    value: str | None = Field(None, description="The taint's value (operator Equal).")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        None, description="The taint effect to match; unset: all."
+    )
+    toleration_seconds: int | None = Field(
+        None, description="How long a NoExecute taint is tolerated before eviction; unset: forever."
+    )
 
 
 class SchedulingSpec(_Spec):
+    """Where the job's pods may run: node labels, taints, priority, scheduler, queue, GPU resource."""
+
     node_selector: dict[str, str] = Field(default_factory=dict, description="Labels the job's nodes must have.")
     tolerations: list[Toleration] = Field(default_factory=list, description="Taints the job's pods tolerate.")
     priority_class_name: str | None = Field(None, description="PriorityClass of the job's pods.")
@@ -275,6 +332,8 @@ def Quantity(example: str) -> Any:  # noqa: N802 (a type, written like one)
 
 
 class ResourcesSpec(_Spec):
+    """CPU and memory requests of each training pod (GPUs come from parallelism.gpusPerNode)."""
+
     cpu: Quantity("8") | None = Field(None, description="CPU request per pod: a quantity (2, 500m).")  # type: ignore[valid-type]
     memory: Quantity("64Gi") | None = Field(  # type: ignore[valid-type]
         None, description="Memory request (and limit) per pod: a quantity (64Gi, 512Mi)."
@@ -374,7 +433,61 @@ def validate_job_spec(spec: JobSpec) -> list[FieldError]:
             )
         )
     errors += pod_field_problems(spec)
+    errors += size_problems(spec, model)
     return errors
+
+
+def size_problems(spec: JobSpec, model: ModelConfig) -> list[FieldError]:
+    """Sizes that cannot work: a warm-up longer than the run, and a tokenBudget whose step input alone is more than
+    the pod's memory (resources.memory, when set)."""
+    errors: list[FieldError] = []
+    t = spec.training
+    if t.warmup_steps is not None and t.warmup_steps > t.steps:
+        errors.append(
+            FieldError(
+                field="spec.training.warmupSteps",
+                message=(
+                    f"warmupSteps={t.warmup_steps} is more than steps={t.steps}: the learning rate would never reach "
+                    f"its peak nor decay (set warmupSteps <= {t.steps}, or raise training.steps)"
+                ),
+            )
+        )
+    if spec.resources.memory is not None:
+        need = step_input_bytes(spec, model)
+        have = parse_quantity(spec.resources.memory)
+        if need > have:
+            per_token = need // spec.data.token_budget
+            most = int(have // per_token) if per_token else 0
+            errors.append(
+                FieldError(
+                    field="spec.data.tokenBudget",
+                    message=(
+                        f"tokenBudget={spec.data.token_budget}: the pod's {spec.parallelism.gpus_per_node} workers "
+                        f"hold at least {_gib(need)} of step input (each reads data x microBatches x tokenBudget "
+                        f"tokens of >= {_token_bytes(model)} bytes), more than resources.memory="
+                        f"{spec.resources.memory} (set tokenBudget <= {most}, or raise resources.memory)"
+                    ),
+                )
+            )
+    return errors
+
+
+def _token_bytes(model: ModelConfig) -> int:
+    """The fewest bytes one token of a sample takes in memory: float32, a video patch or a text embedding."""
+    return 4 * min(model.patch_dim, model.text_dim)
+
+
+def step_input_bytes(spec: JobSpec, model: ModelConfig) -> int:
+    """A lower bound of what one pod holds for a step's input: every worker process (gpusPerNode) reads the whole
+    step, data x microBatches micro-batches of tokenBudget tokens (omnitrain.trainer.data.loader, next_global_step),
+    at _token_bytes each; activations come on top (on the device, or in this memory on CPU)."""
+    p = spec.parallelism
+    tokens = p.data_degree() * p.micro_batches * spec.data.token_budget
+    return p.gpus_per_node * tokens * _token_bytes(model)
+
+
+def _gib(n: int | Fraction) -> str:
+    return f"{float(n) / 2**30:.1f} GiB"
 
 
 def _named(field: str, problem: str | None, fix: str) -> list[FieldError]:
@@ -696,6 +809,8 @@ __all__ = [
     "layout_problems",
     "mount_problems",
     "pod_field_problems",
+    "size_problems",
+    "step_input_bytes",
     "toleration_problems",
     "validate_job_spec",
 ]

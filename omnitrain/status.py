@@ -35,6 +35,8 @@ class _Status(BaseModel):
 
 
 class Condition(_Status):
+    """One condition (Kubernetes API conventions): type, status True/False/Unknown, reason, message."""
+
     type: str
     status: Literal["True", "False", "Unknown"]
     reason: str | None = None
@@ -43,6 +45,8 @@ class Condition(_Status):
 
 
 class LastCheckpoint(_Status):
+    """The newest complete checkpoint: its step, folder (as the pods see it) and when it was seen."""
+
     step: int | None = None
     path: str | None = None
     time: str | None = None
@@ -60,12 +64,16 @@ class LastFailure(_Status):
 
 
 class Children(_Status):
-    pods: list[str] = Field(default_factory=list)
+    """The objects of the current attempt: pods by rank, the headless Service and the config ConfigMap."""
+
+    pods: list[str] = Field(default_factory=list, description="Pod names by node rank.")
     service: str | None = None
     config_map: str | None = None
 
 
 class PromotionStage(_Status):
+    """One stage of the promotion chain: its object's name, phase and times."""
+
     phase: str | None = None
     name: str | None = None
     message: str | None = None
@@ -74,9 +82,11 @@ class PromotionStage(_Status):
 
 
 class Promotion(_Status):
-    training: PromotionStage | None = None
-    distill: PromotionStage | None = None
-    inference: PromotionStage | None = None
+    """The promotion chain after a successful training: distillation, then serving."""
+
+    training: PromotionStage | None = Field(None, description="The training job itself.")
+    distill: PromotionStage | None = Field(None, description="The distillation Job.")
+    inference: PromotionStage | None = Field(None, description="The inference Deployment.")
     chain: str | None = Field(None, description="training -> distillation -> serving, each with its phase.")
 
 
@@ -86,6 +96,7 @@ class JobStatus(_Status):
     phase: Phase | None = None
     conditions: list[Condition] = Field(
         default_factory=list,
+        description="Valid, Created, Running, Restarting, Suspended, Succeeded, Failed, ReconcileError.",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )
     attempt: int | None = Field(None, description="Current attempt; pods of attempt N are named <job>-a<N>-n<rank>.")
@@ -101,7 +112,7 @@ class JobStatus(_Status):
     current_step: int | None = None
     total_steps: int | None = None
     last_checkpoint: LastCheckpoint | None = None
-    excluded_nodes: list[str] = Field(default_factory=list)
+    excluded_nodes: list[str] = Field(default_factory=list, description="Nodes isolated for hardware evidence.")
     children: Children | None = None
     start_time: str | None = None
     completion_time: str | None = None

@@ -302,7 +302,9 @@ def foreign_owner(existing: dict, planned: dict) -> str | None:
         return None
     if not owners:
         return "nothing"
-    return ", ".join(f"{o.get('kind')} {o.get('name')!r} (uid {o.get('uid')})" for o in owners)
+    return ", ".join(
+        f"{o.get('kind') or 'an object'} {o.get('name') or ''!r} (uid {o.get('uid') or '?'})" for o in owners
+    )
 
 
 def pod_views(pods: list[dict]) -> list[PodObservation]:
