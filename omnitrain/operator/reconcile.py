@@ -144,7 +144,7 @@ def parse_spec(raw: dict | None, name: str | None = None) -> SpecCheck:
     except ValidationError as err:
         msgs = []
         for e in err.errors():
-            where = "spec." + ".".join(str(x) for x in e["loc"])
+            where = ".".join(["spec", *(str(x) for x in e["loc"])])  # loc () is the spec itself (`spec: 5`)
             msgs.append(f"{where}: {e['msg']}")
         return SpecCheck(None, named + msgs)
     return SpecCheck(spec, named + [str(e) for e in validate_job_spec(spec)])

@@ -112,3 +112,8 @@ def test_recovery_messages_name_nodes_without_a_python_list(excluded):
         assert "[" not in message and "None" not in message, message
     assert ("excluded (none)" if not excluded else "excluded (node-a, node-b)") in wait.message
     assert ("excluding node-a, node-b" in restart.message) == bool(excluded)
+
+
+def test_a_spec_that_is_not_a_mapping_is_named_without_a_trailing_dot():
+    (problem,) = parse_spec(5).problems  # type: ignore[arg-type]
+    assert problem.startswith("spec: ") and "dictionary" in problem
