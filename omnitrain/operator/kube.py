@@ -149,7 +149,13 @@ class Kube:
                 raise ChildRefused.from_api(kind, name, exc.status, exc.body) from exc
             if exc.status != 409:
                 raise
-            owner = foreign_owner(self._read(kind, ns, name), obj)
+            existing = self._read(kind, ns, name)
+            if leftover_of_namesake(existing, obj):
+                # a deleted job of the same name: the garbage collector removes it soon, the next pass goes on
+                raise ChildLeftover(
+                    f"{kind} {name!r} still belongs to a deleted job of this name; waiting for the garbage collector"
+                ) from exc
+            owner = foreign_owner(existing, obj)
             if owner is not None:
                 raise ChildRefused(kind, name, 409, "already exists", owner=owner) from exc
             if kind == "ConfigMap":  # the attempt number inside changes between attempts
@@ -291,6 +297,28 @@ def status_patch(old: dict, new: dict, top: bool = True) -> dict:
         if key not in new and not (top and key == "kopf"):
             patch[key] = None
     return patch
+
+
+class ChildLeftover(Exception):
+    """A child's name is still taken by the object of a deleted job of the same name (a job deleted and created
+    again before the garbage collector caught up): not a conflict, the pass is tried again (ReconcileError)."""
+
+
+def leftover_of_namesake(existing: dict, planned: dict) -> bool:
+    """`existing` is being deleted, or its owners are all jobs of the planned owner's kind and name with another
+    uid: a job of that name has this uid now, so those owners are gone and the garbage collector deletes it."""
+    meta = existing.get("metadata") or {}
+    owners = meta.get("ownerReferences") or []
+    mine = planned["metadata"].get("ownerReferences") or []
+    if not mine or any(o.get("uid") in {m.get("uid") for m in mine} for o in owners):
+        return False
+    if meta.get("deletionTimestamp"):
+        return True
+    job = mine[0]
+    return bool(owners) and all(
+        (o.get("kind"), o.get("name")) == (job.get("kind"), job.get("name")) and o.get("uid") != job.get("uid")
+        for o in owners
+    )
 
 
 def foreign_owner(existing: dict, planned: dict) -> str | None:

@@ -242,3 +242,36 @@ def test_an_edited_spec_after_a_refusal_is_judged_again():
     assert same.status.phase == "Failed" and same.create_attempt is None  # a finished record stays
     edited = reconcile(JOB, parse_spec({}), refused, [], "t3", generation=2)
     assert edited.create_attempt == 0 and edited.status.phase == "Pending"
+
+
+def test_a_leftover_of_a_deleted_job_of_the_same_name_is_waited_for_not_a_conflict():
+    """Deleted and created again before the garbage collector caught up: the old job's ConfigMap still has the
+    name. Not a NameConflict (the GC removes it: its owner is gone); the pass is tried again until it is."""
+    from omnitrain.operator.kube import ChildLeftover
+
+    old = {
+        "metadata": {
+            "name": "j-config",
+            "ownerReferences": [
+                {"apiVersion": "omnitrain.dev/v1", "kind": "OmniTrainingJob", "name": "j", "uid": "old"}
+            ],
+        },
+        "data": {"old": "1"},
+    }
+    job = {"metadata": {"name": "j", "namespace": "ns", "uid": "uid-j", "generation": 1}, "spec": {}}
+    core = FakeCore(existing={"j-config": copy.deepcopy(old)})
+    kube = ControllerKube(job, core)
+    controller = Controller(kube, OperatorSettings())  # type: ignore[arg-type]
+    with pytest.raises(ChildLeftover):
+        kube.real.create_if_absent(plan.plan_children(JOB, JobSpec(), 0)[0])
+    controller.reconcile("ns", "j")
+    st = kube.job["status"]
+    assert st.get("phase") != "Failed" and core.patched == [] and core.existing["j-config"] == old
+    error = next(c for c in st["conditions"] if c["type"] == "ReconcileError")
+    assert error["status"] == "True" and "garbage collector" in error["message"]
+    del core.existing["j-config"]  # the garbage collector
+    controller.reconcile("ns", "j")
+    assert kube.job["status"]["phase"] == "Pending" and "j-a0-n0" in core.existing
+    dying = {"metadata": {"name": "j-config", "deletionTimestamp": "t"}}
+    with pytest.raises(ChildLeftover):
+        fake_kube(FakeCore(existing={"j-config": dying})).create_if_absent(plan.plan_children(JOB, JobSpec(), 0)[0])
