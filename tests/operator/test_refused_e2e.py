@@ -7,6 +7,8 @@ against what kube-apiserver really says."""
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 from control_plane import wait_until
 from jobs import cond, create_job, events, status
@@ -163,3 +165,22 @@ def test_a_pod_the_api_refuses_fails_the_job_in_that_pass_and_removes_its_childr
     wait_until(lambda: children(api, namespace, name) == [], T, "no children left")
     assert not cond(st, "ReconcileError"), operator.tail()
     wait_until(lambda: "ChildRefused" in {e.reason for e in events(api, namespace, name)}, T, "ChildRefused event")
+
+
+@pytest.mark.parametrize("path", ["otj.spec", "otj.spec.checkpoint", "otj.spec.scheduling.tolerations", "otj.status"])
+def test_kubectl_explain_describes_every_field(e2e_kubeconfig, path):
+    """Issue 14, case 9: `kubectl explain otj.spec` showed `<no description>` for every object field (model,
+    parallelism, checkpoint, ...), as served by the API server from the installed CRD."""
+    from control_plane import find_binaries
+
+    bins = find_binaries()
+    if bins is None or not (bins / "kubectl").exists():
+        pytest.skip("no kubectl in the control-plane binaries")
+    out = subprocess.run(
+        [str(bins / "kubectl"), "--kubeconfig", str(e2e_kubeconfig), "explain", path],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "FIELDS:" in out.stdout and "<no description>" not in out.stdout, out.stdout
