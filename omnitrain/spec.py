@@ -447,7 +447,7 @@ def size_problems(spec: JobSpec, model: ModelConfig) -> list[FieldError]:
             FieldError(
                 field="spec.training.warmupSteps",
                 message=(
-                    f"warmupSteps={t.warmup_steps} is more than steps={t.steps}: the learning rate would never reach "
+                    f"warmupSteps={t.warmup_steps} is more than steps={t.steps}: the learning rate would neither reach "
                     f"its peak nor decay (set warmupSteps <= {t.steps}, or raise training.steps)"
                 ),
             )

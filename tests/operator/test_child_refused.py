@@ -275,3 +275,15 @@ def test_a_leftover_of_a_deleted_job_of_the_same_name_is_waited_for_not_a_confli
     dying = {"metadata": {"name": "j-config", "deletionTimestamp": "t"}}
     with pytest.raises(ChildLeftover):
         fake_kube(FakeCore(existing={"j-config": dying})).create_if_absent(plan.plan_children(JOB, JobSpec(), 0)[0])
+
+
+def test_the_operators_role_may_read_and_delete_what_a_refused_launch_touches():
+    """create_if_absent reads an existing child back (get) and an undone launch deletes its children (delete)."""
+    from pathlib import Path
+
+    import yaml
+
+    role = yaml.safe_load((Path(__file__).resolve().parents[2] / "manifests/rbac/cluster-role.yaml").read_text())
+    granted = {r: set(rule["verbs"]) for rule in role["rules"] for r in rule["resources"] if "" in rule["apiGroups"]}
+    for resource in ("pods", "services", "configmaps"):
+        assert {"get", "create", "delete"} <= granted[resource], resource
