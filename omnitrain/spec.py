@@ -18,6 +18,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
+from omnitrain import k8s_names
 from omnitrain.model.config import PRESETS, ModelConfig, resolve_model_config
 
 
@@ -30,6 +31,8 @@ class _Spec(BaseModel):
 
 
 class ModelSpec(_Spec):
+    """The model's size: a preset, with explicit dimensions on top."""
+
     # The allowed names are PRESETS' keys, read at run time (pydantic and the CRD enum); a checker cannot see them.
     preset: Literal[tuple(PRESETS)] = Field(  # type: ignore[valid-type]
         "tiny", description="Named model size; explicit dimensions override it."
@@ -51,6 +54,8 @@ class ModelSpec(_Spec):
 
 
 class ParallelismSpec(_Spec):
+    """How the job is split: nodes x gpusPerNode processes, laid out as tensor x pipeline x ulysses x data."""
+
     nodes: int = Field(1, ge=1, le=4096, description="Pods (one per node).")
     gpus_per_node: int = Field(1, ge=1, le=16, description="Worker processes per pod (one per GPU).")
     tensor: int = Field(1, ge=1, le=16, description="Tensor-parallel degree (kept inside a node).")
@@ -93,6 +98,8 @@ class ParallelismSpec(_Spec):
 
 
 class SyntheticDataSpec(_Spec):
+    """A synthetic dataset written at data.path when it is absent (tests, demos)."""
+
     samples: int = Field(256, ge=1, description="Samples written when the dataset does not exist yet.")
     shards: int = Field(4, ge=1, description="Parquet shards to write.")
     seed: int = Field(0, description="Seed of the synthetic generator.")
@@ -100,19 +107,45 @@ class SyntheticDataSpec(_Spec):
     max_side: int = Field(8, ge=2, description="Longest latent side, in latent pixels.")
 
 
+# A hard bound on one packed micro-batch (data.tokenBudget), far above any clip a video DiT trains on (a 720p,
+# 81-frame clip of the 14b preset is ~76k tokens; a 1M-token context needs Ulysses) and low enough that a typo
+# (1e15) is refused by the schema instead of growing the workers' memory until the node gives out.
+TOKEN_BUDGET_MAX = 2**22
+DEFAULT_WARMUP_STEPS = 10
+
+
 class DataSpec(_Spec):
+    """The training data: pre-shuffled Parquet shards, packed into micro-batches of tokenBudget tokens."""
+
     path: str = Field("/data/omnitrain", description="Folder of pre-shuffled Parquet shards.")
     synthetic: SyntheticDataSpec | None = Field(None, description="Write a synthetic dataset at path when absent.")
-    token_budget: int = Field(1024, ge=16, description="Tokens per packed micro-batch.")
+    token_budget: int = Field(
+        1024,
+        ge=16,
+        le=TOKEN_BUDGET_MAX,
+        description=(
+            f"Tokens per packed micro-batch (at most {TOKEN_BUDGET_MAX}; with resources.memory, also what the pod's "
+            "workers can hold)."
+        ),
+    )
     on_corrupt: Literal["skip", "fail"] = Field("skip", description="Skip corrupt rows/shards, or fail the job.")
     balance: bool = Field(True, description="Balance attention cost across data-parallel ranks.")
 
 
 class TrainingSpec(_Spec):
+    """The objective, the optimizer and the schedule."""
+
     stage: Literal["pretrain", "sft", "dpo"] = Field("pretrain", description="Training objective.")
     steps: int = Field(100, ge=1, description="Optimizer steps to train.")
     learning_rate: float = Field(1e-3, gt=0, description="Peak AdamW learning rate.")
-    warmup_steps: int = Field(10, ge=0, description="Linear warm-up steps before cosine decay.")
+    warmup_steps: int | None = Field(
+        None,
+        ge=0,
+        description=(
+            f"Linear warm-up steps before cosine decay, at most steps; unset: {DEFAULT_WARMUP_STEPS}, or steps for "
+            "a shorter run."
+        ),
+    )
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     grad_clip: float = Field(1.0, ge=0, description="Gradient norm clip (0 disables).")
     seed: int = Field(0, description="Seed of parameters, timesteps and noise.")
@@ -124,8 +157,15 @@ class TrainingSpec(_Spec):
     init_from: str | None = Field(None, description="Checkpoint to start from (sft/dpo; also the DPO reference).")
     log_every: int = Field(1, ge=1, description="Steps between progress lines.")
 
+    @property
+    def warmup(self) -> int:
+        """The warm-up the schedule uses: warmupSteps as written, else the default cut to the run's length."""
+        return self.warmup_steps if self.warmup_steps is not None else min(DEFAULT_WARMUP_STEPS, self.steps)
+
 
 class CheckpointSpec(_Spec):
+    """Where and how often checkpoints are written (node-local disk, then a persistent claim)."""
+
     local_path: str = Field("/mnt/nvme/omnitrain", description="Node-local (NVMe) checkpoint folder.")
     persistent_claim: str | None = Field(None, description="PersistentVolumeClaim for replicated checkpoints.")
     persistent_path: str = Field("/mnt/checkpoints", description="Where the persistent claim is mounted.")
@@ -190,18 +230,18 @@ def path_problem(path: str) -> str | None:
     """Why `path` cannot be a mount (its source on the node or its target in the pod), or None. Pure: the path as
     written; symlinks on the node are the node's business (docs/operator.md, What is refused and why)."""
     if not path.startswith("/"):
-        return f"{path!r} is not absolute; write the full path, e.g. /mnt/nvme/omnitrain"
+        return f"{path!r} is not absolute (write the full path, e.g. /mnt/nvme/omnitrain)"
     if not _PATH_CHARS.fullmatch(path):
-        return f"{path!r} has characters other than letters, digits and ._/+@=,~-; rename the folder"
+        return f"{path!r} has characters other than letters, digits and ._/+@=,~- (rename the folder)"
     normal = posixpath.normpath(path)
     if normal.startswith("//"):  # POSIX keeps a leading // as is
         normal = "/" + normal.lstrip("/")
     if normal != path:
-        return f"{path!r} is not normalised (no '..', '.', '//' or trailing '/'); write {normal!r}"
+        return f"{path!r} is not normalised: no '..', '.', '//' or trailing '/' (write {normal!r})"
     for folder in SYSTEM_FOLDERS:
         if is_within(path, folder) or is_within(folder, path):
             where = "is" if path == folder else "is inside" if is_within(path, folder) else "contains"
-            return f"{path!r} {where} the system folder {folder}; use a folder of its own, e.g. /mnt/nvme/omnitrain"
+            return f"{path!r} {where} the system folder {folder} (use a folder of its own, e.g. /mnt/nvme/omnitrain)"
     return None
 
 
@@ -219,9 +259,9 @@ def host_path_problems(checkpoint: CheckpointSpec, allowed_host_roots: Sequence[
             FieldError(
                 field="spec.checkpoint.localPath",
                 message=(
-                    f"{checkpoint.local_path!r} is outside the folders this operator may mount from the node "
-                    f"({roots}); use a folder below one of them, or ask the admin to add its root to the "
-                    f"operator's {ALLOWED_HOST_ROOTS_ENV}"
+                    f"{checkpoint.local_path!r} is outside the folders this operator may mount from the node: "
+                    f"{roots} (use a folder below one of them, or ask the admin to add its root to the "
+                    f"operator's {ALLOWED_HOST_ROOTS_ENV})"
                 ),
             )
         )
@@ -238,7 +278,7 @@ def host_path_problems(checkpoint: CheckpointSpec, allowed_host_roots: Sequence[
                     field="spec.checkpoint.persistentPath",
                     message=(
                         f"{checkpoint.persistent_path!r} and localPath {checkpoint.local_path!r} overlap: the two "
-                        "tiers are separate mounts; give them separate folders (e.g. /mnt/checkpoints and "
+                        "tiers are separate mounts (give them separate folders, e.g. /mnt/checkpoints and "
                         "/mnt/nvme/omnitrain)"
                     ),
                 )
@@ -247,6 +287,8 @@ def host_path_problems(checkpoint: CheckpointSpec, allowed_host_roots: Sequence[
 
 
 class ResilienceSpec(_Spec):
+    """Hang detection, gang restarts and node isolation."""
+
     hang_timeout_seconds: int = Field(60, ge=5, description="No step and no RDMA traffic for this long is a hang.")
     max_restarts: int = Field(3, ge=0, description="Gang restarts before the job fails.")
     isolate_nodes: bool = Field(True, description="Keep nodes with hardware evidence out of later attempts.")
@@ -257,6 +299,8 @@ class ResilienceSpec(_Spec):
 
 
 class MemorySpec(_Spec):
+    """Activation memory: offload to host memory and recompute."""
+
     offload: Literal["none", "pipelineAware", "all"] = Field(
         "none",
         description=(
@@ -274,6 +318,8 @@ class MemorySpec(_Spec):
 
 
 class DistillSpec(_Spec):
+    """The distillation job created when training succeeds (fewer sampling steps)."""
+
     enabled: bool = Field(True, description="Run distillation after training succeeds.")
     teacher_steps: int = Field(150, ge=2, description="Sampling steps of the teacher.")
     student_steps: int = Field(10, ge=1, description="Sampling steps of the student.")
@@ -293,6 +339,8 @@ class DistillSpec(_Spec):
 
 
 class InferenceSpec(_Spec):
+    """The inference Deployment that serves the (distilled) model."""
+
     enabled: bool = Field(True, description="Serve the (distilled) model after promotion.")
     replicas: int = Field(1, ge=0, description="Inference Deployment replicas.")
     fp8: bool = Field(True, description="Quantize linear layers to FP8.")
@@ -300,19 +348,29 @@ class InferenceSpec(_Spec):
 
 
 class PromotionSpec(_Spec):
+    """What happens after training succeeds: distillation, then serving."""
+
     distill: DistillSpec | None = Field(None, description="Distillation job created on success.")
     inference: InferenceSpec | None = Field(None, description="Inference Deployment created on success.")
 
 
 class Toleration(_Spec):
-    key: str | None = None
-    operator: Literal["Exists", "Equal"] | None = None
-    value: str | None = None
-    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
-    toleration_seconds: int | None = None
+    """A taint the job's pods tolerate (as a Pod's tolerations)."""
+
+    key: str | None = Field(None, description="The taint's key; unset with operator Exists: every taint.")
+    operator: Literal["Exists", "Equal"] | None = Field(None, description="Equal (the default) or Exists.")
+    value: str | None = Field(None, description="The taint's value (operator Equal).")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        None, description="The taint effect to match; unset: all."
+    )
+    toleration_seconds: int | None = Field(
+        None, description="How long a NoExecute taint is tolerated before eviction; unset: forever."
+    )
 
 
 class SchedulingSpec(_Spec):
+    """Where the job's pods may run: node labels, taints, priority, scheduler, queue, GPU resource."""
+
     node_selector: dict[str, str] = Field(default_factory=dict, description="Labels the job's nodes must have.")
     tolerations: list[Toleration] = Field(default_factory=list, description="Taints the job's pods tolerate.")
     priority_class_name: str | None = Field(None, description="PriorityClass of the job's pods.")
@@ -375,6 +433,8 @@ def Quantity(example: str) -> Any:  # noqa: N802 (a type, written like one)
 
 
 class ResourcesSpec(_Spec):
+    """CPU and memory requests of each training pod (GPUs come from parallelism.gpusPerNode)."""
+
     cpu: Quantity("8") | None = Field(None, description="CPU request per pod: a quantity (2, 500m).")  # type: ignore[valid-type]
     memory: Quantity("64Gi") | None = Field(  # type: ignore[valid-type]
         None, description="Memory request (and limit) per pod: a quantity (64Gi, 512Mi)."
@@ -475,7 +535,149 @@ def validate_job_spec(spec: JobSpec, allowed_host_roots: Sequence[str] | None = 
                 ),
             )
         )
+    errors += pod_field_problems(spec)
+    errors += size_problems(spec, model)
     return errors
+
+
+def size_problems(spec: JobSpec, model: ModelConfig) -> list[FieldError]:
+    """Sizes that cannot work: a warm-up longer than the run, and a tokenBudget whose step input alone is more than
+    the pod's memory (resources.memory, when set)."""
+    errors: list[FieldError] = []
+    t = spec.training
+    if t.warmup_steps is not None and t.warmup_steps > t.steps:
+        errors.append(
+            FieldError(
+                field="spec.training.warmupSteps",
+                message=(
+                    f"warmupSteps={t.warmup_steps} is more than steps={t.steps}: the learning rate would neither reach "
+                    f"its peak nor decay (set warmupSteps <= {t.steps}, or raise training.steps)"
+                ),
+            )
+        )
+    if spec.resources.memory is not None:
+        need = step_input_bytes(spec, model)
+        have = parse_quantity(spec.resources.memory)
+        if need > have:
+            per_token = need // spec.data.token_budget
+            most = int(have // per_token) if per_token else 0
+            errors.append(
+                FieldError(
+                    field="spec.data.tokenBudget",
+                    message=(
+                        f"tokenBudget={spec.data.token_budget}: the pod's {spec.parallelism.gpus_per_node} workers "
+                        f"hold at least {_gib(need)} of step input (each reads data x microBatches x tokenBudget "
+                        f"tokens of >= {_token_bytes(model)} bytes), more than resources.memory="
+                        f"{spec.resources.memory} (set tokenBudget <= {most}, or raise resources.memory)"
+                    ),
+                )
+            )
+    return errors
+
+
+def _token_bytes(model: ModelConfig) -> int:
+    """The fewest bytes one token of a sample takes in memory: float32, a video patch or a text embedding."""
+    return 4 * min(model.patch_dim, model.text_dim)
+
+
+def step_input_bytes(spec: JobSpec, model: ModelConfig) -> int:
+    """A lower bound of what one pod holds for a step's input: every worker process (gpusPerNode) reads the whole
+    step, data x microBatches micro-batches of tokenBudget tokens (omnitrain.trainer.data.loader, next_global_step),
+    at _token_bytes each; activations come on top (on the device, or in this memory on CPU)."""
+    p = spec.parallelism
+    tokens = p.data_degree() * p.micro_batches * spec.data.token_budget
+    return p.gpus_per_node * tokens * _token_bytes(model)
+
+
+def _gib(n: int | Fraction) -> str:
+    return f"{float(n) / 2**30:.1f} GiB"
+
+
+def _named(field: str, problem: str | None, fix: str) -> list[FieldError]:
+    return [] if problem is None else [FieldError(field=field, message=f"{problem} ({fix})")]
+
+
+def pod_field_problems(spec: JobSpec) -> list[FieldError]:
+    """Every check the pod API (and the Service's) would make of what the spec puts into the job's children
+    (omnitrain.operator.plan): refused here, the job fails before anything is created, instead of a child the API
+    server refuses halfway through a launch. The rules are apimachinery's (omnitrain.k8s_names)."""
+    errors: list[FieldError] = []
+    errors += _named(
+        "spec.image",
+        k8s_names.image_problem(spec.image),
+        "set the trainer's image, e.g. registry.example.com/omnitrain:0.1.0",
+    )
+    sched = spec.scheduling
+    for key, value in sched.node_selector.items():
+        where = f"spec.scheduling.nodeSelector[{key!r}]"
+        errors += _named(where, _quoted(key, k8s_names.qualified_name_problem(key)), "use a node label's key")
+        errors += _named(where, _quoted(value, k8s_names.label_value_problem(value)), "use a node label's value")
+    for i, tol in enumerate(sched.tolerations):
+        errors += toleration_problems(f"spec.scheduling.tolerations[{i}]", tol)
+    for name, object_name in (
+        ("priorityClassName", sched.priority_class_name),
+        ("schedulerName", sched.scheduler_name),
+    ):
+        if object_name is not None:
+            problem = _quoted(object_name, k8s_names.dns1123_subdomain_problem(object_name))
+            errors += _named(f"spec.scheduling.{name}", problem, "use the object's name, or leave it unset")
+    if sched.queue_name is not None:
+        problem = _quoted(sched.queue_name, k8s_names.label_value_problem(sched.queue_name))
+        errors += _named("spec.scheduling.queueName", problem, "use the LocalQueue's name, or leave it unset")
+    errors += _named(
+        "spec.scheduling.gpuResource",
+        _quoted(sched.gpu_resource, k8s_names.extended_resource_problem(sched.gpu_resource)),
+        "use the device plugin's resource name, e.g. nvidia.com/gpu, or leave it unset",
+    )
+    # the mount paths: host_path_problems (from validate_job_spec) covers the pod API's rules for them too
+    claim = spec.checkpoint.persistent_claim
+    if claim is not None:
+        errors += _named(
+            "spec.checkpoint.persistentClaim",
+            _quoted(claim, k8s_names.dns1123_subdomain_problem(claim)),
+            "use the PersistentVolumeClaim's name, or leave it unset",
+        )
+    return errors
+
+
+def toleration_problems(where: str, tol: Toleration) -> list[FieldError]:
+    """The pod API's toleration rules (validateTolerations): key a qualified name; no key only with Exists; Exists
+    takes no value, Equal a label value; tolerationSeconds only with effect NoExecute."""
+    errors: list[FieldError] = []
+    if tol.key:
+        errors += _named(
+            f"{where}.key", _quoted(tol.key, k8s_names.qualified_name_problem(tol.key)), "use a taint's key"
+        )
+    elif tol.operator != "Exists":
+        errors.append(
+            FieldError(
+                field=f"{where}.operator",
+                message="must be Exists when key is empty (which tolerates every taint) (set key, or operator: Exists)",
+            )
+        )
+    if tol.operator == "Exists" and tol.value:
+        errors.append(
+            FieldError(
+                field=f"{where}.value", message="must be empty when operator is Exists (drop value, or use Equal)"
+            )
+        )
+    elif tol.operator != "Exists" and tol.value:
+        errors += _named(
+            f"{where}.value", _quoted(tol.value, k8s_names.label_value_problem(tol.value)), "use a taint's value"
+        )
+    if tol.toleration_seconds is not None and tol.effect != "NoExecute":
+        errors.append(
+            FieldError(
+                field=f"{where}.tolerationSeconds",
+                message="is only allowed with effect NoExecute (set effect: NoExecute, or drop tolerationSeconds)",
+            )
+        )
+    return errors
+
+
+def _quoted(value: str, problem: str | None) -> str | None:
+    """`'bad key!' is not a qualified name ...`: the value in the message, so a reader sees which one."""
+    return None if problem is None else f"{value!r} {problem}"
 
 
 @dataclass(frozen=True)
@@ -685,5 +887,9 @@ __all__ = [
     "is_within",
     "layout_problems",
     "path_problem",
+    "pod_field_problems",
+    "size_problems",
+    "step_input_bytes",
+    "toleration_problems",
     "validate_job_spec",
 ]

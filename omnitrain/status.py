@@ -35,82 +35,97 @@ class _Status(BaseModel):
 
 
 class Condition(_Status):
-    type: str
-    status: Literal["True", "False", "Unknown"]
-    reason: str | None = None
-    message: str | None = None
-    last_transition_time: str | None = Field(None, json_schema_extra={"format": "date-time"})
+    """One condition (Kubernetes API conventions): type, status True/False/Unknown, reason, message."""
+
+    type: str = Field(description="Valid, Created, Running, Restarting, Suspended, Succeeded, Failed, ...")
+    status: Literal["True", "False", "Unknown"] = Field(description="Whether the condition holds.")
+    reason: str | None = Field(None, description="Why, in one CamelCase word (InvalidSpec, HangDetected, ...).")
+    message: str | None = Field(None, description="What happened, naming the field or pod and the fix.")
+    last_transition_time: str | None = Field(
+        None, description="When status last changed.", json_schema_extra={"format": "date-time"}
+    )
 
 
 class LastCheckpoint(_Status):
-    step: int | None = None
-    path: str | None = None
-    time: str | None = None
+    """The newest complete checkpoint: its step, folder (as the pods see it) and when it was seen."""
+
+    step: int | None = Field(None, description="Training step of the checkpoint.")
+    path: str | None = Field(None, description="The job's checkpoint folder as the pods see it.")
+    time: str | None = Field(None, description="When the operator saw it.")
 
 
 class LastFailure(_Status):
     """The pod that explains the last failed attempt."""
 
-    pod: str | None = None
-    node: str | None = None
-    exit_code: int | None = None
-    reason: str | None = None
-    message: str | None = None
-    time: str | None = None
+    pod: str | None = Field(None, description="The pod.")
+    node: str | None = Field(None, description="Its node.")
+    exit_code: int | None = Field(None, description="The trainer container's exit code (omnitrain.contract).")
+    reason: str | None = Field(None, description="The failure's reason (Crash, HangDetected, NodeLost, ...).")
+    message: str | None = Field(None, description="What the pod or the operator said.")
+    time: str | None = Field(None, description="When the operator noticed.")
 
 
 class Children(_Status):
-    pods: list[str] = Field(default_factory=list)
-    service: str | None = None
-    config_map: str | None = None
+    """The objects of the current attempt: pods by rank, the headless Service and the config ConfigMap."""
+
+    pods: list[str] = Field(default_factory=list, description="Pod names by node rank.")
+    service: str | None = Field(None, description="The headless Service (rendezvous, metrics).")
+    config_map: str | None = Field(None, description="The ConfigMap with the trainer's config.")
 
 
 class PromotionStage(_Status):
-    phase: str | None = None
-    name: str | None = None
-    message: str | None = None
-    start_time: str | None = None
-    completion_time: str | None = None
+    """One stage of the promotion chain: its object's name, phase and times."""
+
+    phase: str | None = Field(None, description="The stage's phase.")
+    name: str | None = Field(None, description="Its object's name.")
+    message: str | None = Field(None, description="What the stage is doing or why it ended.")
+    start_time: str | None = Field(None, description="When it started.")
+    completion_time: str | None = Field(None, description="When it ended.")
 
 
 class Promotion(_Status):
-    training: PromotionStage | None = None
-    distill: PromotionStage | None = None
-    inference: PromotionStage | None = None
+    """The promotion chain after a successful training: distillation, then serving."""
+
+    training: PromotionStage | None = Field(None, description="The training job itself.")
+    distill: PromotionStage | None = Field(None, description="The distillation Job.")
+    inference: PromotionStage | None = Field(None, description="The inference Deployment.")
     chain: str | None = Field(None, description="training -> distillation -> serving, each with its phase.")
 
 
 class JobStatus(_Status):
     """Written by the operator."""
 
-    phase: Phase | None = None
+    phase: Phase | None = Field(None, description="Pending, Running, Restarting, Suspended, Succeeded or Failed.")
     conditions: list[Condition] = Field(
         default_factory=list,
+        description="Valid, Created, Running, Restarting, Suspended, Succeeded, Failed, ReconcileError.",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )
     attempt: int | None = Field(None, description="Current attempt; pods of attempt N are named <job>-a<N>-n<rank>.")
     launched_attempt: int | None = Field(None, description="Last attempt whose children were all created.")
     restarts: int | None = Field(None, description="Gang restarts counted toward resilience.maxRestarts.")
     total_restarts: int | None = Field(None, description="Gang restarts including resumes and preemptions.")
-    no_progress_restarts: int | None = None
-    checkpoint_step_at_last_failure: int | None = None
+    no_progress_restarts: int | None = Field(None, description="Restarts in a row without a newer checkpoint.")
+    checkpoint_step_at_last_failure: int | None = Field(
+        None, description="The newest checkpoint step when the last counted failure happened."
+    )
     last_failure_class: str | None = Field(
         None, description="Class of the last failure (omnitrain.resilience.classify)."
     )
     restart_not_before: str | None = Field(None, description="Back-off: the next attempt starts no earlier than this.")
-    current_step: int | None = None
-    total_steps: int | None = None
+    current_step: int | None = Field(None, description="The step rank 0 reported last.")
+    total_steps: int | None = Field(None, description="Steps to train (spec.training.steps).")
     last_checkpoint: LastCheckpoint | None = None
-    excluded_nodes: list[str] = Field(default_factory=list)
+    excluded_nodes: list[str] = Field(default_factory=list, description="Nodes isolated for hardware evidence.")
     children: Children | None = None
-    start_time: str | None = None
-    completion_time: str | None = None
+    start_time: str | None = Field(None, description="When the job was first admitted.")
+    completion_time: str | None = Field(None, description="When it Succeeded or Failed.")
     last_failure: LastFailure | None = None
     goodput: dict[str, Any] | None = Field(
         None, description="Productive fraction of wall time and badput seconds by cause."
     )
-    message: str | None = None
-    observed_generation: int | None = None
+    message: str | None = Field(None, description="What the job is doing now, or why it ended.")
+    observed_generation: int | None = Field(None, description="The spec generation this status is about.")
     promotion: Promotion | None = None
 
     @field_validator("goodput", mode="before")

@@ -71,8 +71,9 @@ def _validate(args: argparse.Namespace) -> int:
         spec = doc.get("spec", doc) if doc.get("kind", "OmniTrainingJob") == "OmniTrainingJob" else None
         if spec is None:
             continue
-        name = (doc.get("metadata") or {}).get("name", args.file)
-        _, problems = parse_spec(spec, roots)
+        job_name = (doc.get("metadata") or {}).get("name")
+        name = job_name or args.file
+        _, problems = parse_spec(spec, job_name if isinstance(job_name, str) else None, roots)
         for p in problems:
             print(f"{name}: {p}", file=sys.stderr)
         bad += bool(problems)

@@ -16,7 +16,7 @@ from omnitrain.operator import crd, plan, progress
 from omnitrain.operator.kube import Kube, now_iso, pod_views
 from omnitrain.operator.promotion import promotion_settled
 from omnitrain.operator.promotion_kube import promote
-from omnitrain.operator.reconcile import Decision, Event, parse_spec, reconcile
+from omnitrain.operator.reconcile import ChildRefused, Decision, Event, child_refused, parse_spec, reconcile
 from omnitrain.operator.settings import OperatorSettings
 from omnitrain.spec import JobSpec
 from omnitrain.status import FAILED, RECONCILE_ERROR, RUNNING, SUCCEEDED, JobStatus
@@ -182,7 +182,7 @@ class Controller:
             return None
         meta = job["metadata"]
         ref = plan.JobRef(name=name, namespace=namespace, uid=meta["uid"], created=meta.get("creationTimestamp") or "")
-        checked = parse_spec(job.get("spec"), self.settings.allowed_host_roots)  # once per pass
+        checked = parse_spec(job.get("spec"), name, self.settings.allowed_host_roots)  # once per pass
         old = JobStatus.from_wire(job.get("status"))
         pods = pod_views(self.kube.list_pods(namespace, name))
         nodes = self.kube.nodes({p.node for p in pods if p.node and p.unfinished})
@@ -194,7 +194,11 @@ class Controller:
             children = plan.plan_children(
                 ref, checked.spec, decision.create_attempt, decision.status.excluded_nodes, self.settings.plan_options()
             )
-        self.kube.apply(job, decision, children)
+        try:
+            self.kube.apply(job, decision, children)
+        except ChildRefused as err:  # the job fails in this pass, and its launch is undone
+            decision = child_refused(decision.status, err, children or [], now)
+            self.kube.apply(job, decision, None)
         if decision.status.phase == SUCCEEDED and checked.spec is not None:
             self.promote({**job, "status": decision.status.to_wire()}, checked.spec, decision.status)
         if self.metrics is not None and decision.status.phase:

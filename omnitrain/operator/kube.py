@@ -16,7 +16,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from omnitrain.operator import crd, plan
-from omnitrain.operator.reconcile import Decision, Event
+from omnitrain.operator.reconcile import ChildRefused, Decision, Event
 from omnitrain.resilience.classify import NodeObservation, PodObservation, observe_node, observe_pod
 from omnitrain.resilience.operator_hook import isolation_patch
 from omnitrain.status import JobStatus
@@ -132,8 +132,10 @@ class Kube:
 
     # -- writes ----------------------------------------------------------------------------------------------
     def create_if_absent(self, obj: dict) -> bool:
-        """True when created, False when it already existed (idempotent launch)."""
-        ns, kind = obj["metadata"]["namespace"], obj["kind"]
+        """True when created, False when the job's own object of that name exists already (idempotent launch).
+        ChildRefused when the API server refuses the object (422, 400) or the name belongs to an object the job
+        does not own (409; that object is left as it is)."""
+        ns, kind, name = obj["metadata"]["namespace"], obj["kind"], obj["metadata"]["name"]
         creators: dict[str, Callable[..., Any]] = {
             "Pod": self.core.create_namespaced_pod,
             "Service": self.core.create_namespaced_service,
@@ -143,12 +145,44 @@ class Kube:
         try:
             create(ns, obj)
         except ApiException as exc:
+            if exc.status in (400, 422):
+                raise ChildRefused.from_api(kind, name, exc.status, exc.body) from exc
             if exc.status != 409:
                 raise
+            existing = self._read(kind, ns, name)
+            if leftover_of_namesake(existing, obj):
+                # a deleted job of the same name: the garbage collector removes it soon, the next pass goes on
+                raise ChildLeftover(
+                    f"{kind} {name!r} still belongs to a deleted job of this name; waiting for the garbage collector"
+                ) from exc
+            owner = foreign_owner(existing, obj)
+            if owner is not None:
+                raise ChildRefused(kind, name, 409, "already exists", owner=owner) from exc
             if kind == "ConfigMap":  # the attempt number inside changes between attempts
-                self.core.patch_namespaced_config_map(obj["metadata"]["name"], ns, {"data": obj["data"]})
+                self.core.patch_namespaced_config_map(name, ns, {"data": obj["data"]})
             return False
         return True
+
+    def _read(self, kind: str, namespace: str, name: str) -> dict:
+        readers: dict[str, Callable[..., Any]] = {
+            "Pod": self.core.read_namespaced_pod,
+            "Service": self.core.read_namespaced_service,
+            "ConfigMap": self.core.read_namespaced_config_map,
+        }
+        return raw_json(readers[kind](name, namespace, _preload_content=False))
+
+    def delete_child(self, namespace: str, kind: str, name: str) -> None:
+        """Delete one of the job's children (a launch undone); one already gone is fine."""
+        deleters: dict[str, Callable[..., Any]] = {
+            "Pod": self.core.delete_namespaced_pod,
+            "Service": self.core.delete_namespaced_service,
+            "ConfigMap": self.core.delete_namespaced_config_map,
+        }
+        try:
+            deleters[kind](name, namespace, propagation_policy="Background")
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
 
     def delete_pod(self, namespace: str, name: str, force: bool = False) -> None:
         try:
@@ -227,6 +261,8 @@ class Kube:
             self.delete_pod(ns, name, force=True)
         for node in decision.isolate_nodes:
             self.isolate_node(node)
+        for kind, name in decision.delete_children:
+            self.delete_child(ns, kind, name)
         children = children or []
         # ConfigMap and Service first (pods mount/resolve them), then the pods in parallel: a 512-node gang is
         # 512 round trips, and the scheduler can start on the first pods while the rest are being created.
@@ -261,6 +297,42 @@ def status_patch(old: dict, new: dict, top: bool = True) -> dict:
         if key not in new and not (top and key == "kopf"):
             patch[key] = None
     return patch
+
+
+class ChildLeftover(Exception):
+    """A child's name is still taken by the object of a deleted job of the same name (a job deleted and created
+    again before the garbage collector caught up): not a conflict, the pass is tried again (ReconcileError)."""
+
+
+def leftover_of_namesake(existing: dict, planned: dict) -> bool:
+    """`existing` is being deleted, or its owners are all jobs of the planned owner's kind and name with another
+    uid: a job of that name has this uid now, so those owners are gone and the garbage collector deletes it."""
+    meta = existing.get("metadata") or {}
+    owners = meta.get("ownerReferences") or []
+    mine = planned["metadata"].get("ownerReferences") or []
+    if not mine or any(o.get("uid") in {m.get("uid") for m in mine} for o in owners):
+        return False
+    if meta.get("deletionTimestamp"):
+        return True
+    job = mine[0]
+    return bool(owners) and all(
+        (o.get("kind"), o.get("name")) == (job.get("kind"), job.get("name")) and o.get("uid") != job.get("uid")
+        for o in owners
+    )
+
+
+def foreign_owner(existing: dict, planned: dict) -> str | None:
+    """Who owns `existing` when it is not the job that planned it (the planned object's controller owner): a
+    description for the condition ('nothing', 'OmniTrainingJob other (uid ...)'); None when it is the job's own."""
+    wanted = {o.get("uid") for o in planned["metadata"].get("ownerReferences") or []}
+    owners = existing.get("metadata", {}).get("ownerReferences") or []
+    if any(o.get("uid") in wanted for o in owners):
+        return None
+    if not owners:
+        return "nothing"
+    return ", ".join(
+        f"{o.get('kind') or 'an object'} {o.get('name') or ''!r} (uid {o.get('uid') or '?'})" for o in owners
+    )
 
 
 def pod_views(pods: list[dict]) -> list[PodObservation]:

@@ -2,7 +2,8 @@
 (tests/operator/test_rbac.py), and docs/operator.md ("Permissions") says which could be a namespaced Role.
 
 The operator creates pods that run users' images, so it holds no verb it does not call: no `*`, no update where a
-patch is what it sends, no reads of objects it only creates (a create answers AlreadyExists by itself).
+patch is what it sends, reads of children only to learn whose an object in the way is (a create answers
+AlreadyExists by itself).
 """
 
 from __future__ import annotations
@@ -31,10 +32,26 @@ OPERATOR_PERMISSIONS: tuple[Permission, ...] = (
     ),
     Permission(contract.GROUP, f"{contract.PLURAL}/status", ("patch",), True, "Kube.patch_status (merge patch)"),
     Permission(
-        "", "pods", ("list", "watch", "create", "delete"), True, "kopf pod events; Kube.list_pods, create, delete"
+        "",
+        "pods",
+        ("get", "list", "watch", "create", "delete"),
+        True,
+        "kopf pod events; Kube.list_pods, create, delete; get: the owner of a pod in the way (409)",
     ),
-    Permission("", "services", ("create",), True, "the headless rendezvous Service; promotion's inference Service"),
-    Permission("", "configmaps", ("create", "patch"), True, "the trainer config; its attempt number patched on 409"),
+    Permission(
+        "",
+        "services",
+        ("get", "create", "delete"),
+        True,
+        "the headless rendezvous Service, promotion's inference Service; get: owner on 409; delete: undo a launch",
+    ),
+    Permission(
+        "",
+        "configmaps",
+        ("get", "create", "patch", "delete"),
+        True,
+        "the trainer config (its attempt number patched when it is the job's own); get: owner on 409; delete: undo",
+    ),
     Permission("", "events", ("create",), True, "Kube.post_event and kopf's own events (core v1)"),
     Permission("batch", "jobs", ("get", "create"), True, "promotion: read and create the distillation Job"),
     Permission("apps", "deployments", ("get", "create"), True, "promotion: read and create the inference Deployment"),

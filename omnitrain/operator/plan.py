@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import yaml
 
-from omnitrain import contract
+from omnitrain import contract, k8s_names
 from omnitrain.operator import crd
 from omnitrain.spec import JobSpec, RunInfo, TrainerConfig
 
@@ -26,7 +26,7 @@ MAIN_CONTAINER = "trainer"
 CONFIG_VOLUME, LOCAL_VOLUME, PERSISTENT_VOLUME = "config", "local-checkpoints", "checkpoints"
 MASTER_PORT_BASE, MASTER_PORT_SPAN = 20000, 20000
 CLUSTER_DOMAIN = "cluster.local"
-MAX_NAME = 63
+MAX_NAME = k8s_names.MAX_LABEL  # the Service name is a DNS label; label values have the same bound
 
 # torchrun with one process per GPU; the rendezvous runs on rank 0 behind the headless Service (docs/contracts.md).
 DEFAULT_TRAIN_COMMAND = [
@@ -91,10 +91,33 @@ def fit_name(job: str, suffix: str) -> str:
     return f"{job[:keep].rstrip('-.')}-{digest}{suffix}"
 
 
-def master_port(uid: str) -> int:
-    """A port derived from the job uid: two jobs whose rank-0 pods share a machine (hostNetwork, local agent) differ."""
+def job_name_problems(job: str) -> list[str]:
+    """What the API would refuse of the names derived from the job's: its Service (and the pods' subdomain) must
+    be a DNS-1035 label, which a job name (a DNS-1123 subdomain) need not be (a dot, a leading digit)."""
+    problem = k8s_names.dns1035_label_problem(service_name(job))
+    if problem is None:
+        return []
+    return [
+        f"metadata.name: {job!r} names the job's Service (its pods' DNS subdomain), and {service_name(job)!r} "
+        f"{problem} (rename the job, e.g. {_dns1035_like(job)!r})"
+    ]
+
+
+def _dns1035_like(job: str) -> str:
+    """A name close to `job` that is a DNS-1035 label (for the fix in a message)."""
+    name = "".join(c if c.isalnum() or c == "-" else "-" for c in job.lower()).strip("-")
+    return fit_name(name if name[:1].isalpha() else f"job-{name}", "")
+
+
+def master_port(uid: str, avoid: int | None = None) -> int:
+    """A port derived from the job uid: two jobs whose rank-0 pods share a machine (hostNetwork, local agent) differ.
+    `avoid` (the spec's metricsPort) is never the answer: the Service would carry one port twice, which the API
+    refuses, and the user cannot see the uid to choose around it."""
     digest = int(hashlib.sha256(uid.encode()).hexdigest()[:8], 16)
-    return MASTER_PORT_BASE + digest % MASTER_PORT_SPAN
+    port = MASTER_PORT_BASE + digest % MASTER_PORT_SPAN
+    if port == avoid:
+        port = MASTER_PORT_BASE + (digest + 1) % MASTER_PORT_SPAN
+    return port
 
 
 def master_addr(job: JobRef, domain: str = CLUSTER_DOMAIN) -> str:
@@ -164,6 +187,7 @@ def render_config_map(job: JobRef, spec: JobSpec, attempt: int) -> dict:
 
 
 def render_service(job: JobRef, spec: JobSpec) -> dict:
+    rendezvous = master_port(job.uid, spec.metrics_port)
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -179,7 +203,7 @@ def render_service(job: JobRef, spec: JobSpec) -> dict:
             "publishNotReadyAddresses": True,
             "selector": {LABEL_JOB: label_value(job.name)},
             "ports": [
-                {"name": "rendezvous", "port": master_port(job.uid), "targetPort": master_port(job.uid)},
+                {"name": "rendezvous", "port": rendezvous, "targetPort": rendezvous},
                 {"name": "metrics", "port": spec.metrics_port, "targetPort": spec.metrics_port},
             ],
         },
@@ -193,7 +217,7 @@ def _env(job: JobRef, spec: JobSpec, attempt: int, rank: int, options: PlanOptio
         "PET_NODE_RANK": str(rank),
         "PET_NPROC_PER_NODE": str(p.gpus_per_node),
         "MASTER_ADDR": master_addr(job, options.cluster_domain),
-        "MASTER_PORT": str(master_port(job.uid)),
+        "MASTER_PORT": str(master_port(job.uid, spec.metrics_port)),
         "WORLD_SIZE": str(p.world_size),
         contract.ENV_JOB_NAME: job.name,
         contract.ENV_ATTEMPT: str(attempt),
@@ -317,7 +341,7 @@ def render_pod(
         "env": _env(job, spec, attempt, rank, options),
         "ports": [
             {"name": "metrics", "containerPort": spec.metrics_port},
-            {"name": "rendezvous", "containerPort": master_port(job.uid)},
+            {"name": "rendezvous", "containerPort": master_port(job.uid, spec.metrics_port)},
         ],
         "resources": {"limits": limits, "requests": requests},
         "volumeMounts": mounts,

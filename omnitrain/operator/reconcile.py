@@ -10,7 +10,9 @@ hand on to the next one (resume hands on after it has started the next attempt).
 
 from __future__ import annotations
 
+import json
 import math
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -51,11 +53,14 @@ __all__ = [
     "RUNNING",
     "SUCCEEDED",
     "SUSPENDED",
+    "ChildRefused",
     "SpecCheck",
     "TERMINAL",
     "add_seconds",
+    "child_refused",
     "parse_spec",
     "reconcile",
+    "spec_field",
 ]
 
 
@@ -77,6 +82,50 @@ class Decision:
     requeue_after_seconds: float | None = None  # one more pass this many seconds from now (None: events suffice)
     isolate_nodes: list[str] = field(default_factory=list)  # label+taint these nodes (hardware evidence)
     force_delete_pods: list[str] = field(default_factory=list)  # stuck terminating (node dead): grace period 0
+    delete_children: list[tuple[str, str]] = field(default_factory=list)  # (kind, name): a launch undone
+
+
+class ChildRefused(Exception):
+    """The API server refused to create one of the job's children: 422/400 (the object is invalid: `causes` are
+    the API's (field path, message) pairs), or 409 for an object of that name the job does not own (`owner`
+    describes who does; the operator neither adopts nor overwrites it). Raised by the kube layer; `child_refused`
+    turns it into the job's Failed decision."""
+
+    def __init__(
+        self,
+        kind: str,
+        name: str,
+        code: int,
+        message: str,
+        causes: list[tuple[str, str]] | None = None,
+        owner: str | None = None,
+    ) -> None:
+        super().__init__(f"{kind} {name!r}: {code} {message}")
+        self.kind, self.name, self.code, self.message = kind, name, code, message
+        self.causes = list(causes or [])
+        self.owner = owner
+
+    @property
+    def conflict(self) -> bool:
+        return self.code == 409
+
+    @classmethod
+    def from_api(cls, kind: str, name: str, code: int, body: str | bytes | None) -> ChildRefused:
+        """From an API error's body (a metav1.Status: message, details.causes[].field/message)."""
+        try:
+            status = json.loads(body or "{}")
+        except ValueError:
+            status = {}
+        status = status if isinstance(status, dict) else {}
+        details = status.get("details")
+        details = details if isinstance(details, dict) else {}
+        causes = [
+            (str(c.get("field") or ""), str(c.get("message") or c.get("reason") or ""))
+            for c in details.get("causes") or []
+            if isinstance(c, dict)
+        ]
+        text = body.decode(errors="replace") if isinstance(body, bytes) else body
+        return cls(kind, name, code, str(status.get("message") or text or "refused"), causes)
 
 
 class SpecCheck(NamedTuple):
@@ -86,17 +135,20 @@ class SpecCheck(NamedTuple):
     problems: list[str]
 
 
-def parse_spec(raw: dict | None, allowed_host_roots: Sequence[str] | None = None) -> SpecCheck:
-    """`allowed_host_roots`: the operator's OMNITRAIN_ALLOWED_HOST_ROOTS (None: hostPath roots not checked)."""
+def parse_spec(raw: dict | None, name: str | None = None, allowed_host_roots: Sequence[str] | None = None) -> SpecCheck:
+    """The spec checked as the operator and the API server would check what it creates: `name`, the job's
+    metadata.name when known, is checked for the names derived from it (plan.job_name_problems);
+    `allowed_host_roots`, the operator's OMNITRAIN_ALLOWED_HOST_ROOTS (None: hostPath roots not checked)."""
+    named = plan.job_name_problems(name) if name is not None else []
     try:
         spec = JobSpec.model_validate(raw or {})
     except ValidationError as err:
         msgs = []
         for e in err.errors():
-            where = "spec." + ".".join(str(x) for x in e["loc"])
+            where = ".".join(["spec", *(str(x) for x in e["loc"])])  # loc () is the spec itself (`spec: 5`)
             msgs.append(f"{where}: {e['msg']}")
-        return SpecCheck(None, msgs)
-    return SpecCheck(spec, [str(e) for e in validate_job_spec(spec, allowed_host_roots)])
+        return SpecCheck(None, named + msgs)
+    return SpecCheck(spec, named + [str(e) for e in validate_job_spec(spec, allowed_host_roots)])
 
 
 def add_seconds(timestamp: str, seconds: float) -> str:
@@ -350,6 +402,81 @@ def invalid_spec(st: JobStatus, problems: list[str], now: str) -> Decision | Non
     st.set_condition("Valid", False, "InvalidSpec", msg, now)
     st.set_condition("Failed", True, "InvalidSpec", msg, now)
     return Decision(status=st, events=[Event("Warning", "InvalidSpec", msg)])
+
+
+# The API's field paths in the children plan.py renders -> the spec field the user wrote (first match wins).
+# Pod: the trainer is containers[0]; volumes/mounts [1] are the node-local checkpoints, [2] the persistent claim.
+_SPEC_FIELDS: tuple[tuple[str, str, str], ...] = (
+    ("Pod", r"^spec\.containers\[0\]\.image$", "spec.image"),
+    ("Pod", r"^spec\.containers\[0\]\.resources\.(?:limits|requests)\[(cpu|memory)\]", r"spec.resources.\1"),
+    ("Pod", r"^spec\.containers\[0\]\.resources\.(?:limits|requests)", "spec.scheduling.gpuResource"),
+    ("Pod", r"^spec\.containers\[0\]\.volumeMounts\[1\]", "spec.checkpoint.localPath"),
+    ("Pod", r"^spec\.containers\[0\]\.volumeMounts\[2\]", "spec.checkpoint.persistentPath"),
+    ("Pod", r"^spec\.containers\[0\]\.ports", "spec.metricsPort"),
+    ("Pod", r"^spec\.volumes\[1\]", "spec.checkpoint.localPath"),
+    ("Pod", r"^spec\.volumes\[2\]", "spec.checkpoint.persistentClaim"),
+    ("Pod", r"^spec\.nodeSelector(.*)$", r"spec.scheduling.nodeSelector\1"),
+    ("Pod", r"^spec\.tolerations(.*)$", r"spec.scheduling.tolerations\1"),
+    ("Pod", r"^spec\.(priorityClassName|schedulerName)$", r"spec.scheduling.\1"),
+    ("Pod", r"^metadata\.labels", "spec.scheduling.queueName"),
+    ("Pod", r"^spec\.(?:hostname|subdomain)$", "metadata.name"),
+    ("Service", r"^spec\.ports", "spec.metricsPort"),
+    ("*", r"^metadata\.name$", "metadata.name"),
+)
+
+
+def spec_field(kind: str, api_field: str) -> str | None:
+    """The spec field behind an API field path of a child (`spec.containers[0].image` of a Pod -> `spec.image`);
+    None when the table does not know it."""
+    for table_kind, pattern, spec_path in _SPEC_FIELDS:
+        if table_kind in (kind, "*"):
+            match = re.match(pattern, api_field)
+            if match:
+                return match.expand(spec_path)
+    return None
+
+
+def _refusal_text(err: ChildRefused) -> str:
+    """`<field>: <problem> (<fix>)` for each of the API's causes; the API's own message when it gave none."""
+    if err.conflict:
+        return (
+            f"metadata.name: {err.kind} {err.name!r} already exists and is not this job's (owned by "
+            f"{err.owner or 'nothing'}); the operator neither adopts nor overwrites it (rename the job, or delete "
+            f"that {err.kind} and create the job again)"
+        )
+    fix = f"the API server refused {err.kind} {err.name!r}; fix the field and apply the spec again"
+    parts = []
+    for api_field, message in err.causes or [("", err.message)]:
+        where = spec_field(err.kind, api_field) if api_field else None
+        if where is None:
+            where = f"{err.kind.lower()}.{api_field}" if api_field else "spec"
+            parts.append(f"{where}: {message} ({fix})")
+        else:
+            parts.append(f"{where}: {message} ({fix}; at {api_field})")
+    return "; ".join(parts)
+
+
+def child_refused(st: JobStatus, err: ChildRefused, children: list[dict], now: str) -> Decision:
+    """A launch the API server refused partway: the job Failed in this pass (ChildRefused for an invalid child, its
+    Valid condition False so an edited spec is judged again; NameConflict for a name taken by an object the job
+    does not own), a Warning event, and every child of the launch deleted except the refused one (it either does
+    not exist or is not ours to touch)."""
+    st = st.model_copy(deep=True)
+    reason = "NameConflict" if err.conflict else "ChildRefused"
+    msg = _refusal_text(err)
+    st.phase, st.message, st.completion_time = FAILED, msg, now
+    st.children = None
+    st.set_condition("Created", False, reason, msg, now)
+    st.set_condition("Running", False, reason, msg, now)
+    st.set_condition("Failed", True, reason, msg, now)
+    if not err.conflict:
+        st.set_condition("Valid", False, reason, msg, now)
+    undo = [
+        (c["kind"], c["metadata"]["name"])
+        for c in children
+        if (c["kind"], c["metadata"]["name"]) != (err.kind, err.name)
+    ]
+    return Decision(status=st, delete_children=undo, events=[Event("Warning", reason, msg)])
 
 
 def admit(st: JobStatus, spec: JobSpec, now: str) -> None:

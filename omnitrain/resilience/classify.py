@@ -193,6 +193,13 @@ def observe_pod(
     )
 
 
+def failed_detail(pod: PodObservation) -> str:
+    """What is known of why a pod failed, for a message: `exit 1, Error`; a pod the kubelet refused before its
+    container ran (phase Failed, e.g. reason OutOfnvidia.com/gpu) has no exit code, and its reason is the pod's."""
+    parts = [f"exit {pod.exit_code}" if pod.exit_code is not None else "", pod.container_reason or pod.pod_reason or ""]
+    return ", ".join(p for p in parts if p) or "no exit code or reason reported"
+
+
 def _classify_pod(pod: PodObservation, nodes: dict[str, NodeObservation]) -> tuple[FailureClass, str, str] | None:
     """(class, reason, message) for one pod, or None when this pod shows no failure."""
     msg = pod.termination
@@ -233,9 +240,7 @@ def _classify_pod(pod: PodObservation, nodes: dict[str, NodeObservation]) -> tup
     if pod.pod_reason == POD_LOST:
         return FailureClass.CRASH, POD_LOST, f"pod {pod.name} disappeared (deleted, evicted or its node was removed)"
     if pod.phase == "Failed" or (code not in (None, 0)):
-        # user text: only what is known (a pod that failed before its container ran has neither)
-        known = ", ".join(x for x in (f"exit {code}" if code is not None else "", pod.container_reason or "") if x)
-        return FailureClass.CRASH, "Crash", f"pod {pod.name} failed" + (f" ({known})" if known else "")
+        return FailureClass.CRASH, "Crash", f"pod {pod.name} failed ({failed_detail(pod)})"
     if pod.deleted and pod.phase != "Succeeded":
         return FailureClass.CRASH, "PodDeleted", f"pod {pod.name} was deleted while running"
     return None

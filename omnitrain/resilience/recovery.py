@@ -108,6 +108,11 @@ class Wait(_Action):
 RecoveryAction = GangRestart | Fail | Wait
 
 
+def node_list(names) -> str:
+    """Node names for a message: `node-a, node-b`, or `none` (never a Python list's repr)."""
+    return ", ".join(sorted(names)) or "none"
+
+
 def backoff_seconds(base: float, counted_restarts: int, cap: float = MAX_BACKOFF_SECONDS) -> float:
     if base <= 0:
         return 0.0
@@ -191,7 +196,7 @@ def plan_recovery(
         if len(left) < nodes_needed:
             return Wait(
                 "InsufficientNodes",
-                f"{failure.message}; {len(left)} usable node(s) without the excluded {list(excluded)}, "
+                f"{failure.message}; {len(left)} usable node(s) without the excluded ({node_list(excluded)}), "
                 f"{nodes_needed} needed: waiting for capacity",
                 exclude_nodes=excluded,
                 isolate_nodes=isolate,
@@ -205,7 +210,7 @@ def plan_recovery(
         if failure.counts_toward_budget
         else "not counted toward maxRestarts"
     )
-    extra = f", excluding {list(excluded)}" if excluded else ""
+    extra = f", excluding {node_list(excluded)}" if excluded else ""
     return GangRestart(
         failure.reason,
         f"{failure.message}; gang restart {resume} ({counted}{extra})",

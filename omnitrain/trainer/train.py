@@ -146,7 +146,7 @@ def train(config: TrainerConfig, callbacks: list[TrainerCallback] | None = None,
         weight_decay=training.weight_decay,
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda i: warmup_cosine(i, training.warmup_steps, training.steps)
+        optimizer, lambda i: warmup_cosine(i, training.warmup, training.steps)
     )
     dp_index, dp_count = plan.data_shard
     elastic = plan.layout.elastic_ulysses

@@ -93,7 +93,7 @@ def test_the_persistent_path_is_a_mount_target_only_so_no_root_applies_but_it_mu
 
 
 def test_the_operator_fails_a_job_whose_local_path_is_the_root_and_creates_nothing():
-    checked = parse_spec({"checkpoint": {"localPath": "/"}}, ROOTS)
+    checked = parse_spec({"checkpoint": {"localPath": "/"}}, allowed_host_roots=ROOTS)
     assert checked.spec is not None and checked.problems
     decision = reconcile(JOB, checked, None, [], "2026-12-01T00:00:00Z")
     assert decision.status.phase == "Failed" and decision.create_attempt is None
