@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, OperatorProcess
 from jobs import cond, create_job, events, pod_names, pods, status
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+from operator_process import REPO, OperatorProcess
 
 from omnitrain.devcluster.testing import wait_for
 
