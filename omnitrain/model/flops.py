@@ -66,7 +66,7 @@ def attention_core_flops(cfg: ModelConfig, c: TokenCounts) -> int:
 
 def block_flops(cfg: ModelConfig, c: TokenCounts) -> int:
     h, n = cfg.hidden_size, c.tokens
-    adaln = 2 * n * h * 6 * h
+    adaln = 2 * c.samples * h * 6 * h  # once per sample, gathered per token (omnitrain.model.mmdit.modulation)
     projections = 4 * 2 * n * h * h  # q, k, v, o
     mlp = 2 * 2 * n * h * cfg.mlp_hidden
     return adaln + projections + mlp + attention_core_flops(cfg, c)
@@ -74,7 +74,7 @@ def block_flops(cfg: ModelConfig, c: TokenCounts) -> int:
 
 def head_flops(cfg: ModelConfig, c: TokenCounts) -> int:
     h, n = cfg.hidden_size, c.tokens
-    return 2 * n * h * 2 * h + 2 * n * h * cfg.patch_dim
+    return 2 * c.samples * h * 2 * h + 2 * n * h * cfg.patch_dim
 
 
 def forward_flops(cfg: ModelConfig, c: TokenCounts) -> int:

@@ -35,8 +35,11 @@ class CleanConditionEmbedder(Embedder):
     def forward(self, batch: PackedBatch, t: torch.Tensor):
         x, ctx = super().forward(batch, t)
         clean = self.time(timestep_embedding(torch.zeros(1), self.cfg.frequency_embedding_size).to(x.dtype))
-        cond = torch.where((batch.kind == VIDEO)[:, None], ctx.cond, clean.expand_as(ctx.cond))
-        return x, dataclasses.replace(ctx, cond=cond)
+        # one more row, t = 0, shared by every sample's condition tokens
+        rows = torch.cat((ctx.sample_cond, clean))
+        clean_row = torch.full_like(ctx.cond_row, ctx.sample_cond.shape[0])
+        cond_row = torch.where(batch.kind == VIDEO, ctx.cond_row, clean_row)
+        return x, dataclasses.replace(ctx, sample_cond=rows, cond_row=cond_row)
 
 
 def _grid_for(tokens: torch.Tensor, grid, name: str):

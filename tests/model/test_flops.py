@@ -26,13 +26,13 @@ def test_hand_count_tiny_config():
     assert (c.text, c.patches, c.samples, c.sum_sq_seqlens, c.tokens) == (3, 7, 2, 50, 10)
     embed = 2 * 3 * 3 * 8 + 2 * 7 * 1 * 8 + 2 * 2 * (4 * 8 + 8 * 8)  # 144 + 112 + 384
     block = (
-        2 * 10 * 8 * 48  # adaLN 8 -> 48
+        2 * 2 * 8 * 48  # adaLN 8 -> 48, once per sample (2 samples), not per token
         + 4 * 2 * 10 * 8 * 8  # q k v o
         + 2 * 2 * 10 * 8 * 16  # fc1 fc2
         + 2 * 2 * 50 * 8
     )  # QK^T and AV over 5^2 + 5^2 pairs
-    head = 2 * 10 * 8 * 16 + 2 * 10 * 8 * 1
-    assert forward_flops(CFG, c) == embed + block + head == 640 + 7680 + 5120 + 5120 + 1600 + 2560 + 160
+    head = 2 * 2 * 8 * 16 + 2 * 10 * 8 * 1
+    assert forward_flops(CFG, c) == embed + block + head == 640 + 1536 + 5120 + 5120 + 1600 + 512 + 160
     assert training_flops(CFG, c) == 3 * forward_flops(CFG, c)
 
 
@@ -57,3 +57,19 @@ def test_matches_flop_counter_on_the_real_model():
     with force_backend("math"), FlopCounterMode(display=False) as counter:  # attention as countable matmuls
         model(batch, t)
     assert counter.get_total_flops() == forward_flops(cfg, TokenCounts.of_batch(batch))
+
+
+def test_no_per_token_modulation_term_at_the_14b_preset():
+    """One more token (same samples, same attention pairs) costs only q/k/v/o and the MLP: 2 x (4 h^2 + 2 h mlp);
+    adaLN's 12 h^2 is paid per sample."""
+    from omnitrain.model.config import PRESETS
+    from omnitrain.model.flops import block_flops
+
+    cfg = PRESETS["14b"]
+    h = cfg.hidden_size
+
+    def at(tokens: int, samples: int) -> int:
+        return block_flops(cfg, TokenCounts(text=0, patches=tokens, samples=samples, sum_sq_seqlens=10**6))
+
+    assert at(1001, 1) - at(1000, 1) == 2 * (4 * h * h + 2 * h * cfg.mlp_hidden)
+    assert at(1000, 2) - at(1000, 1) == 2 * h * 6 * h

@@ -122,8 +122,10 @@ def shard_sequence(x: torch.Tensor, degree: int, rank: int) -> torch.Tensor:
     return x[rank * local : (rank + 1) * local]
 
 
-# Fields of the model's context that describe the whole packed sequence, not one token each.
-_SEQUENCE_FIELDS = frozenset({"cu_seqlens", "max_seqlen"})
+# Fields of the model's context that are not one row per token: the whole packed sequence's boundaries, and the
+# per-sample conditioning rows (tokens pick theirs through the per-token cond_row, which is cut). By name, because a
+# batch of one-token samples has as many sample rows as tokens.
+_SEQUENCE_FIELDS = frozenset({"cu_seqlens", "max_seqlen", "sample_cond"})
 
 
 def shard_context(ctx, tokens: int, degree: int, rank: int):
