@@ -16,7 +16,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from omnitrain.operator import crd, plan
-from omnitrain.operator.reconcile import ChildRefused, Decision, Event
+from omnitrain.operator.reconcile import ChildRefused, Decision, Event, refused_by_the_api
 from omnitrain.resilience.classify import NodeObservation, PodObservation, observe_node, observe_pod
 from omnitrain.resilience.operator_hook import isolation_patch
 from omnitrain.status import JobStatus
@@ -133,8 +133,8 @@ class Kube:
     # -- writes ----------------------------------------------------------------------------------------------
     def create_if_absent(self, obj: dict) -> bool:
         """True when created, False when the job's own object of that name exists already (idempotent launch).
-        ChildRefused when the API server refuses the object (422, 400) or the name belongs to an object the job
-        does not own (409; that object is left as it is)."""
+        ChildRefused when the API server refuses the object (422, 400, 403 from admission) or the name belongs to
+        an object the job does not own (409; that object is left as it is)."""
         ns, kind, name = obj["metadata"]["namespace"], obj["kind"], obj["metadata"]["name"]
         creators: dict[str, Callable[..., Any]] = {
             "Pod": self.core.create_namespaced_pod,
@@ -145,7 +145,7 @@ class Kube:
         try:
             create(ns, obj)
         except ApiException as exc:
-            if exc.status in (400, 422):
+            if refused_by_the_api(exc.status, exc.body):
                 raise ChildRefused.from_api(kind, name, exc.status, exc.body) from exc
             if exc.status != 409:
                 raise

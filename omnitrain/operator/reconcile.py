@@ -128,6 +128,21 @@ class ChildRefused(Exception):
         return cls(kind, name, code, str(status.get("message") or text or "refused"), causes)
 
 
+# An RBAC denial ("User \"system:serviceaccount:...\" cannot create resource \"pods\" ...") is the operator's
+# install at fault, not the job: it stays a ReconcileError that the next pass retries once the role is fixed.
+_RBAC_DENIAL = re.compile(r'cannot [a-z]+ resource "')
+
+
+def refused_by_the_api(code: int, body: str | bytes | None) -> bool:
+    """A create the API server turned down for what the object is: invalid (422, 400) or forbidden by admission
+    (403: a PriorityClass that does not exist, an exceeded ResourceQuota, a policy), as opposed to RBAC."""
+    if code in (400, 422):
+        return True
+    if code != 403:
+        return False
+    return not _RBAC_DENIAL.search(ChildRefused.from_api("", "", code, body).message)
+
+
 class SpecCheck(NamedTuple):
     """The spec parsed once per pass: the model, or messages naming each bad field and its fix."""
 

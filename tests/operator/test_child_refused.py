@@ -287,3 +287,32 @@ def test_the_operators_role_may_read_and_delete_what_a_refused_launch_touches():
     granted = {r: set(rule["verbs"]) for rule in role["rules"] for r in rule["resources"] if "" in rule["apiGroups"]}
     for resource in ("pods", "services", "configmaps"):
         assert {"get", "create", "delete"} <= granted[resource], resource
+
+
+# What the API server answered in the generated-spec test (tests/operator/test_generated_specs.py) for a pod whose
+# PriorityClass does not exist: admission's 403, which no spec check can know of beforehand.
+PRIORITY_403 = (
+    '{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"pods \\"j-a0-n0\\" is '
+    'forbidden: no PriorityClass with name high was found","reason":"Forbidden","details":{"name":"j-a0-n0",'
+    '"kind":"pods"},"code":403}'
+)
+RBAC_403 = (
+    '{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"pods is forbidden: User '
+    '\\"system:serviceaccount:omnitrain:operator\\" cannot create resource \\"pods\\" in API group \\"\\" in the '
+    'namespace \\"ns\\"","reason":"Forbidden","details":{"kind":"pods"},"code":403}'
+)
+
+
+def test_admission_403_is_a_refusal_and_an_rbac_403_is_not():
+    from omnitrain.operator.reconcile import refused_by_the_api
+
+    assert refused_by_the_api(403, PRIORITY_403) and refused_by_the_api(422, json.dumps(IMAGE_422))
+    assert not refused_by_the_api(403, RBAC_403)  # the install is at fault: retried, the job is not failed
+    assert not refused_by_the_api(500, "boom") and not refused_by_the_api(429, None)
+    core = FakeCore(refuse={POD: api_error(403, json.loads(PRIORITY_403))})
+    with pytest.raises(ChildRefused, match="no PriorityClass with name high"):
+        fake_kube(core).create_if_absent(children()[2])
+    core = FakeCore(refuse={POD: api_error(403, json.loads(RBAC_403))})
+    with pytest.raises(ApiException) as raised:
+        fake_kube(core).create_if_absent(children()[2])
+    assert not isinstance(raised.value, ChildRefused) and raised.value.status == 403
