@@ -37,13 +37,17 @@ class ModelSpec(_Spec):
     preset: Literal[tuple(PRESETS)] = Field(  # type: ignore[valid-type]
         "tiny", description="Named model size; explicit dimensions override it."
     )
-    hidden_size: int | None = Field(None, ge=8, description="Transformer width.")
-    depth: int | None = Field(None, ge=1, description="Number of transformer blocks.")
-    num_heads: int | None = Field(None, ge=1, description="Attention heads.")
-    mlp_ratio: float | None = Field(None, gt=0, description="MLP width / hidden size.")
-    latent_channels: int | None = Field(None, ge=1, description="Channels of the video latent.")
-    patch_size: list[int] | None = Field(None, min_length=3, max_length=3, description="[t, h, w] patch size.")
-    text_dim: int | None = Field(None, ge=1, description="Width of the pre-encoded text embedding.")
+    # Upper bounds far above any model trained today (the 14b preset is 5120 wide, 40 deep): they keep a typo such
+    # as mlpRatio 1e308 from reaching the arithmetic (an infinite MLP width) and the API server refuses it with 422.
+    hidden_size: int | None = Field(None, ge=8, le=65536, description="Transformer width.")
+    depth: int | None = Field(None, ge=1, le=512, description="Number of transformer blocks.")
+    num_heads: int | None = Field(None, ge=1, le=512, description="Attention heads.")
+    mlp_ratio: float | None = Field(None, gt=0, le=16, description="MLP width / hidden size.")
+    latent_channels: int | None = Field(None, ge=1, le=1024, description="Channels of the video latent.")
+    patch_size: list[Annotated[int, Field(ge=1, le=64)]] | None = Field(
+        None, min_length=3, max_length=3, description="[t, h, w] patch size."
+    )
+    text_dim: int | None = Field(None, ge=1, le=65536, description="Width of the pre-encoded text embedding.")
 
     def resolve(self) -> ModelConfig:
         overrides = {

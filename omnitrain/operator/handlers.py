@@ -19,7 +19,7 @@ from omnitrain.operator.promotion_kube import promote
 from omnitrain.operator.reconcile import ChildRefused, Decision, Event, child_refused, parse_spec, reconcile
 from omnitrain.operator.settings import OperatorSettings
 from omnitrain.spec import JobSpec
-from omnitrain.status import FAILED, RECONCILE_ERROR, RUNNING, SUCCEEDED, JobStatus
+from omnitrain.status import FAILED, PENDING, RECONCILE_ERROR, RUNNING, SUCCEEDED, JobStatus
 from omnitrain.timestamps import parse_rfc3339
 
 log = logging.getLogger("omnitrain.operator")
@@ -51,9 +51,12 @@ def error_text(exc: BaseException) -> str:
 
 
 def errored_status(status: JobStatus, message: str, now: str) -> JobStatus:
-    """The job's status after a pass that raised: everything else as it was, ReconcileError True with the message."""
+    """The job's status after a pass that raised: everything else as it was, ReconcileError True with the message.
+    A job that had no phase yet gets Pending and the error as its message: every job shows a phase."""
     new = status.model_copy(deep=True)
     new.set_condition(RECONCILE_ERROR, True, "ReconcileError", message, now)
+    if new.phase is None:
+        new.phase, new.message = PENDING, f"not launched: {message} (the operator retries every resync)"
     return new
 
 

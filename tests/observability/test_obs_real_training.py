@@ -73,7 +73,8 @@ def test_real_training_run_exports_plausible_metrics(tmp_path, monkeypatch):
     assert one(tm.METRIC_CHECKPOINT_BLOCKING, tm.METRIC_CHECKPOINT_BLOCKING + "_count") >= 2
     assert one(tm.METRIC_STEP_SECONDS, tm.METRIC_STEP_SECONDS + "_count") == steps
     assert one(tm.METRIC_TOKENS_PER_SECOND) == pytest.approx(last["tokens"] / last["step_seconds"])
-    assert last["flops"] > 6 * 300_000 * last["tokens"]  # tiny preset: ~0.32M parameters
+    # tiny preset: ~0.32M parameters, ~0.21M of them act on every token (adaLN and the timestep MLP: per sample)
+    assert last["flops"] > 6 * 200_000 * last["tokens"]
     achieved = one(tm.METRIC_MODEL_FLOPS)
     assert achieved == pytest.approx(last["flops"] / last["step_seconds"])
     assert one(tm.METRIC_MFU) == pytest.approx(achieved / PEAK)

@@ -4,8 +4,9 @@ outlives a Failed job, and no Python None reaches a status message.
 
 The specs are mostly well-typed (the schema refuses the rest, which is fine: a 422 loses nothing) and lean on
 what users get wrong: empty and odd strings, system paths, huge sizes, label keys with spaces, layouts that do not
-divide. Hypothesis draws them (derandomized, so CI sees the same few hundred each run; set
-OMNITRAIN_PROPERTY_RANDOM=1 to explore new ones); the whole batch is posted first and then watched, because the
+divide. Hypothesis draws them (derandomize: a fixed seed; OMNITRAIN_PROPERTY_RANDOM=1 for a fresh one,
+OMNITRAIN_PROPERTY_EXAMPLES=N for more; a failure prints the specs it names, so a finding can be replayed through
+parse_spec and reconcile without a cluster); the whole batch is posted first and then watched, because the
 operator reconciles jobs concurrently and a job-at-a-time loop would spend the test waiting on resync.
 
 Its own control plane and operator: the session's operator watches every namespace and would race this one."""

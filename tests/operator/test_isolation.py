@@ -94,6 +94,8 @@ def test_a_poisoned_job_does_not_stop_the_resync_for_the_job_after_it(monkeypatc
     error = cond(kube, "poisoned", "ReconcileError")
     assert error["status"] == "True" and "unable to parse requirement" in error["message"]
     assert kube.events.count(("poisoned", "Warning", "ReconcileError")) == 1  # one event, not one per pass
+    poisoned = kube.jobs["poisoned"]["status"]  # it never had a phase: it gets one, and the error as its message
+    assert poisoned["phase"] == "Pending" and "unable to parse requirement" in poisoned["message"]
     tracebacks = [r for r in caplog.records if r.exc_info and "poisoned" in r.getMessage()]
     assert len(tracebacks) == 1
     assert not cond(kube, "healthy", "ReconcileError")
