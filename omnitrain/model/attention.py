@@ -2,23 +2,37 @@
 
 Backends, selected per call by capability (never assumed):
 - "flash": flash_attn_varlen_func, when flash-attn is importable, the tensors are on CUDA and fp16/bf16.
-- "sdpa_mask": GPU without flash-attn: PyTorch SDPA over the whole packed sequence with a block-diagonal boolean mask
-  (one kernel call instead of one per sample; the mask costs L^2 bytes, so it is used up to MASK_MAX_TOKENS).
-- "sdpa_loop": CPU (and long GPU sequences): PyTorch SDPA once per sample; no wasted cross-sample scores.
+- "flex": GPU without flash-attn, sequences longer than FLEX_MIN_TOKENS: torch's FlexAttention (compiled on CUDA)
+  with a block mask built from cu_seqlens (document-id mask_mod): blocks that cross samples are skipped, not
+  computed and thrown away, and the mask is (L/128)^2 blocks instead of L^2 bytes. `block_mask_for` also takes a
+  per-token `is_condition` for the condition-causal mask (condition tokens see only their sample's condition
+  tokens; video tokens see the whole sample); the model does not pass it yet.
+- "sdpa_mask": GPU without flash-attn, short sequences (or no FlexAttention): PyTorch SDPA over the whole packed
+  sequence with a block-diagonal boolean mask (one kernel call instead of one per sample; the mask costs L^2 bytes,
+  so it is used up to MASK_MAX_TOKENS).
+- "sdpa_loop": CPU (and long GPU sequences without FlexAttention): PyTorch SDPA once per sample; no wasted
+  cross-sample scores.
 - "math": explicit matmul + softmax per sample; the numerical reference, and countable by FlopCounterMode.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 
 MASK_MAX_TOKENS = 8192
-BACKENDS = ("flash", "sdpa_mask", "sdpa_loop", "math")
+# Below this many tokens a packed sequence is a handful of 128-token blocks: the block mask skips little, and one
+# dense masked SDPA call (mask L^2 bytes = 1 MiB here) costs less than building the block mask and launching the
+# compiled flex kernel. Above it the cross-sample blocks flex skips grow with L^2 while the mask stays small.
+# A judgement, not a GPU measurement yet (docs/design-decisions.md).
+FLEX_MIN_TOKENS = 1024
+BACKENDS = ("flash", "flex", "sdpa_mask", "sdpa_loop", "math")
 _forced: str | None = None
 
 
@@ -26,14 +40,37 @@ def flash_available() -> bool:
     return importlib.util.find_spec("flash_attn") is not None
 
 
+@functools.cache
+def flex_available() -> bool:
+    """FlexAttention's public API (torch >= 2.5; the names used here exist in 2.11 and 2.13)."""
+    try:
+        from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def choose_backend(*, cuda: bool, half: bool, tokens: int, flash: bool, flex: bool) -> str:
+    """The capability rule, pure: what the device, dtype and installed kernels allow for a sequence this long."""
+    if not cuda:
+        return "sdpa_loop"  # CPU: the mask path computes every cross-sample score too (3x slower, bench/train.py)
+    if half and flash:
+        return "flash"
+    if tokens > FLEX_MIN_TOKENS and flex:
+        return "flex"
+    return "sdpa_mask" if tokens <= MASK_MAX_TOKENS else "sdpa_loop"
+
+
 def select_backend(q: torch.Tensor) -> str:
     if _forced is not None:
         return _forced
-    if not q.is_cuda:
-        return "sdpa_loop"  # CPU: the mask path computes every cross-sample score too (3x slower, bench/train.py)
-    if q.dtype in (torch.float16, torch.bfloat16) and flash_available():
-        return "flash"
-    return "sdpa_mask" if q.shape[0] <= MASK_MAX_TOKENS else "sdpa_loop"
+    return choose_backend(
+        cuda=q.is_cuda,
+        half=q.dtype in (torch.float16, torch.bfloat16),
+        tokens=q.shape[0],
+        flash=q.is_cuda and flash_available(),
+        flex=q.is_cuda and flex_available(),
+    )
 
 
 @contextlib.contextmanager
@@ -65,11 +102,99 @@ def _segment_ids(cu_seqlens: torch.Tensor, tokens: int, device) -> torch.Tensor:
     return ids
 
 
-def _math(q, k, v):
+def _math(q, k, v, mask=None):
     # [L, H, D] -> [H, L, D]
     qh, kh, vh = q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1)
     scores = torch.matmul(qh, kh.transpose(1, 2)) * q.shape[-1] ** -0.5
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
     return torch.matmul(scores.softmax(dim=-1), vh).transpose(0, 1)
+
+
+MaskMod = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def document_mask_mod(doc: torch.Tensor, is_condition: torch.Tensor | None = None) -> MaskMod:
+    """FlexAttention mask_mod over per-token sample ids `doc` ([L]): a query sees the keys of its own sample.
+    With `is_condition` ([L] bool), condition-causal: a condition query sees only its sample's condition keys (so
+    their keys/values do not depend on the video and can be cached across sampling steps); a video query sees the
+    whole sample."""
+
+    def same_sample(b, h, q_idx, kv_idx):
+        return doc[q_idx] == doc[kv_idx]
+
+    if is_condition is None:
+        return same_sample
+
+    def condition_causal(b, h, q_idx, kv_idx):
+        return same_sample(b, h, q_idx, kv_idx) & (~is_condition[q_idx] | is_condition[kv_idx])
+
+    return condition_causal
+
+
+def dense_mask(cu_seqlens: torch.Tensor, tokens: int, device, is_condition: torch.Tensor | None = None) -> torch.Tensor:
+    """The same rule as `document_mask_mod` as an [L, L] boolean (True = attend): the reference, and the CPU
+    backward path of "flex"."""
+    doc = _segment_ids(cu_seqlens, tokens, device)
+    mask = doc[:, None] == doc[None, :]
+    if is_condition is not None:
+        cond = is_condition.to(device=device, dtype=torch.bool)
+        mask = mask & (~cond[:, None] | cond[None, :])
+    return mask
+
+
+# Building a block mask evaluates the mask_mod over every block pair: every block of a step shares the sequence, so
+# one mask serves the whole forward (and backward). Keyed by the CONTENTS of cu_seqlens (n + 1 ints) rather than by
+# its data pointer: a freed tensor's address is reused by the next step's, and a stale mask would be silently wrong.
+_BLOCK_MASKS: dict[tuple, object] = {}
+_BLOCK_MASK_CACHE = 8  # a few shapes in flight (micro-batches, pipeline stages); each is (L / 128)^2 ints
+
+
+def _mask_key(cu_seqlens: torch.Tensor, tokens: int, device, is_condition: torch.Tensor | None) -> tuple:
+    cond = None if is_condition is None else is_condition.to(device="cpu", dtype=torch.bool).numpy().tobytes()
+    return (tuple(int(c) for c in cu_seqlens.tolist()), tokens, str(device), cond)
+
+
+def block_mask_for(cu_seqlens: torch.Tensor, tokens: int, device, is_condition: torch.Tensor | None = None):
+    """The FlexAttention BlockMask of a packed sequence (padding past cu_seqlens[-1] is its own segment), cached."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    key = _mask_key(cu_seqlens, tokens, device, is_condition)
+    mask = _BLOCK_MASKS.get(key)
+    if mask is None:
+        doc = _segment_ids(cu_seqlens, tokens, device)
+        cond = None if is_condition is None else is_condition.to(device=device, dtype=torch.bool)
+        mask = create_block_mask(document_mask_mod(doc, cond), None, None, tokens, tokens, device=device)
+        if len(_BLOCK_MASKS) >= _BLOCK_MASK_CACHE:
+            _BLOCK_MASKS.pop(next(iter(_BLOCK_MASKS)))  # oldest first (dicts keep insertion order)
+        _BLOCK_MASKS[key] = mask
+    return mask
+
+
+@functools.cache
+def _compiled_flex():
+    from torch.nn.attention.flex_attention import flex_attention
+
+    # Eager flex materialises the full score matrix; compiled it is the fused block-sparse kernel. dynamic=True:
+    # packed lengths change every step, and a recompile per length would cost more than the step.
+    return torch.compile(flex_attention, dynamic=True)
+
+
+def flex(q, k, v, cu_seqlens: torch.Tensor, is_condition: torch.Tensor | None = None) -> torch.Tensor:
+    """FlexAttention over the packed sequence: q, k, v [L, H, D] -> [L, H, D]."""
+    tokens = q.shape[0]
+    if not q.is_cuda and torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v)):
+        # torch's FlexAttention has no CPU backward (NotImplementedError, eager or compiled, torch 2.13): with
+        # gradients on CPU the SAME rule runs as a dense masked SDPA, so CPU training under "flex" still works.
+        return _sdpa(q, k, v, dense_mask(cu_seqlens, tokens, q.device, is_condition))
+    from torch.nn.attention.flex_attention import flex_attention
+
+    mask = block_mask_for(cu_seqlens, tokens, q.device, is_condition)
+    run = _compiled_flex() if q.is_cuda else flex_attention  # CPU: eager (forward only), no compile needed
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
+        out = run(*(x.transpose(0, 1).unsqueeze(0) for x in (q, k, v)), block_mask=mask)
+    return out.squeeze(0).transpose(0, 1)
 
 
 def _sdpa(q, k, v, mask=None):
@@ -91,6 +216,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx) -> torch.T
             longest = max(longest, tokens - int(cu[-1]))
             cu = torch.cat((cu, cu.new_tensor([tokens])))
         return flash_attn_varlen_func(q, k, v, cu, cu, longest, longest)
+    if backend == "flex":
+        return flex(q, k, v, ctx.cu_seqlens)
     segs = _segments(ctx.cu_seqlens, tokens)
     if backend == "sdpa_mask" and len(segs) > 1:
         ids = _segment_ids(ctx.cu_seqlens, tokens, q.device)
