@@ -6,7 +6,8 @@ Backends, selected per call by capability (never assumed):
   with a block mask built from cu_seqlens (document-id mask_mod): blocks that cross samples are skipped, not
   computed and thrown away, and the mask is (L/128)^2 blocks instead of L^2 bytes. `block_mask_for` also takes a
   per-token `is_condition` for the condition-causal mask (condition tokens see only their sample's condition
-  tokens; video tokens see the whole sample); the model does not pass it yet.
+  tokens; video tokens see the whole sample); the model does not pass it yet. On CPU (only when forced) flex runs
+  eagerly and forward only: torch has no CPU backward for it, so with gradients the same mask rule runs densely.
 - "sdpa_mask": GPU without flash-attn, short sequences (or no FlexAttention): PyTorch SDPA over the whole packed
   sequence with a block-diagonal boolean mask (one kernel call instead of one per sample; the mask costs L^2 bytes,
   so it is used up to MASK_MAX_TOKENS).
@@ -164,11 +165,21 @@ def block_mask_for(cu_seqlens: torch.Tensor, tokens: int, device, is_condition: 
     if mask is None:
         doc = _segment_ids(cu_seqlens, tokens, device)
         cond = None if is_condition is None else is_condition.to(device=device, dtype=torch.bool)
-        mask = create_block_mask(document_mask_mod(doc, cond), None, None, tokens, tokens, device=device)
+        # Eager create_block_mask evaluates the mask_mod densely (an L x L boolean: 5.6 GB at 75,000 tokens);
+        # compiled it works block by block. CPU stays eager: its sequences here are test-sized, compiling is slow.
+        build = _compiled_create_block_mask() if torch.device(device).type == "cuda" else create_block_mask
+        mask = build(document_mask_mod(doc, cond), None, None, tokens, tokens, device=device)
         if len(_BLOCK_MASKS) >= _BLOCK_MASK_CACHE:
             _BLOCK_MASKS.pop(next(iter(_BLOCK_MASKS)))  # oldest first (dicts keep insertion order)
         _BLOCK_MASKS[key] = mask
     return mask
+
+
+@functools.cache
+def _compiled_create_block_mask():
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    return torch.compile(create_block_mask, dynamic=True)
 
 
 @functools.cache
