@@ -4,9 +4,12 @@
    the same micro-batches to the longest one;
 2. balance across data-parallel ranks: max/mean estimated compute per rank with the balancer, greedy packing in
    stream order, and round-robin;
-3. single-process training of the tiny model: median step time and tokens/s per attention backend.
+3. single-process training of the tiny model: median step time and tokens/s per attention backend;
+4. attention alone, forward (no gradients), every backend incl. "flex", over one packed sequence of the tiny
+   model's head shape; flex's block-mask build separately (torch has no CPU backward for FlexAttention, so a CPU
+   training step under "flex" would time its dense fallback, not the kernel: it is not in table 3).
 
-    OMP_NUM_THREADS=1 .venv/bin/python bench/train.py
+    OMP_NUM_THREADS=1 .venv/bin/python bench/train.py [--attention-only]
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from omnitrain.model import attention as attn
 from omnitrain.model.attention import force_backend
 from omnitrain.model.config import PRESETS
 from omnitrain.model.packing import SampleRecord, sample_tokens
@@ -120,6 +124,48 @@ def throughput(root: Path, steps: int) -> list[float]:
     return losses
 
 
+# A 1024-token packed sequence like the tiny model's micro-batches: a few long samples and some short ones.
+ATTENTION_LENGTHS = [300, 41, 260, 7, 190, 226]
+
+
+def attention_forward(lengths: list[int], reps: int) -> dict[str, float]:
+    """Median forward time (ms) of `attention` per backend on one packed sequence, side by side."""
+    cfg = PRESETS["tiny"]
+    gen = torch.Generator().manual_seed(0)
+    tokens = sum(lengths)
+    q, k, v = (torch.randn(tokens, cfg.num_heads, cfg.head_dim, generator=gen) for _ in range(3))
+    cu = torch.zeros(len(lengths) + 1, dtype=torch.int32)
+    cu[1:] = torch.cumsum(torch.tensor(lengths), 0)
+    ctx = type("Ctx", (), {"cu_seqlens": cu, "max_seqlen": max(lengths)})()
+    attn._BLOCK_MASKS.clear()
+    builds = []
+    for shift in (1, 0):  # the first build pays one-time set-up; the second is a new step's sequence
+        other = cu.clone()
+        other[1] -= shift
+        t0 = time.perf_counter()
+        attn.block_mask_for(other, tokens, "cpu")
+        builds.append((time.perf_counter() - t0) * 1000)
+    print(
+        f"attention forward, {tokens} tokens in {len(lengths)} samples, {cfg.num_heads} heads x {cfg.head_dim}, "
+        f"median of {reps} (ms); flex block mask built in {builds[0]:.0f} ms (first), {builds[1]:.0f} ms (next), "
+        "then cached:"
+    )
+    results = {}
+    with torch.no_grad():
+        for backend in attn.BACKENDS:
+            if backend == "flash":
+                continue  # CUDA only
+            times = []
+            with force_backend(backend):
+                for _ in range(reps + 1):
+                    t0 = time.perf_counter()
+                    attn.attention(q, k, v, ctx)
+                    times.append(time.perf_counter() - t0)
+            results[backend] = statistics.median(times[1:]) * 1000
+            print(f"  {backend:<10} {results[backend]:8.1f}")
+    return results
+
+
 def plot(path: str, balance_results: dict[str, float], losses: list[float]) -> None:
     import matplotlib
 
@@ -146,8 +192,12 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--plot", help="write a PNG of the balance and the loss curve here")
+    parser.add_argument("--attention-only", action="store_true", help="only section 4 (attention forward)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    if args.attention_only:
+        attention_forward(ATTENTION_LENGTHS, reps=20)
+        return 0
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         skewed = root / "skewed"
@@ -156,6 +206,7 @@ def main(argv=None) -> int:
         packing(skewed, budget=2048, steps=20)
         balance_results = balance(skewed, ranks=8, samples_per_step=64, steps=8)
         losses = throughput(root, args.steps)
+        attention_forward(ATTENTION_LENGTHS, reps=20)
         if args.plot:
             plot(args.plot, balance_results, losses)
         print(f"({time.perf_counter() - t0:.0f} s)")
