@@ -2,7 +2,8 @@
 
 Backends, selected per call by capability (never assumed):
 - "flash": flash_attn_varlen_func, when flash-attn is importable, the tensors are on CUDA and fp16/bf16.
-- "flex": GPU without flash-attn, sequences longer than FLEX_MIN_TOKENS: torch's FlexAttention (compiled on CUDA)
+- "flex": GPU without flash-attn, sequences longer than FLEX_MIN_TOKENS, and only with OMNITRAIN_FLEX_ATTENTION=1
+  until a GPU run has measured it (none was lent yet): torch's FlexAttention (compiled on CUDA)
   with a block mask built from cu_seqlens (document-id mask_mod): blocks that cross samples are skipped, not
   computed and thrown away, and the mask is (L/128)^2 blocks instead of L^2 bytes. `block_mask_for` also takes a
   per-token `is_condition` for the condition-causal mask (condition tokens see only their sample's condition
@@ -21,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib.util
+import os
 import warnings
 from collections.abc import Callable, Iterator
 
@@ -51,6 +53,16 @@ def flex_available() -> bool:
     return True
 
 
+# Flex's CUDA path (compiled flex_attention and create_block_mask) has not run on a GPU yet (no machine was lent):
+# until the GPU kit has measured it, automatic selection uses it only when asked for. force_backend("flex") and
+# this variable are the two ways in.
+FLEX_OPT_IN_ENV = "OMNITRAIN_FLEX_ATTENTION"
+
+
+def flex_opted_in() -> bool:
+    return os.environ.get(FLEX_OPT_IN_ENV) == "1" and flex_available()
+
+
 def choose_backend(*, cuda: bool, half: bool, tokens: int, flash: bool, flex: bool) -> str:
     """The capability rule, pure: what the device, dtype and installed kernels allow for a sequence this long."""
     if not cuda:
@@ -70,7 +82,7 @@ def select_backend(q: torch.Tensor) -> str:
         half=q.dtype in (torch.float16, torch.bfloat16),
         tokens=q.shape[0],
         flash=q.is_cuda and flash_available(),
-        flex=q.is_cuda and flex_available(),
+        flex=q.is_cuda and flex_opted_in(),
     )
 
 

@@ -152,3 +152,13 @@ def test_mmdit_forward_under_flex_equals_math():
         with force_backend("flex"):
             out = model(batch, t)
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_flex_is_chosen_on_cuda_only_when_opted_in(monkeypatch):
+    """The compiled CUDA path has not run on a GPU yet: automatic selection needs OMNITRAIN_FLEX_ATTENTION=1."""
+    from omnitrain.model import attention
+
+    monkeypatch.delenv(attention.FLEX_OPT_IN_ENV, raising=False)
+    assert not attention.flex_opted_in()
+    monkeypatch.setenv(attention.FLEX_OPT_IN_ENV, "1")
+    assert attention.flex_opted_in() == attention.flex_available()
