@@ -3,6 +3,7 @@ train like eager ones over packed micro-batches of changing length, without a re
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -11,6 +12,8 @@ import torch
 import torch._dynamo
 from torch._dynamo.utils import counters
 
+from omnitrain.cli import main
+from omnitrain.contract import ExitCode
 from omnitrain.model.config import PRESETS
 from omnitrain.model.mmdit import MMDiT, randomize_
 from omnitrain.model.packing import SampleRecord, pack
@@ -19,7 +22,7 @@ from omnitrain.trainer.compile import compiler_problem
 from omnitrain.trainer.parallel import setup_parallel
 
 sys.path.insert(0, str(Path(__file__).parent))
-from train_helpers import make_config  # noqa: E402
+from train_helpers import config_dict, make_config, write_config  # noqa: E402
 
 TINY = PRESETS["tiny"]
 # (text tokens, latent frames, latent side, reference image?, video context?) per sample; one micro-batch a step,
@@ -63,6 +66,24 @@ def test_compiler_problem_names_what_is_missing(monkeypatch, tmp_path):
     (tmp_path / "g++").chmod(0o755)
     monkeypatch.delenv("CXX")
     assert compiler_problem("cpu") is None
+
+
+def test_trainer_without_a_compiler_exits_with_config_code(tmp_path, monkeypatch):
+    """Compilation impossible here: the pod fails as a config error naming the field (a restart would not help),
+    instead of training eager at a step time nobody asked for."""
+    term = tmp_path / "termination"
+    monkeypatch.setenv("OMNITRAIN_TERMINATION_LOG", str(term))
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    data = config_dict(tmp_path, steps=3, compile=True)
+    assert main(["train", "--config", write_config(tmp_path / "c.yaml", data)]) == ExitCode.CONFIG
+    message = json.loads(term.read_text())["message"]
+    assert message.startswith("spec.training.compile: torch.compile on CPU needs a C++ compiler"), message
+    assert "set compile: false" in message
+    # a refused combination stops the trainer too, before any compiler is looked for
+    data["spec"]["memory"] = {"recompute": "selective"}
+    assert main(["train", "--config", write_config(tmp_path / "s.yaml", data)]) == ExitCode.CONFIG
+    assert "spec.memory.recompute: training.compile is not supported" in json.loads(term.read_text())["message"]
 
 
 def _microbatch(specs, g: torch.Generator):
