@@ -154,3 +154,17 @@ def test_compiled_blocks_train_like_eager_without_recompiling_per_length(tmp_pat
     # the compiled path really ran: graphs were traced, and none after each first step
     assert graphs_after_first["n"] > 0
     assert counters["stats"]["unique_graphs"] == graphs_after_first["n"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(compiler_problem("cpu") is not None, reason="no C++ compiler for inductor")
+def test_the_training_loop_with_compile_matches_eager_and_keeps_the_parameter_names(tmp_path):
+    """`omnitrain train`'s loop (data loader, packed micro-batches of the synthetic set, optimizer, schedule) with
+    training.compile: the losses of eager training, and the same state dict names (checkpoints load either way)."""
+    from omnitrain.trainer.train import train
+
+    eager = train(make_config(tmp_path / "eager", steps=4), callbacks=[], log=lambda *_, **__: None)
+    compiled = train(make_config(tmp_path / "compiled", steps=4, compile=True), callbacks=[], log=lambda *_, **__: None)
+    assert compiled.losses == pytest.approx(eager.losses, rel=1e-4)
+    assert list(compiled.state.model.state_dict()) == list(eager.state.model.state_dict())
+    assert all(getattr(b, "_compiled_call_impl", None) is not None for b in compiled.state.model.blocks)
