@@ -160,6 +160,14 @@ class TrainingSpec(_Spec):
     dpo_beta: float = Field(500.0, gt=0, description="Diffusion-DPO beta (stage dpo).")
     init_from: str | None = Field(None, description="Checkpoint to start from (sft/dpo; also the DPO reference).")
     log_every: int = Field(1, ge=1, description="Steps between progress lines.")
+    compile: bool = Field(
+        False,
+        description=(
+            "torch.compile each transformer block (regional, dynamic in the packed token count; attention stays "
+            "eager). Needs a C++ compiler (CPU) or Triton (GPU) in the image; not with recompute selective, "
+            "offload, tensor > 1 or dataSharding fsdp."
+        ),
+    )
 
     @property
     def warmup(self) -> int:
@@ -479,11 +487,35 @@ class FieldError(BaseModel):
         return f"{self.field}: {self.message}"
 
 
+def compile_problems(spec: JobSpec) -> list[FieldError]:
+    """training.compile with what it is not tested with (omnitrain/trainer/compile.py): selective recompute's per-op
+    policy needs the eager ops a compiled graph fuses; offload's saved-tensor hooks, tensor parallel's DTensors and
+    FSDP's sharded parameters would run inside the compiled region."""
+    if not spec.training.compile:
+        return []
+    p, memory = spec.parallelism, spec.memory
+    unsupported = [  # (field, refused?, what is refused, the fix besides compile: false)
+        ("spec.memory.recompute", memory.recompute == "selective", "recompute selective", "use full or none"),
+        ("spec.memory.offload", memory.offload != "none", f"offload {memory.offload}", "use none"),
+        ("spec.parallelism.tensor", p.tensor > 1, f"tensor={p.tensor}", "use tensor=1"),
+        ("spec.parallelism.dataSharding", p.data_sharding == "fsdp", "dataSharding fsdp", "use replicate"),
+    ]
+    return [
+        FieldError(
+            field=field,
+            message=f"training.compile is not supported with {what} ({fix}, or set training.compile: false)",
+        )
+        for field, refused, what, fix in unsupported
+        if refused
+    ]
+
+
 def validate_job_spec(spec: JobSpec, allowed_host_roots: Sequence[str] | None = None) -> list[FieldError]:
     """Checks that span fields (the schema checks single fields). Empty list = valid. `allowed_host_roots`: where
     the operator may mount a hostPath from (None: not checked; see host_path_problems)."""
     errors: list[FieldError] = []
     errors += host_path_problems(spec.checkpoint, allowed_host_roots)
+    errors += compile_problems(spec)
     p = spec.parallelism
     model = spec.model.resolve()
     if model.hidden_size % model.num_heads:

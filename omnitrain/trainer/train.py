@@ -138,6 +138,12 @@ def train(config: TrainerConfig, callbacks: list[TrainerCallback] | None = None,
         reference = MMDiT(model_cfg)
         reference.load_state_dict(model.state_dict())
         reference.to(device)
+    if training.compile:
+        from omnitrain.trainer.compile import compiler_problem
+
+        problem = compiler_problem(device.type)
+        if problem:  # fail rather than train eager at a step time nobody asked for (docs/design-decisions.md)
+            raise TrainConfigError(f"spec.training.compile: {problem} (install it in the image, or set compile: false)")
     plan = setup_parallel(model.to(device), config)
     optimizer = torch.optim.AdamW(
         plan.parameters_for_optimizer(),

@@ -269,3 +269,24 @@ def test_progress_comes_from_rank_zero_metrics(api, operator, namespace):
     finally:
         server.shutdown()
     assert get_job(api, ns, "progress")["status"]["phase"] == "Running"
+
+
+def test_training_compile_reaches_the_pods_and_a_refused_combination_fails(api, operator, namespace):
+    """Issue 19, compiled blocks: the API server keeps training.compile (a field missing from the CRD's structural
+    schema would be pruned silently) and the rendered config carries it; with recompute selective the operator fails
+    the job naming spec.memory.recompute, creating nothing."""
+    ns, core = namespace, client.CoreV1Api(api)
+    create_job(
+        api, ns, "compiled", {**SPEC, "training": {"steps": 30, "compile": True}, "memory": {"recompute": "full"}}
+    )
+    assert get_job(api, ns, "compiled")["spec"]["training"]["compile"] is True
+    wait_until(lambda: len(pods(api, ns, "compiled")) == 2, T, "two pods")
+    config = yaml.safe_load(core.read_namespaced_config_map("compiled-config", ns).data[contract.CONFIG_FILE])
+    assert config["spec"]["training"]["compile"] is True
+    create_job(api, ns, "selective", {**SPEC, "training": {"compile": True}, "memory": {"recompute": "selective"}})
+    wait_until(phase_is(api, ns, "selective", "Failed"), T, "phase Failed")
+    valid = cond(status(api, ns, "selective"), "Valid")
+    assert valid["reason"] == "InvalidSpec" and valid["message"].startswith(
+        "spec.memory.recompute: training.compile is not supported with recompute selective (use full or none"
+    ), valid["message"]
+    assert pods(api, ns, "selective") == []

@@ -96,7 +96,7 @@ def setup_parallel(model: nn.Module, config=None, layout: ParallelLayout | None 
 
     if world == 1:
         runner = ChunkRunner(model, chunk_blocks, 1, 0, None)
-        return _apply_memory(
+        return _apply_options(
             ParallelPlan(
                 model=model,
                 layout=layout,
@@ -184,7 +184,23 @@ def setup_parallel(model: nn.Module, config=None, layout: ParallelLayout | None 
         elastic_groups=elastic_groups,
         grad_reducer=grad_reducer,
     )
-    return _apply_memory(plan, config)
+    return _apply_options(plan, config)
+
+
+def _apply_options(plan: ParallelPlan, config) -> ParallelPlan:
+    """What the trainer config adds on top of the layout: spec.memory, then spec.training.compile."""
+    return _apply_compile(_apply_memory(plan, config), config)
+
+
+def _apply_compile(plan: ParallelPlan, config) -> ParallelPlan:
+    """spec.training.compile: torch.compile each block this rank runs (omnitrain.trainer.compile), after tensor
+    parallel and Ulysses have put their modules in place (the compiled region is the block as it will run)."""
+    if config is None or not config.spec.training.compile:
+        return plan
+    from omnitrain.trainer.compile import compile_blocks
+
+    compile_blocks([plan.model.blocks[i] for c in sorted(plan.chunk_blocks) for i in plan.chunk_blocks[c]])
+    return plan
 
 
 def _apply_memory(plan: ParallelPlan, config) -> ParallelPlan:
