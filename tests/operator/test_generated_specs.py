@@ -88,6 +88,7 @@ spec_sections = section(
         learningRate=floats,
         initFrom=paths,
         logEvery=small,
+        compile=st.booleans(),
     ),
     checkpoint=section(
         localPath=paths,
