@@ -63,3 +63,27 @@ def test_one_f_one_b_rank_orders():
     assert order == ["F0", "F1", "B0", "F2", "B1", "F3", "B2", "B3"]
     last = ["".join((a.kind, str(a.micro_batch))) for a in one_f_one_b(1, 2, 2)]
     assert last == ["F0", "B0", "F1", "B1"]
+
+
+def test_checkpoint_staging_falls_back_when_dev_shm_is_small(monkeypatch):
+    """A container's 64 MiB /dev/shm cannot hold the project's shared staging buffers (a SIGBUS would end the kit):
+    the kit then measures pinned host tensors itself and says so."""
+    import shutil
+
+    import torch
+
+    sys.path.insert(0, str(REPO / "bench" / "gpu"))
+    import kit
+
+    def free(nbytes: int):
+        return lambda path: shutil._ntuple_diskusage(nbytes, 0, nbytes)  # type: ignore[attr-defined]
+
+    monkeypatch.setattr(kit.shutil, "disk_usage", free(64 * 2**20))
+    staging, how = kit.host_staging(4 * 2**30)
+    assert isinstance(staging, kit.PinnedStaging) and "0.06 GiB free" in how
+    tensors = [torch.arange(6.0).view(2, 3), torch.ones(4, dtype=torch.bfloat16)]
+    staging.allocate_for(tensors)
+    staging.copy_in(tensors)
+    assert all(torch.equal(v, t) for v, t in zip(staging.views, tensors))
+    monkeypatch.setattr(kit.shutil, "disk_usage", free(2**40))
+    assert kit.host_staging(4 * 2**30)[1] == "project HostStaging.copy_in"
