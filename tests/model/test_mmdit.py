@@ -176,19 +176,17 @@ def test_bf16_autocast_forward_and_backward():
 
 
 def _per_token_forward(model: MMDiT, batch, t):
-    """The model as it was: every adaLN Linear applied to every token's copy of its sample's conditioning."""
-    import torch.nn.functional as F
+    """The model as it was (every adaLN Linear on every token's copy of its sample's conditioning): the reference
+    bench/modulation.py times side by side, loaded from there so the bench and this test compare the same thing."""
+    import importlib.util
+    from pathlib import Path
 
-    from omnitrain.model.mmdit import modulate
-
-    x, ctx = model.embed(batch, t)
-    cond = ctx.sample_cond[ctx.cond_row]
-    for block in model.blocks:
-        s1, b1, g1, s2, b2, g2 = block.adaln(F.silu(cond)).chunk(6, dim=-1)
-        x = x + g1 * block.attn(modulate(block.norm1(x), s1, b1), ctx)
-        x = x + g2 * block.mlp(modulate(block.norm2(x), s2, b2))
-    shift, scale = model.head.adaln(F.silu(cond)).chunk(2, dim=-1)
-    return model.head.proj(modulate(model.head.norm(x), shift, scale))
+    path = Path(__file__).resolve().parents[2] / "bench" / "modulation.py"
+    spec = importlib.util.spec_from_file_location("bench_modulation", path)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench.per_token_forward(model, batch, t)
 
 
 def test_per_sample_modulation_equals_the_per_token_computation():

@@ -16,12 +16,13 @@ from omnitrain.cli import main
 from omnitrain.contract import ExitCode
 from omnitrain.model.config import PRESETS
 from omnitrain.model.mmdit import MMDiT, randomize_
-from omnitrain.model.packing import SampleRecord, pack
 from omnitrain.spec import JobSpec, validate_job_spec
 from omnitrain.trainer.compile import compiler_problem
 from omnitrain.trainer.parallel import setup_parallel
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent / "parallel"))
+from parallel_workers import mmdit_microbatch  # noqa: E402
 from train_helpers import config_dict, make_config, write_config  # noqa: E402
 
 TINY = PRESETS["tiny"]
@@ -86,22 +87,6 @@ def test_trainer_without_a_compiler_exits_with_config_code(tmp_path, monkeypatch
     assert "spec.memory.recompute: training.compile is not supported" in json.loads(term.read_text())["message"]
 
 
-def _microbatch(specs, g: torch.Generator):
-    c = TINY.latent_channels
-    records = [
-        SampleRecord(
-            text=torch.randn(text, TINY.text_dim, generator=g),
-            video=torch.randn(c, frames, side, side, generator=g),
-            reference=torch.randn(c, 1, side, side, generator=g) if reference else None,
-            context=torch.randn(c, frames, side, side, generator=g) if context else None,
-        )
-        for text, frames, side, reference, context in specs
-    ]
-    batch = pack(records, TINY.patch_size)
-    batch.target = torch.randn(batch.video.shape, generator=g)
-    return batch, torch.rand(len(specs), generator=g)
-
-
 def _loss(prediction, args):
     batch = args[0]
     return ((prediction[batch.target_mask] - batch.target) ** 2).mean()
@@ -120,7 +105,7 @@ def _train(tmp_path, compile: bool, recompute: str, after_first_step=None):
     losses, grads = [], []
     for i, specs in enumerate(STEPS):
         optimizer.zero_grad()
-        losses.append(float(plan.run_step([_microbatch(specs, g)], _loss)))
+        losses.append(float(plan.run_step([mmdit_microbatch(specs, g, TINY)], _loss)))
         grads.append({n: p.grad.clone() for n, p in plan.model.named_parameters() if p.grad is not None})
         optimizer.step()
         if i == 0 and after_first_step:

@@ -54,21 +54,22 @@ def build_model(seed: int = 0, kind: str = "mmdit"):
     return randomize_(MMDiT(TINY), torch.Generator().manual_seed(seed))
 
 
-def _mmdit_microbatch(specs, g: torch.Generator) -> tuple:
+def mmdit_microbatch(specs, g: torch.Generator, cfg: ModelConfig = TINY) -> tuple:
+    """A packed micro-batch (batch with a random target, timesteps) of random samples; `specs` as in SAMPLES."""
     from omnitrain.model.packing import SampleRecord, pack
 
-    c = TINY.latent_channels
+    c = cfg.latent_channels
     records = []
     for text, frames, side, reference, context in specs:
         records.append(
             SampleRecord(
-                text=torch.randn(text, TINY.text_dim, generator=g),
+                text=torch.randn(text, cfg.text_dim, generator=g),
                 video=torch.randn(c, frames, side, side, generator=g),
                 reference=torch.randn(c, 1, side, side, generator=g) if reference else None,
                 context=torch.randn(c, frames, side, side, generator=g) if context else None,
             )
         )
-    batch = pack(records, TINY.patch_size)
+    batch = pack(records, cfg.patch_size)
     batch.target = torch.randn(batch.video.shape, generator=g)
     return batch, torch.rand(len(specs), generator=g)
 
@@ -77,7 +78,7 @@ def global_microbatches(count: int, seed: int = 1, kind: str = "mmdit") -> list[
     g = torch.Generator().manual_seed(seed)
     if kind in ("mmdit", "elastic"):
         samples = ELASTIC_SAMPLES if kind == "elastic" else SAMPLES
-        return [_mmdit_microbatch(samples[i % len(samples)], g) for i in range(count)]
+        return [mmdit_microbatch(samples[i % len(samples)], g) for i in range(count)]
     from standin_model import make_batch
 
     out = []
