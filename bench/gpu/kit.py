@@ -21,6 +21,7 @@ not, so its staging module is loaded from its file. Writes $OUT/gpu_kit.json and
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import json
 import os
@@ -304,6 +305,7 @@ def fp8_rows(sizes: Sizes, device: torch.device, budget: Budget) -> list[dict]:
 # ---- 3. Checkpoint staging ---------------------------------------------------------------------------------------
 
 
+@functools.cache
 def load_staging():
     """omnitrain/trainer/checkpoint/staging.py without its package (whose __init__ imports pydantic)."""
     path = REPO / "omnitrain" / "trainer" / "checkpoint" / "staging.py"
@@ -316,22 +318,20 @@ def load_staging():
 
 
 class PinnedStaging:
-    """The staging mechanism measured directly (pinned host tensors, non-blocking copies, one synchronise), for a
-    machine whose /dev/shm cannot hold the project's shared-memory buffers."""
+    """The project's staging copy (staging.copy_to_host: non-blocking copies, one synchronise) into pinned host
+    tensors of the kit's own, for a machine whose /dev/shm cannot hold the project's shared-memory buffers."""
 
     def __init__(self) -> None:
         self.views: list[torch.Tensor] = []
         self.pinned = False
+        self.copy = load_staging().copy_to_host  # the project's copy, into the kit's own buffers
 
     def allocate_for(self, tensors: list[torch.Tensor]) -> None:
         self.pinned = torch.cuda.is_available()
         self.views = [torch.empty(t.shape, dtype=t.dtype, pin_memory=self.pinned) for t in tensors]
 
     def copy_in(self, tensors: list[torch.Tensor]) -> None:
-        for view, t in zip(self.views, tensors):
-            view.copy_(t, non_blocking=self.pinned)
-        if self.pinned:
-            torch.cuda.synchronize()
+        self.copy(self.views, tensors, self.pinned)
 
     def release(self) -> None:
         self.views = []

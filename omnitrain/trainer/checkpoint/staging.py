@@ -51,6 +51,15 @@ def _pin(buffer: torch.Tensor) -> bool:
     return int(getattr(err, "value", err)) == 0
 
 
+def copy_to_host(views: list[torch.Tensor], tensors: list[torch.Tensor], pinned: bool) -> None:
+    """Copy each tensor into its host view; with pinned views the copies are queued without blocking and one
+    synchronise waits for them all (the step blocks once, not once per tensor)."""
+    for view, t in zip(views, tensors):
+        view.copy_(t, non_blocking=pinned)
+    if pinned:
+        torch.cuda.synchronize()
+
+
 class HostStaging:
     """The buffers and the views the current state's tensors are copied into."""
 
@@ -88,10 +97,7 @@ class HostStaging:
 
     def copy_in(self, tensors: list[torch.Tensor]) -> None:
         """Device->host copy of every tensor; returns when the host buffers hold them."""
-        for view, t in zip(self.views, tensors):
-            view.copy_(t, non_blocking=self.pinned)
-        if self.pinned:
-            torch.cuda.synchronize()
+        copy_to_host(self.views, tensors, self.pinned)
 
     def release(self) -> None:
         if self.pinned:
