@@ -22,35 +22,44 @@ _LABEL_VALUE_RE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 _WHITESPACE_RE = re.compile(r"\s")
 
 
-def dns1123_label_problem(text: str) -> str | None:
-    if len(text) > MAX_LABEL:
-        return f"is {len(text)} characters; a DNS-1123 label has at most {MAX_LABEL}"
-    if not _DNS1123_LABEL_RE.match(text):
-        return "is not a DNS-1123 label (lowercase letters, digits and '-', starting and ending with a letter or digit)"
+def _shaped_problem(text: str, limit: int, pattern: re.Pattern[str], kind: str, rule: str) -> str | None:
+    """apimachinery's two checks of a name: its length, then its characters."""
+    if len(text) > limit:
+        return f"is {len(text)} characters; a {kind} has at most {limit}"
+    if not pattern.match(text):
+        return f"is not a {kind} ({rule})"
     return None
+
+
+def dns1123_label_problem(text: str) -> str | None:
+    return _shaped_problem(
+        text,
+        MAX_LABEL,
+        _DNS1123_LABEL_RE,
+        "DNS-1123 label",
+        "lowercase letters, digits and '-', starting and ending with a letter or digit",
+    )
 
 
 def dns1123_subdomain_problem(text: str) -> str | None:
-    if len(text) > MAX_SUBDOMAIN:
-        return f"is {len(text)} characters; a DNS-1123 subdomain has at most {MAX_SUBDOMAIN}"
-    if not _DNS1123_SUBDOMAIN_RE.match(text):
-        return (
-            "is not a DNS-1123 subdomain (lowercase letters, digits, '-' and '.', starting and ending with a letter "
-            "or digit)"
-        )
-    return None
+    return _shaped_problem(
+        text,
+        MAX_SUBDOMAIN,
+        _DNS1123_SUBDOMAIN_RE,
+        "DNS-1123 subdomain",
+        "lowercase letters, digits, '-' and '.', starting and ending with a letter or digit",
+    )
 
 
 def dns1035_label_problem(text: str) -> str | None:
     """A Service name (and so a pod's subdomain under it): a DNS-1123 label that starts with a letter."""
-    if len(text) > MAX_LABEL:
-        return f"is {len(text)} characters; a DNS-1035 label has at most {MAX_LABEL}"
-    if not _DNS1035_LABEL_RE.match(text):
-        return (
-            "is not a DNS-1035 label (lowercase letters, digits and '-', starting with a letter and ending with a "
-            "letter or digit)"
-        )
-    return None
+    return _shaped_problem(
+        text,
+        MAX_LABEL,
+        _DNS1035_LABEL_RE,
+        "DNS-1035 label",
+        "lowercase letters, digits and '-', starting with a letter and ending with a letter or digit",
+    )
 
 
 def qualified_name_problem(text: str) -> str | None:
@@ -79,14 +88,13 @@ def qualified_name_problem(text: str) -> str | None:
 
 
 def label_value_problem(text: str) -> str | None:
-    if len(text) > MAX_LABEL:
-        return f"is {len(text)} characters; a label value has at most {MAX_LABEL}"
-    if not _LABEL_VALUE_RE.match(text):
-        return (
-            "is not a label value (empty, or letters, digits, '-', '_' and '.', starting and ending with a letter "
-            "or digit)"
-        )
-    return None
+    return _shaped_problem(
+        text,
+        MAX_LABEL,
+        _LABEL_VALUE_RE,
+        "label value",
+        "empty, or letters, digits, '-', '_' and '.', starting and ending with a letter or digit",
+    )
 
 
 def extended_resource_problem(text: str) -> str | None:
