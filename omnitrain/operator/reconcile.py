@@ -112,11 +112,7 @@ class ChildRefused(Exception):
     @classmethod
     def from_api(cls, kind: str, name: str, code: int, body: str | bytes | None) -> ChildRefused:
         """From an API error's body (a metav1.Status: message, details.causes[].field/message)."""
-        try:
-            status = json.loads(body or "{}")
-        except ValueError:
-            status = {}
-        status = status if isinstance(status, dict) else {}
+        status = api_status(body)
         details = status.get("details")
         details = details if isinstance(details, dict) else {}
         causes = [
@@ -124,8 +120,23 @@ class ChildRefused(Exception):
             for c in details.get("causes") or []
             if isinstance(c, dict)
         ]
-        text = body.decode(errors="replace") if isinstance(body, bytes) else body
-        return cls(kind, name, code, str(status.get("message") or text or "refused"), causes)
+        return cls(kind, name, code, api_message(body, status), causes)
+
+
+def api_status(body: str | bytes | None) -> dict:
+    """The metav1.Status an API error's body carries; {} when the body is not one."""
+    try:
+        status = json.loads(body or "{}")
+    except ValueError:
+        return {}
+    return status if isinstance(status, dict) else {}
+
+
+def api_message(body: str | bytes | None, status: dict | None = None) -> str:
+    """The Status's message, else the body as text."""
+    status = api_status(body) if status is None else status
+    text = body.decode(errors="replace") if isinstance(body, bytes) else body
+    return str(status.get("message") or text or "refused")
 
 
 # An RBAC denial ("User \"system:serviceaccount:...\" cannot create resource \"pods\" ...") is the operator's
@@ -140,7 +151,7 @@ def refused_by_the_api(code: int, body: str | bytes | None) -> bool:
         return True
     if code != 403:
         return False
-    return not _RBAC_DENIAL.search(ChildRefused.from_api("", "", code, body).message)
+    return not _RBAC_DENIAL.search(api_message(body))
 
 
 class SpecCheck(NamedTuple):
