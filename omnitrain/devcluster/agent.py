@@ -3,9 +3,11 @@
 `python -m omnitrain.devcluster.agent --root CLUSTER --kubeconfig FILE` (started detached by `omnitrain dev up`).
 It manages every Node labelled omnitrain.dev/local=true (keeps its Ready condition and Lease fresh), watches all
 pods and runs those bound to its nodes: one shim (omnitrain.devcluster.shim) per container run, state in
-<root>/pods/<ns>/<name>/. Status is patched only when it changed. A restarted agent re-adopts running pods from
-those folders. Deleting a managed Node kills its pods' processes (a lost machine). It also runs the provisioner of
-the default StorageClass (omnitrain.devcluster.provisioner): the process that owns the folders owns the volumes.
+<root>/pods/<ns>/<name>/. One watch of all ConfigMaps keeps the configMap volumes of running pods up to date, as a
+kubelet does (a supervisor follows the gang announcement through its mounted file). Status is patched only when it
+changed. A restarted agent re-adopts running pods from those folders. Deleting a managed Node kills its pods'
+processes (a lost machine). It also runs the provisioner of the default StorageClass (omnitrain.devcluster.provisioner):
+the process that owns the folders owns the volumes.
 
 This module only wires the parts together, one concern each:
   watch.py         list+watch threads -> typed events -> one loop that dispatches them through a table, and ticks
@@ -13,6 +15,7 @@ This module only wires the parts together, one concern each:
   kubelet.py       the kubelet's HTTPS endpoint the API server dials for `kubectl logs`
   pods.py          admitting/adopting pods, starting containers, restarts, deletion, status patches
   launch.py        a container's spec for its shim: env, argv, DNS names and volumes resolved, mounts
+  filevolumes.py   configMap/secret volume folders, written and updated atomically (`..data` swapped)
   probes.py        readiness probes
   podstatus.py     the pod status as a pure function of the pod and what the shims recorded
   runtime.py       the on-disk state of pods and containers (what the shims write), pod IPs
@@ -55,7 +58,7 @@ class Agent:
         self.stop_event = threading.Event()
         self.kubelet = KubeletServer(root, ClusterPKI(root / "pki"), self.stop_event)
         self.nodes = NodeRegistry(self.api, root, self.kubelet.port)
-        self.launcher = Launcher(root, self.api, mount_namespaces_work())
+        self.launcher = Launcher(root, self.api, mount_namespaces_work(), api_server_address(api_client))
         self.pods = PodSupervisor(root, self.api, self.launcher, self.nodes.manages)
         self.provisioner = provisioner.Provisioner(api_client, root, self.stop_event)
         self.handlers: watch.Handlers = {
@@ -64,6 +67,8 @@ class Agent:
             watch.NodeDeleted: self._node_deleted,
             watch.PodsListed: lambda e: self.pods.listed(e.pods, e.resource_version),
             watch.PodChanged: lambda e: self.pods.changed(e.change, e.pod),
+            watch.ConfigMapsListed: lambda e: self.pods.configmaps_changed(e.configmaps),
+            watch.ConfigMapChanged: lambda e: self.pods.configmaps_changed([e.configmap]),
         }
 
     def run(self) -> None:
@@ -77,6 +82,7 @@ class Agent:
         threads = {
             "nodes": lambda: watch.watch_nodes(self.api, self.events, stop),
             "pods": lambda: watch.watch_pods(self.api, self.events, stop),
+            "configmaps": lambda: watch.watch_configmaps(self.api, self.events, stop),
             "beat": lambda: self.nodes.heartbeat(stop),
             "pvc-watch": self.provisioner.watch_claims,
             "pv-watch": self.provisioner.watch_volumes,
@@ -110,6 +116,14 @@ class Agent:
         log.warning("node %s deleted: killing its pods' processes", name)
         self.nodes.release(name)
         self.pods.node_lost(name)
+
+
+def api_server_address(api_client) -> tuple[str, str]:
+    """(host, port) of the API server the agent talks to: what its pods get as KUBERNETES_SERVICE_HOST/PORT."""
+    from urllib.parse import urlsplit
+
+    url = urlsplit(api_client.configuration.host)
+    return url.hostname or "127.0.0.1", str(url.port or 443)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -41,6 +41,10 @@ class AgentApi:
     def namespace_pods(self, namespace: str) -> list[dict]:
         return self.list_raw(self.core.list_namespaced_pod, namespace=namespace)["items"]
 
+    def list_configmaps(self) -> dict:
+        """All namespaces' ConfigMaps."""
+        return self.list_raw(self.core.list_config_map_for_all_namespaces)
+
     def get_configmap(self, namespace: str, name: str) -> dict | None:
         return self._get_raw(self.core.read_namespaced_config_map, name, namespace)
 
@@ -57,6 +61,23 @@ class AgentApi:
             if exc.status == 404:
                 return None
             raise
+
+    def request_token(
+        self, namespace: str, service_account: str, pod: str, uid: str, seconds: int, audience: str | None
+    ) -> str:
+        """A token of the pod's ServiceAccount bound to the pod (TokenRequest API), as the kubelet gets one for a
+        projected serviceAccountToken volume: it stops working once the pod is gone."""
+        body: Any = {  # the client takes plain dicts for its models
+            "spec": {
+                "audiences": [audience] if audience else [],  # empty: the API server's own audience
+                "expirationSeconds": seconds,
+                "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": pod, "uid": uid},
+            }
+        }
+        answer = self.core.create_namespaced_service_account_token(
+            service_account, namespace, body, _preload_content=False
+        )
+        return str(json.loads(answer.data)["status"]["token"])
 
     # -- pods ------------------------------------------------------------------------------------------------
     def patch_pod_status(self, key: tuple[str, str], status: dict) -> bool:

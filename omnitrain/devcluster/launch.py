@@ -17,15 +17,22 @@ import threading
 import time
 from pathlib import Path
 
-from omnitrain.contract import ENV_BIND_HOST, TERMINATION_LOG_ENV
+from omnitrain.contract import ENV_BIND_HOST, ENV_HOSTS_FILE, TERMINATION_LOG_ENV
 from omnitrain.devcluster import podspec
 from omnitrain.devcluster.agentapi import AgentApi
+from omnitrain.devcluster.filevolumes import VolumeWriter, resource_version, write_atomically
 from omnitrain.devcluster.runtime import PodRun
 
 DNS_WAIT_S = 300
 DNS_POLL_S = 0.5
 DEFAULT_TERMINATION_PATH = "/dev/termination-log"
 PASSTHROUGH_ENV = ("OMNITRAIN_CACHE", "TMPDIR")
+TOKEN_REFRESH_FRACTION = 0.8  # the kubelet rotates a projected token once 80% of its lifetime has passed
+
+
+def hosts_file(root: Path) -> Path:
+    """The agent's /etc/hosts-style list of its pods' DNS names (contract.ENV_HOSTS_FILE)."""
+    return root / "hosts"
 
 
 class StartCancelled(Exception):
@@ -50,11 +57,18 @@ def mount_namespaces_work() -> bool:
 class Launcher:
     """Builds container specs for pods under `root` (the cluster folder)."""
 
-    def __init__(self, root: Path, api: AgentApi, mount_ns: bool) -> None:
+    def __init__(self, root: Path, api: AgentApi, mount_ns: bool, api_server: tuple[str, str] | None = None) -> None:
         self.root = root
         self.api = api
         self.mount_ns = mount_ns
         self.venv_bin = str(Path(sys.executable).parent)
+        self.volumes = VolumeWriter()
+        # What every kubelet gives every container (KUBERNETES_SERVICE_HOST/PORT): here the API server's own
+        # address, since there is no service proxy behind the `kubernetes` Service's cluster IP.
+        self.api_server = api_server
+        # Projected volumes with a token: (pod key, volume name) -> when to request a fresh token (monotonic).
+        self.token_due: dict[tuple[tuple[str, str], str], float] = {}
+        self._projected_lock = threading.Lock()
 
     def container_spec(self, run: PodRun, container: dict) -> dict:
         """The shim's spec.json for `container` of `run`; raises PodConfigError when the pod cannot start as
@@ -81,8 +95,12 @@ class Launcher:
             TERMINATION_LOG_ENV: str(termination_file),
             # the pod shares this machine's network: servers that default to 0.0.0.0 listen on the pod's own IP
             ENV_BIND_HOST: run.ip,
+            # no DNS server here: pod names a process looks up at run time are in this file (PodSupervisor)
+            ENV_HOSTS_FILE: str(hosts_file(self.root)),
         }
         base.update({k: os.environ[k] for k in PASSTHROUGH_ENV if k in os.environ})
+        if self.api_server is not None:
+            base["KUBERNETES_SERVICE_HOST"], base["KUBERNETES_SERVICE_PORT"] = self.api_server
         full_env = {**base, **env}
         working_dir = container.get("workingDir") or ""
         if self.mount_ns:
@@ -112,17 +130,80 @@ class Launcher:
             if path is None:
                 continue
             path.mkdir(parents=True, exist_ok=True)
-            if "configMap" in volume or "secret" in volume:
+            if "projected" in volume:
+                self.write_projected(run, volume, path)
+            elif "configMap" in volume or "secret" in volume:
                 obj = (
                     self.api.get_configmap(run.namespace, volume["configMap"]["name"])
                     if "configMap" in volume
                     else self.api.get_secret(run.namespace, volume["secret"]["secretName"])
                 )
-                for rel, data in podspec.file_volume_contents(volume, obj).items():
-                    target = path / rel
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    target.write_bytes(data)
+                self.volumes.write(path, podspec.file_volume_contents(volume, obj), resource_version(obj))
         return paths
+
+    def write_projected(self, run: PodRun, volume: dict, path: Path, now: float | None = None) -> None:
+        """A projected volume's files, with fresh tokens of the pod's ServiceAccount bound to the pod (`now`: the
+        monotonic time they are requested at)."""
+        sources = podspec.token_sources(volume)
+        account = run.pod["spec"].get("serviceAccountName") or "default"
+        uid = run.pod["metadata"]["uid"]
+        tokens = {
+            t.path: self.api.request_token(
+                run.namespace, account, run.name, uid, t.expiration_seconds, t.audience
+            ).encode()
+            for t in sources
+        }
+        ca = self.root / "pki" / "ca.crt"
+        files = podspec.projected_contents(
+            volume,
+            lambda name: self.api.get_configmap(run.namespace, name),
+            lambda name: self.api.get_secret(run.namespace, name),
+            tokens,
+            ca.read_bytes() if ca.exists() else None,
+            lambda path: podspec.field_ref(run.pod, path, run.ip),
+        )
+        with self._projected_lock:
+            write_atomically(path, files)
+            if sources:
+                lifetime = min(t.expiration_seconds for t in sources)
+                start = time.monotonic() if now is None else now
+                self.token_due[(run.key, volume["name"])] = start + TOKEN_REFRESH_FRACTION * lifetime
+
+    def refresh_tokens(self, run: PodRun, now: float) -> None:
+        """Rotate the pod's projected tokens that are due (called from the agent's tick); a failure is retried at
+        the next tick, while the old token still has 20% of its life."""
+        layout = podspec.VolumeLayout(self.root, run.dir, run.node)
+        for volume in run.pod["spec"].get("volumes") or []:
+            due = self.token_due.get((run.key, volume["name"]))
+            if due is None or now < due:
+                continue
+            path = layout.host_path(volume)
+            if path is not None:
+                self.write_projected(run, volume, path, now)
+
+    def forget_tokens(self, key: tuple[str, str]) -> None:
+        with self._projected_lock:
+            for entry in [e for e in self.token_due if e[0] == key]:
+                del self.token_due[entry]
+
+    def configmap_changed(self, run: PodRun, configmap: dict) -> list[str]:
+        """A ConfigMap changed: rewrite the volumes of `run` that show it (as the kubelet does, atomically);
+        returns the names of the volumes that changed on disk. A subPath mount keeps the file it was started
+        with, as with the kubelet."""
+        name = configmap["metadata"]["name"]
+        if configmap["metadata"].get("namespace") != run.namespace:
+            return []
+        layout = podspec.VolumeLayout(self.root, run.dir, run.node)
+        changed = []
+        for volume in podspec.configmap_volumes(run.pod, name):
+            path = layout.host_path(volume)
+            try:
+                files = podspec.file_volume_contents(volume, configmap)
+            except podspec.PodConfigError:
+                continue  # an `items` key the new version lacks: the kubelet keeps the last good files too
+            if path is not None and self.volumes.write(path, files, resource_version(configmap)):
+                changed.append(volume["name"])
+        return changed
 
     def resolve_pod_ip(self, hostname: str, subdomain: str, namespace: str, stop: threading.Event | None = None) -> str:
         """The IP of the pod a headless-Service DNS name means; waits (with a deadline) until it has one, or

@@ -9,7 +9,9 @@ event loop only; container starts run on a pool (DNS names may wait for other po
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -17,7 +19,7 @@ from pathlib import Path
 
 from omnitrain.devcluster import podspec, procs, runtime
 from omnitrain.devcluster.agentapi import AgentApi
-from omnitrain.devcluster.launch import Launcher, StartCancelled
+from omnitrain.devcluster.launch import Launcher, StartCancelled, hosts_file
 from omnitrain.devcluster.podstatus import pod_status, will_restart
 from omnitrain.devcluster.probes import Prober
 from omnitrain.devcluster.runtime import PodRun, read_json, write_json
@@ -27,6 +29,11 @@ from omnitrain.timestamps import now_rfc3339
 log = logging.getLogger(__name__)
 
 BACKOFF_MAX_S = 30.0
+# Emulate a real kubelet's late refresh of mounted ConfigMaps (its sync period, up to ~1 min plus its cache): a
+# change reaches the pods' configMap volumes this many seconds after the agent sees it. 0 (the default): at once.
+# The file <root>/agent/configmap-sync-seconds, when present, overrides the env (a test sets it without a restart).
+ENV_CONFIGMAP_SYNC = "OMNITRAIN_DEV_CONFIGMAP_SYNC_SECONDS"
+CONFIGMAP_SYNC_FILE = "configmap-sync-seconds"
 FINISHED = ("Succeeded", "Failed")
 
 
@@ -67,6 +74,7 @@ class PodSupervisor:
         self.ips = runtime.IPAllocator(root / "agent" / "next-ip")
         self.prober = Prober()
         self.start_pool = ThreadPoolExecutor(max_workers=start_workers, thread_name_prefix="start")
+        self.configmaps_due: list[tuple[float, dict]] = []  # (when, ConfigMap): delayed volume updates, in order
 
     # -- what the API says ---------------------------------------------------------------------------------
     def listed(self, pods: list[dict], list_rv: str) -> None:
@@ -114,12 +122,49 @@ class PodSupervisor:
             for container in run.containers.values():
                 container.signal(signal.SIGTERM)
 
+    def configmap_sync_seconds(self) -> float:
+        """The emulated kubelet sync delay for mounted ConfigMaps (ENV_CONFIGMAP_SYNC, CONFIGMAP_SYNC_FILE)."""
+        override = self.root / "agent" / CONFIGMAP_SYNC_FILE
+        try:
+            text = override.read_text().strip() if override.exists() else os.environ.get(ENV_CONFIGMAP_SYNC, "")
+            return max(0.0, float(text or 0))
+        except (OSError, ValueError):
+            log.warning("%s or %s is not a number of seconds: no sync delay", ENV_CONFIGMAP_SYNC, override)
+            return 0.0
+
+    def configmaps_changed(self, configmaps: list[dict], now: float | None = None) -> None:
+        """ConfigMaps created or updated: the volumes of running pods that show them follow (the kubelet's
+        configMap volumes do; a supervisor reads the gang announcement this way), at once or, with a sync
+        delay set, from the tick once it has passed."""
+        delay = self.configmap_sync_seconds()
+        if delay > 0:
+            due = (time.monotonic() if now is None else now) + delay
+            self.configmaps_due.extend((due, c) for c in configmaps)
+            return
+        self._update_configmap_volumes(configmaps)
+
+    def _update_configmap_volumes(self, configmaps: list[dict]) -> None:
+        """Finished or deleted pods are left as they are."""
+        for run in list(self.pods.values()):
+            if run.deleted or run.delete_deadline is not None or _finished(run):
+                continue
+            for configmap in configmaps:
+                for volume in self.launcher.configmap_changed(run, configmap):
+                    log.info(
+                        "pod %s/%s: volume %s updated to ConfigMap %s version %s",
+                        *run.key,
+                        volume,
+                        configmap["metadata"]["name"],
+                        configmap["metadata"].get("resourceVersion"),
+                    )
+
     def node_lost(self, node: str) -> None:
         """A managed Node object vanished: the machine is lost, and so are the processes of its pods."""
         for key, run in list(self.pods.items()):
             if run.node == node:
                 runtime.kill_leftovers(run.dir)
                 del self.pods[key]
+        self.write_hosts()
 
     def forget(self, run: PodRun, kill: bool) -> None:
         run.stopping.set()
@@ -127,7 +172,19 @@ class PodSupervisor:
             run.deleted = True
             if kill:
                 runtime.kill_leftovers(run.dir)
+        self.launcher.volumes.forget(run.dir)
+        self.launcher.forget_tokens(run.key)
         self.pods.pop(run.key, None)
+        self.write_hosts()
+
+    def write_hosts(self) -> None:
+        """The DNS names of the pods this agent runs (hosts_file): rewritten, atomically, when a pod is admitted or
+        forgotten, so a supervisor that looks up a new rank 0 finds it as soon as that pod has its IP."""
+        lines = podspec.hosts_lines([(run.pod, run.ip) for run in list(self.pods.values()) if not run.deleted])
+        path = hosts_file(self.root)
+        tmp = path.with_name(f".{path.name}.{threading.get_ident()}.tmp")  # writers on several threads
+        tmp.write_text("".join(f"{line}\n" for line in lines))
+        os.replace(tmp, path)
 
     def _kill_orphans(self, live: set[tuple[str, str]]) -> None:
         """Pod folders with processes but no pod object (deleted while the agent was down)."""
@@ -172,6 +229,7 @@ class PodSupervisor:
                 runtime.ContainerRun.load(cname, cdir, clog) if adopted else runtime.ContainerRun(cname, cdir, clog)
             )
         self.pods[run.key] = run
+        self.write_hosts()
         if adopted and all(c.spec_path.exists() for c in run.containers.values()):
             log.info("re-adopted pod %s/%s (ip %s)", *run.key, ip)
         else:
@@ -211,18 +269,30 @@ class PodSupervisor:
 
     # -- periodic work -------------------------------------------------------------------------------------
     def tick(self, now: float) -> None:
-        """At monotonic time `now`: deletions, restarts, probes, status."""
+        """At monotonic time `now`: delayed ConfigMap volume updates, deletions, restarts, probes, token
+        rotation, status."""
+        if self.configmaps_due and self.configmaps_due[0][0] <= now:
+            ready = [c for due, c in self.configmaps_due if due <= now]
+            self.configmaps_due = [(due, c) for due, c in self.configmaps_due if due > now]
+            self._update_configmap_volumes(ready)
         for run in list(self.pods.values()):
             if run.deleted:
                 continue
-            if run.delete_deadline is None and run.last_status is not None and run.last_status["phase"] in FINISHED:
+            if run.delete_deadline is None and _finished(run):
                 continue  # finished for good: nothing on disk can change any more
             if run.delete_deadline is not None:
                 self._progress_deletion(run, now, run.delete_deadline)
                 continue
             self._restart_if_due(run, now)
+            self._refresh_tokens(run, now)
             self.prober.schedule(run, now)
             self.patch_status(run)
+
+    def _refresh_tokens(self, run: PodRun, now: float) -> None:
+        try:
+            self.launcher.refresh_tokens(run, now)
+        except Exception as exc:  # the API server busy or down: the next tick tries again, the old token still works
+            log.warning("pod %s/%s: rotating its projected token: %s", *run.key, exc)
 
     def _progress_deletion(self, run: PodRun, now: float, deadline: float) -> None:
         """SIGTERM what runs, SIGKILL it past the grace period's `deadline`; once nothing runs, delete the pod."""
@@ -278,6 +348,10 @@ def _rv_value(rv: str | None) -> int:
 
 def _rv(pod: dict) -> int:
     return _rv_value(pod["metadata"].get("resourceVersion"))
+
+
+def _finished(run: PodRun) -> bool:
+    return run.last_status is not None and run.last_status["phase"] in FINISHED
 
 
 def _child_alive(c: runtime.ContainerRun) -> bool:

@@ -52,6 +52,19 @@ def dns_target_ip(pods: list[dict], hostname: str, subdomain: str) -> str | None
     return None
 
 
+def hosts_lines(pods: list[tuple[dict, str]]) -> list[str]:
+    """/etc/hosts lines for (pod, ip) pairs: each pod with a hostname under a headless Service (subdomain) gets
+    `<ip> <host>.<sub>.<ns>.svc.cluster.local <host>.<sub>.<ns>.svc`, the names cluster DNS would answer."""
+    lines = []
+    for pod, ip in pods:
+        spec, meta = pod["spec"], pod["metadata"]
+        host, sub = spec.get("hostname"), spec.get("subdomain")
+        if host and sub and ip and not meta.get("deletionTimestamp"):
+            name = f"{host}.{sub}.{meta.get('namespace', 'default')}.svc"
+            lines.append(f"{ip} {name}.cluster.local {name}")
+    return sorted(lines)
+
+
 def field_ref(pod: dict, path: str, pod_ip: str) -> str:
     meta = pod["metadata"]
     simple = {
@@ -170,14 +183,14 @@ class VolumeLayout:
     node: str
 
     def host_path(self, volume: dict) -> Path | None:
-        """The host folder behind a volume; None for kinds that have nothing to show locally (projected tokens)."""
+        """The host folder behind a volume; None for kinds that have nothing to show locally."""
         if "hostPath" in volume:
             return self.root / "nodes" / self.node / volume["hostPath"]["path"].lstrip("/")
         if "emptyDir" in volume:
             return self.pod_dir / "volumes" / volume["name"]
         if "persistentVolumeClaim" in volume:
             return claim_dir(self.root, volume["persistentVolumeClaim"]["claimName"])
-        if "configMap" in volume or "secret" in volume:
+        if "configMap" in volume or "secret" in volume or "projected" in volume:
             return self.pod_dir / "volumes" / volume["name"]
         return None
 
@@ -206,6 +219,84 @@ def file_volume_contents(volume: dict, obj: dict | None) -> dict[str, bytes]:
             raise PodConfigError(f"volume {volume['name']!r}: key {item['key']!r} not in {kind} {name!r}")
         files[item["path"]] = data[item["key"]]
     return files
+
+
+DEFAULT_TOKEN_SECONDS = 3600  # a projected serviceAccountToken without expirationSeconds (the API's default)
+ROOT_CA_CONFIG_MAP = "kube-root-ca.crt"
+
+
+@dataclass(frozen=True)
+class TokenSource:
+    """A projected serviceAccountToken source: what the agent asks the TokenRequest API for."""
+
+    path: str
+    expiration_seconds: int
+    audience: str | None
+
+
+def token_sources(volume: dict) -> list[TokenSource]:
+    """The serviceAccountToken sources of a projected volume (none for other kinds)."""
+    out = []
+    for source in (volume.get("projected") or {}).get("sources") or []:
+        token = source.get("serviceAccountToken")
+        if token is not None:
+            out.append(
+                TokenSource(
+                    token["path"], int(token.get("expirationSeconds") or DEFAULT_TOKEN_SECONDS), token.get("audience")
+                )
+            )
+    return out
+
+
+def projected_contents(
+    volume: dict,
+    get_configmap: Callable[[str], dict | None],
+    get_secret: Callable[[str], dict | None],
+    tokens: dict[str, bytes],
+    cluster_ca: bytes | None = None,
+    downward: Callable[[str], str] | None = None,
+) -> dict[str, bytes]:
+    """Files of a projected volume: configMap and secret sources as in their own volumes, serviceAccountToken
+    sources from `tokens` (path -> token, requested by the caller), downwardAPI sources from `downward` (fieldPath
+    -> value). `cluster_ca` stands in for the kube-root-ca.crt ConfigMap while kube-controller-manager has not
+    published it in a new namespace yet."""
+    files: dict[str, bytes] = {}
+    for source in volume["projected"].get("sources") or []:
+        if "downwardAPI" in source:
+            # The API server's ServiceAccount admission gives every pod that mounts its token a
+            # kube-api-access-* volume whose third source is the namespace, as a downwardAPI item.
+            for item in source["downwardAPI"].get("items") or []:
+                if "fieldRef" not in item or downward is None:
+                    raise PodConfigError(
+                        f"volume {volume['name']!r}: downwardAPI item {item.get('path')!r}: only fieldRef items "
+                        "are supported by the local node agent"
+                    )
+                files[item["path"]] = downward(item["fieldRef"]["fieldPath"]).encode()
+        elif "serviceAccountToken" in source:
+            path = source["serviceAccountToken"]["path"]
+            files[path] = tokens[path]
+        elif "configMap" in source:
+            ref = source["configMap"]
+            obj = get_configmap(ref["name"])
+            if obj is None and ref["name"] == ROOT_CA_CONFIG_MAP and cluster_ca is not None:
+                obj = {"data": {"ca.crt": cluster_ca.decode()}}
+            files.update(file_volume_contents({"name": volume["name"], "configMap": ref}, obj))
+        elif "secret" in source:
+            ref = source["secret"]
+            obj = get_secret(ref["name"])
+            files.update(
+                file_volume_contents({"name": volume["name"], "secret": {**ref, "secretName": ref["name"]}}, obj)
+            )
+        else:
+            raise PodConfigError(
+                f"volume {volume['name']!r}: projected source {sorted(source)} is not supported by the local node agent"
+            )
+    return files
+
+
+def configmap_volumes(pod: dict, name: str) -> list[dict]:
+    """The pod's volumes that show ConfigMap `name`."""
+    return [v for v in pod["spec"].get("volumes") or [] if (v.get("configMap") or {}).get("name") == name]
 
 
 def container_mounts(container: dict, volume_paths: dict[str, Path | None]) -> list[Mount]:

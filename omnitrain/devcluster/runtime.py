@@ -20,6 +20,7 @@ from omnitrain.timestamps import now_rfc3339
 
 TERMINATION_MESSAGE_LIMIT = 4096
 FALLBACK_LOG_LINES = 80
+LAST_TERMINATED = "last-terminated.json"  # lastState.terminated of the run before a restart in place
 
 
 def pod_dir(root: Path, namespace: str, name: str) -> Path:
@@ -100,8 +101,11 @@ class ContainerRun:
         self.kill_sent.add(sig)
 
     def archive_exit(self) -> None:
-        """Before a restart in place: the finished run becomes lastState."""
+        """Before a restart in place: the finished run becomes lastState (kept on disk with its termination
+        message, which the next run's start empties: a restarted agent reports it too)."""
         self.last_terminated = self.terminated_state()
+        if self.last_terminated is not None:
+            write_json(self.dir / LAST_TERMINATED, self.last_terminated)
         (self.dir / "exit.json").rename(self.dir / f"exit.{self.restart_count}.json")
         self.restart_count += 1
         (self.dir / "restarts").write_text(str(self.restart_count))
@@ -158,7 +162,8 @@ class ContainerRun:
         if run.restart_count:
             prev = dir / f"exit.{run.restart_count - 1}.json"
             info = read_json(prev)
-            if info:
+            run.last_terminated = read_json(dir / LAST_TERMINATED)
+            if run.last_terminated is None and info:  # archived before lastState was kept on disk
                 run.last_terminated = {
                     "exitCode": info["exitCode"],
                     "reason": "Completed" if info["exitCode"] == 0 else "Error",

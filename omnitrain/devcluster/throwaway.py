@@ -13,11 +13,13 @@ import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
+from omnitrain.devcluster import kwok as kwok_config
 from omnitrain.devcluster.binaries import bin_dir
 from omnitrain.devcluster.controlplane import free_port
 from omnitrain.devcluster.testing import wait_for
 
 TOKEN = "throwaway-admin-token"
+NODE_MONITOR_GRACE = "1h"  # longer than any benchmark run (see the controller-manager's flags below)
 
 
 def find_binaries() -> Path | None:
@@ -90,8 +92,10 @@ def control_plane(workdir: Path, scheduler: bool = False, kwok: bool = False):
                 f"http://127.0.0.1:{peer_port}",
                 "--initial-cluster",
                 f"default=http://127.0.0.1:{peer_port}",
+                # 8 GiB, etcd's largest recommended, not 256 MiB: a 1,024-node kwok bench (node status, Leases, pod
+                # churn) hit "mvcc: database space exceeded" within minutes; the file grows only as far as it is used
                 "--quota-backend-bytes",
-                "268435456",
+                str(8 * 1024**3),
                 "--unsafe-no-fsync",
             ],
         )
@@ -100,6 +104,7 @@ def control_plane(workdir: Path, scheduler: bool = False, kwok: bool = False):
             [
                 str(bins / "kube-apiserver"),
                 f"--etcd-servers=http://127.0.0.1:{etcd_port}",
+                "--etcd-compaction-interval=1m",  # default 5m: old revisions of busy kwok nodes pile up in between
                 "--bind-address=127.0.0.1",
                 f"--secure-port={api_port}",
                 f"--cert-dir={workdir / 'certs'}",
@@ -129,6 +134,12 @@ def control_plane(workdir: Path, scheduler: bool = False, kwok: bool = False):
                 f"--kubeconfig={kubeconfig}",
                 # nodelifecycle lifts the not-ready taint the API server puts on new (kwok) nodes once they are Ready
                 "--controllers=garbagecollector,namespace" + (",nodelifecycle" if kwok else ""),
+                # One kwok process renews every fake node's Lease on a machine the benchmark loads fully: a renewal
+                # late by a few seconds there is the bench's artefact, not a lost machine, and a flap in the middle
+                # of a measurement restarts the job it measures. Nothing on this throwaway plane detects node loss
+                # by heartbeat (faults are injected by deleting Pods or Nodes), so the grace outlasts any run.
+                f"--node-monitor-grace-period={NODE_MONITOR_GRACE}",
+                f"--node-startup-grace-period={NODE_MONITOR_GRACE}",
                 "--leader-elect=false",
                 "--bind-address=127.0.0.1",
                 f"--secure-port={free_port()}",
@@ -157,8 +168,10 @@ def control_plane(workdir: Path, scheduler: bool = False, kwok: bool = False):
                 [
                     str(bins / "kwok"),
                     f"--kubeconfig={kubeconfig}",
+                    f"--config={kwok_config.write_config(workdir, pod_stages=False)}",
                     "--manage-all-nodes=false",
                     "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
+                    *kwok_config.NODE_LEASE_ARGS,  # without it kwok heartbeats no node (kwok.py says why)
                     "--cidr=10.0.0.1/16",
                     f"--server-address=127.0.0.1:{free_port()}",
                 ],

@@ -68,8 +68,30 @@ class PodChanged:
     pod: dict
 
 
-Event = NodesListed | NodeSeen | NodeDeleted | PodsListed | PodChanged
-EVENT_TYPES: tuple[type, ...] = (NodesListed, NodeSeen, NodeDeleted, PodsListed, PodChanged)
+@dataclass(frozen=True)
+class ConfigMapsListed:
+    """A fresh listing of all ConfigMaps (after a start or a broken watch: updates may have been missed)."""
+
+    configmaps: list[dict]
+
+
+@dataclass(frozen=True)
+class ConfigMapChanged:
+    """A ConfigMap was created or updated (a deleted one leaves the files the pods have, as with the kubelet)."""
+
+    configmap: dict
+
+
+Event = NodesListed | NodeSeen | NodeDeleted | PodsListed | PodChanged | ConfigMapsListed | ConfigMapChanged
+EVENT_TYPES: tuple[type, ...] = (
+    NodesListed,
+    NodeSeen,
+    NodeDeleted,
+    PodsListed,
+    PodChanged,
+    ConfigMapsListed,
+    ConfigMapChanged,
+)
 Handlers = Mapping[type, Callable[[Any], None]]
 
 
@@ -163,3 +185,22 @@ def watch_pods(api: AgentApi, events: queue.Queue, stop: threading.Event) -> Non
         change = _CHANGES.get(event["type"])
         if change is not None:
             events.put(PodChanged(change, event["raw_object"]))
+
+
+def watch_configmaps(api: AgentApi, events: queue.Queue, stop: threading.Event) -> None:
+    """One list+watch of all ConfigMaps (run under `guarded`): the agent's one watch for every pod's configMap
+    volumes, however many pods mount them. Which of them some pod shows is the handler's business."""
+    from kubernetes import watch
+
+    listing = api.list_configmaps()
+    events.put(ConfigMapsListed(listing["items"]))
+    for event in watch.Watch().stream(
+        api.core.list_config_map_for_all_namespaces,
+        resource_version=listing["metadata"]["resourceVersion"],
+        timeout_seconds=WATCH_TIMEOUT_S,
+        allow_watch_bookmarks=True,
+    ):
+        if stop.is_set() or event["type"] == "ERROR":
+            return
+        if _CHANGES.get(event["type"]) in (Change.ADDED, Change.MODIFIED):
+            events.put(ConfigMapChanged(event["raw_object"]))

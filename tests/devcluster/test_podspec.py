@@ -104,13 +104,15 @@ def test_volume_layout_and_mounts(tmp_path):
         "nvme": {"name": "nvme", "hostPath": {"path": "/mnt/nvme"}},
         "pv": {"name": "pv", "persistentVolumeClaim": {"claimName": "ckpt"}},
         "tmp": {"name": "tmp", "emptyDir": {}},
-        "token": {"name": "token", "projected": {"sources": []}},
+        "token": {"name": "token", "downwardAPI": {"items": []}},  # nothing this agent shows
+        "api": {"name": "api", "projected": {"sources": []}},  # written like a configMap volume (tokens, CA)
     }
     paths = {name: layout.host_path(v) for name, v in volumes.items()}
     assert paths["nvme"] == tmp_path / "nodes" / "local-node-1" / "mnt" / "nvme"
     assert paths["pv"] == tmp_path / "pv" / "ckpt"
     assert paths["tmp"] == tmp_path / "pods" / "team" / "rank-1" / "volumes" / "tmp"
     assert paths["token"] is None
+    assert paths["api"] == tmp_path / "pods" / "team" / "rank-1" / "volumes" / "api"
     mounts = container_mounts(
         {
             "name": "c",

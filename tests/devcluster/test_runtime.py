@@ -61,3 +61,18 @@ def test_pod_ips_are_never_reused_across_allocators_of_one_cluster(tmp_path):
     first = [IPAllocator(tmp_path / "next-ip").allocate() for _ in range(2)]
     again = IPAllocator(tmp_path / "next-ip").allocate()
     assert first == ["127.1.0.2", "127.1.0.3"] and again == "127.1.0.4"
+
+
+def test_last_state_keeps_the_termination_message_across_an_agent_restart(tmp_path):
+    """The operator classifies a restarted container by lastState.terminated.message (the generation it failed
+    in): a re-adopted container must report it too, although the next run's start emptied the termination log."""
+    run = _run(tmp_path, policy="File")
+    main = run.containers["main"]
+    (main.dir / "exit.json").write_text(json.dumps({"exitCode": 42, "startedAt": 1.0, "finishedAt": 2.0}))
+    main.termination_log.write_text('{"generation": 3}\n')
+    main.archive_exit()
+    main.termination_log.write_text("")  # what the next run's launch does
+    adopted = ContainerRun.load("main", main.dir, main.log)
+    assert adopted.restart_count == 1
+    assert adopted.last_terminated == main.last_terminated
+    assert adopted.last_terminated["exitCode"] == 42 and adopted.last_terminated["message"] == '{"generation": 3}'

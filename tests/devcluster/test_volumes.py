@@ -153,3 +153,106 @@ def test_fallback_without_mount_namespace_rewrites_paths(local_cluster, tmp_path
     assert (nvme / "out.txt").read_text() == f"saved under {nvme}\n"
     assert (nvme / "cwd.txt").read_text() == f"{folder / 'volumes' / 'w'}\n"
     assert json.loads(spec["env"]["OMNITRAIN_PATH_MAP"])["/ckpt"] == str(nvme)
+
+
+def test_configmap_volume_follows_updates(local_cluster, core):
+    """As with a kubelet, a running pod's configMap volume shows the ConfigMap's new content (the gang
+    announcement reaches the supervisors this way): keys change in place, keys removed go away, and the time from
+    the update to the pod seeing it is well under a second."""
+    import time
+
+    from omnitrain.devcluster.testing import wait_for
+
+    tag = uuid.uuid4().hex[:6]
+    name, cfg = f"live-{tag}", f"live-cfg-{tag}"
+    core.create_namespaced_config_map(
+        "default", {"metadata": {"name": cfg}, "data": {"gang.json": '{"generation": 1}', "gone": "x"}}
+    )
+    mnt = f"/tmp/omnitrain-live-{tag}"
+    script = (
+        f'first=$(cat {mnt}/gang.json); echo "first=$first"; '
+        f'while [ "$(cat {mnt}/gang.json)" = "$first" ]; do sleep 0.02; done; '
+        f'echo "now=$(cat {mnt}/gang.json)"; [ -e {mnt}/gone ] && echo "gone-still-there"; ls {mnt}; true'
+    )
+    body = {
+        "metadata": {"name": name},
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [
+                {
+                    "name": "main",
+                    "image": "ignored",
+                    "command": ["sh", "-c", script],
+                    "volumeMounts": [{"name": "gang", "mountPath": mnt, "readOnly": True}],
+                }
+            ],
+            "volumes": [{"name": "gang", "configMap": {"name": cfg}}],
+        },
+    }
+    try:
+        core.create_namespaced_pod("default", body)
+        log_file = local_cluster.container_log("default", name, "main")
+        wait_for(lambda: log_file.exists() and "first=" in log_file.read_text(), 60, "the pod read the first version")
+        assert 'first={"generation": 1}' in log_file.read_text()
+        t0 = time.monotonic()
+        core.replace_namespaced_config_map(
+            cfg, "default", {"metadata": {"name": cfg}, "data": {"gang.json": '{"generation": 2}'}}
+        )
+        wait_for(lambda: "now=" in log_file.read_text(), 10, "the pod saw the new version", interval=0.02)
+        seen_after = time.monotonic() - t0
+        pod = wait_pod_phase(core, "default", name, {"Succeeded", "Failed"})
+        log = log_file.read_text()
+        assert pod.status.phase == "Succeeded", log
+        assert 'now={"generation": 2}' in log
+        assert "gone-still-there" not in log, log
+        assert log.splitlines()[-1] == "gang.json", log  # ls: only the key of the new version
+        assert seen_after < 1.0, f"the update took {seen_after:.2f} s to reach the pod"
+    finally:
+        shutil.rmtree(mnt, ignore_errors=True)
+        core.delete_namespaced_config_map(cfg, "default")
+
+
+def test_restart_in_place_keeps_empty_dir_and_reports_last_termination_message(local_cluster, core):
+    """What the in-place gang restart relies on: under OnFailure the container of the same pod (same UID) is
+    restarted, the pod's emptyDir keeps what the first run wrote (the pod owns it, not the container), and
+    lastState.terminated carries the first run's exit code and termination message while the second run goes on."""
+    from omnitrain.devcluster.testing import wait_for
+
+    name = f"inplace-{uuid.uuid4().hex[:6]}"
+    script = (
+        "if [ -e /state/failed-generation ]; then echo second run saw $(cat /state/failed-generation); sleep 600; fi; "
+        'echo 3 > /state/failed-generation; echo \'{"generation": 3}\' > "$OMNITRAIN_TERMINATION_LOG"; exit 42'
+    )
+    body = {
+        "metadata": {"name": name},
+        "spec": {
+            "restartPolicy": "OnFailure",
+            "terminationGracePeriodSeconds": 5,
+            "containers": [
+                {
+                    "name": "main",
+                    "image": "ignored",
+                    "command": ["sh", "-c", script],
+                    "volumeMounts": [{"name": "state", "mountPath": "/state"}],
+                }
+            ],
+            "volumes": [{"name": "state", "emptyDir": {}}],
+        },
+    }
+    created = core.create_namespaced_pod("default", body)
+    try:
+        log_file = local_cluster.container_log("default", name, "main")
+        wait_for(lambda: log_file.exists() and "second run saw 3" in log_file.read_text(), 60, "the second run")
+
+        def restarted():
+            pod = core.read_namespaced_pod(name, "default")
+            statuses = pod.status.container_statuses or []
+            return pod if statuses and statuses[0].restart_count == 1 and statuses[0].state.running else None
+
+        pod = wait_for(restarted, 30, "restartCount 1 and running")
+        assert pod.metadata.uid == created.metadata.uid and pod.status.phase == "Running"
+        last = pod.status.container_statuses[0].last_state.terminated
+        assert last.exit_code == 42 and last.reason == "Error"
+        assert last.message.strip() == '{"generation": 3}'
+    finally:
+        core.delete_namespaced_pod(name, "default", grace_period_seconds=0)

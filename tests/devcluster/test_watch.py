@@ -8,7 +8,16 @@ import threading
 import pytest
 
 from omnitrain.devcluster import watch
-from omnitrain.devcluster.watch import Change, NodeDeleted, NodeSeen, NodesListed, PodChanged, PodsListed
+from omnitrain.devcluster.watch import (
+    Change,
+    ConfigMapChanged,
+    ConfigMapsListed,
+    NodeDeleted,
+    NodeSeen,
+    NodesListed,
+    PodChanged,
+    PodsListed,
+)
 
 
 def test_events_reach_their_handlers_in_order_and_a_failing_handler_does_not_stop_the_loop():
@@ -32,6 +41,8 @@ def test_events_reach_their_handlers_in_order_and_a_failing_handler_does_not_sto
         NodeDeleted: node_deleted,
         PodsListed: lambda e: seen.append(("pods", e.resource_version)),
         PodChanged: pod_changed,
+        ConfigMapsListed: lambda e: seen.append(("configmaps", len(e.configmaps))),
+        ConfigMapChanged: lambda e: seen.append(("configmap", e.configmap["metadata"]["name"])),
     }
     for event in (
         NodesListed([]),
@@ -39,6 +50,8 @@ def test_events_reach_their_handlers_in_order_and_a_failing_handler_does_not_sto
         PodsListed([], "7"),
         PodChanged(Change.ADDED, {"metadata": {"name": "bad"}}),
         PodChanged(Change.DELETED, {"metadata": {"name": "ok"}}),
+        ConfigMapsListed([]),
+        ConfigMapChanged({"metadata": {"name": "job-gang"}}),
         NodeDeleted("n0", None),
     ):
         events.put(event)
@@ -49,6 +62,8 @@ def test_events_reach_their_handlers_in_order_and_a_failing_handler_does_not_sto
         ("pods", "7"),
         ("pod", (Change.ADDED, "bad")),
         ("pod", (Change.DELETED, "ok")),
+        ("configmaps", 0),
+        ("configmap", "job-gang"),
         ("node-deleted", "n0"),
     ]
     assert ticks, "the loop ticks between batches of events"
