@@ -3,11 +3,14 @@
 1. distillation: 150-step teacher vs 10-step student (and the undistilled model at 10 steps): sampling time and
    error against the 150-step teacher's samples from the same noise;
 2. condition caching: sampling time with the condition tokens recomputed every step under the same mask vs
-   encoded once (long reference/context), and that both give the same result;
+   encoded once (long reference/context), and that both give the same result; on the test model, a random MMDiT
+   and an MMDiT trained with conditionAttention: causal by the real training loop (for which the recomputed
+   sampling IS the trained model's own forward, so the cache's speedup is at no error);
 3. FP8: output error of e4m3 linears (per-tensor and rowwise scales) against fp32; speed only where
    torch._scaled_mm runs (sm89+ GPU).
 
     .venv/bin/python bench/promotion.py --plot bench/out/promotion.png
+    .venv/bin/python bench/promotion.py --cache-only   # section 2 on the trained causal MMDiT alone
 
 Results and the exact command: docs/benchmarks.md ("Promotion").
 """
@@ -116,9 +119,48 @@ def bench_distillation(args) -> dict:
     return out
 
 
+def trained_causal_mmdit(steps: int):
+    """An MMDiT of CACHE_MODEL's dimensions trained `steps` steps with spec.model.conditionAttention: causal by the
+    real training loop (synthetic data), loaded from its checkpoint the way the server loads one."""
+    import tempfile
+    from pathlib import Path
+
+    from omnitrain.model.artifact import load_teacher
+    from omnitrain.spec import TrainerConfig
+    from omnitrain.trainer.checkpoint.callback import CheckpointCallback
+    from omnitrain.trainer.train import train
+
+    c = CACHE_MODEL
+    with tempfile.TemporaryDirectory() as tmp:
+        config = TrainerConfig.model_validate(
+            {
+                "spec": {
+                    "model": {
+                        "preset": "tiny",  # its frequencyEmbeddingSize (64) is CACHE_MODEL's
+                        "hiddenSize": c.hidden_size,
+                        "depth": c.depth,
+                        "numHeads": c.num_heads,
+                        "latentChannels": c.latent_channels,
+                        "textDim": c.text_dim,
+                        "conditionAttention": "causal",
+                    },
+                    "data": {"path": f"{tmp}/data", "synthetic": {"samples": 64, "shards": 1}, "tokenBudget": 512},
+                    "training": {"steps": steps, "warmupSteps": 1},
+                    "checkpoint": {"localPath": f"{tmp}/local", "persistentPath": f"{tmp}/persistent"},
+                },
+                "run": {"jobName": "bench"},
+            }
+        )
+        train(config, callbacks=[CheckpointCallback.from_trainer_config(config)], log=lambda *a, **k: None)
+        art = load_teacher(Path(tmp) / "local" / "bench" / f"step-{steps}", config.spec.model.resolve())
+    return art.model, art.adapter
+
+
 def bench_condition_cache(args, model_name: str = "tiny") -> dict:
     torch.manual_seed(0)
-    if model_name == "mmdit":
+    if model_name == "mmdit trained causal":
+        model, adapter = trained_causal_mmdit(args.causal_train_steps)
+    elif model_name == "mmdit":
         from omnitrain.model.mmdit import randomize_
         from omnitrain.model.mmdit_adapter import build_mmdit
 
@@ -225,6 +267,19 @@ def plot(path: str, dist: dict) -> None:
     print(f"plot: {path}")
 
 
+def condition_caching(args, models) -> None:
+    for model_name in models:
+        cache = bench_condition_cache(args, model_name)
+        print(
+            f"\n== condition caching, {model_name} ({cache['cond_tokens']} condition tokens, "
+            f"{cache['video_tokens']} video tokens, 2 requests, {cache['steps']} steps) =="
+        )
+        print(
+            f"recomputed every step (same mask): {cache['masked_s']:.3f}s  cached: {cache['cached_s']:.3f}s  "
+            f"speedup x{cache['masked_s'] / cache['cached_s']:.2f}  max |diff| {cache['max_abs_diff']:.2e}"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--teacher-train-steps", type=int, default=300)
@@ -234,9 +289,16 @@ def main() -> None:
     parser.add_argument("--video-tokens", type=int, default=256)
     parser.add_argument("--cache-steps", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--causal-train-steps", type=int, default=10)
+    parser.add_argument(
+        "--cache-only", action="store_true", help="only the condition-caching section (skip distillation and FP8)"
+    )
     parser.add_argument("--plot", default=None)
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.cache_only:
+        condition_caching(args, ("mmdit trained causal",))
+        return
 
     dist = bench_distillation(args)
     print("\n== distillation (32 requests, tiny model, CPU, 1 thread) ==")
@@ -253,16 +315,7 @@ def main() -> None:
             f"  RMSE {r['rmse']:.4f}  ({r['rmse'] / dist['undistilled'][10]:.2f} of undistilled at 10 steps)"
         )
 
-    for model_name in ("tiny", "mmdit"):
-        cache = bench_condition_cache(args, model_name)
-        print(
-            f"\n== condition caching, {model_name} ({cache['cond_tokens']} condition tokens, "
-            f"{cache['video_tokens']} video tokens, 2 requests, {cache['steps']} steps) =="
-        )
-        print(
-            f"recomputed every step (same mask): {cache['masked_s']:.3f}s  cached: {cache['cached_s']:.3f}s  "
-            f"speedup x{cache['masked_s'] / cache['cached_s']:.2f}  max |diff| {cache['max_abs_diff']:.2e}"
-        )
+    condition_caching(args, ("tiny", "mmdit", "mmdit trained causal"))
 
     fp8 = bench_fp8(args)
     print("\n== FP8 e4m3 linears vs fp32 (relative L2 error of the model output) ==")

@@ -7,9 +7,11 @@
 3. single-process training of the tiny model: median step time and tokens/s per attention backend;
 4. attention alone, forward (no gradients), every backend incl. "flex", over one packed sequence of the tiny
    model's head shape; flex's block-mask build separately (torch has no CPU backward for FlexAttention, so a CPU
-   training step under "flex" would time its dense fallback, not the kernel: it is not in table 3).
+   training step under "flex" would time its dense fallback, not the kernel: it is not in table 3);
+5. spec.model.conditionAttention full vs causal: training step CPU time of the tiny model on the same data, the
+   two runs alternating round by round, and attention alone (forward + backward) over short and long samples.
 
-    OMP_NUM_THREADS=1 .venv/bin/python bench/train.py [--attention-only]
+    OMP_NUM_THREADS=1 .venv/bin/python bench/train.py [--attention-only | --condition-attention-only]
 """
 
 from __future__ import annotations
@@ -47,6 +49,10 @@ def _length(sample, patch) -> int:
     return sample_tokens(
         SampleRecord(text=sample.text, video=sample.video, reference=sample.reference, context=sample.context), patch
     )
+
+
+def _length_video(sample, patch) -> int:
+    return sample_tokens(SampleRecord(text=sample.text[:0], video=sample.video), patch)
 
 
 def packing(folder: Path, budget: int, steps: int) -> None:
@@ -124,6 +130,83 @@ def throughput(root: Path, steps: int) -> list[float]:
     return losses
 
 
+def condition_attention(root: Path, steps: int, rounds: int = 3) -> dict[str, float]:
+    """spec.model.conditionAttention full vs causal: median training step of the tiny model on the same data (the
+    runs alternating), and attention alone (forward + backward) over short and long samples. CPU time of this
+    process (one thread), not wall time: the shared machine's load from other processes would swamp a 10% effect."""
+    print(
+        f"conditionAttention full vs causal, tiny model, {rounds} alternating rounds of {steps} steps (median CPU ms):"
+    )
+    times: dict[str, list[float]] = {"full": [], "causal": []}
+    for _ in range(rounds):
+        for mode in times:
+            cfg = TrainerConfig.model_validate(
+                {
+                    "spec": {
+                        "model": {"conditionAttention": mode},
+                        "data": {
+                            "path": str(root / "data"),
+                            "synthetic": {"samples": 256, "shards": 2},
+                            "tokenBudget": 1024,
+                        },
+                        "training": {"steps": steps + 2, "warmupSteps": 2},
+                    },
+                    "run": {"jobName": "bench"},
+                }
+            )
+
+            class Timer(TrainerHooks):
+                last = time.process_time()
+
+                def on_step_end(self, *, state, stats: StepStats, mode=mode):
+                    now = time.process_time()
+                    if stats.step > 2:
+                        times[mode].append(now - self.last)
+                    self.last = now
+
+            train(cfg, callbacks=[Timer()], log=lambda *a, **k: None)
+    median = {mode: statistics.median(t) for mode, t in times.items()}
+    patch = PRESETS["tiny"].patch_size
+    loader = PackedLoader(ShardReader(root / "data"), patch, 1024, CostModel.of(PRESETS["tiny"]))
+    shares = [
+        1 - _length_video(smp, patch) / _length(smp, patch)
+        for _ in range(steps)
+        for mb in loader.next_global_step()
+        for smp in mb
+    ]
+    print(
+        f"  step: full {median['full'] * 1000:6.0f} ms   causal {median['causal'] * 1000:6.0f} ms   "
+        f"causal/full x{median['causal'] / median['full']:.2f}   "
+        f"(condition tokens {statistics.mean(shares):.0%} of a sample on average)"
+    )
+    print("  attention alone, forward + backward, 4 heads x 16, half of each sample conditions (median CPU ms):")
+    for lengths in ([30] * 33, [300, 41, 260, 7, 190, 226], [1350, 1350]):
+        ms = _attention_full_vs_causal(lengths)
+        print(
+            f"    {len(lengths):2d} samples of ~{sum(lengths) // len(lengths):4d} tokens: full {ms['full']:7.1f}   "
+            f"causal {ms['causal']:7.1f}   causal/full x{ms['causal'] / ms['full']:.2f}"
+        )
+    return median
+
+
+def _attention_full_vs_causal(lengths: list[int], reps: int = 10) -> dict[str, float]:
+    from omnitrain.model.mmdit import BlockContext
+
+    cu = torch.zeros(len(lengths) + 1, dtype=torch.int32)
+    cu[1:] = torch.cumsum(torch.tensor(lengths), 0)
+    is_condition = torch.cat([torch.arange(n) < n // 2 for n in lengths])  # conditions first, as packed
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(sum(lengths), 4, 16, generator=g, requires_grad=True) for _ in range(3))
+    times: dict[str, list[float]] = {"full": [], "causal": []}
+    for _ in range(reps):
+        for mode, cond in (("full", None), ("causal", is_condition)):
+            ctx = BlockContext(None, None, None, None, cu, max(lengths), cond)
+            start = time.process_time()
+            attn.attention(q, k, v, ctx).sum().backward()
+            times[mode].append((time.process_time() - start) * 1000)
+    return {mode: statistics.median(t) for mode, t in times.items()}
+
+
 # A 1024-token packed sequence like the tiny model's micro-batches: a few long samples and some short ones.
 ATTENTION_LENGTHS = [300, 41, 260, 7, 190, 226]
 
@@ -193,10 +276,17 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--plot", help="write a PNG of the balance and the loss curve here")
     parser.add_argument("--attention-only", action="store_true", help="only section 4 (attention forward)")
+    parser.add_argument(
+        "--condition-attention-only", action="store_true", help="only section 5 (full vs causal training step)"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     if args.attention_only:
         attention_forward(ATTENTION_LENGTHS, reps=20)
+        return 0
+    if args.condition_attention_only:
+        with tempfile.TemporaryDirectory() as tmp:
+            condition_attention(Path(tmp), args.steps)
         return 0
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -207,6 +297,7 @@ def main(argv=None) -> int:
         balance_results = balance(skewed, ranks=8, samples_per_step=64, steps=8)
         losses = throughput(root, args.steps)
         attention_forward(ATTENTION_LENGTHS, reps=20)
+        condition_attention(root, args.steps)
         if args.plot:
             plot(args.plot, balance_results, losses)
         print(f"({time.perf_counter() - t0:.0f} s)")

@@ -12,6 +12,8 @@ Record kinds (all carry `kind`, `time` (unix seconds) and `attempt`):
   checkpoint  {step, blocking_seconds} when a save blocked the loop; {step, complete: true} when it is complete
   restore     {step, seconds}
   hang        {step, stalled_ranks} (the watchdog, before it ends the pod)
+  generation  {generation, nnodes, started} stamped at the announcement (node rank 0's watchdog, before it starts
+              the workers of an in-place restart generation)
   goodput     {goodput, badput_seconds: {cause: s}}
   end         {step, reason}
 """

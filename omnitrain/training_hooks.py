@@ -80,8 +80,9 @@ class CheckpointHooks:
     def on_checkpoint_complete(self, *, step: int) -> None:
         """The checkpoint of `step` is complete (its manifest is written)."""
 
-    def on_restore(self, *, step: int, seconds: float) -> None:
-        """The checkpoint of `step` was loaded, in `seconds`."""
+    def on_restore(self, *, step: int, seconds: float, source: str = "local", sources: list[str] | None = None) -> None:
+        """The checkpoint of `step` was loaded, in `seconds`; `sources`: the tier each rank read (local, peer or
+        persistent), `source`: the slowest of them."""
 
 
 __all__ = ["COMPLETED", "ERROR", "CheckpointHooks", "Restored", "StepStats", "TrainOutcome", "TrainerHooks"]

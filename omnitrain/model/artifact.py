@@ -40,6 +40,27 @@ class ModelArtifact:
     meta: dict = field(default_factory=dict)  # provenance: teacher path, distillation figures, ...
 
 
+@dataclass(frozen=True)
+class CacheFidelity:
+    """Whether serving with cached condition keys/values (the condition-causal, clean-condition view) computes the
+    model as it was trained, and why."""
+
+    exact: bool
+    reason: str
+
+
+def condition_cache_fidelity(artifact: ModelArtifact) -> CacheFidelity:
+    if artifact.config.condition_attention == "causal":
+        return CacheFidelity(True, "trained with spec.model.conditionAttention: causal (the cached view)")
+    if "teacher" in artifact.meta:
+        return CacheFidelity(True, "a distilled student (distillation trains it in the cached view)")
+    return CacheFidelity(
+        False,
+        "trained with full attention: the cached view (conditions see only conditions, clean t = 0) differs from "
+        "the trained model; distill it, or train with spec.model.conditionAttention: causal",
+    )
+
+
 def build_model(factory: str, config: ModelConfig):
     factory = RENAMED_FACTORIES.get(factory, factory)
     module_name, _, attr = factory.partition(":")
@@ -119,12 +140,14 @@ def load_teacher(path: str | Path, config: ModelConfig) -> ModelArtifact:
 
 
 __all__ = [
+    "CacheFidelity",
     "FORMAT",
     "MMDIT_FACTORY",
     "ModelArtifact",
     "ModelFileError",
     "RENAMED_FACTORIES",
     "build_model",
+    "condition_cache_fidelity",
     "load_artifact",
     "load_teacher",
     "save_artifact",

@@ -1,25 +1,35 @@
-"""Block-diagonal (per-sample) full attention over a packed token sequence: the one attention function of the model.
+"""Block-diagonal (per-sample) attention over a packed token sequence: the one attention function of the model.
+
+Two rules, chosen by the model through the context it passes (`ctx.is_condition`, docs/contracts.md):
+- full (no `is_condition`): every token attends to every token of its sample;
+- condition-causal (`is_condition`, a per-token bool over the whole packed sequence): a condition token attends
+  only to its sample's condition tokens, a video token to the whole sample. `condition_may_attend` is that rule,
+  written once: every backend below, the serving cache (omnitrain/model/condcache.py) and the tests use it.
 
 Backends, selected per call by capability (never assumed):
-- "flash": flash_attn_varlen_func, when flash-attn is importable, the tensors are on CUDA and fp16/bf16.
+- "flash": flash_attn_varlen_func, when flash-attn is importable, the tensors are on CUDA and fp16/bf16. Under the
+  condition-causal rule: one varlen call with no mask over gathered tokens, separate query and key boundaries (a
+  sample's condition queries with its condition keys, its video queries with the whole sample).
 - "flex": GPU without flash-attn, sequences longer than FLEX_MIN_TOKENS, and only with OMNITRAIN_FLEX_ATTENTION=1
   until a GPU run has measured it (none was lent yet): torch's FlexAttention (compiled on CUDA)
-  with a block mask built from cu_seqlens (document-id mask_mod): blocks that cross samples are skipped, not
-  computed and thrown away, and the mask is (L/128)^2 blocks instead of L^2 bytes. `block_mask_for` also takes a
-  per-token `is_condition` for the condition-causal mask (condition tokens see only their sample's condition
-  tokens; video tokens see the whole sample); the model does not pass it yet. On CPU (only when forced) flex runs
-  eagerly and forward only: torch has no CPU backward for it, so with gradients the same mask rule runs densely.
+  with a block mask built from cu_seqlens (document-id mask_mod, and the condition rule when the context has one):
+  blocks that cross samples are skipped, not computed and thrown away, and the mask is (L/128)^2 blocks instead of
+  L^2 bytes. On CPU (only when forced) flex runs eagerly and forward only: torch has no CPU backward for it, so
+  with gradients the same mask rule runs densely.
 - "sdpa_mask": GPU without flash-attn, short sequences (or no FlexAttention): PyTorch SDPA over the whole packed
   sequence with a block-diagonal boolean mask (one kernel call instead of one per sample; the mask costs L^2 bytes,
   so it is used up to MASK_MAX_TOKENS).
 - "sdpa_loop": CPU (and long GPU sequences without FlexAttention): PyTorch SDPA once per sample; no wasted
-  cross-sample scores.
+  cross-sample scores. Condition-causal: once per sample and kind of query for long samples (no condition-to-video
+  scores), one masked call for short ones (SPLIT_MIN_TOKENS).
 - "math": explicit matmul + softmax per sample; the numerical reference, and countable by FlopCounterMode.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
 import functools
 import importlib.util
 import os
@@ -115,6 +125,15 @@ def _segment_ids(cu_seqlens: torch.Tensor, tokens: int, device) -> torch.Tensor:
     return ids
 
 
+def _padded(is_condition: torch.Tensor, tokens: int) -> torch.Tensor:
+    """is_condition covers the packed samples; tokens past them (sequence-parallel padding, their own segment) are
+    not conditions, so they attend to their segment like video tokens."""
+    cond = is_condition.bool()
+    if cond.shape[0] < tokens:
+        cond = torch.cat((cond, cond.new_zeros(tokens - cond.shape[0])))
+    return cond
+
+
 def _math(q, k, v, mask=None):
     # [L, H, D] -> [H, L, D]
     qh, kh, vh = q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1)
@@ -125,6 +144,31 @@ def _math(q, k, v, mask=None):
 
 
 MaskMod = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def condition_may_attend(query_is_condition: torch.Tensor, key_is_condition: torch.Tensor) -> torch.Tensor:
+    """THE condition-causal rule (within one sample; samples never see each other): a condition query may attend
+    to condition keys only, so condition tokens' hidden states, keys and values never depend on the (noisy) video
+    and can be cached across sampling steps; a video query may attend to every key. Elementwise, broadcasting."""
+    return ~query_is_condition | key_is_condition
+
+
+def condition_mask_of(ctx) -> torch.Tensor | None:
+    """The context's per-token `is_condition` ([L] bool over the whole packed sequence), None under full attention.
+    Contexts are dataclasses (MMDiT's BlockContext), dicts or plain objects (docs/contracts.md)."""
+    value = ctx.get("is_condition") if isinstance(ctx, dict) else getattr(ctx, "is_condition", None)
+    return None if value is None else value.bool()
+
+
+def with_condition_mask(ctx, is_condition: torch.Tensor | None):
+    """A copy of ctx whose attention follows the condition-causal rule for `is_condition` (None: full attention)."""
+    if isinstance(ctx, dict):
+        return {**ctx, "is_condition": is_condition}
+    if dataclasses.is_dataclass(ctx) and any(f.name == "is_condition" for f in dataclasses.fields(ctx)):
+        return dataclasses.replace(ctx, is_condition=is_condition)
+    out = copy.copy(ctx)
+    out.is_condition = is_condition
+    return out
 
 
 def document_mask_mod(doc: torch.Tensor, is_condition: torch.Tensor | None = None) -> MaskMod:
@@ -140,7 +184,7 @@ def document_mask_mod(doc: torch.Tensor, is_condition: torch.Tensor | None = Non
         return same_sample
 
     def condition_causal(b, h, q_idx, kv_idx):
-        return same_sample(b, h, q_idx, kv_idx) & (~is_condition[q_idx] | is_condition[kv_idx])
+        return same_sample(b, h, q_idx, kv_idx) & condition_may_attend(is_condition[q_idx], is_condition[kv_idx])
 
     return condition_causal
 
@@ -151,8 +195,8 @@ def dense_mask(cu_seqlens: torch.Tensor, tokens: int, device, is_condition: torc
     doc = _segment_ids(cu_seqlens, tokens, device)
     mask = doc[:, None] == doc[None, :]
     if is_condition is not None:
-        cond = is_condition.to(device=device, dtype=torch.bool)
-        mask = mask & (~cond[:, None] | cond[None, :])
+        cond = _padded(is_condition, tokens).to(device)
+        mask = mask & condition_may_attend(cond[:, None], cond[None, :])
     return mask
 
 
@@ -164,7 +208,7 @@ _BLOCK_MASK_CACHE = 8  # a few shapes in flight (micro-batches, pipeline stages)
 
 
 def _mask_key(cu_seqlens: torch.Tensor, tokens: int, device, is_condition: torch.Tensor | None) -> tuple:
-    cond = None if is_condition is None else is_condition.to(device="cpu", dtype=torch.bool).numpy().tobytes()
+    cond = None if is_condition is None else _padded(is_condition, tokens).cpu().numpy().tobytes()
     return (tuple(int(c) for c in cu_seqlens.tolist()), tokens, str(device), cond)
 
 
@@ -176,7 +220,7 @@ def block_mask_for(cu_seqlens: torch.Tensor, tokens: int, device, is_condition: 
     mask = _BLOCK_MASKS.get(key)
     if mask is None:
         doc = _segment_ids(cu_seqlens, tokens, device)
-        cond = None if is_condition is None else is_condition.to(device=device, dtype=torch.bool)
+        cond = None if is_condition is None else _padded(is_condition, tokens).to(device)
         # Eager create_block_mask evaluates the mask_mod densely (an L x L boolean: 5.6 GB at 75,000 tokens);
         # compiled it works block by block. CPU stays eager: its sequences here are test-sized, compiling is slow.
         build = _compiled_create_block_mask() if torch.device(device).type == "cuda" else create_block_mask
@@ -225,12 +269,81 @@ def _sdpa(q, k, v, mask=None):
     return out.transpose(0, 1)
 
 
+def _by_query_kind(segs, is_condition: torch.Tensor):
+    """The condition-causal rule without a mask: it depends on the query only through its kind, so each sample's
+    queries split into condition and video queries, each attending over the keys `condition_may_attend` allows for
+    its kind. Yields (query indices, key indices) per sample and kind; None as key indices: the whole sample."""
+    for s, e in segs:
+        yield from _sample_by_query_kind(s, e, is_condition)
+
+
+def _sample_by_query_kind(s: int, e: int, is_condition: torch.Tensor):
+    cond = is_condition[s:e]
+    for query_kind in (True, False):
+        rows = torch.nonzero(cond == query_kind).squeeze(1)
+        if rows.numel() == 0:
+            continue
+        keys = condition_may_attend(torch.tensor(query_kind), cond)
+        yield rows + s, None if bool(keys.all()) else torch.nonzero(keys).squeeze(1) + s, (s, e)
+
+
+# Per sample on CPU, the split by kind of query skips the condition-to-video scores (about 0.6x the time of full
+# attention, forward + backward, for 1,350-token samples, half conditions) but costs two kernel calls (about 2x for
+# 30-token samples, where calls, not FLOPs, are the time); below this length one masked call per sample (the same
+# rule as a mask) costs what full attention does. bench/train.py section 5 measures both (docs/benchmarks.md).
+SPLIT_MIN_TOKENS = 256
+
+
+def _condition_causal_split(q, k, v, segs, is_condition, run) -> torch.Tensor:
+    """`run(q_rows, keys, values[, mask])` per sample: split by kind of query (_by_query_kind) for long samples,
+    one call with the rule as a mask for short ones; outputs put back in order."""
+    order, outs = [], []
+    for s, e in segs:
+        if e - s < SPLIT_MIN_TOKENS:
+            cond = is_condition[s:e]
+            order.append(torch.arange(s, e, device=q.device))
+            outs.append(run(q[s:e], k[s:e], v[s:e], condition_may_attend(cond[:, None], cond[None, :])))
+            continue
+        for rows, keys, _ in _sample_by_query_kind(s, e, is_condition):
+            ks, vs = (k[s:e], v[s:e]) if keys is None else (k[keys], v[keys])
+            order.append(rows)
+            outs.append(run(q[rows], ks, vs))
+    return torch.cat(outs)[torch.argsort(torch.cat(order))]
+
+
+def _flash_condition_causal(q, k, v, segs, is_condition) -> torch.Tensor:
+    """flash-attn varlen has no mask, but takes separate query and key boundaries: the rule as ONE varlen call over
+    gathered tokens, a "sequence" per sample and kind of query with the keys the rule allows it (_by_query_kind)."""
+    from flash_attn import flash_attn_varlen_func
+
+    q_rows, k_rows, q_len, k_len = [], [], [], []
+    for rows, keys, (s, e) in _by_query_kind(segs, is_condition):
+        keys = torch.arange(s, e, device=q.device) if keys is None else keys
+        q_rows.append(rows)
+        k_rows.append(keys)
+        q_len.append(rows.numel())
+        k_len.append(keys.numel())
+
+    def cumulative(lengths: list[int]) -> torch.Tensor:
+        return torch.tensor([0, *lengths], device=q.device).cumsum(0).to(torch.int32)
+
+    qi, ki = torch.cat(q_rows), torch.cat(k_rows)
+    out = flash_attn_varlen_func(q[qi], k[ki], v[ki], cumulative(q_len), cumulative(k_len), max(q_len), max(k_len))
+    return out[torch.argsort(qi)]
+
+
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx) -> torch.Tensor:
     """q, k, v: [tokens, heads, head_dim] (heads from the shape, so a tensor-parallel shard works unchanged);
-    ctx.cu_seqlens (int32, n+1) and ctx.max_seqlen. Returns [tokens, heads, head_dim]."""
+    ctx.cu_seqlens (int32, n+1) and ctx.max_seqlen; ctx.is_condition (optional): the condition-causal rule.
+    Returns [tokens, heads, head_dim]."""
     backend = select_backend(q)
     tokens = q.shape[0]
+    is_condition = condition_mask_of(ctx)
+    if is_condition is not None:
+        is_condition = _padded(is_condition, tokens).to(q.device)
     if backend == "flash":
+        if is_condition is not None:
+            return _flash_condition_causal(q, k, v, _segments(ctx.cu_seqlens, tokens), is_condition)
         from flash_attn import flash_attn_varlen_func
 
         cu = ctx.cu_seqlens.to(device=q.device, dtype=torch.int32)
@@ -240,15 +353,15 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx) -> torch.T
             cu = torch.cat((cu, cu.new_tensor([tokens])))
         return flash_attn_varlen_func(q, k, v, cu, cu, longest, longest)
     if backend == "flex":
-        return flex(q, k, v, ctx.cu_seqlens)
+        return flex(q, k, v, ctx.cu_seqlens, is_condition)
     segs = _segments(ctx.cu_seqlens, tokens)
-    if backend == "sdpa_mask" and len(segs) > 1:
-        ids = _segment_ids(ctx.cu_seqlens, tokens, q.device)
-        mask = ids[:, None] == ids[None, :]
-        return _sdpa(q, k, v, mask)
+    if backend == "sdpa_mask" and (len(segs) > 1 or is_condition is not None):
+        return _sdpa(q, k, v, dense_mask(ctx.cu_seqlens, tokens, q.device, is_condition))
+    run = _math if backend == "math" else _sdpa
+    if is_condition is not None:
+        return _condition_causal_split(q, k, v, segs, is_condition, run)
     if len(segs) == 1 and backend != "math":
         return _sdpa(q, k, v)
-    run = _math if backend == "math" else _sdpa
     return torch.cat([run(q[s:e], k[s:e], v[s:e]) for s, e in segs])
 
 

@@ -1,7 +1,8 @@
 """Condition-causal attention and the condition key/value cache.
 
-With the mask "condition tokens attend only to condition tokens (of their sample); video tokens attend to
-everything", the condition tokens' hidden states never see the noisy video, so their keys/values in every layer are
+With the rule "condition tokens attend only to condition tokens (of their sample); video tokens attend to
+everything" (`omnitrain.model.attention.condition_may_attend`, the one definition that condition-causal training
+uses too), the condition tokens' hidden states never see the noisy video, so their keys/values in every layer are
 the same at every sampling step (the model gives condition tokens a timestep-independent modulation). They are
 computed once per request ("record": a forward over the condition tokens alone) and every sampling step runs only
 the video tokens, whose queries attend to [cached condition K/V, own K/V] ("replay").
@@ -20,6 +21,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from omnitrain.model.attention import attention, with_condition_mask
 
 
 @dataclass
@@ -49,9 +52,9 @@ def _sample_slices(cu_seqlens: torch.Tensor) -> list[tuple[int, int]]:
     return list(zip(cu[:-1], cu[1:]))
 
 
-def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """[Lq, H, D] x [Lk, H, D] -> [Lq, H, D]; mask [Lq, Lk] bool (True = may attend)."""
-    out = F.scaled_dot_product_attention(q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), attn_mask=mask)
+def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """[Lq, H, D] x [Lk, H, D] -> [Lq, H, D], every query over every key given."""
+    out = F.scaled_dot_product_attention(q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1))
     return out.transpose(0, 1)
 
 
@@ -79,13 +82,9 @@ class ConditionAwareCore(nn.Module):
             return self.inner(q, k, v, ctx)
         slices = _sample_slices(ctx.cu_seqlens)
         if mode.name == "mask":
-            out = []
-            for s, e in slices:
-                cond = mode.is_condition[s:e]
-                # Row i may see column j unless i is a condition token and j is not.
-                allowed = ~(cond[:, None] & ~cond[None, :])
-                out.append(_sdpa(q[s:e], k[s:e], v[s:e], allowed))
-            return torch.cat(out)
+            # The model's own attention function under the one condition-causal rule (omnitrain.model.attention),
+            # whatever core the model has: the uncached reference is exactly what condition-causal training runs.
+            return attention(q, k, v, with_condition_mask(ctx, mode.is_condition))
         if mode.name == "record":
             assert mode.cache is not None
             while mode.cache.layers <= self.layer:

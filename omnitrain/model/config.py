@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 
+CONDITION_ATTENTION = ("full", "causal")
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -18,6 +20,16 @@ class ModelConfig:
     text_dim: int = 32  # width of the pre-encoded text embedding
     frequency_embedding_size: int = 64  # sinusoidal timestep embedding width
     qk_norm: bool = True
+    # "full": every token of a sample attends to all of it. "causal": condition tokens (text, reference, context)
+    # attend only to their sample's condition tokens and are modulated as clean (t = 0): the view in which serving's
+    # condition key/value cache is exact (omnitrain/model/condcache.py).
+    condition_attention: str = "full"
+
+    def __post_init__(self):
+        if self.condition_attention not in CONDITION_ATTENTION:
+            raise ValueError(
+                f"spec.model.conditionAttention: {self.condition_attention!r} is not one of {CONDITION_ATTENTION}"
+            )
 
     @property
     def head_dim(self) -> int:
@@ -35,6 +47,10 @@ class ModelConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["patch_size"] = list(self.patch_size)
+        if d["condition_attention"] == "full":
+            # Written only when not the default: a full-attention model's dict (its checkpoint fingerprint, its
+            # model files) stays what it was before the field existed, so existing checkpoints resume.
+            del d["condition_attention"]
         return d
 
 
@@ -58,7 +74,16 @@ PRESETS: dict[str, ModelConfig] = {
 }
 
 # Fields a spec may override on top of a preset (camelCase in the CRD, snake_case here).
-OVERRIDABLE = ("hidden_size", "depth", "num_heads", "mlp_ratio", "latent_channels", "patch_size", "text_dim")
+OVERRIDABLE = (
+    "hidden_size",
+    "depth",
+    "num_heads",
+    "mlp_ratio",
+    "latent_channels",
+    "patch_size",
+    "text_dim",
+    "condition_attention",
+)
 
 
 def resolve_model_config(preset: str | None, overrides: dict | None = None) -> ModelConfig:
@@ -72,4 +97,4 @@ def resolve_model_config(preset: str | None, overrides: dict | None = None) -> M
     return replace(PRESETS[name], **changes)
 
 
-__all__ = ["ModelConfig", "PRESETS", "resolve_model_config"]
+__all__ = ["CONDITION_ATTENTION", "ModelConfig", "PRESETS", "resolve_model_config"]

@@ -1,8 +1,13 @@
-"""MM-DiT for video: text, reference, context and noisy video tokens of a sample in one sequence with full attention,
-adaLN-Zero timestep modulation, QK RMSNorm and 3D RoPE. Knows nothing about parallelism (docs/contracts.md)."""
+"""MM-DiT for video: text, reference, context and noisy video tokens of a sample in one sequence, adaLN-Zero
+timestep modulation, QK RMSNorm and 3D RoPE. Knows nothing about parallelism (docs/contracts.md).
+
+Attention follows `config.condition_attention`: "full" (every token sees its sample), or "causal" (condition tokens
+see only their sample's condition tokens and are modulated as clean, t = 0: omnitrain.model.attention's rule),
+the view in which the serving cache of condition keys/values is exact."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -32,6 +37,9 @@ class BlockContext:
     sin: torch.Tensor
     cu_seqlens: torch.Tensor  # [n + 1] int32
     max_seqlen: int
+    # [L] bool over the WHOLE packed sequence (not cut by sequence parallelism: attention runs on the whole
+    # sequence); set under condition-causal attention, None under full attention.
+    is_condition: torch.Tensor | None = None
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -47,6 +55,10 @@ class Embedder(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
+        # Condition tokens modulated as clean (t = 0) and attending only to conditions: condition-causal training,
+        # and serving's cached view of any MMDiT (omnitrain/model/mmdit_adapter.py). Not a parameter: the state
+        # dict is the same in both modes.
+        self.condition_causal = cfg.condition_attention == "causal"
         self.text = nn.Linear(cfg.text_dim, cfg.hidden_size)
         self.patch = nn.Linear(cfg.patch_dim, cfg.hidden_size)  # shared by reference, context and video latents
         self.kind = nn.Embedding(4, cfg.hidden_size)  # which kind of token
@@ -72,13 +84,29 @@ class Embedder(nn.Module):
         x = x + self.kind(kind)
         sample_cond = self.time(timestep_embedding(t, self.cfg.frequency_embedding_size).to(x.dtype))
         cos, sin = rope_cos_sin(batch.positions, self.cfg.head_dim)
-        return x, BlockContext(
+        ctx = BlockContext(
             sample_cond=sample_cond,
             cond_row=batch.sample_id.long(),
             cos=cos,
             sin=sin,
             cu_seqlens=batch.cu_seqlens,
             max_seqlen=batch.max_seqlen,
+        )
+        return x, (self.clean_conditions(batch, ctx) if self.condition_causal else ctx)
+
+    def clean_conditions(self, batch: PackedBatch, ctx: BlockContext) -> BlockContext:
+        """Condition tokens get the modulation of t = 0 (one more conditioning row, shared by every sample's
+        condition tokens) and the condition-causal attention rule."""
+        x_dtype = ctx.sample_cond.dtype
+        zero = torch.zeros(1, device=ctx.sample_cond.device)
+        clean = self.time(timestep_embedding(zero, self.cfg.frequency_embedding_size).to(x_dtype))
+        is_video = batch.kind == VIDEO
+        clean_row = torch.full_like(ctx.cond_row, ctx.sample_cond.shape[0])
+        return dataclasses.replace(
+            ctx,
+            sample_cond=torch.cat((ctx.sample_cond, clean)),
+            cond_row=torch.where(is_video, ctx.cond_row, clean_row),
+            is_condition=~is_video,
         )
 
 

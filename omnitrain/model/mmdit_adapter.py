@@ -1,8 +1,9 @@
-"""MMDiT (omnitrain/model/mmdit.py) as a promotion model: condition tokens modulated as clean (t = 0) so their
-keys/values can be cached, and the PackedBatches the denoiser needs (full / conditions only / video only) with the
-RoPE positions and packing of `omnitrain.model.packing` (`pack_parts`, the same as training's `pack`: text at 0,
-reference at t = -1, context and video on the patch grid), so positions do not depend on which tokens share the
-batch.
+"""MMDiT (omnitrain/model/mmdit.py) as a promotion model: condition tokens modulated as clean (t = 0) and attending
+only to conditions, so their keys/values can be cached (exact for a model trained with conditionAttention: causal;
+a view of a full-attention model otherwise, docs/promotion.md), and the PackedBatches the denoiser needs (full /
+conditions only / video only) with the RoPE positions and packing of `omnitrain.model.packing` (`pack_parts`, the
+same as training's `pack`: text at 0, reference at t = -1, context and video on the patch grid), so positions do
+not depend on which tokens share the batch.
 
 `build_mmdit` is the factory named in model files ("omnitrain.model.mmdit_adapter:build_mmdit"); the parameter
 names are MMDiT's own, so a trained MMDiT state dict loads unchanged.
@@ -10,13 +11,11 @@ names are MMDiT's own, so a trained MMDiT state dict loads unchanged.
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 
 from omnitrain.model.conditions import Conditions
 from omnitrain.model.config import ModelConfig
-from omnitrain.model.mmdit import Embedder, MMDiT, timestep_embedding
+from omnitrain.model.mmdit import Embedder, MMDiT
 from omnitrain.model.packing import (
     VIDEO,
     PackedBatch,
@@ -30,16 +29,13 @@ from omnitrain.model.packing import (
 
 
 class CleanConditionEmbedder(Embedder):
-    """MMDiT's embedder, except that condition tokens get the modulation of t = 0 at every sampling step."""
+    """MMDiT's embedder in its condition-causal view whatever the model was trained with: condition tokens get the
+    modulation of t = 0 at every sampling step and attend only to conditions (Embedder.clean_conditions, the one
+    place that view is defined). For a model trained with conditionAttention: causal this IS the trained model."""
 
-    def forward(self, batch: PackedBatch, t: torch.Tensor):
-        x, ctx = super().forward(batch, t)
-        clean = self.time(timestep_embedding(torch.zeros(1), self.cfg.frequency_embedding_size).to(x.dtype))
-        # one more row, t = 0, shared by every sample's condition tokens
-        rows = torch.cat((ctx.sample_cond, clean))
-        clean_row = torch.full_like(ctx.cond_row, ctx.sample_cond.shape[0])
-        cond_row = torch.where(batch.kind == VIDEO, ctx.cond_row, clean_row)
-        return x, dataclasses.replace(ctx, sample_cond=rows, cond_row=cond_row)
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg)
+        self.condition_causal = True
 
 
 def _grid_for(tokens: torch.Tensor, grid, name: str):

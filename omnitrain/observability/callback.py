@@ -5,7 +5,7 @@ every rank; only global rank 0 records job figures, local rank 0 serves:
   on_train_start(step=<resumed from>, restore_seconds=)
   on_step_end(stats=StepStats)      (step_seconds None: measured here between calls)
   on_train_end(step=, reason=)
-  on_checkpoint_blocked(step=, seconds=), on_checkpoint_complete(step=), on_restore(step=, seconds=)
+  on_checkpoint_blocked(step=, seconds=), on_checkpoint_complete(step=), on_restore(step=, seconds=, source=)
   outcome() -> the job's goodput (rank 0)
 Hangs come from the watchdog's `hang` records in the metrics log (counted when an attempt starts); goodput is
 recomputed from the log here (on_goodput).
@@ -26,7 +26,7 @@ from omnitrain.observability import mfu as mfu_math
 from omnitrain.observability.gpu_telemetry import GpuTelemetry
 from omnitrain.observability.peaks import configured_peak_flops, resolve_peak_flops
 from omnitrain.observability.trainer_metrics import MetricsRole, TrainerMetrics
-from omnitrain.resilience.goodput import GoodputReport, compute_goodput, events_from_metrics_log
+from omnitrain.resilience.goodput import GENERATION_RECORD, GoodputReport, compute_goodput, events_from_metrics_log
 from omnitrain.spec import CheckpointSpec
 from omnitrain.timestamps import parse_rfc3339
 from omnitrain.training_hooks import COMPLETED, CheckpointHooks, StepStats, TrainerHooks, TrainOutcome
@@ -199,6 +199,7 @@ class MetricsCallback(TrainerHooks, CheckpointHooks):
         m.total_steps.set(self.total_steps)
         m.world_size.set(self.world_size)
         m.attempt.set(self.attempt)
+        m.generation.set(self.attempt)  # the supervisor starts each generation with OMNITRAIN_ATTEMPT = generation
         m.last_checkpoint_step.set(step)
         if self.checkpoint_interval:
             m.checkpoint_interval.set(self.checkpoint_interval)
@@ -285,11 +286,12 @@ class MetricsCallback(TrainerHooks, CheckpointHooks):
             self._job.last_checkpoint_step.set(step)
             self._record("checkpoint", step=step, complete=True)
 
-    def on_restore(self, *, step: int, seconds: float) -> None:
+    def on_restore(self, *, step: int, seconds: float, source: str = "local", sources: list[str] | None = None) -> None:
         if self._job is not None:
             self._restore_recorded = True
             self._job.restore_seconds.set(seconds)
-            self._record("restore", step=step, seconds=seconds)
+            # source: the slowest tier any rank read (local, peer, persistent); sources: each rank's, by rank
+            self._record("restore", step=step, seconds=seconds, source=source, sources=sources or [source])
 
     def on_goodput(self, *, goodput: float, badput_seconds: dict[str, float] | None = None) -> None:
         if self._job is not None:
@@ -299,12 +301,19 @@ class MetricsCallback(TrainerHooks, CheckpointHooks):
 
     # --- goodput ------------------------------------------------------------------------------------------
     def _earlier_attempts(self, log_dir: Path) -> list[dict]:
-        """Records of the attempts before this one (a torn last line of a killed attempt is skipped)."""
+        """Records of the attempts before this one (a torn last line of a killed attempt is skipped), and the
+        `generation` record the supervisor wrote for this one before starting us (its restart barrier begins
+        there)."""
         try:
             log_ = read_job_log(log_dir)
         except FileNotFoundError:
             return []
-        return [r for r in log_.records if int(r.get("attempt", -1)) < self.attempt]
+        return [
+            r
+            for r in log_.records
+            if int(r.get("attempt", -1)) < self.attempt
+            or (int(r.get("attempt", -1)) == self.attempt and r.get("kind") == GENERATION_RECORD)
+        ]
 
     def _update_goodput(self) -> None:
         report = compute_goodput(events_from_metrics_log(self._log_records, job_started=self.job_created))

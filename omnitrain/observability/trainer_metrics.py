@@ -149,6 +149,9 @@ class TrainerMetrics:
         self.peak_flops = self._gauge(METRIC_PEAK_FLOPS, "Peak dense FLOP/s of one device that MFU is relative to.")
         self.world_size = self._gauge(METRIC_WORLD_SIZE, "Training processes (devices) of the job.")
         self.attempt = self._gauge(METRIC_ATTEMPT, "Attempt number: gang restarts before this one.")
+        self.generation = self._gauge(
+            contract.METRIC_GENERATION, "Restart generation rank 0 trains in (in-place restarts; = the attempt)."
+        )
         self.checkpoint_blocking = Histogram(
             METRIC_CHECKPOINT_BLOCKING,
             "Seconds a checkpoint save blocked the training loop.",

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from omnitrain.checkpoint_paths import MANIFEST_NAME, parse_step
-from omnitrain.model.artifact import ModelArtifact, load_artifact, load_teacher
+from omnitrain.model.artifact import CacheFidelity, ModelArtifact, condition_cache_fidelity, load_artifact, load_teacher
 from omnitrain.model.conditions import Conditions
 from omnitrain.model.denoiser import Denoiser
 from omnitrain.model.fp8 import quantize_linears
@@ -58,6 +58,7 @@ class InferenceEngine:
         self.denoiser: Denoiser | None = None
         self.config = None
         self.sampler_defaults: dict = {}
+        self.cache: CacheFidelity | None = None  # set by load: is the cached view the trained model?
 
     def load(self) -> None:
         """Runs once (in a background thread of the server): readyz turns ready only when this has finished."""
@@ -67,7 +68,10 @@ class InferenceEngine:
             replaced = quantize_linears(art.model, "rowwise", skip=self.skip_fp8) if self.fp8 else []
             self.denoiser = Denoiser(art.model, art.adapter)
             self.config, self.sampler_defaults = art.config, dict(art.sampler)
+            self.cache = condition_cache_fidelity(art)
+            self.metrics.condition_cache_exact.set(int(self.cache.exact))
             log.info("loaded %s in %.1fs (%d FP8 linears)", self.checkpoint, time.monotonic() - started, len(replaced))
+            log.info("condition cache: %s (%s)", "exact" if self.cache.exact else "approximate", self.cache.reason)
             self.loaded.set()
             self.metrics.ready.set(1)
         except Exception as e:

@@ -27,3 +27,8 @@ class ServerMetrics:
             "omnitrain_serve_model_evaluations", "Model forward passes.", registry=self.registry
         )
         self.ready = Gauge("omnitrain_serve_ready", "1 once the model is loaded.", registry=self.registry)
+        self.condition_cache_exact = Gauge(
+            "omnitrain_serve_condition_cache_exact",
+            "1 when serving with cached condition keys/values computes the model as trained (docs/promotion.md).",
+            registry=self.registry,
+        )

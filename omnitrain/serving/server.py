@@ -6,7 +6,8 @@ at once (beyond that a 503 and the connection closed), and Content-Length is par
 non-integer or negative value, 413 beyond MAX_BODY).
 
 GET /healthz   200 while the process serves HTTP (liveness)
-GET /readyz    200 once the model is loaded, 503 before (readiness: the Service routes only to loaded pods)
+GET /readyz    200 once the model is loaded, 503 before (readiness: the Service routes only to loaded pods); its
+               conditionCache says whether the cached condition keys/values compute the model as trained
 GET /metrics   Prometheus text
 POST /v1/generate   GenerateRequest JSON -> latent video (shape, stats, optionally the latent as npy/base64)
 """
@@ -202,7 +203,19 @@ class InferenceServer:
                     self._json(200, {"status": "ok"})
                 elif self.path == "/readyz":
                     if engine.loaded.is_set():
-                        self._json(200, {"status": "ready", "checkpoint": engine.checkpoint, "fp8": engine.fp8})
+                        cache = engine.cache
+                        self._json(
+                            200,
+                            {
+                                "status": "ready",
+                                "checkpoint": engine.checkpoint,
+                                "fp8": engine.fp8,
+                                "conditionCache": {
+                                    "exact": cache.exact if cache else None,
+                                    "reason": cache.reason if cache else None,
+                                },
+                            },
+                        )
                     else:
                         self._json(
                             503, {"status": "failed" if engine.load_error else "loading", "error": engine.load_error}

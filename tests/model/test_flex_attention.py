@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from omnitrain.model import attention as attn
-from omnitrain.model.attention import attention, block_mask_for, choose_backend, flex, force_backend
+from omnitrain.model.attention import attention, block_mask_for, choose_backend, force_backend
 from omnitrain.model.config import PRESETS
 from omnitrain.model.mmdit import BlockContext, MMDiT, randomize_
 from omnitrain.model.packing import SampleRecord, pack
@@ -78,42 +78,6 @@ def test_flex_kernel_gradients_on_gpu():
         grads[backend] = tuple(t.detach().cpu() for t in (out, q.grad, k.grad, v.grad))
     for got, want in zip(grads["flex"], grads["math"]):
         torch.testing.assert_close(got, want, rtol=2e-3, atol=2e-3)  # TF32 matmuls in the kernel
-
-
-def _condition_causal_reference(q, k, v, lengths, is_condition):
-    """Independent of the mask builders: per sample, condition queries attend over the condition keys alone, video
-    queries over the whole sample."""
-    out = torch.empty_like(q)
-    start = 0
-    for n in lengths:
-        s = slice(start, start + n)
-        cond = is_condition[s]
-        full = attn._math(q[s], k[s], v[s])
-        part = out[s]
-        part[~cond] = full[~cond]
-        if cond.any():
-            part[cond] = attn._math(q[s][cond], k[s][cond], v[s][cond])
-        start += n
-    return out
-
-
-@pytest.mark.parametrize("lengths", [[5, 9, 1, 12], [17], [1, 1, 1]])
-def test_condition_causal_mask_equals_math(lengths):
-    tokens = sum(lengths)
-    q, k, v = _qkv(tokens, 4)
-    gen = torch.Generator().manual_seed(5)
-    is_condition = torch.rand(tokens, generator=gen) < 0.5
-    is_condition[0] = True  # at least one condition token and one video token
-    is_condition[-1] = False
-    cu = _ctx(lengths).cu_seqlens
-    ref = _condition_causal_reference(q, k, v, lengths, is_condition)
-    with torch.no_grad():
-        torch.testing.assert_close(flex(q, k, v, cu, is_condition), ref, **TOL)  # the kernel, forward
-    qg, kg, vg = (x.clone().requires_grad_() for x in (q, k, v))
-    torch.testing.assert_close(flex(qg, kg, vg, cu, is_condition), ref, **TOL)  # the dense rule (CPU backward)
-    if max(lengths) > 1:  # the mask changes the result: a condition token no longer sees its sample's video
-        with torch.no_grad():
-            assert not torch.allclose(flex(q, k, v, cu), ref, **TOL)
 
 
 def test_block_mask_cached_by_contents():

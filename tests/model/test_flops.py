@@ -1,6 +1,10 @@
+import dataclasses
+from unittest import mock
+
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from omnitrain.model import attention
 from omnitrain.model.attention import force_backend
 from omnitrain.model.config import ModelConfig
 from omnitrain.model.flops import TokenCounts, forward_flops, training_flops
@@ -57,6 +61,21 @@ def test_matches_flop_counter_on_the_real_model():
     with force_backend("math"), FlopCounterMode(display=False) as counter:  # attention as countable matmuls
         model(batch, t)
     assert counter.get_total_flops() == forward_flops(cfg, TokenCounts.of_batch(batch))
+
+    # conditionAttention: causal: condition queries skip the video keys (the split path computes exactly the needed
+    # pairs), and the clean (t = 0) row adds one modulation row
+    causal = dataclasses.replace(cfg, condition_attention="causal")
+    with (
+        force_backend("math"),
+        mock.patch.object(attention, "SPLIT_MIN_TOKENS", 0),
+        FlopCounterMode(display=False) as counter,
+    ):
+        MMDiT(causal)(batch, t)
+    counts = TokenCounts.of_batch(batch)
+    assert counter.get_total_flops() == forward_flops(causal, counts)
+    # sample 1: 5 text + 4 reference conditions x 8 video; sample 2: 3 text + 9 context x 9 video
+    assert counts.condition_video_pairs == 9 * 8 + 12 * 9
+    assert forward_flops(causal, counts) < forward_flops(cfg, counts)
 
 
 def test_no_per_token_modulation_term_at_the_14b_preset():

@@ -96,6 +96,7 @@ def test_endpoint_serves_job_figures_of_a_real_run(callback, tmp_path):
     assert value(f, contract.METRIC_LOSS) == pytest.approx(last["loss"], rel=1e-6)
     assert value(f, contract.METRIC_LAST_CHECKPOINT_STEP) == 4
     assert value(f, tm.METRIC_ATTEMPT) == 1
+    assert value(f, contract.METRIC_GENERATION) == 1  # the generation is the attempt
     assert value(f, tm.METRIC_WORLD_SIZE) == 1
     assert value(f, tm.METRIC_CHECKPOINT_INTERVAL) == 2
     assert value(f, tm.METRIC_STEP_SECONDS, tm.METRIC_STEP_SECONDS + "_count") == 5
@@ -303,3 +304,38 @@ def test_busy_metrics_port_does_not_stop_training(tmp_path, caplog):
             assert [r["step"] for r in read_job_log(tmp_path).of_kind("step")] == [1, 2]  # the log still works
         finally:
             cb.close()
+
+
+def test_goodput_counts_the_restart_barrier_of_the_running_generation(tmp_path):
+    """In-place restart: node rank 0's watchdog wrote this generation's `generation` record (dated at the
+    announcement) into this attempt's file before starting the trainer; rank 0's live goodput must see it."""
+    log_dir = tmp_path / "metrics"
+    earlier = StepLogWriter(log_dir, attempt=0)
+    earlier.write("start", 100.0, step=0)
+    earlier.write("step", 102.0, step=1, step_seconds=2.0)
+    earlier.close()
+    StepLogWriter(log_dir, attempt=1).write("generation", 110.0, generation=1, nnodes=1, started=111.0)
+    now = [115.0]
+    cb = MetricsCallback(
+        job="demo",
+        attempt=1,
+        total_steps=2,
+        world_size=1,
+        rank=0,
+        local_rank=0,
+        metrics_port=None,
+        log_dir=log_dir,
+        clock=lambda: now[0],
+    )
+    try:
+        cb.on_train_start(step=1)
+        now[0] = 117.0
+        cb.on_step_end(stats=StepStats(step=2, step_seconds=2.0))
+        cb.on_train_end(step=2)
+        assert cb.goodput_report is not None
+        badput = cb.goodput_report.badput_seconds
+        assert badput["recovery"] == pytest.approx(110 - 102)  # last sign of life -> announcement
+        assert badput["restart_barrier"] == pytest.approx(115 - 110)  # announcement -> first step begins
+        assert badput["startup"] == 0
+    finally:
+        cb.close()

@@ -47,6 +47,9 @@ def test_ready_only_after_loading_then_generates(server):
     assert http("POST", url + "/v1/generate", _request())[0] == 503
     srv.start_loading()
     wait_until(lambda: http("GET", url + "/readyz")[0] == 200, what="readyz 200")
+    # a full-attention model file, no distillation: served through the cache, and said to be approximate
+    cache = http("GET", url + "/readyz")[1]["conditionCache"]
+    assert cache["exact"] is False and "conditionAttention: causal" in cache["reason"]
     code, out = http("POST", url + "/v1/generate", _request(seed=3, return_latent=True, guidance=2.0))
     assert code == 200, out
     latent = decode_array(out["latent"], "latent")
@@ -57,6 +60,7 @@ def test_ready_only_after_loading_then_generates(server):
     assert 'omnitrain_serve_requests_total{code="200"} 1.0' in metrics
     assert 'omnitrain_serve_requests_total{code="503"} 1.0' in metrics
     assert "omnitrain_serve_ready 1.0" in metrics and "omnitrain_serve_batch_size_count" in metrics
+    assert "omnitrain_serve_condition_cache_exact 0.0" in metrics
 
 
 def test_concurrent_requests_get_the_same_answer_as_alone(server):

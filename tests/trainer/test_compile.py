@@ -3,6 +3,7 @@ train like eager ones over packed micro-batches of changing length, without a re
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -92,14 +93,14 @@ def _loss(prediction, args):
     return ((prediction[batch.target_mask] - batch.target) ** 2).mean()
 
 
-def _train(tmp_path, compile: bool, recompute: str, after_first_step=None):
+def _train(tmp_path, compile: bool, recompute: str, after_first_step=None, model_config=TINY):
     """A few optimizer steps of the tiny preset through setup_parallel (the trainer's path); losses and the
     gradients of every step."""
     config = make_config(tmp_path, compile=compile)
     config.spec.memory.recompute = recompute
     torch.manual_seed(0)
     # random everywhere: adaLN-Zero would leave the blocks' gradients zero at the first step
-    plan = setup_parallel(randomize_(MMDiT(TINY), torch.Generator().manual_seed(0)), config)
+    plan = setup_parallel(randomize_(MMDiT(model_config), torch.Generator().manual_seed(0)), config)
     optimizer = torch.optim.AdamW(plan.parameters_for_optimizer(), lr=1e-3)
     g = torch.Generator().manual_seed(1)
     losses, grads = [], []
@@ -139,6 +140,23 @@ def test_compiled_blocks_train_like_eager_without_recompiling_per_length(tmp_pat
     # the compiled path really ran: graphs were traced, and none after each first step
     assert graphs_after_first["n"] > 0
     assert counters["stats"]["unique_graphs"] == graphs_after_first["n"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(compiler_problem("cpu") is not None, reason="no C++ compiler for inductor")
+def test_compiled_blocks_train_like_eager_under_condition_causal_attention(tmp_path):
+    """spec.model.conditionAttention: causal with compile: the rule's per-sample attention stays eager (the
+    compiled region is the block around it), the clean-condition rows ride in the context."""
+    torch._dynamo.reset()
+    causal = dataclasses.replace(TINY, condition_attention="causal")
+    want_losses, want_grads = _train(tmp_path / "eager", False, "none", model_config=causal)
+    losses, grads = _train(tmp_path / "compiled", True, "none", model_config=causal)
+    assert losses == pytest.approx(want_losses, rel=1e-5)
+    for got, want in zip(grads, want_grads):
+        assert sorted(got) == sorted(want)
+        for name in want:
+            torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=1e-6)
+    assert losses != pytest.approx(_train(tmp_path / "full", False, "none")[0], rel=1e-6)  # the rule took effect
 
 
 @pytest.mark.slow

@@ -227,7 +227,8 @@ class PackedLoader:
                 for r in records_of(s, self.pairs):
                     text = r.text.shape[0]
                     patches = sample_tokens(r, self.patch_size) - text
-                    self.last_step_counts += TokenCounts.from_lengths([text], [patches])
+                    video = sample_tokens(SampleRecord(text=r.text[:0], video=r.video), self.patch_size)
+                    self.last_step_counts += TokenCounts.from_lengths([text], [patches], [video])
         if any(not samples for samples in out):
             raise DataError(
                 f"a step of {bins} micro-batches got an empty one; lower parallelism.microBatches or "

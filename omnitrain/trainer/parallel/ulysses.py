@@ -122,10 +122,11 @@ def shard_sequence(x: torch.Tensor, degree: int, rank: int) -> torch.Tensor:
     return x[rank * local : (rank + 1) * local]
 
 
-# Fields of the model's context that are not one row per token: the whole packed sequence's boundaries, and the
-# per-sample conditioning rows (tokens pick theirs through the per-token cond_row, which is cut). By name, because a
-# batch of one-token samples has as many sample rows as tokens.
-_SEQUENCE_FIELDS = frozenset({"cu_seqlens", "max_seqlen", "sample_cond"})
+# Fields of the model's context that are not one row per token: the whole packed sequence's boundaries, the
+# per-sample conditioning rows (tokens pick theirs through the per-token cond_row, which is cut), and the
+# condition-causal rule's per-token kinds, which attention reads over the WHOLE sequence after the all-to-all. By
+# name, because a batch of one-token samples has as many sample rows as tokens.
+_SEQUENCE_FIELDS = frozenset({"cu_seqlens", "max_seqlen", "sample_cond", "is_condition"})
 
 
 def shard_context(ctx, tokens: int, degree: int, rank: int):

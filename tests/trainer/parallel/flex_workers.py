@@ -8,6 +8,6 @@ from omnitrain.model.attention import force_backend
 from omnitrain.trainer.parallel import ParallelLayout
 
 
-def train_with_backend(rank: int, world_size: int, layout: ParallelLayout, backend: str) -> dict:
+def train_with_backend(rank: int, world_size: int, layout: ParallelLayout, backend: str, kind: str = "mmdit") -> dict:
     with force_backend(backend):
-        return workers.train(rank, world_size, layout)
+        return workers.train(rank, world_size, layout, kind=kind)

@@ -3,6 +3,8 @@ gradient norms, the first step's full gradients and the final full parameters (t
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from omnitrain.model.config import ModelConfig
@@ -18,6 +20,8 @@ TINY = ModelConfig(
     text_dim=8,
     frequency_embedding_size=16,
 )
+# spec.model.conditionAttention: causal (kind "causal": the same samples, the condition-causal rule in attention)
+CAUSAL = dataclasses.replace(TINY, condition_attention="causal")
 # (text tokens, latent frames, latent side, reference image?, video context?) of each sample, per micro-batch:
 # packed samples of different lengths; odd totals exercise the Ulysses padding.
 SAMPLES = [
@@ -50,8 +54,9 @@ def build_model(seed: int = 0, kind: str = "mmdit"):
     from omnitrain.model.mmdit import MMDiT, randomize_
 
     torch.manual_seed(seed)
+    cfg = CAUSAL if kind == "causal" else TINY
     # Random everywhere: adaLN-Zero would leave the blocks' gradients zero at the first step, testing nothing.
-    return randomize_(MMDiT(TINY), torch.Generator().manual_seed(seed))
+    return randomize_(MMDiT(cfg), torch.Generator().manual_seed(seed))
 
 
 def mmdit_microbatch(specs, g: torch.Generator, cfg: ModelConfig = TINY) -> tuple:
@@ -76,7 +81,7 @@ def mmdit_microbatch(specs, g: torch.Generator, cfg: ModelConfig = TINY) -> tupl
 
 def global_microbatches(count: int, seed: int = 1, kind: str = "mmdit") -> list[tuple]:
     g = torch.Generator().manual_seed(seed)
-    if kind in ("mmdit", "elastic"):
+    if kind in ("mmdit", "elastic", "causal"):
         samples = ELASTIC_SAMPLES if kind == "elastic" else SAMPLES
         return [mmdit_microbatch(samples[i % len(samples)], g) for i in range(count)]
     from standin_model import make_batch
@@ -98,9 +103,10 @@ def loss_fn(prediction, args):
     return masked_mse(prediction, args)
 
 
-def train(rank: int, world_size: int, layout: ParallelLayout, steps: int = 2, kind: str = "mmdit") -> dict:
+def train(rank: int, world_size: int, layout: ParallelLayout, steps: int = 2, kind: str = "mmdit", config=None) -> dict:
+    """`config` (a TrainerConfig) adds what setup_parallel applies on top of the layout (spec.memory, compile)."""
     model = build_model(kind=kind)
-    plan = setup_parallel(model, layout=layout)
+    plan = setup_parallel(model, config, layout=layout)
     optimizer = torch.optim.AdamW(plan.parameters_for_optimizer(), lr=1e-2, foreach=True)  # GPU default
     m = layout.micro_batches
     report = {"losses": [], "norms": [], "describe": plan.describe()}
@@ -125,6 +131,19 @@ def train(rank: int, world_size: int, layout: ParallelLayout, steps: int = 2, ki
         optimizer.step()
         optimizer.zero_grad()
     report["params"] = plan.full_state_dict()
+    return report
+
+
+def train_compiled(rank: int, world_size: int, layout: ParallelLayout, steps: int = 2) -> dict:
+    """`train` with spec.training.compile: true (regional compile of every block this rank runs); also reports how
+    many graphs dynamo compiled, so a run that silently stayed eager shows."""
+    from torch._dynamo.utils import counters
+
+    from omnitrain.spec import TrainerConfig
+
+    config = TrainerConfig.model_validate({"spec": {"training": {"compile": True}}, "run": {"jobName": "compiled"}})
+    report = train(rank, world_size, layout, steps, config=config)
+    report["graphs"] = counters["stats"]["unique_graphs"]
     return report
 
 

@@ -17,7 +17,17 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.mark.timeout(300)  # generous: the shared 2-core machine is often loaded 5-10x
-def test_ulysses2_under_flex_matches_single_process_math():
+@pytest.mark.parametrize("kind", ["mmdit", "causal"])  # causal: spec.model.conditionAttention's rule in the mask
+def test_ulysses2_under_flex_matches_single_process_math(kind):
     layout = ParallelLayout(ulysses=2, micro_batches=2)
-    want = flex_workers.train_with_backend(0, 1, ParallelLayout(micro_batches=2), "math")
-    assert_runs_match(run_on_ranks(flex_workers.train_with_backend, 2, layout, "flex"), want)
+    want = flex_workers.train_with_backend(0, 1, ParallelLayout(micro_batches=2), "math", kind)
+    assert_runs_match(run_on_ranks(flex_workers.train_with_backend, 2, layout, "flex", kind), want)
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("backend", ["sdpa_mask", "math"])
+def test_condition_causal_tp2_under_each_backend_matches_single_process_sdpa_loop(backend):
+    """Tensor parallel cuts the heads each backend sees; the condition rule must not care."""
+    layout = ParallelLayout(tp=2)
+    want = flex_workers.train_with_backend(0, 1, ParallelLayout(), "sdpa_loop", "causal")
+    assert_runs_match(run_on_ranks(flex_workers.train_with_backend, 2, layout, backend, "causal"), want)

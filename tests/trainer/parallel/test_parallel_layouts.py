@@ -66,6 +66,22 @@ def test_layout_matches_single_process(name):
     assert all(not torch.allclose(first[n], want["params"][n]) for n in first)
 
 
+# spec.model.conditionAttention: causal under the layouts that cut what the rule reads: Ulysses (attention runs on
+# the whole sequence after the all-to-all, is_condition must stay whole; ulysses4 pads), tensor parallel (heads cut)
+# and pipeline (each stage's embedder rebuilds the context).
+CAUSAL_LAYOUTS = ("ulysses2", "ulysses4", "tp2-ulysses2", "pp2-1f1b")
+
+
+@pytest.mark.timeout(300)  # generous: the shared 2-core machine is often loaded 5-10x
+@pytest.mark.parametrize("name", CAUSAL_LAYOUTS)
+def test_condition_causal_layout_matches_single_process(name):
+    layout = LAYOUTS[name]
+    want = reference(layout.dp * layout.micro_batches, "causal")
+    full = reference(layout.dp * layout.micro_batches)["grads"]  # the rule really changed the training
+    assert any(not torch.allclose(want["grads"][n], full[n], rtol=1e-2, atol=1e-4) for n in full)
+    assert_runs_match(run_on_ranks(workers.train, layout.world_size, layout, 2, "causal"), want)
+
+
 @pytest.mark.timeout(300)  # generous: the shared 2-core machine is often loaded 5-10x
 @pytest.mark.parametrize("name", list(UNUSED_PARAMETER_LAYOUTS))
 def test_parameters_unused_on_some_ranks(name):
