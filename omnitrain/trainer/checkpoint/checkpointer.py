@@ -15,8 +15,9 @@ full) raises CheckpointSaveError at the next save/wait/close.
 Figures for metrics (plain attributes): last_complete_step (METRIC_LAST_CHECKPOINT_STEP), last_blocking_seconds,
 host_bytes_held, saves_completed/failed/skipped_busy/waited_busy. Listeners (CheckpointListener, keywords) get
 on_checkpoint_start(step=), on_checkpoint_blocked(step=, seconds=), on_checkpoint_complete(step=) and
-on_restore(step=, seconds=): the observability MetricsCallback and the resilience HeartbeatCallback; a listener
-subclasses omnitrain.training_hooks.CheckpointHooks (no-ops) and overrides what it needs.
+on_restore(step=, seconds=, source=, sources=): the observability MetricsCallback and the resilience
+HeartbeatCallback; a listener subclasses omnitrain.training_hooks.CheckpointHooks (no-ops) and overrides what it
+needs.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from typing import Any, Protocol
 
 from omnitrain.trainer.checkpoint.exchange import default_exchange
 from omnitrain.trainer.checkpoint.manifest import CheckpointError, WorldLayout, model_fingerprint
+from omnitrain.trainer.checkpoint.peers import PEER_REPLICAS, failure_domain
 from omnitrain.trainer.checkpoint.restore import RestoredCheckpoint, restore_newest
 from omnitrain.trainer.checkpoint.save import SaveOutcome, SaveTarget, save_rank
 
@@ -46,7 +48,9 @@ class CheckpointListener(Protocol):
 
     def on_checkpoint_complete(self, *, step: int) -> None: ...
 
-    def on_restore(self, *, step: int, seconds: float) -> None: ...
+    def on_restore(
+        self, *, step: int, seconds: float, source: str = "local", sources: list[str] | None = None
+    ) -> None: ...
 
 
 class CheckpointSaveError(CheckpointError):
@@ -64,10 +68,17 @@ class CheckpointConfig:
     async_save: bool = True
     keep: int = 3
     when_busy: str = "wait"
+    peer_replicas: int = 0  # 1: each node's shards are also copied to another node's disk (peers.py)
 
     def __post_init__(self):
         if self.when_busy not in WHEN_BUSY:
             raise ValueError(f"checkpoint.whenBusy must be one of {WHEN_BUSY}, got {self.when_busy!r}")
+        if self.peer_replicas not in PEER_REPLICAS:
+            raise ValueError(f"checkpoint.peerReplicas must be one of {PEER_REPLICAS}, got {self.peer_replicas!r}")
+        if self.peer_replicas and not self.async_save:
+            raise ValueError(
+                "checkpoint.peerReplicas 1 copies shards in the background writer: set checkpoint.async: true"
+            )
         if not self.job:
             raise ValueError("checkpoint needs the job name (run.jobName) to separate jobs under the same root")
 
@@ -82,6 +93,7 @@ class CheckpointConfig:
             async_save=spec.async_save,
             keep=spec.keep,
             when_busy=spec.when_busy,
+            peer_replicas=spec.peer_replicas,
         )
 
 
@@ -121,6 +133,8 @@ class Checkpointer:
             node_id=f"{node}:{os.path.abspath(config.local_root)}",
             layout=self.layout,
             model_fingerprint=self.fingerprint,
+            peer_replicas=config.peer_replicas,
+            failure_domain=failure_domain(),
         )
         self.listeners = list(listeners or [])
         self.last_complete_step: int | None = None
@@ -307,7 +321,9 @@ class Checkpointer:
         if restored is not None:
             self.last_complete_step = restored.step
             for listener in self.listeners:
-                listener.on_restore(step=restored.step, seconds=restored.seconds)
+                listener.on_restore(
+                    step=restored.step, seconds=restored.seconds, source=restored.source, sources=restored.sources
+                )
         else:
             log.info("no complete checkpoint under %s: starting from step 0", roots)
         return restored

@@ -1,9 +1,10 @@
 """Find and load the newest complete checkpoint every rank can read.
 
-- Candidates: step folders with a manifest on either tier (a folder without one is a torn write: reported, never
-  loaded). A manifest of another job or model config is an error, not a candidate.
-- Each rank reads the shard it needs: the node-local copy when its crc32 matches the manifest, else the persistent
-  copy. If any rank cannot (corrupt/truncated everywhere, or the step is not visible to it), all ranks fall back
+- Candidates: step folders with a manifest on either tier or in a peer copy (a folder without one is a torn write:
+  reported, never loaded). A manifest of another job or model config is an error, not a candidate.
+- Each rank reads the shard it needs: the node-local copy when its crc32 matches the manifest, else a peer node's
+  copy of it (spec.checkpoint.peerReplicas; sent by a rank on that node; peers.plan_sources decides), else the
+  persistent copy. If any rank cannot (corrupt/truncated everywhere, or no copy anywhere), all ranks fall back
   together to the next older step.
 - Layout changes: ranks that differ only in data-parallel or Ulysses position hold identical model/optimizer state
   (unless FSDP-sharded), so any such replica serves a new rank. Pipeline/tensor degree changes, or FSDP with a new
@@ -12,8 +13,10 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,8 +30,20 @@ from omnitrain.trainer.checkpoint.manifest import (
     CheckpointError,
     InvalidManifestError,
     Manifest,
+    ShardFile,
     WorldLayout,
     read_manifest,
+)
+from omnitrain.trainer.checkpoint.peers import (
+    TIER_ORDER,
+    TIER_PEER,
+    Holding,
+    ShardSource,
+    peer_step_dirs,
+    plan_sources,
+    receive_bytes,
+    send_file,
+    slowest_source,
 )
 from omnitrain.trainer.parallel.layout import ParallelLayout, rank_coords
 
@@ -54,8 +69,14 @@ class RestoredCheckpoint:
     state: Any
     manifest: Manifest
     source_rank: int
-    tier: str  # where the shard came from: "local" or "persistent"
+    tier: str  # where this rank's shard came from: "local", "peer" or "persistent"
     seconds: float
+    sources: list[str] = field(default_factory=list)  # every rank's tier, by rank
+
+    @property
+    def source(self) -> str:
+        """The slowest source any rank used (it bounds the restore time): what the restore event reports."""
+        return slowest_source(self.sources or [self.tier])
 
 
 def discover(roots: dict[str, str | None], job: str, fingerprint: str | None) -> dict[int, Candidate]:
@@ -145,30 +166,168 @@ def final_checkpoint(persistent_root: str, job: str) -> Candidate | None:
     return found[max(found)] if found else None
 
 
+def discover_peers(local_root: str | None, job: str, fingerprint: str) -> dict[int, list[tuple[Path, Manifest]]]:
+    """Complete peer copies on this node's disk (other nodes' shards, peers.py), by step."""
+    found: dict[int, list[tuple[Path, Manifest]]] = {}
+    if local_root is None:
+        return found
+    for step, folders in sorted(peer_step_dirs(local_root, job).items()):
+        for folder in folders:
+            try:
+                manifest = read_manifest(folder)
+            except InvalidManifestError as e:
+                log.warning("skipping peer copy %s: %s", folder, e)
+                continue
+            if manifest is None:
+                continue  # a copy cut short: the sender's next save replaces it, retention removes it
+            manifest.check_belongs_to(job, fingerprint, folder)
+            found.setdefault(step, []).append((folder, manifest))
+    return found
+
+
+def _sized(folder: Path | None, entry: ShardFile) -> bool:
+    """The file is there with the manifest's size (its crc32 is checked when it is read)."""
+    if folder is None:
+        return False
+    try:
+        return (folder / entry.name).stat().st_size == entry.size
+    except OSError:
+        return False
+
+
+def _load_verified(data: bytes, entry: ShardFile, where: str) -> Any:
+    if (len(data), zlib.crc32(data)) != (entry.size, entry.crc32):
+        raise CheckpointError(f"{where}: checksum mismatch (size {len(data)}/{entry.size})")
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+
+
+def gloo_group():
+    """The group peer copies travel in: a gloo group of all ranks, made only when a restore sends a peer copy (NCCL
+    moves only device tensors; always a new group, so CPU tests run the same path as GPU jobs). Collective: every
+    rank calls it, or none."""
+    import torch.distributed as dist
+
+    return dist.new_group(backend="gloo")
+
+
+@dataclass
+class _StepView:
+    """What this rank has of one step: the manifest, its tiers' folders, and the peer copies on its disk."""
+
+    manifest: Manifest
+    candidate: Candidate  # local/persistent folders of the step (with or without that tier's manifest)
+    peer_files: dict[int, Path]  # saved rank -> its peer copy on this disk (size as in the manifest)
+
+
+def _view(step: int, manifest: Manifest, roots: dict[str, str | None], job: str, peers: list) -> _StepView:
+    candidate = with_sibling_folders(Candidate(step, manifest), roots, job)
+    peer_files = {}
+    for folder, _ in peers:
+        for entry in manifest.files:
+            if entry.rank not in peer_files and _sized(folder, entry):
+                peer_files[entry.rank] = folder / entry.name
+    return _StepView(manifest, candidate, peer_files)
+
+
+def _read_planned(
+    view: _StepView, need: int, rank: int, plan: list[ShardSource], needs: list[int], group_for
+) -> tuple[Any, str]:
+    """Run this rank's part of one step's plan: send the peer copies others need (every rank in the same order),
+    then load its own shard from the planned source; a bad peer copy falls back to the persistent tier."""
+    entry = view.manifest.file_for_rank(need)
+    received: bytes | None = None
+    sent = [(receiver, source.holder) for receiver, source in enumerate(plan) if source.sent_by_peer(receiver)]
+    group = group_for() if sent else None  # every rank, also those not sending: making a group is collective
+    for receiver, holder in sent:
+        if rank == holder:
+            send_file(view.peer_files.get(needs[receiver]), receiver, group)
+        elif rank == receiver:
+            received = receive_bytes(holder, group)
+    mine = plan[rank]
+    if mine.tier != TIER_PEER:
+        return read_shard(view.candidate, need)
+    try:
+        if mine.holder == rank:
+            path = view.peer_files[need]
+            return _load_verified(path.read_bytes(), entry, str(path)), TIER_PEER
+        if received is None:
+            raise CheckpointError(f"rank {mine.holder} had no peer copy of {entry.name} to send")
+        return _load_verified(received, entry, f"peer copy of {entry.name} from rank {mine.holder}"), TIER_PEER
+    except (CheckpointError, OSError) as e:
+        persistent = view.candidate.folders.get("persistent")
+        if persistent is None:
+            raise
+        log.warning("step-%d: %s; reading the persistent copy", view.manifest.step, e)
+        return read_shard(Candidate(view.manifest.step, view.manifest, {"persistent": persistent}), need)
+
+
 def restore_newest(
-    roots: dict[str, str | None], job: str, fingerprint: str, current: WorldLayout, rank: int, exchange: Exchange
+    roots: dict[str, str | None],
+    job: str,
+    fingerprint: str,
+    current: WorldLayout,
+    rank: int,
+    exchange: Exchange,
+    peer_group=gloo_group,
 ) -> RestoredCheckpoint | None:
-    """Collective over `exchange`: every rank returns the same step, or None when no checkpoint is usable."""
+    """Collective over `exchange`: every rank returns the same step, or None when no checkpoint is usable. Each
+    rank reads its shard from its own node-local copy, else a peer's copy (peers.plan_sources), else the persistent
+    tier. `peer_group`: makes the gloo group peer copies are sent in (called by every rank, once, when needed)."""
     t0 = time.perf_counter()
     found = discover(roots, job, fingerprint)
-    steps = sorted({s for seen in exchange.gather(sorted(found)) for s in seen}, reverse=True)
+    peers = discover_peers(roots.get("local"), job, fingerprint)
+    visible = sorted(set(found) | set(peers))
+    seen_by = exchange.gather(visible)
+    steps = sorted({s for seen in seen_by for s in seen}, reverse=True)
+    groups: list = []
+
+    def group_for():
+        if not groups:
+            groups.append(peer_group())
+        return groups[0]
+
     for step in steps:
-        result, error = None, ""
-        if step not in found:
-            error = f"step {step} has no manifest visible to rank {rank}"
-        else:
-            candidate = with_sibling_folders(found[step], roots, job)
-            try:
-                src = source_rank(candidate.manifest.layout, current, rank)
-                state, tier = read_shard(candidate, src)
-                result = RestoredCheckpoint(step, state, candidate.manifest, src, tier, 0.0)
-            except LayoutChangeError:
-                raise
-            except (CheckpointError, OSError, RuntimeError, EOFError) as e:
-                error = str(e)
-        errors = [e for e in exchange.gather(error) if e]
+        # Every rank needs the manifest; a rank on a new node may have none: the lowest rank that has one shares it.
+        owner = next(r for r, seen in enumerate(seen_by) if step in seen)
+        manifest = found[step].manifest if step in found else (peers[step][0][1] if step in peers else None)
+        shared = exchange.gather(manifest.to_json() if rank == owner and manifest is not None else None)[owner]
+        if manifest is None:
+            manifest = Manifest.from_json(shared)
+            manifest.check_belongs_to(job, fingerprint, Path(f"<manifest of step {step} from rank {owner}>"))
+        need = source_rank(manifest.layout, current, rank)  # LayoutChangeError: the same on every rank
+        view = _view(step, manifest, roots, job, peers.get(step, []))
+        try:
+            entry = manifest.file_for_rank(need)
+            holding = Holding(
+                local=_sized(view.candidate.folders.get("local"), entry),
+                persistent=_sized(view.candidate.folders.get("persistent"), entry),
+                peer=frozenset(view.peer_files),
+            )
+        except CheckpointError:
+            holding = Holding(local=False, persistent=False, peer=frozenset(view.peer_files))
+        reports = exchange.gather((need, holding))
+        needs = [n for n, _ in reports]
+        plan = plan_sources(needs, [h for _, h in reports])
+        if plan is None:
+            missing = [r for r, (_, h) in enumerate(reports) if not (h.local or h.persistent)]
+            log.warning(
+                "cannot restore step-%d: ranks %s have no copy of their shard on any tier; falling back to the "
+                "previous complete checkpoint",
+                step,
+                missing[:8],
+            )
+            continue
+        result, error, tier = None, "", ""
+        try:
+            state, tier = _read_planned(view, need, rank, plan, needs, group_for)
+            result = RestoredCheckpoint(step, state, manifest, need, tier, 0.0)
+        except (CheckpointError, OSError, RuntimeError, EOFError) as e:
+            error = str(e)
+        outcomes = exchange.gather((error, tier))
+        errors = [e for e, _ in outcomes if e]
         if not errors:
             result.seconds = time.perf_counter() - t0
+            result.sources = [t for _, t in outcomes]
             log.info(
                 "restored step %d (rank %d from saved rank %d, %s tier) in %.2f s",
                 step,
@@ -177,6 +336,9 @@ def restore_newest(
                 result.tier,
                 result.seconds,
             )
+            if rank == 0:
+                counts = {t: result.sources.count(t) for t in TIER_ORDER if t in result.sources}
+                log.info("restore of step %d: ranks per source %s", step, counts)
             return result
         log.warning("cannot restore step-%d (%s); falling back to the previous complete checkpoint", step, errors[0])
     return None

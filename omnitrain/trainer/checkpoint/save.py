@@ -33,6 +33,13 @@ from omnitrain.trainer.checkpoint.manifest import (
     read_manifest,
     write_manifest,
 )
+from omnitrain.trainer.checkpoint.peers import (
+    peer_copies,
+    peer_retention_roots,
+    peer_step_dir,
+    receive_file,
+    send_file,
+)
 from omnitrain.trainer.checkpoint.retention import apply_retention
 
 log = logging.getLogger(__name__)
@@ -51,6 +58,8 @@ class SaveTarget:
     node_id: str
     layout: WorldLayout
     model_fingerprint: str
+    peer_replicas: int = 0
+    failure_domain: str = ""  # peers.FAILURE_DOMAIN_ENV: a peer copy goes to another domain when one exists
 
 
 @dataclass
@@ -59,6 +68,7 @@ class SaveOutcome:
     status: str  # "complete", "exists" (never overwritten), "failed"
     local_complete: bool = False
     persistent_complete: bool = False
+    peer_complete: bool = False  # every node's shards have a complete copy on its peer node
     error: str = ""
     # the first failing rank's storage refusal (contract.STORAGE_ERRNOS): the root it wrote under and the errno;
     # the trainer ends the pod with a StorageError (restart will not help) instead of a crash
@@ -94,6 +104,45 @@ def _note_storage(outcome: SaveOutcome, results: list[dict]) -> None:
         outcome.storage_errno, outcome.storage_path = refused["storage_errno"], refused["storage_path"]
 
 
+def replicate_to_peers(
+    target: SaveTarget, step: int, manifest: Manifest, results: list[dict], exchange: Exchange
+) -> bool:
+    """Copy each rank's local shard to its peer rank (peers.peer_copies) over the writers' gloo group, then the
+    lowest receiving rank of each source node writes that node's manifest copy (last). True when every node's copy
+    is complete (False for a single node: there is no peer); a failed copy is logged and leaves that peer folder
+    without a manifest (never restored from)."""
+    ordered = sorted(results, key=lambda r: r["rank"])
+    copies = peer_copies([r["node"] for r in ordered], [r.get("domain", "") for r in ordered])
+    local = step_dir(target.local_root, target.job, step)
+    errors: dict[int, str] = {}  # source node -> what went wrong receiving its shards here
+    for copy in copies:
+        if copy.src_rank == target.rank:
+            send_file(local / shard_file_name(copy.src_rank), copy.dst_rank)
+        elif copy.dst_rank == target.rank:
+            entry = manifest.file_for_rank(copy.src_rank)
+            path = peer_step_dir(target.local_root, target.job, copy.src_node, step) / entry.name
+            try:
+                got = receive_file(path, copy.src_rank)
+                if got != (entry.size, entry.crc32):
+                    path.unlink(missing_ok=True)
+                    errors[copy.src_node] = f"peer copy of {entry.name} differs from the manifest (got {got})"
+            except OSError as e:
+                errors[copy.src_node] = f"writing the peer copy {path}: {e}"
+    failed: dict[int, str] = {}
+    for report in exchange.gather(errors):
+        failed.update(report)
+    for src_node in sorted({c.src_node for c in copies} - set(failed)):
+        if target.rank == min(c.dst_rank for c in copies if c.src_node == src_node):
+            folder = peer_step_dir(target.local_root, target.job, src_node, step)
+            try:
+                write_manifest(folder, manifest)
+            except OSError as e:  # a peer copy is an optimisation: its failure must not fail the save
+                failed[src_node] = f"writing the peer manifest in {folder}: {e}"
+    if failed:
+        log.error("checkpoint step %d: peer copies of nodes %s incomplete: %s", step, sorted(failed), failed)
+    return bool(copies) and not failed  # a single node has no peer: nothing was copied
+
+
 def save_rank(target: SaveTarget, step: int, state: Any, exchange: Exchange) -> SaveOutcome:
     t0 = time.perf_counter()
     local = step_dir(target.local_root, target.job, step)
@@ -101,7 +150,13 @@ def save_rank(target: SaveTarget, step: int, state: Any, exchange: Exchange) -> 
     name = shard_file_name(target.rank)
     outcome = SaveOutcome(step=step, status="failed")
 
-    mine: dict = {"rank": target.rank, "node": target.node_id, "error": "", "exists": False}
+    mine: dict = {
+        "rank": target.rank,
+        "node": target.node_id,
+        "domain": target.failure_domain,
+        "error": "",
+        "exists": False,
+    }
     if _is_complete(local) or (persistent is not None and _is_complete(persistent)):
         mine["exists"] = True
     else:
@@ -149,6 +204,13 @@ def save_rank(target: SaveTarget, step: int, state: Any, exchange: Exchange) -> 
     outcome.local_complete = True
     outcome.bytes_written = mine["size"]
 
+    if target.peer_replicas and exchange.world_size > 1:
+        # Before the persistent copy: the fast tier first, so a node lost during the (slower) persistent copy
+        # already has its shards on a peer.
+        t1 = time.perf_counter()
+        outcome.peer_complete = replicate_to_peers(target, step, manifest, results, exchange)
+        outcome.timings["peer_s"] = time.perf_counter() - t1
+
     if persistent is not None:
         t1 = time.perf_counter()
         replicated = {"rank": target.rank, "error": ""}
@@ -173,6 +235,8 @@ def save_rank(target: SaveTarget, step: int, state: Any, exchange: Exchange) -> 
 
     if node_leader:
         apply_retention(target.local_root, target.job, target.keep)
+        for root, node in peer_retention_roots(target.local_root, target.job):
+            apply_retention(root, node, target.keep)
     if target.rank == 0 and outcome.persistent_complete:
         apply_retention(target.persistent_root, target.job, target.keep)
     outcome.status = "complete" if (outcome.persistent_complete or persistent is None) else "failed"

@@ -99,12 +99,12 @@ def _wait_forever_at(progress_dir: Path, rank: int, step: int) -> None:
 
 def tiny_train(rank: int, world: int, cfg: dict) -> dict:
     """cfg: total_steps, dropout, checkpoint (None: no checkpointing) with job/local_root ('{rank}' expands, one
-    folder per simulated node)/persistent_root/interval/async/when_busy, park_at (step to wait at until killed),
-    progress_dir, gate_step + gate (path with '{rank}': that step's save is held mid-write)."""
+    folder per simulated node)/persistent_root/interval/async/when_busy/peer_replicas, park_at (step to wait at
+    until killed), progress_dir, gate_step + gate (path with '{rank}': that step's save is held mid-write)."""
     torch.set_num_threads(1)
     model, opt, sched, loader = build(rank, world, cfg.get("dropout", 0.0))
     ck = None
-    start, restored_tier, restored_from = 0, None, None
+    start, restored_tier, restored_from, restored_sources = 0, None, None, None
     if cfg.get("checkpoint"):
         c = cfg["checkpoint"]
         ck = Checkpointer(
@@ -116,6 +116,7 @@ def tiny_train(rank: int, world: int, cfg: dict) -> dict:
                 async_save=c.get("async", True),
                 keep=c.get("keep", 3),
                 when_busy=c.get("when_busy", "wait"),
+                peer_replicas=c.get("peer_replicas", 0),
             ),
             WorldLayout(dp=world),
             MODEL_CONFIG,
@@ -124,7 +125,7 @@ def tiny_train(rank: int, world: int, cfg: dict) -> dict:
         restored = ck.restore()
         if restored is not None:
             start = load_train_state(restored.state, model, opt, sched, loader)
-            restored_tier, restored_from = restored.tier, restored.source_rank
+            restored_tier, restored_from, restored_sources = restored.tier, restored.source_rank, restored.sources
     at_restore = snapshot(model, opt)
     losses, blocking = {}, []
     for step in range(start + 1, cfg["total_steps"] + 1):
@@ -160,6 +161,7 @@ def tiny_train(rank: int, world: int, cfg: dict) -> dict:
         "start": start,
         "restored_tier": restored_tier,
         "restored_from": restored_from,
+        "restored_sources": restored_sources,
         "blocking": blocking,
         "last_complete_step": ck.last_complete_step if ck else None,
     }

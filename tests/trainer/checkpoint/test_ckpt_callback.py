@@ -41,7 +41,7 @@ class Recorder(CheckpointHooks):
     def on_checkpoint_complete(self, *, step):
         self.events.append(("complete", step))
 
-    def on_restore(self, *, step, seconds):
+    def on_restore(self, *, step, seconds, source="local", sources=None):
         self.events.append(("restore", step))
 
 
