@@ -79,6 +79,7 @@ class TerminationMessage:
     checkpoint_step: int | None = None  # newest complete checkpoint
     evidence: dict = field(default_factory=dict)
     goodput: dict | None = None  # the job's goodput at the end (GoodputReport.to_status), rank 0's pod only
+    generation: int | None = None  # the restart generation the pod's workers ran in (in-place restarts)
 
     def to_json(self) -> str:
         return json.dumps({k: v for k, v in asdict(self).items() if v not in (None, {}, "")}, sort_keys=True)
@@ -95,7 +96,9 @@ class TerminationMessage:
         if not isinstance(data, dict) or "reason" not in data:
             return None
         known = {
-            k: data[k] for k in ("reason", "message", "step", "checkpoint_step", "evidence", "goodput") if k in data
+            k: data[k]
+            for k in ("reason", "message", "step", "checkpoint_step", "evidence", "goodput", "generation")
+            if k in data
         }
         return cls(**known)
 
@@ -156,6 +159,9 @@ METRIC_LAST_CHECKPOINT_STEP = "omnitrain_checkpoint_last_complete_step"
 METRIC_LOSS = "omnitrain_train_loss"
 METRIC_GOODPUT = "omnitrain_goodput_ratio"
 METRIC_BADPUT = "omnitrain_badput_seconds"  # label cause: omnitrain.resilience.goodput.BADPUT_CAUSES
+# The restart generation rank 0 trains in (= OMNITRAIN_ATTEMPT; in-place restarts: omnitrain.gang): a scrape tells
+# which generation the numbers beside it come from, and that the announced one has reached training.
+METRIC_GENERATION = "omnitrain_restart_generation"
 
 # Environment the operator sets on every training pod (besides torchrun's MASTER_ADDR/PORT, PET_*).
 ENV_JOB_NAME = "OMNITRAIN_JOB_NAME"
@@ -168,3 +174,6 @@ ENV_NODE_NAME = "NODE_NAME"
 # pod's own network namespace, where Services, probes and port-forward reach it. The local node agent sets it to
 # the pod's loopback IP: its pods share the machine's network, where 0.0.0.0 would be every interface it has.
 ENV_BIND_HOST = "OMNITRAIN_BIND_HOST"
+# A cluster without DNS for pods (the local node agent) lists pod DNS names -> IPs in this file ("<ip> <name>..."
+# per line, /etc/hosts style) for the processes that look names up at run time (the supervisor's rendezvous address).
+ENV_HOSTS_FILE = "OMNITRAIN_HOSTS_FILE"

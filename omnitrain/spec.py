@@ -19,7 +19,7 @@ from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
 from omnitrain import k8s_names
-from omnitrain.model.config import PRESETS, ModelConfig, resolve_model_config
+from omnitrain.model.config import OVERRIDABLE, PRESETS, ModelConfig, resolve_model_config
 
 
 class _Spec(BaseModel):
@@ -48,13 +48,17 @@ class ModelSpec(_Spec):
         None, min_length=3, max_length=3, description="[t, h, w] patch size."
     )
     text_dim: int | None = Field(None, ge=1, le=65536, description="Width of the pre-encoded text embedding.")
+    condition_attention: Literal["full", "causal"] = Field(
+        "full",
+        description=(
+            "full: every token attends to its whole sample. causal: condition tokens (text, reference, context) "
+            "attend only to their sample's condition tokens and are modulated as clean (t = 0), video tokens to "
+            "everything; the served model's condition key/value cache is then exact (docs/promotion.md)."
+        ),
+    )
 
     def resolve(self) -> ModelConfig:
-        overrides = {
-            k: getattr(self, k)
-            for k in ("hidden_size", "depth", "num_heads", "mlp_ratio", "latent_channels", "patch_size", "text_dim")
-        }
-        return resolve_model_config(self.preset, overrides)
+        return resolve_model_config(self.preset, {k: getattr(self, k) for k in OVERRIDABLE})
 
 
 class ParallelismSpec(_Spec):
@@ -187,6 +191,14 @@ class CheckpointSpec(_Spec):
     when_busy: Literal["wait", "skip"] = Field(
         "wait", description="A checkpoint due while the previous one is still being written: wait for it or skip."
     )
+    peer_replicas: Literal[0, 1] = Field(
+        0,
+        description=(
+            "1: after each node-local save, copy each node's shards in the background to another node of the job "
+            "(localPath/<job>/peers/), so a rank restarted on a new node (a spare) restores from that peer's disk "
+            "instead of the persistent claim. Needs async: true. 0: node-local copies only."
+        ),
+    )
 
     @property
     def persistent_root(self) -> str | None:
@@ -307,6 +319,31 @@ class ResilienceSpec(_Spec):
     restart_backoff_seconds: int = Field(0, ge=0, description="Base of the exponential back-off between restarts.")
     max_no_progress_restarts: int = Field(
         2, ge=1, description="Restarts that do not advance the checkpoint before failing."
+    )
+    restart_mode: Literal["InPlace", "Recreate"] = Field(
+        "Recreate",
+        description=(
+            "InPlace: a restart keeps the healthy pods (their supervisors start a new generation of workers) and "
+            "replaces only pods on lost or bad nodes; Recreate: every pod of the gang is deleted and created again."
+        ),
+    )
+    spare_nodes: int = Field(
+        0,
+        ge=0,
+        le=64,
+        description=(
+            "Hot spares (restartMode InPlace): this many extra pods kept scheduled and started on nodes that fit "
+            "the job's placement; a replaced rank moves to one at the next generation, and a new spare is requested."
+        ),
+    )
+    node_not_ready_seconds: int = Field(
+        60,
+        ge=0,
+        le=3600,
+        description=(
+            "A node NotReady (or Unknown) for this long counts as lost; sooner only when the job's own evidence "
+            "agrees (its pods failed, or the Node was deleted). 0: at once."
+        ),
     )
 
 
@@ -487,6 +524,37 @@ class FieldError(BaseModel):
         return f"{self.field}: {self.message}"
 
 
+def restart_mode_problems(resilience: ResilienceSpec) -> list[FieldError]:
+    """Spares only make sense when a restart keeps pods: Recreate deletes and schedules every pod again anyway."""
+    if resilience.spare_nodes and resilience.restart_mode != "InPlace":
+        return [
+            FieldError(
+                field="spec.resilience.spareNodes",
+                message=(
+                    f"{resilience.spare_nodes} spare(s) need restartMode InPlace (Recreate schedules every pod "
+                    "again on a restart, so a spare would save nothing); set resilience.restartMode: InPlace or "
+                    "spareNodes: 0"
+                ),
+            )
+        ]
+    return []
+
+
+def peer_replica_problems(checkpoint: CheckpointSpec) -> list[FieldError]:
+    """Peer copies travel between the background writers (their own gloo group); a synchronous save has none."""
+    if checkpoint.peer_replicas and not checkpoint.async_save:
+        return [
+            FieldError(
+                field="spec.checkpoint.peerReplicas",
+                message=(
+                    "peerReplicas 1 copies shards in the background writer, which a synchronous save does not have; "
+                    "set checkpoint.async: true or peerReplicas: 0"
+                ),
+            )
+        ]
+    return []
+
+
 def compile_problems(spec: JobSpec) -> list[FieldError]:
     """training.compile with what it is not tested with (omnitrain/trainer/compile.py): selective recompute's per-op
     policy needs the eager ops a compiled graph fuses; offload's saved-tensor hooks, tensor parallel's DTensors and
@@ -516,6 +584,8 @@ def validate_job_spec(spec: JobSpec, allowed_host_roots: Sequence[str] | None = 
     errors: list[FieldError] = []
     errors += host_path_problems(spec.checkpoint, allowed_host_roots)
     errors += compile_problems(spec)
+    errors += restart_mode_problems(spec.resilience)
+    errors += peer_replica_problems(spec.checkpoint)
     p = spec.parallelism
     model = spec.model.resolve()
     if model.hidden_size % model.num_heads:

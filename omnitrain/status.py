@@ -69,8 +69,16 @@ class Children(_Status):
     """The objects of the current attempt: pods by rank, the headless Service and the config ConfigMap."""
 
     pods: list[str] = Field(default_factory=list, description="Pod names by node rank.")
+    spares: list[str] = Field(
+        default_factory=list, description="Hot spare pods (resilience.spareNodes): started, not ranks of this attempt."
+    )
     service: str | None = Field(None, description="The headless Service (rendezvous, metrics).")
     config_map: str | None = Field(None, description="The ConfigMap with the trainer's config.")
+    gang_readers: str | None = Field(
+        None,
+        description="In place: the ServiceAccount, Role and RoleBinding of this name let the pods watch "
+        "<job>-gang through the API (created once; a job launched without them gets them at its next launch).",
+    )
 
 
 class PromotionStage(_Status):
@@ -113,6 +121,8 @@ class JobStatus(_Status):
         None, description="Class of the last failure (omnitrain.resilience.classify)."
     )
     restart_not_before: str | None = Field(None, description="Back-off: the next attempt starts no earlier than this.")
+    spares_ready: int | None = Field(None, description="Hot spare pods Running (resilience.spareNodes).")
+    spares_created: int | None = Field(None, description="Spare pods created so far (names <job>-s<N>).")
     current_step: int | None = Field(None, description="The step rank 0 reported last.")
     total_steps: int | None = Field(None, description="Steps to train (spec.training.steps).")
     last_checkpoint: LastCheckpoint | None = None
@@ -145,6 +155,8 @@ class JobStatus(_Status):
         for key in _OMIT_WHEN_EMPTY:
             if wire.get(key) == []:
                 del wire[key]
+        if wire.get("children", {}).get("spares") == []:  # jobs without spares look as they did before spares
+            del wire["children"]["spares"]
         return wire
 
     def condition(self, type_: str) -> Condition | None:

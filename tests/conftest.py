@@ -26,3 +26,32 @@ def local_cluster(tmp_path_factory):
         raise
     yield cluster
     cluster.down()
+
+
+@pytest.fixture(scope="session")
+def local_cluster_crd(local_cluster):
+    """The OmniTrainingJob CRD of manifests/crd on the local cluster, Established; the API client. Another module may
+    have installed it already (409)."""
+    import yaml
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    from omnitrain.devcluster.testing import wait_for
+
+    api = local_cluster.api_client()
+    body = yaml.safe_load((Path(__file__).parent.parent / "manifests" / "crd" / "omnitrainingjobs.yaml").read_text())
+    ext = client.ApiextensionsV1Api(api)
+    try:
+        ext.create_custom_resource_definition(body)
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+    wait_for(
+        lambda: any(
+            c.type == "Established" and c.status == "True"
+            for c in ext.read_custom_resource_definition(body["metadata"]["name"]).status.conditions or []
+        ),
+        30,
+        "CRD Established",
+    )
+    return api

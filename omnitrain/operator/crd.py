@@ -146,6 +146,7 @@ PRINTER_COLUMNS = [
     {"name": "Total", "type": "integer", "jsonPath": ".status.totalSteps", "priority": 1},
     {"name": "Attempt", "type": "integer", "jsonPath": ".status.attempt", "priority": 1},
     {"name": "Restarts", "type": "integer", "jsonPath": ".status.restarts"},
+    {"name": "Spares", "type": "integer", "jsonPath": ".status.sparesReady", "priority": 1},
     {"name": "Checkpoint", "type": "integer", "jsonPath": ".status.lastCheckpoint.step"},
     {"name": "Message", "type": "string", "jsonPath": ".status.message", "priority": 1},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},

@@ -1,6 +1,6 @@
 """Kopf handlers: thin. Every trigger (job created/changed/resumed, a pod event, the resync timer) runs the same
 level-triggered `Controller.reconcile(namespace, name)`; the decisions are in reconcile.py. A Node that is deleted
-or stops being Ready wakes the resync pass at once (its pods' kubelet will send no pod event)."""
+or stops being Ready, or is Ready again, wakes the resync pass at once (its pods' kubelet will send no pod event)."""
 
 from __future__ import annotations
 
@@ -97,6 +97,7 @@ class Controller:
         self._timers: dict[tuple[str, str], tuple[float, Timer]] = {}  # key -> (due, timer)
         self._timer, self._clock = timer, clock
         self.wake = threading.Event()  # run the next resync pass now
+        self.resync: Resync | None = None  # started by kopf's startup handler (configure)
         self._errors: dict[tuple[str, str, str], str] = {}  # (key, step) -> its last error (logged once)
 
     def reconcile(self, namespace: str, name: str) -> None:
@@ -182,6 +183,8 @@ class Controller:
         if job is None or job["metadata"].get("deletionTimestamp"):
             if self.metrics is not None:
                 self.metrics.forget_job(namespace, name)
+            if job is None:
+                self.kube.forget_pods(namespace, name)
             return None
         meta = job["metadata"]
         ref = plan.JobRef(name=name, namespace=namespace, uid=meta["uid"], created=meta.get("creationTimestamp") or "")
@@ -194,8 +197,20 @@ class Controller:
         cleared_status(decision.status, now)
         children = None
         if decision.create_attempt is not None and checked.spec is not None:
+            members = decision.status.children.pods if decision.status.children else None
+            spares = decision.status.children.spares if decision.status.children else None
             children = plan.plan_children(
-                ref, checked.spec, decision.create_attempt, decision.status.excluded_nodes, self.settings.plan_options()
+                ref,
+                checked.spec,
+                decision.create_attempt,
+                decision.status.excluded_nodes,
+                self.settings.plan_options(),
+                members=members,
+                now=now,
+                spares=spares,
+                promoted=decision.promoted,
+                only_pods=None if decision.create_pods is None else set(decision.create_pods),
+                gang_readers=not (old.children and old.children.gang_readers),
             )
         try:
             self.kube.apply(job, decision, children)
@@ -241,18 +256,19 @@ class Controller:
         if checked.spec is None:
             return
         spec = checked.spec
+        rank0 = status.children.pods[0] if status.children and status.children.pods else None
         rank0_ip = next(
             (
                 p.pod_ip
                 for p in pod_views(self.kube.list_pods(namespace, name))
-                if p.rank == 0 and p.attempt == status.attempt and p.pod_ip
+                if p.pod_ip and (p.name == rank0 if rank0 else p.rank == 0 and p.attempt == status.attempt)
             ),
             None,
         )
         if rank0_ip is None:
             return
         new = progress.progress_status(
-            progress.scrape(rank0_ip, spec.metrics_port), status, plan.checkpoint_root(spec, name), now_iso()
+            progress.scrape(rank0_ip, spec.metrics_port), status, spec, plan.checkpoint_root(spec, name), now_iso()
         )
         if self.kube.write_status(job, new):
             self._record_goodput(namespace, name, new.goodput)
@@ -286,7 +302,17 @@ def configure(settings: kopf.OperatorSettings, **_) -> None:
     settings.watching.client_timeout = 330
     settings.execution.max_workers = 8
     if CONTROLLER is not None:
-        Resync(CONTROLLER, CONTROLLER.settings.resync_seconds).start()
+        CONTROLLER.kube.watch_pods()  # pod_event feeds it from here on
+        CONTROLLER.resync = Resync(CONTROLLER, CONTROLLER.settings.resync_seconds)
+        CONTROLLER.resync.start()
+
+
+@kopf.on.cleanup()
+def stop_resync(**_) -> None:
+    """kopf is stopping (signal or stop flag): so does the resync, before the API server it talks to may go (an
+    embedding process such as bench/ tears the control plane down next)."""
+    if CONTROLLER is not None and CONTROLLER.resync is not None:
+        CONTROLLER.resync.stop()
 
 
 @kopf.on.resume(crd.GROUP, crd.VERSION, crd.PLURAL)
@@ -299,23 +325,22 @@ def job_changed(namespace: str | None, name: str, **_: Any) -> None:
         CONTROLLER.reconcile(namespace, name)
 
 
-@kopf.on.event("", "v1", "pods", labels={plan.LABEL_ROLE: "trainer", plan.LABEL_JOB: kopf.PRESENT})
-def pod_event(body: kopf.Body, namespace: str | None, **_: Any) -> None:
+@kopf.on.event("", "v1", "pods", labels={plan.LABEL_JOB: kopf.PRESENT})
+def pod_event(type: str | None, body: kopf.Body, namespace: str | None, **_: Any) -> None:
+    """A trainer or spare pod changed: into the pod cache (Kube.list_pods reads it), then the job's pass."""
     owner = next((o for o in body.metadata.get("ownerReferences") or [] if o.get("kind") == crd.KIND), None)
     if owner is None or CONTROLLER is None or namespace is None:
         return
+    CONTROLLER.kube.observe_pod(type, dict(body))
     with _timed("pod"):
         CONTROLLER.reconcile(namespace, owner["name"])
 
 
 @kopf.on.event("", "v1", "nodes")
 def node_event(type: str | None, body: kopf.Body, **_) -> None:
-    if CONTROLLER is not None and CONTROLLER.kube.observe_node(type, dict(body)):
-        log.warning(
-            "node %s %s: looking at every job now",
-            body.metadata.get("name"),
-            "deleted" if type == "DELETED" else "is not Ready",
-        )
+    change = CONTROLLER.kube.observe_node(type, dict(body)) if CONTROLLER is not None else None
+    if CONTROLLER is not None and change is not None:
+        log.warning("node %s %s: looking at every job now", body.metadata.get("name"), change)
         CONTROLLER.wake.set()
 
 
@@ -328,6 +353,10 @@ class Resync(threading.Thread):
         super().__init__(name="omnitrain-resync", daemon=True)
         self.controller, self.interval = controller, interval
         self.stopped = threading.Event()
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.controller.wake.set()
 
     def run(self) -> None:
         while not self.stopped.is_set():

@@ -48,9 +48,31 @@ OPERATOR_PERMISSIONS: tuple[Permission, ...] = (
     Permission(
         "",
         "configmaps",
-        ("get", "create", "patch", "delete"),
+        ("get", "list", "watch", "create", "patch", "delete"),
         True,
-        "the trainer config (its attempt number patched when it is the job's own); get: owner on 409; delete: undo",
+        "the trainer config (its attempt number patched when it is the job's own); get: owner on 409; delete: undo; "
+        "list, watch: only held because the gang readers' Role grants them (RBAC escalation rule)",
+    ),
+    Permission(
+        "",
+        "serviceaccounts",
+        ("get", "create", "delete"),
+        True,
+        "in place: the gang readers' ServiceAccount (<job>-gang); get: owner on 409; delete: undo",
+    ),
+    Permission(
+        "rbac.authorization.k8s.io",
+        "roles",
+        ("get", "create", "delete"),
+        True,
+        "in place: the Role reading only <job>-gang; get: owner on 409; delete: undo",
+    ),
+    Permission(
+        "rbac.authorization.k8s.io",
+        "rolebindings",
+        ("get", "create", "delete"),
+        True,
+        "in place: binds that Role to the gang readers' ServiceAccount; get: owner on 409; delete: undo",
     ),
     Permission("", "events", ("create",), True, "Kube.post_event and kopf's own events (core v1)"),
     Permission("batch", "jobs", ("get", "create"), True, "promotion: read and create the distillation Job"),

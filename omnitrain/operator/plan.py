@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import yaml
 
-from omnitrain import contract, k8s_names
+from omnitrain import contract, gang, gang_watch, k8s_names
 from omnitrain.operator import crd
 from omnitrain.spec import JobSpec, RunInfo, TrainerConfig
 
@@ -73,12 +73,28 @@ def config_map_name(job: str) -> str:
     return fit_name(job, "-config")
 
 
+def gang_config_map_name(job: str) -> str:
+    return fit_name(job, "-gang")
+
+
 def pod_name(job: str, attempt: int, rank: int) -> str:
     return fit_name(job, f"-a{attempt}-n{rank}")
 
 
 def pod_hostname(rank: int) -> str:
     return f"n{rank}"
+
+
+def spare_name(job: str, index: int) -> str:
+    """Hot spare number `index` of the job (numbered over the job's life: a name is never used twice)."""
+    return fit_name(job, f"-s{index}")
+
+
+def hostname_of(name: str) -> str:
+    """The hostname a pod of the job was created with: `n<rank>` for a rank's pod, `s<index>` for a spare (a spare
+    keeps it when it becomes a rank, so the rendezvous address follows the pod, not the rank)."""
+    head, sep, tail = name.rpartition("-")
+    return tail if sep and tail[:1] in ("n", "s") and tail[1:].isdigit() else pod_hostname(0)
 
 
 def fit_name(job: str, suffix: str) -> str:
@@ -120,8 +136,9 @@ def master_port(uid: str, avoid: int | None = None) -> int:
     return port
 
 
-def master_addr(job: JobRef, domain: str = CLUSTER_DOMAIN) -> str:
-    return f"{pod_hostname(0)}.{service_name(job.name)}.{job.namespace}.svc.{domain}"
+def master_addr(job: JobRef, domain: str = CLUSTER_DOMAIN, hostname: str | None = None) -> str:
+    """Rank 0's DNS name under the headless Service (`hostname`: its pod's, when not the first gang's rank 0)."""
+    return f"{hostname or pod_hostname(0)}.{service_name(job.name)}.{job.namespace}.svc.{domain}"
 
 
 def owner_reference(job: JobRef) -> dict:
@@ -210,6 +227,32 @@ def render_service(job: JobRef, spec: JobSpec) -> dict:
     }
 
 
+def in_place(spec: JobSpec) -> bool:
+    return spec.resilience.restart_mode == "InPlace"
+
+
+# What an in-place pod's supervisor sets per generation (omnitrain.gang): not part of the pod's fixed env or command.
+_PER_GENERATION_ENV = ("PET_NODE_RANK", "MASTER_ADDR", "MASTER_PORT", contract.ENV_ATTEMPT)
+_PER_GENERATION_FLAGS = ("--nnodes", "--node-rank", "--master-addr", "--master-port")
+
+
+def in_place_command(command: list[str]) -> list[str]:
+    """The pod command of an in-place gang: torchrun's rank and rendezvous flags removed (its supervisor passes
+    them as PET_* variables, which torchrun reads, for the generation it starts)."""
+    out: list[str] = []
+    skip_value = False
+    for arg in command:
+        if skip_value:
+            skip_value = False
+            continue
+        flag = arg.split("=", 1)[0]
+        if flag in _PER_GENERATION_FLAGS:
+            skip_value = "=" not in arg
+            continue
+        out.append(arg)
+    return out
+
+
 def _env(job: JobRef, spec: JobSpec, attempt: int, rank: int, options: PlanOptions) -> list[dict]:
     p = spec.parallelism
     plain = {
@@ -225,9 +268,22 @@ def _env(job: JobRef, spec: JobSpec, attempt: int, rank: int, options: PlanOptio
         contract.TERMINATION_LOG_ENV: contract.DEFAULT_TERMINATION_LOG,
         **options.extra_env,
     }
+    if in_place(spec):
+        for name in _PER_GENERATION_ENV:
+            plain.pop(name)
+        plain[gang.ENV_GANG_FILE] = f"{gang.GANG_MOUNT}/{gang.GANG_FILE}"
+        plain[gang.ENV_STATE_DIR] = gang.STATE_MOUNT
+        plain[gang_watch.ENV_GANG_CONFIGMAP] = gang_config_map_name(job.name)
+        plain[gang_watch.ENV_GANG_TOKEN_FILE] = f"{gang_watch.API_MOUNT}/{gang_watch.TOKEN_FILE}"
+        plain[gang_watch.ENV_GANG_CA_FILE] = f"{gang_watch.API_MOUNT}/{gang_watch.CA_FILE}"
     env: list[dict] = [{"name": k, "value": v} for k, v in plain.items()]
     env.append({"name": contract.ENV_POD_IP, "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}})
     env.append({"name": contract.ENV_NODE_NAME, "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}})
+    if in_place(spec):
+        env.append({"name": gang.ENV_POD_NAME, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}})
+        env.append(
+            {"name": gang_watch.ENV_POD_NAMESPACE, "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}
+        )
     return env
 
 
@@ -308,10 +364,22 @@ def _affinity(job: str) -> dict:
 
 
 def render_pod(
-    job: JobRef, spec: JobSpec, attempt: int, rank: int, excluded_nodes: list[str], options: PlanOptions
+    job: JobRef,
+    spec: JobSpec,
+    attempt: int,
+    rank: int,
+    excluded_nodes: list[str],
+    options: PlanOptions,
+    name: str | None = None,
+    spare: bool = False,
 ) -> dict:
+    """The pod of node rank `rank`, created in attempt (generation) `attempt`; `name` when a member list gives it.
+    A spare (in place) has no rank until an announcement gives it one: no rank label, hostname from its name."""
     sched = spec.scheduling
     labels = pod_labels(job.name, attempt, rank)
+    if spare:
+        del labels[LABEL_NODE_RANK]
+        labels[LABEL_ROLE] = "spare"
     if sched.queue_name:
         labels[LABEL_QUEUE] = sched.queue_name
     limits = {sched.gpu_resource: str(spec.parallelism.gpus_per_node)}
@@ -337,7 +405,7 @@ def render_pod(
         "name": MAIN_CONTAINER,
         "image": spec.image,
         "imagePullPolicy": options.image_pull_policy,
-        "command": list(options.command),
+        "command": in_place_command(options.command) if in_place(spec) else list(options.command),
         "env": _env(job, spec, attempt, rank, options),
         "ports": [
             {"name": "metrics", "containerPort": spec.metrics_port},
@@ -348,14 +416,27 @@ def render_pod(
         "terminationMessagePath": contract.DEFAULT_TERMINATION_LOG,
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
-    # restartPolicy Never: the operator restarts the whole gang; a lone restarted rank never rejoins
-    pod_spec = pod_skeleton(spec, [container], volumes, "Never", excluded_nodes, _affinity(job.name))
-    pod_spec["hostname"], pod_spec["subdomain"] = pod_hostname(rank), service_name(job.name)
+    restart_policy = "Never"  # Recreate: the operator restarts the whole gang; a lone restarted rank never rejoins
+    if in_place(spec):
+        # The supervisor ends its container when its workers fail (exit code and message are the report); the
+        # kubelet starts it again in the same pod, and it waits for the next generation (omnitrain.gang).
+        restart_policy = "OnFailure"
+        mounts.append({"name": gang.GANG_VOLUME, "mountPath": gang.GANG_MOUNT, "readOnly": True})
+        mounts.append({"name": gang.STATE_VOLUME, "mountPath": gang.STATE_MOUNT})
+        volumes.append({"name": gang.GANG_VOLUME, "configMap": {"name": gang_config_map_name(job.name)}})
+        volumes.append({"name": gang.STATE_VOLUME, "emptyDir": {}})
+        mounts.append({"name": gang_watch.API_VOLUME, "mountPath": gang_watch.API_MOUNT, "readOnly": True})
+        volumes.append(gang_api_volume())
+    pod_spec = pod_skeleton(spec, [container], volumes, restart_policy, excluded_nodes, _affinity(job.name))
+    if in_place(spec):
+        pod_spec["serviceAccountName"] = gang_reader_name(job.name)  # its token: the projected volume only
+    pod_spec["hostname"] = hostname_of(name) if name else pod_hostname(rank)
+    pod_spec["subdomain"] = service_name(job.name)
     return {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
-            "name": pod_name(job.name, attempt, rank),
+            "name": name or pod_name(job.name, attempt, rank),
             "namespace": job.namespace,
             "labels": labels,
             "ownerReferences": [owner_reference(job)],
@@ -364,16 +445,167 @@ def render_pod(
     }
 
 
+def announcement(
+    job: JobRef,
+    spec: JobSpec,
+    attempt: int,
+    members: list[str],
+    now: str = "",
+    options: PlanOptions | None = None,
+    spares: list[str] | None = None,
+    promoted: list[str] | None = None,
+) -> gang.GangAnnouncement:
+    """Generation `attempt` of an in-place gang: `members` are the pod names by node rank."""
+    options = options or PlanOptions()
+    return gang.GangAnnouncement(
+        generation=attempt,
+        members={name: rank for rank, name in enumerate(members)},
+        spares=list(spares or []),
+        promoted=list(promoted or []),
+        master_addr=master_addr(job, options.cluster_domain, hostname_of(members[0])),
+        master_port=gang.rendezvous_port(master_port(job.uid, spec.metrics_port), attempt, avoid=spec.metrics_port),
+        nnodes=spec.parallelism.nodes,
+        announced=now,
+    )
+
+
+GANG_TOKEN_SECONDS = 3600  # the projected token's lifetime; the kubelet rotates it at 80%
+ROOT_CA_CONFIG_MAP = "kube-root-ca.crt"  # published in every namespace by kube-controller-manager
+
+
+def gang_reader_name(job: str) -> str:
+    """The ServiceAccount, Role and RoleBinding that let an in-place job's supervisors read `<job>-gang`."""
+    return gang_config_map_name(job)
+
+
+def _child_meta(job: JobRef, name: str) -> dict:
+    return {
+        "name": name,
+        "namespace": job.namespace,
+        "labels": job_labels(job.name),
+        "ownerReferences": [owner_reference(job)],
+    }
+
+
+def render_gang_readers(job: JobRef) -> list[dict]:
+    """What an in-place job's pods need to watch their announcement through the API (omnitrain.gang_watch): a
+    ServiceAccount of their own, a Role allowing only get/list/watch of the one ConfigMap `<job>-gang` (a list or
+    watch is authorized by `resourceNames` when it selects that name with fieldSelector=metadata.name=...), and
+    the binding. The pods' token can read nothing else (not even the job's trainer config)."""
+    name = gang_reader_name(job.name)
+    return [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _child_meta(job, name)},
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": _child_meta(job, name),
+            "rules": [
+                {
+                    "apiGroups": [""],
+                    "resources": ["configmaps"],
+                    "resourceNames": [gang_config_map_name(job.name)],
+                    "verbs": ["get", "list", "watch"],
+                }
+            ],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": _child_meta(job, name),
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": job.namespace}],
+        },
+    ]
+
+
+def gang_api_volume() -> dict:
+    """The projected volume the supervisor reads the API with: a short-lived token of the pod's ServiceAccount
+    (bound to the pod) and the cluster CA. Mounted instead of the automatic token (automountServiceAccountToken
+    stays false): only here, read-only, and useless beyond the job's announcement."""
+    return {
+        "name": gang_watch.API_VOLUME,
+        "projected": {
+            "defaultMode": 0o444,
+            "sources": [
+                {"serviceAccountToken": {"path": gang_watch.TOKEN_FILE, "expirationSeconds": GANG_TOKEN_SECONDS}},
+                {
+                    "configMap": {
+                        "name": ROOT_CA_CONFIG_MAP,
+                        "items": [{"key": "ca.crt", "path": gang_watch.CA_FILE}],
+                    }
+                },
+            ],
+        },
+    }
+
+
+def render_gang_config_map(job: JobRef, announced: gang.GangAnnouncement) -> dict:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": gang_config_map_name(job.name),
+            "namespace": job.namespace,
+            "labels": job_labels(job.name),
+            "ownerReferences": [owner_reference(job)],
+        },
+        "data": {gang.GANG_FILE: announced.to_json()},
+    }
+
+
+def members_of(job: str, attempt: int, nodes: int, members: list[str] | None) -> list[str]:
+    """The pod names by node rank: `members` when it lists every rank, else attempt `attempt`'s own names."""
+    if members is not None and len(members) == nodes:
+        return list(members)
+    return [pod_name(job, attempt, rank) for rank in range(nodes)]
+
+
 def plan_children(
     job: JobRef,
     spec: JobSpec,
     attempt: int,
     excluded_nodes: list[str] | None = None,
     options: PlanOptions | None = None,
+    members: list[str] | None = None,
+    now: str = "",
+    spares: list[str] | None = None,
+    promoted: list[str] | None = None,
+    only_pods: set[str] | None = None,
+    gang_readers: bool | None = None,
 ) -> list[dict]:
-    """Everything one attempt needs, in creation order: ConfigMap, Service, then the pods by rank."""
+    """Everything one attempt needs, in creation order: ConfigMap, Service, (in place: the gang readers'
+    ServiceAccount, Role and RoleBinding when `gang_readers` (default: when every pod is rendered), and the gang
+    announcement,) then the
+    pods by rank. `members`: the pod names by rank (in place, a pod keeps its name across generations and is
+    created with the attempt it joined in); absent, attempt `attempt`'s own names. `only_pods`: render just these
+    pods (an in-place restart replaces one pod of 1,024: rendering the others would make the pass O(job))."""
     options = options or PlanOptions()
     excluded = list(excluded_nodes or [])
+    names = members_of(job.name, attempt, spec.parallelism.nodes, members)
     children = [render_config_map(job, spec, attempt), render_service(job, spec)]
-    children += [render_pod(job, spec, attempt, rank, excluded, options) for rank in range(spec.parallelism.nodes)]
+    if in_place(spec):
+        # once per job (status.children.gangReaders says they exist): an in-place restart makes no calls for them
+        if gang_readers if gang_readers is not None else only_pods is None:
+            children += render_gang_readers(job)
+        announced = announcement(job, spec, attempt, names, now, options, spares, promoted)
+        children.append(render_gang_config_map(job, announced))
+    wanted = (lambda name: True) if only_pods is None else only_pods.__contains__
+    children += [
+        render_pod(job, spec, created_in(name, attempt), rank, excluded, options, name)
+        for rank, name in enumerate(names)
+        if wanted(name)
+    ]
+    member_names = set(names)
+    children += [
+        render_pod(job, spec, attempt, -1, excluded, options, name, spare=True)
+        for name in (spares or [])
+        if name not in member_names and wanted(name)
+    ]
     return children
+
+
+def created_in(name: str, default: int) -> int:
+    """The attempt a pod name says it was created in (`<job>-a<N>-n<rank>`), else `default`."""
+    head, _, _ = name.rpartition("-n")
+    _, _, number = head.rpartition("-a")
+    return int(number) if number.isdigit() else default

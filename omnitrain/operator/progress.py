@@ -8,6 +8,8 @@ import urllib.request
 from prometheus_client.parser import text_string_to_metric_families
 
 from omnitrain import contract
+from omnitrain.resilience.goodput import with_reserved_capacity
+from omnitrain.spec import JobSpec
 from omnitrain.status import JobStatus, LastCheckpoint
 
 
@@ -30,7 +32,7 @@ def parse_progress(text: str) -> dict:
     return found
 
 
-def progress_status(metrics: dict, status: JobStatus, checkpoint_root: str, now: str) -> JobStatus:
+def progress_status(metrics: dict, status: JobStatus, spec: JobSpec, checkpoint_root: str, now: str) -> JobStatus:
     """`status` with what the metrics say is new (equal to `status` when nothing is)."""
     new = status.model_copy(deep=True)
     if contract.METRIC_STEP in metrics:
@@ -47,7 +49,8 @@ def progress_status(metrics: dict, status: JobStatus, checkpoint_root: str, now:
             "ratio": round(metrics[contract.METRIC_GOODPUT], 4),
             "badputSeconds": {k: round(v, 1) for k, v in sorted(badput.items())},
         }
-        new.goodput = {**(status.goodput or {}), **scraped}  # keeps what the trainer's final figures added
+        merged = {**(status.goodput or {}), **scraped}  # keeps what the trainer's final figures added
+        new.goodput = with_reserved_capacity(merged, spec.parallelism.nodes, spec.resilience.spare_nodes)
     return new
 
 

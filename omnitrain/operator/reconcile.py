@@ -14,7 +14,7 @@ import json
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
 from pydantic import ValidationError
@@ -22,6 +22,8 @@ from pydantic import ValidationError
 from omnitrain.operator import plan
 from omnitrain.resilience.classify import NodeObservation, PodObservation, on_lost_node
 from omnitrain.resilience.decide import decide, last_failure
+from omnitrain.resilience.goodput import with_reserved_capacity
+from omnitrain.resilience.node_grace import NODE_NOT_READY, NODE_READY
 from omnitrain.resilience.recovery import Fail, GangRestart, Wait
 from omnitrain.spec import JobSpec, validate_job_spec
 from omnitrain.status import (
@@ -78,6 +80,8 @@ class Decision:
     status: JobStatus = field(default_factory=JobStatus)  # the full new status
     delete_pods: list[str] = field(default_factory=list)
     create_attempt: int | None = None  # create (if absent) the children of this attempt
+    create_pods: list[str] | None = None  # ... but of its pods only these (None: all); the rest exist
+    promoted: list[str] = field(default_factory=list)  # hot spares that became ranks (named in the announcement)
     events: list[Event] = field(default_factory=list)
     requeue_after_seconds: float | None = None  # one more pass this many seconds from now (None: events suffice)
     isolate_nodes: list[str] = field(default_factory=list)  # label+taint these nodes (hardware evidence)
@@ -191,14 +195,20 @@ def teardown(
     """(pods to delete, pods to force-delete): those on a lost node get grace period 0, since no kubelet will
     confirm a normal deletion; pods already terminating are left to it."""
     lost = [p.name for p in pods if on_lost_node(p, nodes)]
-    delete = [p.name for p in pods if not p.deleted and p.name not in lost and (not unfinished_only or p.unfinished)]
+    lost_set = set(lost)
+    delete = [
+        p.name for p in pods if not p.deleted and p.name not in lost_set and (not unfinished_only or p.unfinished)
+    ]
     return delete, lost
 
 
-def final_progress(status: JobStatus, pods: list[PodObservation], checkpoint_root: str, now: str) -> None:
+def final_progress(
+    status: JobStatus, pods: list[PodObservation], spec: JobSpec, checkpoint_root: str, now: str
+) -> None:
     """Status fields from rank 0's termination message at success: the last step, the final checkpoint and the
     job's goodput as the trainer computed them (the progress scrape may have missed the last seconds, and the
-    goodput needs the whole metrics log on the persistent volume, which the operator does not mount)."""
+    goodput needs the whole metrics log on the persistent volume, which the operator does not mount), with the
+    spares' reserved capacity."""
     rank0 = next((p for p in pods if p.rank == 0), None)
     term = rank0.termination if rank0 is not None else None
     if term is None:
@@ -208,7 +218,7 @@ def final_progress(status: JobStatus, pods: list[PodObservation], checkpoint_roo
     if term.checkpoint_step:
         status.last_checkpoint = LastCheckpoint(step=term.checkpoint_step, path=checkpoint_root, time=now)
     if isinstance(term.goodput, dict):
-        status.goodput = term.goodput
+        status.goodput = with_reserved_capacity(term.goodput, spec.parallelism.nodes, spec.resilience.spare_nodes)
 
 
 # ---- the steps -------------------------------------------------------------------------------------------------
@@ -225,6 +235,7 @@ class _Pass:
     nodes: Mapping[str, NodeObservation]
     usable_nodes: list[str] | None
     d: Decision
+    _current: tuple[tuple, list[PodObservation]] | None = field(default=None, repr=False, compare=False)
 
     @property
     def st(self) -> JobStatus:
@@ -235,15 +246,81 @@ class _Pass:
         return self.st.attempt or 0
 
     @property
+    def in_place(self) -> bool:
+        return plan.in_place(self.spec)
+
+    def _is_current(self) -> Callable[[PodObservation], bool]:
+        """In place a pod belongs to the generations it is a member of; else to the attempt it was created for.
+        (A set of the members, made once per call: a 1,024-pod gang must not cost a scan of the list per pod.)"""
+        if self.in_place:
+            members = set(self.expected())
+            return lambda pod: pod.name in members
+        return lambda pod: pod.attempt == self.attempt
+
+    @property
     def current(self) -> list[PodObservation]:
-        return [p for p in self.pods if p.attempt == self.attempt]
+        """The pods of the current attempt (in place: its members, as this generation sees them). Kept while the
+        attempt and its members stay what they were: steps ask for it several times a pass, and at 1,024 pods each
+        computation is a scan of the job."""
+        failed_at = self.st.last_failure.time if self.st.last_failure else None  # what in_generation reads
+        key = (self.attempt, tuple(self.expected()) if self.in_place else (), failed_at)
+        if self._current is not None and self._current[0] == key:
+            return self._current[1]
+        is_current = self._is_current()
+        pods = [p for p in self.pods if is_current(p)]
+        if self.in_place:  # a container restarted in place still shows how it ended in an earlier generation
+            pods = [in_generation(p, self.attempt, self.st) for p in pods]
+        self._current = (key, pods)
+        return pods
 
     @property
     def stale(self) -> list[PodObservation]:
-        return [p for p in self.pods if p.attempt != self.attempt]
+        is_current, spares = self._is_current(), set(self.spares())
+        return [p for p in self.pods if not is_current(p) and p.name not in spares]
+
+    def spares(self) -> list[str]:
+        return list(self.st.children.spares) if self.in_place and self.st.children else []
+
+    def topped_up(self, spares: list[str]) -> list[str]:
+        """`spares` plus new names (numbered over the job's life) up to resilience.spareNodes."""
+        out = list(spares)
+        while len(out) < self.spec.resilience.spare_nodes:
+            index = self.st.spares_created or 0
+            self.st.spares_created = index + 1
+            out.append(plan.spare_name(self.job.name, index))
+        return out
+
+    def unusable(self, pod: PodObservation | None, isolate: Sequence[str] = ()) -> bool:
+        """A pod that cannot take part in the next generation: gone, being deleted, finished (a pod's phase never
+        goes back), on a lost node or on a node being isolated for hardware evidence."""
+        return (
+            pod is None
+            or pod.deleted
+            or pod.phase in ("Succeeded", "Failed")
+            or on_lost_node(pod, self.nodes)
+            or (pod.node is not None and pod.node in isolate)
+        )
 
     def expected(self) -> list[str]:
-        return [plan.pod_name(self.job.name, self.attempt, r) for r in range(self.spec.parallelism.nodes)]
+        members = self.st.children.pods if self.in_place and self.st.children else None
+        return plan.members_of(self.job.name, self.attempt, self.spec.parallelism.nodes, members)
+
+
+def in_generation(pod: PodObservation, generation: int, st: JobStatus) -> PodObservation:
+    """`pod` as generation `generation` sees it: an end its supervisor reported for an earlier generation (the
+    termination message's generation), or without a generation one that finished before the failure that started
+    this generation, is history, not a failure of this one."""
+    if pod.exit_code is None and pod.termination is None:
+        return pod
+    term = pod.termination
+    if term is not None and term.generation is not None:
+        old = term.generation < generation
+    else:
+        started = st.last_failure.time if st.last_failure and generation > 0 else None
+        old = started is not None and pod.finished_at is not None and pod.finished_at < started
+    if not old or pod.phase not in ("Running", "Pending"):
+        return pod
+    return replace(pod, exit_code=None, container_reason=None, termination_message=None)
 
 
 def suspend(p: _Pass) -> Decision | None:
@@ -271,6 +348,7 @@ def resume(p: _Pass) -> Decision | None:
     st.set_condition("Suspended", False, "Resumed", "spec.suspend is false", p.now)
     p.d.events.append(Event("Normal", "Resumed", f"resuming as attempt {attempt}"))
     p.d.delete_pods = [pod.name for pod in p.pods if not pod.deleted]
+    st.children = None  # a whole new gang (in place too: the suspended one is gone)
     return None
 
 
@@ -292,6 +370,8 @@ def waiting_for_old_gang(p: _Pass) -> Decision | None:
     ]
     p.d.delete_pods = [n for n in p.d.delete_pods if n not in p.d.force_delete_pods]
     p.d.requeue_after_seconds = WAIT_FOR_PODS_SECONDS
+    if p.in_place and p.current:
+        return None  # a replacement need not wait for the pod it replaces: the pods that stay keep their own ports
     return p.d
 
 
@@ -312,17 +392,33 @@ def launch(p: _Pass) -> Decision | None:
     if st.launched_attempt == attempt:
         return None
     expected = p.expected()
-    if set(expected) - {pod.name for pod in p.current} or st.phase in (None, RESTARTING):
+    spares = p.topped_up(p.spares()) if p.in_place else []
+    present = {pod.name for pod in p.pods if not pod.deleted}
+    current = {pod.name for pod in p.current}
+    missing = [name for name in expected if name not in current]
+    missing += [name for name in spares if name not in present]
+    if missing or st.phase in (None, RESTARTING):
         p.d.create_attempt = attempt
+        # In place the pods that stay are not created again (a restart costs O(replaced pods) calls, not O(job)).
+        p.d.create_pods = missing if p.in_place else None
     st.launched_attempt = attempt  # written only after the creations succeed (kube layer order)
     st.children = Children(
-        pods=expected, service=plan.service_name(p.job.name), config_map=plan.config_map_name(p.job.name)
+        pods=expected,
+        spares=spares,
+        service=plan.service_name(p.job.name),
+        config_map=plan.config_map_name(p.job.name),
+        gang_readers=plan.gang_reader_name(p.job.name) if p.in_place else None,  # created in this pass if absent
     )
     st.set_condition(
         "Created", True, "ChildrenCreated", f"attempt {attempt}: {len(expected)} pods, service and config", now
     )
     reason = "Restarted" if st.phase == RESTARTING else "Created"
-    p.d.events.append(Event("Normal", reason, f"created {len(expected)} pods for attempt {attempt}"))
+    if p.in_place and st.phase == RESTARTING:
+        kept = len(expected) - len(missing)
+        what = f"generation {attempt} announced: {kept} pods kept, {len(missing)} created"
+    else:
+        what = f"created {len(expected)} pods for attempt {attempt}"
+    p.d.events.append(Event("Normal", reason, what))
     st.set_condition("Restarting", False, "Launched", f"attempt {attempt} launched", now)
     st.phase, st.message = PENDING, f"attempt {attempt}: waiting for pods"
     return p.d
@@ -333,9 +429,9 @@ def failure(p: _Pass) -> Decision | None:
     went missing (deleted, evicted, node gone)."""
     present = {pod.name for pod in p.current}
     missing = [n for n in p.expected() if n not in present]
-    action = decide(p.current, p.nodes, p.st, p.spec, missing=missing, usable_nodes=p.usable_nodes)
-    if action is None:
-        return None
+    action = decide(p.current, p.nodes, p.st, p.spec, missing=missing, usable_nodes=p.usable_nodes, now=p.now)
+    if action is None or (isinstance(action, Wait) and action.reason == NODE_NOT_READY):
+        return node_not_ready(p, action)
     st, now, d = p.st, p.now, p.d
     assert action.failure is not None  # decide() classifies before it plans
     seen = last_failure(action.failure, now)
@@ -372,19 +468,103 @@ def failure(p: _Pass) -> Decision | None:
             st.attempt, st.phase, st.message = p.attempt + 1, RESTARTING, action.message
             st.set_condition("Running", False, action.reason, action.message, now)
             st.set_condition("Restarting", True, action.reason, action.message, now)
-            d.delete_pods, d.force_delete_pods = teardown(p.pods, p.nodes)
+            if p.in_place:
+                replaced = in_place_restart(p, action.isolate_nodes)
+                d.delete_pods, d.force_delete_pods = teardown([pod for pod in p.pods if pod.name in replaced], p.nodes)
+            else:
+                d.delete_pods, d.force_delete_pods = teardown(p.pods, p.nodes)
             d.events.append(Event("Warning", action.reason, action.message))
             d.requeue_after_seconds = WAIT_FOR_PODS_SECONDS
+            if p.in_place and action.delay_seconds <= 0:
+                # nothing to wait for (the pods that stay keep their ports): announce in this same pass
+                return launch(p) or d
+    return d
+
+
+def replaced_ranks(p: _Pass, isolate: Sequence[str]) -> list[int]:
+    """The node ranks whose pod cannot take part in the next generation (`_Pass.unusable`)."""
+    by_name = {pod.name: pod for pod in p.pods}
+    return [rank for rank, name in enumerate(p.expected()) if p.unusable(by_name.get(name), isolate)]
+
+
+def in_place_restart(p: _Pass, isolate: Sequence[str]) -> set[str]:
+    """The next generation's members (in status.children.pods: the pods that stay, a Running spare for each rank
+    whose pod is replaced while one is left, else a new pod), the spares topped up again; returns the names of
+    the pods replaced (members and spares that cannot go on). `p.st.attempt` is already the new generation."""
+    old = p.expected()  # status.children.pods still lists the last generation's members
+    by_name = {pod.name: pod for pod in p.pods}
+    ranks = replaced_ranks(p, isolate)
+    bad_spares = {s for s in p.spares() if p.unusable(by_name.get(s), isolate)}
+    ready = [s for s in p.spares() if s not in bad_spares and by_name[s].phase == "Running"]
+    members = list(old)
+    for rank in ranks:
+        members[rank] = ready.pop(0) if ready else plan.pod_name(p.job.name, p.attempt, rank)
+    p.d.promoted = [name for name in members if name in p.spares()]
+    spares = p.topped_up([s for s in p.spares() if s not in bad_spares and s not in members])
+    p.st.children = Children(
+        pods=members,
+        spares=spares,
+        service=plan.service_name(p.job.name),
+        config_map=plan.config_map_name(p.job.name),
+    )
+    return {old[r] for r in ranks} | bad_spares
+
+
+def keep_spares(p: _Pass) -> Decision | None:
+    """Between failures: a spare that cannot go on (its node lost, the pod gone or ended) is replaced in the
+    background, without touching the gang; hands on to the next step."""
+    if not p.in_place or p.st.launched_attempt != p.attempt or not p.spec.resilience.spare_nodes:
+        return None
+    by_name = {pod.name: pod for pod in p.pods}
+    bad = [s for s in p.spares() if p.unusable(by_name.get(s))]
+    spares = p.topped_up([s for s in p.spares() if s not in bad])
+    if spares == p.spares():
+        return None
+    gone = [s for s in bad if s in by_name]
+    delete, force = teardown([by_name[s] for s in gone], p.nodes)
+    p.d.delete_pods += [n for n in delete if n not in p.d.delete_pods]
+    p.d.force_delete_pods += force
+    assert p.st.children is not None
+    p.st.children.spares = spares
+    new = [s for s in spares if s not in by_name]
+    p.d.create_attempt, p.d.create_pods = p.attempt, new
+    p.d.events.append(Event("Normal", "SpareReplaced", f"spare(s) {', '.join(bad)} replaced by {', '.join(new)}"))
+    return None
+
+
+def node_not_ready(p: _Pass, action: Wait | None) -> Decision | None:
+    """Nothing failed, but a node of the attempt may be NotReady within spec.resilience.nodeNotReadySeconds (decide's
+    Wait NodeNotReady): the pods keep running and the job says why it does not restart (status.message, condition
+    Restarting=False NodeNotReady, a Warning event when the wait begins or its nodes change) and looks again at the
+    deadline. Once no node is NotReady any more the wait ends without a restart (a Normal event)."""
+    st, now, d = p.st, p.now, p.d
+    restarting = st.condition("Restarting")
+    before = restarting.message if restarting is not None and restarting.reason == NODE_NOT_READY else None
+    if action is None:
+        if before is not None:
+            msg = f"Ready again within the grace, no restart (was: {before})"
+            st.set_condition("Restarting", False, NODE_READY, msg, now)
+            d.events.append(Event("Normal", NODE_READY, msg))
+        return None
+    if before != action.message:
+        d.events.append(Event("Warning", NODE_NOT_READY, action.message))
+    d = observe(p)
+    st.message = f"{st.message}; {action.message}"
+    st.set_condition("Restarting", False, NODE_NOT_READY, action.message, now)
+    d.requeue_after_seconds = max(1.0, action.recheck_after_seconds or WAIT_RECHECK_SECONDS)
     return d
 
 
 def observe(p: _Pass) -> Decision:
     st, attempt, now = p.st, p.attempt, p.now
+    if p.in_place and p.spec.resilience.spare_nodes:
+        spares = set(p.spares())
+        st.spares_ready = sum(1 for pod in p.pods if pod.name in spares and pod.phase == "Running" and not pod.deleted)
     phases = [pod.phase for pod in p.current]
     if phases and all(ph == "Succeeded" for ph in phases):
         msg = f"all {len(phases)} pods of attempt {attempt} succeeded"
         st.phase, st.message, st.completion_time = SUCCEEDED, msg, now
-        final_progress(st, p.current, plan.checkpoint_root(p.spec, p.job.name), now)
+        final_progress(st, p.current, p.spec, plan.checkpoint_root(p.spec, p.job.name), now)
         st.set_condition("Running", False, "Completed", msg, now)
         st.set_condition("Succeeded", True, "Completed", msg, now)
         p.d.events.append(Event("Normal", "Succeeded", msg))
@@ -406,6 +586,7 @@ STEPS: tuple[Callable[[_Pass], Decision | None], ...] = (
     waiting_for_old_gang,
     back_off,
     launch,
+    keep_spares,
     failure,
 )
 
@@ -527,8 +708,9 @@ def reconcile(
     usable_nodes: list[str] | None = None,
 ) -> Decision:
     """`checked`: parse_spec(job's spec), once per pass. `nodes`: the Nodes the unfinished pods are bound to, by
-    name (a node not listed is not judged). Pods on a gone or NotReady node count as lost at once and are
-    force-deleted (no kubelet will confirm). `usable_nodes`: schedulable Ready nodes when known (else no Wait)."""
+    name (a node not listed is not judged). Pods on a gone node, or on one NotReady for
+    spec.resilience.nodeNotReadySeconds (sooner when a pod of the attempt fails), count as lost and are force-deleted
+    (no kubelet will confirm). `usable_nodes`: schedulable Ready nodes when known (else no Wait)."""
     st = status.model_copy(deep=True) if status is not None else JobStatus()
     valid = st.condition("Valid")
     if (
@@ -555,7 +737,8 @@ def reconcile(
         usable_nodes=usable_nodes,
         d=Decision(status=st),
     )
-    p.d.delete_pods = [pod.name for pod in p.stale if not pod.deleted]
+    # pods of no current attempt go; on a lost node with grace 0 (no kubelet would confirm)
+    p.d.delete_pods, p.d.force_delete_pods = teardown(p.stale, p.nodes)
     for step in STEPS:
         decided = step(p)
         if decided is not None:

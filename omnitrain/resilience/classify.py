@@ -95,6 +95,7 @@ class PodObservation:
     rank: int = -1
     pod_ip: str | None = None
     deletion_timestamp: str | None = None
+    finished_at: str | None = None  # the main container's terminated.finishedAt (state, else lastState)
     termination: TerminationMessage | None = field(init=False, default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -112,9 +113,13 @@ def missing_pod(name: str) -> PodObservation:
 
 @dataclass(frozen=True)
 class NodeObservation:
+    """One Node as the operator reads it (`observe_node`). To classification, not ready means lost; the grace of
+    spec.resilience.nodeNotReadySeconds is applied before (omnitrain.resilience.node_grace)."""
+
     name: str
     ready: bool = True
     exists: bool = True
+    not_ready_since: str | None = None  # the Ready condition's lastTransitionTime while it is not True
 
 
 @dataclass(frozen=True)
@@ -144,8 +149,10 @@ def observe_node(node: dict | None, name: str) -> NodeObservation:
     if node is None:
         return NodeObservation(name=name, ready=False, exists=False)
     conditions = (node.get("status") or {}).get("conditions") or []
-    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
-    return NodeObservation(name=name, ready=ready, exists=True)
+    condition: dict = next((c for c in conditions if c.get("type") == "Ready"), {})
+    ready = condition.get("status") == "True"
+    since = None if ready else condition.get("lastTransitionTime")
+    return NodeObservation(name=name, ready=ready, exists=True, not_ready_since=since)
 
 
 def on_lost_node(pod: PodObservation, nodes: Mapping[str, NodeObservation]) -> bool:
@@ -190,6 +197,7 @@ def observe_pod(
         attempt=int(labels.get(attempt_label, -1)) if attempt_label else -1,
         rank=int(labels.get(rank_label, -1)) if rank_label else -1,
         pod_ip=status.get("podIP"),
+        finished_at=terminated.get("finishedAt"),
     )
 
 

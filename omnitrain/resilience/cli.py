@@ -48,5 +48,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--config on node rank 0: <checkpoint root>/<job>/metrics)",
     )
     p.add_argument("--attempt", type=int, help="attempt number for the metrics log (default $OMNITRAIN_ATTEMPT)")
+    p.add_argument(
+        "--gang-file",
+        help="follow the restart generations announced in this file (default $OMNITRAIN_GANG_FILE; in-place "
+        "gang restarts: the command is started per generation with PET_NNODES/PET_NODE_RANK/PET_MASTER_* from it)",
+    )
+    p.add_argument(
+        "--state-dir",
+        help="folder that survives the container's restarts, for the failed generation (default $OMNITRAIN_STATE_DIR)",
+    )
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND ARGS...")
     p.set_defaults(func=_watchdog)

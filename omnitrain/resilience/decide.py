@@ -4,11 +4,13 @@
 
 inputs   pods (PodObservation: termination message parsed once, when the pod was read), nodes (NodeObservation by
          name; a node not listed is not judged), the job's JobStatus (recovery counters, last checkpoint), the spec
+grace    omnitrain.resilience.node_grace: a NotReady node within spec.resilience.nodeNotReadySeconds is not lost
+         unless a pod of the attempt fails too; with no failure that is Wait NodeNotReady until its deadline
 classify omnitrain.resilience.classify: every pod, lost node and missing pod at once; the first class in PRECEDENCE
          explains the others (a crash caused by a lost peer node is a NodeLost)
 plan     omnitrain.resilience.recovery.plan_recovery: budget, back-off, no-progress counter, isolation/exclusion
 result   None (nothing failed) or GangRestart / Fail / Wait, with the operator's reasons: GangRestart;
-         PermanentFailure / StorageError / RestartLimitExceeded / NoProgress; InsufficientNodes
+         PermanentFailure / StorageError / RestartLimitExceeded / NoProgress; InsufficientNodes, NodeNotReady
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 
 from omnitrain.contract import STORAGE_ERROR
+from omnitrain.resilience import node_grace
 from omnitrain.resilience.classify import Failure, FailureClass, NodeObservation, PodObservation, classify, missing_pod
 from omnitrain.resilience.recovery import Fail, GangRestart, RecoveryAction, RecoveryState, Wait, plan_recovery
 from omnitrain.spec import JobSpec
@@ -44,19 +47,26 @@ def decide(
     spec: JobSpec,
     missing: Iterable[str] = (),
     usable_nodes: list[str] | None = None,
+    now: str | None = None,
 ) -> RecoveryAction | None:
     """What to do about the current attempt: None while no pod shows a failure. `usable_nodes`: the schedulable,
-    Ready nodes when known (then too few of them is a Wait, not a restart that cannot be scheduled)."""
-    failure = classify([*pods, *(missing_pod(name) for name in missing)], list(nodes.values()))
+    Ready nodes when known (then too few of them is a Wait, not a restart that cannot be scheduled). `now`: the
+    operator's time, for spec.resilience.nodeNotReadySeconds (None: a NotReady node is lost at once)."""
+    everything = [*pods, *(missing_pod(name) for name in missing)]
+    grace_seconds = spec.resilience.node_not_ready_seconds
+    waiting = node_grace.nodes_in_grace(pods, nodes, now, grace_seconds)
+    failure = classify(everything, list(node_grace.as_ready(nodes, waiting).values()))
     if failure is None:
-        return None
+        return _node_wait(waiting, status, grace_seconds) if waiting else None
+    if waiting:  # the job's own evidence agrees: those nodes are lost (classified again, never to None)
+        failure = classify(everything, list(nodes.values())) or failure
     action = plan_recovery(
         failure,
         RecoveryState.from_status(status),
         spec.resilience,
         last_checkpoint_step(status),
         nodes_needed=spec.parallelism.nodes if usable_nodes is not None else None,
-        usable_nodes=usable_nodes,
+        usable_nodes=node_grace.usable(usable_nodes, nodes),
     )
     tag = f"[{failure.failure_class.value}]"
     match action:
@@ -68,6 +78,16 @@ def decide(
             )
         case Wait():
             return action
+
+
+def _node_wait(waiting: Mapping[str, node_grace.NodeGrace], status: JobStatus, grace_seconds: int) -> Wait:
+    """Nothing failed but nodes are NotReady within their grace: no restart, look again at the first deadline."""
+    return Wait(
+        node_grace.NODE_NOT_READY,
+        node_grace.wait_message(waiting.values(), grace_seconds),
+        state=RecoveryState.from_status(status),
+        recheck_after_seconds=min(g.seconds_left for g in waiting.values()),
+    )
 
 
 def last_failure(failure: Failure, now: str) -> LastFailure:

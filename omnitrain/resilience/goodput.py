@@ -7,9 +7,15 @@
     data_loading        the part of steps spent waiting for input
     checkpoint_save     time the training loop was blocked by saves
     checkpoint_restore  loading the checkpoint a restarted attempt resumes from
+    peer_restore        the same, when a rank read its shards from a peer node's copy (checkpoint.peerReplicas)
     wasted_progress     steps redone because the next attempt resumed from an older checkpoint, and the work in
                         flight between the last completed step and the failure
-    recovery            infrastructure recovery: failure -> detection -> teardown -> pods Running again
+    recovery            infrastructure recovery: failure -> detection -> teardown -> pods Running again (in-place
+                        restarts: failure -> the next generation announced)
+    restart_barrier     in-place restarts: the generation announced -> its first step begins, less the restore
+                        (workers stopped and started again in pods that stay, the rendezvous of the whole gang);
+                        what `startup` is for a recreated attempt
+    spare_promotion     the restart barrier of a generation in which a hot spare became a rank
     other               whatever the events do not explain (wall - everything above)
 
 Events are plain data; the operator builds them from pod/job transitions and the metrics log, bench/recovery.py
@@ -30,13 +36,19 @@ BADPUT_CAUSES = (
     "checkpoint_restore",
     "wasted_progress",
     "recovery",
+    "restart_barrier",
+    "spare_promotion",
+    "peer_restore",
     "other",
 )
+# The metrics log record node rank 0's watchdog writes for an in-place generation, stamped at its announcement.
+GENERATION_RECORD = "generation"
 
 
 class EventKind(str, Enum):
     ATTEMPT_START = "attempt_start"  # the attempt's pods were created (attempt 0: the job started)
     PODS_RUNNING = "pods_running"  # every pod of the attempt is Running
+    GENERATION_ANNOUNCED = "generation_announced"  # in-place restart: the operator announced this attempt's generation
     RESTORE = "restore"  # stamped at its end; seconds = duration, step = the step resumed from
     STEP = "step"  # stamped at its end; seconds = duration, data_seconds = input wait in it
     CHECKPOINT_SAVE = "checkpoint_save"  # seconds = time the loop was blocked
@@ -53,6 +65,7 @@ class Event:
     step: int | None = None
     seconds: float = 0.0
     data_seconds: float = 0.0
+    source: str = ""  # RESTORE: the slowest tier a rank read (local, peer, persistent); GENERATION_ANNOUNCED: "spare"
 
 
 @dataclass(frozen=True)
@@ -84,6 +97,20 @@ class GoodputReport:
             "productiveSeconds": round(self.productive_seconds, 1),
             "badputSeconds": {k: round(v, 1) for k, v in self.badput_seconds.items()},
         }
+
+
+def with_reserved_capacity(goodput: dict, nodes: int, spares: int) -> dict:
+    """status.goodput (GoodputReport.to_status's shape) with the hot spares counted as reserved capacity, never as
+    productive: `spareNodeSeconds` = wall x spares, and `reservedRatio` = productive node time / node time held =
+    ratio x nodes / (nodes + spares), which is `ratio` itself without spares. The spares are taken as held for the
+    job's whole wall time: they start with the gang and a promoted one is replaced in the background."""
+    ratio, wall = goodput.get("ratio"), goodput.get("wallSeconds")
+    if not isinstance(ratio, (int, float)) or nodes <= 0:
+        return goodput
+    out = {**goodput, "reservedRatio": round(ratio * nodes / (nodes + max(0, spares)), 4)}
+    if isinstance(wall, (int, float)):
+        out["spareNodeSeconds"] = round(wall * max(0, spares), 1)
+    return out
 
 
 def _first(events: list[Event], kind: EventKind) -> Event | None:
@@ -124,13 +151,17 @@ def compute_goodput(events: list[Event]) -> GoodputReport:
             elif e.kind is EventKind.CHECKPOINT_SAVE:
                 badput["checkpoint_save"] += e.seconds
             elif e.kind is EventKind.RESTORE:
-                badput["checkpoint_restore"] += e.seconds
+                badput["peer_restore" if e.source == "peer" else "checkpoint_restore"] += e.seconds
 
     def began(a: int, previous_failed: bool) -> float:
-        """Where an attempt's own time starts: its pods Running after a restart, else its creation."""
+        """Where an attempt's own time starts: after a restart, its generation announced (in place) or its pods
+        Running (recreated); else its creation."""
         evs = by_attempt[a]
+        announced = _first(evs, EventKind.GENERATION_ANNOUNCED)
         running = _first(evs, EventKind.PODS_RUNNING)
         start = _first(evs, EventKind.ATTEMPT_START)
+        if previous_failed and announced is not None:
+            return announced.time
         if previous_failed and running is not None:
             return running.time
         return start.time if start is not None else evs[0].time
@@ -143,7 +174,11 @@ def compute_goodput(events: list[Event]) -> GoodputReport:
         start = began(a, i > 0)
         if steps:
             first_step_begins = steps[0].time - steps[0].seconds
-            badput["startup"] += max(0.0, first_step_begins - start - restore)
+            announced = _first(evs, EventKind.GENERATION_ANNOUNCED) if i > 0 else None
+            cause = "startup" if announced is None else "restart_barrier"
+            if announced is not None and announced.source == "spare":
+                cause = "spare_promotion"
+            badput[cause] += max(0.0, first_step_begins - start - restore)
         if i + 1 >= len(attempts):
             continue
         nxt = attempts[i + 1]
@@ -208,9 +243,13 @@ def events_from_metrics_log(
         elif kind == "checkpoint" and r.get("blocking_seconds") is not None:
             events.append(Event(t, EventKind.CHECKPOINT_SAVE, attempt, step=step, seconds=float(r["blocking_seconds"])))
         elif kind == "restore":
-            events.append(Event(t, EventKind.RESTORE, attempt, step=step, seconds=float(r.get("seconds") or 0.0)))
+            seconds, source = float(r.get("seconds") or 0.0), str(r.get("source") or "")
+            events.append(Event(t, EventKind.RESTORE, attempt, step=step, seconds=seconds, source=source))
         elif kind == "hang":
             events.append(Event(t, EventKind.DETECTION, attempt, step=step))
+        elif kind == GENERATION_RECORD:
+            source = "spare" if r.get("promoted") else ""
+            events.append(Event(t, EventKind.GENERATION_ANNOUNCED, attempt, source=source))
         elif kind == "end" and r.get("reason", "Completed") == "Completed":
             events.append(Event(t, EventKind.JOB_END, attempt, step=step))
     return sorted(events, key=lambda e: e.time)

@@ -100,9 +100,11 @@ class Fail(_Action):
 
 @dataclass(frozen=True)
 class Wait(_Action):
-    """Neither restart nor fail yet (e.g. too few usable nodes): look again later; the state is not advanced."""
+    """Neither restart nor fail yet (e.g. too few usable nodes, a node NotReady within its grace): look again later;
+    the state is not advanced."""
 
     kind: ClassVar[ActionKind] = ActionKind.WAIT
+    recheck_after_seconds: float | None = None  # when the picture changes by itself (a grace ends); None: unknown
 
 
 RecoveryAction = GangRestart | Fail | Wait
@@ -204,7 +206,13 @@ def plan_recovery(
                 failure=failure,
             )
 
-    resume = "from scratch" if last_checkpoint_step is None else f"from checkpoint step {last_checkpoint_step}"
+    # The operator learns of checkpoints from the progress scrape (every resync): "none reported" is not "none
+    # exists", and the workers resume from the newest complete checkpoint they find either way.
+    resume = (
+        "from the newest complete checkpoint (none reported yet)"
+        if last_checkpoint_step is None
+        else f"from checkpoint step {last_checkpoint_step} or newer"
+    )
     counted = (
         f"restart {next_state.restarts}/{policy.max_restarts}"
         if failure.counts_toward_budget
@@ -213,7 +221,8 @@ def plan_recovery(
     extra = f", excluding {node_list(excluded)}" if excluded else ""
     return GangRestart(
         failure.reason,
-        f"{failure.message}; gang restart {resume} ({counted}{extra})",
+        f"{failure.message}; {'in-place ' if policy.restart_mode == 'InPlace' else ''}gang restart {resume} "
+        f"({counted}{extra})",
         delay_seconds=delay,
         exclude_nodes=excluded,
         isolate_nodes=isolate,

@@ -110,7 +110,7 @@ class FakeCore:
         self.created: list[str] = []
         self.deleted: list[str] = []
 
-    def _create(self, ns, obj):
+    def _create(self, ns, obj, **_):
         name = obj["metadata"]["name"]
         if name in self.refuse:
             raise self.refuse[name]
@@ -144,6 +144,7 @@ class FakeCore:
 def fake_kube(core: FakeCore) -> Kube:
     kube = Kube.__new__(Kube)  # no ApiClient: only the calls above are made
     kube.core, kube.create_workers = core, 1  # type: ignore[assignment]
+    kube.pod_cache = None
     return kube
 
 

@@ -100,7 +100,7 @@ def test_status_schema_is_generated_from_the_status_model():
     assert conditions["items"]["required"] == ["type", "status"]
     assert conditions["items"]["properties"]["status"]["enum"] == ["True", "False", "Unknown"]
     assert props["goodput"]["x-kubernetes-preserve-unknown-fields"] is True
-    assert set(props["children"]["properties"]) == {"pods", "service", "configMap"}
+    assert set(props["children"]["properties"]) == {"pods", "spares", "service", "configMap", "gangReaders"}
     assert set(props["promotion"]["properties"]["distill"]["properties"]) == {
         "phase",
         "name",

@@ -110,3 +110,16 @@ def test_a_clean_pass_clears_the_error():
     controller.reconcile("ns", "flaky")
     assert cond(kube, "flaky", "ReconcileError")["status"] == "False"
     assert kube.jobs["flaky"]["status"]["phase"]
+
+
+def test_a_stopped_resync_ends_without_another_pass():
+    """kopf's cleanup stops the resync (handlers.stop_resync): it must end at once, not after its interval, and
+    must not list the jobs again (an embedding bench tears the API server down next)."""
+    kube = FakeKube(job("j"), poisoned=set())
+    listed: list[int] = []
+    kube.list_jobs = lambda namespaces: listed.append(1) or []  # type: ignore[method-assign]
+    resync = Resync(Controller(kube, OperatorSettings()), interval=3600)  # type: ignore[arg-type]
+    resync.start()
+    resync.stop()
+    resync.join(timeout=30)
+    assert not resync.is_alive() and listed == []

@@ -127,7 +127,8 @@ def test_semantically_invalid_spec_fails_without_children(api, operator, namespa
     # fixing the spec starts the job
     patch_spec(api, ns, "bad", {"parallelism": {"pipeline": 1}})
     wait_until(lambda: pod_names(api, ns, "bad") == ["bad-a0-n0"], T, "the pod of the fixed job")
-    assert cond(status(api, ns, "bad"), "Valid")["status"] == "True"
+    # the pass writes status after its creates: the pod can be seen before the condition
+    wait_until(lambda: cond(status(api, ns, "bad"), "Valid")["status"] == "True", T, "Valid True after the fix")
 
 
 def test_suspend_deletes_pods_and_resume_relaunches(api, operator, namespace):

@@ -135,7 +135,9 @@ def test_pods_run_for_real_gang_restart_then_success(local_cluster, cluster_oper
     assert st["lastFailure"]["pod"] == "real-a0-n1" and st["lastFailure"]["exitCode"] == 1
     assert st["lastFailure"]["reason"] == "InjectedFault"
     assert cond(st, "Succeeded")["status"] == "True"
-    assert {"Created", "GangRestart", "Restarted", "Succeeded"} <= {e.reason for e in events(api, ns, "real")}
+    # the operator posts a pass's events after it wrote that pass's status: wait for them, do not race them
+    wanted = {"Created", "GangRestart", "Restarted", "Succeeded"}
+    wait_for(lambda: wanted <= {e.reason for e in events(api, ns, "real")}, 30, f"events {sorted(wanted)}")
     assert pod_names(api, ns, "real") == ["real-a1-n0", "real-a1-n1"]  # attempt 0's pods were deleted
 
     seen = {}

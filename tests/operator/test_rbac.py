@@ -41,6 +41,9 @@ _RESOURCES = {
     "job": ("batch", "jobs"),
     "deployment": ("apps", "deployments"),
     "custom_object": ("omnitrain.io", "omnitrainingjobs"),
+    "service_account": ("", "serviceaccounts"),
+    "role": ("rbac.authorization.k8s.io", "roles"),
+    "role_binding": ("rbac.authorization.k8s.io", "rolebindings"),
 }
 _VERBS = {"read": "get", "list": "list", "create": "create", "patch": "patch", "replace": "update", "delete": "delete"}
 

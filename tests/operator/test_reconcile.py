@@ -233,7 +233,9 @@ def test_success_takes_the_last_step_checkpoint_and_goodput_from_rank_zero():
         for p, m in zip(pods(0, "Succeeded", "Succeeded"), messages)
     ]
     d = step(SPEC, st, done, now="t9")
-    assert d.status.phase == SUCCEEDED and d.status.goodput == goodput and d.status.current_step == 40
+    # the trainer's figures, with what the operator adds: no spares, so nothing reserved beyond the gang
+    reserved = {**goodput, "reservedRatio": 0.87, "spareNodeSeconds": 0.0}
+    assert d.status.phase == SUCCEEDED and d.status.goodput == reserved and d.status.current_step == 40
     assert d.status.last_checkpoint == LastCheckpoint(step=40, path="/mnt/nvme/omnitrain/j", time="t9")
     assert d.status.to_wire()["lastCheckpoint"] == {"step": 40, "path": "/mnt/nvme/omnitrain/j", "time": "t9"}
     # a trainer that wrote no termination message (e.g. a stand-in command) leaves those fields as they were

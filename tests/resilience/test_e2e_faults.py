@@ -44,29 +44,13 @@ def wait_until(condition, deadline: float, what: str, interval: float = 0.2):
 
 
 @pytest.fixture(scope="module")
-def trainer_operator(local_cluster, tmp_path_factory):
+def trainer_operator(local_cluster, local_cluster_crd, tmp_path_factory):
     """(cluster, api, namespace, log): the operator with its default pod command (the watchdog in front of
     torchrun ... omnitrain train), one namespace for this module. Resync every 30 s: each fault here must be acted on
     from a watch event (pod ended, pod deleted, node deleted), not from the timer."""
     from kubernetes import client
-    from kubernetes.client.exceptions import ApiException
 
-    api = local_cluster.api_client()
-    crd_body = yaml.safe_load((REPO / "manifests" / "crd" / "omnitrainingjobs.yaml").read_text())
-    ext = client.ApiextensionsV1Api(api)
-    try:
-        ext.create_custom_resource_definition(crd_body)
-    except ApiException as exc:
-        if exc.status != 409:  # another test module installed it already
-            raise
-    wait_until(
-        lambda: any(
-            c.type == "Established" and c.status == "True"
-            for c in ext.read_custom_resource_definition(crd_body["metadata"]["name"]).status.conditions or []
-        ),
-        30,
-        "CRD Established",
-    )
+    api = local_cluster_crd
     namespace = f"resilience-{uuid.uuid4().hex[:6]}"
     client.CoreV1Api(api).create_namespace({"metadata": {"name": namespace}})
     wait_until(lambda: _has_default_sa(api, namespace), 60, "default service account")
@@ -151,12 +135,12 @@ TRAIN_SPEC = {
 class Reference:
     """The uninterrupted run: plain torchrun (2 ranks) on this machine, same config, its own copy of the data."""
 
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
+    def __init__(self, folder: Path, world: int = 2) -> None:
+        self.folder, self.world = folder, world
         config = {
             "spec": {
                 **TRAIN_SPEC,
-                "parallelism": {"nodes": 1, "gpusPerNode": 2},
+                "parallelism": {"nodes": 1, "gpusPerNode": world},
                 "data": {**TRAIN_SPEC["data"], "path": str(folder / "data")},
                 "checkpoint": {
                     "localPath": str(folder / "local"),
@@ -182,7 +166,7 @@ class Reference:
                 "torch.distributed.run",
                 "--standalone",
                 "--nproc_per_node",
-                "2",
+                str(world),
                 "-m",
                 "omnitrain",
                 "train",
@@ -215,7 +199,9 @@ def reference(tmp_path_factory):
             ref.proc.wait()
 
 
-def create_job(trainer_operator, name: str, parallelism: dict, extra: dict | None = None) -> Path:
+def create_job(
+    trainer_operator, name: str, parallelism: dict, extra: dict | None = None, checkpoint: dict | None = None
+) -> Path:
     """A job on its own claim (provisioned by the local cluster); returns the claim's folder (the persistent
     checkpoint root)."""
     from kubernetes import client
@@ -232,6 +218,7 @@ def create_job(trainer_operator, name: str, parallelism: dict, extra: dict | Non
             **TRAIN_SPEC["checkpoint"],
             "persistentClaim": claim,
             "localPath": f"/var/lib/omnitrain/e2e/{name}",
+            **(checkpoint or {}),
         },
         "metricsPort": 19400 + int(uuid.uuid4().int % 500),
         **(extra or {}),
@@ -257,6 +244,14 @@ def wait_first_checkpoint(trainer_operator, persistent: Path, name: str) -> None
     )
 
 
+def hold_rank(name: str, attempt: int, rank: int) -> None:
+    """SIGSTOP one rank's trainer just before its node is deleted: on a loaded machine the few steps after the
+    first checkpoint can otherwise end the job before the node's loss reaches the operator (the fault then lands on
+    a finished gang and tests nothing). The other ranks block in their next collective; the lost node's processes
+    are SIGKILLed with it."""
+    os.kill(wait_until(lambda: find_rank_pid(name, attempt, rank), 30, f"rank {rank}'s process"), signal.SIGSTOP)
+
+
 def wait_finished(trainer_operator, name: str) -> dict:
     cluster, api, namespace, log = trainer_operator
     st = wait_until(
@@ -268,20 +263,28 @@ def wait_finished(trainer_operator, name: str) -> dict:
     return st
 
 
-def assert_recovered_like_the_reference(st: dict, persistent: Path, name: str, reference: Reference) -> None:
-    """One counted gang restart, rank 0's goodput with the recovery as badput, final checkpoint == reference's."""
+def assert_recovered_like_the_reference(
+    st: dict, persistent: Path, name: str, reference: Reference, restarts: int = 1
+) -> None:
+    """`restarts` counted gang restarts, rank 0's goodput with the recovery as badput, final checkpoint ==
+    reference's."""
     import torch
 
     from omnitrain.trainer.checkpoint.restore import final_checkpoint, read_shard
 
-    assert st["restarts"] == 1 and st["attempt"] == 1, st
+    assert st["restarts"] == restarts and st["attempt"] == restarts, st
     goodput = st["goodput"]
     assert 0 < goodput["ratio"] < 1 and goodput["wallSeconds"] > goodput["productiveSeconds"] > 0
-    assert goodput["badputSeconds"]["recovery"] > 0, goodput
+    # failure -> next attempt's pods (recovery), and in place announcement -> first step (restart_barrier, or
+    # spare_promotion when a hot spare took the rank); a lost node is announced within the second its workers still
+    # run in, so in place the gap may all be the barrier
+    badput = goodput["badputSeconds"]
+    barrier = badput.get("restart_barrier", 0) + badput.get("spare_promotion", 0)
+    assert badput["recovery"] + barrier > 0, goodput
     interrupted = final_checkpoint(str(persistent), name)
     assert interrupted.step == TRAIN_STEPS
     want_checkpoint = reference.final()
-    for rank in (0, 1):
+    for rank in range(reference.world):
         got, want = tensors(read_shard(interrupted, rank)[0]), tensors(read_shard(want_checkpoint, rank)[0])
         assert got.keys() == want.keys() and got
         different = [k for k in want if not torch.equal(got[k], want[k])]
@@ -368,6 +371,7 @@ def test_real_trainer_node_deleted_restarts_the_gang_on_another_node_from_the_pe
         wait_first_checkpoint(trainer_operator, persistent, name)
         first = {p.metadata.name: p.spec.node_name for p in attempt_pods(core, namespace, name, 0)}
         lost = first[f"{name}-a0-n1"]
+        hold_rank(name, 0, 1)
         deleted_at = time.monotonic()
         assert cluster.delete_node(lost)
         wait_until(
@@ -393,3 +397,160 @@ def test_real_trainer_node_deleted_restarts_the_gang_on_another_node_from_the_pe
         records = [json.loads(line) for line in (persistent / name / "metrics" / "attempt-0001.jsonl").open()]
         assert any(r["kind"] == "restore" and r.get("step", 0) >= TRAIN_INTERVAL for r in records), records[:5]
         assert_recovered_like_the_reference(st, persistent, name, reference)
+
+
+# ---- in-place gang restart (spec.resilience.restartMode: InPlace) ----------------------------------------------
+# 3 pods x 1 rank: the healthy pods keep running (same UIDs); their supervisors start the next generation when the
+# operator announces it in <job>-gang. Compared with an uninterrupted 3-rank run.
+# hangTimeoutSeconds 8: three pods and the 3-rank reference start together on 2 cores; start-up's leash is 10x.
+IN_PLACE = {"resilience": {**TRAIN_SPEC["resilience"], "restartMode": "InPlace", "hangTimeoutSeconds": 8}}
+
+
+@pytest.fixture(scope="module")
+def reference3(tmp_path_factory):
+    ref = Reference(tmp_path_factory.mktemp("reference3"), world=3)
+    try:
+        yield ref
+    finally:
+        if ref.proc.poll() is None:
+            ref.proc.kill()
+            ref.proc.wait()
+
+
+def job_pods(core, namespace: str, name: str) -> dict:
+    """name -> (uid, node, restart count of the trainer container) of the job's pods now."""
+    out = {}
+    for p in core.list_namespaced_pod(namespace, label_selector=f"omnitrain.io/job-name={name}").items:
+        restarts = sum(c.restart_count for c in p.status.container_statuses or [])
+        out[p.metadata.name] = (p.metadata.uid, p.spec.node_name, restarts)
+    return out
+
+
+def announced_generation(core, namespace: str, name: str) -> int | None:
+    from omnitrain import gang
+    from omnitrain.operator import plan
+
+    cm = core.read_namespaced_config_map(plan.gang_config_map_name(name), namespace)
+    announced = gang.GangAnnouncement.from_json(cm.data[gang.GANG_FILE])
+    return announced.generation
+
+
+@pytest.mark.parametrize(
+    ("signum", "failure_class", "reason"),
+    [(signal.SIGKILL, "Crash", "WorkersFailed"), (signal.SIGSTOP, "Hang", "HangDetected")],
+    ids=["sigkill", "sigstop"],
+)
+def test_in_place_one_rank_faulted_keeps_every_pod_and_matches_an_uninterrupted_run(
+    trainer_operator, reference3, signum, failure_class, reason
+):
+    """Rank 1 SIGKILLed (its torchrun fails) or SIGSTOP'd (the watchdogs find no progress) after the first
+    checkpoint: the supervisors report by ending their containers, not their pods (the kubelet starts them again in
+    the same pods); the operator announces generation 1 and creates nothing; every pod's supervisor starts
+    generation 1, which restores from the node-local checkpoints; Succeeded with the same pods (UIDs) and a final
+    checkpoint equal to an uninterrupted run's."""
+    from kubernetes import client
+
+    cluster, api, namespace, log = trainer_operator
+    core = client.CoreV1Api(api)
+    name = f"ip{signum.name[3:].lower()}-{uuid.uuid4().hex[:5]}"
+    with node_pool(trainer_operator, name, 3):
+        persistent = create_job(
+            trainer_operator,
+            name,
+            {"nodes": 3, "gpusPerNode": 1},
+            {**IN_PLACE, "scheduling": {"nodeSelector": {"omnitrain.dev/e2e-pool": name}}},
+        )
+        wait_first_checkpoint(trainer_operator, persistent, name)
+        before = job_pods(core, namespace, name)
+        os.kill(wait_until(lambda: find_rank_pid(name, 0, 1), 30, "rank 1's process"), signum)
+        st = wait_finished(trainer_operator, name)
+        after = job_pods(core, namespace, name)
+        assert {n: v[:2] for n, v in after.items()} == {n: v[:2] for n, v in before.items()}, (before, after)
+        assert any(v[2] > 0 for v in after.values()), after  # the report was a container's end, in its pod
+        assert announced_generation(core, namespace, name) == 1
+        assert st["lastFailureClass"] == failure_class and st["lastFailure"]["reason"] == reason, st
+        assert st["children"]["pods"] == sorted(before), st
+        assert_recovered_like_the_reference(st, persistent, name, reference3)
+
+
+def test_in_place_node_deleted_replaces_only_that_pod_and_a_second_kill_at_the_barrier_is_survived(
+    trainer_operator, reference3
+):
+    """3 pods on a pool of four 1-GPU nodes; rank 1's node is deleted after the first checkpoint: only that pod is
+    replaced (on the fourth node), the other two stay (same UIDs). While generation 1 gathers (before its first
+    step) rank 2's process is SIGKILLed: a fault during the restart itself; generation 2 follows, and the job ends
+    equal to an uninterrupted run."""
+    from kubernetes import client
+
+    from omnitrain.operator import plan
+
+    cluster, api, namespace, log = trainer_operator
+    core = client.CoreV1Api(api)
+    name = f"ipnode-{uuid.uuid4().hex[:5]}"
+    with node_pool(trainer_operator, name, 4):
+        persistent = create_job(
+            trainer_operator,
+            name,
+            {"nodes": 3, "gpusPerNode": 1},
+            {**IN_PLACE, "scheduling": {"nodeSelector": {"omnitrain.dev/e2e-pool": name}}},
+        )
+        wait_first_checkpoint(trainer_operator, persistent, name)
+        before = job_pods(core, namespace, name)
+        lost_pod = plan.pod_name(name, 0, 1)
+        hold_rank(name, 0, 1)
+        assert cluster.delete_node(before[lost_pod][1])
+        # generation 1: rank 2 (a pod that stays) is killed as soon as its new worker exists, before any step
+        pid = wait_until(lambda: find_rank_pid(name, 1, 2), 120, "generation 1's rank 2", interval=0.05)
+        os.kill(pid, signal.SIGKILL)
+        st = wait_finished(trainer_operator, name)
+        after = job_pods(core, namespace, name)
+        kept = {n: v[0] for n, v in before.items() if n != lost_pod}
+        assert {n: after[n][0] for n in kept} == kept, (before, after)
+        assert lost_pod not in after and plan.pod_name(name, 1, 1) in after, after
+        assert after[plan.pod_name(name, 1, 1)][1] not in {v[1] for v in before.values()}
+        assert announced_generation(core, namespace, name) == 2
+        assert_recovered_like_the_reference(st, persistent, name, reference3, restarts=2)
+
+
+def test_in_place_lost_node_rank_moves_to_the_hot_spare(trainer_operator, reference3):
+    """3 pods and 1 hot spare on a pool of five 1-GPU nodes; rank 1's node is deleted after the first checkpoint:
+    the spare (started with the gang, waiting) becomes rank 1 at generation 1 with no pod scheduled on the critical
+    path, a new spare is requested in the background, and the job ends equal to an uninterrupted run."""
+    from kubernetes import client
+
+    from omnitrain.operator import plan
+
+    cluster, api, namespace, log = trainer_operator
+    core = client.CoreV1Api(api)
+    name = f"ipspare-{uuid.uuid4().hex[:5]}"
+    resilience = {**IN_PLACE["resilience"], "spareNodes": 1}
+    with node_pool(trainer_operator, name, 5):
+        persistent = create_job(
+            trainer_operator,
+            name,
+            {"nodes": 3, "gpusPerNode": 1},
+            {"resilience": resilience, "scheduling": {"nodeSelector": {"omnitrain.dev/e2e-pool": name}}},
+            checkpoint={"peerReplicas": 1},
+        )
+        spare = plan.spare_name(name, 0)
+        wait_until(lambda: job_status(api, namespace, name).get("sparesReady") == 1, 120, "the spare Running")
+        wait_first_checkpoint(trainer_operator, persistent, name)
+        before = job_pods(core, namespace, name)
+        lost_pod = plan.pod_name(name, 0, 1)
+        hold_rank(name, 0, 1)
+        assert cluster.delete_node(before[lost_pod][1])
+        st = wait_finished(trainer_operator, name)
+        after = job_pods(core, namespace, name)
+        assert st["children"]["pods"] == [plan.pod_name(name, 0, 0), spare, plan.pod_name(name, 0, 2)], st
+        assert after[spare][0] == before[spare][0]  # the same pod, promoted
+        assert plan.spare_name(name, 1) in st["children"]["spares"], st
+        # the spare's node never held rank 1's shards: it restored from the peer copy on rank 2's node
+        records = [json.loads(line) for line in (persistent / name / "metrics" / "attempt-0001.jsonl").open()]
+        restore = next(r for r in records if r["kind"] == "restore")
+        assert restore["sources"] == ["local", "peer", "local"] and restore["source"] == "peer", restore
+        badput = st["goodput"]["badputSeconds"]
+        assert badput["spare_promotion"] > 0 and badput["restart_barrier"] == 0, badput
+        assert badput["peer_restore"] > 0 and badput["checkpoint_restore"] == 0, badput
+        # the spare is reserved capacity: 3 nodes' productive time over the 4 nodes held
+        assert st["goodput"]["reservedRatio"] == round(st["goodput"]["ratio"] * 3 / 4, 4), st["goodput"]
+        assert_recovered_like_the_reference(st, persistent, name, reference3)

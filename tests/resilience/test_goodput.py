@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from omnitrain.resilience.goodput import BADPUT_CAUSES, Event, EventKind, compute_goodput
+from omnitrain.resilience.goodput import BADPUT_CAUSES, Event, EventKind, compute_goodput, with_reserved_capacity
 
 K = EventKind
 
@@ -35,6 +35,9 @@ def test_uninterrupted_run():
             "checkpoint_restore": 0,
             "wasted_progress": 0,
             "recovery": 0,
+            "restart_barrier": 0,
+            "spare_promotion": 0,
+            "peer_restore": 0,
             "other": 0,
         }
     )
@@ -69,6 +72,7 @@ def test_failure_restart_from_checkpoint():
     assert b["checkpoint_restore"] == pytest.approx(2)
     assert b["checkpoint_save"] == pytest.approx(0.5)
     assert b["startup"] == pytest.approx(5 + (33 - 30 - 2))  # attempt 0: 5 s; attempt 1: 1 s after restore
+    assert b["restart_barrier"] == 0  # a recreated attempt starts up; only an in-place generation has a barrier
     assert b["other"] == pytest.approx(39 - 10 - sum(v for k, v in b.items() if k != "other"))
     assert sum(b.values()) + report.productive_seconds == pytest.approx(39)
     [rec] = report.recoveries
@@ -90,6 +94,34 @@ def test_without_failure_or_running_events():
     assert report.badput_seconds["recovery"] == pytest.approx(1)
     assert report.productive_seconds == pytest.approx(3)
     assert report.recoveries[0].detection_seconds == 0
+
+
+def test_in_place_restart_counts_the_barrier_from_the_announcement():
+    """An in-place generation: the pods stay, so there is no `pods Running` event; node rank 0's watchdog dates
+    the announcement (`generation` record). Fault -> announcement is recovery, announcement -> first step (less the
+    restore) is the restart barrier, not start-up."""
+    from omnitrain.resilience.goodput import events_from_metrics_log
+
+    records = [
+        {"kind": "generation", "time": 1.0, "attempt": 0, "generation": 0},  # the first generation: start-up
+        {"kind": "start", "time": 10.0, "attempt": 0, "step": 0},
+        {"kind": "step", "time": 12.0, "attempt": 0, "step": 1, "step_seconds": 2.0},
+        {"kind": "step", "time": 14.0, "attempt": 0, "step": 2, "step_seconds": 2.0},
+        {"kind": "generation", "time": 16.0, "attempt": 1, "generation": 1},
+        {"kind": "restore", "time": 18.0, "attempt": 1, "step": 2, "seconds": 1.0},
+        {"kind": "start", "time": 18.0, "attempt": 1, "step": 2},
+        {"kind": "step", "time": 20.0, "attempt": 1, "step": 3, "step_seconds": 2.0},
+        {"kind": "end", "time": 20.0, "attempt": 1, "step": 3, "reason": "Completed"},
+    ]
+    report = compute_goodput(events_from_metrics_log(records, job_started=0.0))
+    b = report.badput_seconds
+    assert report.wall_seconds == 20 and report.productive_seconds == pytest.approx(6)
+    assert b["startup"] == pytest.approx(10)  # attempt 0 only
+    assert b["recovery"] == pytest.approx(16 - 14)  # last sign of life -> the next generation announced
+    assert b["restart_barrier"] == pytest.approx(18 - 16 - 1)
+    assert b["checkpoint_restore"] == 1 and b["wasted_progress"] == 0 and b["other"] == pytest.approx(0)
+    [rec] = report.recoveries
+    assert rec.first_step_seconds == pytest.approx(20 - 16)
 
 
 def test_empty_timeline():
@@ -123,3 +155,39 @@ def test_events_from_the_metrics_log_and_operator_events():
     assert b["recovery"] == pytest.approx(29 - 20)
     assert b["checkpoint_save"] == 0.5 and b["checkpoint_restore"] == 1
     assert b["startup"] == pytest.approx(10 + (31 - 29 - 1))
+
+
+def test_a_generation_with_a_promoted_spare_and_a_peer_restore_names_those_causes():
+    """The same timeline, but generation 1's announcement names a promoted spare and the restore read a peer's
+    copy: the barrier is `spare_promotion`, the restore `peer_restore`; nothing else moves."""
+    from omnitrain.resilience.goodput import events_from_metrics_log
+
+    records = [
+        {"kind": "start", "time": 10.0, "attempt": 0, "step": 0},
+        {"kind": "step", "time": 12.0, "attempt": 0, "step": 1, "step_seconds": 2.0},
+        {"kind": "generation", "time": 16.0, "attempt": 1, "generation": 1, "promoted": ["j-s0"]},
+        {"kind": "restore", "time": 18.0, "attempt": 1, "step": 1, "seconds": 1.0, "source": "peer"},
+        {"kind": "start", "time": 18.0, "attempt": 1, "step": 1},
+        {"kind": "step", "time": 20.0, "attempt": 1, "step": 2, "step_seconds": 2.0},
+        {"kind": "end", "time": 20.0, "attempt": 1, "step": 2, "reason": "Completed"},
+    ]
+    b = compute_goodput(events_from_metrics_log(records, job_started=0.0)).badput_seconds
+    assert b["spare_promotion"] == pytest.approx(18 - 16 - 1) and b["restart_barrier"] == 0
+    assert b["peer_restore"] == 1 and b["checkpoint_restore"] == 0
+    assert b["recovery"] == pytest.approx(16 - 12)
+
+
+def test_spares_are_reserved_capacity_in_the_status_goodput():
+    """K hot spares held beside N nodes: the same productive time over (N + K) nodes' time, never productive."""
+    report = compute_goodput(
+        [
+            Event(0.0, EventKind.ATTEMPT_START),
+            Event(10.0, EventKind.STEP, step=1, seconds=8.0),
+            Event(10.0, EventKind.JOB_END),
+        ]
+    ).to_status()
+    held = with_reserved_capacity(report, nodes=3, spares=1)
+    assert held["ratio"] == report["ratio"] == 0.8
+    assert held["reservedRatio"] == 0.6 and held["spareNodeSeconds"] == 10.0
+    assert with_reserved_capacity(report, nodes=3, spares=0)["reservedRatio"] == report["ratio"]
+    assert with_reserved_capacity({"badputSeconds": {}}, nodes=3, spares=1) == {"badputSeconds": {}}
