@@ -12,140 +12,33 @@ runs in this process (kopf in a thread) so its API calls can be counted.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
-import tempfile
-import threading
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from kwokbench import (  # noqa: E402
+    PodClock,
+    create_job,
+    delete_job,
+    job_status,
+    kwok_cluster,
+    kwok_job_spec,
+    run_operator,
+)
+
 from omnitrain.devcluster.testing import wait_for  # noqa: E402
-from omnitrain.devcluster.throwaway import control_plane  # noqa: E402
-from omnitrain.operator import plan  # noqa: E402
-
-KWOK = "kwok.x-k8s.io/node"
-
-
-def make_nodes(core, count: int, racks: int = 8) -> None:
-    from concurrent.futures import ThreadPoolExecutor
-
-    capacity = {"cpu": "96", "memory": "1536Gi", "pods": "110", "nvidia.com/gpu": "8"}
-
-    def one(i: int) -> None:
-        name = f"gpu-{i:04d}"
-        core.create_node(
-            {
-                "metadata": {
-                    "name": name,
-                    "annotations": {KWOK: "fake"},
-                    "labels": {
-                        "type": "kwok",
-                        "kubernetes.io/hostname": name,
-                        "topology.kubernetes.io/rack": f"rack-{i % racks}",
-                    },
-                },
-                "spec": {"taints": [{"key": KWOK, "value": "fake", "effect": "NoSchedule"}]},
-            }
-        )
-        core.patch_node_status(name, {"status": {"capacity": capacity, "allocatable": capacity}})
-
-    with ThreadPoolExecutor(16) as pool:
-        list(pool.map(one, range(count)))
-
-
-class PodClock:
-    """Watches the job's pods: when the last one was created and when the last one was Running."""
-
-    def __init__(self, api, namespace: str, job: str, expected: int) -> None:
-        self.api, self.ns, self.job, self.expected = api, namespace, job, expected
-        self.created: dict[str, float] = {}
-        self.running: dict[str, float] = {}
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._watch, daemon=True)
-        self.thread.start()
-
-    def _watch(self) -> None:
-        from kubernetes import client, watch
-
-        core = client.CoreV1Api(self.api)
-        w = watch.Watch()
-        while not self.stop.is_set():
-            try:
-                for ev in w.stream(
-                    core.list_namespaced_pod,
-                    self.ns,
-                    label_selector=plan.job_selector(self.job),
-                    timeout_seconds=5,
-                ):
-                    pod, now = ev["object"], time.monotonic()
-                    self.created.setdefault(pod.metadata.name, now)
-                    if pod.status and pod.status.phase == "Running":
-                        self.running.setdefault(pod.metadata.name, now)
-                    if self.stop.is_set():
-                        break
-            except Exception as exc:  # an overloaded API server answers a watch with 504: watch again (relists)
-                print(f"  (pod watch: {exc.__class__.__name__}; watching again)", flush=True)
-
-    def done(self) -> bool:
-        return len(self.running) >= self.expected
-
-
-def run_operator(kube, workers: int):
-    import kopf
-
-    from omnitrain.operator import handlers
-    from omnitrain.operator.settings import OperatorSettings
-
-    settings = OperatorSettings(resync_seconds=5.0, create_workers=workers)
-    kube.create_workers = workers
-    handlers.install(settings, kube=kube)
-
-    # kopf's default login reads the kubernetes client's default kubeconfig path, fixed when `kubernetes` was
-    # first imported (before this process set KUBECONFIG): without this, kopf's watches never start and only the
-    # resync thread launches jobs.
-    @kopf.on.login()
-    def login(**kwargs):
-        return kopf.login_with_kubeconfig(**kwargs)
-
-    stop, ready = threading.Event(), threading.Event()
-    thread = threading.Thread(
-        target=lambda: asyncio.run(kopf.operator(clusterwide=True, standalone=True, stop_flag=stop, ready_flag=ready)),
-        daemon=True,
-    )
-    thread.start()
-    ready.wait(60)
-    return stop, thread
 
 
 def measure(api, kube, nodes: int, workers: int, tag: str) -> dict:
-    from kubernetes import client
-
-    from omnitrain.operator import crd
-
     ns = f"bench-{tag}"
-    client.CoreV1Api(api).create_namespace({"metadata": {"name": ns}})
-    spec = {
-        "parallelism": {"nodes": nodes, "gpusPerNode": 8},
-        "training": {"steps": 10},
-        "scheduling": {
-            "nodeSelector": {"type": "kwok"},
-            "tolerations": [{"key": KWOK, "operator": "Exists", "effect": "NoSchedule"}],
-        },
-    }
     clock = PodClock(api, ns, "launch", nodes)
     calls0 = kube.counter.calls
     t0 = time.monotonic()
-    client.CustomObjectsApi(api).create_namespaced_custom_object(
-        crd.GROUP,
-        crd.VERSION,
-        ns,
-        crd.PLURAL,
-        {"apiVersion": crd.API_VERSION, "kind": crd.KIND, "metadata": {"name": "launch"}, "spec": spec},
-    )
+    create_job(api, ns, "launch", kwok_job_spec(nodes))
     last = [time.monotonic()]
 
     def progress():
@@ -156,29 +49,12 @@ def measure(api, kube, nodes: int, workers: int, tag: str) -> dict:
 
     wait_for(progress, 600, f"{nodes} pods Running", interval=0.2)
     # the operator sees Running too and writes the phase: count its calls until then
-    wait_for(
-        lambda: (
-            (
-                client.CustomObjectsApi(api)
-                .get_namespaced_custom_object(crd.GROUP, crd.VERSION, ns, crd.PLURAL, "launch")
-                .get("status")
-                or {}
-            ).get("phase")
-            == "Running"
-        ),
-        120,
-        "phase Running",
-        interval=0.2,
-    )
+    wait_for(lambda: job_status(api, ns, "launch").get("phase") == "Running", 120, "phase Running", interval=0.2)
     calls = kube.counter.calls - calls0
     clock.stop.set()
     created = max(clock.created.values()) - t0
     running = max(clock.running.values()) - t0
-    # clean up: the next measurement starts from empty nodes
-    client.CustomObjectsApi(api).delete_namespaced_custom_object(crd.GROUP, crd.VERSION, ns, crd.PLURAL, "launch")
-    core = client.CoreV1Api(api)
-    core.delete_collection_namespaced_pod(ns, grace_period_seconds=0)
-    wait_for(lambda: not core.list_namespaced_pod(ns, limit=1).items, 300, "pods gone", interval=0.5)
+    delete_job(api, ns, "launch")
     return {
         "nodes": nodes,
         "workers": workers,
@@ -231,25 +107,11 @@ def main() -> int:
     parser.add_argument("--plot", type=Path, default=REPO / "docs" / "img" / "launch.png")
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    from kubernetes import client, config
+    from kubernetes import client
 
     from omnitrain.operator.kube import Kube
 
-    with (
-        tempfile.TemporaryDirectory(prefix="omnitrain-bench-launch-") as tmp,
-        control_plane(Path(tmp), scheduler=True, kwok=True) as kubeconfig,
-    ):
-        os.environ["KUBECONFIG"] = str(kubeconfig)
-        config.load_kube_config(str(kubeconfig))
-        api = config.new_client_from_config(str(kubeconfig))
-        import yaml
-
-        client.ApiextensionsV1Api(api).create_custom_resource_definition(
-            yaml.safe_load((REPO / "manifests" / "crd" / "omnitrainingjobs.yaml").read_text())
-        )
-        most = max(args.nodes)
-        print(f"creating {most} kwok nodes ...", flush=True)
-        make_nodes(client.CoreV1Api(api), most)
+    with kwok_cluster("omnitrain-bench-launch-", max(args.nodes)) as (api, health):
         kube = Kube(client.ApiClient())
         stop, thread = run_operator(kube, args.workers[0])
         results = []
@@ -267,6 +129,8 @@ def main() -> int:
         finally:
             stop.set()
             thread.join(30)
+        # kwok nodes must stay Ready for the whole run: a flap would restart the job and spoil the figures
+        print(health.summary())
         print("\n| nodes | create workers | all pods created (s) | all pods Running (s) | operator API calls / pod |")
         print("|---|---|---|---|---|")
         for r in results:

@@ -1,6 +1,7 @@
 """Recovery benchmark: how fast the in-pod watchdog detects faults, and goodput of a run with injected faults.
 
     .venv/bin/python bench/recovery.py [--quick] [--plot docs/img/recovery_goodput.png]
+    .venv/bin/python bench/recovery.py --cluster-only [--modes Recreate InPlace InPlaceSpare]
 
 What runs: real processes — `omnitrain watchdog` supervising a stand-in worker that heartbeats through
 HeartbeatCallback, moves a fake RDMA counter tree while it "communicates", checkpoints every K steps and resumes
@@ -362,7 +363,121 @@ def goodput_run(quick: bool, plot: str | None) -> None:
 CLUSTER_STEPS, CLUSTER_INTERVAL = 30, 10
 
 
-def cluster_faults(steps: int = CLUSTER_STEPS, interval: int = CLUSTER_INTERVAL) -> None:
+# mode -> spec.resilience for the cluster run: (a) today's full recreate, (b) in place, (c) in place with a spare
+CLUSTER_MODES = {
+    "Recreate": {"restartMode": "Recreate"},
+    "InPlace": {"restartMode": "InPlace"},
+    "InPlaceSpare": {"restartMode": "InPlace", "spareNodes": 1},
+}
+
+
+def one_cluster_fault(cluster, core, custom, ns: str, mode: str, fault: str, steps: int, interval: int) -> dict:
+    """One job (2 pods x 1 rank, on a pool of 1-GPU nodes of its own), one fault on rank 1 after the first complete
+    checkpoint; times are seconds after the fault: the operator's restart decision (status.attempt 1) and the first
+    step of attempt (generation) 1 in rank 0's metrics log."""
+    from omnitrain.devcluster.procs import find_pid_by_env
+    from omnitrain.devcluster.testing import wait_for
+    from omnitrain.operator import crd
+    from omnitrain.trainer.checkpoint.restore import final_checkpoint
+
+    resilience = CLUSTER_MODES[mode]
+    name = f"bench-{mode.lower()}-{fault}"
+    claim = f"{name}-ckpt"
+    pool = [f"{name}-{x}" for x in "abcd"[: 3 + int(resilience.get("spareNodes", 0))]]
+    for node in pool:
+        cluster.add_node(node, gpus=1)
+    cluster.wait_nodes_ready(pool, log=lambda *_: None, timeout_s=60)
+    for node in pool:
+        core.patch_node(node, {"metadata": {"labels": {"omnitrain.dev/bench-pool": name}}})
+    core.create_namespaced_persistent_volume_claim(
+        ns,
+        {
+            "metadata": {"name": claim},
+            "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Gi"}}},
+        },
+    )
+    spec = {
+        "parallelism": {"nodes": 2, "gpusPerNode": 1},
+        "data": {"path": "/mnt/checkpoints/data", "synthetic": {"samples": 64, "shards": 2}, "tokenBudget": 512},
+        "training": {"steps": steps, "learningRate": 3e-3, "warmupSteps": 3},
+        "checkpoint": {
+            "persistentClaim": claim,
+            "persistentPath": "/mnt/checkpoints",
+            "localPath": f"/var/lib/omnitrain/bench/{name}",
+            "intervalSteps": interval,
+        },
+        "resilience": {"hangTimeoutSeconds": 5, "maxRestarts": 3, **resilience},
+        "scheduling": {"nodeSelector": {"omnitrain.dev/bench-pool": name}},
+    }
+    custom.create_namespaced_custom_object(
+        crd.GROUP,
+        crd.VERSION,
+        ns,
+        crd.PLURAL,
+        {"apiVersion": crd.API_VERSION, "kind": crd.KIND, "metadata": {"name": name}, "spec": spec},
+    )
+
+    def status() -> dict:
+        return custom.get_namespaced_custom_object(crd.GROUP, crd.VERSION, ns, crd.PLURAL, name).get("status") or {}
+
+    persistent = cluster.pv_dir(claim)
+    wait_for(
+        lambda: (c := final_checkpoint(str(persistent), name)) is not None and c.step >= interval,
+        300,
+        "the first complete checkpoint",
+    )
+    members = status()["children"]["pods"]
+    before = {p.metadata.name: p.metadata.uid for p in core.list_namespaced_pod(ns).items}
+    victim = core.read_namespaced_pod(members[1], ns)
+    fault_at = time.time()
+    if fault == "node":
+        cluster.delete_node(victim.spec.node_name)
+    else:
+        pid = wait_for(
+            lambda: find_pid_by_env(
+                {"OMNITRAIN_JOB_NAME": name, "OMNITRAIN_ATTEMPT": "0", "RANK": "1"}, ("OMNITRAIN_HEARTBEAT_DIR",)
+            ),
+            30,
+            "rank 1",
+        )
+        os.kill(pid, signal.SIGSTOP if fault == "sigstop" else signal.SIGKILL)
+    wait_for(lambda: (status().get("attempt") or 0) >= 1, 120, "the restart decided", interval=0.05)
+    decided = time.time()
+    st = wait_for(lambda: (s := status()).get("phase") in ("Succeeded", "Failed") and s, 300, "job finished")
+    log = persistent / name / "metrics" / "attempt-0001.jsonl"
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    first_step = min(r["time"] for r in records if r["kind"] == "step")
+    replaced = sum(1 for pod in st["children"]["pods"] if pod not in before)
+    goodput = st.get("goodput") or {}
+    failure = st.get("lastFailure", {})
+    row = {
+        "mode": mode,
+        "fault": fault,
+        "decided_s": decided - fault_at,
+        "first_step_s": first_step - fault_at,
+        "replaced": replaced,
+        "wall_s": goodput.get("wallSeconds", 0),
+        "goodput": goodput.get("ratio", 0),
+        "badput": goodput.get("badputSeconds") or {},
+    }
+    print(
+        f"  {mode:12s}  {fault:8s}  {row['decided_s']:15.1f}  {row['first_step_s']:16.1f}  {replaced:13d}  "
+        f"{row['wall_s']:8.1f}  {100 * row['goodput']:6.1f}%  {st['phase']}, {failure.get('reason')} "
+        f"({failure.get('exitCode', '-')})",
+        flush=True,
+    )
+    print(
+        "            badput: " + ", ".join(f"{k} {v:.1f}s" for k, v in row["badput"].items() if v >= 0.05),
+        flush=True,
+    )
+    for node in pool:
+        cluster.delete_node(node)
+    return row
+
+
+def cluster_faults(
+    steps: int = CLUSTER_STEPS, interval: int = CLUSTER_INTERVAL, modes: tuple[str, ...] = tuple(CLUSTER_MODES)
+) -> list[dict]:
     """Per fault kind: detection, all pods Running again, first step after the restart, the job's goodput (rank 0's,
     from status.goodput). The operator's default pod command: `omnitrain watchdog` in front of torchrun running the
     real `omnitrain train` (tiny preset, gloo), 2 pods x 1 rank on a pool of three 1-GPU nodes, hangTimeoutSeconds=5;
@@ -372,10 +487,7 @@ def cluster_faults(steps: int = CLUSTER_STEPS, interval: int = CLUSTER_INTERVAL)
     from kubernetes.client.exceptions import ApiException
 
     from omnitrain.devcluster.cluster import LocalCluster
-    from omnitrain.devcluster.procs import find_pid_by_env
     from omnitrain.devcluster.testing import wait_for
-    from omnitrain.operator import crd
-    from omnitrain.trainer.checkpoint.restore import final_checkpoint
 
     root = Path(tempfile.mkdtemp(prefix="omnitrain-recovery-bench-"))
     cluster = LocalCluster(root)
@@ -418,114 +530,15 @@ def cluster_faults(steps: int = CLUSTER_STEPS, interval: int = CLUSTER_INTERVAL)
             stderr=subprocess.STDOUT,
         )
         print(f"  real trainer, {steps} steps, checkpoint every {interval}, 2 pods x 1 rank; seconds after the fault")
-        print("  fault     detection  pods Running again  first step after  job wall  goodput  last failure")
-        for fault in ("sigstop", "kill", "node"):
-            name = f"bench-{fault}"
-            claim = f"{name}-ckpt"
-            pool = [f"{name}-{x}" for x in "abc"]
-            for node in pool:
-                cluster.add_node(node, gpus=1)
-            cluster.wait_nodes_ready(pool, log=lambda *_: None, timeout_s=60)
-            for node in pool:
-                core.patch_node(node, {"metadata": {"labels": {"omnitrain.dev/bench-pool": name}}})
-            core.create_namespaced_persistent_volume_claim(
-                ns,
-                {
-                    "metadata": {"name": claim},
-                    "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Gi"}}},
-                },
-            )
-            spec = {
-                "parallelism": {"nodes": 2, "gpusPerNode": 1},
-                "data": {
-                    "path": "/mnt/checkpoints/data",
-                    "synthetic": {"samples": 64, "shards": 2},
-                    "tokenBudget": 512,
-                },
-                "training": {"steps": steps, "learningRate": 3e-3, "warmupSteps": 3},
-                "checkpoint": {
-                    "persistentClaim": claim,
-                    "persistentPath": "/mnt/checkpoints",
-                    "localPath": f"/var/lib/omnitrain/bench/{name}",
-                    "intervalSteps": interval,
-                },
-                "resilience": {"hangTimeoutSeconds": 5, "maxRestarts": 3},
-                "scheduling": {"nodeSelector": {"omnitrain.dev/bench-pool": name}},
-            }
-            custom.create_namespaced_custom_object(
-                crd.GROUP,
-                crd.VERSION,
-                ns,
-                crd.PLURAL,
-                {"apiVersion": crd.API_VERSION, "kind": crd.KIND, "metadata": {"name": name}, "spec": spec},
-            )
-            persistent = cluster.pv_dir(claim)
-            wait_for(
-                lambda: (c := final_checkpoint(str(persistent), name)) is not None and c.step >= interval,
-                300,
-                "the first complete checkpoint",
-            )
-
-            def attempt_pods(n: int) -> list:
-                return [p for p in core.list_namespaced_pod(ns).items if p.metadata.name.startswith(f"{name}-a{n}-")]
-
-            victim = next(p for p in attempt_pods(0) if p.metadata.name.endswith("-n1"))
-            fault_at = time.time()
-            if fault == "node":
-                cluster.delete_node(victim.spec.node_name)
-            else:
-                pid = wait_for(
-                    lambda: find_pid_by_env(
-                        {"OMNITRAIN_JOB_NAME": name, "OMNITRAIN_ATTEMPT": "0", "RANK": "1"},
-                        ("OMNITRAIN_HEARTBEAT_DIR",),
-                    ),
-                    30,
-                    "rank 1",
-                )
-                os.kill(pid, signal.SIGSTOP if fault == "sigstop" else signal.SIGKILL)
-
-            def detected():
-                pods = attempt_pods(0)
-                return (
-                    len(pods) < 2
-                    or any(p.status.phase == "Failed" or p.metadata.deletion_timestamp for p in pods)
-                    or attempt_pods(1)
-                )
-
-            wait_for(detected, 120, "failure noticed", interval=0.05)
-            detection = time.time()
-            wait_for(
-                lambda: len(pods := attempt_pods(1)) == 2 and all(p.status.phase == "Running" for p in pods),
-                120,
-                "attempt 1 running",
-                interval=0.05,
-            )
-            running = time.time()
-
-            def finished():
-                st = custom.get_namespaced_custom_object(crd.GROUP, crd.VERSION, ns, crd.PLURAL, name).get("status")
-                return st if st and st.get("phase") in ("Succeeded", "Failed") else None
-
-            st = wait_for(finished, 300, "job finished")
-            log = persistent / name / "metrics" / "attempt-0001.jsonl"
-            records = [json.loads(line) for line in log.read_text().splitlines()]
-            first_step = min(r["time"] for r in records if r["kind"] == "step")
-            goodput = st.get("goodput") or {}
-            failure = st.get("lastFailure", {})
-            print(
-                f"  {fault:8s}  {detection - fault_at:9.1f}  {running - fault_at:18.1f}  "
-                f"{first_step - fault_at:16.1f}  {goodput.get('wallSeconds', 0):8.1f}  "
-                f"{100 * goodput.get('ratio', 0):6.1f}%  {st['phase']}, {failure.get('reason')} "
-                f"({failure.get('exitCode', '-')})",
-                flush=True,
-            )
-            print(
-                "            badput: "
-                + ", ".join(f"{k} {v:.1f}s" for k, v in (goodput.get("badputSeconds") or {}).items() if v >= 0.05),
-                flush=True,
-            )
-            for node in pool:
-                cluster.delete_node(node)
+        print(
+            "  mode          fault     restart decided  first step again  pods replaced  job wall  goodput  "
+            "last failure"
+        )
+        rows = []
+        for mode in modes:
+            for fault in ("sigstop", "kill", "node"):
+                rows.append(one_cluster_fault(cluster, core, custom, ns, mode, fault, steps, interval))
+        return rows
     except ApiException as exc:
         print(f"  cluster run failed: {exc}")
         raise
@@ -559,11 +572,18 @@ def main() -> int:
         help="also run the faults through the operator on a local cluster (needs the cluster binaries)",
     )
     parser.add_argument("--cluster-only", action="store_true", help="only the local-cluster part")
+    parser.add_argument(
+        "--modes",
+        nargs="+",
+        default=list(CLUSTER_MODES),
+        choices=list(CLUSTER_MODES),
+        help="cluster part: restart modes",
+    )
     args = parser.parse_args()
     if args.mode == "worker":
         return worker(args)
     if args.cluster_only:
-        cluster_faults()
+        cluster_faults(modes=tuple(args.modes))
         return 0
     print("Heartbeat cost (HeartbeatCallback.on_step_end: JSON record + atomic rename):", flush=True)
     heartbeat_cost()
@@ -580,7 +600,7 @@ def main() -> int:
     goodput_run(args.quick, args.plot)
     if args.cluster:
         print("Through the operator on the local cluster (a rank SIGSTOP'd / SIGKILLed, its node deleted):", flush=True)
-        cluster_faults()
+        cluster_faults(modes=tuple(args.modes))
     return 0
 
 
