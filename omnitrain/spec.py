@@ -426,6 +426,18 @@ class SchedulingSpec(_Spec):
     scheduler_name: str | None = Field(None, description="Scheduler of the job's pods (e.g. volcano).")
     queue_name: str | None = Field(None, description="Kueue queue (label kueue.x-k8s.io/queue-name).")
     gpu_resource: str = Field("nvidia.com/gpu", description="Extended resource requested per GPU.")
+    schedule_timeout_seconds: int | None = Field(
+        600,
+        ge=1,
+        description="A gang the scheduler cannot place whole (a pod Unschedulable while the others hold their "
+        "nodes) is taken down after this many seconds, queued and tried again with back-off; no restart is spent. "
+        "null: wait for ever (a queue such as Kueue admits gangs whole and gates their pods instead).",
+    )
+    requeue_backoff_seconds: int = Field(
+        30,
+        ge=0,
+        description="Wait before a gang taken down unplaced tries again; doubles per requeue, at most 600 s.",
+    )
 
 
 # Kubernetes' quantity grammar (apimachinery resource.Quantity): a signed decimal number, then a binary suffix

@@ -12,15 +12,26 @@ from typing import Any, Final, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
-Phase = Literal["Pending", "Running", "Restarting", "Suspended", "Succeeded", "Failed"]
+Phase = Literal["Pending", "Queued", "Running", "Restarting", "Suspended", "Succeeded", "Failed"]
 PENDING: Final = "Pending"
+QUEUED: Final = "Queued"
 RUNNING: Final = "Running"
 RESTARTING: Final = "Restarting"
 SUSPENDED: Final = "Suspended"
 SUCCEEDED: Final = "Succeeded"
 FAILED: Final = "Failed"
 TERMINAL = (SUCCEEDED, FAILED)
-CONDITION_TYPES = ("Valid", "Created", "Running", "Restarting", "Suspended", "Succeeded", "Failed", "ReconcileError")
+CONDITION_TYPES = (
+    "Valid",
+    "Created",
+    "Queued",
+    "Running",
+    "Restarting",
+    "Suspended",
+    "Succeeded",
+    "Failed",
+    "ReconcileError",
+)
 # True while the operator's last pass over the job raised (the message says what); False again after a clean pass.
 RECONCILE_ERROR: Final = "ReconcileError"
 
@@ -103,10 +114,12 @@ class Promotion(_Status):
 class JobStatus(_Status):
     """Written by the operator."""
 
-    phase: Phase | None = Field(None, description="Pending, Running, Restarting, Suspended, Succeeded or Failed.")
+    phase: Phase | None = Field(
+        None, description="Pending, Queued, Running, Restarting, Suspended, Succeeded or Failed."
+    )
     conditions: list[Condition] = Field(
         default_factory=list,
-        description="Valid, Created, Running, Restarting, Suspended, Succeeded, Failed, ReconcileError.",
+        description="Valid, Created, Queued, Running, Restarting, Suspended, Succeeded, Failed, ReconcileError.",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )
     attempt: int | None = Field(None, description="Current attempt; pods of attempt N are named <job>-a<N>-n<rank>.")
@@ -121,6 +134,15 @@ class JobStatus(_Status):
         None, description="Class of the last failure (omnitrain.resilience.classify)."
     )
     restart_not_before: str | None = Field(None, description="Back-off: the next attempt starts no earlier than this.")
+    unschedulable_since: str | None = Field(
+        None,
+        description="When a pod of the current attempt was first seen unschedulable while others held their nodes "
+        "(scheduling.scheduleTimeoutSeconds counts from here).",
+    )
+    requeues: int | None = Field(
+        None,
+        description="Gangs taken down because they could not be placed whole, then queued again (no restart spent).",
+    )
     spares_ready: int | None = Field(None, description="Hot spare pods Running (resilience.spareNodes).")
     spares_created: int | None = Field(None, description="Spare pods created so far (names <job>-s<N>).")
     current_step: int | None = Field(None, description="The step rank 0 reported last.")
@@ -190,6 +212,7 @@ __all__ = [
     "RESTARTING",
     "RUNNING",
     "SUCCEEDED",
+    "QUEUED",
     "SUSPENDED",
     "TERMINAL",
 ]

@@ -17,13 +17,16 @@ from __future__ import annotations
 import threading
 import time
 from contextlib import contextmanager
+from typing import get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 
+from omnitrain.status import Phase
+
 JOB_LABEL = "omnitrain_job"
-# The CRD's status.phase values (omnitrain.operator.crd); listed so every phase has a series, 0 included.
-PHASES = ("Pending", "Running", "Restarting", "Suspended", "Succeeded", "Failed")
+# The CRD's status.phase values (omnitrain.status.Phase); listed so every phase has a series, 0 included.
+PHASES: tuple[str, ...] = get_args(Phase)
 
 METRIC_JOBS = "omnitrain_operator_jobs"
 METRIC_JOB_PHASE = "omnitrain_operator_job_phase"

@@ -4,8 +4,8 @@ Level-triggered: every call looks at the whole picture again, so a lost event or
 The thin layer in handlers.py/kube.py reads the objects, calls `reconcile`, and carries out what it returns.
 
 `reconcile` is a dispatcher over named steps, in order: finished, invalid spec, suspend, resume, waiting for the old
-gang, back-off, launch, failure, observe. Each step returns the pass's Decision when it settles the pass, or None to
-hand on to the next one (resume hands on after it has started the next attempt).
+gang, back-off, launch, keep spares, failure, unplaceable gang, observe. Each step returns the pass's Decision when it
+settles the pass, or None to hand on to the next one (resume hands on after it has started the next attempt).
 """
 
 from __future__ import annotations
@@ -24,12 +24,13 @@ from omnitrain.resilience.classify import NodeObservation, PodObservation, on_lo
 from omnitrain.resilience.decide import decide, last_failure
 from omnitrain.resilience.goodput import with_reserved_capacity
 from omnitrain.resilience.node_grace import NODE_NOT_READY, NODE_READY
-from omnitrain.resilience.recovery import Fail, GangRestart, Wait
+from omnitrain.resilience.recovery import Fail, GangRestart, Wait, backoff_seconds
 from omnitrain.spec import JobSpec, validate_job_spec
 from omnitrain.status import (
     CONDITION_TYPES,
     FAILED,
     PENDING,
+    QUEUED,
     RESTARTING,
     RUNNING,
     SUCCEEDED,
@@ -51,6 +52,7 @@ __all__ = [
     "Event",
     "FAILED",
     "PENDING",
+    "QUEUED",
     "RESTARTING",
     "RUNNING",
     "SUCCEEDED",
@@ -355,7 +357,7 @@ def resume(p: _Pass) -> Decision | None:
 def waiting_for_old_gang(p: _Pass) -> Decision | None:
     """The whole old gang must be gone before the new one starts (ports, GPUs)."""
     stale = p.stale
-    if p.st.phase != RESTARTING or not stale:
+    if p.st.phase not in (RESTARTING, QUEUED) or not stale:
         return None
     # A pod on a dead node stays Terminating forever (no kubelet confirms); the next gang must not wait on it.
     p.d.force_delete_pods = [
@@ -376,9 +378,10 @@ def waiting_for_old_gang(p: _Pass) -> Decision | None:
 
 
 def back_off(p: _Pass) -> Decision | None:
-    """Back-off between counted restarts (resilience.restartBackoffSeconds): one more pass when it ends."""
+    """Back-off between counted restarts (resilience.restartBackoffSeconds) and before a queued gang's next try:
+    one more pass when it ends."""
     not_before = p.st.restart_not_before
-    if p.st.phase != RESTARTING or not not_before or p.now >= not_before:
+    if p.st.phase not in (RESTARTING, QUEUED) or not not_before or p.now >= not_before:
         return None
     start, end = parse_rfc3339(p.now), parse_rfc3339(not_before)
     p.d.requeue_after_seconds = (
@@ -397,7 +400,7 @@ def launch(p: _Pass) -> Decision | None:
     current = {pod.name for pod in p.current}
     missing = [name for name in expected if name not in current]
     missing += [name for name in spares if name not in present]
-    if missing or st.phase in (None, RESTARTING):
+    if missing or st.phase in (None, RESTARTING, QUEUED):
         p.d.create_attempt = attempt
         # In place the pods that stay are not created again (a restart costs O(replaced pods) calls, not O(job)).
         p.d.create_pods = missing if p.in_place else None
@@ -412,6 +415,8 @@ def launch(p: _Pass) -> Decision | None:
     st.set_condition(
         "Created", True, "ChildrenCreated", f"attempt {attempt}: {len(expected)} pods, service and config", now
     )
+    if st.phase == QUEUED:
+        st.set_condition("Queued", False, "Requeued", f"attempt {attempt}: the gang tries again", now)
     reason = "Restarted" if st.phase == RESTARTING else "Created"
     if p.in_place and st.phase == RESTARTING:
         kept = len(expected) - len(missing)
@@ -555,6 +560,46 @@ def node_not_ready(p: _Pass, action: Wait | None) -> Decision | None:
     return d
 
 
+def unplaceable_gang(p: _Pass) -> Decision | None:
+    """Nothing admits a gang whole without a queue: pods the scheduler cannot place (PodScheduled False,
+    Unschedulable) while the others hold their nodes would wait in rendezvous, and two such jobs can hold each other's
+    nodes. After spec.scheduling.scheduleTimeoutSeconds the attempt's pods (and spares) go, the job is Queued with the
+    scheduler's words and tries again as a new attempt after scheduling.requeueBackoffSeconds, doubled per
+    requeue; no restart is spent. Pods a queue gates (SchedulingGated) are not Unschedulable and never time out here."""
+    timeout = p.spec.scheduling.schedule_timeout_seconds
+    st, now, d = p.st, p.now, p.d
+    stuck = [pod for pod in p.current if pod.phase == "Pending" and pod.unschedulable and not pod.deleted]
+    if timeout is None or st.launched_attempt != p.attempt or not stuck:
+        st.unschedulable_since = None
+        return None
+    since = st.unschedulable_since = st.unschedulable_since or now
+    deadline = add_seconds(since, timeout)
+    why = f"{len(stuck)} of {p.spec.parallelism.nodes} pods unschedulable: {stuck[0].unschedulable}"
+    if now < deadline:
+        d = observe(p)
+        st.message = f"{st.message}; {why}; the gang is taken down at {deadline} unless placed"
+        start, end = parse_rfc3339(now), parse_rfc3339(deadline)
+        d.requeue_after_seconds = max(1.0, end - start) if start is not None and end is not None else timeout
+        return d
+    requeues = st.requeues = (st.requeues or 0) + 1
+    delay = backoff_seconds(p.spec.scheduling.requeue_backoff_seconds, requeues - 1)
+    msg = (
+        f"attempt {p.attempt} could not be placed whole within scheduling.scheduleTimeoutSeconds={timeout} "
+        f"({why}); its pods were removed so they hold no nodes; trying again after {delay:.0f} s "
+        f"(requeue {requeues}, no restart spent)"
+    )
+    d.delete_pods, d.force_delete_pods = teardown(p.pods, p.nodes)
+    st.attempt, st.phase, st.message = p.attempt + 1, QUEUED, msg
+    st.restart_not_before = add_seconds(now, delay) if delay > 0 else None
+    st.unschedulable_since = None
+    st.children = None  # a whole new gang (in place too: none of this one ever ran)
+    st.set_condition("Queued", True, "GangUnschedulable", msg, now)
+    st.set_condition("Running", False, "GangUnschedulable", msg, now)
+    d.events.append(Event("Warning", "GangUnschedulable", msg))
+    d.requeue_after_seconds = max(delay, WAIT_FOR_PODS_SECONDS)
+    return d
+
+
 def observe(p: _Pass) -> Decision:
     st, attempt, now = p.st, p.attempt, p.now
     if p.in_place and p.spec.resilience.spare_nodes:
@@ -588,6 +633,7 @@ STEPS: tuple[Callable[[_Pass], Decision | None], ...] = (
     launch,
     keep_spares,
     failure,
+    unplaceable_gang,
 )
 
 

@@ -96,6 +96,7 @@ class PodObservation:
     pod_ip: str | None = None
     deletion_timestamp: str | None = None
     finished_at: str | None = None  # the main container's terminated.finishedAt (state, else lastState)
+    unschedulable: str | None = None  # the scheduler's message while PodScheduled is False for Unschedulable
     termination: TerminationMessage | None = field(init=False, default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -182,6 +183,12 @@ def observe_pod(
         ),
         None,
     )
+    scheduled: dict = next((c for c in status.get("conditions") or [] if c.get("type") == "PodScheduled"), {})
+    unschedulable = (
+        scheduled.get("message") or "Unschedulable"
+        if scheduled.get("status") == "False" and scheduled.get("reason") == "Unschedulable"
+        else None
+    )
     return PodObservation(
         name=meta.get("name", ""),
         node=spec.get("nodeName"),
@@ -198,6 +205,7 @@ def observe_pod(
         rank=int(labels.get(rank_label, -1)) if rank_label else -1,
         pod_ip=status.get("podIP"),
         finished_at=terminated.get("finishedAt"),
+        unschedulable=unschedulable,
     )
 
 

@@ -94,7 +94,7 @@ def test_status_schema_is_generated_from_the_status_model():
     status = crd.status_schema()
     assert set(status["properties"]) == {f.alias or name for name, f in JobStatus.model_fields.items()}
     props = status["properties"]
-    assert props["phase"]["enum"] == ["Pending", "Running", "Restarting", "Suspended", "Succeeded", "Failed"]
+    assert props["phase"]["enum"] == ["Pending", "Queued", "Running", "Restarting", "Suspended", "Succeeded", "Failed"]
     conditions = props["conditions"]
     assert conditions["x-kubernetes-list-type"] == "map" and conditions["x-kubernetes-list-map-keys"] == ["type"]
     assert conditions["items"]["required"] == ["type", "status"]

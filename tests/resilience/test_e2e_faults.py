@@ -268,10 +268,6 @@ def assert_recovered_like_the_reference(
 ) -> None:
     """`restarts` counted gang restarts, rank 0's goodput with the recovery as badput, final checkpoint ==
     reference's."""
-    import torch
-
-    from omnitrain.trainer.checkpoint.restore import final_checkpoint, read_shard
-
     assert st["restarts"] == restarts and st["attempt"] == restarts, st
     goodput = st["goodput"]
     assert 0 < goodput["ratio"] < 1 and goodput["wallSeconds"] > goodput["productiveSeconds"] > 0
@@ -281,6 +277,14 @@ def assert_recovered_like_the_reference(
     badput = goodput["badputSeconds"]
     barrier = badput.get("restart_barrier", 0) + badput.get("spare_promotion", 0)
     assert badput["recovery"] + barrier > 0, goodput
+    assert_final_checkpoint_like_the_reference(persistent, name, reference)
+
+
+def assert_final_checkpoint_like_the_reference(persistent: Path, name: str, reference: Reference) -> None:
+    import torch
+
+    from omnitrain.trainer.checkpoint.restore import final_checkpoint, read_shard
+
     interrupted = final_checkpoint(str(persistent), name)
     assert interrupted.step == TRAIN_STEPS
     want_checkpoint = reference.final()
@@ -555,3 +559,62 @@ def test_in_place_lost_node_rank_moves_to_the_hot_spare(trainer_operator, refere
         # the spare is reserved capacity: 3 nodes' productive time over the 4 nodes held
         assert st["goodput"]["reservedRatio"] == round(st["goodput"]["ratio"] * 3 / 4, 4), st["goodput"]
         assert_recovered_like_the_reference(st, persistent, name, reference3)
+
+
+# ---- a gang that cannot be placed whole (spec.scheduling.scheduleTimeoutSeconds) -----------------------------------
+
+
+def test_a_gang_larger_than_the_free_nodes_holds_nothing_after_the_timeout_and_runs_when_a_node_comes(
+    trainer_operator, reference3
+):
+    """3 pods x 1 rank on a pool of 3 nodes, one cordoned: two pods get nodes and wait in rendezvous, one is
+    Unschedulable. After scheduleTimeoutSeconds every pod is gone (no trainer process left) and the job is Queued
+    with the scheduler's words, no restart spent; the node is uncordoned, the next try is placed whole and trains
+    like an uninterrupted 3-rank run."""
+    from kubernetes import client
+
+    cluster, api, namespace, log = trainer_operator
+    core = client.CoreV1Api(api)
+    name = f"unplaced-{uuid.uuid4().hex[:5]}"
+    with node_pool(trainer_operator, name, 3) as pool:
+        core.patch_node(pool[2], {"spec": {"unschedulable": True}})
+        persistent = create_job(
+            trainer_operator,
+            name,
+            {"nodes": 3, "gpusPerNode": 1},
+            {
+                "scheduling": {
+                    "nodeSelector": {"omnitrain.dev/e2e-pool": name},
+                    "scheduleTimeoutSeconds": 3,
+                    "requeueBackoffSeconds": 2,
+                }
+            },
+        )
+        wait_until(
+            lambda: len([p for p in attempt_pods(core, namespace, name, 0) if p.status.phase == "Running"]) == 2,
+            60,
+            "two of attempt 0's pods Running",
+        )
+        st = wait_until(
+            lambda: (s := job_status(api, namespace, name)).get("phase") == "Queued" and s,
+            60,
+            f"the job Queued (operator log: {log})",
+            interval=0.1,
+        )
+        queued = next(c for c in st["conditions"] if c["type"] == "Queued")
+        assert queued["status"] == "True" and queued["reason"] == "GangUnschedulable", queued
+        assert "scheduleTimeoutSeconds=3" in queued["message"] and "nodes are available" in queued["message"], queued
+        assert st["restarts"] == 0 and st["totalRestarts"] == 0 and st["requeues"] == 1, st
+        # holds nothing: the pods are gone and so are their trainers
+        wait_until(lambda: not attempt_pods(core, namespace, name, 0), 60, "attempt 0's pods gone")
+        assert all(find_rank_pid(name, 0, rank) is None for rank in range(3))
+        events = core.list_namespaced_event(namespace, field_selector=f"involvedObject.name={name}").items
+        assert any(e.reason == "GangUnschedulable" and e.type == "Warning" for e in events), [e.reason for e in events]
+        core.patch_node(pool[2], {"spec": {"unschedulable": False}})
+        st = wait_finished(trainer_operator, name)
+        assert st["restarts"] == 0 and st["totalRestarts"] == 0, st
+        assert st["attempt"] == st["requeues"] >= 1, st
+        assert next(c for c in st["conditions"] if c["type"] == "Queued")["status"] == "False", st
+        placed = {p.spec.node_name for p in attempt_pods(core, namespace, name, st["attempt"])}
+        assert placed == set(pool), placed
+        assert_final_checkpoint_like_the_reference(persistent, name, reference3)

@@ -1,0 +1,181 @@
+"""A gang the scheduler cannot place whole (spec.scheduling.scheduleTimeoutSeconds): the pods that got nodes must not
+hold them. Pure decisions over observed pods, as the reconcile tests do."""
+
+import dataclasses
+
+import pytest
+
+from omnitrain.operator import plan
+from omnitrain.operator.reconcile import (
+    PENDING,
+    QUEUED,
+    RUNNING,
+    add_seconds,
+    parse_spec,
+    reconcile,
+)
+from omnitrain.resilience.classify import PodObservation, observe_pod
+from omnitrain.resilience.recovery import MAX_BACKOFF_SECONDS
+
+BACKOFF = 30  # spec.scheduling.requeueBackoffSeconds's default
+
+JOB = plan.JobRef(name="j", namespace="ns", uid="uid-1")
+T0 = "2026-12-02T10:00:00Z"
+NO_ROOM = "0/4 nodes are available: 1 Insufficient nvidia.com/gpu, 3 node(s) didn't match Pod's node affinity/selector."
+
+
+def spec(timeout=60, nodes=3, **resilience):
+    return {
+        "parallelism": {"nodes": nodes, "gpusPerNode": 1},
+        "scheduling": {"scheduleTimeoutSeconds": timeout},
+        "resilience": {"maxRestarts": 1, **resilience},
+    }
+
+
+def gang(attempt, placed, unplaced, nodes=3):
+    """`placed` pods Running on nodes, `unplaced` Pending with the scheduler's Unschedulable message."""
+    out = []
+    for r in range(nodes):
+        if r < placed:
+            out.append(PodObservation(name=plan.pod_name("j", attempt, r), attempt=attempt, rank=r, node=f"n{r}"))
+        elif r < placed + unplaced:
+            out.append(
+                PodObservation(
+                    name=plan.pod_name("j", attempt, r), attempt=attempt, rank=r, phase="Pending", unschedulable=NO_ROOM
+                )
+            )
+    return out
+
+
+def step(s, status, observed, now):
+    return reconcile(JOB, parse_spec(s), status, observed, now, generation=1)
+
+
+def launched(s, now=T0):
+    d = step(s, None, [], now)
+    assert d.create_attempt == 0
+    return d.status
+
+
+def test_the_scheduler_message_is_read_from_the_pod_scheduled_condition():
+    pending = {
+        "metadata": {"name": "p"},
+        "status": {
+            "phase": "Pending",
+            "conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": NO_ROOM}],
+        },
+    }
+    assert observe_pod(pending).unschedulable == NO_ROOM
+    gated = {  # a queue (Kueue) holds the pod back: not the scheduler's verdict
+        "metadata": {"name": "p"},
+        "status": {
+            "phase": "Pending",
+            "conditions": [{"type": "PodScheduled", "status": "False", "reason": "SchedulingGated"}],
+        },
+    }
+    assert observe_pod(gated).unschedulable is None
+    assert observe_pod({"metadata": {"name": "p"}, "status": {"phase": "Running"}}).unschedulable is None
+
+
+def test_an_unplaced_pod_starts_the_clock_and_the_job_says_when_it_is_taken_down():
+    s = spec(timeout=60)
+    st = launched(s)
+    d = step(s, st, gang(0, 2, 1), add_seconds(T0, 5))
+    assert d.status.phase == PENDING and d.delete_pods == [] and d.create_attempt is None
+    assert d.status.unschedulable_since == add_seconds(T0, 5)
+    assert NO_ROOM in d.status.message and add_seconds(T0, 65) in d.status.message, d.status.message
+    assert d.requeue_after_seconds == pytest.approx(60)
+    # the clock does not restart on later passes
+    d = step(s, d.status, gang(0, 2, 1), add_seconds(T0, 35))
+    assert d.status.unschedulable_since == add_seconds(T0, 5) and d.requeue_after_seconds == pytest.approx(30)
+
+
+def test_after_the_timeout_every_pod_goes_and_the_job_is_queued_without_spending_a_restart():
+    s = spec(timeout=60)
+    st = launched(s)
+    st = step(s, st, gang(0, 2, 1), T0).status
+    d = step(s, st, gang(0, 2, 1), add_seconds(T0, 60))
+    assert sorted(d.delete_pods) == [plan.pod_name("j", 0, r) for r in range(3)]
+    assert d.create_attempt is None
+    st = d.status
+    assert st.phase == QUEUED and st.attempt == 1 and st.requeues == 1
+    assert st.restarts == 0 and st.total_restarts == 0, "a gang that never ran spends no restart"
+    queued = st.condition("Queued")
+    assert queued.status == "True" and queued.reason == "GangUnschedulable"
+    assert "scheduling.scheduleTimeoutSeconds=60" in queued.message and NO_ROOM in queued.message
+    assert st.condition("Running").status == "False"
+    assert [e.reason for e in d.events] == ["GangUnschedulable"] and d.events[0].type == "Warning"
+    assert d.requeue_after_seconds == BACKOFF
+    assert st.restart_not_before == add_seconds(T0, 60 + BACKOFF)
+
+
+def test_the_queued_gang_waits_for_the_old_pods_and_the_back_off_then_launches_a_new_attempt():
+    s = spec(timeout=60)
+    st = step(s, step(s, launched(s), gang(0, 2, 1), T0).status, gang(0, 2, 1), add_seconds(T0, 60)).status
+    terminating = [dataclasses.replace(p, deleted=True) for p in gang(0, 2, 0)]
+    d = step(s, st, terminating, add_seconds(T0, 61))
+    assert d.status.phase == QUEUED and d.create_attempt is None
+    d = step(s, st, [], add_seconds(T0, 61))  # old pods gone, back-off not over
+    assert d.status.phase == QUEUED and d.create_attempt is None and d.requeue_after_seconds == pytest.approx(29)
+    d = step(s, st, [], st.restart_not_before)
+    assert d.create_attempt == 1 and d.status.phase == PENDING
+    assert d.status.children.pods == [plan.pod_name("j", 1, r) for r in range(3)]
+    assert d.status.condition("Queued").status == "False"
+    d = step(s, d.status, gang(1, 3, 0), add_seconds(st.restart_not_before, 5))
+    assert d.status.phase == RUNNING and d.status.restarts == 0 and d.status.unschedulable_since is None
+
+
+def test_the_back_off_doubles_per_requeue_up_to_its_cap():
+    s = spec(timeout=10)
+    st, now = launched(s), T0
+    delays = []
+    for attempt in range(7):
+        st = step(s, st, gang(attempt, 1, 2), now).status
+        now = add_seconds(now, 10)
+        d = step(s, st, gang(attempt, 1, 2), now)
+        delays.append(d.requeue_after_seconds)
+        now = d.status.restart_not_before
+        d = step(s, d.status, [], now)
+        assert d.create_attempt == attempt + 1
+        st = d.status
+    assert delays == [min(MAX_BACKOFF_SECONDS, BACKOFF * 2**i) for i in range(7)]
+    assert st.requeues == 7 and st.restarts == 0
+
+
+def test_a_gang_placed_in_time_is_left_alone():
+    s = spec(timeout=60)
+    st = step(s, launched(s), gang(0, 2, 1), T0).status
+    d = step(s, st, gang(0, 3, 0), add_seconds(T0, 59))
+    assert d.status.phase == RUNNING and d.status.unschedulable_since is None and d.delete_pods == []
+    d = step(s, d.status, gang(0, 3, 0), add_seconds(T0, 600))
+    assert d.status.phase == RUNNING and d.delete_pods == []
+
+
+def test_no_timeout_waits_for_ever():
+    s = spec(timeout=None)
+    st = launched(s)
+    d = step(s, st, gang(0, 2, 1), add_seconds(T0, 86400))
+    assert d.status.phase == PENDING and d.delete_pods == [] and d.status.unschedulable_since is None
+
+
+def test_in_place_the_queued_gang_is_a_new_one_with_its_spares():
+    s = spec(timeout=30, restartMode="InPlace", spareNodes=1)
+    st = launched(s)
+    spare = PodObservation(name=plan.spare_name("j", 0), attempt=0, rank=-1, phase="Pending", unschedulable=NO_ROOM)
+    observed = [*gang(0, 2, 1), spare]
+    st = step(s, st, observed, T0).status
+    d = step(s, st, observed, add_seconds(T0, 30))
+    assert sorted(d.delete_pods) == sorted(p.name for p in observed)
+    d = step(s, d.status, [], d.status.restart_not_before)
+    assert d.create_attempt == 1
+    assert d.status.children.pods == [plan.pod_name("j", 1, r) for r in range(3)]
+    assert d.status.children.spares == [plan.spare_name("j", 1)]
+
+
+def test_without_a_back_off_the_next_try_comes_once_the_old_pods_are_gone():
+    s = {**spec(timeout=5), "scheduling": {"scheduleTimeoutSeconds": 5, "requeueBackoffSeconds": 0}}
+    st = step(s, launched(s), gang(0, 1, 2), T0).status
+    d = step(s, st, gang(0, 1, 2), add_seconds(T0, 5))
+    assert d.status.phase == QUEUED and d.status.restart_not_before is None and len(d.delete_pods) == 3
+    d = step(s, d.status, [], add_seconds(T0, 6))
+    assert d.create_attempt == 1
