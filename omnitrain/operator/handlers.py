@@ -130,6 +130,12 @@ class Controller:
         try:
             result = step(namespace, name)
         except Exception as exc:
+            if getattr(exc, "status", None) == 404 and self._job_gone(namespace, name):
+                # deleted while its pass ran (its status patch 404s): nothing is wrong, and nothing is left to report
+                log.debug("%s/%s: %s ended: the job was deleted meanwhile (%s)", namespace, name, what, error_text(exc))
+                with self._guard:
+                    self._errors.pop(key, None)
+                return None
             message = error_text(exc)
             with self._guard:
                 new = self._errors.get(key) != message
@@ -143,6 +149,12 @@ class Controller:
         with self._guard:
             self._errors.pop(key, None)
         return result
+
+    def _job_gone(self, namespace: str, name: str) -> bool:
+        try:
+            return self.kube.get_job(namespace, name) is None
+        except Exception:  # the API server itself failing: not known to be gone, report the error as usual
+            return False
 
     def _report_error(self, namespace: str, name: str, message: str, post_event: bool) -> None:
         """Best effort: the error may be the API server itself, and the next pass tries again anyway."""

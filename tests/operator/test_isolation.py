@@ -123,3 +123,25 @@ def test_a_stopped_resync_ends_without_another_pass():
     resync.stop()
     resync.join(timeout=30)
     assert not resync.is_alive() and listed == []
+
+
+def test_a_job_deleted_while_its_pass_runs_is_no_error(caplog):
+    """The pass's last call (here the pod listing; in the recovery bench its status patch) gets a 404 because the
+    job was deleted meanwhile: no traceback, no error recorded; a 404 for a job that still exists stays an error."""
+    kube = FakeKube(job("going"), job("staying"), poisoned=set())
+
+    def list_pods(namespace, name):
+        if name == "going":
+            del kube.jobs["going"]
+        raise ApiException(status=404, reason="Not Found")
+
+    kube.list_pods = list_pods  # type: ignore[method-assign]
+    controller = Controller(kube, OperatorSettings())  # type: ignore[arg-type]
+    with caplog.at_level(logging.DEBUG, logger="omnitrain.operator"):
+        controller.reconcile("ns", "going")
+        assert not [r for r in caplog.records if r.exc_info]
+        assert any("deleted meanwhile" in r.getMessage() for r in caplog.records)
+        assert kube.events == []
+        controller.reconcile("ns", "staying")
+    assert [r.getMessage() for r in caplog.records if r.exc_info] == ["ns/staying: reconcile failed"]
+    assert cond(kube, "staying", "ReconcileError")["status"] == "True"
