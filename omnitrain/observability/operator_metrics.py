@@ -33,6 +33,7 @@ METRIC_JOB_PHASE = "omnitrain_operator_job_phase"
 METRIC_RECONCILE = "omnitrain_operator_reconcile_duration_seconds"
 METRIC_RECONCILE_ERRORS = "omnitrain_operator_reconcile_errors"
 METRIC_RESTARTS = "omnitrain_operator_restarts"
+METRIC_REQUEUES = "omnitrain_operator_requeues"
 METRIC_RECOVERY = "omnitrain_operator_recovery_seconds"
 METRIC_JOB_GOODPUT = "omnitrain_operator_job_goodput_ratio"
 METRIC_JOB_BADPUT = "omnitrain_operator_job_badput_seconds"
@@ -70,6 +71,7 @@ class OperatorMetrics:
         self._lock = threading.Lock()
         self._phases: dict[tuple[str, str], str] = {}
         self._restart_reasons: dict[tuple[str, str], set[str]] = {}
+        self._requeue_reasons: dict[tuple[str, str], set[str]] = {}
         self._badput_causes: dict[tuple[str, str], set[str]] = {}
         self._server = None
         r = self.registry
@@ -85,6 +87,12 @@ class OperatorMetrics:
         self.restarts = Counter(
             METRIC_RESTARTS,
             "Gang restarts of a job, by the failure that caused them.",
+            ["namespace", JOB_LABEL, "reason"],
+            registry=r,
+        )
+        self.requeues = Counter(
+            METRIC_REQUEUES,
+            "Gangs of a job taken down unplaced and queued again (no restart spent), by reason.",
             ["namespace", JOB_LABEL, "reason"],
             registry=r,
         )
@@ -122,6 +130,11 @@ class OperatorMetrics:
             self._restart_reasons.setdefault((namespace, name), set()).add(reason)
         self.restarts.labels(namespace, name, reason).inc()
 
+    def record_requeue(self, namespace: str, name: str, reason: str) -> None:
+        with self._lock:
+            self._requeue_reasons.setdefault((namespace, name), set()).add(reason)
+        self.requeues.labels(namespace, name, reason).inc()
+
     def observe_recovery(self, namespace: str, name: str, seconds: float) -> None:
         self.recovery.labels(namespace, name).observe(seconds)
 
@@ -141,9 +154,12 @@ class OperatorMetrics:
         with self._lock:
             self._phases.pop((namespace, name), None)
             reasons = self._restart_reasons.pop((namespace, name), set())
+            requeues = self._requeue_reasons.pop((namespace, name), set())
             causes = self._badput_causes.pop((namespace, name), set())
         for reason in reasons:
             self.restarts.remove(namespace, name, reason)
+        for reason in requeues:
+            self.requeues.remove(namespace, name, reason)
         for cause in causes:
             self.badput.remove(namespace, name, cause)
         for metric in (self.recovery, self.goodput):

@@ -239,6 +239,9 @@ class Controller:
         self.metrics.set_job_phase(namespace, name, new.phase)
         if (new.total_restarts or 0) > (old.total_restarts or 0):
             self.metrics.record_restart(namespace, name, reason=restart_reason)
+        if (new.requeues or 0) > (old.requeues or 0):
+            queued = new.condition("Queued")
+            self.metrics.record_requeue(namespace, name, reason=queued.reason if queued and queued.reason else "Queued")
         recovered = new.phase == RUNNING and old.phase != RUNNING and (new.attempt or 0) > 0
         failed_at = parse_rfc3339(new.last_failure.time if new.last_failure else None)
         now = parse_rfc3339(now_iso())

@@ -179,3 +179,39 @@ def test_without_a_back_off_the_next_try_comes_once_the_old_pods_are_gone():
     assert d.status.phase == QUEUED and d.status.restart_not_before is None and len(d.delete_pods) == 3
     d = step(s, d.status, [], add_seconds(T0, 6))
     assert d.create_attempt == 1
+
+
+def test_the_operator_counts_a_requeue_in_its_metrics():
+    """Through the Controller (a fake Kube): a job whose unplaced pod's clock ran out is requeued, and
+    omnitrain_operator_requeues_total{reason="GangUnschedulable"} counts it."""
+    from prometheus_client import CollectorRegistry
+
+    from omnitrain.observability.operator_metrics import METRIC_REQUEUES, OperatorMetrics
+    from omnitrain.operator.handlers import Controller
+    from omnitrain.operator.settings import OperatorSettings
+    from tests.operator.test_isolation import FakeKube, job
+
+    obj = job("j")
+    obj["spec"] = spec(timeout=5, nodes=2)
+    kube = FakeKube(obj, poisoned=set())
+    metrics = OperatorMetrics(CollectorRegistry())
+    controller = Controller(kube, OperatorSettings(), metrics=metrics)  # type: ignore[arg-type]
+    controller.reconcile("ns", "j")  # launches attempt 0
+    names = sorted(kube.pods)
+    assert names == [plan.pod_name("j", 0, r) for r in range(2)]
+    kube.pods[names[0]]["status"] = {"phase": "Running"}
+    kube.pods[names[0]]["spec"]["nodeName"] = "n0"
+    kube.pods[names[1]]["status"] = {
+        "phase": "Pending",
+        "conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": NO_ROOM}],
+    }
+    kube.jobs["j"]["status"]["unschedulableSince"] = "2000-01-01T00:00:00Z"  # the timeout ran out long ago
+    deleted: list[str] = []
+    apply = kube.apply
+    kube.apply = lambda j, decision, children: deleted.extend(decision.delete_pods) or apply(j, decision, children)  # type: ignore[method-assign]
+    controller.reconcile("ns", "j")
+    assert kube.jobs["j"]["status"]["phase"] == QUEUED and sorted(deleted) == names
+    total = metrics.registry.get_sample_value(
+        METRIC_REQUEUES + "_total", {"namespace": "ns", "omnitrain_job": "j", "reason": "GangUnschedulable"}
+    )
+    assert total == 1
