@@ -22,6 +22,7 @@ setup: $(STAMP) promtool
 
 cluster-bins:
 	bash hack/build-cluster-bins.sh
+	bash hack/build-kueue.sh
 
 demo: setup cluster-bins
 	$(BIN)/python hack/demo.py

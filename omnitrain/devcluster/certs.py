@@ -75,7 +75,7 @@ def _key(path: Path) -> None:
     _openssl("genrsa", "-out", str(path), "2048")
 
 
-def _sign(pki: ClusterPKI, key: Path, cert: Path, subject: str, ext: str) -> None:
+def _sign(pki: ClusterPKI | WebhookPKI, key: Path, cert: Path, subject: str, ext: str) -> None:
     csr = cert.with_suffix(".csr")
     extfile = cert.with_suffix(".ext")
     extfile.write_text(ext)
@@ -169,3 +169,60 @@ def kubeconfig_text(server: str, pki: ClusterPKI, client: str) -> str:
         f"users:\n- name: {client}\n  user:\n    client-certificate: {cert}\n    client-key: {key}\n"
         f"contexts:\n- name: omnitrain-dev\n  context:\n    cluster: omnitrain-dev\n    user: {client}\n"
     )
+
+
+@dataclass(frozen=True)
+class WebhookPKI:
+    """A CA of its own and a serving certificate for a webhook server on loopback (Kueue's: docs in kueue.py)."""
+
+    folder: Path
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.folder / "ca.crt"
+
+    @property
+    def ca_key(self) -> Path:
+        return self.folder / "ca.key"
+
+    @property
+    def cert(self) -> Path:
+        return self.folder / "tls.crt"
+
+    @property
+    def key(self) -> Path:
+        return self.folder / "tls.key"
+
+
+def ensure_webhook_pki(folder: Path, ca_name: str, dns_names: list[str]) -> WebhookPKI:
+    """Creates what is missing: a CA whose certificate names `ca_name` (CN and DNS SAN) and a server certificate
+    for `dns_names` and 127.0.0.1, keys in PKCS#1 (what cert-controller parses)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    pki = WebhookPKI(folder)
+    if not pki.ca_cert.exists():
+        _openssl("genrsa", "-traditional", "-out", str(pki.ca_key), "2048")
+        _openssl(
+            "req",
+            "-x509",
+            "-new",
+            "-key",
+            str(pki.ca_key),
+            "-subj",
+            f"/CN={ca_name}",
+            "-addext",
+            f"subjectAltName=DNS:{ca_name}",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,digitalSignature,keyEncipherment,keyCertSign",
+            "-days",
+            "3650",
+            "-sha256",
+            "-out",
+            str(pki.ca_cert),
+        )
+    if not pki.cert.exists():
+        _openssl("genrsa", "-traditional", "-out", str(pki.key), "2048")
+        sans = ",".join([f"DNS:{n}" for n in dns_names] + ["IP:127.0.0.1"])
+        _sign(pki, pki.key, pki.cert, f"/CN={dns_names[0]}", SERVER_EXT + f"subjectAltName={sans}\n")
+    return pki

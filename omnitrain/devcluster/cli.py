@@ -25,6 +25,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     up.add_argument("--nodes", type=int, default=2, help="local nodes run by the node agent (default 2)")
     up.add_argument("--gpus-per-node", type=int, default=2, help="nvidia.com/gpu per local node (default 2)")
     up.add_argument("--kwok-nodes", type=int, default=0, help="fake 8-GPU nodes simulated by kwok (default 0)")
+    up.add_argument(
+        "--kueue",
+        metavar="NAMESPACE",
+        nargs="*",
+        default=None,
+        help="also run Kueue (built once), with a ClusterQueue of every local GPU and LocalQueue 'omnitrain' in "
+        "each NAMESPACE (default: default)",
+    )
     up.set_defaults(func=_up)
 
     action(sub, "down", help="stop every process of the cluster (state is kept)").set_defaults(func=_down)
@@ -76,7 +84,9 @@ def _validate_counts(args) -> None:
 
 def _up(args) -> int:
     _validate_counts(args)
-    _cluster(args).up(nodes=args.nodes, gpus_per_node=args.gpus_per_node, kwok_nodes=args.kwok_nodes)
+    cluster = _cluster(args).up(nodes=args.nodes, gpus_per_node=args.gpus_per_node, kwok_nodes=args.kwok_nodes)
+    if args.kueue is not None:
+        cluster.start_kueue(args.kueue or ["default"], gpus=args.nodes * args.gpus_per_node)
     return 0
 
 

@@ -149,6 +149,18 @@ class LocalCluster:
             create_node(core, kwok_node_body(name, rack=f"kwok-rack-{i // 4}"))
         return names
 
+    def start_kueue(
+        self, namespaces: list[str] = (), gpus: int | None = None, log: Callable[[str], None] = print
+    ) -> None:
+        """Kueue's manager (built once, cached like the control plane) with its CRDs and webhooks; with `gpus`, the
+        queues: ClusterQueue kueue.CLUSTER_QUEUE with that nvidia.com/gpu quota and LocalQueue kueue.LOCAL_QUEUE
+        in each of `namespaces`, which are marked as Kueue's (omnitrain/devcluster/kueue.py)."""
+        from omnitrain.devcluster import kueue_up
+
+        kueue_up.start_kueue(self.root, self.api_client(), log)
+        if gpus is not None:
+            kueue_up.add_queues(self.api_client(), list(namespaces), gpus)
+
     def ensure_persistent_claim(self, namespace: str, claim: str, size: str = "10Gi") -> Path:
         """A ReadWriteMany PersistentVolumeClaim of the default class, waited for until Bound (the scheduler refuses
         pods whose claim is missing or unbound); the agent's provisioner backs it with `pv_dir(claim)`.
@@ -237,6 +249,8 @@ class LocalCluster:
         """Stops kwok, the agent, every pod process and the control plane. State stays (a later `up` resumes)."""
         if procs.stop(self.kwok_pid, grace_s=10):
             log("[dev] stopped kwok")
+        if procs.stop(self.root / "pids" / "kueue.pid", grace_s=10):
+            log("[dev] stopped Kueue")
         self.stop_agent(log)
         for pod_json in (self.root / "pods").glob("*/*/pod.json"):
             runtime.kill_leftovers(pod_json.parent)
