@@ -552,6 +552,22 @@ def restart_mode_problems(resilience: ResilienceSpec) -> list[FieldError]:
     return []
 
 
+def queue_problems(spec: JobSpec) -> list[FieldError]:
+    """A Kueue queue admits one pod group per attempt (plan.pod_group_name); an in-place generation keeps pods of an
+    older attempt and adds new ones, which no admitted group of Kueue's would take as one unit."""
+    if spec.scheduling.queue_name and spec.resilience.restart_mode == "InPlace":
+        return [
+            FieldError(
+                field="spec.scheduling.queueName",
+                message=(
+                    "a queue admits each attempt's pods as one group, and restartMode InPlace keeps pods across "
+                    "attempts; use resilience.restartMode: Recreate with a queue, or leave queueName unset"
+                ),
+            )
+        ]
+    return []
+
+
 def peer_replica_problems(checkpoint: CheckpointSpec) -> list[FieldError]:
     """Peer copies travel between the background writers (their own gloo group); a synchronous save has none."""
     if checkpoint.peer_replicas and not checkpoint.async_save:
@@ -598,6 +614,7 @@ def validate_job_spec(spec: JobSpec, allowed_host_roots: Sequence[str] | None = 
     errors += compile_problems(spec)
     errors += restart_mode_problems(spec.resilience)
     errors += peer_replica_problems(spec.checkpoint)
+    errors += queue_problems(spec)
     p = spec.parallelism
     model = spec.model.resolve()
     if model.hidden_size % model.num_heads:

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 import kopf
 
 from omnitrain.operator import crd, plan, progress
+from omnitrain.operator.admission import ADMISSION_GATE, waiting_message
 from omnitrain.operator.kube import Kube, now_iso, pod_views
 from omnitrain.operator.promotion import promotion_settled
 from omnitrain.operator.promotion_kube import promote
@@ -205,7 +206,13 @@ class Controller:
         pods = pod_views(self.kube.list_pods(namespace, name))
         nodes = self.kube.nodes({p.node for p in pods if p.node and p.unfinished})
         now = now_iso()
-        decision = reconcile(ref, checked, old, pods, now, generation=meta.get("generation"), nodes=nodes)
+        admission = None
+        if any(ADMISSION_GATE in p.scheduling_gates for p in pods if p.attempt == old.attempt):
+            group = plan.pod_group_name(name, old.attempt or 0)
+            admission = waiting_message(self.kube.workload(namespace, group), group)
+        decision = reconcile(
+            ref, checked, old, pods, now, generation=meta.get("generation"), nodes=nodes, admission=admission
+        )
         cleared_status(decision.status, now)
         children = None
         if decision.create_attempt is not None and checked.spec is not None:

@@ -19,6 +19,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from omnitrain.operator import crd, plan
+from omnitrain.operator.admission import WORKLOAD_GROUP, WORKLOAD_PLURAL, WORKLOAD_VERSION
 from omnitrain.operator.podcache import PodCache, resource_version
 from omnitrain.operator.reconcile import ChildRefused, Decision, Event, refused_by_the_api
 from omnitrain.resilience.classify import NodeObservation, PodObservation, observe_node, observe_pod
@@ -111,6 +112,20 @@ class Kube:
             )
         except ApiException as exc:
             if exc.status == 404:
+                return None
+            raise
+
+    def workload(self, namespace: str, name: str) -> dict | None:
+        """Kueue's Workload of that name (a pod group's), None when absent or not readable (no Kueue, no RBAC)."""
+        try:
+            return cast(
+                dict,
+                self.custom.get_namespaced_custom_object(
+                    WORKLOAD_GROUP, WORKLOAD_VERSION, namespace, WORKLOAD_PLURAL, name
+                ),
+            )
+        except ApiException as exc:
+            if exc.status in (403, 404):
                 return None
             raise
 

@@ -76,6 +76,13 @@ OPERATOR_PERMISSIONS: tuple[Permission, ...] = (
     ),
     Permission("", "events", ("create",), True, "Kube.post_event and kopf's own events (core v1)"),
     Permission("batch", "jobs", ("get", "create"), True, "promotion: read and create the distillation Job"),
+    Permission(
+        "kueue.x-k8s.io",
+        "workloads",
+        ("get",),
+        True,
+        "with scheduling.queueName: Kube.admission_message reads why Kueue has not admitted an attempt's pod group",
+    ),
     Permission("apps", "deployments", ("get", "create"), True, "promotion: read and create the inference Deployment"),
     Permission("", "nodes", ("get", "list", "watch", "patch"), False, "node watch and reads (lost nodes); isolation"),
     Permission(

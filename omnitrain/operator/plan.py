@@ -20,6 +20,9 @@ LABEL_ATTEMPT = "omnitrain.io/attempt"
 LABEL_NODE_RANK = "omnitrain.io/node-rank"
 LABEL_ROLE = "omnitrain.io/role"
 LABEL_QUEUE = "kueue.x-k8s.io/queue-name"
+# Kueue's plain pod groups: the pods of one group are admitted together (all or none) when its total count exists.
+LABEL_POD_GROUP = "kueue.x-k8s.io/pod-group-name"
+ANNOTATION_POD_GROUP_COUNT = "kueue.x-k8s.io/pod-group-total-count"
 LABEL_HOSTNAME = "kubernetes.io/hostname"
 RACK_LABEL = "topology.kubernetes.io/rack"
 MAIN_CONTAINER = "trainer"
@@ -363,6 +366,11 @@ def _affinity(job: str) -> dict:
     return affinity
 
 
+def pod_group_name(job: str, attempt: int) -> str:
+    """Kueue's pod group (and Workload) of an attempt: `<job>-a<attempt>` (a label value: 63 characters at most)."""
+    return fit_name(job, f"-a{attempt}")
+
+
 def render_pod(
     job: JobRef,
     spec: JobSpec,
@@ -380,8 +388,12 @@ def render_pod(
     if spare:
         del labels[LABEL_NODE_RANK]
         labels[LABEL_ROLE] = "spare"
+    annotations = {}
     if sched.queue_name:
         labels[LABEL_QUEUE] = sched.queue_name
+        # one group per attempt: a gang restart is a new admission of the same size (Kueue does not recreate pods)
+        labels[LABEL_POD_GROUP] = pod_group_name(job.name, attempt)
+        annotations[ANNOTATION_POD_GROUP_COUNT] = str(spec.parallelism.nodes)
     limits = {sched.gpu_resource: str(spec.parallelism.gpus_per_node)}
     requests = dict(limits)
     if spec.resources.cpu:
@@ -439,6 +451,7 @@ def render_pod(
             "name": name or pod_name(job.name, attempt, rank),
             "namespace": job.namespace,
             "labels": labels,
+            **({"annotations": annotations} if annotations else {}),
             "ownerReferences": [owner_reference(job)],
         },
         "spec": pod_spec,

@@ -4,8 +4,9 @@ Level-triggered: every call looks at the whole picture again, so a lost event or
 The thin layer in handlers.py/kube.py reads the objects, calls `reconcile`, and carries out what it returns.
 
 `reconcile` is a dispatcher over named steps, in order: finished, invalid spec, suspend, resume, waiting for the old
-gang, back-off, launch, keep spares, failure, unplaceable gang, observe. Each step returns the pass's Decision when it
-settles the pass, or None to hand on to the next one (resume hands on after it has started the next attempt).
+gang, back-off, launch, keep spares, failure, awaiting admission, unplaceable gang, observe. Each step returns the
+pass's Decision when it settles the pass, or None to hand on to the next one (resume hands on after it has started
+the next attempt).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import NamedTuple
 from pydantic import ValidationError
 
 from omnitrain.operator import plan
+from omnitrain.operator.admission import ADMISSION_GATE
 from omnitrain.resilience.classify import NodeObservation, PodObservation, on_lost_node
 from omnitrain.resilience.decide import decide, last_failure
 from omnitrain.resilience.goodput import with_reserved_capacity
@@ -45,6 +47,7 @@ from omnitrain.timestamps import parse_rfc3339
 FORCE_DELETE_AFTER_SECONDS = 60  # after the deletion deadline: the kubelet had its grace period and then some
 WAIT_FOR_PODS_SECONDS = 2.0  # look again this soon while old pods go away (their deletion events come too)
 WAIT_RECHECK_SECONDS = 10.0  # recovery said Wait (e.g. too few usable nodes): look again this soon
+WAITING_FOR_ADMISSION = "WaitingForAdmission"  # the Queued condition's reason while a queue gates the pods
 
 __all__ = [
     "CONDITION_TYPES",
@@ -237,6 +240,7 @@ class _Pass:
     nodes: Mapping[str, NodeObservation]
     usable_nodes: list[str] | None
     d: Decision
+    admission: str | None = None  # the queue's words on why the attempt's pod group is not admitted yet
     _current: tuple[tuple, list[PodObservation]] | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -560,6 +564,34 @@ def node_not_ready(p: _Pass, action: Wait | None) -> Decision | None:
     return d
 
 
+def awaiting_admission(p: _Pass) -> Decision | None:
+    """With scheduling.queueName, Kueue holds the attempt's pod group behind its scheduling gate until the group is
+    admitted whole: the job is Queued with Kueue's words (`admission`, from the group's Workload) and no pod runs.
+    Once the gate is gone it says Admitted and hands on."""
+    st, now, d = p.st, p.now, p.d
+    gated = [pod for pod in p.current if ADMISSION_GATE in pod.scheduling_gates and not pod.deleted]
+    queued = st.condition("Queued")
+    waiting = queued is not None and queued.status == "True" and queued.reason == WAITING_FOR_ADMISSION
+    if not gated:
+        if waiting:
+            msg = f"attempt {p.attempt} admitted by queue {p.spec.scheduling.queue_name}"
+            st.set_condition("Queued", False, "Admitted", msg, now)
+            d.events.append(Event("Normal", "Admitted", msg))
+        return None
+    why = p.admission or "waiting for the queue to admit the pod group"
+    msg = (
+        f"attempt {p.attempt}: {len(gated)} of {p.spec.parallelism.nodes} pods wait for admission by queue "
+        f"{p.spec.scheduling.queue_name} ({why})"
+    )
+    if not waiting:
+        d.events.append(Event("Normal", "Queued", msg))
+    st.phase, st.message = QUEUED, msg
+    st.set_condition("Queued", True, WAITING_FOR_ADMISSION, msg, now)
+    st.set_condition("Running", False, WAITING_FOR_ADMISSION, msg, now)
+    d.requeue_after_seconds = WAIT_RECHECK_SECONDS  # the Workload's message changes without a pod event
+    return d
+
+
 def unplaceable_gang(p: _Pass) -> Decision | None:
     """Nothing admits a gang whole without a queue: pods the scheduler cannot place (PodScheduled False,
     Unschedulable) while the others hold their nodes would wait in rendezvous, and two such jobs can hold each other's
@@ -633,6 +665,7 @@ STEPS: tuple[Callable[[_Pass], Decision | None], ...] = (
     launch,
     keep_spares,
     failure,
+    awaiting_admission,
     unplaceable_gang,
 )
 
@@ -752,6 +785,7 @@ def reconcile(
     generation: int | None = None,
     nodes: Mapping[str, NodeObservation] | None = None,
     usable_nodes: list[str] | None = None,
+    admission: str | None = None,
 ) -> Decision:
     """`checked`: parse_spec(job's spec), once per pass. `nodes`: the Nodes the unfinished pods are bound to, by
     name (a node not listed is not judged). Pods on a gone node, or on one NotReady for
@@ -782,6 +816,7 @@ def reconcile(
         nodes=nodes or {},
         usable_nodes=usable_nodes,
         d=Decision(status=st),
+        admission=admission,
     )
     # pods of no current attempt go; on a lost node with grace 0 (no kubelet would confirm)
     p.d.delete_pods, p.d.force_delete_pods = teardown(p.stale, p.nodes)

@@ -97,6 +97,7 @@ class PodObservation:
     deletion_timestamp: str | None = None
     finished_at: str | None = None  # the main container's terminated.finishedAt (state, else lastState)
     unschedulable: str | None = None  # the scheduler's message while PodScheduled is False for Unschedulable
+    scheduling_gates: tuple[str, ...] = ()  # spec.schedulingGates: held back from scheduling (Kueue's admission)
     termination: TerminationMessage | None = field(init=False, default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -206,6 +207,7 @@ def observe_pod(
         pod_ip=status.get("podIP"),
         finished_at=terminated.get("finishedAt"),
         unschedulable=unschedulable,
+        scheduling_gates=tuple(g.get("name", "") for g in spec.get("schedulingGates") or []),
     )
 
 

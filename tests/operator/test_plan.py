@@ -52,6 +52,9 @@ def test_one_pod_per_node_with_ranks_and_rendezvous_env():
         labels = pod["metadata"]["labels"]
         assert labels[plan.LABEL_NODE_RANK] == str(rank) and labels[plan.LABEL_ATTEMPT] == "2"
         assert labels[plan.LABEL_QUEUE] == "team-a" and labels[plan.LABEL_JOB] == "video-dit"
+        # one Kueue pod group per attempt, of the gang's size: admitted all or nothing
+        assert labels[plan.LABEL_POD_GROUP] == "video-dit-a2"
+        assert pod["metadata"]["annotations"] == {plan.ANNOTATION_POD_GROUP_COUNT: "3"}
         assert pod["spec"]["hostname"] == f"n{rank}" and pod["spec"]["subdomain"] == "video-dit"
         assert pod["spec"]["restartPolicy"] == "Never"
 
@@ -211,3 +214,14 @@ def test_no_pod_of_a_job_gets_a_service_account_token():
     spec = _spec()
     pods = [c for c in plan.plan_children(JOB, spec, attempt=0) if c["kind"] == "Pod"]
     assert pods and all(p["spec"]["automountServiceAccountToken"] is False for p in pods)
+
+
+def test_without_a_queue_the_pods_join_no_group():
+    spec = _spec(scheduling={"nodeSelector": {"pool": "gpu"}})
+    for pod in plan.plan_children(JOB, spec, attempt=0)[2:]:
+        assert plan.LABEL_POD_GROUP not in pod["metadata"]["labels"] and "annotations" not in pod["metadata"]
+
+
+def test_a_long_job_name_still_gives_a_pod_group_label_value():
+    group = plan.pod_group_name("j" * 63, 12)
+    assert len(group) <= 63 and group.endswith("-a12")

@@ -215,3 +215,33 @@ def test_the_operator_counts_a_requeue_in_its_metrics():
         METRIC_REQUEUES + "_total", {"namespace": "ns", "omnitrain_job": "j", "reason": "GangUnschedulable"}
     )
     assert total == 1
+
+
+# ---- a queue's gate (Kueue: spec.scheduling.queueName) -------------------------------------------------------------
+
+
+def test_gated_pods_make_the_job_queued_with_the_queues_words_and_admission_hands_on():
+    from omnitrain.operator.admission import ADMISSION_GATE, waiting_message
+
+    s = {**spec(timeout=5, nodes=2), "scheduling": {"queueName": "omnitrain", "scheduleTimeoutSeconds": 5}}
+    st = launched(s)
+    workload = {
+        "status": {
+            "conditions": [
+                {"type": "QuotaReserved", "status": "False", "reason": "Pending", "message": "insufficient quota"}
+            ]
+        }
+    }
+    why = waiting_message(workload, "j-a0")
+    assert why == "workload j-a0: QuotaReserved Pending: insufficient quota"
+    assert waiting_message(None, "j-a0") == "Kueue has not created workload j-a0 yet"
+    gated = [
+        dataclasses.replace(p, phase="Pending", node=None, scheduling_gates=(ADMISSION_GATE,)) for p in gang(0, 2, 0, 2)
+    ]
+    d = reconcile(JOB, parse_spec(s), st, gated, add_seconds(T0, 600), generation=1, admission=why)
+    st = d.status
+    assert st.phase == QUEUED and why in st.message and d.delete_pods == [], "a gated gang never times out"
+    assert st.condition("Queued").reason == "WaitingForAdmission" and [e.reason for e in d.events] == ["Queued"]
+    d = step(s, st, gang(0, 2, 0, 2), add_seconds(T0, 610))
+    assert d.status.phase == RUNNING and d.status.condition("Queued").reason == "Admitted"
+    assert [e.reason for e in d.events] == ["Admitted", "Running"]

@@ -618,3 +618,66 @@ def test_a_gang_larger_than_the_free_nodes_holds_nothing_after_the_timeout_and_r
         placed = {p.spec.node_name for p in attempt_pods(core, namespace, name, st["attempt"])}
         assert placed == set(pool), placed
         assert_final_checkpoint_like_the_reference(persistent, name, reference3)
+
+
+# ---- gang admission by the real Kueue manager (spec.scheduling.queueName) ----------------------------------------
+# Last in this module: it marks the module's namespace as Kueue's (its pod webhook then sees every pod created here).
+
+
+def test_two_gangs_over_the_quota_one_waits_queued_with_no_pod_running_then_runs_when_the_first_finishes(
+    trainer_operator, reference
+):
+    """Kueue (built from its module, on loopback) with a ClusterQueue of 2 nvidia.com/gpu; two 2-pod x 1-GPU jobs on
+    4 free nodes, both on its queue. Kueue admits one pod group whole; the other job is Queued with Kueue's words,
+    its pods gated and on no node, until the first job's pods succeed. Both train like the uninterrupted run, and
+    no restart is spent."""
+    from kubernetes import client
+
+    from omnitrain.devcluster import kueue
+
+    cluster, api, namespace, log = trainer_operator
+    core = client.CoreV1Api(api)
+    name = f"kq-{uuid.uuid4().hex[:5]}"
+    with node_pool(trainer_operator, name, 4):
+        cluster.start_kueue([namespace], gpus=2)
+        jobs = [f"{name}-x", f"{name}-y"]
+        claims = {}
+        for job in jobs:
+            claims[job] = create_job(
+                trainer_operator,
+                job,
+                {"nodes": 2, "gpusPerNode": 1},
+                {"scheduling": {"nodeSelector": {"omnitrain.dev/e2e-pool": name}, "queueName": kueue.LOCAL_QUEUE}},
+            )
+
+        def one_running_one_queued():
+            phases = {job: job_status(api, namespace, job).get("phase") for job in jobs}
+            running = [j for j, ph in phases.items() if ph == "Running"]
+            queued = [j for j, ph in phases.items() if ph == "Queued"]
+            return (running[0], queued[0]) if running and queued else None
+
+        first, second = wait_until(one_running_one_queued, 120, f"one job Running, one Queued (operator log: {log})")
+
+        def queued_condition():
+            return next(c for c in job_status(api, namespace, second)["conditions"] if c["type"] == "Queued")
+
+        # the first pass may come before Kueue made the Workload; the job looks again every 10 s meanwhile
+        queued = wait_until(
+            lambda: "quota" in (c := queued_condition())["message"].lower() and c, 60, "Kueue's reason in the condition"
+        )
+        assert queued["status"] == "True" and queued["reason"] == "WaitingForAdmission", queued
+        assert f"workload {second}-a0" in queued["message"], queued
+        waiting = attempt_pods(core, namespace, second, 0)
+        assert len(waiting) == 2
+        for pod in waiting:  # held back by Kueue: on no node, nothing started
+            assert pod.spec.node_name is None and pod.status.phase == "Pending", pod.status
+            assert "kueue.x-k8s.io/admission" in [g.name for g in pod.spec.scheduling_gates or []]
+        assert all(find_rank_pid(second, 0, rank) is None for rank in range(2))
+        st = wait_finished(trainer_operator, second)
+        assert job_status(api, namespace, first)["phase"] == "Succeeded"
+        admitted = next(c for c in st["conditions"] if c["type"] == "Queued")
+        assert admitted["status"] == "False" and admitted["reason"] == "Admitted", admitted
+        for job in jobs:
+            st = job_status(api, namespace, job)
+            assert st["restarts"] == 0 and st["totalRestarts"] == 0 and st["attempt"] == 0, st
+            assert_final_checkpoint_like_the_reference(claims[job], job, reference)
