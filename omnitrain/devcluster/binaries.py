@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 K8S_VERSION = "v1.34.4"
@@ -27,16 +28,21 @@ def missing_binaries(folder: Path | None = None) -> list[str]:
     return [b for b in BINARIES if not os.access(folder / b, os.X_OK)]
 
 
+def build_if_missing(what: str, script: Path, missing: Callable[[], list[str]], folder: Path, log=print) -> Path:
+    """Returns `folder`, running the build `script` first when `missing()` names anything (minutes, cold)."""
+    absent = missing()
+    if absent:
+        log(f"[dev] building {what} ({', '.join(absent)} missing) with {script}")
+        subprocess.run(["bash", str(script)], check=True)
+        still = missing()
+        if still:
+            raise RuntimeError(f"{script} finished but {still} are still missing in {folder}")
+    return folder
+
+
 def ensure_binaries(log=print) -> Path:
     """Returns the binary folder, running the build script first when any binary is missing (minutes, cold)."""
-    missing = missing_binaries()
-    if missing:
-        log(f"[dev] building cluster binaries ({', '.join(missing)} missing) with {BUILD_SCRIPT}")
-        subprocess.run(["bash", str(BUILD_SCRIPT)], check=True)
-        still = missing_binaries()
-        if still:
-            raise RuntimeError(f"{BUILD_SCRIPT} finished but {still} are still missing in {bin_dir()}")
-    return bin_dir()
+    return build_if_missing("cluster binaries", BUILD_SCRIPT, missing_binaries, bin_dir(), log)
 
 
 def reported_versions(folder: Path | None = None) -> dict[str, str]:

@@ -71,8 +71,15 @@ def _openssl(*args: str) -> None:
         raise RuntimeError(f"openssl {' '.join(args[:2])} failed: {result.stderr.strip()}")
 
 
-def _key(path: Path) -> None:
-    _openssl("genrsa", "-out", str(path), "2048")
+def _key(path: Path, pkcs1: bool = False) -> None:
+    _openssl("genrsa", *(["-traditional"] if pkcs1 else []), "-out", str(path), "2048")
+
+
+def _self_signed_ca(key: Path, cert: Path, subject: str, *extensions: str) -> None:
+    args = [a for ext in extensions for a in ("-addext", ext)]
+    _openssl(
+        "req", "-x509", "-new", "-key", str(key), "-subj", subject, *args, "-days", "3650", "-sha256", "-out", str(cert)
+    )
 
 
 def _sign(pki: ClusterPKI | WebhookPKI, key: Path, cert: Path, subject: str, ext: str) -> None:
@@ -108,20 +115,7 @@ def ensure_pki(folder: Path) -> ClusterPKI:
     pki = ClusterPKI(folder)
     if not pki.ca_cert.exists():
         _key(pki.ca_key)
-        _openssl(
-            "req",
-            "-x509",
-            "-new",
-            "-key",
-            str(pki.ca_key),
-            "-subj",
-            "/CN=omnitrain-dev-ca",
-            "-days",
-            "3650",
-            "-sha256",
-            "-out",
-            str(pki.ca_cert),
-        )
+        _self_signed_ca(pki.ca_key, pki.ca_cert, "/CN=omnitrain-dev-ca")
     if not pki.serving_cert.exists():
         _key(pki.serving_key)
         _sign(
@@ -200,29 +194,17 @@ def ensure_webhook_pki(folder: Path, ca_name: str, dns_names: list[str]) -> Webh
     folder.mkdir(parents=True, exist_ok=True)
     pki = WebhookPKI(folder)
     if not pki.ca_cert.exists():
-        _openssl("genrsa", "-traditional", "-out", str(pki.ca_key), "2048")
-        _openssl(
-            "req",
-            "-x509",
-            "-new",
-            "-key",
-            str(pki.ca_key),
-            "-subj",
+        _key(pki.ca_key, pkcs1=True)
+        _self_signed_ca(
+            pki.ca_key,
+            pki.ca_cert,
             f"/CN={ca_name}",
-            "-addext",
             f"subjectAltName=DNS:{ca_name}",
-            "-addext",
             "basicConstraints=critical,CA:TRUE",
-            "-addext",
             "keyUsage=critical,digitalSignature,keyEncipherment,keyCertSign",
-            "-days",
-            "3650",
-            "-sha256",
-            "-out",
-            str(pki.ca_cert),
         )
     if not pki.cert.exists():
-        _openssl("genrsa", "-traditional", "-out", str(pki.key), "2048")
+        _key(pki.key, pkcs1=True)
         sans = ",".join([f"DNS:{n}" for n in dns_names] + ["IP:127.0.0.1"])
         _sign(pki, pki.key, pki.cert, f"/CN={dns_names[0]}", SERVER_EXT + f"subjectAltName={sans}\n")
     return pki

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
 from omnitrain.devcluster import kueue, procs
+from omnitrain.devcluster.binaries import build_if_missing
 from omnitrain.devcluster.certs import ensure_webhook_pki
 from omnitrain.devcluster.controlplane import free_port
 from omnitrain.devcluster.testing import wait_for
@@ -20,13 +20,7 @@ FIELD_MANAGER = "omnitrain-dev"
 
 
 def ensure_kueue_built(log: Callable[[str], None] = print) -> Path:
-    if kueue.missing():
-        log(f"[dev] building Kueue {kueue.KUEUE_VERSION} with {kueue.BUILD_SCRIPT}")
-        subprocess.run(["bash", str(kueue.BUILD_SCRIPT)], check=True)
-        still = kueue.missing()
-        if still:
-            raise RuntimeError(f"{kueue.BUILD_SCRIPT} finished but {still} are still missing in {kueue.kueue_dir()}")
-    return kueue.kueue_dir()
+    return build_if_missing(f"Kueue {kueue.KUEUE_VERSION}", kueue.BUILD_SCRIPT, kueue.missing, kueue.kueue_dir(), log)
 
 
 def apply(api_client, obj: dict) -> None:

@@ -194,6 +194,12 @@ def add_seconds(timestamp: str, seconds: float) -> str:
     return t.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def seconds_until(now: str, then: str, unreadable: float) -> float:
+    """Seconds from `now` to `then` (RFC 3339), 0 when past; `unreadable` when either cannot be parsed."""
+    start, end = parse_rfc3339(now), parse_rfc3339(then)
+    return max(0.0, end - start) if start is not None and end is not None else unreadable
+
+
 def teardown(
     pods: list[PodObservation], nodes: Mapping[str, NodeObservation], unfinished_only: bool = False
 ) -> tuple[list[str], list[str]]:
@@ -387,10 +393,7 @@ def back_off(p: _Pass) -> Decision | None:
     not_before = p.st.restart_not_before
     if p.st.phase not in (RESTARTING, QUEUED) or not not_before or p.now >= not_before:
         return None
-    start, end = parse_rfc3339(p.now), parse_rfc3339(not_before)
-    p.d.requeue_after_seconds = (
-        max(0.0, end - start) if start is not None and end is not None else WAIT_FOR_PODS_SECONDS
-    )
+    p.d.requeue_after_seconds = seconds_until(p.now, not_before, WAIT_FOR_PODS_SECONDS)
     return p.d
 
 
@@ -610,8 +613,7 @@ def unplaceable_gang(p: _Pass) -> Decision | None:
     if now < deadline:
         d = observe(p)
         st.message = f"{st.message}; {why}; the gang is taken down at {deadline} unless placed"
-        start, end = parse_rfc3339(now), parse_rfc3339(deadline)
-        d.requeue_after_seconds = max(1.0, end - start) if start is not None and end is not None else timeout
+        d.requeue_after_seconds = max(1.0, seconds_until(now, deadline, timeout))
         return d
     requeues = st.requeues = (st.requeues or 0) + 1
     delay = backoff_seconds(p.spec.scheduling.requeue_backoff_seconds, requeues - 1)
