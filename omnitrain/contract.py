@@ -59,6 +59,7 @@ class ExitCode(IntEnum):
     STORAGE = 5  # the checkpoint/metrics storage refused a write (full, quota, read-only, no permission): fails
     HANG = 42  # the watchdog found no step progress and no RDMA traffic: gang restart
     HARDWARE = 43  # GPU/NIC fault evidence (XID, ECC, link down): gang restart without this node
+    PREEMPTED = 44  # SIGTERM (preemption, eviction, drain): a final checkpoint was written; resume, no restart spent
     SIGKILL = 137  # killed (OOM killer, eviction, node loss): gang restart
 
 
@@ -67,6 +68,9 @@ PERMANENT_EXIT_CODES = frozenset({ExitCode.CONFIG, ExitCode.NO_PROGRESS, ExitCod
 # becomes torchrun's 1, so the reason the worker left in the termination log is what the operator can trust.
 STORAGE_ERROR = "StorageError"
 PERMANENT_REASONS = frozenset({STORAGE_ERROR})
+# The termination reason of a pod whose workers stopped on SIGTERM after a final checkpoint (ExitCode.PREEMPTED; a
+# worker's 44 is torchrun's 1, so the supervisor gives the pod the code back from this reason).
+PREEMPTED_REASON = "Preempted"
 
 
 @dataclass

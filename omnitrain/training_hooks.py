@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 COMPLETED = "Completed"  # on_train_end's reason when the loop ran to spec.training.steps
 ERROR = "Error"  # ... when it raised
+STOPPED = "Stopped"  # ... when every rank agreed to stop early on SIGTERM (preemption): the final save still runs
 
 
 @dataclass(frozen=True)
@@ -85,4 +86,4 @@ class CheckpointHooks:
         persistent), `source`: the slowest of them."""
 
 
-__all__ = ["COMPLETED", "ERROR", "CheckpointHooks", "Restored", "StepStats", "TrainOutcome", "TrainerHooks"]
+__all__ = ["COMPLETED", "ERROR", "STOPPED", "CheckpointHooks", "Restored", "StepStats", "TrainOutcome", "TrainerHooks"]

@@ -252,7 +252,40 @@ class Supervisor:
         # Pod deletion sends SIGTERM to us (the container's main process): pass it on so workers stop cleanly.
         self._forwarded = signum
         if self.proc is not None and self.proc.poll() is None:
-            self._signal_workers(signum)
+            self._signal_ranks(signum)
+
+    def _signal_ranks(self, signum: int) -> None:
+        """The training ranks (their heartbeats name them) and nothing else once they are known: torchrun would
+        give them only its own 30 s before SIGKILL, and a checkpoint writer must finish the final save, not die in
+        it. Before any rank has beaten, the whole worker tree (torchrun passes the signal on)."""
+        assert self.proc is not None
+        ranks = [
+            hb.pid
+            for hb in read_heartbeats(self.heartbeat_dir).values()
+            if _environ_has(hb.pid, ENV_HEARTBEAT_DIR, self.heartbeat_dir)
+        ]
+        for pid in ranks or self._worker_pids():
+            try:
+                os.kill(pid, signum)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    def termination_log(self) -> Path:
+        return Path(
+            self.options.termination_log
+            or os.environ.get(contract.TERMINATION_LOG_ENV, contract.DEFAULT_TERMINATION_LOG)
+        )
+
+    def _stopped_code(self, code: int) -> int:
+        """After a forwarded SIGTERM, workers that stopped with a final checkpoint said so in the termination log
+        (reason Preempted); under torchrun their 44 arrives here as 1, so the pod gets ExitCode.PREEMPTED back."""
+        if self._forwarded is None or code == 0:
+            return code
+        try:
+            message = TerminationMessage.from_json(self.termination_log().read_text())
+        except OSError:
+            message = None
+        return int(ExitCode.PREEMPTED) if message and message.reason == contract.PREEMPTED_REASON else code
 
     def _kill_workers(self) -> None:
         """SIGKILL the whole worker tree, twice: a process forked during the first walk is caught by the second."""
@@ -369,7 +402,7 @@ class Supervisor:
         while True:
             returncode = proc.poll()
             if returncode is not None:
-                code = _exit_code_of(returncode)
+                code = self._stopped_code(_exit_code_of(returncode))
                 log.info("watchdog: workers exited with %d", code)
                 return code
             if superseded is not None and self._forwarded is None and superseded():
@@ -533,10 +566,7 @@ class GenerationFollower:
 
     # --- the termination message --------------------------------------------------------------------------
     def _termination_log(self) -> Path:
-        return Path(
-            self.sup.options.termination_log
-            or os.environ.get(contract.TERMINATION_LOG_ENV, contract.DEFAULT_TERMINATION_LOG)
-        )
+        return self.sup.termination_log()
 
     def _clear_termination_message(self) -> None:
         """An earlier generation's message (the trainer writes one, e.g. StorageError) must not describe this one."""

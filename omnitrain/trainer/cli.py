@@ -53,7 +53,7 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from omnitrain.contract import ExitCode, TerminationMessage, write_termination_message
+    from omnitrain.contract import PREEMPTED_REASON, ExitCode, TerminationMessage, write_termination_message
     from omnitrain.trainer.config_io import ConfigError, load_trainer_config
 
     try:
@@ -88,10 +88,14 @@ def _train(args: argparse.Namespace) -> int:
     if int(os.environ.get("LOCAL_RANK", "0")) == 0:  # one writer per pod: rank 0's message carries the goodput
         write_termination_message(
             TerminationMessage(
-                reason="Completed", step=result.step, goodput=result.goodput, checkpoint_step=result.checkpoint_step
+                reason=PREEMPTED_REASON if result.stopped else "Completed",
+                message=f"stopped on SIGTERM after step {result.step}" if result.stopped else "",
+                step=result.step,
+                goodput=result.goodput,
+                checkpoint_step=result.checkpoint_step,
             )
         )
-    return ExitCode.OK
+    return ExitCode.PREEMPTED if result.stopped else ExitCode.OK
 
 
 def storage_termination_for(error: BaseException, spec):

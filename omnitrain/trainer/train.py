@@ -31,7 +31,8 @@ from omnitrain.trainer.dataset_setup import ensure_dataset
 from omnitrain.trainer.lr_schedule import warmup_cosine
 from omnitrain.trainer.objectives import DiffusionDPOLoss, FlowMatchingLoss, dpo_inputs, flow_matching_inputs
 from omnitrain.trainer.state import TrainState
-from omnitrain.training_hooks import COMPLETED, ERROR, Restored, StepStats
+from omnitrain.trainer.stop_signal import StopRequest
+from omnitrain.training_hooks import COMPLETED, ERROR, STOPPED, Restored, StepStats
 
 
 class TrainConfigError(ValueError):
@@ -45,6 +46,7 @@ class TrainResult:
     state: TrainState
     goodput: dict | None = None  # the job's goodput at the end (rank 0; GoodputReport.to_status)
     checkpoint_step: int | None = None  # the newest complete checkpoint after the final save
+    stopped: bool = False  # left early on SIGTERM (omnitrain.trainer.stop_signal), after a final save
 
 
 def step_seed(seed: int, step: int, data_rank: int) -> int:
@@ -75,12 +77,14 @@ def _world() -> tuple[int, int, int]:
     return (int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("GROUP_RANK", 0)))
 
 
-def _slowest(seconds: float, device: torch.device) -> float:
+def _slowest(seconds: float, stop: bool, device: torch.device) -> tuple[float, bool]:
+    """The slowest rank's step time, and whether any rank was asked to stop: one all-reduce (MAX) for both, so
+    every rank leaves the loop after the same step."""
     if not dist.is_initialized():
-        return seconds
-    t = torch.tensor([seconds], dtype=torch.float64, device=device)
+        return seconds, stop
+    t = torch.tensor([seconds, float(stop)], dtype=torch.float64, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return float(t)
+    return float(t[0]), bool(t[1] > 0)
 
 
 def step_inputs(batches, schedule, ulysses_rank: int, rng: torch.Generator, make_inputs, training, device) -> list:
@@ -109,6 +113,11 @@ def restore_all(callbacks: list[TrainerCallback], state: TrainState) -> Restored
 
 
 def train(config: TrainerConfig, callbacks: list[TrainerCallback] | None = None, log=print) -> TrainResult:
+    with StopRequest() as stop:
+        return _train(config, callbacks, log, stop)
+
+
+def _train(config: TrainerConfig, callbacks: list[TrainerCallback] | None, log, stop: StopRequest) -> TrainResult:
     from omnitrain.trainer.parallel import init_distributed, setup_parallel
     from omnitrain.trainer.parallel.elastic import PrefetchingLoader, RegroupedLoss, step_schedule
 
@@ -214,7 +223,7 @@ def train(config: TrainerConfig, callbacks: list[TrainerCallback] | None = None,
             state.step = step
             loss_value = float(loss)
             losses.append(loss_value)
-            step_seconds = _slowest(time.perf_counter() - began, device)
+            step_seconds, stopping = _slowest(time.perf_counter() - began, stop.requested, device)
             counts: TokenCounts = loader.last_step_counts
             if rank == 0 and (step % training.log_every == 0 or step == training.steps):
                 log(
@@ -232,6 +241,11 @@ def train(config: TrainerConfig, callbacks: list[TrainerCallback] | None = None,
             )
             for cb in callbacks:
                 cb.on_step_end(state=state, stats=stats)
+            if stopping and step < training.steps:
+                reason = STOPPED
+                if rank == 0:
+                    log(f"train: asked to stop (SIGTERM) at step {step}/{training.steps}: final checkpoint", flush=True)
+                break
     except BaseException:
         reason = ERROR
         raise
@@ -249,4 +263,5 @@ def train(config: TrainerConfig, callbacks: list[TrainerCallback] | None = None,
         state=state,
         checkpoint_step=next((o.checkpoint_step for o in outcomes if o.checkpoint_step), None),
         goodput=next((o.goodput for o in outcomes if o.goodput is not None), None),
+        stopped=reason == STOPPED,
     )

@@ -19,7 +19,7 @@ from omnitrain.trainer.checkpoint.checkpointer import CheckpointConfig, Checkpoi
 from omnitrain.trainer.checkpoint.flatten import rewrap_like
 from omnitrain.trainer.checkpoint.manifest import WorldLayout
 from omnitrain.trainer.checkpoint.rng import capture_rng_state, restore_rng_state
-from omnitrain.training_hooks import COMPLETED, Restored, StepStats, TrainerHooks, TrainOutcome
+from omnitrain.training_hooks import COMPLETED, STOPPED, Restored, StepStats, TrainerHooks, TrainOutcome
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,8 @@ class CheckpointCallback(TrainerHooks):
 
     def on_train_end(self, *, state: Any, step: int, reason: str) -> None:
         try:
-            if reason == COMPLETED and step != self._last_saved_step and step > 0:
+            # a stop on SIGTERM saves like the end does: the resumed job loses no step
+            if reason in (COMPLETED, STOPPED) and step != self._last_saved_step and step > 0:
                 self._save(step, state)
         finally:
             self.checkpointer.close()

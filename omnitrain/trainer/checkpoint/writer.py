@@ -36,6 +36,9 @@ def _die_with_parent() -> None:
 
 def writer_main(target: SaveTarget, rendezvous: str | None, parent_pid: int, requests, results) -> None:
     _die_with_parent()
+    # A SIGTERM to the pod is the trainer's to handle (stop, final save, close): the writer ends when the trainer
+    # closes it, or with it (PDEATHSIG), never half-way through that final save.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if os.getppid() != parent_pid:  # the parent died before prctl took effect
         # An orphan that owns nothing yet ends at once: multiprocessing's exit handling (finalizers, flushing
         # queues) would only talk to a parent that is gone.
