@@ -438,6 +438,14 @@ class SchedulingSpec(_Spec):
         ge=0,
         description="Wait before a gang taken down unplaced tries again; doubles per requeue, at most 600 s.",
     )
+    termination_grace_period_seconds: int = Field(
+        120,
+        ge=0,
+        le=3600,
+        description="The pods' terminationGracePeriodSeconds: on SIGTERM (Kueue preemption, eviction, drain) the ranks "
+        "finish the step they are in, write a final checkpoint and exit 44 within this time, and the job resumes "
+        "from that checkpoint when admitted again; make it longer than a step plus a checkpoint save.",
+    )
 
 
 # Kubernetes' quantity grammar (apimachinery resource.Quantity): a signed decimal number, then a binary suffix

@@ -25,6 +25,7 @@ CONDITION_TYPES = (
     "Valid",
     "Created",
     "Queued",
+    "Preempted",
     "Running",
     "Restarting",
     "Suspended",
@@ -119,13 +120,22 @@ class JobStatus(_Status):
     )
     conditions: list[Condition] = Field(
         default_factory=list,
-        description="Valid, Created, Queued, Running, Restarting, Suspended, Succeeded, Failed, ReconcileError.",
+        description="Valid, Created, Queued, Preempted, Running, Restarting, Suspended, Succeeded, Failed, "
+        "ReconcileError.",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )
     attempt: int | None = Field(None, description="Current attempt; pods of attempt N are named <job>-a<N>-n<rank>.")
     launched_attempt: int | None = Field(None, description="Last attempt whose children were all created.")
     restarts: int | None = Field(None, description="Gang restarts counted toward resilience.maxRestarts.")
-    total_restarts: int | None = Field(None, description="Gang restarts including resumes and preemptions.")
+    total_restarts: int | None = Field(
+        None,
+        description="Gang restarts after a failure or a resume, counted toward maxRestarts or not (no preemption).",
+    )
+    preemptions: int | None = Field(
+        None,
+        description="Attempts stopped to make room (Kueue preemption, eviction, drain) and resumed from the "
+        "checkpoint written on SIGTERM; no restart spent.",
+    )
     no_progress_restarts: int | None = Field(None, description="Restarts in a row without a newer checkpoint.")
     checkpoint_step_at_last_failure: int | None = Field(
         None, description="The newest checkpoint step when the last counted failure happened."

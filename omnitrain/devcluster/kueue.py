@@ -48,6 +48,8 @@ KUEUE_GROUP = "kueue.x-k8s.io"
 FLAVOR = "default-flavor"
 CLUSTER_QUEUE = "omnitrain-gpus"
 LOCAL_QUEUE = "omnitrain"
+# Job priorities for the local cluster's queue (spec.scheduling.priorityClassName): high preempts low inside it.
+PRIORITY_CLASSES = {"omnitrain-low": 100, "omnitrain-high": 1000}
 
 
 def kueue_dir() -> Path:
@@ -147,10 +149,28 @@ def cert_secret(ca_cert: bytes, ca_key: bytes, cert: bytes, key: bytes) -> dict:
     }
 
 
+def priority_classes() -> list[dict]:
+    """PRIORITY_CLASSES as PriorityClasses. Kueue takes a pod group's priority from its pods' priorityClassName;
+    preemptionPolicy Never keeps kube-scheduler from preempting on its own: Kueue decides, and its preemption is the
+    one that ends in a final checkpoint and a resume."""
+    return [
+        {
+            "apiVersion": "scheduling.k8s.io/v1",
+            "kind": "PriorityClass",
+            "metadata": {"name": name},
+            "value": value,
+            "preemptionPolicy": "Never",
+            "globalDefault": False,
+            "description": f"omnitrain jobs of {name.removeprefix('omnitrain-')} priority (local cluster)",
+        }
+        for name, value in PRIORITY_CLASSES.items()
+    ]
+
+
 def queue_objects(namespaces: list[str], gpus: int, cpu: str = "1000", memory: str = "10000Gi") -> list[dict]:
-    """A ResourceFlavor, a ClusterQueue with an `nvidia.com/gpu` quota of `gpus` (cpu and memory covered with room
-    to spare: a resource a pod asks for that the queue does not cover is refused) that preempts lower priorities
-    inside it, and a LocalQueue LOCAL_QUEUE in each namespace."""
+    """The priority classes, a ResourceFlavor, a ClusterQueue with an `nvidia.com/gpu` quota of `gpus` (cpu and
+    memory covered with room to spare: a resource a pod asks for that the queue does not cover is refused) that
+    preempts lower priorities inside it, and a LocalQueue LOCAL_QUEUE in each namespace."""
     api = f"{KUEUE_GROUP}/v1beta2"
     resources = [
         {"name": "cpu", "nominalQuota": cpu},
@@ -158,6 +178,7 @@ def queue_objects(namespaces: list[str], gpus: int, cpu: str = "1000", memory: s
         {"name": "nvidia.com/gpu", "nominalQuota": gpus},
     ]
     objects: list[dict[str, Any]] = [
+        *priority_classes(),
         {"apiVersion": api, "kind": "ResourceFlavor", "metadata": {"name": FLAVOR}, "spec": {}},
         {
             "apiVersion": api,
@@ -194,11 +215,13 @@ __all__ = [
     "MANAGED_LABEL",
     "MANAGED_VALUE",
     "NAMESPACE",
+    "PRIORITY_CLASSES",
     "cert_secret",
     "config_text",
     "crds",
     "kueue_dir",
     "missing",
+    "priority_classes",
     "queue_objects",
     "webhook_configurations",
 ]

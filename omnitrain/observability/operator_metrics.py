@@ -34,6 +34,7 @@ METRIC_RECONCILE = "omnitrain_operator_reconcile_duration_seconds"
 METRIC_RECONCILE_ERRORS = "omnitrain_operator_reconcile_errors"
 METRIC_RESTARTS = "omnitrain_operator_restarts"
 METRIC_REQUEUES = "omnitrain_operator_requeues"
+METRIC_PREEMPTIONS = "omnitrain_operator_preemptions"
 METRIC_RECOVERY = "omnitrain_operator_recovery_seconds"
 METRIC_JOB_GOODPUT = "omnitrain_operator_job_goodput_ratio"
 METRIC_JOB_BADPUT = "omnitrain_operator_job_badput_seconds"
@@ -72,6 +73,7 @@ class OperatorMetrics:
         self._phases: dict[tuple[str, str], str] = {}
         self._restart_reasons: dict[tuple[str, str], set[str]] = {}
         self._requeue_reasons: dict[tuple[str, str], set[str]] = {}
+        self._preemption_reasons: dict[tuple[str, str], set[str]] = {}
         self._badput_causes: dict[tuple[str, str], set[str]] = {}
         self._server = None
         r = self.registry
@@ -93,6 +95,12 @@ class OperatorMetrics:
         self.requeues = Counter(
             METRIC_REQUEUES,
             "Gangs of a job taken down unplaced and queued again (no restart spent), by reason.",
+            ["namespace", JOB_LABEL, "reason"],
+            registry=r,
+        )
+        self.preemptions = Counter(
+            METRIC_PREEMPTIONS,
+            "Attempts of a job stopped to make room (Kueue preemption, eviction, drain; no restart spent), by reason.",
             ["namespace", JOB_LABEL, "reason"],
             registry=r,
         )
@@ -135,6 +143,11 @@ class OperatorMetrics:
             self._requeue_reasons.setdefault((namespace, name), set()).add(reason)
         self.requeues.labels(namespace, name, reason).inc()
 
+    def record_preemption(self, namespace: str, name: str, reason: str) -> None:
+        with self._lock:
+            self._preemption_reasons.setdefault((namespace, name), set()).add(reason)
+        self.preemptions.labels(namespace, name, reason).inc()
+
     def observe_recovery(self, namespace: str, name: str, seconds: float) -> None:
         self.recovery.labels(namespace, name).observe(seconds)
 
@@ -155,11 +168,14 @@ class OperatorMetrics:
             self._phases.pop((namespace, name), None)
             reasons = self._restart_reasons.pop((namespace, name), set())
             requeues = self._requeue_reasons.pop((namespace, name), set())
+            preemptions = self._preemption_reasons.pop((namespace, name), set())
             causes = self._badput_causes.pop((namespace, name), set())
         for reason in reasons:
             self.restarts.remove(namespace, name, reason)
         for reason in requeues:
             self.requeues.remove(namespace, name, reason)
+        for reason in preemptions:
+            self.preemptions.remove(namespace, name, reason)
         for cause in causes:
             self.badput.remove(namespace, name, cause)
         for metric in (self.recovery, self.goodput):

@@ -162,11 +162,8 @@ def render_status(
     lines.append(
         f"  Attempt:      {status.attempt or 0}   restarts {restarts}"
         + (f"/{max_restarts}" if max_restarts is not None else "")
-        + (
-            f" (all gang restarts incl. resumes/preemptions: {total_restarts})"
-            if total_restarts not in (None, restarts)
-            else ""
-        )
+        + (f" (all gang restarts incl. resumes: {total_restarts})" if total_restarts not in (None, restarts) else "")
+        + (f"   preempted {status.preemptions}x (no restart spent)" if status.preemptions else "")
     )
     if status.message:
         lines.append(f"  Message:      {status.message}")

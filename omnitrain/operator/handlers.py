@@ -249,6 +249,11 @@ class Controller:
         if (new.requeues or 0) > (old.requeues or 0):
             queued = new.condition("Queued")
             self.metrics.record_requeue(namespace, name, reason=queued.reason if queued and queued.reason else "Queued")
+        if (new.preemptions or 0) > (old.preemptions or 0):
+            preempted = new.condition("Preempted")
+            self.metrics.record_preemption(
+                namespace, name, reason=preempted.reason if preempted and preempted.reason else "Preempted"
+            )
         recovered = new.phase == RUNNING and old.phase != RUNNING and (new.attempt or 0) > 0
         failed_at = parse_rfc3339(new.last_failure.time if new.last_failure else None)
         now = parse_rfc3339(now_iso())

@@ -23,6 +23,10 @@ LABEL_QUEUE = "kueue.x-k8s.io/queue-name"
 # Kueue's plain pod groups: the pods of one group are admitted together (all or none) when its total count exists.
 LABEL_POD_GROUP = "kueue.x-k8s.io/pod-group-name"
 ANNOTATION_POD_GROUP_COUNT = "kueue.x-k8s.io/pod-group-total-count"
+# "false": the group is finished once none of its pods runs (Kueue then drops its pods' finalizers and the quota);
+# without it Kueue keeps a failed or preempted group's pods for replacements that never come (the next attempt is
+# a group of its own) and requeues the Workload, so the old gang never goes and holds quota.
+ANNOTATION_RETRIABLE_IN_GROUP = "kueue.x-k8s.io/retriable-in-group"
 LABEL_HOSTNAME = "kubernetes.io/hostname"
 RACK_LABEL = "topology.kubernetes.io/rack"
 MAIN_CONTAINER = "trainer"
@@ -318,9 +322,10 @@ def pod_skeleton(
     affinity: dict | None = None,
 ) -> dict:
     """The pod spec every pod of a job starts from (training gang and promotion children alike): the containers
-    and volumes given, spec.scheduling (nodeSelector, tolerations, priorityClassName, schedulerName) and the
-    affinity given plus the node exclusions. No ServiceAccount token: the trainer, distiller and inference server
-    never call the API, and a token in a pod running the user's image would be the namespace's credentials."""
+    and volumes given, spec.scheduling (nodeSelector, tolerations, priorityClassName, schedulerName,
+    terminationGracePeriodSeconds) and the affinity given plus the node exclusions. No ServiceAccount token: the
+    trainer, distiller and inference server never call the API, and a token in a pod running the user's image would
+    be the namespace's credentials."""
     sched = spec.scheduling
     pod: dict = {
         "restartPolicy": restart_policy,
@@ -337,6 +342,7 @@ def pod_skeleton(
         pod["tolerations"] = [t.to_wire() for t in sched.tolerations]
     if sched.priority_class_name:
         pod["priorityClassName"] = sched.priority_class_name
+    pod["terminationGracePeriodSeconds"] = sched.termination_grace_period_seconds
     if sched.scheduler_name:
         pod["schedulerName"] = sched.scheduler_name
     return pod
@@ -394,6 +400,7 @@ def render_pod(
         # one group per attempt: a gang restart is a new admission of the same size (Kueue does not recreate pods)
         labels[LABEL_POD_GROUP] = pod_group_name(job.name, attempt)
         annotations[ANNOTATION_POD_GROUP_COUNT] = str(spec.parallelism.nodes)
+        annotations[ANNOTATION_RETRIABLE_IN_GROUP] = "false"
     limits = {sched.gpu_resource: str(spec.parallelism.gpus_per_node)}
     requests = dict(limits)
     if spec.resources.cpu:

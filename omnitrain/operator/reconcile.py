@@ -20,9 +20,10 @@ from typing import NamedTuple
 
 from pydantic import ValidationError
 
+from omnitrain.contract import PREEMPTED_REASON
 from omnitrain.operator import plan
 from omnitrain.operator.admission import ADMISSION_GATE
-from omnitrain.resilience.classify import NodeObservation, PodObservation, on_lost_node
+from omnitrain.resilience.classify import Failure, NodeObservation, PodObservation, on_lost_node
 from omnitrain.resilience.decide import decide, last_failure
 from omnitrain.resilience.goodput import with_reserved_capacity
 from omnitrain.resilience.node_grace import NODE_NOT_READY, NODE_READY
@@ -480,6 +481,9 @@ def failure(p: _Pass) -> Decision | None:
             st.attempt, st.phase, st.message = p.attempt + 1, RESTARTING, action.message
             st.set_condition("Running", False, action.reason, action.message, now)
             st.set_condition("Restarting", True, action.reason, action.message, now)
+            if not action.counted:
+                why = preemption_reason(action.failure)
+                st.set_condition("Preempted", True, why, action.message, now)
             if p.in_place:
                 replaced = in_place_restart(p, action.isolate_nodes)
                 d.delete_pods, d.force_delete_pods = teardown([pod for pod in p.pods if pod.name in replaced], p.nodes)
@@ -491,6 +495,14 @@ def failure(p: _Pass) -> Decision | None:
                 # nothing to wait for (the pods that stay keep their ports): announce in this same pass
                 return launch(p) or d
     return d
+
+
+def preemption_reason(failure: Failure | None) -> str:
+    """The Preempted condition's reason: the words of whoever took the pods (Kueue's WorkloadEvictedDueToPreempted,
+    the eviction API's EvictionByEvictionAPI, the scheduler's PreemptionByScheduler), else Preempted (the ranks'
+    SIGTERM exit)."""
+    pod = failure.primary if failure is not None else None
+    return (pod.disruption_reason or pod.pod_reason or PREEMPTED_REASON) if pod is not None else PREEMPTED_REASON
 
 
 def replaced_ranks(p: _Pass, isolate: Sequence[str]) -> list[int]:
@@ -652,6 +664,9 @@ def observe(p: _Pass) -> Decision:
             p.d.events.append(Event("Normal", "Running", f"all {len(phases)} pods of attempt {attempt} running"))
         st.phase, st.message = RUNNING, f"attempt {attempt}: training"
         st.set_condition("Running", True, "PodsRunning", f"all pods of attempt {attempt} are running", now)
+        preempted = st.condition("Preempted")
+        if preempted is not None and preempted.status == "True":
+            st.set_condition("Preempted", False, "Resumed", f"attempt {attempt} runs again after the preemption", now)
     else:
         waiting = sum(1 for ph in phases if ph == "Pending")
         st.phase = PENDING

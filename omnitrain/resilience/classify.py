@@ -9,7 +9,9 @@ Classes and what recovery does with them (omnitrain.resilience.recovery):
              read-only, no permission), image cannot be pulled, bad container config: fail, restart won't help
   Hardware   exit 43 / termination reason HardwareFault: restart without the node, isolate it
   NodeLost   node NotReady or deleted under a running pod: restart without the node
-  Preempted  scheduler preemption / eviction / DisruptionTarget: restart, not counted toward maxRestarts
+  Preempted  scheduler preemption / eviction / DisruptionTarget, Kueue's TerminationTarget (a Workload evicted or
+             preempted), exit 44 / reason Preempted (the ranks stopped on SIGTERM after a final checkpoint): restart
+             from that checkpoint, not counted toward maxRestarts
   Hang       exit 42 / HangDetected: restart
   OOM        container OOMKilled: restart (counts; the no-progress counter stops a loop)
   Crash      any other failure: restart
@@ -21,7 +23,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 
-from omnitrain.contract import PERMANENT_EXIT_CODES, PERMANENT_REASONS, STORAGE_ERROR, ExitCode, TerminationMessage
+from omnitrain.contract import (
+    PERMANENT_EXIT_CODES,
+    PERMANENT_REASONS,
+    PREEMPTED_REASON,
+    STORAGE_ERROR,
+    ExitCode,
+    TerminationMessage,
+)
 
 
 class FailureClass(str, Enum):
@@ -68,6 +77,10 @@ DISRUPTION_REASONS = frozenset(
         "NodeShutdown",
     }
 )
+# Kueue's pod integration marks each pod of a Workload it stops (evicted, preempted, deactivated) with this
+# condition (reason WorkloadEvictedDueTo<cause>, e.g. ...DueToPreempted; the eviction's words as message) before
+# it deletes the pod.
+KUEUE_TERMINATION_TARGET = "TerminationTarget"
 NODE_LOSS_REASONS = frozenset({"NodeLost", "DeletionByTaintManager", "DeletionByPodGC"})
 POD_LOST = "PodLost"  # pod_reason of `missing_pod`
 _PERMANENT_EXIT_REASONS = {
@@ -89,7 +102,8 @@ class PodObservation:
     waiting_reason: str | None = None  # e.g. ImagePullBackOff
     termination_message: str | None = None  # as the container left it (ours is one JSON line)
     pod_reason: str | None = None  # status.reason (Evicted, NodeLost, ...)
-    disruption_reason: str | None = None  # reason of a DisruptionTarget condition that is True
+    disruption_reason: str | None = None  # reason of a DisruptionTarget (or Kueue TerminationTarget) that is True
+    disruption_message: str | None = None  # ... and its message (Kueue's says by what: "Preempted to accommodate")
     deleted: bool = False  # metadata.deletionTimestamp set or the pod vanished
     attempt: int = -1  # the operator's labels (omnitrain.operator.plan)
     rank: int = -1
@@ -176,13 +190,13 @@ def observe_pod(
     # A restarted container's interesting end is in lastState (restartPolicy Never keeps it in state).
     terminated = state.get("terminated") or (chosen.get("lastState") or {}).get("terminated") or {}
     waiting = state.get("waiting") or {}
-    disruption = next(
+    disruption: dict = next(
         (
-            c.get("reason")
+            c
             for c in status.get("conditions") or []
-            if c.get("type") == "DisruptionTarget" and c.get("status") == "True"
+            if c.get("type") in ("DisruptionTarget", KUEUE_TERMINATION_TARGET) and c.get("status") == "True"
         ),
-        None,
+        {},
     )
     scheduled: dict = next((c for c in status.get("conditions") or [] if c.get("type") == "PodScheduled"), {})
     unschedulable = (
@@ -199,7 +213,8 @@ def observe_pod(
         waiting_reason=waiting.get("reason"),
         termination_message=terminated.get("message") or status.get("message"),
         pod_reason=status.get("reason"),
-        disruption_reason=disruption,
+        disruption_reason=disruption.get("reason") or (disruption.get("type") if disruption else None),
+        disruption_message=disruption.get("message"),
         deleted=bool(meta.get("deletionTimestamp")),
         deletion_timestamp=meta.get("deletionTimestamp"),
         attempt=int(labels.get(attempt_label, -1)) if attempt_label else -1,
@@ -246,7 +261,11 @@ def _classify_pod(pod: PodObservation, nodes: dict[str, NodeObservation]) -> tup
         return FailureClass.NODE_LOST, "NodeLost", f"node {pod.node} of pod {pod.name} is {what}"
     if pod.disruption_reason or pod.pod_reason in DISRUPTION_REASONS:
         why = pod.disruption_reason or pod.pod_reason
-        return FailureClass.PREEMPTED, "Preempted", f"pod {pod.name} was disrupted ({why})"
+        said = f": {pod.disruption_message}" if pod.disruption_message else ""
+        return FailureClass.PREEMPTED, "Preempted", f"pod {pod.name} was disrupted ({why}{said})"
+    if code == ExitCode.PREEMPTED or (msg and msg.reason == PREEMPTED_REASON):
+        saved = f" at step {msg.checkpoint_step}" if msg and msg.checkpoint_step is not None else ""
+        return FailureClass.PREEMPTED, "Preempted", f"pod {pod.name} stopped on SIGTERM after a final checkpoint{saved}"
     if code == ExitCode.HANG or (msg and msg.reason == "HangDetected"):
         return (
             FailureClass.HANG,

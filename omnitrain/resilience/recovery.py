@@ -2,7 +2,8 @@
 
 Rules:
 - Permanent failures fail the job at once (restarting cannot fix a config or image error).
-- Preemption/eviction restarts without using the budget and without touching the no-progress counter.
+- Preemption/eviction restarts without using the budget and without touching the no-progress counter: it counts in
+  `preemptions`, not in `total_restarts` (the job did not fail; it was asked to make room).
 - Other failures count toward maxRestarts; the job fails when the budget is spent.
 - No-progress: a counted failure whose newest complete checkpoint is not newer than at the previous counted failure
   adds one; maxNoProgressRestarts of those in a row end the job (a crash loop that never saves a new checkpoint).
@@ -40,7 +41,8 @@ class RecoveryState:
     """What the operator keeps in status between attempts (survives operator restarts)."""
 
     restarts: int = 0  # counted toward maxRestarts
-    total_restarts: int = 0  # including preemptions
+    total_restarts: int = 0  # all gang restarts after a failure, counted or not; preemptions are not failures
+    preemptions: int = 0  # attempts stopped to make room (Kueue preemption, eviction, drain): no restart spent
     no_progress_restarts: int = 0
     checkpoint_step_at_last_failure: int | None = None
     excluded_nodes: tuple[str, ...] = ()
@@ -51,6 +53,7 @@ class RecoveryState:
             update={
                 "restarts": self.restarts,
                 "total_restarts": self.total_restarts,
+                "preemptions": self.preemptions,
                 "no_progress_restarts": self.no_progress_restarts,
                 "checkpoint_step_at_last_failure": self.checkpoint_step_at_last_failure,
                 "excluded_nodes": list(self.excluded_nodes),
@@ -66,6 +69,7 @@ class RecoveryState:
         return cls(
             restarts=s.restarts or 0,
             total_restarts=s.total_restarts or 0,
+            preemptions=s.preemptions or 0,
             no_progress_restarts=s.no_progress_restarts or 0,
             checkpoint_step_at_last_failure=s.checkpoint_step_at_last_failure,
             excluded_nodes=tuple(s.excluded_nodes),
@@ -153,7 +157,10 @@ def plan_recovery(
     # scheduler avoids it anyway, and one that comes back (or is replaced under the same name) is fine to use.
     isolate = failure.nodes if (failure.isolate and policy.isolate_nodes) else ()
     excluded = tuple(sorted(set(state.excluded_nodes) | set(isolate)))
-    next_state = replace(state, total_restarts=state.total_restarts + 1, excluded_nodes=excluded)
+    if failure.counts_toward_budget:
+        next_state = replace(state, total_restarts=state.total_restarts + 1, excluded_nodes=excluded)
+    else:
+        next_state = replace(state, preemptions=state.preemptions + 1, excluded_nodes=excluded)
 
     if failure.counts_toward_budget:
         if state.restarts >= policy.max_restarts:

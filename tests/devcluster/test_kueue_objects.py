@@ -113,3 +113,16 @@ def test_a_queue_goes_with_recreate_restarts(mode, refused):
         {"scheduling": {"queueName": "omnitrain"}, "resilience": {"restartMode": mode}, "parallelism": {"nodes": 1}}
     ).problems
     assert bool([p for p in problems if p.startswith("spec.scheduling.queueName: ")]) == refused, problems
+
+
+def test_priority_classes_leave_preemption_to_kueue():
+    objects = kueue.queue_objects(["team-a"], gpus=8)
+    classes = {o["metadata"]["name"]: o for o in objects if o["kind"] == "PriorityClass"}
+    assert {name: c["value"] for name, c in classes.items()} == kueue.PRIORITY_CLASSES
+    assert classes["omnitrain-high"]["value"] > classes["omnitrain-low"]["value"]
+    assert all(c["preemptionPolicy"] == "Never" and not c["globalDefault"] for c in classes.values())
+    cq = next(o for o in objects if o["kind"] == "ClusterQueue")
+    assert cq["spec"]["preemption"] == {"withinClusterQueue": "LowerPriority"}
+    # applied before the queues that use them
+    kinds = [o["kind"] for o in objects]
+    assert kinds.index("PriorityClass") < kinds.index("ClusterQueue")

@@ -30,6 +30,7 @@ def test_phases_restarts_recovery_goodput_and_reconcile(metrics):
     metrics.record_restart("team-a", "video-1", "HangDetected")
     metrics.record_restart("team-a", "video-1", "NodeLost")
     metrics.record_requeue("team-a", "video-2", "GangUnschedulable")
+    metrics.record_preemption("team-a", "video-2", "WorkloadEvicted")
     metrics.observe_recovery("team-a", "video-1", 42.0)
     metrics.set_job_goodput("team-a", "video-1", 0.95, {"recovery": 42.0, "startup": 8.0})
     with metrics.time_reconcile("create"):
@@ -54,6 +55,8 @@ def test_phases_restarts_recovery_goodput_and_reconcile(metrics):
         if s.name.endswith("_total")
     ]
     assert requeues == [("video-2", "GangUnschedulable", 1)]
+    preemptions = [(s.labels["reason"], s.value) for s in f[om.METRIC_PREEMPTIONS] if s.name.endswith("_total")]
+    assert preemptions == [("WorkloadEvicted", 1)]
     recovery_sum = [s.value for s in f[om.METRIC_RECOVERY] if s.name.endswith("_sum")]
     assert recovery_sum == [42.0]
     assert [s.value for s in f[om.METRIC_JOB_GOODPUT]] == [0.95]
@@ -68,6 +71,7 @@ def test_forget_job_drops_its_series(metrics):
     metrics.set_job_phase("ns", "gone", "Succeeded")
     metrics.record_restart("ns", "gone", "PodFailed")
     metrics.record_requeue("ns", "gone", "GangUnschedulable")
+    metrics.record_preemption("ns", "gone", "WorkloadEvicted")
     metrics.observe_recovery("ns", "gone", 3)
     metrics.set_job_goodput("ns", "gone", 0.9, {"recovery": 1.0})
     metrics.set_job_phase("ns", "kept", "Running")
@@ -77,6 +81,7 @@ def test_forget_job_drops_its_series(metrics):
         om.METRIC_JOB_PHASE,
         om.METRIC_RESTARTS,
         om.METRIC_REQUEUES,
+        om.METRIC_PREEMPTIONS,
         om.METRIC_RECOVERY,
         om.METRIC_JOB_GOODPUT,
         om.METRIC_JOB_BADPUT,

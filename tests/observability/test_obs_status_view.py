@@ -177,6 +177,7 @@ def test_failure_message_promotion_and_total_restarts():
     job = running_job()
     job["status"].update(
         totalRestarts=3,
+        preemptions=2,
         message="restarting after a hang",
         lastFailure={
             "pod": "video-1-a1-n0",
@@ -189,7 +190,7 @@ def test_failure_message_promotion_and_total_restarts():
         promotion={"distill": {"phase": "Running", "name": "video-1-distill"}},
     )
     text = render_status(job, [], [], now=NOW)
-    assert "restarts 2/3 (all gang restarts incl. resumes/preemptions: 3)" in text
+    assert "restarts 2/3 (all gang restarts incl. resumes: 3)   preempted 2x (no restart spent)" in text
     assert "Message:      restarting after a hang" in text
     assert "Last failure: HangDetected: pod video-1-a1-n0 on node-1 exited 42 (3m00s ago) - no step for 60s" in text
     assert "Promotion:    distill Running (video-1-distill)" in text

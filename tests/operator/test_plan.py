@@ -54,7 +54,10 @@ def test_one_pod_per_node_with_ranks_and_rendezvous_env():
         assert labels[plan.LABEL_QUEUE] == "team-a" and labels[plan.LABEL_JOB] == "video-dit"
         # one Kueue pod group per attempt, of the gang's size: admitted all or nothing
         assert labels[plan.LABEL_POD_GROUP] == "video-dit-a2"
-        assert pod["metadata"]["annotations"] == {plan.ANNOTATION_POD_GROUP_COUNT: "3"}
+        assert pod["metadata"]["annotations"] == {
+            plan.ANNOTATION_POD_GROUP_COUNT: "3",
+            plan.ANNOTATION_RETRIABLE_IN_GROUP: "false",
+        }
         assert pod["spec"]["hostname"] == f"n{rank}" and pod["spec"]["subdomain"] == "video-dit"
         assert pod["spec"]["restartPolicy"] == "Never"
 

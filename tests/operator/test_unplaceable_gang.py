@@ -245,3 +245,51 @@ def test_gated_pods_make_the_job_queued_with_the_queues_words_and_admission_hand
     d = step(s, st, gang(0, 2, 0, 2), add_seconds(T0, 610))
     assert d.status.phase == RUNNING and d.status.condition("Queued").reason == "Admitted"
     assert [e.reason for e in d.events] == ["Admitted", "Running"]
+
+
+def test_a_preempted_gang_is_queued_again_resumes_and_spends_no_restart():
+    """Kueue evicts the attempt's Workload for a higher priority: its pods carry TerminationTarget and are deleted;
+    the ranks save and exit 44. The job says Preempted (Kueue's reason and words), waits for the old gang, queues the
+    next attempt behind the gate, and Preempted turns False once it runs again; no counter but `preemptions` moves."""
+    from omnitrain.contract import ExitCode, TerminationMessage
+    from omnitrain.operator.admission import ADMISSION_GATE
+
+    s = {**spec(timeout=5, nodes=2), "scheduling": {"queueName": "omnitrain", "priorityClassName": "omnitrain-low"}}
+    st = step(s, launched(s), gang(0, 2, 0, 2), T0).status
+    assert st.phase == RUNNING
+    said = "Preempted to accommodate a workload (UID: 7) due to prioritization in the ClusterQueue"
+    saved = TerminationMessage(reason="Preempted", message="SIGTERM", step=6, checkpoint_step=6).to_json()
+    evicted = [
+        dataclasses.replace(
+            p,
+            deleted=True,
+            deletion_timestamp=add_seconds(T0, 130),
+            disruption_reason="WorkloadEvictedDueToPreempted",
+            disruption_message=said,
+            **({"phase": "Failed", "exit_code": int(ExitCode.PREEMPTED), "termination_message": saved} if r else {}),
+        )
+        for r, p in enumerate(gang(0, 2, 0, 2))
+    ]
+    d = step(s, st, evicted, add_seconds(T0, 10))
+    st = d.status
+    preempted = st.condition("Preempted")
+    assert preempted is not None and preempted.status == "True" and preempted.reason == "WorkloadEvictedDueToPreempted"
+    assert said in (preempted.message or "") and "not counted toward maxRestarts" in (preempted.message or "")
+    assert (st.restarts, st.total_restarts, st.preemptions, st.attempt) == (0, 0, 1, 1)
+    assert d.delete_pods == [], "Kueue deletes them already; each pod keeps its grace period to save"
+    assert st.last_failure is not None and st.last_failure.reason == "Preempted" and st.last_failure.exit_code == 44
+    # the old gang still saving: nothing new yet, and not force-deleted inside its grace period
+    w = step(s, st, evicted, add_seconds(T0, 60))
+    assert w.create_attempt is None and w.force_delete_pods == []
+    # gone: attempt 1, held at Kueue's gate
+    n = step(s, w.status, [], add_seconds(T0, 140))
+    assert n.create_attempt == 1
+    gated = [
+        dataclasses.replace(p, phase="Pending", node=None, scheduling_gates=(ADMISSION_GATE,)) for p in gang(1, 2, 0, 2)
+    ]
+    q = reconcile(JOB, parse_spec(s), n.status, gated, add_seconds(T0, 150), generation=1, admission="no quota")
+    assert q.status.phase == QUEUED and q.status.condition("Preempted").status == "True"
+    r = step(s, q.status, gang(1, 2, 0, 2), add_seconds(T0, 300))
+    assert r.status.phase == RUNNING and r.status.condition("Preempted").status == "False"
+    assert r.status.condition("Preempted").reason == "Resumed"
+    assert (r.status.restarts, r.status.total_restarts, r.status.preemptions) == (0, 0, 1)

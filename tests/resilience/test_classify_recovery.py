@@ -229,8 +229,67 @@ def test_preemption_is_free():
     action = plan_recovery(PREEMPT, state, POLICY, last_checkpoint_step=10)
     assert action.kind is ActionKind.GANG_RESTART and action.delay_seconds == 0
     assert action.state.restarts == 3 and action.state.no_progress_restarts == 1
-    assert action.state.total_restarts == 1
+    # a preemption is not a failure: it counts as one, not as a gang restart
+    assert action.state.total_restarts == 0 and action.state.preemptions == 1
     assert "not counted" in action.message
+    assert RecoveryState.from_status(action.state.to_status()) == action.state
+
+
+def _kueue_evicted(name: str, rank: int, message: str | None, deleted: bool = True) -> dict:
+    """A pod of a pod group as Kueue leaves it when it preempts the group's Workload: TerminationTarget True, then
+    deleted; its container may have exited already (`message`: the trainer's termination message)."""
+    statuses = (
+        [{"name": "trainer", "state": {"terminated": {"exitCode": 44, "reason": "Error", "message": message}}}]
+        if message
+        else [{"name": "trainer", "state": {"running": {}}}]
+    )
+    return {
+        "metadata": {
+            "name": name,
+            "deletionTimestamp": "2026-12-03T07:00:00Z" if deleted else None,
+            "labels": {"omnitrain.dev/rank": str(rank)},
+        },
+        "spec": {"nodeName": f"n{rank}"},
+        "status": {
+            "phase": "Failed" if message else "Running",
+            "conditions": [
+                {
+                    "type": "TerminationTarget",
+                    "status": "True",
+                    "reason": "WorkloadEvictedDueToPreempted",
+                    "message": "Preempted to accommodate a workload (UID: 42) due to prioritization in the CQ",
+                }
+            ],
+            "containerStatuses": statuses,
+        },
+    }
+
+
+def test_kueue_preemption_is_classified_with_its_words():
+    stopped = TerminationMessage(reason="Preempted", message="SIGTERM", step=7, checkpoint_step=7).to_json()
+    pods = [
+        observe_pod(_kueue_evicted("j-a0-n0", 0, stopped), "trainer", rank_label="omnitrain.dev/rank"),
+        observe_pod(_kueue_evicted("j-a0-n1", 1, None), "trainer", rank_label="omnitrain.dev/rank"),
+    ]
+    assert pods[1].disruption_reason == "WorkloadEvictedDueToPreempted" and "prioritization" in (
+        pods[1].disruption_message or ""
+    )
+    failure = classify(pods)
+    assert failure is not None and failure.failure_class is FailureClass.PREEMPTED and not failure.counts_toward_budget
+    assert failure.primary is not None and failure.primary.name == "j-a0-n0"  # the rank that exited explains it
+    assert "WorkloadEvictedDueToPreempted: Preempted to accommodate a workload" in failure.message
+    assert failure.step == 7
+
+
+def test_the_ranks_own_sigterm_exit_is_a_preemption():
+    """Exit 44 without any condition (a drain's SIGTERM, a kubelet shutdown): resumed, no restart spent."""
+    stopped = TerminationMessage(reason="Preempted", message="SIGTERM", step=9, checkpoint_step=9).to_json()
+    failure = classify([failed("p0", "n0", ExitCode.PREEMPTED, message=stopped), failed("p1", "n1", 1)])
+    assert failure is not None and failure.failure_class is FailureClass.PREEMPTED
+    assert "final checkpoint at step 9" in failure.message
+    # the code alone is enough (a termination message can be lost with its file)
+    bare = classify([failed("p0", "n0", ExitCode.PREEMPTED)])
+    assert bare is not None and bare.failure_class is FailureClass.PREEMPTED
 
 
 def test_permanent_fails_at_once():

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -64,13 +65,32 @@ def trainer_operator(local_cluster, local_cluster_crd, tmp_path_factory):
         "OMNITRAIN_POD_ENV": "OMP_NUM_THREADS=1",
     }
     env.pop("OMNITRAIN_TRAIN_COMMAND", None)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "omnitrain", "operator"], env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT
-    )
+
+    def start() -> subprocess.Popen:
+        with open(log, "a") as out:
+            return subprocess.Popen(
+                [sys.executable, "-m", "omnitrain", "operator"], env=env, stdout=out, stderr=subprocess.STDOUT
+            )
+
+    procs = [start()]
+
+    def restart() -> None:
+        """The operator stopped (SIGTERM, as a rollout does) and started again, on the same log."""
+        end_child(procs[-1])
+        procs.append(start())
+
+    handle = OperatorHandle((local_cluster, api, namespace, log))
+    handle.restart = restart
     try:
-        yield local_cluster, api, namespace, log
+        yield handle
     finally:
-        end_child(proc)
+        end_child(procs[-1])
+
+
+class OperatorHandle(tuple):
+    """(cluster, api, namespace, log), and .restart() for the tests that restart the operator."""
+
+    restart: Callable[[], None]
 
 
 def _has_default_sa(api, namespace: str) -> bool:
@@ -673,11 +693,119 @@ def test_two_gangs_over_the_quota_one_waits_queued_with_no_pod_running_then_runs
             assert pod.spec.node_name is None and pod.status.phase == "Pending", pod.status
             assert "kueue.x-k8s.io/admission" in [g.name for g in pod.spec.scheduling_gates or []]
         assert all(find_rank_pid(second, 0, rank) is None for rank in range(2))
+        # the operator restarted while a job is Queued: it picks the job up where it was (the same gated pods, the
+        # same attempt), launches nothing twice and spends nothing
+        gated = {p.metadata.name: p.metadata.uid for p in waiting}
+        trainer_operator.restart()
+        wait_until(
+            lambda: "omnitrain operator: namespaces=" in log.read_text().rsplit("Signal SIGTERM", 1)[-1],
+            60,
+            f"the operator started again (log: {log})",
+        )
+        st = job_status(api, namespace, second)
+        assert (st["phase"], st["attempt"], st["restarts"]) == ("Queued", 0, 0), st
+        assert queued_condition()["reason"] == "WaitingForAdmission"
         st = wait_finished(trainer_operator, second)
         assert job_status(api, namespace, first)["phase"] == "Succeeded"
         admitted = next(c for c in st["conditions"] if c["type"] == "Queued")
         assert admitted["status"] == "False" and admitted["reason"] == "Admitted", admitted
+        # the pods Kueue admitted are the ones gated before the restart: none was made again
+        assert {p.metadata.name: p.metadata.uid for p in attempt_pods(core, namespace, second, 0)} == gated
         for job in jobs:
             st = job_status(api, namespace, job)
             assert st["restarts"] == 0 and st["totalRestarts"] == 0 and st["attempt"] == 0, st
             assert_final_checkpoint_like_the_reference(claims[job], job, reference)
+
+
+def test_a_high_priority_job_preempts_a_low_one_which_saves_on_sigterm_and_resumes_with_no_restart_spent(
+    trainer_operator, reference
+):
+    """The same queue (2 nvidia.com/gpu) with both jobs of 2 pods x 1 GPU: a low-priority job trains; after its first
+    checkpoint its ranks are held (SIGSTOP) so it cannot finish first; a high-priority job arrives. Kueue preempts
+    the low job's Workload: its pods get TerminationTarget and are deleted, the ranks (let go again) get SIGTERM,
+    agree on the step, write a final checkpoint off the interval and exit 44. The low job is Preempted and Queued
+    while the high one trains, then is admitted again, resumes from that checkpoint and ends bitwise equal to the
+    uninterrupted run, with restarts and totalRestarts 0 and preemptions 1."""
+    from kubernetes import client
+
+    from omnitrain.devcluster import kueue
+    from omnitrain.trainer.checkpoint.restore import discover
+
+    cluster, api, namespace, log = trainer_operator
+    core = client.CoreV1Api(api)
+    name = f"kp-{uuid.uuid4().hex[:5]}"
+    low, high = f"{name}-low", f"{name}-high"
+
+    def queued_job(job: str, priority: str) -> Path:
+        return create_job(
+            trainer_operator,
+            job,
+            {"nodes": 2, "gpusPerNode": 1},
+            {
+                "scheduling": {
+                    "nodeSelector": {"omnitrain.dev/e2e-pool": name},
+                    "queueName": kueue.LOCAL_QUEUE,
+                    "priorityClassName": priority,
+                    "terminationGracePeriodSeconds": 60,
+                },
+                # held ranks must not look hung to the watchdog while the preemption is on its way
+                "resilience": {"hangTimeoutSeconds": 120, "maxRestarts": 2},
+            },
+        )
+
+    with node_pool(trainer_operator, name, 4):
+        cluster.start_kueue([namespace], gpus=2)
+        low_claim = queued_job(low, "omnitrain-low")
+        wait_first_checkpoint(trainer_operator, low_claim, low)
+        held = [wait_until(lambda r=r: find_rank_pid(low, 0, r), 30, f"rank {r}'s process") for r in range(2)]
+        for pid in held:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            high_claim = queued_job(high, "omnitrain-high")
+            wait_until(
+                lambda: (
+                    (pods := attempt_pods(core, namespace, low, 0)) and all(p.metadata.deletion_timestamp for p in pods)
+                ),
+                60,
+                f"Kueue to preempt {low}'s pods (operator log: {log})",
+            )
+        finally:
+            for pid in held:
+                os.kill(pid, signal.SIGCONT)
+
+        def preempted():
+            st = job_status(api, namespace, low)
+            c = next((c for c in st.get("conditions") or [] if c["type"] == "Preempted"), None)
+            return st if c and c["status"] == "True" else None
+
+        st = wait_until(preempted, 90, f"{low} Preempted (operator log: {log})")
+        condition = next(c for c in st["conditions"] if c["type"] == "Preempted")
+        # Kueue's words: reason WorkloadEvictedDueToPreempted, "Preempted to accommodate a workload ..."
+        assert condition["reason"].startswith("WorkloadEvicted"), condition
+        assert "Preempted to accommodate" in condition["message"], condition
+        # the ranks' SIGTERM save: a complete checkpoint off the interval, the step the ranks agreed on
+        wait_until(lambda: not attempt_pods(core, namespace, low, 0), 90, f"{low}'s preempted pods gone")
+        saved = sorted(discover({"persistent": str(low_claim)}, low, None))
+        stopped_at = max(saved)
+        assert TRAIN_INTERVAL < stopped_at < TRAIN_STEPS and stopped_at % TRAIN_INTERVAL, saved
+        st = wait_until(
+            lambda: (s := job_status(api, namespace, low)).get("phase") == "Queued" and s,
+            60,
+            f"{low} Queued behind {high}",
+        )
+        assert (st["restarts"], st["totalRestarts"], st["preemptions"]) == (0, 0, 1), st
+        # class Preempted whichever the operator saw first: Kueue's eviction (its reason, no exit code yet) or the
+        # ranks' exit 44 (reason Preempted)
+        assert st["lastFailureClass"] == "Preempted", st
+        assert st["lastFailure"]["reason"] in ("Preempted", condition["reason"]), st
+        assert st["lastFailure"].get("exitCode") in (None, 44), st
+
+        wait_finished(trainer_operator, high)
+        st = wait_finished(trainer_operator, low)
+        assert (st["restarts"], st["totalRestarts"], st["preemptions"], st["attempt"]) == (0, 0, 1, 1), st
+        resumed = next(c for c in st["conditions"] if c["type"] == "Preempted")
+        assert resumed["status"] == "False" and resumed["reason"] == "Resumed", st
+        logs = pod_logs(cluster, api, namespace, f"{low}-a1")
+        assert f"from step {stopped_at} to {TRAIN_STEPS}" in logs, logs
+        assert_final_checkpoint_like_the_reference(low_claim, low, reference)
+        assert_final_checkpoint_like_the_reference(high_claim, high, reference)

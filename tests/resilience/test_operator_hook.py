@@ -65,7 +65,9 @@ def test_deleted_node_and_vanished_pod_is_node_lost():
     waiting = decide(running, nodes, JobStatus(), SPEC, usable_nodes=["gpu-0"])
     assert isinstance(waiting, Wait) and waiting.kind is ActionKind.WAIT and waiting.reason == "InsufficientNodes"
     # a Wait does not advance the recovery state: the same picture gives the same answer next time
-    assert waiting.state.apply(JobStatus()) == JobStatus(restarts=0, total_restarts=0, no_progress_restarts=0)
+    assert waiting.state.apply(JobStatus()) == JobStatus(
+        restarts=0, total_restarts=0, preemptions=0, no_progress_restarts=0
+    )
 
 
 def test_a_missing_pod_is_pod_lost_and_a_real_exit_explains_more():
@@ -86,7 +88,7 @@ def test_eviction_is_free_and_running_pods_need_nothing():
     evicted = pod("p", "gpu-0", "Failed", pod_reason="Evicted")
     action = decide([evicted], ready("gpu-0"), status, SPEC)
     assert isinstance(action, GangRestart) and not action.counted
-    assert action.state.restarts == 2 and action.state.total_restarts == 3
+    assert action.state.restarts == 2 and action.state.total_restarts == 2 and action.state.preemptions == 1
     assert decide([pod("p", "gpu-0", "Running")], ready("gpu-0"), status, SPEC) is None
     # the budget is spent for a counted failure
     spent = decide([pod("p", "gpu-0", "Failed", 1)], ready("gpu-0"), status, SPEC)
