@@ -26,6 +26,7 @@ CONDITION_TYPES = (
     "Created",
     "Queued",
     "Preempted",
+    "SpecApplied",
     "Running",
     "Restarting",
     "Suspended",
@@ -168,6 +169,12 @@ class JobStatus(_Status):
     )
     message: str | None = Field(None, description="What the job is doing now, or why it ended.")
     observed_generation: int | None = Field(None, description="The spec generation this status is about.")
+    launched_spec: dict[str, Any] | None = Field(
+        None,
+        description="The spec the gang was launched with (defaults filled in). An edit of what the gang is "
+        "(model, parallelism, image, ...) made while it runs waits against it (condition SpecApplied) until the job "
+        "is suspended and resumed.",
+    )
     promotion: Promotion | None = None
 
     @field_validator("goodput", mode="before")

@@ -36,11 +36,14 @@ METRIC_RESTARTS = "omnitrain_operator_restarts"
 METRIC_REQUEUES = "omnitrain_operator_requeues"
 METRIC_PREEMPTIONS = "omnitrain_operator_preemptions"
 METRIC_RECOVERY = "omnitrain_operator_recovery_seconds"
+METRIC_QUEUED = "omnitrain_operator_queued_seconds"
 METRIC_JOB_GOODPUT = "omnitrain_operator_job_goodput_ratio"
 METRIC_JOB_BADPUT = "omnitrain_operator_job_badput_seconds"
 
 RECONCILE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 RECOVERY_BUCKETS = (1, 5, 10, 20, 30, 45, 60, 90, 120, 180, 300, 600, 1800)
+# a gang waits for quota from seconds (a free queue) to hours (behind a long job)
+QUEUED_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, 43200)
 
 
 class _PhaseCollector:
@@ -111,6 +114,14 @@ class OperatorMetrics:
             buckets=RECOVERY_BUCKETS,
             registry=r,
         )
+        self.queued = Histogram(
+            METRIC_QUEUED,
+            "Seconds an attempt's gang waited Queued before the queue (Kueue) admitted it; its _count is the "
+            "admissions.",
+            ["namespace", JOB_LABEL],
+            buckets=QUEUED_BUCKETS,
+            registry=r,
+        )
         self.goodput = Gauge(
             METRIC_JOB_GOODPUT,
             "Productive training time / wall time of the job (0..1).",
@@ -151,6 +162,9 @@ class OperatorMetrics:
     def observe_recovery(self, namespace: str, name: str, seconds: float) -> None:
         self.recovery.labels(namespace, name).observe(seconds)
 
+    def observe_admission(self, namespace: str, name: str, queued_seconds: float) -> None:
+        self.queued.labels(namespace, name).observe(queued_seconds)
+
     def set_job_goodput(
         self, namespace: str, name: str, goodput: float, badput_seconds: dict[str, float] | None = None
     ) -> None:
@@ -178,7 +192,7 @@ class OperatorMetrics:
             self.preemptions.remove(namespace, name, reason)
         for cause in causes:
             self.badput.remove(namespace, name, cause)
-        for metric in (self.recovery, self.goodput):
+        for metric in (self.recovery, self.queued, self.goodput):
             try:
                 metric.remove(namespace, name)
             except KeyError:

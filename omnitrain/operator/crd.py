@@ -147,6 +147,9 @@ PRINTER_COLUMNS = [
     {"name": "Attempt", "type": "integer", "jsonPath": ".status.attempt", "priority": 1},
     {"name": "Restarts", "type": "integer", "jsonPath": ".status.restarts"},
     {"name": "Spares", "type": "integer", "jsonPath": ".status.sparesReady", "priority": 1},
+    # shared pools (-o wide): the Kueue queue the gang waits in, and how often it made room for another job
+    {"name": "Queue", "type": "string", "jsonPath": ".spec.scheduling.queueName", "priority": 1},
+    {"name": "Preempted", "type": "integer", "jsonPath": ".status.preemptions", "priority": 1},
     {"name": "Checkpoint", "type": "integer", "jsonPath": ".status.lastCheckpoint.step"},
     {"name": "Message", "type": "string", "jsonPath": ".status.message", "priority": 1},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},

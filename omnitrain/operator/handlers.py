@@ -8,17 +8,28 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Protocol
 
 import kopf
 
 from omnitrain.operator import crd, plan, progress
 from omnitrain.operator.admission import ADMISSION_GATE, waiting_message
+from omnitrain.operator.admission_review import review
 from omnitrain.operator.kube import Kube, now_iso, pod_views
 from omnitrain.operator.promotion import promotion_settled
 from omnitrain.operator.promotion_kube import promote
-from omnitrain.operator.reconcile import ChildRefused, Decision, Event, child_refused, parse_spec, reconcile
-from omnitrain.operator.settings import OperatorSettings
+from omnitrain.operator.reconcile import (
+    ChildRefused,
+    Decision,
+    Event,
+    SpecCheck,
+    child_refused,
+    parse_spec,
+    reconcile,
+)
+from omnitrain.operator.settings import OperatorSettings, WebhookSettings
+from omnitrain.operator.spec_edits import ACTIVE_PHASES, effective_spec, held_edits
 from omnitrain.spec import JobSpec
 from omnitrain.status import FAILED, PENDING, RECONCILE_ERROR, RUNNING, SUCCEEDED, JobStatus
 from omnitrain.timestamps import parse_rfc3339
@@ -201,8 +212,8 @@ class Controller:
             return None
         meta = job["metadata"]
         ref = plan.JobRef(name=name, namespace=namespace, uid=meta["uid"], created=meta.get("creationTimestamp") or "")
-        checked = parse_spec(job.get("spec"), name, self.settings.allowed_host_roots)  # once per pass
         old = JobStatus.from_wire(job.get("status"))
+        checked, held = self.effective_spec(job, old)  # once per pass
         pods = pod_views(self.kube.list_pods(namespace, name))
         nodes = self.kube.nodes({p.node for p in pods if p.node and p.unfinished})
         now = now_iso()
@@ -211,7 +222,15 @@ class Controller:
             group = plan.pod_group_name(name, old.attempt or 0)
             admission = waiting_message(self.kube.workload(namespace, group), group)
         decision = reconcile(
-            ref, checked, old, pods, now, generation=meta.get("generation"), nodes=nodes, admission=admission
+            ref,
+            checked,
+            old,
+            pods,
+            now,
+            generation=meta.get("generation"),
+            nodes=nodes,
+            admission=admission,
+            held=held,
         )
         cleared_status(decision.status, now)
         children = None
@@ -242,6 +261,19 @@ class Controller:
             self._record_metrics(namespace, name, old, decision.status, restart_cause(old, decision))
         return decision.requeue_after_seconds
 
+    def effective_spec(self, job: dict, old: JobStatus) -> tuple[SpecCheck, list[str]]:
+        """The job's spec as checked, and the edits its active gang holds back (spec_edits): then the spec with
+        those fields as launched, which is what this pass plans from."""
+        name, roots = job["metadata"]["name"], self.settings.allowed_host_roots
+        checked = parse_spec(job.get("spec"), name, roots)
+        if checked.spec is None or old.launched_spec is None or old.phase not in ACTIVE_PHASES:
+            return checked, []
+        current = checked.spec.to_wire()
+        held = held_edits(old.launched_spec, current)
+        if not held:
+            return checked, []
+        return parse_spec(effective_spec(old.launched_spec, current), name, roots), held
+
     def _record_metrics(self, namespace: str, name: str, old: JobStatus, new: JobStatus, restart_reason: str) -> None:
         self.metrics.set_job_phase(namespace, name, new.phase)
         if (new.total_restarts or 0) > (old.total_restarts or 0):
@@ -254,6 +286,9 @@ class Controller:
             self.metrics.record_preemption(
                 namespace, name, reason=preempted.reason if preempted and preempted.reason else "Preempted"
             )
+        waited = admission_wait_seconds(old, new)
+        if waited is not None:
+            self.metrics.observe_admission(namespace, name, waited)
         recovered = new.phase == RUNNING and old.phase != RUNNING and (new.attempt or 0) > 0
         failed_at = parse_rfc3339(new.last_failure.time if new.last_failure else None)
         now = parse_rfc3339(now_iso())
@@ -301,13 +336,30 @@ class Controller:
             self._record_goodput(namespace, name, new.goodput)
 
 
+def admission_wait_seconds(old: JobStatus, new: JobStatus) -> float | None:
+    """How long the gang waited, when this pass saw the queue admit it (Queued True -> False, reason Admitted)."""
+    before, after = old.condition("Queued"), new.condition("Queued")
+    if not (before and after and before.status == "True" and after.status == "False" and after.reason == "Admitted"):
+        return None
+    since, until = parse_rfc3339(before.last_transition_time), parse_rfc3339(after.last_transition_time)
+    return max(0.0, until - since) if since is not None and until is not None else None
+
+
 CONTROLLER: Controller | None = None
+# The validating webhook's handler id: its URL path (/validate-spec) and, with a managed configuration named N,
+# its webhook's name (validate-spec.N); manifests/webhook/webhook.yaml uses the same.
+WEBHOOK_ID = "validate-spec"
 
 
 def install(settings: OperatorSettings, kube: Kube | None = None, metrics=None) -> Controller:
     """Create the controller the handlers use (called at start-up, before kopf runs)."""
     global CONTROLLER
     CONTROLLER = Controller(kube or Kube(create_workers=settings.create_workers), settings, metrics)
+    if settings.webhook is not None:
+        # registered only with a server to serve it: kopf refuses to run admission handlers without one
+        kopf.on.validate(crd.GROUP, crd.VERSION, crd.PLURAL, id=WEBHOOK_ID, operations=["CREATE", "UPDATE"])(
+            validate_job
+        )
     return CONTROLLER
 
 
@@ -328,10 +380,45 @@ def configure(settings: kopf.OperatorSettings, **_) -> None:
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.execution.max_workers = 8
+    if CONTROLLER is not None and CONTROLLER.settings.webhook is not None:
+        serve_webhook(settings, CONTROLLER.settings.webhook)
     if CONTROLLER is not None:
         CONTROLLER.kube.watch_pods()  # pod_event feeds it from here on
         CONTROLLER.resync = Resync(CONTROLLER, CONTROLLER.settings.resync_seconds)
         CONTROLLER.resync.start()
+
+
+def serve_webhook(settings: kopf.OperatorSettings, webhook: WebhookSettings) -> None:
+    """kopf's admission server for `validate_job`, with the mounted certificate (WebhookSettings)."""
+    folder = Path(webhook.cert_dir)
+    settings.admission.server = kopf.WebhookServer(
+        addr=webhook.address,
+        port=webhook.port,
+        host=webhook.host,
+        certfile=str(folder / "tls.crt"),
+        pkeyfile=str(folder / "tls.key"),
+        cafile=str(folder / "ca.crt"),
+    )
+    if webhook.configuration:
+        settings.admission.managed = webhook.configuration
+
+
+def validate_job(body: kopf.Body, warnings: list[str], **kwargs: Any) -> None:
+    """Refuse at `kubectl apply` what the reconcile would fail (omnitrain.operator.admission_review)."""
+    roots = CONTROLLER.settings.allowed_host_roots if CONTROLLER is not None else None
+    operation, old = kwargs.get("operation"), kwargs.get("old")  # kopf passes both to admission handlers
+    name = body.metadata.get("name") or None
+    answer = review(
+        operation or "",
+        dict(body.get("spec") or {}),
+        name,
+        old_spec=dict(old.get("spec") or {}) if old is not None else None,
+        phase=(old.get("status") or {}).get("phase") if old is not None else None,
+        allowed_host_roots=roots,
+    )
+    warnings.extend(answer.applied_later)
+    if not answer.allowed:
+        raise kopf.AdmissionError(answer.message(name), code=422)
 
 
 @kopf.on.cleanup()

@@ -94,6 +94,14 @@ OPERATOR_PERMISSIONS: tuple[Permission, ...] = (
     ),
     Permission("", "namespaces", ("list", "watch"), False, "kopf's namespace scanning (namespaced mode)"),
     Permission(
+        "coordination.k8s.io",
+        "leases",
+        ("get", "create", "update"),
+        True,
+        "leader election, only with OMNITRAIN_LEADER_ELECTION: LeaseClient reads, creates and replaces (compare "
+        "and swap on resourceVersion) the Lease in the operator's namespace",
+    ),
+    Permission(
         "kopf.dev",
         "clusterkopfpeerings",
         ("get", "list", "watch", "patch"),

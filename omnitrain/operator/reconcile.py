@@ -23,6 +23,7 @@ from pydantic import ValidationError
 from omnitrain.contract import PREEMPTED_REASON
 from omnitrain.operator import plan
 from omnitrain.operator.admission import ADMISSION_GATE
+from omnitrain.operator.spec_edits import WHEN_HELD
 from omnitrain.resilience.classify import Failure, NodeObservation, PodObservation, on_lost_node
 from omnitrain.resilience.decide import decide, last_failure
 from omnitrain.resilience.goodput import with_reserved_capacity
@@ -248,6 +249,7 @@ class _Pass:
     usable_nodes: list[str] | None
     d: Decision
     admission: str | None = None  # the queue's words on why the attempt's pod group is not admitted yet
+    held: Sequence[str] = ()  # edited fields the gang does not take (spec_edits): `spec` has them as launched
     _current: tuple[tuple, list[PodObservation]] | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -362,6 +364,7 @@ def resume(p: _Pass) -> Decision | None:
     p.d.events.append(Event("Normal", "Resumed", f"resuming as attempt {attempt}"))
     p.d.delete_pods = [pod.name for pod in p.pods if not pod.deleted]
     st.children = None  # a whole new gang (in place too: the suspended one is gone)
+    st.launched_spec = None  # ... rendered from the spec as it is now, edits held meanwhile included
     return None
 
 
@@ -413,6 +416,7 @@ def launch(p: _Pass) -> Decision | None:
         # In place the pods that stay are not created again (a restart costs O(replaced pods) calls, not O(job)).
         p.d.create_pods = missing if p.in_place else None
     st.launched_attempt = attempt  # written only after the creations succeed (kube layer order)
+    st.launched_spec = p.spec.to_wire()  # held edits stay out of it (p.spec is the effective spec)
     st.children = Children(
         pods=expected,
         spares=spares,
@@ -674,7 +678,23 @@ def observe(p: _Pass) -> Decision:
     return p.d
 
 
+def held_edits(p: _Pass) -> Decision | None:
+    """Without the webhook an edit of what the gang is reaches the API: say that it waits, and for what."""
+    st, held = p.st, list(p.held)
+    before = st.condition("SpecApplied")
+    if held:
+        fields = ", ".join(held)
+        msg = f"{fields} edited while the job is {st.phase}: not applied; it applies {WHEN_HELD}"
+        if before is None or before.status != "False" or before.message != msg:
+            p.d.events.append(Event("Warning", "SpecEditHeld", msg))
+        st.set_condition("SpecApplied", False, "HeldUntilResume", msg, p.now)
+    elif before is not None and before.status == "False" and st.phase != SUSPENDED:
+        st.set_condition("SpecApplied", True, "Applied", "the gang is launched from the spec as edited", p.now)
+    return None
+
+
 STEPS: tuple[Callable[[_Pass], Decision | None], ...] = (
+    held_edits,
     suspend,
     resume,
     waiting_for_old_gang,
@@ -803,11 +823,13 @@ def reconcile(
     nodes: Mapping[str, NodeObservation] | None = None,
     usable_nodes: list[str] | None = None,
     admission: str | None = None,
+    held: Sequence[str] = (),
 ) -> Decision:
     """`checked`: parse_spec(job's spec), once per pass. `nodes`: the Nodes the unfinished pods are bound to, by
     name (a node not listed is not judged). Pods on a gone node, or on one NotReady for
     spec.resilience.nodeNotReadySeconds (sooner when a pod of the attempt fails), count as lost and are force-deleted
-    (no kubelet will confirm). `usable_nodes`: schedulable Ready nodes when known (else no Wait)."""
+    (no kubelet will confirm). `usable_nodes`: schedulable Ready nodes when known (else no Wait). `held`: edited
+    fields the active gang does not take; `checked` is then the effective spec (spec_edits.effective_spec)."""
     st = status.model_copy(deep=True) if status is not None else JobStatus()
     valid = st.condition("Valid")
     if (
@@ -834,6 +856,7 @@ def reconcile(
         usable_nodes=usable_nodes,
         d=Decision(status=st),
         admission=admission,
+        held=held,
     )
     # pods of no current attempt go; on a lost node with grace 0 (no kubelet would confirm)
     p.d.delete_pods, p.d.force_delete_pods = teardown(p.stale, p.nodes)

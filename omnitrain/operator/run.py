@@ -26,6 +26,14 @@ def run_operator(verbose: bool = False) -> int:
         config.load_incluster_config()
     except config.ConfigException:
         config.load_kube_config()
+    elector = None
+    if settings.leader_election:
+        # a standby starts nothing (handlers, webhook, metrics port) until it holds the Lease
+        from omnitrain.operator.leader import LeaderElector
+
+        elector = LeaderElector(settings.leader_election)
+        elector.wait_to_lead()
+        elector.keep_leading()
     metrics = None
     if settings.metrics_port:
         from omnitrain.observability.operator_metrics import start_operator_metrics_server
@@ -39,12 +47,16 @@ def run_operator(verbose: bool = False) -> int:
         " ".join(settings.train_command),
         ",".join(settings.allowed_host_roots) or "(none)",
     )
-    asyncio.run(
-        kopf.operator(
-            clusterwide=not settings.namespaces,
-            namespaces=settings.namespaces,
-            standalone=settings.peering is None,
-            peering_name=settings.peering,
+    try:
+        asyncio.run(
+            kopf.operator(
+                clusterwide=not settings.namespaces,
+                namespaces=settings.namespaces,
+                standalone=settings.peering is None,
+                peering_name=settings.peering,
+            )
         )
-    )
+    finally:
+        if elector:
+            elector.release()
     return 0

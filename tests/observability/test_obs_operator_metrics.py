@@ -96,3 +96,13 @@ def test_operator_side_imports_load_no_torch():
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_time_queued_is_a_histogram_whose_count_is_the_admissions(metrics):
+    metrics.observe_admission("team-a", "video-3", 95.0)
+    metrics.observe_admission("team-a", "video-3", 4.0)
+    f = scrape(metrics.serve(0))
+    samples = {s.name: s.value for s in f[om.METRIC_QUEUED] if s.labels.get("omnitrain_job") == "video-3"}
+    assert samples[om.METRIC_QUEUED + "_count"] == 2 and samples[om.METRIC_QUEUED + "_sum"] == 99.0
+    metrics.forget_job("team-a", "video-3")
+    assert not [s for s in scrape(metrics.serve(0))[om.METRIC_QUEUED] if s.labels.get("omnitrain_job") == "video-3"]

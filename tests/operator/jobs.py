@@ -6,7 +6,7 @@ import datetime as dt
 
 from kubernetes import client
 
-from omnitrain.contract import TerminationMessage
+from omnitrain.contract import ExitCode, TerminationMessage
 from omnitrain.operator import crd, plan
 
 
@@ -86,6 +86,18 @@ def set_pod(
         }
     }
     client.CoreV1Api(api).patch_namespaced_pod_status(pod, ns, body)
+
+
+def set_hung(api, ns: str, pod: str) -> None:
+    """The pod ended as the watchdog ends a hung rank: exit 42, reason HangDetected."""
+    set_pod(
+        api,
+        ns,
+        pod,
+        "Failed",
+        int(ExitCode.HANG),
+        termination=TerminationMessage(reason="HangDetected", message="no step for 60 s"),
+    )
 
 
 def set_all(api, ns, job, phase, exit_code=None, attempt=None):

@@ -12,6 +12,7 @@ from control_plane import find_binaries
 
 from omnitrain.cli import main
 from omnitrain.operator import crd
+from omnitrain.operator.settings import OperatorSettings
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
@@ -30,11 +31,18 @@ def _build() -> list[dict]:
     return [d for d in yaml.safe_load_all(out.stdout) if d]
 
 
-def test_bundle_has_crd_rbac_and_a_single_recreate_operator():
+def test_bundle_has_crd_rbac_and_two_operator_replicas_with_leader_election():
     docs = {(d["kind"], d["metadata"]["name"]): d for d in _build()}
     assert docs[("CustomResourceDefinition", crd.CRD_NAME)] == crd.build_crd()
     dep = docs[("Deployment", "omnitrain-operator")]
-    assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"]["type"] == "Recreate"
+    # Recreate: a rolling update would wait forever for a standby to be Ready (only the leader is)
+    assert dep["spec"]["replicas"] == 2 and dep["spec"]["strategy"]["type"] == "Recreate"
+    container = dep["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e["value"] if "value" in e else e["valueFrom"]["fieldRef"]["fieldPath"] for e in container["env"]}
+    terms = OperatorSettings.from_env({k: v for k, v in env.items() if not v.startswith("metadata.")}).leader_election
+    assert terms is not None and env["POD_NAME"] == "metadata.name" and env["POD_NAMESPACE"] == "metadata.namespace"
+    # only the leader opens the metrics port, so only it is Ready and behind the Service
+    assert container["readinessProbe"]["tcpSocket"]["port"] == "metrics"
     assert dep["spec"]["template"]["spec"]["containers"][0]["command"] == ["omnitrain", "operator"]
     assert dep["spec"]["template"]["spec"]["serviceAccountName"] == "omnitrain-operator"
     rules = docs[("ClusterRole", "omnitrain-operator")]["rules"]
@@ -132,3 +140,47 @@ def test_validate_says_a_file_is_missing_without_a_traceback(tmp_path, capsys):
     assert main(["validate", str(tmp_path / "nope.yaml")]) == 2
     err = capsys.readouterr().err
     assert "cannot read" in err and "nope.yaml" in err and "No such file" in err and "Traceback" not in err
+
+
+def test_the_webhook_component_points_the_api_server_at_the_operators_handler(tmp_path):
+    """manifests/webhook on top of the bundle, as docs/operator.md has users write it: the configuration's rule,
+    Service port and path are the operator's (kopf handler id), and the Deployment mounts the certificate where
+    OMNITRAIN_WEBHOOK_CERT_DIR says."""
+    import os
+
+    from omnitrain.operator.handlers import WEBHOOK_ID
+
+    base = os.path.relpath(REPO / "manifests", tmp_path)
+    (tmp_path / "kustomization.yaml").write_text(f"resources: [{base}]\ncomponents: [{base}/webhook]\n")
+    out = subprocess.run([_kubectl(), "kustomize", str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    docs = {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(out.stdout) if d}
+    (hook,) = docs[("ValidatingWebhookConfiguration", "omnitrain.io")]["webhooks"]
+    assert hook["name"] == f"{WEBHOOK_ID}.omnitrain.io"
+    (rule,) = hook["rules"]
+    assert (rule["apiGroups"], rule["apiVersions"], rule["resources"]) == ([crd.GROUP], [crd.VERSION], [crd.PLURAL])
+    assert rule["operations"] == ["CREATE", "UPDATE"]
+    svc_ref = hook["clientConfig"]["service"]
+    assert svc_ref["path"] == f"/{WEBHOOK_ID}"
+    svc = docs[("Service", svc_ref["name"])]
+    port = next(p for p in svc["spec"]["ports"] if p["port"] == svc_ref["port"])
+    assert {p["name"] for p in svc["spec"]["ports"]} == {"metrics", "webhook"}
+    pod = docs[("Deployment", "omnitrain-operator")]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert port["targetPort"] in {p["name"] for p in container["ports"]}
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["OMNITRAIN_WEBHOOK_PORT"] == str(
+        next(p["containerPort"] for p in container["ports"] if p["name"] == "webhook")
+    )
+    mount = next(m for m in container["volumeMounts"] if m["mountPath"] == env["OMNITRAIN_WEBHOOK_CERT_DIR"])
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    cert = docs[("Certificate", "omnitrain-webhook")]
+    assert volume["secret"]["secretName"] == cert["spec"]["secretName"]
+    assert f"{svc['metadata']['name']}.{svc['metadata']['namespace']}.svc" in cert["spec"]["dnsNames"]
+    assert (
+        docs[("ValidatingWebhookConfiguration", "omnitrain.io")]["metadata"]["annotations"][
+            "cert-manager.io/inject-ca-from"
+        ]
+        == f"{cert['metadata']['namespace']}/{cert['metadata']['name']}"
+    )
+    assert env["OMNITRAIN_RESYNC_SECONDS"] == "10", "the base Deployment's env is kept"

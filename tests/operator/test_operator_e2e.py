@@ -12,7 +12,7 @@ import dying_operator
 import pytest
 import yaml
 from control_plane import wait_until
-from jobs import cond, create_job, events, get_job, patch_spec, pod_names, pods, set_all, set_pod, status
+from jobs import cond, create_job, events, get_job, patch_spec, pod_names, pods, set_all, set_hung, set_pod, status
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
@@ -146,7 +146,15 @@ def test_suspend_deletes_pods_and_resume_relaunches(api, operator, namespace):
     assert cond(status(api, ns, "pausable"), "Suspended")["status"] == "True"
     client.CoreV1Api(api).read_namespaced_service("pausable", ns)  # kept while suspended
     patch_spec(api, ns, "pausable", {"suspend": False})
-    wait_until(lambda: pod_names(api, ns, "pausable") == ["pausable-a1-n0", "pausable-a1-n1"], T, "attempt 1 pods")
+    # the pods are created before the status that counts them is written (the kube layer's order): wait for both
+    wait_until(
+        lambda: (
+            pod_names(api, ns, "pausable") == ["pausable-a1-n0", "pausable-a1-n1"]
+            and status(api, ns, "pausable").get("launchedAttempt") == 1
+        ),
+        T,
+        "attempt 1 pods",
+    )
     st = status(api, ns, "pausable")
     assert st["attempt"] == 1 and st["restarts"] == 0 and cond(st, "Suspended")["status"] == "False"
 
@@ -204,14 +212,7 @@ def test_retryable_failure_restarts_the_gang_then_permanent_exit_fails(api, oper
     wait_until(lambda: len(pods(api, ns, "flaky")) == 2, T, "two pods")
     set_all(api, ns, "flaky", "Running")
     wait_until(phase_is(api, ns, "flaky", "Running"), T, "Running")
-    set_pod(
-        api,
-        ns,
-        "flaky-a0-n1",
-        "Failed",
-        int(contract.ExitCode.HANG),
-        termination=contract.TerminationMessage(reason="HangDetected", message="no step for 60 s"),
-    )
+    set_hung(api, ns, "flaky-a0-n1")
     wait_until(lambda: pod_names(api, ns, "flaky") == ["flaky-a1-n0", "flaky-a1-n1"], T, "attempt 1 pods")
     st = status(api, ns, "flaky")
     assert st["attempt"] == 1 and st["restarts"] == 1

@@ -44,6 +44,7 @@ _RESOURCES = {
     "service_account": ("", "serviceaccounts"),
     "role": ("rbac.authorization.k8s.io", "roles"),
     "role_binding": ("rbac.authorization.k8s.io", "rolebindings"),
+    "lease": ("coordination.k8s.io", "leases"),
 }
 _VERBS = {"read": "get", "list": "list", "create": "create", "patch": "patch", "replace": "update", "delete": "delete"}
 

@@ -1,5 +1,7 @@
 """Operator settings from the environment: the pod command (torchrun behind the watchdog, or an override)."""
 
+import pytest
+
 from omnitrain.operator.plan import DEFAULT_TRAIN_COMMAND
 from omnitrain.operator.settings import OperatorSettings
 
@@ -78,3 +80,51 @@ def test_metrics_listen_on_loopback_unless_told_and_the_deployment_says_every_in
         assert metrics._server is not None and metrics._server.server_address[0] == "127.0.0.1"
     finally:
         metrics.close()
+
+
+def test_the_webhook_is_off_unless_a_port_is_set_and_needs_its_certificate():
+    from omnitrain.operator.settings import WebhookSettings
+
+    assert OperatorSettings.from_env({}).webhook is None
+    with pytest.raises(ValueError, match="OMNITRAIN_WEBHOOK_CERT_DIR"):
+        OperatorSettings.from_env({"OMNITRAIN_WEBHOOK_PORT": "9443"})
+    with pytest.raises(ValueError, match="OMNITRAIN_WEBHOOK_ADDRESS: 'localhost' is not an IP address"):
+        WebhookSettings.from_env(
+            {
+                "OMNITRAIN_WEBHOOK_PORT": "9443",
+                "OMNITRAIN_WEBHOOK_CERT_DIR": "/c",
+                "OMNITRAIN_WEBHOOK_ADDRESS": "localhost",
+            }
+        )
+    hook = OperatorSettings.from_env({"OMNITRAIN_WEBHOOK_PORT": "9443", "OMNITRAIN_WEBHOOK_CERT_DIR": "/c"}).webhook
+    assert hook == WebhookSettings(port=9443, cert_dir="/c", address="0.0.0.0", host=None, configuration=None)
+
+
+def test_leader_election_is_off_unless_a_lease_is_named_and_takes_the_pod_s_name_and_namespace():
+    assert OperatorSettings.from_env({}).leader_election is None
+    terms = OperatorSettings.from_env(
+        {"OMNITRAIN_LEADER_ELECTION": "omnitrain-operator", "POD_NAME": "op-7f9-x", "POD_NAMESPACE": "omnitrain-system"}
+    ).leader_election
+    assert terms is not None
+    assert (terms.name, terms.namespace, terms.identity) == ("omnitrain-operator", "omnitrain-system", "op-7f9-x")
+    assert (terms.duration_s, terms.renew_deadline_s, terms.retry_s) == (15, 10.0, 2.0)  # client-go's defaults
+    quick = OperatorSettings.from_env(
+        {
+            "OMNITRAIN_LEADER_ELECTION": "l",
+            "OMNITRAIN_LEADER_ELECTION_NAMESPACE": "ns",
+            "OMNITRAIN_LEADER_ELECTION_IDENTITY": "a",
+            "OMNITRAIN_LEASE_DURATION_SECONDS": "4",
+            "OMNITRAIN_LEASE_RENEW_DEADLINE_SECONDS": "3",
+            "OMNITRAIN_LEASE_RETRY_SECONDS": "0.5",
+        }
+    ).leader_election
+    assert quick is not None and (quick.namespace, quick.duration_s, quick.retry_s) == ("ns", 4, 0.5)
+
+
+def test_leader_election_settings_that_could_let_two_replicas_act_are_refused_naming_the_variables():
+    with pytest.raises(ValueError, match="OMNITRAIN_PEERING and OMNITRAIN_LEADER_ELECTION"):
+        OperatorSettings.from_env({"OMNITRAIN_LEADER_ELECTION": "l", "OMNITRAIN_PEERING": "p"})
+    with pytest.raises(ValueError, match="OMNITRAIN_LEASE_RETRY_SECONDS.*renew deadline"):
+        OperatorSettings.from_env({"OMNITRAIN_LEADER_ELECTION": "l", "OMNITRAIN_LEASE_RENEW_DEADLINE_SECONDS": "20"})
+    with pytest.raises(ValueError, match="OMNITRAIN_LEASE_DURATION_SECONDS: 'soon' is not a number"):
+        OperatorSettings.from_env({"OMNITRAIN_LEADER_ELECTION": "l", "OMNITRAIN_LEASE_DURATION_SECONDS": "soon"})

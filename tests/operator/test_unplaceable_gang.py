@@ -293,3 +293,19 @@ def test_a_preempted_gang_is_queued_again_resumes_and_spends_no_restart():
     assert r.status.phase == RUNNING and r.status.condition("Preempted").status == "False"
     assert r.status.condition("Preempted").reason == "Resumed"
     assert (r.status.restarts, r.status.total_restarts, r.status.preemptions) == (0, 0, 1)
+
+
+def test_the_time_a_gang_waited_for_admission_is_measured_when_the_queue_admits_it():
+    from omnitrain.operator.handlers import admission_wait_seconds
+    from omnitrain.status import JobStatus
+
+    waiting = JobStatus(phase=QUEUED)
+    waiting.set_condition("Queued", True, "WaitingForAdmission", "workload j-a0: QuotaReserved Pending", T0)
+    still = JobStatus(phase=QUEUED)
+    still.set_condition("Queued", True, "WaitingForAdmission", "insufficient quota", add_seconds(T0, 30))
+    admitted = JobStatus(phase="Pending")
+    admitted.set_condition("Queued", False, "Admitted", "workload j-a0 admitted", add_seconds(T0, 95))
+    assert admission_wait_seconds(waiting, still) is None  # still waiting
+    assert admission_wait_seconds(waiting, admitted) == 95.0
+    assert admission_wait_seconds(admitted, admitted) is None  # admitted before this pass: counted once
+    assert admission_wait_seconds(JobStatus(), admitted) is None  # never seen waiting: no wait to tell
