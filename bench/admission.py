@@ -36,7 +36,7 @@ import statistics
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -46,7 +46,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from kwokbench import create_job, job_status, kwok_cluster, kwok_job_spec, run_operator  # noqa: E402
+from kwokbench import create_job, job_status, kwok_cluster, kwok_job_spec, run_operator, watch_forever  # noqa: E402
 
 from omnitrain.devcluster.testing import wait_for  # noqa: E402
 from omnitrain.operator import plan  # noqa: E402
@@ -55,6 +55,7 @@ from omnitrain.operator.admission import (  # noqa: E402
     WORKLOAD_GROUP,
     WORKLOAD_PLURAL,
     WORKLOAD_VERSION,
+    workload_conditions,
 )
 
 GPUS_PER_NODE = 8
@@ -167,10 +168,6 @@ def group_state(pods: Iterable[PodView], nodes: int) -> tuple[bool, bool]:
     return admitted, admitted and all(p.phase == "Running" for p in present)
 
 
-def conditions_of(workload: dict) -> dict[str, dict]:
-    return {c.get("type", ""): c for c in (workload.get("status") or {}).get("conditions") or []}
-
-
 def partially_placed(pods: Iterable[PodView], nodes: int) -> bool:
     """Some pod of the attempt holds a node while not all `nodes` are placed (unbound, or not created yet). A pod
     that Succeeded counts as placed: the bench ends a gang pod by pod, and an ending gang waits for nothing."""
@@ -189,7 +186,7 @@ def time_partial(clock: GroupClock, partial: bool, now: float) -> None:
 
 
 def workload_admitted(workload: dict) -> bool:
-    return (conditions_of(workload).get("Admitted") or {}).get("status") == "True"
+    return (workload_conditions(workload).get("Admitted") or {}).get("status") == "True"
 
 
 def quota_released(conditions: dict[str, dict]) -> bool:
@@ -212,17 +209,6 @@ class Eviction:
     released: float | None = None  # quota_released first seen: the quota is free for the preemptor
 
 
-def quiet_forever(stop: threading.Event, what: str, stream: Callable[[], None]) -> None:
-    """kwokbench.watch_forever, silent once `stop` is set: a watch still open when the control plane goes away at
-    the end is no news."""
-    while not stop.is_set():
-        try:
-            stream()
-        except Exception as exc:
-            if not stop.is_set():
-                print(f"  ({what} watch: {exc.__class__.__name__}; watching again)", flush=True)
-
-
 @dataclass
 class ClusterWatch:
     """The namespace's pods from one list+watch (listed again whenever a watch ends, so a missed deletion is not
@@ -242,9 +228,9 @@ class ClusterWatch:
     stop: threading.Event = field(default_factory=threading.Event)
 
     def start(self) -> ClusterWatch:
-        threading.Thread(target=quiet_forever, args=(self.stop, "pod", self._pods), daemon=True).start()
+        threading.Thread(target=watch_forever, args=(self.stop, "pod", self._pods), daemon=True).start()
         if self.kueue:
-            threading.Thread(target=quiet_forever, args=(self.stop, "workload", self._workloads), daemon=True).start()
+            threading.Thread(target=watch_forever, args=(self.stop, "workload", self._workloads), daemon=True).start()
         return self
 
     def _pods(self) -> None:
@@ -314,7 +300,7 @@ class ClusterWatch:
     def _saw_workload(self, w: dict, now: float, deleted: bool) -> None:
         name = w["metadata"]["name"]
         self.uids[w["metadata"]["uid"]] = name
-        conditions = conditions_of(w)
+        conditions = workload_conditions(w)
         if not deleted and workload_admitted(w):
             self.admitted.add(name)
             self.admitted_at.setdefault(name, now)

@@ -141,12 +141,14 @@ def delete_job(api, namespace: str, name: str) -> None:
 
 
 def watch_forever(stop: threading.Event, what: str, stream) -> None:
-    """Runs `stream()` (a finite watch) again until `stop`: an overloaded API server ends watches with a 504."""
+    """Runs `stream()` (a finite watch) again until `stop`: an overloaded API server ends watches with a 504. Silent
+    once `stop` is set: a watch still open when the control plane goes away at the end is no news."""
     while not stop.is_set():
         try:
             stream()
         except Exception as exc:
-            print(f"  ({what} watch: {exc.__class__.__name__}; watching again)", flush=True)
+            if not stop.is_set():
+                print(f"  ({what} watch: {exc.__class__.__name__}; watching again)", flush=True)
 
 
 class PodClock:

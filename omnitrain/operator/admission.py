@@ -6,13 +6,18 @@ ADMISSION_GATE = "kueue.x-k8s.io/admission"  # the scheduling gate Kueue's pod w
 WORKLOAD_GROUP, WORKLOAD_VERSION, WORKLOAD_PLURAL = "kueue.x-k8s.io", "v1beta2", "workloads"
 
 
+def workload_conditions(workload: dict) -> dict[str, dict]:
+    """A Workload's conditions by type."""
+    return {c.get("type", ""): c for c in (workload.get("status") or {}).get("conditions") or []}
+
+
 def waiting_message(workload: dict | None, name: str) -> str:
     """Why the group waits, in Kueue's words: the first condition that is not True among QuotaReserved and
     Admitted (e.g. "couldn't assign flavors to pod set main: insufficient unused quota for nvidia.com/gpu in flavor
     default-flavor, 2 more needed"), or that its Workload does not exist yet."""
     if workload is None:
         return f"Kueue has not created workload {name} yet"
-    conditions = {c.get("type"): c for c in (workload.get("status") or {}).get("conditions") or []}
+    conditions = workload_conditions(workload)
     for kind in ("QuotaReserved", "Admitted"):
         c = conditions.get(kind)
         if c is not None and c.get("status") != "True":
@@ -22,4 +27,11 @@ def waiting_message(workload: dict | None, name: str) -> str:
     return f"workload {name} waits for a ClusterQueue to reserve quota"
 
 
-__all__ = ["ADMISSION_GATE", "WORKLOAD_GROUP", "WORKLOAD_PLURAL", "WORKLOAD_VERSION", "waiting_message"]
+__all__ = [
+    "ADMISSION_GATE",
+    "WORKLOAD_GROUP",
+    "WORKLOAD_PLURAL",
+    "WORKLOAD_VERSION",
+    "waiting_message",
+    "workload_conditions",
+]
