@@ -3,6 +3,7 @@ with the operator's API calls and the pods deleted and created per recovery, per
 by side in one run (issue 15: recovery time that does not grow with the job).
 
     .venv/bin/python bench/recovery_scale.py [--nodes 64 512 1024] [--mode InPlace InPlaceSpare Recreate] [--repeats 3]
+        [--busy-window 2]
 
 The fault is what a platform team would try first: `kubectl delete pod` of one rank (grace 0) of a job whose pods
 are all Running. "Recovered" depends on the mode: for Recreate, every pod of a newer attempt Running; in place
@@ -45,7 +46,7 @@ from omnitrain.operator import plan  # noqa: E402
 
 JOB = "rec"
 RECOVERY_TIMEOUT_S = 600
-BUSY_WINDOW_S = 2.0  # the operator's API calls are counted this long before each fault
+BUSY_WINDOW_S = 2.0  # default of --busy-window: the operator's API calls are counted this long before each fault
 MANY_CALLS = 40  # a recovery with more operator API calls prints them by kind
 
 
@@ -203,7 +204,9 @@ def gang_running(nodes: int) -> Callable[[list[PodView]], bool]:
     return check
 
 
-def measure(api, kube, health: NodeHealth, nodes: int, mode: str, repeats: int) -> list[dict]:
+def measure(
+    api, kube, health: NodeHealth, nodes: int, mode: str, repeats: int, busy_window_s: float = BUSY_WINDOW_S
+) -> list[dict]:
     from kubernetes import client
 
     ns = f"rec-{nodes}-{mode.lower()}"
@@ -231,7 +234,7 @@ def measure(api, kube, health: NodeHealth, nodes: int, mode: str, repeats: int) 
             # Is the operator still busy with the launch (or the last recovery) when the fault comes? Counted over
             # a short window before it, so a slow first recovery after a large launch can be told apart.
             busy0 = kube.counter.calls
-            time.sleep(BUSY_WINDOW_S)
+            time.sleep(busy_window_s)
             busy = kube.counter.calls - busy0
             flaps0, calls0, kinds0 = len(health.transitions), kube.counter.calls, kube.counter.snapshot()
             t0 = time.monotonic()
@@ -266,7 +269,7 @@ def measure(api, kube, health: NodeHealth, nodes: int, mode: str, repeats: int) 
                 f"nodes={nodes:4d} mode={mode} #{repeat}: whole gang Running again {r['recovery_s']:6.2f} s "
                 f"(last old pod gone {r['last_gone_s']:.2f} s, last new pod created {r['last_created_s']:.2f} s), "
                 f"operator API calls {calls}, pods deleted {deleted} / created {created}, node flaps {r['flaps']}, "
-                f"operator calls in the {BUSY_WINDOW_S:.0f} s before the fault {busy}",
+                f"operator calls in the {busy_window_s:.0f} s before the fault {busy}",
                 flush=True,
             )
             if calls > MANY_CALLS:  # where an expensive recovery went
@@ -375,6 +378,13 @@ def main() -> int:
     parser.add_argument("--nodes", type=int, nargs="+", default=[64, 512], help="job sizes (e.g. 64 512 1024)")
     parser.add_argument("--mode", nargs="+", default=sorted(MODES), choices=sorted(MODES))
     parser.add_argument("--repeats", type=int, default=3, help="faults per (size, mode); the table shows medians")
+    parser.add_argument(
+        "--busy-window",
+        type=float,
+        default=BUSY_WINDOW_S,
+        help="seconds between 'gang Running' and the fault, over which the operator's calls are counted (0: the "
+        "fault comes as soon as the gang is Running, e.g. right behind a large launch's event tail)",
+    )
     parser.add_argument("--plot", type=Path, help="PNG of recovery time and API calls against job size")
     parser.add_argument("--from-log", type=Path, help="no run: the table and plot from an earlier run's output")
     args = parser.parse_args()
@@ -400,7 +410,7 @@ def main() -> int:
         try:
             for nodes in args.nodes:
                 for mode in args.mode:
-                    rows += measure(api, kube, health, nodes, mode, args.repeats)
+                    rows += measure(api, kube, health, nodes, mode, args.repeats, args.busy_window)
         finally:
             stop.set()
             thread.join(30)
