@@ -1,4 +1,4 @@
-"""Subcommands of this area (registered by omnitrain.cli): `train` and `data synth`."""
+"""Subcommands of this area (registered by omnitrain.cli): `train`, `data synth`, `data shapes` and `data pack`."""
 
 from __future__ import annotations
 
@@ -25,6 +25,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     synth.add_argument("--preset", default="tiny", help="Model preset whose latent channels/text width to use.")
     synth.set_defaults(func=_synth)
 
+    shapes = data_sub.add_parser(
+        "shapes", help="Render a folder of real MP4 clips with captions (shapes of named colours moving)."
+    )
+    shapes.add_argument("--out", required=True, help="Folder for <name>.mp4 + <name>.txt (+ .ref.png, .context.mp4).")
+    shapes.add_argument("--clips", type=int, default=24)
+    shapes.add_argument("--seed", type=int, default=0)
+    shapes.set_defaults(func=_shapes)
+
+    pack = data_sub.add_parser(
+        "pack",
+        help="Pack a folder of clips and captions into pre-shuffled raw Parquet shards (unreadable files skipped).",
+    )
+    pack.add_argument("folder", help="Clips <name>.mp4 with captions <name>.txt (see docs/data.md for the layout).")
+    pack.add_argument("--out", required=True, help="A new folder for shard-*.parquet and dataset.json.")
+    pack.add_argument("--shards", type=int, default=4)
+    pack.add_argument("--seed", type=int, default=0, help="Seed of the shuffle.")
+    pack.add_argument(
+        "--store", choices=("bytes", "paths"), default="bytes", help="Clips inside the shards, or their paths."
+    )
+    pack.add_argument("--max-side", type=int, default=4096, help="Skip clips or images larger than this on a side.")
+    pack.add_argument("--max-frames", type=int, default=2048, help="Skip clips with more frames.")
+    pack.set_defaults(func=_pack)
+
 
 def _synth(args: argparse.Namespace) -> int:
     from omnitrain.model.config import resolve_model_config
@@ -49,6 +72,35 @@ def _synth(args: argparse.Namespace) -> int:
         ),
         log=lambda line: print(line, flush=True),
     )
+    return 0
+
+
+def _shapes(args: argparse.Namespace) -> int:
+    from omnitrain.trainer.data.shapes import ShapesSpec, write_shapes
+
+    if args.clips < 1:
+        print("--clips must be at least 1", file=sys.stderr)
+        return 2
+    write_shapes(args.out, ShapesSpec(clips=args.clips, seed=args.seed), log=lambda line: print(line, flush=True))
+    return 0
+
+
+def _pack(args: argparse.Namespace) -> int:
+    from omnitrain.media.video import MediaLimits
+    from omnitrain.trainer.data.pack import PackError, PackSpec, pack_folder
+
+    spec = PackSpec(
+        shards=args.shards,
+        seed=args.seed,
+        store=args.store,
+        limits=MediaLimits(max_side=args.max_side, max_frames=args.max_frames),
+    )
+    try:
+        report = pack_folder(args.folder, args.out, spec, log=lambda line: print(line, flush=True))
+    except PackError as error:
+        print(f"data pack: {error}", file=sys.stderr)
+        return 2
+    print(f"data pack: {report.samples} samples in {len(report.shards)} shards, {len(report.skipped)} files skipped")
     return 0
 
 

@@ -6,6 +6,7 @@ DataError naming the shard (and row)."""
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from omnitrain.trainer.data.schema import CorruptRow, DataSample, decode
 
 log = logging.getLogger(__name__)
 
+MANIFEST = "dataset.json"
 Position = tuple[int, int, int]  # (epoch, shard index, row)
 
 
@@ -35,6 +37,20 @@ def list_shards(folder: str | Path) -> list[Path]:
     return sorted(Path(folder).glob("shard-*.parquet"))
 
 
+def read_manifest(folder: str | Path) -> dict:
+    """The dataset's `dataset.json` (written last by every writer), or {} where there is none or it is unreadable."""
+    try:
+        manifest = json.loads((Path(folder) / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return {}
+    return manifest if isinstance(manifest, dict) else {}
+
+
+def _dataset_kind(folder: Path) -> str:
+    """ "raw" for clips packed by `omnitrain data pack`, "encoded" otherwise (synthetic manifests carry no kind)."""
+    return read_manifest(folder).get("kind", "encoded")
+
+
 class ShardReader:
     def __init__(self, folder: str | Path, on_corrupt: str = "skip"):
         if on_corrupt not in ("skip", "fail"):
@@ -44,6 +60,11 @@ class ShardReader:
         if not self.shards:
             raise DataError(
                 f"no shards (shard-*.parquet) in {self.folder}; check spec.data.path or set spec.data.synthetic"
+            )
+        if _dataset_kind(self.folder) == "raw":
+            raise DataError(
+                f"{self.folder} holds raw clips (omnitrain data pack), not encoded latents; point spec.data.path at"
+                " a dataset of encoded samples (omnitrain data synth)"
             )
         self.on_corrupt = on_corrupt
         self.corrupt = CorruptCounts()

@@ -15,10 +15,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from omnitrain.trainer.data.reader import MANIFEST
 from omnitrain.trainer.data.schema import SCHEMA, DataSample, encode
 
 CLASSES = 8
-MANIFEST = "dataset.json"
 
 
 @dataclass(frozen=True)
