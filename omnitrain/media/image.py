@@ -22,7 +22,7 @@ def decode_image(data: bytes, limits: MediaLimits = DEFAULT_LIMITS) -> np.ndarra
             width, height = image.size
             if width > limits.max_side or height > limits.max_side:
                 raise MediaError(f"{width}x{height} pixels, more than the limit of {limits.max_side} on a side")
-            pixels = np.asarray(image.convert("RGB"))
+            pixels = np.array(image.convert("RGB"))  # a copy: Pillow's buffer is read-only
     except MediaError:
         raise
     except (UnidentifiedImageError, OSError, ValueError) as error:

@@ -48,6 +48,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     pack.add_argument("--max-frames", type=int, default=2048, help="Skip clips with more frames.")
     pack.set_defaults(func=_pack)
 
+    encode = data_sub.add_parser(
+        "encode", help="Encode a raw dataset (data pack) with the frozen VAE and text encoder into encoded shards."
+    )
+    encode.add_argument("raw", help="A folder written by `omnitrain data pack`.")
+    encode.add_argument("--out", required=True, help="A new folder for the encoded shard-*.parquet and dataset.json.")
+    encode.add_argument(
+        "--encoders", help="YAML/JSON of spec.data.encoders (VAE, text encoder, buckets); unset: defaults."
+    )
+    encode.add_argument("--on-corrupt", choices=("skip", "fail"), default="skip")
+    encode.set_defaults(func=_encode)
+
 
 def _synth(args: argparse.Namespace) -> int:
     from omnitrain.model.config import resolve_model_config
@@ -101,6 +112,27 @@ def _pack(args: argparse.Namespace) -> int:
         print(f"data pack: {error}", file=sys.stderr)
         return 2
     print(f"data pack: {report.samples} samples in {len(report.shards)} shards, {len(report.skipped)} files skipped")
+    return 0
+
+
+def _encode(args: argparse.Namespace) -> int:
+    import yaml
+    from pydantic import ValidationError
+
+    from omnitrain.spec import EncodersSpec
+    from omnitrain.trainer.data.encode import encode_dataset
+    from omnitrain.trainer.data.encoders import EncoderError, Encoders
+    from omnitrain.trainer.data.reader import DataError
+
+    try:
+        text = open(args.encoders).read() if args.encoders else "{}"
+        spec = EncodersSpec.model_validate(yaml.safe_load(text) or {})
+        encoders = Encoders.load(spec)
+        report = encode_dataset(args.raw, args.out, encoders, args.on_corrupt, log=lambda line: print(line, flush=True))
+    except (OSError, yaml.YAMLError, ValidationError, EncoderError, DataError, ValueError) as error:
+        print(f"data encode: {error}", file=sys.stderr)
+        return 2
+    print(f"data encode: {report.samples} samples in {len(report.shards)} shards, {len(report.skipped)} skipped")
     return 0
 
 

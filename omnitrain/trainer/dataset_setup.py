@@ -9,8 +9,8 @@ from pathlib import Path
 
 from omnitrain.model.config import ModelConfig
 from omnitrain.spec import DataSpec
-from omnitrain.trainer.data.reader import DataError, list_shards
-from omnitrain.trainer.data.synthetic import MANIFEST, SynthSpec, write_synthetic
+from omnitrain.trainer.data.reader import MANIFEST, DataError, list_shards
+from omnitrain.trainer.data.synthetic import SynthSpec, write_synthetic
 
 WAIT_SECONDS = 600.0
 

@@ -29,7 +29,7 @@ from omnitrain.fsio import write_bytes_atomic
 from omnitrain.media.image import decode_image
 from omnitrain.media.video import DEFAULT_LIMITS, MediaError, MediaLimits, VideoInfo, probe_video
 from omnitrain.trainer.data.raw import RAW_SCHEMA, RawSample, decode_raw, encode_raw
-from omnitrain.trainer.data.reader import MANIFEST, list_shards, read_manifest
+from omnitrain.trainer.data.reader import MANIFEST, list_shards, read_manifest, refuse_existing_dataset
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
@@ -150,11 +150,6 @@ def _row(folder: Path, clip: ClipFiles, key: int, info: VideoInfo, caption: str,
         ) from error
 
 
-def _refuse_existing(out: Path) -> None:
-    if (out / MANIFEST).exists() or any(out.glob("shard-*.parquet")):
-        raise PackError(f"{out} already holds a dataset ({MANIFEST} or shard-*.parquet); pack into a new folder")
-
-
 def pack_folder(
     folder: str | Path, out: str | Path, spec: PackSpec = PackSpec(), log: Callable[[str], None] = print
 ) -> PackReport:
@@ -165,7 +160,10 @@ def pack_folder(
         raise PackError(f"--shards must be at least 1, not {spec.shards}")
     if not folder.is_dir():
         raise PackError(f"{folder} is not a folder")
-    _refuse_existing(out)
+    try:
+        refuse_existing_dataset(out)
+    except ValueError as error:
+        raise PackError(str(error)) from error
     clips = scan_folder(folder)
     if not clips:
         raise PackError(f"no clips ({', '.join(VIDEO_SUFFIXES)}) under {folder}")
