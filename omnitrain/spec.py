@@ -169,6 +169,15 @@ class EncodersSpec(_Spec):
     text: TextEncoderSpec = Field(default_factory=TextEncoderSpec)
     buckets: BucketSpec = Field(default_factory=BucketSpec)
     seed: int = Field(0, description="Seed of the latent sampling (with each sample's key).")
+    cpu_threads: int = Field(
+        1,
+        ge=1,
+        le=256,
+        description=(
+            "Intra-op threads while encoding on CPU. CPU kernels split their sums by thread count, so the same "
+            "count gives the same bits (online and pre-encoded alike) and another count differs in the last bits."
+        ),
+    )
 
 
 # A hard bound on one packed micro-batch (data.tokenBudget), far above any clip a video DiT trains on (a 720p,
@@ -194,6 +203,13 @@ class DataSpec(_Spec):
     )
     on_corrupt: Literal["skip", "fail"] = Field("skip", description="Skip corrupt rows/shards, or fail the job.")
     balance: bool = Field(True, description="Balance attention cost across data-parallel ranks.")
+    encoders: EncodersSpec | None = Field(
+        None,
+        description=(
+            "Encode raw clips in the job: path holds raw shards (omnitrain data pack), each data-parallel rank runs "
+            "the frozen VAE and text encoder on its own samples before the DiT step (docs/data.md)."
+        ),
+    )
 
 
 class TrainingSpec(_Spec):
@@ -707,6 +723,23 @@ def validate_job_spec(spec: JobSpec, allowed_host_roots: Sequence[str] | None = 
             FieldError(
                 field="spec.memory.offload",
                 message="elasticUlysses runs its own per-micro-batch schedule, which offload does not follow; use none",
+            )
+        )
+    if spec.data.encoders is not None and spec.data.synthetic is not None:
+        errors.append(
+            FieldError(
+                field="spec.data.encoders",
+                message=(
+                    "a synthetic dataset is written already encoded; encoders are for raw shards (omnitrain data "
+                    "pack): remove data.synthetic or data.encoders"
+                ),
+            )
+        )
+    if spec.data.encoders is not None and spec.training.stage == "dpo":
+        errors.append(
+            FieldError(
+                field="spec.data.encoders",
+                message="raw shards hold no preference pairs for stage dpo; encode pairs offline, or remove encoders",
             )
         )
     if spec.training.stage == "dpo" and not spec.training.init_from:

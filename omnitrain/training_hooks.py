@@ -25,6 +25,7 @@ class StepStats:
     flops: float | None = None  # model FLOPs of the whole job's step (omnitrain.model.flops)
     step_seconds: float | None = None  # slowest rank; None: a callback measures the time between its calls
     data_seconds: float | None = None  # of which waiting for input (this rank)
+    encode_seconds: float | None = None  # of that, in the frozen encoders (online encoding, spec.data.encoders)
 
 
 @dataclass(frozen=True)

@@ -237,7 +237,10 @@ class MetricsCallback(TrainerHooks, CheckpointHooks):
         step_seconds = _finite(stats.step_seconds) or measured
         loss, tokens, flops = _finite(stats.loss), _finite(stats.tokens), _finite(stats.flops)
         data_seconds = _finite(stats.data_seconds)
+        encode_seconds = _finite(stats.encode_seconds)
         m.step.set(step)
+        if encode_seconds is not None:
+            m.encode_seconds.observe(encode_seconds)
         if loss is not None:
             m.loss.set(loss)
         tps = mfu_value = None
@@ -252,6 +255,8 @@ class MetricsCallback(TrainerHooks, CheckpointHooks):
                 if mfu_value is not None:
                     m.mfu.set(mfu_value)
         extra = {"data_seconds": data_seconds} if data_seconds is not None else {}
+        if encode_seconds is not None:
+            extra["encode_seconds"] = encode_seconds
         self._record(
             "step",
             step=step,

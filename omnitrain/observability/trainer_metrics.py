@@ -29,6 +29,7 @@ METRIC_MODEL_FLOPS = "omnitrain_train_model_flops_per_device_per_second"
 METRIC_PEAK_FLOPS = "omnitrain_train_peak_flops_per_device"
 METRIC_WORLD_SIZE = "omnitrain_train_world_size"
 METRIC_ATTEMPT = "omnitrain_train_attempt"
+METRIC_ENCODE_SECONDS = "omnitrain_train_encode_seconds"
 METRIC_CHECKPOINT_BLOCKING = "omnitrain_checkpoint_blocking_seconds"
 METRIC_CHECKPOINT_INTERVAL = "omnitrain_checkpoint_interval_steps"
 METRIC_RESTORE_SECONDS = "omnitrain_checkpoint_restore_seconds"
@@ -139,6 +140,13 @@ class TrainerMetrics:
         self.step_seconds = Histogram(
             METRIC_STEP_SECONDS,
             "Wall time of one optimizer step.",
+            [JOB_LABEL],
+            buckets=STEP_SECONDS_BUCKETS,
+            registry=r,
+        ).labels(j)
+        self.encode_seconds = Histogram(
+            METRIC_ENCODE_SECONDS,
+            "Seconds of a step rank 0 spent in the frozen VAE and text encoder (online encoding; part of the step).",
             [JOB_LABEL],
             buckets=STEP_SECONDS_BUCKETS,
             registry=r,

@@ -5,6 +5,7 @@
     startup             attempt created (or its pods Running again, after a restart) -> its first step begins,
                         less the restore time
     data_loading        the part of steps spent waiting for input
+    data_encoding       of that, the frozen VAE and text encoder (online encoding)
     checkpoint_save     time the training loop was blocked by saves
     checkpoint_restore  loading the checkpoint a restarted attempt resumes from
     peer_restore        the same, when a rank read its shards from a peer node's copy (checkpoint.peerReplicas)
@@ -32,6 +33,7 @@ from enum import Enum
 BADPUT_CAUSES = (
     "startup",
     "data_loading",
+    "data_encoding",
     "checkpoint_save",
     "checkpoint_restore",
     "wasted_progress",
@@ -65,6 +67,7 @@ class Event:
     step: int | None = None
     seconds: float = 0.0
     data_seconds: float = 0.0
+    encode_seconds: float = 0.0  # STEP: the part of data_seconds in the encoders
     source: str = ""  # RESTORE: the slowest tier a rank read (local, peer, persistent); GENERATION_ANNOUNCED: "spare"
 
 
@@ -143,11 +146,13 @@ def compute_goodput(events: list[Event]) -> GoodputReport:
         for e in by_attempt[a]:
             if e.kind is EventKind.STEP:
                 data = min(max(e.data_seconds, 0.0), e.seconds)
+                encode = min(max(e.encode_seconds, 0.0), data)
                 if redo_bound is not None and e.step is not None and e.step > redo_bound:
                     badput["wasted_progress"] += e.seconds
                 else:
                     productive += e.seconds - data
-                    badput["data_loading"] += data
+                    badput["data_loading"] += data - encode
+                    badput["data_encoding"] += encode
             elif e.kind is EventKind.CHECKPOINT_SAVE:
                 badput["checkpoint_save"] += e.seconds
             elif e.kind is EventKind.RESTORE:
@@ -238,6 +243,7 @@ def events_from_metrics_log(
                     step=step,
                     seconds=float(r.get("step_seconds") or 0.0),
                     data_seconds=float(r.get("data_seconds") or 0.0),
+                    encode_seconds=float(r.get("encode_seconds") or 0.0),
                 )
             )
         elif kind == "checkpoint" and r.get("blocking_seconds") is not None:

@@ -117,6 +117,22 @@ def train(config: TrainerConfig, callbacks: list[TrainerCallback] | None = None,
         return _train(config, callbacks, log, stop)
 
 
+def _online_encoding(spec, model_cfg, device: torch.device):
+    """The frozen encoders of spec.data.encoders (None without), checked against the model."""
+    if spec.data.encoders is None:
+        return None
+    from omnitrain.trainer.data.encoders import EncoderError, Encoders
+    from omnitrain.trainer.data.online import OnlineEncoding
+    from omnitrain.trainer.data.pack import clip_root
+
+    try:
+        encoders = Encoders.load(spec.data.encoders, device=str(device))
+        encoders.check_model(model_cfg.latent_channels, model_cfg.text_dim, model_cfg.patch_size)
+    except EncoderError as error:
+        raise TrainConfigError(str(error)) from error
+    return OnlineEncoding(encoders, clip_root(spec.data.path), spec.data.on_corrupt)
+
+
 def _train(config: TrainerConfig, callbacks: list[TrainerCallback] | None, log, stop: StopRequest) -> TrainResult:
     from omnitrain.trainer.parallel import init_distributed, setup_parallel
     from omnitrain.trainer.parallel.elastic import PrefetchingLoader, RegroupedLoss, step_schedule
@@ -165,8 +181,9 @@ def _train(config: TrainerConfig, callbacks: list[TrainerCallback] | None, log, 
     )
     dp_index, dp_count = plan.data_shard
     elastic = plan.layout.elastic_ulysses
+    online = _online_encoding(spec, model_cfg, device)
     loader = PackedLoader(
-        ShardReader(spec.data.path, spec.data.on_corrupt),
+        ShardReader(spec.data.path, spec.data.on_corrupt, row_decoder=online.plan if online else None),
         model_cfg.patch_size,
         spec.data.token_budget,
         CostModel.of(model_cfg),
@@ -178,6 +195,7 @@ def _train(config: TrainerConfig, callbacks: list[TrainerCallback] | None, log, 
         text_dim=model_cfg.text_dim,
         latent_channels=model_cfg.latent_channels,
         elastic_ulysses=plan.ulysses_size if elastic else 0,
+        materialize=online.materialize if online else None,
     )
     if elastic:  # step N+1's micro-batches and where they run are worked out while step N trains
         loader = PrefetchingLoader(loader, lambda step: step_schedule(step, plan.ulysses_size))
@@ -209,8 +227,10 @@ def _train(config: TrainerConfig, callbacks: list[TrainerCallback] | None, log, 
     try:
         for step in range(start + 1, training.steps + 1):
             began = time.perf_counter()
+            encoded_before = online.seconds if online else 0.0
             batches, schedule = loader.next_step() if elastic else (loader.next_step(), None)
             data_seconds = time.perf_counter() - began
+            encode_seconds = online.seconds - encoded_before if online else None
             state.rng.manual_seed(step_seed(training.seed, step, dp_index))
             microbatches = step_inputs(batches, schedule, plan.ulysses_rank, state.rng, make_inputs, training, device)
             with autocast:
@@ -238,6 +258,7 @@ def _train(config: TrainerConfig, callbacks: list[TrainerCallback] | None, log, 
                 flops=training_flops(model_cfg, counts),
                 step_seconds=step_seconds,
                 data_seconds=data_seconds,
+                encode_seconds=encode_seconds,
             )
             for cb in callbacks:
                 cb.on_step_end(state=state, stats=stats)

@@ -31,6 +31,7 @@ def test_uninterrupted_run():
         {
             "startup": 10,
             "data_loading": 5,
+            "data_encoding": 0,
             "checkpoint_save": 1,
             "checkpoint_restore": 0,
             "wasted_progress": 0,

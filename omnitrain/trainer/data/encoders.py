@@ -8,6 +8,7 @@ seeded by (spec.seed, key). The encoders' weights are frozen (eval mode, no grad
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,6 +103,13 @@ class TextEncoder:
             self.width = int(self.model.config.hidden_size)
         self.device = device
 
+    def count_tokens(self, caption: str) -> int:
+        """How many embeddings __call__ returns for the caption, from the tokenizer alone (planning a step's
+        tokens on every rank costs no encoder run)."""
+        if self.kind == "sentence-transformers":
+            return int(self.model.tokenize([caption])["input_ids"].shape[1])
+        return len(self.tokenizer(caption, truncation=True, max_length=self.max_tokens)["input_ids"])
+
     @torch.no_grad()
     def __call__(self, caption: str) -> torch.Tensor:
         if self.kind == "sentence-transformers":
@@ -138,6 +146,12 @@ class VideoEncoder:
             return 2 ** sum(bool(x) for x in config.temperal_downsample)
         return int(getattr(config, "scale_factor_temporal", 1))
 
+    def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int, int]:
+        """The latent of a (frames, height, width) input, without running the VAE (a causal VAE keeps the first
+        frame and compresses the rest)."""
+        t, s = self.temporal_stride, self.spatial_stride
+        return (self.channels, 1 + (frames - 1) // t, height // s, width // s)
+
     @torch.no_grad()
     def __call__(self, pixels: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         dist = self.vae.encode(pixels[None].to(self.device)).latent_dist
@@ -160,10 +174,12 @@ class Encoders:
 
     @classmethod
     def load(cls, spec: EncodersSpec, device: str = "cpu") -> Encoders:
-        vae = load_vae(spec.vae)
+        with torch.random.fork_rng(devices=[]):  # a library that initialises before loading must not move our RNG
+            vae = load_vae(spec.vae).to(device)
+            text = TextEncoder(spec.text, device)
         b = spec.buckets
         grid = bucket_grid(b.area, tuple(b.aspects), b.max_frames, b.multiple)
-        encoders = cls(spec, VideoEncoder(vae, spec.vae, device), TextEncoder(spec.text, device), grid)
+        encoders = cls(spec, VideoEncoder(vae, spec.vae, device), text, grid)
         for name, values in (("latentsMean", spec.vae.latents_mean), ("latentsStd", spec.vae.latents_std)):
             if values is not None and len(values) != encoders.video.channels:
                 raise EncoderError(
@@ -206,18 +222,37 @@ class SkipSample(ValueError):
     """A raw sample that cannot be encoded (bad media, too short for every bucket); the message names the file."""
 
 
-def _bucket_of(info: VideoInfo, buckets: list[Bucket], source: str) -> Bucket:
+def bucket_of(info: VideoInfo, buckets: list[Bucket], source: str) -> Bucket:
     bucket = choose_bucket(info, buckets)
     if bucket is None:
         raise SkipSample(f"{source}: {info.frames} frames, fewer than every bucket needs ({min(buckets).frames})")
     return bucket
 
 
+@contextlib.contextmanager
+def _intra_op_threads(count: int, device: str):
+    """CPU results depend on how many threads split a reduction: encoding runs at a fixed count."""
+    if not device.startswith("cpu"):
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def encode_raw_sample(
     raw: RawSample, encoders: Encoders, root: str | Path, limits: MediaLimits = DEFAULT_LIMITS
 ) -> DataSample:
     """Decode, bucket, fit and encode one raw sample; raises SkipSample naming the file when it cannot."""
-    bucket = _bucket_of(raw.info, encoders.buckets, raw.source)
+    with _intra_op_threads(encoders.spec.cpu_threads, encoders.video.device):
+        return _encode_raw_sample(raw, encoders, root, limits)
+
+
+def _encode_raw_sample(raw: RawSample, encoders: Encoders, root: str | Path, limits: MediaLimits) -> DataSample:
+    bucket = bucket_of(raw.info, encoders.buckets, raw.source)
     generator = (
         torch.Generator().manual_seed(encoders.spec.seed * 1_000_003 + raw.key) if encoders.spec.vae.sample else None
     )
@@ -235,7 +270,7 @@ def encode_raw_sample(
         if raw.context is not None:
             context_clip = decode_video(raw.context, limits)
             same_size = [b for b in encoders.buckets if (b.height, b.width) == (bucket.height, bucket.width)]
-            context_bucket = _bucket_of(context_clip.info, same_size, f"{raw.source} (context)")
+            context_bucket = bucket_of(context_clip.info, same_size, f"{raw.source} (context)")
             context = encoders.video(fit_frames(context_clip.frames, context_bucket), generator)
     except MediaError as error:
         raise SkipSample(f"{raw.source}: {error}") from error

@@ -13,6 +13,7 @@ granularity of the per-micro-batch degree (balance.assign_elastic)."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -143,7 +144,10 @@ class PackedLoader:
         text_dim: int | None = None,
         latent_channels: int | None = None,
         elastic_ulysses: int = 0,
+        materialize: Callable[[DataSample], DataSample | None] | None = None,
     ):
+        # online encoding (online.py): the reader gives planned samples, this rank encodes its own bins' samples
+        self.materialize = materialize
         self.reader, self.patch_size, self.token_budget, self.cost = reader, patch_size, token_budget, cost
         self.dp_rank, self.dp_size, self.micro_batches = dp_rank, dp_size, micro_batches
         self.balance, self.pairs = balance, pairs
@@ -236,10 +240,21 @@ class PackedLoader:
             )
         return out
 
+    def _materialized(self, samples: list[DataSample]) -> list[DataSample]:
+        assert self.materialize is not None
+        encoded = [e for e in map(self.materialize, samples) if e is not None]
+        if not encoded:
+            raise DataError(
+                f"every sample of a micro-batch failed to encode (keys {[s.key for s in samples]}); see the warnings"
+            )
+        return encoded
+
     def next_step(self) -> list[PackedBatch] | ElasticStep:
         """This rank's micro-batches of the next step (its Ulysses group's ElasticStep with elastic_ulysses)."""
         bins = self.next_global_step()
         mine = bins[self.dp_rank * self.micro_batches : (self.dp_rank + 1) * self.micro_batches]
+        if self.materialize is not None:
+            mine = [self._materialized(samples) for samples in mine]
         fixed = [pack([r for s in samples for r in records_of(s, self.pairs)], self.patch_size) for samples in mine]
         if self.elastic_ulysses <= 1:
             return fixed

@@ -105,8 +105,17 @@ def scan_folder(folder: Path) -> list[ClipFiles]:
     return group_files(names)
 
 
-def _probe(folder: Path, clip: ClipFiles, limits: MediaLimits) -> tuple[VideoInfo, str]:
-    """The clip's size and caption; raises MediaError naming the file at fault."""
+@dataclass(frozen=True)
+class Probed:
+    key: int
+    clip: ClipFiles
+    info: VideoInfo
+    caption: str
+    context_frames: int | None
+
+
+def _probe(folder: Path, clip: ClipFiles, key: int, limits: MediaLimits) -> Probed:
+    """The clip's size and caption (and its context clip's length); raises MediaError naming the file at fault."""
     if clip.caption is None:
         raise MediaError(f"no caption file {clip.name}.txt")
     caption = (folder / clip.caption).read_text(errors="replace").strip()
@@ -118,32 +127,36 @@ def _probe(folder: Path, clip: ClipFiles, limits: MediaLimits) -> tuple[VideoInf
             decode_image((folder / reference).read_bytes(), limits)
         except MediaError as error:
             raise MediaError(f"{reference}: {error}") from error
+    context_frames = None
     if clip.context is not None:
         try:
-            probe_video(folder / clip.context, limits)
+            context_frames = probe_video(folder / clip.context, limits).frames
         except MediaError as error:
             raise MediaError(f"{clip.context}: {error}") from error
-    return info, caption
+    return Probed(key, clip, info, caption, context_frames)
 
 
-def _sample(folder: Path, clip: ClipFiles, key: int, info: VideoInfo, caption: str, spec: PackSpec) -> RawSample:
+def _sample(folder: Path, probed: Probed, spec: PackSpec) -> RawSample:
+    clip = probed.clip
     task = "v2v" if clip.context is not None else "i2v" if clip.references else "t2v"
     return RawSample(
-        key=key,
+        key=probed.key,
         task=task,
-        caption=caption,
+        caption=probed.caption,
         source=clip.video,
-        info=info,
+        info=probed.info,
         video=(folder / clip.video).read_bytes() if spec.store == "bytes" else None,
         video_path=clip.video if spec.store == "paths" else None,
         references=[(folder / r).read_bytes() for r in clip.references],
         context=(folder / clip.context).read_bytes() if clip.context is not None else None,
+        context_frames=probed.context_frames,
     )
 
 
-def _row(folder: Path, clip: ClipFiles, key: int, info: VideoInfo, caption: str, spec: PackSpec) -> dict:
+def _row(folder: Path, probed: Probed, spec: PackSpec) -> dict:
+    clip = probed.clip
     try:
-        return encode_raw(_sample(folder, clip, key, info, caption, spec))
+        return encode_raw(_sample(folder, probed, spec))
     except OSError as error:
         raise PackError(
             f"{clip.video} could not be read again after it was probed ({error}); nothing was written"
@@ -168,11 +181,10 @@ def pack_folder(
     if not clips:
         raise PackError(f"no clips ({', '.join(VIDEO_SUFFIXES)}) under {folder}")
     report = PackReport()
-    accepted: list[tuple[int, ClipFiles, VideoInfo, str]] = []
+    accepted: list[Probed] = []
     for key, clip in enumerate(clips):
         try:
-            info, caption = _probe(folder, clip, spec.limits)
-            accepted.append((key, clip, info, caption))
+            accepted.append(_probe(folder, clip, key, spec.limits))
         except (MediaError, OSError) as error:
             report.skipped.append((clip.video, str(error)))
         if (key + 1) % 100 == 0 or key + 1 == len(clips):
@@ -188,7 +200,7 @@ def pack_folder(
     try:
         for shard in range(shards):
             picked = [accepted[i] for i in order[shard * per_shard : (shard + 1) * per_shard]]
-            rows = [_row(folder, clip, key, info, caption, spec) for key, clip, info, caption in picked]
+            rows = [_row(folder, probed, spec) for probed in picked]
             path = out / f"shard-{shard:05d}.parquet"
             buffer = pa.BufferOutputStream()
             pq.write_table(pa.Table.from_pylist(rows, schema=RAW_SCHEMA), buffer, row_group_size=spec.row_group_size)

@@ -29,6 +29,7 @@ RAW_SCHEMA = pa.schema(
         ("fps", pa.float64()),
         ("references", pa.list_(pa.binary())),
         ("context", pa.binary()),
+        ("context_frames", pa.int32()),  # probed like the clip's: online encoding plans its tokens from it
     ]
 )
 
@@ -44,6 +45,7 @@ class RawSample:
     video_path: str | None = None
     references: list[bytes] = field(default_factory=list)
     context: bytes | None = None
+    context_frames: int | None = None
 
     def video_bytes(self, root: str | Path) -> bytes:
         """The clip's bytes, read from `root` when the row holds a path; a path that leaves the root is refused."""
@@ -74,6 +76,7 @@ def encode_raw(sample: RawSample) -> dict:
         "fps": sample.info.fps,
         "references": list(sample.references) or None,
         "context": sample.context,
+        "context_frames": sample.context_frames,
     }
 
 
@@ -98,9 +101,12 @@ def decode_raw(row: dict) -> RawSample:
         video_path=row.get("video_path"),
         references=list(row.get("references") or []),
         context=row.get("context"),
+        context_frames=row.get("context_frames"),
     )
     if sample.task == "i2v" and not sample.references:
         raise CorruptRow(f"{source}: an i2v row needs at least one reference image")
     if sample.task == "v2v" and sample.context is None:
         raise CorruptRow(f"{source}: a v2v row needs a context clip")
+    if sample.context is not None and not (sample.context_frames or 0) > 0:
+        raise CorruptRow(f"{source}: a context clip needs its frame count (context_frames)")
     return sample

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,7 +58,12 @@ def _dataset_kind(folder: Path) -> str:
 
 
 class ShardReader:
-    def __init__(self, folder: str | Path, on_corrupt: str = "skip"):
+    def __init__(
+        self,
+        folder: str | Path,
+        on_corrupt: str = "skip",
+        row_decoder: Callable[[dict], DataSample] | None = None,
+    ):
         if on_corrupt not in ("skip", "fail"):
             raise ValueError(f"spec.data.onCorrupt must be 'skip' or 'fail', not {on_corrupt!r}")
         self.folder = Path(folder)
@@ -67,11 +72,18 @@ class ShardReader:
             raise DataError(
                 f"no shards (shard-*.parquet) in {self.folder}; check spec.data.path or set spec.data.synthetic"
             )
-        if _dataset_kind(self.folder) == "raw":
+        raw = _dataset_kind(self.folder) == "raw"
+        if raw and row_decoder is None:
             raise DataError(
-                f"{self.folder} holds raw clips (omnitrain data pack), not encoded latents; point spec.data.path at"
-                " a dataset of encoded samples (omnitrain data synth)"
+                f"{self.folder} holds raw clips (omnitrain data pack), not encoded latents; set spec.data.encoders "
+                "to encode them in the job, or encode them once with omnitrain data encode"
             )
+        if not raw and row_decoder is not None:
+            raise DataError(
+                f"{self.folder} holds encoded samples, not raw clips; spec.data.encoders is for raw shards "
+                "(omnitrain data pack): remove it"
+            )
+        self.decode_row = row_decoder or decode
         self.on_corrupt = on_corrupt
         self.corrupt = CorruptCounts()
         self._bad_shards: set[int] = set()
@@ -135,7 +147,7 @@ class ShardReader:
                 if rows is None:
                     return None
                 try:
-                    return decode(rows[row - first])
+                    return self.decode_row(rows[row - first])
                 except (CorruptRow, KeyError, TypeError, ValueError) as error:
                     self.corrupt.rows += 1
                     self._corrupt(f"shard {self.shards[shard]} row {row}", error)

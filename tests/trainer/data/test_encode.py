@@ -11,44 +11,22 @@ import pytest
 import torch
 
 from omnitrain.cli import main
-from omnitrain.spec import BucketSpec, EncodersSpec, TrainerConfig
+from omnitrain.spec import TrainerConfig
 from omnitrain.trainer.data.encode import encode_dataset
 from omnitrain.trainer.data.encoders import EncoderError, Encoders, SkipSample, encode_raw_sample
-from omnitrain.trainer.data.pack import PackSpec, clip_root, pack_folder, raw_samples
+from omnitrain.trainer.data.pack import clip_root, raw_samples
 from omnitrain.trainer.data.raw import RAW_SCHEMA
 from omnitrain.trainer.data.reader import DataError, list_shards, read_manifest
 from omnitrain.trainer.data.schema import decode
-from omnitrain.trainer.data.shapes import ShapesSpec, draw, write_shapes
+from omnitrain.trainer.data.shapes import draw
 from omnitrain.trainer.train import train
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
+sys.path.insert(0, str(Path(__file__).parent))
+from clip_fixtures import CLIPS, ENCODERS, QUIET  # noqa: E402
 from train_helpers import config_dict  # noqa: E402
 
-QUIET = dict(log=lambda *_: None)
-SPEC = EncodersSpec(buckets=BucketSpec(area=32 * 32, max_frames=9))
-CLIPS = ShapesSpec(clips=6, seed=11, reference_fraction=0.34, context_fraction=0.34)
-
-
-@pytest.fixture(scope="module")
-def encoders():
-    return Encoders.load(SPEC)
-
-
-@pytest.fixture(scope="module")
-def raw(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("clips")
-    write_shapes(folder, CLIPS, **QUIET)
-    out = tmp_path_factory.mktemp("raw") / "raw"
-    pack_folder(folder, out, PackSpec(shards=2, seed=4), **QUIET)
-    return out
-
-
-@pytest.fixture(scope="module")
-def encoded(raw, encoders, tmp_path_factory):
-    out = tmp_path_factory.mktemp("encoded") / "encoded"
-    report = encode_dataset(raw, out, encoders, **QUIET)
-    assert report.samples == CLIPS.clips and not report.skipped
-    return out
+SPEC = ENCODERS
 
 
 def _encoded_samples(folder):
@@ -154,3 +132,17 @@ def test_the_cli_refuses_what_is_not_a_raw_dataset_and_an_existing_output(encode
     bad.write_text("vae: {className: diffusers.NoSuchVae}\n")
     assert main(["data", "encode", str(raw), "--out", str(tmp_path / "y"), "--encoders", str(bad)]) == 2
     assert "encoders.vae.className: cannot import 'diffusers.NoSuchVae'" in capsys.readouterr().err
+
+
+def test_the_callers_thread_count_does_not_change_the_bits(raw, encoders):
+    sample = next(raw_samples(raw))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        a = encode_raw_sample(sample, encoders, clip_root(raw))
+        torch.set_num_threads(1)
+        b = encode_raw_sample(sample, encoders, clip_root(raw))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(a.video, b.video) and torch.equal(a.text, b.text)
+    assert torch.get_num_threads() == threads  # restored

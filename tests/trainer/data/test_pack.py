@@ -72,6 +72,7 @@ def test_packed_shards_round_trip_every_clip_caption_reference_and_context(clips
             assert sample.references == [(clips / f"{name}.ref.png").read_bytes()]
         if kind == "v2v":
             assert sample.context == (clips / f"{name}.context.mp4").read_bytes()
+            assert sample.context_frames == motion.frames
     manifest = json.loads((tmp_path / "raw" / "dataset.json").read_text())
     assert manifest["kind"] == "raw" and manifest["samples"] == 10 and manifest["skipped"] == []
 

@@ -1,0 +1,169 @@
+"""Online encoding: raw shards through the frozen encoders inside the loader give the same packed batches, step for
+step and rank for rank, as the same clips pre-encoded by `omnitrain data encode`; each data rank encodes only its
+own samples; and the multi-process trainer on raw clips ends with the parameters it ends with on pre-encoded ones."""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from omnitrain.checkpoint_paths import shard_file_name
+from omnitrain.model.config import resolve_model_config
+from omnitrain.trainer.data.balance import CostModel
+from omnitrain.trainer.data.loader import PackedLoader
+from omnitrain.trainer.data.online import OnlineEncoding, PlannedSample
+from omnitrain.trainer.data.pack import clip_root
+from omnitrain.trainer.data.reader import DataError, ShardReader
+
+sys.path.insert(0, str(Path(__file__).parents[1]))
+sys.path.insert(0, str(Path(__file__).parent))
+from clip_fixtures import CLIPS, ENCODERS  # noqa: E402
+from train_helpers import config_dict, write_config  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[3]
+MODEL = resolve_model_config("tiny", {"text_dim": 384})
+DP, MICRO = 2, 2
+
+
+def _loader(folder, rank, online=None):
+    return PackedLoader(
+        ShardReader(folder, row_decoder=online.plan if online else None),
+        MODEL.patch_size,
+        token_budget=160,
+        cost=CostModel.of(MODEL),
+        dp_rank=rank,
+        dp_size=DP,
+        micro_batches=MICRO,
+        text_dim=MODEL.text_dim,
+        latent_channels=MODEL.latent_channels,
+        materialize=online.materialize if online else None,
+    )
+
+
+def _same(a, b):
+    for field in dataclasses.fields(a):
+        x, y = getattr(a, field.name), getattr(b, field.name)
+        if isinstance(x, torch.Tensor):
+            assert x.dtype == y.dtype and torch.equal(x, y), field.name
+        else:
+            assert x == y, field.name
+
+
+def test_online_batches_equal_pre_encoded_ones_on_every_rank_and_each_rank_encodes_only_its_own(raw, encoded, encoders):
+    steps = 4  # more than an epoch of 12 clips at this budget: the wrap-around is covered too
+    onlines = [OnlineEncoding(encoders, clip_root(raw)) for _ in range(DP)]
+    online_loaders = [_loader(raw, r, onlines[r]) for r in range(DP)]
+    pre_loaders = [_loader(encoded, r) for r in range(DP)]
+    encoded_per_step = []
+    for _ in range(steps):
+        before = [o.samples for o in onlines]
+        step_samples = 0
+        for rank in range(DP):
+            online_batches, pre_batches = online_loaders[rank].next_step(), pre_loaders[rank].next_step()
+            assert len(online_batches) == len(pre_batches) == MICRO
+            for a, b in zip(online_batches, pre_batches):
+                _same(a, b)
+            step_samples += sum(b.num_samples for b in pre_batches)
+        mine = [o.samples - b for o, b in zip(onlines, before)]
+        assert sum(mine) == step_samples  # every sample encoded once, by the rank that trains on it
+        encoded_per_step.append(mine)
+    assert all(all(n > 0 for n in per_rank) for per_rank in encoded_per_step)
+    assert online_loaders[0].reader.epoch >= 1
+
+
+def test_planned_samples_hold_no_memory_and_have_the_encoded_shapes(raw, encoded, encoders):
+    online = OnlineEncoding(encoders, clip_root(raw))
+    reader = ShardReader(raw, row_decoder=online.plan)
+    for _ in range(CLIPS.clips):
+        _, planned = next(reader)
+        assert isinstance(planned, PlannedSample) and planned.video.is_meta and planned.text.is_meta
+        encoded = online.materialize(planned)
+        assert encoded.video.shape == planned.video.shape and encoded.text.shape == planned.text.shape
+        assert not encoded.video.is_meta
+
+
+def test_resume_mid_stream_gives_the_same_next_batches(raw, encoders):
+    def run(steps, state=None):
+        loader = _loader(raw, 0, OnlineEncoding(encoders, clip_root(raw)))
+        if state is not None:
+            loader.load_state_dict(state)
+        return [loader.next_step() for _ in range(steps)], loader.state_dict()
+
+    straight, _ = run(3)
+    _, state = run(1)
+    resumed, _ = run(2, json.loads(json.dumps(state)))
+    for a, b in zip(straight[1:], resumed):
+        for x, y in zip(a, b):
+            _same(x, y)
+
+
+def test_a_raw_folder_without_encoders_and_encoders_on_an_encoded_folder_are_refused(raw, encoded, encoders):
+    with pytest.raises(DataError, match="set spec.data.encoders"):
+        ShardReader(raw)
+    with pytest.raises(DataError, match="spec.data.encoders is for raw shards"):
+        ShardReader(encoded, row_decoder=OnlineEncoding(encoders, clip_root(raw)).plan)
+
+
+def test_a_clip_that_changed_since_packing_fails_naming_it(raw, encoders, tmp_path):
+    online = OnlineEncoding(encoders, clip_root(raw), on_corrupt="fail")
+    _, planned = next(ShardReader(raw, row_decoder=online.plan))
+    planned.raw.video = planned.raw.video[:200]
+    with pytest.raises(DataError, match=planned.raw.source):
+        online.materialize(planned)
+    skipping = OnlineEncoding(encoders, clip_root(raw), on_corrupt="skip")
+    assert skipping.materialize(planned) is None
+
+
+def _torchrun(cfg, tmp_path, name):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    env["OMNITRAIN_TERMINATION_LOG"] = str(tmp_path / f"termination-{name}")
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+        + ["-m", "omnitrain", "train", "--config", cfg],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+@pytest.mark.slow
+def test_two_trainer_processes_on_raw_clips_end_with_the_parameters_of_pre_encoded_training(raw, encoded, tmp_path):
+    finals = {}
+    for name, folder, encoders in (("online", raw, ENCODERS.to_wire()), ("pre", encoded, None)):
+        root = tmp_path / name
+        data = config_dict(root, steps=3)
+        data["spec"]["data"] = {"path": str(folder), "tokenBudget": 160}
+        if encoders is not None:
+            data["spec"]["data"]["encoders"] = encoders
+        data["spec"]["model"] = {"preset": "tiny", "textDim": 384}
+        data["spec"]["parallelism"] = {"nodes": 1, "gpusPerNode": 2, "microBatches": 2}
+        data["spec"]["checkpoint"]["intervalSteps"] = 3
+        proc = _torchrun(write_config(tmp_path / f"{name}.yaml", data), tmp_path, name)
+        assert "step 3/3" in proc.stdout
+        shard = root / "local" / "looptest" / "step-3" / shard_file_name(0)
+        finals[name] = torch.load(shard, map_location="cpu", weights_only=False)["train"]["model"]
+    online, pre = finals["online"], finals["pre"]
+    assert online.keys() == pre.keys()
+    assert all(torch.equal(online[k], pre[k]) for k in online)
+
+
+def test_the_spec_refuses_encoders_beside_a_synthetic_dataset_or_for_dpo():
+    from omnitrain.spec import JobSpec, validate_job_spec
+
+    def fields(**data):
+        return [e.field for e in validate_job_spec(JobSpec.model_validate(data)) if "encoders" in e.message]
+
+    assert fields(data={"encoders": {}}) == []
+    assert fields(data={"encoders": {}, "synthetic": {}}) == ["spec.data.encoders"]
+    assert fields(data={"encoders": {}}, training={"stage": "dpo", "initFrom": "/x"}) == ["spec.data.encoders"]
+    wire = JobSpec.model_validate({"data": {"encoders": {"vae": {"config": {"base_dim": 16}}}}}).to_wire()
+    assert wire["data"]["encoders"]["vae"]["config"] == {"base_dim": 16}  # the VAE's own names stay as they are
