@@ -119,9 +119,9 @@ def _encode(args: argparse.Namespace) -> int:
     import yaml
     from pydantic import ValidationError
 
+    from omnitrain.encoders import EncoderError, Encoders
     from omnitrain.spec import EncodersSpec
     from omnitrain.trainer.data.encode import encode_dataset
-    from omnitrain.trainer.data.encoders import EncoderError, Encoders
     from omnitrain.trainer.data.reader import DataError
 
     try:

@@ -121,7 +121,7 @@ def _online_encoding(spec, model_cfg, device: torch.device):
     """The frozen encoders of spec.data.encoders (None without), checked against the model."""
     if spec.data.encoders is None:
         return None
-    from omnitrain.trainer.data.encoders import EncoderError, Encoders
+    from omnitrain.encoders import EncoderError, Encoders
     from omnitrain.trainer.data.online import OnlineEncoding
     from omnitrain.trainer.data.pack import clip_root
 

@@ -16,8 +16,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from omnitrain.encoders import Encoders
 from omnitrain.fsio import write_bytes_atomic
-from omnitrain.trainer.data.encoders import Encoders, SkipSample, encode_raw_sample
+from omnitrain.trainer.data.encoders import SkipSample, encode_raw_sample
 from omnitrain.trainer.data.pack import clip_root
 from omnitrain.trainer.data.raw import CorruptRow, decode_raw
 from omnitrain.trainer.data.reader import MANIFEST, DataError, list_shards, read_manifest, refuse_existing_dataset

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import torch
 
+from omnitrain.encoders import Encoders
 from omnitrain.media.buckets import Bucket
-from omnitrain.trainer.data.encoders import Encoders, SkipSample, bucket_of, encode_raw_sample
+from omnitrain.trainer.data.encoders import SkipSample, bucket_of, encode_raw_sample
 from omnitrain.trainer.data.raw import RawSample, decode_raw
 from omnitrain.trainer.data.reader import DataError
 from omnitrain.trainer.data.schema import CorruptRow, DataSample

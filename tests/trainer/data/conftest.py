@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from omnitrain.encoders import Encoders
 from omnitrain.trainer.data.encode import encode_dataset
-from omnitrain.trainer.data.encoders import Encoders
 from omnitrain.trainer.data.pack import PackSpec, pack_folder
 from omnitrain.trainer.data.shapes import write_shapes
 

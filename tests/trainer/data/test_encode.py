@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from omnitrain.cli import main
+from omnitrain.encoders import EncoderError, Encoders
 from omnitrain.spec import TrainerConfig
 from omnitrain.trainer.data.encode import encode_dataset
-from omnitrain.trainer.data.encoders import EncoderError, Encoders, SkipSample, encode_raw_sample
+from omnitrain.trainer.data.encoders import SkipSample, encode_raw_sample
 from omnitrain.trainer.data.pack import clip_root, raw_samples
 from omnitrain.trainer.data.raw import RAW_SCHEMA
 from omnitrain.trainer.data.reader import DataError, list_shards, read_manifest
