@@ -104,7 +104,7 @@ def probe_video(source: bytes | str | Path, limits: MediaLimits = DEFAULT_LIMITS
     return decode_video(source, limits).info
 
 
-def encode_video(frames: np.ndarray, fps: float = 8.0, crf: int = 18) -> bytes:
+def encode_video(frames: np.ndarray, fps: float = 8.0, quantizer: int = 18) -> bytes:
     """uint8 [T, H, W, 3] RGB -> MP4 bytes (H.264, yuv420p; odd sides are padded by one edge row/column because
     4:2:0 chroma needs even sides)."""
     import av
@@ -121,10 +121,18 @@ def encode_video(frames: np.ndarray, fps: float = 8.0, crf: int = 18) -> bytes:
         assert isinstance(stream, av.video.stream.VideoStream)  # a video codec's name gives a video stream
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"
+        # Constant quantiser, one thread: with crf rate control x264 sometimes gave the same frames as different
+        # bytes from one call to the next (measured here: 2 distinct files in 10 encodings), and "same seed, same
+        # video" is a promise of the server.
+        stream.codec_context.thread_count = 1
         if stream.codec_context.name == "libx264":
-            stream.options = {"crf": str(crf), "preset": "veryfast"}
-        for array in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")):
+            stream.options = {"qp": str(quantizer), "preset": "veryfast", "threads": "1"}
+        rate = Fraction(fps).limit_denominator(1001)
+        stream.codec_context.time_base = 1 / rate
+        for index, array in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(array, format="rgb24")
+            frame.pts, frame.time_base = index, 1 / rate  # unset, they were whatever the last frame left behind
+            for packet in stream.encode(frame):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)

@@ -9,7 +9,10 @@ GET /healthz   200 while the process serves HTTP (liveness)
 GET /readyz    200 once the model is loaded, 503 before (readiness: the Service routes only to loaded pods); its
                conditionCache says whether the cached condition keys/values compute the model as trained
 GET /metrics   Prometheus text
+GET /openapi.json   the OpenAPI document (omnitrain/serving/openapi.py)
 POST /v1/generate   GenerateRequest JSON -> latent video (shape, stats, optionally the latent as npy/base64)
+POST /v1/videos     VideoRequest JSON (a prompt, base64 reference images / context clip) -> video/mp4 (or JSON with
+                    the latent), through the job's encoders (models trained with spec.data.encoders)
 """
 
 from __future__ import annotations
@@ -24,9 +27,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 
-from omnitrain.serving.api import GenerateRequest
+from omnitrain.serving.api import GenerateRequest, VideoRequest
 from omnitrain.serving.batching import BatchQueue
 from omnitrain.serving.engine import InferenceEngine, RequestError
+from omnitrain.serving.openapi import openapi_document
 
 log = logging.getLogger(__name__)
 MAX_BODY = 64 << 20
@@ -77,6 +81,7 @@ def read_body(rfile, length: int, deadline: float) -> bytes:
     return b"".join(chunks)
 
 
+OPENAPI = openapi_document()
 _BUSY = json.dumps({"error": "too many connections; retry later"}).encode()
 _BUSY_RESPONSE = (
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nConnection: close\r\n"
@@ -172,6 +177,26 @@ class InferenceServer:
         result = self.queue.submit(prepared.batch_key, prepared).result(timeout=self.request_timeout_s)
         return 200, result
 
+    def _video(self, body: bytes) -> tuple[int, dict | bytes]:
+        engine = self.engine
+        if not engine.loaded.is_set():
+            return 503, {"error": engine.load_error or "model is loading; retry when /readyz answers 200"}
+        try:
+            req = VideoRequest.model_validate_json(body)
+            prepared = engine.prepare_video(req)
+        except ValidationError as e:
+            return 400, {"error": _validation_message(e)}
+        except RequestError as e:
+            return 400, {"error": str(e)}
+        result = self.queue.submit(prepared.batch_key, prepared).result(timeout=self.request_timeout_s)
+        latent = result.pop("latent_tensor")
+        if req.response == "latent":
+            from omnitrain.serving.api import encode_array
+
+            return 200, {**result, "latent": encode_array(latent)}
+        assert engine.media is not None
+        return 200, engine.media.to_mp4(latent, req.fps)
+
     def _handler_class(self):
         server = self
 
@@ -220,13 +245,15 @@ class InferenceServer:
                         self._json(
                             503, {"status": "failed" if engine.load_error else "loading", "error": engine.load_error}
                         )
+                elif self.path == "/openapi.json":
+                    self._json(200, OPENAPI)
                 elif self.path == "/metrics":
                     self._send(200, generate_latest(engine.metrics.registry), CONTENT_TYPE_LATEST)
                 else:
                     self._json(404, {"error": f"no route {self.path}"})
 
             def do_POST(self):
-                if self.path != "/v1/generate":
+                if self.path not in ("/v1/generate", "/v1/videos"):
                     self._json(404, {"error": f"no route {self.path}"})
                     return
                 started = time.monotonic()
@@ -238,14 +265,17 @@ class InferenceServer:
                     self._json(e.code, {"error": str(e)}, close=True)
                     return
                 try:
-                    code, obj = server._generate(body)
+                    code, obj = server._generate(body) if self.path == "/v1/generate" else server._video(body)
                 except Exception as e:  # a failed batch: the client learns why, the server lives on
-                    log.exception("generate failed")
+                    log.exception("%s failed", self.path)
                     code, obj = 500, {"error": f"{type(e).__name__}: {e}"}
                 server.engine.metrics.requests.labels(code=str(code)).inc()
                 if code == 200:
                     server.engine.metrics.latency.observe(time.monotonic() - started)
-                self._json(code, obj)
+                if isinstance(obj, bytes):
+                    self._send(code, obj, "video/mp4")
+                else:
+                    self._json(code, obj)
 
         return Handler
 

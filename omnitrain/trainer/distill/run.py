@@ -90,6 +90,8 @@ def run_distill(trainer_config: TrainerConfig, teacher: str | None = None, out: 
                 "job": job,
                 "final_trajectory_loss": stats.trajectory_loss[-1],
                 "seconds": stats.seconds,
+                # the server encodes prompts and decodes videos with the job's own encoders
+                **({"encoders": spec.data.encoders.to_wire()} if spec.data.encoders is not None else {}),
             },
         ),
     )
