@@ -104,7 +104,8 @@ class TextEncoder:
         """How many embeddings __call__ returns for the caption, from the tokenizer alone (planning a step's
         tokens on every rank costs no encoder run)."""
         if self.kind == "sentence-transformers":
-            return int(self.model.tokenize([caption])["input_ids"].shape[1])
+            tokenize = getattr(self.model, "preprocess", None) or self.model.tokenize  # renamed in 6.x
+            return int(tokenize([caption])["input_ids"].shape[1])
         return len(self.tokenizer(caption, truncation=True, max_length=self.max_tokens)["input_ids"])
 
     @torch.no_grad()
