@@ -1,8 +1,11 @@
 """`make demo`: the whole loop on this machine, end to end.
 
 Starts the local cluster (.dev/cluster), installs the CRD, runs the operator, applies examples/quickstart.yaml
-(a tiny DiT on 2 nodes x 2 CPU "GPUs"), prints progress until the job ends, then the status view and a report.
-The cluster stays up afterwards for kubectl (the export line is printed); `make clean` stops it.
+(a tiny DiT on 2 nodes x 2 CPU "GPUs", trained on real MP4 clips of coloured shapes through the online VAE and text
+encoder), prints progress until the job ends, then the status view and a report; then follows the promotion
+(distillation, the FP8 inference Deployment), asks the served model for a clip from a prompt and saves it as
+.dev/demo/demo.mp4 with a contact sheet of its frames. The cluster stays up afterwards for kubectl (the export line
+is printed); `make clean` stops it.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ NAMESPACE = "default"
 CLAIM = "quickstart-checkpoints"
 LOCAL_PATH = "/var/lib/omnitrain/quickstart"  # spec.checkpoint.localPath in examples/quickstart.yaml
 TIMEOUT_S = float(os.environ.get("OMNITRAIN_DEMO_TIMEOUT", "1200"))
+PROMPT = "a red circle moving right"
+OUT = REPO / ".dev" / "demo"
 
 
 def log(msg: str) -> None:
@@ -80,18 +85,19 @@ def remove_previous_run(cluster, kubeconfig: Path) -> None:
         check=False,
     )
     if "deleted" in done.stdout:
-        kubectl(
-            kubeconfig,
-            "wait",
-            "--for=delete",
-            "pod",
-            "-l",
-            f"omnitrain.io/job-name={JOB}",
-            "-n",
-            NAMESPACE,
-            "--timeout=120s",
-            check=False,
-        )
+        for selector in (f"omnitrain.io/job-name={JOB}", f"omnitrain.io/promoted-from={JOB}"):
+            kubectl(
+                kubeconfig,
+                "wait",
+                "--for=delete",
+                "pod",
+                "-l",
+                selector,
+                "-n",
+                NAMESPACE,
+                "--timeout=120s",
+                check=False,
+            )
     leftovers = [cluster.pv_dir(CLAIM) / JOB] + [
         cluster.node_dir(n) / LOCAL_PATH.lstrip("/") for n in cluster.node_names
     ]
@@ -129,6 +135,75 @@ def watch(kubeconfig: Path, operator: subprocess.Popen) -> str:
             return phase
         time.sleep(1.0)  # a progress display polling the API server, not synchronisation
     raise SystemExit(f"the job did not finish within {TIMEOUT_S:.0f} s (OMNITRAIN_DEMO_TIMEOUT)")
+
+
+def wait_for_serving(kubeconfig: Path, operator: subprocess.Popen) -> dict:
+    """The promotion chain until the inference Deployment is Ready (or a step of it failed)."""
+    started, last = time.monotonic(), ""
+    while time.monotonic() - started < TIMEOUT_S:
+        if operator.poll() is not None:
+            raise SystemExit(f"the operator exited with {operator.returncode}; see .dev/operator.log")
+        promotion = read_job(kubeconfig).get("status", {}).get("promotion") or {}
+        chain = promotion.get("chain", "training:Succeeded")
+        if chain != last:
+            log(f"{time.monotonic() - started:6.1f}s  promotion: {chain}")
+            last = chain
+        if (promotion.get("inference") or {}).get("phase") == "Ready":
+            return promotion
+        if "Failed" in chain:
+            raise SystemExit(f"promotion failed: {promotion}; see .dev/operator.log and kubectl logs")
+        time.sleep(1.0)  # a progress display polling the API server, not synchronisation
+    raise SystemExit(f"serving was not Ready within {TIMEOUT_S:.0f} s (OMNITRAIN_DEMO_TIMEOUT)")
+
+
+def serving_url(kubeconfig: Path) -> str:
+    import json
+
+    pods = json.loads(
+        kubectl(
+            kubeconfig,
+            "get",
+            "pods",
+            "-n",
+            NAMESPACE,
+            "-l",
+            f"omnitrain.io/promoted-from={JOB},omnitrain.io/role=serve",
+            "-o",
+            "json",
+        ).stdout
+    )["items"]
+    for pod in pods:
+        ready = any(c["type"] == "Ready" and c["status"] == "True" for c in pod["status"].get("conditions", []))
+        if ready and pod["status"].get("podIP"):
+            port = pod["spec"]["containers"][0]["ports"][0]["containerPort"]
+            return f"http://{pod['status']['podIP']}:{port}"
+    raise SystemExit("no Ready inference pod; see kubectl get pods")
+
+
+def ask_for_a_video(url: str) -> None:
+    """POST /v1/videos with a prompt; the MP4 and a contact sheet of its frames go to .dev/demo/."""
+    import json
+    import urllib.request
+
+    from omnitrain.media.contact_sheet import contact_sheet
+    from omnitrain.media.video import decode_video
+
+    body = {"prompt": PROMPT, "frames": 9, "height": 32, "width": 64, "seed": 0, "fps": 8}
+    request = urllib.request.Request(
+        url + "/v1/videos", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    started = time.monotonic()
+    with urllib.request.urlopen(request, timeout=300) as answer:
+        video = answer.read()
+    clip = decode_video(video)
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "demo.mp4").write_bytes(video)
+    (OUT / "demo-contact-sheet.png").write_bytes(contact_sheet(clip.frames, scale=4))
+    t, h, w, _ = clip.frames.shape
+    log(
+        f"asked the served model for {PROMPT!r}: {t} frames {w}x{h} in {time.monotonic() - started:.1f} s -> "
+        f"{OUT / 'demo.mp4'} and {OUT / 'demo-contact-sheet.png'}"
+    )
 
 
 def print_loss_trend(metrics_dir: Path) -> None:
@@ -185,6 +260,9 @@ def main() -> int:
             check=False,
         )
         log(f"report: {report_dir / 'report.png'} and {report_dir / 'report.html'}")
+        if phase == "Succeeded":
+            wait_for_serving(kubeconfig, operator)
+            ask_for_a_video(serving_url(kubeconfig))
     finally:
         operator.terminate()
         operator.wait(timeout=30)

@@ -108,7 +108,15 @@ class ParallelismSpec(_Spec):
 class SyntheticDataSpec(_Spec):
     """A synthetic dataset written at data.path when it is absent (tests, demos)."""
 
-    samples: int = Field(256, ge=1, description="Samples written when the dataset does not exist yet.")
+    kind: Literal["latents", "clips"] = Field(
+        "latents",
+        description=(
+            "latents: encoded samples (text embeddings and latents of learnable patterns). clips: real MP4s of "
+            "coloured shapes moving with captions (omnitrain data shapes), packed as raw shards; needs "
+            "data.encoders."
+        ),
+    )
+    samples: int = Field(256, ge=1, description="Samples (clips) written when the dataset does not exist yet.")
     shards: int = Field(4, ge=1, description="Parquet shards to write.")
     seed: int = Field(0, description="Seed of the synthetic generator.")
     max_frames: int = Field(4, ge=1, description="Longest clip, in latent frames.")
@@ -725,14 +733,22 @@ def validate_job_spec(spec: JobSpec, allowed_host_roots: Sequence[str] | None = 
                 message="elasticUlysses runs its own per-micro-batch schedule, which offload does not follow; use none",
             )
         )
-    if spec.data.encoders is not None and spec.data.synthetic is not None:
+    synthetic = spec.data.synthetic
+    if spec.data.encoders is not None and synthetic is not None and synthetic.kind == "latents":
         errors.append(
             FieldError(
                 field="spec.data.encoders",
                 message=(
-                    "a synthetic dataset is written already encoded; encoders are for raw shards (omnitrain data "
-                    "pack): remove data.synthetic or data.encoders"
+                    "a synthetic dataset of kind latents is written already encoded; encoders are for raw shards: "
+                    "set data.synthetic.kind: clips, or remove data.encoders"
                 ),
+            )
+        )
+    if spec.data.encoders is None and synthetic is not None and synthetic.kind == "clips":
+        errors.append(
+            FieldError(
+                field="spec.data.synthetic.kind",
+                message="clips are raw video: set data.encoders (the VAE and text encoder that encode them)",
             )
         )
     if spec.data.encoders is not None and spec.training.stage == "dpo":

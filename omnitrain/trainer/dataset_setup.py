@@ -29,6 +29,15 @@ def synth_spec(data: DataSpec, model: ModelConfig) -> SynthSpec:
     )
 
 
+def write_clips(folder: Path, synthetic, log) -> None:
+    """Real MP4s of coloured shapes under folder/clips, packed into raw shards in folder (the clips stay inside)."""
+    from omnitrain.trainer.data.pack import PackSpec, pack_folder
+    from omnitrain.trainer.data.shapes import ShapesSpec, write_shapes
+
+    write_shapes(folder / "clips", ShapesSpec(clips=synthetic.samples, seed=synthetic.seed), log=log)
+    pack_folder(folder / "clips", folder, PackSpec(shards=synthetic.shards, seed=synthetic.seed), log=log)
+
+
 def ensure_dataset(
     data: DataSpec, model: ModelConfig, is_writer: bool, log=print, wait_seconds: float = WAIT_SECONDS
 ) -> None:
@@ -43,8 +52,11 @@ def ensure_dataset(
         with open(folder / ".synthetic.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # two writers on a shared volume: the second finds it done
             if not manifest.exists():
-                log(f"writing synthetic dataset to {folder} ({data.synthetic.samples} samples)")
-                write_synthetic(folder, synth_spec(data, model), log=log)
+                log(f"writing synthetic dataset to {folder} ({data.synthetic.samples} {data.synthetic.kind})")
+                if data.synthetic.kind == "clips":
+                    write_clips(folder, data.synthetic, log)
+                else:
+                    write_synthetic(folder, synth_spec(data, model), log=log)
         return
     deadline = time.monotonic() + wait_seconds
     while not manifest.exists():

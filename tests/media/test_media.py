@@ -148,3 +148,15 @@ def test_the_same_frames_encode_to_the_same_bytes_every_time():
     # x264's crf rate control gave 2 different files in 10 encodings of one clip; the constant quantiser gives one
     frames = np.concatenate([_clip(direction=d, height=32, width=64) for d in ("left", "up")])
     assert len({encode_video(frames) for _ in range(12)}) == 1
+
+
+def test_a_contact_sheet_lays_the_frames_out_in_rows_enlarged():
+    from omnitrain.media.contact_sheet import contact_sheet
+
+    frames = _clip(frames=13, height=48, width=80)
+    sheet = decode_image(contact_sheet(frames, columns=5, scale=2, gap=2))
+    assert sheet.shape == (3 * 96 + 4 * 2, 5 * 160 + 6 * 2, 3)
+    # frame 6 (row 1, column 1) is there, enlarged by nearest neighbour
+    top, left = 2 + 96 + 2, 2 + 160 + 2
+    assert np.array_equal(sheet[top : top + 96 : 2, left : left + 160 : 2], frames[6])
+    assert (sheet[0] == 255).all()  # the gap

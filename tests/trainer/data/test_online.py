@@ -164,6 +164,28 @@ def test_the_spec_refuses_encoders_beside_a_synthetic_dataset_or_for_dpo():
 
     assert fields(data={"encoders": {}}) == []
     assert fields(data={"encoders": {}, "synthetic": {}}) == ["spec.data.encoders"]
+    assert fields(data={"encoders": {}, "synthetic": {"kind": "clips"}}) == []
+    clips_alone = validate_job_spec(JobSpec.model_validate({"data": {"synthetic": {"kind": "clips"}}}))
+    assert [e.field for e in clips_alone if "clips are raw" in e.message] == ["spec.data.synthetic.kind"]
     assert fields(data={"encoders": {}}, training={"stage": "dpo", "initFrom": "/x"}) == ["spec.data.encoders"]
     wire = JobSpec.model_validate({"data": {"encoders": {"vae": {"config": {"base_dim": 16}}}}}).to_wire()
     assert wire["data"]["encoders"]["vae"]["config"] == {"base_dim": 16}  # the VAE's own names stay as they are
+
+
+def test_a_synthetic_clip_dataset_is_rendered_packed_and_trained_on_with_online_encoding(tmp_path):
+    from omnitrain.spec import TrainerConfig
+    from omnitrain.trainer.data.reader import read_manifest
+    from omnitrain.trainer.train import train
+
+    data = config_dict(tmp_path, steps=3)
+    data["spec"]["data"] = {
+        "path": str(tmp_path / "data"),
+        "synthetic": {"kind": "clips", "samples": 6, "shards": 2},
+        "encoders": ENCODERS.to_wire(),
+        "tokenBudget": 160,
+    }
+    data["spec"]["model"] = {"preset": "tiny", "textDim": 384}
+    result = train(TrainerConfig.model_validate(data), callbacks=[], log=lambda *_, **__: None)
+    assert len(result.losses) == 3
+    assert read_manifest(tmp_path / "data")["kind"] == "raw"
+    assert len(list((tmp_path / "data" / "clips").glob("clip-*[0-9].mp4"))) == 6
