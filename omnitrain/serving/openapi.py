@@ -33,6 +33,11 @@ def openapi_document(version: str = "0.1.0") -> dict:
         return {"$ref": f"#/components/schemas/{model.__name__}"}
 
     generate, videos = ref(GenerateRequest), ref(VideoRequest)
+    # the same fields as a form, the media as files (multipart.py)
+    fields = dict(schemas["VideoRequest"]["properties"])
+    fields["reference_images"] = {"type": "array", "items": {"type": "string", "format": "binary"}, "maxItems": 4}
+    fields["context_video"] = {"type": "string", "format": "binary"}
+    form = {"type": "object", "properties": fields, "required": ["prompt"]}
     plain = {"200": {"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}}}
     return {
         "openapi": "3.1.0",
@@ -63,7 +68,10 @@ def openapi_document(version: str = "0.1.0") -> dict:
             "/v1/videos": {
                 "post": {
                     "summary": "A prompt (+ reference images, a context clip) in, an MP4 out.",
-                    "requestBody": {"required": True, "content": {"application/json": {"schema": videos}}},
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": videos}, "multipart/form-data": {"schema": form}},
+                    },
                     "responses": {
                         "200": {
                             "description": "The video (response: mp4), or JSON with its latent (response: latent).",

@@ -11,8 +11,9 @@ GET /readyz    200 once the model is loaded, 503 before (readiness: the Service 
 GET /metrics   Prometheus text
 GET /openapi.json   the OpenAPI document (omnitrain/serving/openapi.py)
 POST /v1/generate   GenerateRequest JSON -> latent video (shape, stats, optionally the latent as npy/base64)
-POST /v1/videos     VideoRequest JSON (a prompt, base64 reference images / context clip) -> video/mp4 (or JSON with
-                    the latent), through the job's encoders (models trained with spec.data.encoders)
+POST /v1/videos     VideoRequest JSON (a prompt, base64 reference images / context clip), or the same fields as
+                    multipart/form-data with files -> video/mp4 (or JSON with the latent), through the job's encoders
+                    (models trained with spec.data.encoders)
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from pydantic import ValidationError
 from omnitrain.serving.api import GenerateRequest, VideoRequest
 from omnitrain.serving.batching import BatchQueue
 from omnitrain.serving.engine import InferenceEngine, RequestError
+from omnitrain.serving.multipart import MultipartError, form_to_request, is_multipart
 from omnitrain.serving.openapi import openapi_document
 
 log = logging.getLogger(__name__)
@@ -177,16 +179,20 @@ class InferenceServer:
         result = self.queue.submit(prepared.batch_key, prepared).result(timeout=self.request_timeout_s)
         return 200, result
 
-    def _video(self, body: bytes) -> tuple[int, dict | bytes]:
+    def _video(self, body: bytes, content_type: str | None = None) -> tuple[int, dict | bytes]:
         engine = self.engine
         if not engine.loaded.is_set():
             return 503, {"error": engine.load_error or "model is loading; retry when /readyz answers 200"}
         try:
-            req = VideoRequest.model_validate_json(body)
+            if is_multipart(content_type):
+                assert content_type is not None
+                req = VideoRequest.model_validate(form_to_request(body, content_type))
+            else:
+                req = VideoRequest.model_validate_json(body)
             prepared = engine.prepare_video(req)
         except ValidationError as e:
             return 400, {"error": _validation_message(e)}
-        except RequestError as e:
+        except (RequestError, MultipartError) as e:
             return 400, {"error": str(e)}
         result = self.queue.submit(prepared.batch_key, prepared).result(timeout=self.request_timeout_s)
         latent = result.pop("latent_tensor")
@@ -265,7 +271,10 @@ class InferenceServer:
                     self._json(e.code, {"error": str(e)}, close=True)
                     return
                 try:
-                    code, obj = server._generate(body) if self.path == "/v1/generate" else server._video(body)
+                    if self.path == "/v1/generate":
+                        code, obj = server._generate(body)
+                    else:
+                        code, obj = server._video(body, self.headers.get("Content-Type"))
                 except Exception as e:  # a failed batch: the client learns why, the server lives on
                     log.exception("%s failed", self.path)
                     code, obj = 500, {"error": f"{type(e).__name__}: {e}"}

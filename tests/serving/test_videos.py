@@ -163,3 +163,57 @@ def test_schemathesis_finds_no_server_error_on_any_route(video_server):
 
         run()
     assert not failures, failures[:3]
+
+
+def _multipart(fields: dict, files: list[tuple[str, str, bytes]], boundary: str = "omnitrain-test") -> bytes:
+    out = b""
+    for name, value in fields.items():
+        out += f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
+    for name, filename, data in files:
+        head = f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
+        out += head.encode() + b"Content-Type: application/octet-stream\r\n\r\n" + data + b"\r\n"
+    return out + f"--{boundary}--\r\n".encode()
+
+
+def _post_form(url, body: bytes, boundary="omnitrain-test"):
+    headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    req = urllib.request.Request(url, data=body, method="POST", headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=120) as r:
+            return r.status, r.headers["Content-Type"], r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers["Content-Type"], e.read()
+
+
+def test_a_multipart_form_with_files_gives_what_the_same_json_gives(video_server):
+    _, url = video_server
+    png, mp4 = encode_png(_shapes()[0]), encode_video(_shapes(direction="up"))
+    fields = {"prompt": "a red circle moving left", "frames": "9", "height": "32", "width": "32", "seed": "2"}
+    form = _multipart(fields, [("reference_images", "first.png", png), ("context_video", "context.mp4", mp4)])
+    code, kind, data = _post_form(url + "/v1/videos", form)
+    assert code == 200 and kind == "video/mp4", data[:300]
+    as_json = {**{k: v for k, v in fields.items()}, "frames": 9, "height": 32, "width": 32, "seed": 2}
+    as_json |= {"reference_images": [_b64(png)], "context_video": _b64(mp4)}
+    assert _post(url + "/v1/videos", as_json)[2] == data
+
+
+@pytest.mark.parametrize(
+    "body, content_type, message",
+    [
+        (b"--b\r\nno headers here\r\n--b--\r\n", "multipart/form-data; boundary=b", "has no name"),
+        (b"whatever", "multipart/form-data", "needs a boundary"),
+        (
+            _multipart({"prompt": "x"}, [("reference_images", "a.png", b"not a png")], "b"),
+            "multipart/form-data; boundary=b",
+            "reference_images[0]: not a readable image",
+        ),
+        (_multipart({"prompt": "x", "frames": "many"}, [], "b"), "multipart/form-data; boundary=b", "frames:"),
+    ],
+)
+def test_a_broken_form_is_a_400_saying_why(video_server, body, content_type, message):
+    _, url = video_server
+    req = urllib.request.Request(url + "/v1/videos", data=body, method="POST", headers={"Content-Type": content_type})
+    with pytest.raises(urllib.error.HTTPError) as error:
+        urllib.request.urlopen(req, timeout=60)
+    assert error.value.code == 400
+    assert message in json.loads(error.value.read())["error"]
