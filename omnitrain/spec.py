@@ -188,6 +188,18 @@ class EncodersSpec(_Spec):
     )
 
 
+class PreEncodeSpec(_Spec):
+    """Encode the raw dataset once, before training, with a batch Job: for a dataset several runs train on."""
+
+    path: str = Field(
+        description=(
+            "Folder for the encoded dataset. The operator runs `omnitrain data encode` (data.path -> here, with "
+            "data.encoders) as a Job before the first launch; training reads this folder. One made from the same "
+            "raw folder by the same encoders is reused, not encoded again."
+        )
+    )
+
+
 # A hard bound on one packed micro-batch (data.tokenBudget), far above any clip a video DiT trains on (a 720p,
 # 81-frame clip of the 14b preset is ~76k tokens; a 1M-token context needs Ulysses) and low enough that a typo
 # (1e15) is refused by the schema instead of growing the workers' memory until the node gives out.
@@ -217,6 +229,9 @@ class DataSpec(_Spec):
             "Encode raw clips in the job: path holds raw shards (omnitrain data pack), each data-parallel rank runs "
             "the frozen VAE and text encoder on its own samples before the DiT step (docs/data.md)."
         ),
+    )
+    pre_encode: PreEncodeSpec | None = Field(
+        None, description="Encode data.path once with data.encoders before training (a Job), train from the result."
     )
 
 
@@ -749,6 +764,43 @@ def validate_job_spec(spec: JobSpec, allowed_host_roots: Sequence[str] | None = 
             FieldError(
                 field="spec.data.synthetic.kind",
                 message="clips are raw video: set data.encoders (the VAE and text encoder that encode them)",
+            )
+        )
+    if spec.data.pre_encode is not None and spec.data.encoders is None:
+        errors.append(
+            FieldError(
+                field="spec.data.preEncode",
+                message="needs data.encoders: the VAE and text encoder that encode data.path into preEncode.path",
+            )
+        )
+    pre_encode = spec.data.pre_encode
+    if pre_encode is not None and not (
+        spec.checkpoint.persistent_claim
+        and posixpath.normpath(pre_encode.path).startswith(posixpath.normpath(spec.checkpoint.persistent_path) + "/")
+    ):
+        errors.append(
+            FieldError(
+                field="spec.data.preEncode.path",
+                message=(
+                    f"{pre_encode.path} is written by one pod and read by every node: put it under "
+                    f"checkpoint.persistentPath ({spec.checkpoint.persistent_path}) with a checkpoint.persistentClaim"
+                ),
+            )
+        )
+    if spec.data.pre_encode is not None and synthetic is not None:
+        errors.append(
+            FieldError(
+                field="spec.data.preEncode",
+                message="encodes a raw dataset that exists (omnitrain data pack); remove data.synthetic",
+            )
+        )
+    if spec.data.pre_encode is not None and posixpath.normpath(spec.data.pre_encode.path) == posixpath.normpath(
+        spec.data.path
+    ):
+        errors.append(
+            FieldError(
+                field="spec.data.preEncode.path",
+                message="is data.path itself; the encoded dataset needs a folder of its own",
             )
         )
     if spec.data.encoders is not None and spec.training.stage == "dpo":

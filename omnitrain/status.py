@@ -29,6 +29,7 @@ CONDITION_TYPES = (
     "SpecApplied",
     "Running",
     "Restarting",
+    "DataEncoded",
     "Suspended",
     "Succeeded",
     "Failed",

@@ -112,12 +112,15 @@ def encode_video(frames: np.ndarray, fps: float = 8.0, quantizer: int = 18) -> b
     frames = np.asarray(frames)
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] == 0:
         raise MediaError(f"frames must be uint8 [T>0, H, W, 3], not {frames.dtype} {list(frames.shape)}")
+    rate = Fraction(fps).limit_denominator(1001) if fps > 0 else Fraction(0)
+    if rate <= 0:  # 5e-324 frames a second is > 0 and rounds to none
+        raise MediaError(f"fps must be a positive rate MP4 can hold, not {fps!r}")
     pad_h, pad_w = frames.shape[1] % 2, frames.shape[2] % 2
     if pad_h or pad_w:
         frames = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
     buffer = io.BytesIO()
     with av.open(buffer, mode="w", format="mp4") as container:
-        stream = container.add_stream(_h264_encoder(), rate=Fraction(fps).limit_denominator(1001))
+        stream = container.add_stream(_h264_encoder(), rate=rate)
         assert isinstance(stream, av.video.stream.VideoStream)  # a video codec's name gives a video stream
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"
@@ -127,7 +130,6 @@ def encode_video(frames: np.ndarray, fps: float = 8.0, quantizer: int = 18) -> b
         stream.codec_context.thread_count = 1
         if stream.codec_context.name == "libx264":
             stream.options = {"qp": str(quantizer), "preset": "veryfast", "threads": "1"}
-        rate = Fraction(fps).limit_denominator(1001)
         stream.codec_context.time_base = 1 / rate
         for index, array in enumerate(frames):
             frame = av.VideoFrame.from_ndarray(array, format="rgb24")

@@ -17,6 +17,7 @@ from omnitrain.operator import crd, plan, progress
 from omnitrain.operator.admission import ADMISSION_GATE, waiting_message
 from omnitrain.operator.admission_review import review
 from omnitrain.operator.kube import Kube, now_iso, pod_views
+from omnitrain.operator.preencode import encode_job_name, encode_job_phase, needs_encoding, render_encode_job
 from omnitrain.operator.promotion import promotion_settled
 from omnitrain.operator.promotion_kube import promote
 from omnitrain.operator.reconcile import (
@@ -221,6 +222,7 @@ class Controller:
         if any(ADMISSION_GATE in p.scheduling_gates for p in pods if p.attempt == old.attempt):
             group = plan.pod_group_name(name, old.attempt or 0)
             admission = waiting_message(self.kube.workload(namespace, group), group)
+        encoding = self._encoding(namespace, name, checked, old)
         decision = reconcile(
             ref,
             checked,
@@ -231,9 +233,12 @@ class Controller:
             nodes=nodes,
             admission=admission,
             held=held,
+            encoding=encoding,
         )
         cleared_status(decision.status, now)
         children = None
+        if decision.create_encode_job and checked.spec is not None:
+            children = [render_encode_job(ref, checked.spec, self.settings.encode_command)]
         if decision.create_attempt is not None and checked.spec is not None:
             members = decision.status.children.pods if decision.status.children else None
             spares = decision.status.children.spares if decision.status.children else None
@@ -260,6 +265,20 @@ class Controller:
         if self.metrics is not None and decision.status.phase:
             self._record_metrics(namespace, name, old, decision.status, restart_cause(old, decision))
         return decision.requeue_after_seconds
+
+    def _encoding(self, namespace: str, name: str, checked: SpecCheck, old: JobStatus) -> tuple[str, str] | None:
+        """The pre-encoding Job's (phase, message) while it gates the first launch (spec.data.preEncode); None when
+        it does not exist (or does not matter)."""
+        done = old.condition("DataEncoded")
+        if (
+            checked.spec is None
+            or not needs_encoding(checked.spec)
+            or old.launched_attempt is not None
+            or (done is not None and done.status == "True")
+        ):
+            return None
+        observed = self.kube.batch_job(namespace, encode_job_name(name))
+        return encode_job_phase(observed) if observed is not None else None
 
     def effective_spec(self, job: dict, old: JobStatus) -> tuple[SpecCheck, list[str]]:
         """The job's spec as checked, and the edits its active gang holds back (spec_edits): then the spec with

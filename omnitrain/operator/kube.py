@@ -115,6 +115,21 @@ class Kube:
                 return None
             raise
 
+    def _batch(self) -> client.BatchV1Api:
+        """The batch API (the pre-encoding Job of spec.data.preEncode), made on first use."""
+        if getattr(self, "_batch_api", None) is None:
+            self._batch_api = client.BatchV1Api(self.api_client)
+        return self._batch_api
+
+    def batch_job(self, namespace: str, name: str) -> dict | None:
+        """A batch Job of that name, None when absent."""
+        try:
+            return raw_json(self._batch().read_namespaced_job(name, namespace, _preload_content=False))
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
     def workload(self, namespace: str, name: str) -> dict | None:
         """Kueue's Workload of that name (a pod group's), None when absent or not readable (no Kueue, no RBAC)."""
         try:
@@ -224,6 +239,8 @@ class Kube:
             "Service": self.core.create_namespaced_service,
             "ConfigMap": self.core.create_namespaced_config_map,
         }
+        if kind == "Job":
+            creators[kind] = self._batch().create_namespaced_job
         create = creators[kind] if kind in creators else self._gang_reader_call("create", kind)
         try:
             answer = create(ns, obj, _preload_content=False)
@@ -254,6 +271,8 @@ class Kube:
             "Service": self.core.read_namespaced_service,
             "ConfigMap": self.core.read_namespaced_config_map,
         }
+        if kind == "Job":
+            readers[kind] = self._batch().read_namespaced_job
         read = readers[kind] if kind in readers else self._gang_reader_call("read", kind)
         return raw_json(read(name, namespace, _preload_content=False))
 

@@ -75,7 +75,13 @@ OPERATOR_PERMISSIONS: tuple[Permission, ...] = (
         "in place: binds that Role to the gang readers' ServiceAccount; get: owner on 409; delete: undo",
     ),
     Permission("", "events", ("create",), True, "Kube.post_event and kopf's own events (core v1)"),
-    Permission("batch", "jobs", ("get", "create"), True, "promotion: read and create the distillation Job"),
+    Permission(
+        "batch",
+        "jobs",
+        ("get", "create"),
+        True,
+        "read and create the distillation Job (promotion) and the pre-encoding Job (data.preEncode)",
+    ),
     Permission(
         "kueue.x-k8s.io",
         "workloads",

@@ -111,23 +111,51 @@ def _resources(spec: JobSpec) -> dict:
 def render_distill_job(
     job: plan.JobRef, spec: JobSpec, options: PromotionOptions, excluded_nodes: list[str] | None = None
 ) -> dict:
+    return render_batch_job(
+        job,
+        spec,
+        distill_job_name(job.name),
+        LABEL_ROLE_DISTILL,
+        DISTILL_CONTAINER,
+        list(options.distill_command),
+        options.image_pull_policy,
+        excluded_nodes,
+    )
+
+
+def render_batch_job(
+    job: plan.JobRef,
+    spec: JobSpec,
+    name: str,
+    role: str,
+    container_name: str,
+    command: list[str],
+    image_pull_policy: str = "IfNotPresent",
+    excluded_nodes: list[str] | None = None,
+    with_config: bool = True,
+) -> dict:
+    """A batch Job of the job's image on one GPU, owned by the job, with its volumes (and the trainer config's
+    ConfigMap when `with_config`): distillation after training, pre-encoding before it."""
     mounts, volumes = _volumes(job, spec)
+    if not with_config:  # before the first launch the ConfigMap does not exist yet
+        mounts = [m for m in mounts if m["name"] != plan.CONFIG_VOLUME]
+        volumes = [v for v in volumes if v["name"] != plan.CONFIG_VOLUME]
     container = {
-        "name": DISTILL_CONTAINER,
+        "name": container_name,
         "image": spec.image,
-        "imagePullPolicy": options.image_pull_policy,
-        "command": list(options.distill_command),
+        "imagePullPolicy": image_pull_policy,
+        "command": command,
         "volumeMounts": mounts,
         "resources": _resources(spec),
         "env": [{"name": contract.TERMINATION_LOG_ENV, "value": contract.DEFAULT_TERMINATION_LOG}],
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
-    labels = _labels(job.name, LABEL_ROLE_DISTILL)
+    labels = _labels(job.name, role)
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {
-            "name": distill_job_name(job.name),
+            "name": name,
             "namespace": job.namespace,
             "labels": labels,
             "ownerReferences": [plan.owner_reference(job)],
@@ -140,7 +168,7 @@ def render_distill_job(
                     {
                         "action": "FailJob",
                         "onExitCodes": {
-                            "containerName": DISTILL_CONTAINER,
+                            "containerName": container_name,
                             "operator": "In",
                             "values": sorted(int(c) for c in contract.PERMANENT_EXIT_CODES),
                         },
@@ -211,18 +239,23 @@ def render_serving(
 
 
 def distill_phase(observed: dict | None) -> tuple[str, str]:
+    """(phase, message) of the distillation Job."""
+    return batch_job_phase(observed, "distillation", "student written", "distilling")
+
+
+def batch_job_phase(observed: dict | None, what: str, done: str, running: str) -> tuple[str, str]:
     """(phase, message) of a batch Job object."""
     if observed is None:
-        return PENDING, "distillation job not created yet"
+        return PENDING, f"{what} job not created yet"
     st = observed.get("status") or {}
     for c in st.get("conditions") or []:
         if c.get("status") == "True" and c.get("type") in ("Complete", "SuccessCriteriaMet"):
-            return SUCCEEDED, "student written"
+            return SUCCEEDED, done
         if c.get("status") == "True" and c.get("type") in ("Failed", "FailureTarget"):
-            return FAILED, c.get("message") or c.get("reason") or "distillation failed"
+            return FAILED, c.get("message") or c.get("reason") or f"{what} failed"
     if st.get("succeeded"):
-        return SUCCEEDED, "student written"
-    return RUNNING, "distilling"
+        return SUCCEEDED, done
+    return RUNNING, running
 
 
 def serving_phase(observed: dict | None, replicas: int) -> tuple[str, str]:
@@ -358,10 +391,12 @@ __all__ = [
     "PromotionOptions",
     "chain",
     "distill_job_name",
+    "batch_job_phase",
     "distill_phase",
     "endpoint",
     "plan_promotion",
     "promotion_settled",
+    "render_batch_job",
     "render_distill_job",
     "render_serving",
     "serve_name",

@@ -94,6 +94,7 @@ class Decision:
     isolate_nodes: list[str] = field(default_factory=list)  # label+taint these nodes (hardware evidence)
     force_delete_pods: list[str] = field(default_factory=list)  # stuck terminating (node dead): grace period 0
     delete_children: list[tuple[str, str]] = field(default_factory=list)  # (kind, name): a launch undone
+    create_encode_job: bool = False  # spec.data.preEncode: create the pre-encoding Job (preencode.py)
 
 
 class ChildRefused(Exception):
@@ -250,6 +251,7 @@ class _Pass:
     d: Decision
     admission: str | None = None  # the queue's words on why the attempt's pod group is not admitted yet
     held: Sequence[str] = ()  # edited fields the gang does not take (spec_edits): `spec` has them as launched
+    encoding: tuple[str, str] | None = None  # the pre-encoding Job's (phase, message) while it gates the launch
     _current: tuple[tuple, list[PodObservation]] | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -398,6 +400,38 @@ def back_off(p: _Pass) -> Decision | None:
     if p.st.phase not in (RESTARTING, QUEUED) or not not_before or p.now >= not_before:
         return None
     p.d.requeue_after_seconds = seconds_until(p.now, not_before, WAIT_FOR_PODS_SECONDS)
+    return p.d
+
+
+ENCODE_RECHECK_SECONDS = 5.0  # look at the pre-encoding Job again this soon (its events do not wake the job)
+
+
+def pre_encoding(p: _Pass) -> Decision | None:
+    """spec.data.preEncode: before the first launch, the pre-encoding Job runs to success (DataEncoded True), or
+    the job fails naming it. Once encoded, restarts and later launches do not encode again."""
+    st, now, pre = p.st, p.now, p.spec.data.pre_encode
+    done = st.condition("DataEncoded")
+    if pre is None or st.launched_attempt is not None or (done is not None and done.status == "True"):
+        return None
+    phase, message = p.encoding or (PENDING, "pre-encoding job not created yet")
+    what = f"{p.spec.data.path} -> {pre.path}"
+    if phase == SUCCEEDED:
+        st.set_condition("DataEncoded", True, "Encoded", f"{message}: {what}", now)
+        p.d.events.append(Event("Normal", "DataEncoded", f"dataset encoded: {what}"))
+        return None  # launch in this pass
+    if phase == FAILED:
+        msg = f"pre-encoding failed ({message}); see the logs of job {p.job.name}-encode"
+        st.phase, st.message, st.completion_time = FAILED, msg, now
+        st.set_condition("DataEncoded", False, "EncodeFailed", msg, now)
+        st.set_condition("Failed", True, "EncodeFailed", msg, now)
+        p.d.events.append(Event("Warning", "EncodeFailed", msg))
+        return p.d
+    if p.encoding is None:
+        p.d.create_encode_job = True
+        p.d.events.append(Event("Normal", "EncodingStarted", f"pre-encoding {what}"))
+    st.set_condition("DataEncoded", False, "Encoding", f"{message}: {what}", now)
+    st.phase, st.message = PENDING, f"encoding the dataset before the first launch ({what})"
+    p.d.requeue_after_seconds = ENCODE_RECHECK_SECONDS
     return p.d
 
 
@@ -699,6 +733,7 @@ STEPS: tuple[Callable[[_Pass], Decision | None], ...] = (
     resume,
     waiting_for_old_gang,
     back_off,
+    pre_encoding,
     launch,
     keep_spares,
     failure,
@@ -824,6 +859,7 @@ def reconcile(
     usable_nodes: list[str] | None = None,
     admission: str | None = None,
     held: Sequence[str] = (),
+    encoding: tuple[str, str] | None = None,
 ) -> Decision:
     """`checked`: parse_spec(job's spec), once per pass. `nodes`: the Nodes the unfinished pods are bound to, by
     name (a node not listed is not judged). Pods on a gone node, or on one NotReady for
@@ -857,6 +893,7 @@ def reconcile(
         d=Decision(status=st),
         admission=admission,
         held=held,
+        encoding=encoding,
     )
     # pods of no current attempt go; on a lost node with grace 0 (no kubelet would confirm)
     p.d.delete_pods, p.d.force_delete_pods = teardown(p.stale, p.nodes)

@@ -110,6 +110,8 @@ class OperatorSettings:
     # so it, not the job's author, decides which parts of a node a pod may mount
     allowed_host_roots: list[str] = field(default_factory=lambda: list(DEFAULT_ALLOWED_HOST_ROOTS))
     webhook: WebhookSettings | None = None  # the validating admission webhook; None = off (reconcile checks only)
+    # the pre-encoding Job's command before its arguments (spec.data.preEncode; OMNITRAIN_ENCODE_COMMAND)
+    encode_command: list[str] = field(default_factory=lambda: ["omnitrain", "data", "encode"])
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> OperatorSettings:
@@ -134,6 +136,9 @@ class OperatorSettings:
             pod_env=parse_pod_env(e.get("OMNITRAIN_POD_ENV", "")),
             allowed_host_roots=allowed_host_roots(e),
             webhook=WebhookSettings.from_env(e),
+            encode_command=shlex.split(e["OMNITRAIN_ENCODE_COMMAND"])
+            if e.get("OMNITRAIN_ENCODE_COMMAND")
+            else ["omnitrain", "data", "encode"],
         )
 
     def plan_options(self) -> PlanOptions:

@@ -85,7 +85,7 @@ class VideoRequest(BaseModel):
     width: int = Field(
         64, ge=8, le=MAX_VIDEO_SIDE, description="Width in pixels (a multiple of the VAE stride x patch)."
     )
-    fps: float = Field(8.0, gt=0, le=120, description="Frame rate of the MP4.")
+    fps: float = Field(8.0, ge=1, le=120, description="Frame rate of the MP4, at least 1.")
     steps: int | None = Field(None, ge=1, le=1000, description="Sampling steps (default: the model's).")
     method: Literal["euler", "heun"] | None = None
     shift: float | None = Field(None, gt=0, le=100)

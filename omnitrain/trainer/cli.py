@@ -56,6 +56,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     encode.add_argument(
         "--encoders", help="YAML/JSON of spec.data.encoders (VAE, text encoder, buckets); unset: defaults."
     )
+    encode.add_argument(
+        "--encoders-json", help="spec.data.encoders as a JSON string (the operator's pre-encoding Job)."
+    )
+    encode.add_argument(
+        "--reuse",
+        action="store_true",
+        help="Exit 0 without encoding when --out holds a dataset these encoders made from this raw folder.",
+    )
     encode.add_argument("--on-corrupt", choices=("skip", "fail"), default="skip")
     encode.set_defaults(func=_encode)
 
@@ -121,12 +129,15 @@ def _encode(args: argparse.Namespace) -> int:
 
     from omnitrain.encoders import EncoderError, Encoders
     from omnitrain.spec import EncodersSpec
-    from omnitrain.trainer.data.encode import encode_dataset
+    from omnitrain.trainer.data.encode import encode_dataset, made_by
     from omnitrain.trainer.data.reader import DataError
 
     try:
-        text = open(args.encoders).read() if args.encoders else "{}"
+        text = args.encoders_json or (open(args.encoders).read() if args.encoders else "{}")
         spec = EncodersSpec.model_validate(yaml.safe_load(text) or {})
+        if args.reuse and made_by(args.out, args.raw, spec):
+            print(f"data encode: {args.out} already holds {args.raw} encoded by these encoders; reusing it")
+            return 0
         encoders = Encoders.load(spec)
         report = encode_dataset(args.raw, args.out, encoders, args.on_corrupt, log=lambda line: print(line, flush=True))
     except (OSError, yaml.YAMLError, ValidationError, EncoderError, DataError, ValueError) as error:

@@ -119,7 +119,7 @@ def train(config: TrainerConfig, callbacks: list[TrainerCallback] | None = None,
 
 def _online_encoding(spec, model_cfg, device: torch.device):
     """The frozen encoders of spec.data.encoders (None without), checked against the model."""
-    if spec.data.encoders is None:
+    if spec.data.encoders is None or spec.data.pre_encode is not None:  # pre-encoded: the Job ran the encoders
         return None
     from omnitrain.encoders import EncoderError, Encoders
     from omnitrain.trainer.data.online import OnlineEncoding
@@ -183,7 +183,11 @@ def _train(config: TrainerConfig, callbacks: list[TrainerCallback] | None, log, 
     elastic = plan.layout.elastic_ulysses
     online = _online_encoding(spec, model_cfg, device)
     loader = PackedLoader(
-        ShardReader(spec.data.path, spec.data.on_corrupt, row_decoder=online.plan if online else None),
+        ShardReader(
+            spec.data.pre_encode.path if spec.data.pre_encode else spec.data.path,
+            spec.data.on_corrupt,
+            row_decoder=online.plan if online else None,
+        ),
         model_cfg.patch_size,
         spec.data.token_budget,
         CostModel.of(model_cfg),

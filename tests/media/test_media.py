@@ -160,3 +160,10 @@ def test_a_contact_sheet_lays_the_frames_out_in_rows_enlarged():
     top, left = 2 + 96 + 2, 2 + 160 + 2
     assert np.array_equal(sheet[top : top + 96 : 2, left : left + 160 : 2], frames[6])
     assert (sheet[0] == 255).all()  # the gap
+
+
+def test_a_frame_rate_mp4_cannot_hold_is_a_media_error():
+    # found by schemathesis: 5e-324 is > 0 and became a zero time base inside the encoder (a 500)
+    for fps in (5e-324, 0.0, -1.0):
+        with pytest.raises(MediaError, match="fps must be a positive rate"):
+            encode_video(np.zeros((1, 8, 8, 3), np.uint8), fps=fps)

@@ -203,3 +203,44 @@ def test_a_job_that_asks_for_the_hosts_root_is_refused_and_gets_nothing(cluster_
         c.metadata.name for c in core.list_namespaced_config_map(ns).items if c.metadata.name == "root-config"
     ] == []
     assert [s.metadata.name for s in core.list_namespaced_service(ns).items if s.metadata.name == "root"] == []
+
+
+def test_pre_encoding_runs_as_a_job_before_the_first_launch_and_the_gang_follows(local_cluster, cluster_operator):
+    """spec.data.preEncode: the operator's Job runs the real `omnitrain data encode` (PyAV, the VAE, MiniLM) on a
+    packed folder of real clips on the claim; the gang is created only once it completed."""
+    from omnitrain.spec import BucketSpec, EncodersSpec
+    from omnitrain.trainer.data.pack import PackSpec, pack_folder
+    from omnitrain.trainer.data.reader import read_manifest
+    from omnitrain.trainer.data.shapes import ShapesSpec, write_shapes
+
+    api, ns, op = cluster_operator
+    claim = "pre-encode"
+    pv = Path(local_cluster.ensure_persistent_claim(ns, claim))
+    write_shapes(pv / "clips", ShapesSpec(clips=4, seed=2), log=lambda *_: None)
+    pack_folder(pv / "clips", pv / "raw", PackSpec(shards=2), log=lambda *_: None)
+    encoders = EncodersSpec(buckets=BucketSpec(area=32 * 32, max_frames=9)).to_wire()
+    create_job(
+        api,
+        ns,
+        "enc",
+        {
+            "parallelism": {"nodes": 1, "gpusPerNode": 1},
+            "model": {"textDim": 384},
+            "data": {"path": "/mnt/ckpt/raw", "encoders": encoders, "preEncode": {"path": "/mnt/ckpt/encoded"}},
+            "checkpoint": {"localPath": LOCAL_PATH, "persistentClaim": claim, "persistentPath": "/mnt/ckpt"},
+        },
+    )
+    wait_for(
+        lambda: status(api, ns, "enc").get("phase") in ("Succeeded", "Failed"), 240, "the job to end", interval=0.5
+    )
+    st = status(api, ns, "enc")
+    assert st["phase"] == "Succeeded", (st, op.tail())
+    assert cond(st, "DataEncoded")["status"] == "True"
+    manifest = read_manifest(pv / "encoded")
+    assert manifest["kind"] == "encoded" and manifest["samples"] == 4 and manifest["encoders"] == encoders
+    job = client.BatchV1Api(api).read_namespaced_job("enc-encode", ns)
+    assert job.metadata.owner_references[0].name == "enc" and job.status.completion_time is not None
+    created = [p.metadata.creation_timestamp for p in pods(api, ns, "enc")]
+    assert created and all(t >= job.status.completion_time.replace(microsecond=0) for t in created)
+    wanted = {"EncodingStarted", "DataEncoded", "Created", "Succeeded"}
+    wait_for(lambda: wanted <= {e.reason for e in events(api, ns, "enc")}, 30, f"events {sorted(wanted)}")

@@ -152,7 +152,10 @@ def test_schemathesis_finds_no_server_error_on_any_route(video_server):
     for operation in schema.get_all_operations():
         op = operation.ok()
 
-        @settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+        # derandomized: the same examples in every run (a CI failure reproduces); bench or a local run can lift it
+        @settings(
+            max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), database=None, derandomize=True
+        )
         @given(case=op.as_strategy())
         def run(case):
             response = case.call(base_url=url, timeout=120)

@@ -1,8 +1,6 @@
 import copy
 import json
 import math
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -16,9 +14,7 @@ from omnitrain.trainer.train import train
 from omnitrain.training_hooks import Restored, StepStats, TrainerHooks, TrainOutcome
 
 sys.path.insert(0, str(Path(__file__).parent))
-from train_helpers import config_dict, make_config, write_config  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[2]
+from train_helpers import config_dict, make_config, torchrun_train, write_config  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -135,33 +131,7 @@ def test_torchrun_two_processes_gloo(tmp_path):
     data["spec"]["parallelism"] = {"nodes": 1, "gpusPerNode": 2}
     data["spec"]["checkpoint"]["intervalSteps"] = 2
     cfg = write_config(tmp_path / "config.yaml", data)
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "OMNITRAIN_TERMINATION_LOG": str(tmp_path / "termination"),
-        "CUDA_VISIBLE_DEVICES": "",
-    }
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node",
-            "2",
-            "-m",
-            "omnitrain",
-            "train",
-            "--config",
-            cfg,
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    proc = torchrun_train(cfg, tmp_path / "termination", timeout=240)
     assert "step 4/4" in proc.stdout
     # one writer (local rank 0, here global rank 0): the job's goodput over its whole metrics log rides along
     message = json.loads((tmp_path / "termination").read_text())

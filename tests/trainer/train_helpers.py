@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import yaml
 
@@ -38,3 +42,27 @@ def make_config(root, steps=8, **training) -> TrainerConfig:
 def write_config(path, data: dict) -> str:
     path.write_text(yaml.safe_dump(data))
     return str(path)
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def torchrun_train(config_path: str, termination_log: Path, processes: int = 2, timeout: float = 400):
+    """`omnitrain train` under torchrun on this machine's CPUs (gloo), one thread per process; asserts exit 0."""
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "CUDA_VISIBLE_DEVICES": "",
+        "OMNITRAIN_TERMINATION_LOG": str(termination_log),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
+        + ["-m", "omnitrain", "train", "--config", config_path],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc

@@ -32,6 +32,16 @@ class EncodeReport:
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
+def made_by(out: str | Path, raw_folder: str | Path, spec) -> bool:
+    """Whether `out` holds a complete encoded dataset of `raw_folder` made by encoders of this spec."""
+    manifest = read_manifest(out)
+    return (
+        manifest.get("kind") == "encoded"
+        and manifest.get("source") == str(Path(raw_folder).resolve())
+        and manifest.get("encoders") == spec.to_wire()
+    )
+
+
 def encode_dataset(
     raw_folder: str | Path,
     out: str | Path,

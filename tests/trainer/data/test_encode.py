@@ -147,3 +147,17 @@ def test_the_callers_thread_count_does_not_change_the_bits(raw, encoders):
         torch.set_num_threads(threads)
     assert torch.equal(a.video, b.video) and torch.equal(a.text, b.text)
     assert torch.get_num_threads() == threads  # restored
+
+
+def test_reuse_skips_a_dataset_the_same_encoders_made_and_refuses_another(encoded, raw, tmp_path, capsys):
+    import json as _json
+
+    wire = _json.dumps(ENCODERS.to_wire())
+    before = {p.name: p.stat().st_mtime_ns for p in encoded.iterdir()}
+    args = ["data", "encode", str(raw), "--out", str(encoded), "--encoders-json", wire, "--reuse"]
+    assert main(args) == 0
+    assert "reusing it" in capsys.readouterr().out
+    assert {p.name: p.stat().st_mtime_ns for p in encoded.iterdir()} == before
+    other = _json.dumps(ENCODERS.model_copy(update={"seed": 9}).to_wire())
+    assert main(["data", "encode", str(raw), "--out", str(encoded), "--encoders-json", other, "--reuse"]) == 2
+    assert "already holds a dataset" in capsys.readouterr().err

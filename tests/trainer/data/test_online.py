@@ -4,8 +4,6 @@ own samples; and the multi-process trainer on raw clips ends with the parameters
 
 import dataclasses
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -23,9 +21,8 @@ from omnitrain.trainer.data.reader import DataError, ShardReader
 sys.path.insert(0, str(Path(__file__).parents[1]))
 sys.path.insert(0, str(Path(__file__).parent))
 from clip_fixtures import CLIPS, ENCODERS  # noqa: E402
-from train_helpers import config_dict, write_config  # noqa: E402
+from train_helpers import config_dict, torchrun_train, write_config  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[3]
 MODEL = resolve_model_config("tiny", {"text_dim": 384})
 DP, MICRO = 2, 2
 
@@ -119,22 +116,6 @@ def test_a_clip_that_changed_since_packing_fails_naming_it(raw, encoders, tmp_pa
     assert skipping.materialize(planned) is None
 
 
-def _torchrun(cfg, tmp_path, name):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    env["OMNITRAIN_TERMINATION_LOG"] = str(tmp_path / f"termination-{name}")
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-        + ["-m", "omnitrain", "train", "--config", cfg],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=400,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
-
-
 @pytest.mark.slow
 def test_two_trainer_processes_on_raw_clips_end_with_the_parameters_of_pre_encoded_training(raw, encoded, tmp_path):
     finals = {}
@@ -147,7 +128,7 @@ def test_two_trainer_processes_on_raw_clips_end_with_the_parameters_of_pre_encod
         data["spec"]["model"] = {"preset": "tiny", "textDim": 384}
         data["spec"]["parallelism"] = {"nodes": 1, "gpusPerNode": 2, "microBatches": 2}
         data["spec"]["checkpoint"]["intervalSteps"] = 3
-        proc = _torchrun(write_config(tmp_path / f"{name}.yaml", data), tmp_path, name)
+        proc = torchrun_train(write_config(tmp_path / f"{name}.yaml", data), tmp_path / f"termination-{name}")
         assert "step 3/3" in proc.stdout
         shard = root / "local" / "looptest" / "step-3" / shard_file_name(0)
         finals[name] = torch.load(shard, map_location="cpu", weights_only=False)["train"]["model"]
@@ -189,3 +170,28 @@ def test_a_synthetic_clip_dataset_is_rendered_packed_and_trained_on_with_online_
     assert len(result.losses) == 3
     assert read_manifest(tmp_path / "data")["kind"] == "raw"
     assert len(list((tmp_path / "data" / "clips").glob("clip-*[0-9].mp4"))) == 6
+
+
+def test_with_pre_encode_the_trainer_reads_the_encoded_folder_and_runs_no_encoder(raw, encoded, tmp_path):
+    from omnitrain.spec import TrainerConfig
+    from omnitrain.trainer.train import train
+    from omnitrain.training_hooks import TrainerHooks
+
+    class Seen(TrainerHooks):
+        encode_seconds: list = []
+
+        def on_step_end(self, *, state, stats):
+            self.encode_seconds.append(stats.encode_seconds)
+
+    data = config_dict(tmp_path, steps=2)
+    data["spec"]["data"] = {
+        "path": str(raw),
+        "encoders": ENCODERS.to_wire(),
+        "preEncode": {"path": str(encoded)},
+        "tokenBudget": 160,
+    }
+    data["spec"]["model"] = {"preset": "tiny", "textDim": 384}
+    seen = Seen()
+    result = train(TrainerConfig.model_validate(data), callbacks=[seen], log=lambda *_, **__: None)
+    assert len(result.losses) == 2 and seen.encode_seconds == [None, None]
+    assert result.state.data_loader.reader.folder == encoded
