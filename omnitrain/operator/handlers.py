@@ -16,7 +16,7 @@ import kopf
 from omnitrain.operator import crd, plan, progress
 from omnitrain.operator.admission import ADMISSION_GATE, waiting_message
 from omnitrain.operator.admission_review import review
-from omnitrain.operator.kube import Kube, decisions_see_a_change, now_iso, pod_views
+from omnitrain.operator.kube import Kube, now_iso, pod_views
 from omnitrain.operator.preencode import encode_job_name, encode_job_phase, needs_encoding, render_encode_job
 from omnitrain.operator.promotion import promotion_settled
 from omnitrain.operator.promotion_kube import promote
@@ -464,10 +464,7 @@ def pod_event(type: str | None, body: kopf.Body, namespace: str | None, **_: Any
     owner = next((o for o in body.metadata.get("ownerReferences") or [] if o.get("kind") == crd.KIND), None)
     if owner is None or CONTROLLER is None or namespace is None:
         return
-    pod = dict(body)
-    before = CONTROLLER.kube.observe_pod(type, pod)
-    if type == "MODIFIED" and not decisions_see_a_change(before, pod):
-        return
+    CONTROLLER.kube.observe_pod(type, dict(body))
     with _timed("pod"):
         CONTROLLER.reconcile(namespace, owner["name"])
 

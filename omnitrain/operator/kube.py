@@ -176,11 +176,9 @@ class Kube:
             self.pod_cache = PodCache(plan.LABEL_JOB, time.monotonic)
         return self.pod_cache
 
-    def observe_pod(self, event_type: str | None, pod: dict) -> dict | None:
-        """Into the pod cache; the version it held before (None without the cache or a version)."""
+    def observe_pod(self, event_type: str | None, pod: dict) -> None:
         if self.pod_cache is not None:
-            return self.pod_cache.observe(event_type, pod)
-        return None
+            self.pod_cache.observe(event_type, pod)
 
     def forget_pods(self, namespace: str, job: str) -> None:
         if self.pod_cache is not None:
@@ -497,13 +495,6 @@ _NODE_VIEWS = ObservationMemo()
 
 def _observe_pod(pod: dict) -> PodObservation:
     return observe_pod(pod, plan.MAIN_CONTAINER, plan.LABEL_ATTEMPT, plan.LABEL_NODE_RANK)
-
-
-def decisions_see_a_change(before: dict | None, after: dict) -> bool:
-    """Whether a pod's new version differs from the old in anything a reconcile reads: its PodObservation, the
-    only view of a pod the decisions take. A pod's Ready condition flipping, its conditions' probe times or an
-    annotation change nothing there, so their MODIFIED events need no pass (each pass GETs the job and patches)."""
-    return before is None or pod_views([before]) != pod_views([after])
 
 
 def pod_views(pods: list[dict]) -> list[PodObservation]:

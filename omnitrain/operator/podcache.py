@@ -77,23 +77,21 @@ class PodCache:
             self._jobs[(namespace, job)] = entry
             return list(entry.pods.values())
 
-    def observe(self, event_type: str | None, pod: dict) -> dict | None:
-        """One watch event (kopf's types: None for the initial listing, ADDED, MODIFIED, DELETED). Returns the
-        version of the pod the cache held before it (None: it held none)."""
+    def observe(self, event_type: str | None, pod: dict) -> None:
+        """One watch event (kopf's types: None for the initial listing, ADDED, MODIFIED, DELETED)."""
         key = self._job_of(pod)
         if key is None:
-            return None
+            return
         name, version = pod["metadata"]["name"], resource_version(pod)
         with self._lock:
             entry = self._jobs.setdefault(key, _JobPods())
-            before = entry.pods.get(name)
             if event_type == "DELETED":
                 self._gone[(key[0], name)] = (version, self.clock())
-                if before is not None and resource_version(before) <= version:
+                current = entry.pods.get(name)
+                if current is not None and resource_version(current) <= version:
                     del entry.pods[name]
-                return before
+                return
             self._offer(entry, key[0], pod)
-            return before
 
     def created(self, pod: dict) -> None:
         """The API server's answer to our create: the next pass sees the pod before its watch event arrives."""

@@ -145,21 +145,3 @@ def test_the_node_watch_wakes_the_operator_for_a_lost_node_and_for_one_ready_aga
     assert kube.observe_node("DELETED", node("True")) == "deleted"
     assert kube.observe_node("ADDED", node("True")) is None  # a new Ready node changes nothing for a job
     assert kube.nodes(["n1"])["n1"].ready
-
-
-def test_a_pod_update_that_changes_nothing_the_decisions_read_needs_no_pass():
-    from omnitrain.operator.kube import decisions_see_a_change
-
-    c = cache()
-    first = pod("j-a0-n0", 5, phase="Pending", uid="u1")
-    assert c.observe("ADDED", first) is None
-    ready = pod("j-a0-n0", 6, phase="Running", uid="u1")
-    assert c.observe("MODIFIED", ready) == first and decisions_see_a_change(first, ready)  # phase: a pass
-    probed = pod("j-a0-n0", 7, phase="Running", uid="u1", annotations={"kopf": "x"})
-    probed["status"]["conditions"] = [{"type": "Ready", "status": "True", "lastProbeTime": "t"}]
-    assert c.observe("MODIFIED", probed) == ready and not decisions_see_a_change(ready, probed)  # Ready, annotation
-    failed = pod("j-a0-n0", 8, phase="Failed", uid="u1")
-    assert decisions_see_a_change(probed, failed) and decisions_see_a_change(None, failed)
-    gated = pod("j-a0-n0", 9, phase="Running", uid="u1")
-    gated["spec"] = {"schedulingGates": [{"name": "kueue.x-k8s.io/admission"}]}
-    assert decisions_see_a_change(ready, gated)  # a gate is read by the admission step
