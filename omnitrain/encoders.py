@@ -155,12 +155,22 @@ class VideoEncoder:
         dist = self.vae.encode(pixels[None].to(self.device)).latent_dist
         mean, std = dist.mean[0].float().cpu(), dist.std[0].float().cpu()
         latent = mean + std * torch.randn(mean.shape, generator=generator) if generator is not None else mean
-        channels = latent.shape[0]
-        if self.spec.latents_mean is not None:
-            latent = latent - torch.tensor(self.spec.latents_mean, dtype=torch.float32).view(channels, 1, 1, 1)
-        if self.spec.latents_std is not None:
-            latent = latent / torch.tensor(self.spec.latents_std, dtype=torch.float32).view(channels, 1, 1, 1)
-        return latent.contiguous()
+        shift, scale = self._normalisation(latent.shape[0])
+        return ((latent - shift) / scale).contiguous()
+
+    @torch.no_grad()
+    def decode(self, latent: torch.Tensor) -> torch.Tensor:
+        """A latent as __call__ gives it (normalised) -> pixels [3, T, H, W] in about [-1, 1]."""
+        shift, scale = self._normalisation(latent.shape[0])
+        return self.vae.decode((latent * scale + shift)[None].to(self.device)).sample[0].float().cpu()
+
+    def _normalisation(self, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """spec.latentsMean / latentsStd per channel (0 and 1 where unset), shaped to broadcast over [C, T, H, W]."""
+        mean, std = self.spec.latents_mean or [0.0] * channels, self.spec.latents_std or [1.0] * channels
+        return (
+            torch.tensor(mean, dtype=torch.float32).view(channels, 1, 1, 1),
+            torch.tensor(std, dtype=torch.float32).view(channels, 1, 1, 1),
+        )
 
 
 @dataclass

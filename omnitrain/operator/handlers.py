@@ -17,7 +17,7 @@ from omnitrain.operator import crd, plan, progress
 from omnitrain.operator.admission import ADMISSION_GATE, waiting_message
 from omnitrain.operator.admission_review import review
 from omnitrain.operator.kube import Kube, now_iso, pod_views
-from omnitrain.operator.preencode import encode_job_name, encode_job_phase, needs_encoding, render_encode_job
+from omnitrain.operator.preencode import encode_job_name, encode_job_phase, render_encode_job
 from omnitrain.operator.promotion import promotion_settled
 from omnitrain.operator.promotion_kube import promote
 from omnitrain.operator.reconcile import (
@@ -25,6 +25,7 @@ from omnitrain.operator.reconcile import (
     Decision,
     Event,
     SpecCheck,
+    awaits_encoding,
     child_refused,
     parse_spec,
     reconcile,
@@ -269,13 +270,7 @@ class Controller:
     def _encoding(self, namespace: str, name: str, checked: SpecCheck, old: JobStatus) -> tuple[str, str] | None:
         """The pre-encoding Job's (phase, message) while it gates the first launch (spec.data.preEncode); None when
         it does not exist (or does not matter)."""
-        done = old.condition("DataEncoded")
-        if (
-            checked.spec is None
-            or not needs_encoding(checked.spec)
-            or old.launched_attempt is not None
-            or (done is not None and done.status == "True")
-        ):
+        if checked.spec is None or not awaits_encoding(checked.spec, old):
             return None
         observed = self.kube.batch_job(namespace, encode_job_name(name))
         return encode_job_phase(observed) if observed is not None else None

@@ -20,10 +20,6 @@ def encode_job_name(job: str) -> str:
     return plan.fit_name(job, "-encode")
 
 
-def needs_encoding(spec: JobSpec) -> bool:
-    return spec.data.pre_encode is not None and spec.data.encoders is not None
-
-
 def encode_command(spec: JobSpec, base: list[str] | None = None) -> list[str]:
     """The Job's command: the raw folder, the output, the encoders as JSON (no ConfigMap exists before the first
     launch), reuse of an output the same encoders made from the same folder."""
@@ -67,6 +63,5 @@ __all__ = [
     "encode_command",
     "encode_job_name",
     "encode_job_phase",
-    "needs_encoding",
     "render_encode_job",
 ]

@@ -406,12 +406,18 @@ def back_off(p: _Pass) -> Decision | None:
 ENCODE_RECHECK_SECONDS = 5.0  # look at the pre-encoding Job again this soon (its events do not wake the job)
 
 
+def awaits_encoding(spec: JobSpec, st: JobStatus) -> bool:
+    """spec.data.preEncode, and the gang never launched and the data not encoded yet: the pre-encoding Job gates
+    the launch (its phase is what the pass needs to see)."""
+    done = st.condition("DataEncoded")
+    return spec.data.pre_encode is not None and st.launched_attempt is None and not (done and done.status == "True")
+
+
 def pre_encoding(p: _Pass) -> Decision | None:
     """spec.data.preEncode: before the first launch, the pre-encoding Job runs to success (DataEncoded True), or
     the job fails naming it. Once encoded, restarts and later launches do not encode again."""
     st, now, pre = p.st, p.now, p.spec.data.pre_encode
-    done = st.condition("DataEncoded")
-    if pre is None or st.launched_attempt is not None or (done is not None and done.status == "True"):
+    if pre is None or not awaits_encoding(p.spec, st):
         return None
     phase, message = p.encoding or (PENDING, "pre-encoding job not created yet")
     what = f"{p.spec.data.path} -> {pre.path}"

@@ -139,7 +139,7 @@ class InferenceEngine:
         if text.ndim != 2 or text.shape[1] != cfg.text_dim:
             raise RequestError(f"text: expected [tokens, {cfg.text_dim}], got {list(text.shape)}")
         return self._prepare(
-            text, reference, context, (req.frames, req.height, req.width), req, req.seed, req.return_latent
+            text, reference, context, (req.frames, req.height, req.width), req, req.seed, req.return_latent, 1
         )
 
     def prepare_video(self, req: VideoRequest) -> Prepared:
@@ -155,12 +155,15 @@ class InferenceEngine:
             raise RequestError(str(e)) from None
         _, frames, height, width = media.latent_shape
         prepared = self._prepare(
-            media.text, media.reference, media.context, (frames, height, width), req, req.seed, False
+            media.text, media.reference, media.context, (frames, height, width), req, req.seed, False, None
         )
         prepared.keep_tensor = True
         return prepared
 
-    def _prepare(self, text, reference, context, size, req, seed: int, return_latent: bool) -> Prepared:
+    def _prepare(
+        self, text, reference, context, size, req, seed: int, return_latent: bool, reference_frames: int | None
+    ) -> Prepared:
+        """`reference_frames`: /v1/generate takes one reference latent frame; /v1/videos one per image (None)."""
         cfg = self.config
         frames, height, width = size
         pt, ph, pw = cfg.patch_size
@@ -205,8 +208,7 @@ class InferenceEngine:
 
         conds = Conditions(
             text=text,
-            # /v1/generate takes one reference latent; /v1/videos one latent frame per reference image
-            reference=latent_tokens(reference, "reference", 1 if isinstance(req, GenerateRequest) else None),
+            reference=latent_tokens(reference, "reference", reference_frames),
             context=latent_tokens(context, "context"),
             reference_grid=grid(reference),
             context_grid=grid(context),

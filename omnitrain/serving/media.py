@@ -90,14 +90,8 @@ class MediaCodec:
     @torch.no_grad()
     def to_mp4(self, latent: torch.Tensor, fps: float) -> bytes:
         """latent [C, t, h, w] (normalised as in training) -> MP4 bytes."""
-        spec = self.spec.vae
-        c = latent.shape[0]
-        if spec.latents_std is not None:
-            latent = latent * torch.tensor(spec.latents_std, dtype=torch.float32).view(c, 1, 1, 1)
-        if spec.latents_mean is not None:
-            latent = latent + torch.tensor(spec.latents_mean, dtype=torch.float32).view(c, 1, 1, 1)
         with intra_op_threads(self.spec.cpu_threads, self.video.device):
-            pixels = self.video.vae.decode(latent[None].to(self.video.device)).sample[0].float().cpu()
+            pixels = self.video.decode(latent)
         return encode_video(to_uint8_frames(pixels), fps=fps)
 
 

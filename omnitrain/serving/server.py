@@ -28,7 +28,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 
-from omnitrain.serving.api import GenerateRequest, VideoRequest
+from omnitrain.serving.api import GenerateRequest, VideoRequest, encode_array
 from omnitrain.serving.batching import BatchQueue
 from omnitrain.serving.engine import InferenceEngine, RequestError
 from omnitrain.serving.multipart import MultipartError, form_to_request, is_multipart
@@ -197,8 +197,6 @@ class InferenceServer:
         result = self.queue.submit(prepared.batch_key, prepared).result(timeout=self.request_timeout_s)
         latent = result.pop("latent_tensor")
         if req.response == "latent":
-            from omnitrain.serving.api import encode_array
-
             return 200, {**result, "latent": encode_array(latent)}
         assert engine.media is not None
         return 200, engine.media.to_mp4(latent, req.fps)

@@ -11,22 +11,21 @@ from omnitrain.serving.testing import FACTORY, build_tiny
 from tests.promotion.helpers import TINY
 
 
-@pytest.fixture(scope="session")
-def student_file(tmp_path_factory):
-    torch.manual_seed(7)
-    model, adapter = build_tiny(TINY)
-    path = tmp_path_factory.mktemp("student") / "student.pt"
+def save_tiny_student(path, config=TINY, seed: int = 7, steps: int = 4, meta: dict | None = None):
+    """A tiny served model (omnitrain.serving.testing) of `config`, as `omnitrain distill` would write it."""
+    torch.manual_seed(seed)
+    model, adapter = build_tiny(config)
+    sampler = {"steps": steps, "shift": 1.0, "method": "euler"}
     save_artifact(
         path,
-        ModelArtifact(
-            model=model,
-            adapter=adapter,
-            config=TINY,
-            factory=FACTORY,
-            sampler={"steps": 4, "shift": 1.0, "method": "euler"},
-        ),
+        ModelArtifact(model=model, adapter=adapter, config=config, factory=FACTORY, sampler=sampler, meta=meta or {}),
     )
     return path
+
+
+@pytest.fixture(scope="session")
+def student_file(tmp_path_factory):
+    return save_tiny_student(tmp_path_factory.mktemp("student") / "student.pt")
 
 
 def http(method: str, url: str, body: dict | None = None, timeout: float = 60) -> tuple[int, dict | str]:

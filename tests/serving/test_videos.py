@@ -10,18 +10,15 @@ import urllib.request
 
 import numpy as np
 import pytest
-import torch
 
 from omnitrain.media.image import encode_png
 from omnitrain.media.video import decode_video, encode_video
-from omnitrain.model.artifact import ModelArtifact, save_artifact
 from omnitrain.model.config import ModelConfig
 from omnitrain.serving.engine import InferenceEngine
 from omnitrain.serving.server import InferenceServer
-from omnitrain.serving.testing import FACTORY, build_tiny
 from omnitrain.spec import BucketSpec, EncodersSpec
 from omnitrain.trainer.data.shapes import ShapeMotion, render
-from tests.serving.conftest import wait_until
+from tests.serving.conftest import save_tiny_student, wait_until
 
 ENCODERS = EncodersSpec(buckets=BucketSpec(area=32 * 32, max_frames=9))
 MODEL = ModelConfig(hidden_size=32, depth=2, num_heads=4, latent_channels=4, text_dim=384, frequency_embedding_size=32)
@@ -29,19 +26,8 @@ MODEL = ModelConfig(hidden_size=32, depth=2, num_heads=4, latent_channels=4, tex
 
 @pytest.fixture(scope="module")
 def video_server(tmp_path_factory):
-    torch.manual_seed(3)
-    model, adapter = build_tiny(MODEL)
-    path = tmp_path_factory.mktemp("student") / "student.pt"
-    save_artifact(
-        path,
-        ModelArtifact(
-            model=model,
-            adapter=adapter,
-            config=MODEL,
-            factory=FACTORY,
-            sampler={"steps": 2, "shift": 1.0, "method": "euler"},
-            meta={"encoders": ENCODERS.to_wire()},
-        ),
+    path = save_tiny_student(
+        tmp_path_factory.mktemp("student") / "student.pt", MODEL, seed=3, steps=2, meta={"encoders": ENCODERS.to_wire()}
     )
     srv = InferenceServer(InferenceEngine(str(path), fp8=False), host="127.0.0.1", port=0, max_batch=2)
     srv.start_loading().join()

@@ -8,20 +8,18 @@ which VAE and text encoder made it."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from omnitrain.encoders import Encoders
-from omnitrain.fsio import write_bytes_atomic
+from omnitrain.trainer.data.dataset_writer import NewDataset
 from omnitrain.trainer.data.encoders import SkipSample, encode_raw_sample
 from omnitrain.trainer.data.pack import clip_root
 from omnitrain.trainer.data.raw import CorruptRow, decode_raw
-from omnitrain.trainer.data.reader import MANIFEST, DataError, list_shards, read_manifest, refuse_existing_dataset
+from omnitrain.trainer.data.reader import MANIFEST, DataError, list_shards, read_manifest
 from omnitrain.trainer.data.schema import SCHEMA, encode
 
 
@@ -54,12 +52,10 @@ def encode_dataset(
         raise DataError(
             f"{raw_folder} is not a raw dataset (omnitrain data pack writes one: its {MANIFEST} has kind raw)"
         )
-    refuse_existing_dataset(out)
     root = clip_root(raw_folder)
     shards = list_shards(raw_folder)
     report = EncodeReport()
-    out.mkdir(parents=True, exist_ok=True)
-    try:
+    with NewDataset(out) as dataset:
         for index, shard in enumerate(shards):
             rows = []
             for row in pq.read_table(shard).to_pylist():
@@ -70,24 +66,18 @@ def encode_dataset(
                         raise DataError(f"{error} (set spec.data.onCorrupt=skip to skip it)") from error
                     report.skipped.append((row.get("source") or f"key {row.get('key')}", str(error)))
                     log(f"data encode: skipped {error}")
-            path = out / shard.name
-            buffer = pa.BufferOutputStream()
-            pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), buffer, row_group_size=16)
-            write_bytes_atomic(path, buffer.getvalue().to_pybytes())
+            path = dataset.write_shard(shard.name, rows, SCHEMA, row_group_size=16)
             report.shards.append(path)
             report.samples += len(rows)
             log(f"data encode: shard {index + 1}/{len(shards)} ({len(rows)} samples) -> {path}")
-    except BaseException:
-        for path in report.shards:  # ours: the folder held no dataset when we began
-            path.unlink(missing_ok=True)
-        raise
-    manifest = {
-        "kind": "encoded",
-        "samples": report.samples,
-        "shards": len(report.shards),
-        "source": str(raw_folder.resolve()),
-        "encoders": encoders.fingerprint(),
-        "skipped": [{"file": file, "reason": reason} for file, reason in report.skipped],
-    }
-    write_bytes_atomic(out / MANIFEST, json.dumps(manifest, indent=1).encode())
+        dataset.finish(
+            {
+                "kind": "encoded",
+                "samples": report.samples,
+                "shards": len(report.shards),
+                "source": str(raw_folder.resolve()),
+                "encoders": encoders.fingerprint(),
+                "skipped": [{"file": file, "reason": reason} for file, reason in report.skipped],
+            }
+        )
     return report

@@ -31,6 +31,12 @@ def bucket_of(info: VideoInfo, buckets: list[Bucket], source: str) -> Bucket:
     return bucket
 
 
+def context_bucket_of(frames: int, bucket: Bucket, buckets: list[Bucket], source: str) -> Bucket:
+    """A context clip is fitted to its clip's resolution, at the most frames it has."""
+    same_size = [b for b in buckets if (b.height, b.width) == (bucket.height, bucket.width)]
+    return bucket_of(VideoInfo(frames, bucket.height, bucket.width, 0.0), same_size, f"{source} (context)")
+
+
 def encode_raw_sample(
     raw: RawSample, encoders: Encoders, root: str | Path, limits: MediaLimits = DEFAULT_LIMITS
 ) -> DataSample:
@@ -57,8 +63,8 @@ def _encode_raw_sample(raw: RawSample, encoders: Encoders, root: str | Path, lim
         context = None
         if raw.context is not None:
             context_clip = decode_video(raw.context, limits)
-            same_size = [b for b in encoders.buckets if (b.height, b.width) == (bucket.height, bucket.width)]
-            context_bucket = bucket_of(context_clip.info, same_size, f"{raw.source} (context)")
+            frames = context_clip.frames.shape[0]
+            context_bucket = context_bucket_of(frames, bucket, encoders.buckets, raw.source)
             context = encoders.video(fit_frames(context_clip.frames, context_bucket), generator)
     except MediaError as error:
         raise SkipSample(f"{raw.source}: {error}") from error

@@ -19,7 +19,7 @@ import torch
 
 from omnitrain.encoders import Encoders
 from omnitrain.media.buckets import Bucket
-from omnitrain.trainer.data.encoders import SkipSample, bucket_of, encode_raw_sample
+from omnitrain.trainer.data.encoders import SkipSample, bucket_of, context_bucket_of, encode_raw_sample
 from omnitrain.trainer.data.raw import RawSample, decode_raw
 from omnitrain.trainer.data.reader import DataError
 from omnitrain.trainer.data.schema import CorruptRow, DataSample
@@ -43,8 +43,7 @@ class OnlineEncoding:
     def __init__(self, encoders: Encoders, root: str | Path, on_corrupt: str = "skip"):
         self.encoders, self.root, self.on_corrupt = encoders, Path(root), on_corrupt
         self.seconds = 0.0  # spent in the encoders, cumulative (the loop reads the difference per step)
-        self.samples = 0
-        self.pixels = 0  # input pixels encoded (frames x height x width), the work's size
+        self.samples = 0  # encoded by this rank
 
     def plan(self, row: dict) -> PlannedSample:
         """A raw row as the loader sees it (the ShardReader's row decoder); CorruptRow when it cannot be planned."""
@@ -55,14 +54,12 @@ class OnlineEncoding:
         except SkipSample as error:
             raise CorruptRow(str(error)) from error
         reference = context = None
-        if raw.references:
-            reference = _meta(video.latent_shape(1, bucket.height, bucket.width))
-            reference = torch.empty((reference.shape[0], len(raw.references), *reference.shape[2:]), device="meta")
+        if raw.references:  # one latent frame per image
+            channels, _, height, width = video.latent_shape(1, bucket.height, bucket.width)
+            reference = _meta((channels, len(raw.references), height, width))
         if raw.context is not None:
-            same_size = [b for b in self.encoders.buckets if (b.height, b.width) == (bucket.height, bucket.width)]
-            info = type(raw.info)(raw.context_frames or 0, raw.info.height, raw.info.width, raw.info.fps)
             try:
-                context_bucket = bucket_of(info, same_size, f"{raw.source} (context)")
+                context_bucket = context_bucket_of(raw.context_frames or 0, bucket, self.encoders.buckets, raw.source)
             except SkipSample as error:
                 raise CorruptRow(str(error)) from error
             context = _meta(video.latent_shape(context_bucket.frames, bucket.height, bucket.width))
@@ -102,6 +99,4 @@ class OnlineEncoding:
                     "(pack the folder again)"
                 )
         self.samples += 1
-        assert sample.bucket is not None
-        self.pixels += sample.bucket.frames * sample.bucket.height * sample.bucket.width
         return encoded

@@ -15,21 +15,19 @@ already holds a dataset is refused rather than overwritten."""
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 
-from omnitrain.fsio import write_bytes_atomic
 from omnitrain.media.image import decode_image
 from omnitrain.media.video import DEFAULT_LIMITS, MediaError, MediaLimits, VideoInfo, probe_video
+from omnitrain.trainer.data.dataset_writer import NewDataset
 from omnitrain.trainer.data.raw import RAW_SCHEMA, RawSample, decode_raw, encode_raw
-from omnitrain.trainer.data.reader import MANIFEST, list_shards, read_manifest, refuse_existing_dataset
+from omnitrain.trainer.data.reader import list_shards, read_manifest
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
@@ -174,7 +172,7 @@ def pack_folder(
     if not folder.is_dir():
         raise PackError(f"{folder} is not a folder")
     try:
-        refuse_existing_dataset(out)
+        dataset = NewDataset(out)
     except ValueError as error:
         raise PackError(str(error)) from error
     clips = scan_folder(folder)
@@ -196,34 +194,26 @@ def pack_folder(
     order = np.random.default_rng(spec.seed).permutation(len(accepted)).tolist()  # the shuffle happens here, once
     shards = min(spec.shards, len(accepted))
     per_shard = -(-len(accepted) // shards)
-    out.mkdir(parents=True, exist_ok=True)
-    try:
+    with dataset:
         for shard in range(shards):
             picked = [accepted[i] for i in order[shard * per_shard : (shard + 1) * per_shard]]
             rows = [_row(folder, probed, spec) for probed in picked]
-            path = out / f"shard-{shard:05d}.parquet"
-            buffer = pa.BufferOutputStream()
-            pq.write_table(pa.Table.from_pylist(rows, schema=RAW_SCHEMA), buffer, row_group_size=spec.row_group_size)
-            write_bytes_atomic(path, buffer.getvalue().to_pybytes())
+            path = dataset.write_shard(f"shard-{shard:05d}.parquet", rows, RAW_SCHEMA, spec.row_group_size)
             report.shards.append(path)
             log(f"data pack: shard {shard + 1}/{shards} ({len(rows)} samples) -> {path}")
-    except BaseException:
-        # the folder held no dataset when we began, so these shards are ours: a failed pack leaves nothing behind
-        for path in report.shards:
-            path.unlink(missing_ok=True)
-        raise
-    report.samples = len(accepted)
-    manifest = {
-        "kind": "raw",
-        "samples": report.samples,
-        "shards": shards,
-        "seed": spec.seed,
-        "store": spec.store,
-        # where video_path is relative to, from the shards' folder: a reader resolves it there
-        "root": os.path.relpath(folder, out),
-        "skipped": [{"file": file, "reason": reason} for file, reason in report.skipped],
-    }
-    write_bytes_atomic(out / MANIFEST, json.dumps(manifest, indent=1).encode())
+        report.samples = len(accepted)
+        dataset.finish(
+            {
+                "kind": "raw",
+                "samples": report.samples,
+                "shards": shards,
+                "seed": spec.seed,
+                "store": spec.store,
+                # where video_path is relative to, from the shards' folder: a reader resolves it there
+                "root": os.path.relpath(folder, out),
+                "skipped": [{"file": file, "reason": reason} for file, reason in report.skipped],
+            }
+        )
     return report
 
 
