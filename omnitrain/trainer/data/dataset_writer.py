@@ -12,14 +12,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from omnitrain.fsio import write_bytes_atomic
-from omnitrain.trainer.data.reader import MANIFEST, refuse_existing_dataset
+from omnitrain.trainer.data.reader import MANIFEST, list_shards
 
 
 class NewDataset:
     """with NewDataset(out) as dataset: dataset.write_shard(...) ...; dataset.finish(manifest)"""
 
     def __init__(self, out: Path):
-        refuse_existing_dataset(out)  # ValueError naming the folder
+        if (out / MANIFEST).exists() or list_shards(out):  # writers never overwrite a dataset
+            raise ValueError(f"{out} already holds a dataset ({MANIFEST} or shard-*.parquet); write into a new folder")
         self.out = out
         self.shards: list[Path] = []
 

@@ -46,12 +46,6 @@ def read_manifest(folder: str | Path) -> dict:
     return manifest if isinstance(manifest, dict) else {}
 
 
-def refuse_existing_dataset(out: Path) -> None:
-    """Writers never overwrite a dataset: raises ValueError when `out` holds a manifest or any shard."""
-    if (out / MANIFEST).exists() or any(out.glob("shard-*.parquet")):
-        raise ValueError(f"{out} already holds a dataset ({MANIFEST} or shard-*.parquet); write into a new folder")
-
-
 def _dataset_kind(folder: Path) -> str:
     """ "raw" for clips packed by `omnitrain data pack`, "encoded" otherwise (synthetic manifests carry no kind)."""
     return read_manifest(folder).get("kind", "encoded")
