@@ -145,7 +145,7 @@ def test_fitting_refuses_a_clip_shorter_than_its_bucket():
 
 
 def test_the_same_frames_encode_to_the_same_bytes_every_time():
-    # x264's crf rate control gave 2 different files in 10 encodings of one clip; the constant quantiser gives one
+    # with x264's crf rate control the server's same-seed answers differed now and then; the constant quantiser
     frames = np.concatenate([_clip(direction=d, height=32, width=64) for d in ("left", "up")])
     assert len({encode_video(frames) for _ in range(12)}) == 1
 
