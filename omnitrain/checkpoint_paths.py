@@ -1,4 +1,5 @@
-"""Where checkpoints live: `<root>/<job>/step-<N>/` holding `rank-<R>.pt` shard files and `manifest.json`.
+"""Where checkpoints live: `<root>/<job>/step-<N>/` holding `rank-<R>.distcp` shard files, DCP's
+`.metadata` and `manifest.json`.
 
 The same relative layout on both tiers (node-local NVMe and the persistent claim), so replication is a copy of the
 same names. The final checkpoint of a run is simply the newest complete step folder on the persistent tier.
@@ -23,6 +24,12 @@ def step_dir(root: str | Path, job: str, step: int) -> Path:
 
 
 def shard_file_name(rank: int) -> str:
+    """A rank's shard file (omnitrain.checkpoint_format); format-1 checkpoints named theirs rank-<R>.pt, and a
+    manifest lists its files by name, so both still load."""
+    return f"rank-{rank:05d}.distcp"
+
+
+def legacy_shard_file_name(rank: int) -> str:
     return f"rank-{rank:05d}.pt"
 
 

@@ -51,8 +51,20 @@ class CheckpointCallback(TrainerHooks):
 
     def restore(self, *, state: Any) -> Restored | None:
         """Load the newest complete checkpoint into `state` (collective); None on a fresh job."""
-        restored = self.checkpointer.restore()
+        asked: list[bool] = []
+
+        def template() -> dict:
+            # Resharding reads into the live slices, the optimizer's too: they must exist before its first step.
+            asked.append(True)
+            prepare = getattr(state, "init_optimizer_state", None)
+            if prepare is not None:
+                prepare()
+            return {"train": state.state_dict(), "rng": capture_rng_state(), "step": 0}
+
+        restored = self.checkpointer.restore(template)
         if restored is None:
+            if asked and hasattr(state, "forget_optimizer_state"):
+                state.forget_optimizer_state()  # a fresh start, as if no checkpoint had been looked at
             return None
         # DTensor shards (FSDP/TP) were saved as local pieces; give them back their mesh and placements.
         state.load_state_dict(rewrap_like(state.state_dict(), restored.state["train"]))

@@ -27,6 +27,7 @@ import os
 import queue
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -305,8 +306,10 @@ class Checkpointer:
         return True
 
     def _save_sync(self, step: int, state: Any) -> bool:
+        from omnitrain.trainer.checkpoint.flatten import flatten_state
+
         t0 = time.perf_counter()
-        outcome = save_rank(self.target, step, state, default_exchange())
+        outcome = save_rank(self.target, step, *flatten_state(state), default_exchange())
         self.last_blocking_seconds = time.perf_counter() - t0
         self._blocked(step)
         self._finish(outcome)
@@ -314,10 +317,22 @@ class Checkpointer:
         return True
 
     # ---- restoring -------------------------------------------------------------------------------------------
-    def restore(self) -> RestoredCheckpoint | None:
-        """The newest complete checkpoint every rank can read (collective), or None for a fresh start."""
+    def restore(self, template: Callable[[], Any] | None = None) -> RestoredCheckpoint | None:
+        """The newest complete checkpoint every rank can read (collective), or None for a fresh start.
+        `template`: gives the live state (what save takes; DTensors as they are), asked for only when the
+        checkpoint's layout differs and it must be resharded into this one."""
+        from omnitrain.trainer.checkpoint.flatten import flatten_state
+
         roots = {"local": self.target.local_root, "persistent": self.target.persistent_root}
-        restored = restore_newest(roots, self.config.job, self.fingerprint, self.layout, self.rank, default_exchange())
+        restored = restore_newest(
+            roots,
+            self.config.job,
+            self.fingerprint,
+            self.layout,
+            self.rank,
+            default_exchange(),
+            template=(lambda: flatten_state(template())) if template is not None else None,
+        )
         if restored is not None:
             self.last_complete_step = restored.step
             for listener in self.listeners:

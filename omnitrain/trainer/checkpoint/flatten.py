@@ -6,30 +6,25 @@ position, Python/numpy RNG state, optimizer hyper-parameters...) is pickled with
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-
-@dataclass(frozen=True)
-class TensorRef:
-    """Stands for the index-th tensor of the flattened state."""
-
-    index: int
-
-
-def _local(t: torch.Tensor) -> torch.Tensor:
-    # DTensor shards are saved as this rank's local piece; the manifest's layout says how they were split.
-    return t.to_local() if hasattr(t, "to_local") else t
+from omnitrain.checkpoint_format import TensorRef, slice_of
 
 
 def flatten_state(state: Any) -> tuple[Any, list[torch.Tensor]]:
+    """DTensor shards (FSDP, TP) become this rank's local piece; their TensorRef says where it lies in the global
+    tensor (the shard file's index lets another layout read it)."""
     tensors: list[torch.Tensor] = []
 
     def walk(node):
         if isinstance(node, torch.Tensor):
-            tensors.append(_local(node).detach())
+            if hasattr(node, "to_local"):
+                global_shape, offsets = slice_of(node)
+                tensors.append(node.to_local().detach())
+                return TensorRef(len(tensors) - 1, global_shape, offsets)
+            tensors.append(node.detach())
             return TensorRef(len(tensors) - 1)
         if isinstance(node, dict):
             return {k: walk(v) for k, v in node.items()}

@@ -12,10 +12,12 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from omnitrain.checkpoint_format import FORMAT_DCP, FORMAT_TORCH_SAVE
 from omnitrain.checkpoint_paths import MANIFEST_NAME
 from omnitrain.fsio import write_bytes_atomic
 
-FORMAT_VERSION = 1
+# 1: one torch.save per rank (format "torch-save"); 2: DCP shard files and DCP's .metadata (omnitrain.checkpoint_format)
+FORMAT_VERSION = 2
 
 
 class CheckpointError(RuntimeError):
@@ -73,6 +75,13 @@ class Manifest:
     files: list[ShardFile]
     created_unix: float = field(default_factory=time.time)
     format_version: int = FORMAT_VERSION
+    format: str = FORMAT_DCP
+    metadata: ShardFile | None = None  # DCP's global index (.metadata), format "dcp" only
+
+    @property
+    def reshardable(self) -> bool:
+        """Any layout can read it (DCP's index says where every slice lies); format 1 only into its own layout."""
+        return self.format == FORMAT_DCP and self.metadata is not None
 
     def file_for_rank(self, rank: int) -> ShardFile:
         for f in self.files:
@@ -96,6 +105,8 @@ class Manifest:
                 files=[ShardFile(**f) for f in data["files"]],
                 created_unix=float(data["created_unix"]),
                 format_version=int(data["format_version"]),
+                format=data.get("format", FORMAT_TORCH_SAVE),  # format 1 manifests have no such field
+                metadata=ShardFile(**data["metadata"]) if data.get("metadata") else None,
             )
         except (ValueError, KeyError, TypeError) as e:
             raise InvalidManifestError(f"unreadable manifest: {e}") from e

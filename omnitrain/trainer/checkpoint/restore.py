@@ -7,23 +7,36 @@
   persistent copy. If any rank cannot (corrupt/truncated everywhere, or no copy anywhere), all ranks fall back
   together to the next older step.
 - Layout changes: ranks that differ only in data-parallel or Ulysses position hold identical model/optimizer state
-  (unless FSDP-sharded), so any such replica serves a new rank. Pipeline/tensor degree changes, or FSDP with a new
-  data degree, are refused with both layouts named.
+  (unless FSDP-sharded), so any such replica serves a new rank from its one file, on the fast path. Any other
+  change (pipeline, tensor, virtual stages, FSDP's data x Ulysses degree) is a resharding read (format 2, DCP): each
+  rank assembles its own slices from the saved chunks that overlap them (DCP's .metadata says where), and takes its
+  data loader position, RNG and scheduler from the saved rank at its coordinates (base_rank). A format-1 checkpoint
+  cannot be resharded: refused with both layouts named.
 """
 
 from __future__ import annotations
 
-import io
 import logging
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from omnitrain import fsio
+from omnitrain.checkpoint_format import (
+    ShardFormatError,
+    TensorRef,
+    Wanted,
+    has_tensor,
+    key_of,
+    leaves,
+    load_shard_bytes,
+    parse_metadata,
+    read_regions,
+)
 from omnitrain.checkpoint_paths import list_step_dirs
 from omnitrain.trainer.checkpoint.exchange import Exchange
 from omnitrain.trainer.checkpoint.manifest import (
@@ -107,10 +120,12 @@ def source_rank(saved: WorldLayout, current: WorldLayout, rank: int) -> int:
             f"degrees must stay the same for a sharded resume (change only the data or Ulysses degree)"
         )
     fsdp = "fsdp" in (saved.data_sharding, current.data_sharding)
-    if fsdp and (saved.dp != current.dp or saved.data_sharding != current.data_sharding):
+    shards = (saved.dp, saved.ulysses, saved.data_sharding) != (current.dp, current.ulysses, current.data_sharding)
+    if fsdp and shards:
         raise LayoutChangeError(
             f"checkpoint layout {saved.describe()} cannot be loaded into {current.describe()}: FSDP shards follow "
-            f"the data degree and sharding mode; keep parallelism.data and dataSharding as they were"
+            f"the data x Ulysses degree and the sharding mode; keep parallelism.data, ulysses and dataSharding as "
+            f"they were"
         )
     c = rank_coords(rank, ParallelLayout(dp=current.dp, pp=current.pp, ulysses=current.ulysses, tp=current.tp))
     old = ParallelLayout(dp=saved.dp, pp=saved.pp, ulysses=saved.ulysses, tp=saved.tp)
@@ -118,9 +133,16 @@ def source_rank(saved: WorldLayout, current: WorldLayout, rank: int) -> int:
     return ((dp * old.pp + c.pp) * old.ulysses + uly) * old.tp + c.tp
 
 
-def read_shard(candidate: Candidate, rank: int) -> tuple[Any, str]:
-    """Load one saved rank's shard, preferring the node-local copy; verifies size and crc32 against the manifest."""
-    entry = candidate.manifest.file_for_rank(rank)
+def base_rank(saved: WorldLayout, current: WorldLayout, rank: int) -> int:
+    """The saved rank at `rank`'s coordinates, each taken modulo the saved degree (pure): in a resharding restore
+    its file gives `rank` what is not a slice of a global tensor (data loader position, RNG, LR scheduler, step)."""
+    c = rank_coords(rank, ParallelLayout(dp=current.dp, pp=current.pp, ulysses=current.ulysses, tp=current.tp))
+    dp, pp, uly, tp = c.dp % saved.dp, c.pp % saved.pp, c.ulysses % saved.ulysses, c.tp % saved.tp
+    return ((dp * saved.pp + pp) * saved.ulysses + uly) * saved.tp + tp
+
+
+def _verified_bytes(candidate: Candidate, entry: ShardFile) -> tuple[bytes, str]:
+    """A file of the step from the first tier whose copy has the manifest's size and crc32."""
     problems = []
     for tier in TIERS:
         folder = candidate.folders.get(tier)
@@ -129,12 +151,13 @@ def read_shard(candidate: Candidate, rank: int) -> tuple[Any, str]:
             # manifest did not): the checksum decides whether it is usable.
             continue
         path = folder / entry.name
-        if not path.exists():
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
             problems.append(f"{tier}: {path} missing")
             continue
-        size, crc = fsio.file_crc32(path)
-        if (size, crc) != (entry.size, entry.crc32):
-            problems.append(f"{tier}: {path} checksum mismatch (size {size}/{entry.size})")
+        if (len(data), zlib.crc32(data)) != (entry.size, entry.crc32):
+            problems.append(f"{tier}: {path} checksum mismatch (size {len(data)}/{entry.size})")
             log.warning(
                 "step-%d shard %s on %s tier is corrupt or truncated; trying the next copy",
                 candidate.step,
@@ -142,8 +165,81 @@ def read_shard(candidate: Candidate, rank: int) -> tuple[Any, str]:
                 tier,
             )
             continue
-        return torch.load(path, map_location="cpu", weights_only=False), tier
+        return data, tier
     raise CheckpointError(f"no usable copy of {entry.name} of step {candidate.step}: {'; '.join(problems)}")
+
+
+def read_shard(candidate: Candidate, rank: int) -> tuple[Any, str]:
+    """Load one saved rank's shard, preferring the node-local copy; verifies size and crc32 against the manifest."""
+    data, tier = _verified_bytes(candidate, candidate.manifest.file_for_rank(rank))
+    return load_shard_bytes(data), tier
+
+
+_MISSING = object()
+
+
+def _at(state: Any, path: tuple) -> Any:
+    for part in path:
+        try:
+            state = state[part]
+        except (KeyError, IndexError, TypeError):
+            return _MISSING
+    return state
+
+
+def _merged(node: Any, path: tuple, base: Any, regions: dict[str, torch.Tensor]) -> Any:
+    """The template's structure; each tensor from the resharding read or the base rank, other values the base
+    rank's (the template's own where the base rank has none)."""
+    if isinstance(node, TensorRef):
+        key = key_of(path)
+        return regions[key] if key in regions else _at(base, path)
+    if not has_tensor(node):
+        found = _at(base, path)
+        return node if found is _MISSING else found
+    if isinstance(node, dict):
+        return {k: _merged(v, (*path, k), base, regions) for k, v in node.items()}
+    return type(node)(_merged(v, (*path, i), base, regions) for i, v in enumerate(node))
+
+
+def read_resharded(candidate: Candidate, template: tuple[Any, list[torch.Tensor]], base: int) -> tuple[Any, str]:
+    """This rank's state under its own layout from a checkpoint of another (format 2). `template`: the live state
+    flattened (flatten.flatten_state: DTensor slices with their global offsets). Whole tensors the base rank holds
+    whole (replicated model and optimizer state, its RNG) come from its file; every other tensor is assembled from
+    the saved chunks overlapping this rank's slice, read from the step's files on the first tier holding each
+    intact (the node-local disk when the file is there, else the persistent claim)."""
+    manifest = candidate.manifest
+    if manifest.metadata is None:
+        raise CheckpointError(f"step {candidate.step} has no DCP index (format {manifest.format}): cannot reshard")
+    base_state, tier = read_shard(candidate, base)
+    index, _ = _verified_bytes(candidate, manifest.metadata)
+    metadata = parse_metadata(index)
+    skeleton, tensors = template
+    wanted: dict[str, Wanted] = {}
+    for path, leaf in leaves(skeleton):
+        if not isinstance(leaf, TensorRef):
+            continue
+        live = tensors[leaf.index]
+        held = _at(base_state, path)
+        if leaf.global_shape is None and isinstance(held, torch.Tensor) and tuple(held.shape) == tuple(live.shape):
+            continue
+        global_shape = leaf.global_shape if leaf.global_shape is not None else tuple(live.shape)
+        offsets = leaf.offsets if leaf.offsets is not None else (0,) * live.dim()
+        wanted[key_of(path)] = Wanted(live.dtype, tuple(global_shape), tuple(offsets), tuple(live.shape))
+    by_name = {f.name: f for f in manifest.files}
+    opened: dict[str, tuple[bytes, str]] = {}
+    tiers = {tier}
+
+    def read(name: str, offset: int, length: int) -> bytes:
+        if name not in opened:
+            if name not in by_name:
+                raise CheckpointError(f"step {candidate.step}: the index names {name}, which the manifest lacks")
+            opened.clear()  # one file held at a time: chunks are read file by file
+            opened[name] = _verified_bytes(candidate, by_name[name])
+            tiers.add(opened[name][1])
+        return opened[name][0][offset : offset + length]
+
+    regions = read_regions(metadata, wanted, read)
+    return _merged(skeleton, (), base_state, regions), "persistent" if "persistent" in tiers else "local"
 
 
 def with_sibling_folders(candidate: Candidate, roots: dict[str, str | None], job: str) -> Candidate:
@@ -198,7 +294,7 @@ def _sized(folder: Path | None, entry: ShardFile) -> bool:
 def _load_verified(data: bytes, entry: ShardFile, where: str) -> Any:
     if (len(data), zlib.crc32(data)) != (entry.size, entry.crc32):
         raise CheckpointError(f"{where}: checksum mismatch (size {len(data)}/{entry.size})")
-    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+    return load_shard_bytes(data)
 
 
 def gloo_group():
@@ -269,10 +365,13 @@ def restore_newest(
     rank: int,
     exchange: Exchange,
     peer_group=gloo_group,
+    template: Callable[[], tuple[Any, list[torch.Tensor]]] | None = None,
 ) -> RestoredCheckpoint | None:
     """Collective over `exchange`: every rank returns the same step, or None when no checkpoint is usable. Each
     rank reads its shard from its own node-local copy, else a peer's copy (peers.plan_sources), else the persistent
-    tier. `peer_group`: makes the gloo group peer copies are sent in (called by every rank, once, when needed)."""
+    tier. `peer_group`: makes the gloo group peer copies are sent in (called by every rank, once, when needed).
+    `template`: gives the live state, flattened; called (on every rank) only to reshard a checkpoint of another
+    layout (read_resharded)."""
     t0 = time.perf_counter()
     found = discover(roots, job, fingerprint)
     peers = discover_peers(roots.get("local"), job, fingerprint)
@@ -294,7 +393,19 @@ def restore_newest(
         if manifest is None:
             manifest = Manifest.from_json(shared)
             manifest.check_belongs_to(job, fingerprint, Path(f"<manifest of step {step} from rank {owner}>"))
-        need = source_rank(manifest.layout, current, rank)  # LayoutChangeError: the same on every rank
+        try:
+            need = source_rank(manifest.layout, current, rank)  # LayoutChangeError: the same on every rank
+        except LayoutChangeError as e:
+            if not manifest.reshardable:
+                raise LayoutChangeError(
+                    f"{e} (step {step} is in format {manifest.format}, which cannot be resharded)"
+                ) from None
+            if template is None:
+                raise
+            result = _resharded(step, manifest, roots, job, rank, current, template(), exchange, t0)
+            if result is not None:
+                return result
+            continue
         view = _view(step, manifest, roots, job, peers.get(step, []))
         try:
             entry = manifest.file_for_rank(need)
@@ -342,3 +453,40 @@ def restore_newest(
             return result
         log.warning("cannot restore step-%d (%s); falling back to the previous complete checkpoint", step, errors[0])
     return None
+
+
+def _resharded(
+    step: int,
+    manifest: Manifest,
+    roots: dict[str, str | None],
+    job: str,
+    rank: int,
+    current: WorldLayout,
+    template: tuple[Any, list[torch.Tensor]],
+    exchange: Exchange,
+    t0: float,
+) -> RestoredCheckpoint | None:
+    """One step's resharding restore on every rank (collective); None when some rank could not read its part."""
+    base = base_rank(manifest.layout, current, rank)
+    candidate = with_sibling_folders(Candidate(step, manifest), roots, job)
+    state, error, tier = None, "", ""
+    try:
+        state, tier = read_resharded(candidate, template, base)
+    except (CheckpointError, ShardFormatError, OSError, RuntimeError, EOFError) as e:
+        error = f"rank {rank}: {e}"
+    outcomes = exchange.gather((error, tier))
+    errors = [e for e, _ in outcomes if e]
+    if errors:
+        log.warning("cannot reshard step-%d (%s); falling back to the previous complete checkpoint", step, errors[0])
+        return None
+    result = RestoredCheckpoint(step, state, manifest, base, tier, time.perf_counter() - t0, [t for _, t in outcomes])
+    if rank == 0:
+        log.info(
+            "restored step %d saved at %s into %s by resharding (%.2f s; ranks per source %s)",
+            step,
+            manifest.layout.describe(),
+            current.describe(),
+            result.seconds,
+            {t: result.sources.count(t) for t in TIER_ORDER if t in result.sources},
+        )
+    return result

@@ -1,12 +1,14 @@
 """One checkpoint save of one rank, the same code in the background writer process and in a synchronous save.
 
 Order (each rank, collectives through an Exchange):
- 1. write this rank's shard to `<local>/<job>/step-N/rank-R.pt` (fsync + atomic rename), crc32 while writing;
- 2. gather everyone's result; if any rank failed (e.g. ENOSPC), nobody writes a manifest: the folder stays
-    incomplete, is never loaded, and the previous complete checkpoint stays the newest;
- 3. the lowest rank of each node writes the manifest into its node-local folder;
- 4. each rank copies its shard to the persistent folder; after all report durable, rank 0 writes the persistent
-    manifest (last);
+ 1. write this rank's shard to `<local>/<job>/step-N/rank-R.distcp` (omnitrain.checkpoint_format; fsync + atomic
+    rename), crc32 while writing;
+ 2. gather everyone's result (with the items each file holds); if any rank failed (e.g. ENOSPC), nobody writes a
+    manifest: the folder stays incomplete, is never loaded, and the previous complete checkpoint stays the newest;
+ 3. the lowest rank of each node writes DCP's `.metadata` (built from every rank's items) and then the manifest
+    into its node-local folder;
+ 4. each rank copies its shard to the persistent folder; after all report durable, rank 0 writes `.metadata` and
+    then the persistent manifest (last);
  5. retention on both tiers.
 """
 
@@ -15,13 +17,13 @@ from __future__ import annotations
 import errno
 import logging
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from omnitrain import fsio
+from omnitrain.checkpoint_format import METADATA_NAME, build_metadata, metadata_bytes, write_shard
 from omnitrain.checkpoint_paths import shard_file_name, step_dir
 from omnitrain.contract import STORAGE_ERRNOS
 from omnitrain.trainer.checkpoint.exchange import Exchange
@@ -143,7 +145,9 @@ def replicate_to_peers(
     return bool(copies) and not failed  # a single node has no peer: nothing was copied
 
 
-def save_rank(target: SaveTarget, step: int, state: Any, exchange: Exchange) -> SaveOutcome:
+def save_rank(target: SaveTarget, step: int, skeleton: Any, tensors: list, exchange: Exchange) -> SaveOutcome:
+    """`skeleton`, `tensors`: the rank's state as flatten.flatten_state splits it (the writer process gets the
+    tensors as views of the staging buffers)."""
     t0 = time.perf_counter()
     local = step_dir(target.local_root, target.job, step)
     persistent = step_dir(target.persistent_root, target.job, step) if target.persistent_root else None
@@ -161,8 +165,9 @@ def save_rank(target: SaveTarget, step: int, state: Any, exchange: Exchange) -> 
         mine["exists"] = True
     else:
         try:
-            size, crc = fsio.write_atomic(local / name, lambda w: torch.save(state, w))
-            mine.update(size=size, crc32=crc)
+            items: list = []
+            size, crc = fsio.write_atomic(local / name, lambda w: items.extend(write_shard(w.write, skeleton, tensors)))
+            mine.update(size=size, crc32=crc, items=items)
         except Exception as e:  # noqa: BLE001 - reported to every rank; raising here would hang the others
             mine["error"] = f"writing {local / name}: {type(e).__name__}: {e}"
             if isinstance(e, OSError) and e.errno == errno.ENOSPC:
@@ -188,6 +193,8 @@ def save_rank(target: SaveTarget, step: int, state: Any, exchange: Exchange) -> 
         )
         return outcome
 
+    ordered = sorted(results, key=lambda r: r["rank"])
+    index = metadata_bytes(build_metadata([(shard_file_name(r["rank"]), r["items"]) for r in ordered]))
     manifest = Manifest(
         job=target.job,
         step=step,
@@ -195,11 +202,13 @@ def save_rank(target: SaveTarget, step: int, state: Any, exchange: Exchange) -> 
         model_fingerprint=target.model_fingerprint,
         files=[
             ShardFile(name=shard_file_name(r["rank"]), rank=r["rank"], size=r["size"], crc32=r["crc32"])
-            for r in sorted(results, key=lambda r: r["rank"])
+            for r in ordered
         ],
+        metadata=ShardFile(name=METADATA_NAME, rank=-1, size=len(index), crc32=zlib.crc32(index)),
     )
     node_leader = min(r["rank"] for r in results if r["node"] == target.node_id) == target.rank
     if node_leader:
+        fsio.write_bytes_atomic(local / METADATA_NAME, index)
         write_manifest(local, manifest)
     outcome.local_complete = True
     outcome.bytes_written = mine["size"]
@@ -228,6 +237,7 @@ def save_rank(target: SaveTarget, step: int, state: Any, exchange: Exchange) -> 
             log.error("checkpoint step %d not replicated (node-local copies are complete): %s", step, outcome.error)
         else:
             if target.rank == 0:
+                fsio.write_bytes_atomic(persistent / METADATA_NAME, index)
                 write_manifest(persistent, manifest)
             exchange.gather(None)  # everyone knows the persistent manifest exists before reporting
             outcome.persistent_complete = True

@@ -1,7 +1,7 @@
 """The background writer: a separate process per rank (not a thread: serialising and checksumming under the GIL
-would slow the training step). It maps the rank's shared-memory staging buffer once, then for each request
-rebuilds the state from it and runs save_rank. Its save-time collectives go through its own gloo group made of the
-writer processes only."""
+would slow the training step). It maps the rank's shared-memory staging buffer once, then for each request runs
+save_rank over the request's skeleton and those buffers. Its save-time collectives go through its own gloo group
+made of the writer processes only."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ import traceback
 from datetime import timedelta
 
 from omnitrain.trainer.checkpoint.exchange import GroupExchange, SingleExchange
-from omnitrain.trainer.checkpoint.flatten import unflatten_state
 from omnitrain.trainer.checkpoint.save import SaveTarget, save_rank
 from omnitrain.trainer.checkpoint.staging import leaf_views
 
@@ -76,7 +75,7 @@ def writer_main(target: SaveTarget, rendezvous: str | None, parent_pid: int, req
                 views = leaf_views(buffers, specs)
             elif kind == "save":
                 _, step, skeleton = msg
-                outcome = save_rank(target, step, unflatten_state(skeleton, views), exchange)
+                outcome = save_rank(target, step, skeleton, views, exchange)
                 results.put(("done", outcome))
     except BaseException:
         results.put(("crashed", traceback.format_exc()))
