@@ -29,6 +29,8 @@ from typing import Any
 
 import torch
 
+from omnitrain.checkpoint_paths import legacy_shard_file_name
+
 MAGIC = b"OMNIDCP1"
 _TRAILER = struct.Struct("<Q")
 METADATA_NAME = ".metadata"  # DCP's name for its global index
@@ -165,7 +167,7 @@ def _trailer(data: bytes | memoryview) -> dict:
     return pickle.loads(bytes(data[end - length : end]))
 
 
-def read_shard(data: bytes | memoryview) -> Any:
+def parse_shard(data: bytes | memoryview) -> Any:
     """One rank's whole state from its own file's bytes (as it was saved: nested, tensors as local slices)."""
     trailer = _trailer(data)
     view = memoryview(data)
@@ -192,7 +194,7 @@ def _fill(node: Any, tensors: dict[int, torch.Tensor]) -> Any:
 def load_shard_bytes(data: bytes | memoryview) -> Any:
     """A rank's state from its file's bytes in either format (format 1, a plain torch.save, still loads)."""
     if is_shard(data):
-        return read_shard(data)
+        return parse_shard(data)
     return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
 
 
@@ -314,3 +316,20 @@ def load_consolidated(folder: str | Path, keys: set[str] | None = None) -> dict:
         state, storage_reader=FileSystemReader(str(folder)), planner=_EmptyStateDictLoadPlanner(keys=keys), no_dist=True
     )
     return state
+
+
+def read_model_state(step_folder: str | Path) -> dict | None:
+    """The whole model of a checkpoint step folder, unsharded (state['train']['model']), whatever layout saved
+    it: through DCP's index when the folder has one (format 2), else from rank 0's format-1 file (which holds the
+    whole model only when pipeline and tensor degree were 1 and data parallelism replicated). None: the folder
+    holds neither."""
+    folder = Path(step_folder)
+    if (folder / METADATA_NAME).is_file():
+        model = load_consolidated(folder, keys={"train.model"}).get("train", {}).get("model")
+        return model if isinstance(model, dict) else None
+    legacy = folder / legacy_shard_file_name(0)
+    if not legacy.is_file():
+        return None
+    data = torch.load(legacy, map_location="cpu", weights_only=False)
+    model = (data.get("train") or {}).get("model") if isinstance(data, dict) else None
+    return model if isinstance(model, dict) else None

@@ -11,7 +11,7 @@ import sys
 COMMAND_MODULES = (
     "omnitrain.devcluster.cli",  # dev up|down|status
     "omnitrain.operator.cli",  # operator, crd, validate
-    "omnitrain.trainer.cli",  # train, data
+    "omnitrain.trainer.cli",  # train, data, checkpoint
     "omnitrain.resilience.cli",  # watchdog
     "omnitrain.observability.cli",  # status, report
     "omnitrain.serving.cli",  # serve

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from omnitrain.checkpoint_paths import shard_file_name
+from omnitrain.checkpoint_format import read_model_state
 from omnitrain.fsio import write_bytes_atomic
 from omnitrain.model.config import ModelConfig
 
@@ -118,18 +118,19 @@ def load_artifact(path: str | Path) -> ModelArtifact:
 
 
 def load_teacher(path: str | Path, config: ModelConfig) -> ModelArtifact:
-    """A promotion model file, or a training checkpoint step folder (its rank-0 shard holds the full model in
-    replicated layouts: state['train']['model']) of an MMDiT of `config`."""
+    """A promotion model file, or a training checkpoint step folder of an MMDiT of `config` (its whole model,
+    state['train']['model'], read through DCP's index whatever layout saved it)."""
     path = Path(path)
     if path.is_file():
         return load_artifact(path)
-    shard = path / shard_file_name(0)
-    if not shard.is_file():
-        raise ModelFileError(f"{path} is neither a model file nor a checkpoint step folder with {shard_file_name(0)}")
-    data = torch.load(shard, map_location="cpu", weights_only=False)
-    model_state = (data.get("train") or {}).get("model") if isinstance(data, dict) else None
-    if not isinstance(model_state, dict):
-        raise ModelFileError(f"{shard} has no state['train']['model'] (a sharded layout?); export a full model first")
+    if not path.is_dir():
+        raise ModelFileError(f"{path} is neither a model file nor a checkpoint step folder")
+    model_state = read_model_state(path)
+    if model_state is None:
+        raise ModelFileError(
+            f"{path} holds no whole model (state['train']['model']): not a checkpoint step folder, or a format-1 "
+            f"checkpoint of a sharded layout; export a full model first"
+        )
     # A wrapped model (DDP) saves under "module."; the model's own names are what MMDiT loads.
     model_state = {k.removeprefix("module."): v for k, v in model_state.items()}
     model, adapter = build_model(MMDIT_FACTORY, config)

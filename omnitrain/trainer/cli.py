@@ -1,4 +1,5 @@
-"""Subcommands of this area (registered by omnitrain.cli): `train`, `data synth`, `data shapes` and `data pack`."""
+"""Subcommands of this area (registered by omnitrain.cli): `train`, `data synth|shapes|pack|encode` and
+`checkpoint consolidate`."""
 
 from __future__ import annotations
 
@@ -66,6 +67,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     encode.add_argument("--on-corrupt", choices=("skip", "fail"), default="skip")
     encode.set_defaults(func=_encode)
+
+    checkpoint = subparsers.add_parser("checkpoint", help="Checkpoint tools.")
+    checkpoint_sub = checkpoint.add_subparsers(dest="checkpoint_command", required=True, metavar="ACTION")
+    consolidate = checkpoint_sub.add_parser(
+        "consolidate", help="Write one checkpoint step folder (any layout) as a single torch.save file."
+    )
+    consolidate.add_argument("folder", help="A step folder, e.g. <persistentPath>/<job>/step-<N> (all ranks' files).")
+    consolidate.add_argument("--out", required=True, help="The file to write (never overwritten).")
+    consolidate.add_argument(
+        "--model-only", action="store_true", help="Only the model's state dict (state['train']['model'])."
+    )
+    consolidate.set_defaults(func=_consolidate)
 
 
 def _synth(args: argparse.Namespace) -> int:
@@ -144,6 +157,21 @@ def _encode(args: argparse.Namespace) -> int:
         print(f"data encode: {error}", file=sys.stderr)
         return 2
     print(f"data encode: {report.samples} samples in {len(report.shards)} shards, {len(report.skipped)} skipped")
+    return 0
+
+
+def _consolidate(args: argparse.Namespace) -> int:
+    from omnitrain.trainer.checkpoint.consolidate import consolidate
+    from omnitrain.trainer.checkpoint.manifest import CheckpointError
+
+    try:
+        done = consolidate(args.folder, args.out, model_only=args.model_only)
+    except (CheckpointError, OSError) as error:
+        print(f"checkpoint consolidate: {error}", file=sys.stderr)
+        return 2
+    print(
+        f"checkpoint consolidate: step {done.step}, {done.tensors} tensors, {done.bytes_written / 2**20:.1f} MiB in {done.out}"
+    )
     return 0
 
 

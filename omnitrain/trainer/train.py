@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from omnitrain.checkpoint_paths import shard_file_name
+from omnitrain.checkpoint_format import read_model_state
 from omnitrain.model.flops import TokenCounts, training_flops
 from omnitrain.model.mmdit import MMDiT
 from omnitrain.spec import TrainerConfig
@@ -54,13 +54,18 @@ def step_seed(seed: int, step: int, data_rank: int) -> int:
 
 
 def load_initial_weights(path: str, model: torch.nn.Module) -> None:
-    """spec.training.initFrom: a checkpoint step folder (rank-0 shard holding state['train']['model']), or a torch
+    """spec.training.initFrom: a checkpoint step folder (its whole model, whatever layout saved it), or a torch
     file with a state dict (plain, or under 'model')."""
     target = Path(path)
-    file = target / shard_file_name(0) if target.is_dir() else target
-    if not file.is_file():
+    file = target
+    if target.is_dir():
+        data = read_model_state(target)
+        if data is None:
+            raise TrainConfigError(f"spec.training.initFrom: {path} is not a checkpoint step folder with a whole model")
+    elif target.is_file():
+        data = torch.load(file, map_location="cpu", weights_only=False)
+    else:
         raise TrainConfigError(f"spec.training.initFrom: {path} is neither a model file nor a checkpoint step folder")
-    data = torch.load(file, map_location="cpu", weights_only=False)
     for key in ("train", "model"):
         if isinstance(data, dict) and isinstance(data.get(key), dict):
             data = data[key]

@@ -25,7 +25,7 @@ def test_a_refused_checkpoint_write_exits_with_the_storage_message(tmp_path, mon
     write_atomic = fsio.write_atomic
 
     def refusing(path, write, *args, **kwargs):
-        if str(path).endswith(".pt"):  # the shard of a checkpoint; data and the metrics log still write
+        if str(path).endswith(".distcp"):  # the shard of a checkpoint; data and the metrics log still write
             raise OSError(err_no, "refused", str(path))
         return write_atomic(path, write, *args, **kwargs)
 

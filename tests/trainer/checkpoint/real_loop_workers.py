@@ -10,13 +10,15 @@ from omnitrain.trainer.checkpoint.callback import CheckpointCallback
 from omnitrain.training_hooks import TrainerHooks
 
 
-def loop_config(root: str, steps: int, interval: int, dp: int, ckpt_root: str | None = None) -> dict:
+def loop_config(
+    root: str, steps: int, interval: int, dp: int, ckpt_root: str | None = None, sharding: str = "replicate"
+) -> dict:
     ckpt = Path(ckpt_root or root)
     return {
         "spec": {
             "data": {"path": f"{root}/data", "synthetic": {"samples": 32, "shards": 2}, "tokenBudget": 256},
             "training": {"steps": steps, "learningRate": 3e-3, "warmupSteps": 2, "logEvery": 100},
-            "parallelism": {"nodes": 1, "gpusPerNode": dp},
+            "parallelism": {"nodes": 1, "gpusPerNode": dp, "dataSharding": sharding},
             "checkpoint": {
                 "localPath": str(ckpt / "nvme"),
                 "persistentClaim": "pv",

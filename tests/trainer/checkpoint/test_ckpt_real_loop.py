@@ -61,3 +61,22 @@ def test_real_loop_sigkill_resume_is_exact_and_survives_a_data_degree_change(tmp
     assert single["start"] == 4 and len(single["losses"]) == 2
     for k, v in straight[0]["by_step"][4].items():
         assert torch.equal(single["at_start"][k], v), k
+
+
+def test_real_loop_fsdp_checkpoint_resumes_in_one_replicated_process(tmp_path):
+    """FSDP dp2 -> one process: a resharding restore through `omnitrain train`'s own callback and TrainState."""
+    from omnitrain.checkpoint_format import read_model_state
+
+    steps = 4
+    sharded = run_on_ranks(real_train, 2, loop_config(str(tmp_path), steps, 2, 2, sharding="fsdp"))
+    assert [r["last_complete_step"] for r in sharded] == [steps, steps]
+    import shutil
+
+    for tier in ("nvme", "pv"):
+        shutil.rmtree(step_dir(tmp_path / tier, "real-loop", steps))
+    saved = read_model_state(step_dir(tmp_path / "pv", "real-loop", 2))
+    single = run_on_ranks(real_train, 1, loop_config(str(tmp_path), steps, 2, 1))[0]
+    assert single["start"] == 2 and len(single["losses"]) == 2
+    assert sorted(single["at_start"]) == sorted(saved)
+    for k, v in saved.items():
+        assert torch.equal(single["at_start"][k], v), k

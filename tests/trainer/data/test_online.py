@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from omnitrain.checkpoint_paths import shard_file_name
+from omnitrain.checkpoint_format import read_model_state
 from omnitrain.model.config import resolve_model_config
 from omnitrain.trainer.data.balance import CostModel
 from omnitrain.trainer.data.loader import PackedLoader
@@ -130,8 +130,7 @@ def test_two_trainer_processes_on_raw_clips_end_with_the_parameters_of_pre_encod
         data["spec"]["checkpoint"]["intervalSteps"] = 3
         proc = torchrun_train(write_config(tmp_path / f"{name}.yaml", data), tmp_path / f"termination-{name}")
         assert "step 3/3" in proc.stdout
-        shard = root / "local" / "looptest" / "step-3" / shard_file_name(0)
-        finals[name] = torch.load(shard, map_location="cpu", weights_only=False)["train"]["model"]
+        finals[name] = read_model_state(root / "local" / "looptest" / "step-3")
     online, pre = finals["online"], finals["pre"]
     assert online.keys() == pre.keys()
     assert all(torch.equal(online[k], pre[k]) for k in online)
