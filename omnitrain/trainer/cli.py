@@ -170,7 +170,8 @@ def _consolidate(args: argparse.Namespace) -> int:
         print(f"checkpoint consolidate: {error}", file=sys.stderr)
         return 2
     print(
-        f"checkpoint consolidate: step {done.step}, {done.tensors} tensors, {done.bytes_written / 2**20:.1f} MiB in {done.out}"
+        f"checkpoint consolidate: step {done.step}, {done.tensors} tensors, "
+        f"{done.bytes_written / 2**20:.1f} MiB in {done.out}"
     )
     return 0
 
