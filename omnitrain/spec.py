@@ -61,6 +61,22 @@ class ModelSpec(_Spec):
         return resolve_model_config(self.preset, {k: getattr(self, k) for k in OVERRIDABLE})
 
 
+class ElasticSpec(_Spec):
+    """A job that shrinks when a lost node cannot be replaced, and grows back when nodes return."""
+
+    min_nodes: int = Field(
+        ge=1, description="Fewest nodes the job continues on (a layout with fewer is never planned)."
+    )
+    shrink_after_seconds: int = Field(
+        30,
+        ge=0,
+        description=(
+            "How long a restarted gang waits for a replacement node (a pod Unschedulable) before it continues on "
+            "fewer nodes."
+        ),
+    )
+
+
 class ParallelismSpec(_Spec):
     """How the job is split: nodes x gpusPerNode processes, laid out as tensor x pipeline x ulysses x data."""
 
@@ -93,9 +109,36 @@ class ParallelismSpec(_Spec):
         ),
     )
 
+    elastic: ElasticSpec | None = Field(
+        None,
+        description=(
+            "Continue on fewer nodes (down to elastic.minNodes) when a lost node cannot be replaced: the data "
+            "degree shrinks and each rank runs more micro-batches, so the global batch stays; back to "
+            "parallelism.nodes when nodes return, at the next checkpoint. Unset: a gang waits for its nodes."
+        ),
+    )
+
     @property
     def world_size(self) -> int:
         return self.nodes * self.gpus_per_node
+
+    def at_nodes(self, nodes: int) -> ParallelismSpec | None:
+        """This layout on `nodes` nodes with the same global batch (data x microBatches micro-batches per step):
+        the data degree follows the world, each rank runs the rest as micro-batches. None when no such layout
+        exists (the world does not divide by the model-parallel degrees, or the batch by the new data degree)."""
+        if nodes == self.nodes:
+            return self
+        model_parallel = self.tensor * self.pipeline * self.ulysses
+        world = nodes * self.gpus_per_node
+        if nodes < 1 or world % model_parallel:
+            return None
+        data = world // model_parallel
+        batch = self.data_degree() * self.micro_batches
+        if batch % data:
+            return None
+        return self.model_copy(
+            update={"nodes": nodes, "data": data if self.data is not None else None, "micro_batches": batch // data}
+        )
 
     def data_degree(self) -> int:
         """The data-parallel degree: explicit, or what is left of the world after the model-parallel degrees."""
@@ -730,6 +773,7 @@ def validate_job_spec(spec: JobSpec, allowed_host_roots: Sequence[str] | None = 
     errors += layout_problems(
         LayoutFacts.from_spec(p), num_heads=model.num_heads, depth=model.depth, mlp_hidden=model.mlp_hidden
     )
+    errors += elastic_problems(p)
     if spec.memory.offload == "pipelineAware" and p.pipeline == 1:
         errors.append(
             FieldError(
@@ -978,6 +1022,33 @@ def toleration_problems(where: str, tol: Toleration) -> list[FieldError]:
 def _quoted(value: str, problem: str | None) -> str | None:
     """`'bad key!' is not a qualified name ...`: the value in the message, so a reader sees which one."""
     return None if problem is None else f"{value!r} {problem}"
+
+
+def elastic_problems(p: ParallelismSpec) -> list[FieldError]:
+    """spec.parallelism.elastic: a node count to shrink to must exist, at or above minNodes."""
+    if p.elastic is None:
+        return []
+    if p.elastic.min_nodes > p.nodes:
+        return [
+            FieldError(
+                field="spec.parallelism.elastic.minNodes",
+                message=f"minNodes={p.elastic.min_nodes} is more than parallelism.nodes={p.nodes}; set it <= {p.nodes}",
+            )
+        ]
+    smaller = [n for n in range(p.elastic.min_nodes, p.nodes) if p.at_nodes(n) is not None]
+    if p.elastic.min_nodes < p.nodes and not smaller:
+        batch = p.data_degree() * p.micro_batches
+        return [
+            FieldError(
+                field="spec.parallelism.elastic.minNodes",
+                message=(
+                    f"no layout on {p.elastic.min_nodes}..{p.nodes - 1} nodes keeps the global batch of {batch} "
+                    f"micro-batches (data x microBatches) with whole micro-batches per rank: raise microBatches "
+                    f"(e.g. to a multiple of {p.nodes}) or minNodes"
+                ),
+            )
+        ]
+    return []
 
 
 @dataclass(frozen=True)

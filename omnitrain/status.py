@@ -29,6 +29,7 @@ CONDITION_TYPES = (
     "SpecApplied",
     "Running",
     "Restarting",
+    "Resized",
     "DataEncoded",
     "Suspended",
     "Succeeded",
@@ -156,6 +157,15 @@ class JobStatus(_Status):
         description="Gangs taken down because they could not be placed whole, then queued again (no restart spent).",
     )
     spares_ready: int | None = Field(None, description="Hot spare pods Running (resilience.spareNodes).")
+    active_nodes: int | None = Field(
+        None,
+        description="Nodes the job runs on while it is shrunk (parallelism.elastic); unset: parallelism.nodes.",
+    )
+    grow_after_checkpoint: int | None = Field(
+        None,
+        description="Nodes to grow back on are free: the job grows once a checkpoint newer than this step exists.",
+    )
+    layout_changes: int | None = Field(None, description="Times the job shrank or grew (parallelism.elastic).")
     spares_created: int | None = Field(None, description="Spare pods created so far (names <job>-s<N>).")
     current_step: int | None = Field(None, description="The step rank 0 reported last.")
     total_steps: int | None = Field(None, description="Steps to train (spec.training.steps).")

@@ -29,6 +29,7 @@ from omnitrain.operator.reconcile import (
     child_refused,
     parse_spec,
     reconcile,
+    scaled_spec,
 )
 from omnitrain.operator.settings import OperatorSettings, WebhookSettings
 from omnitrain.operator.spec_edits import ACTIVE_PHASES, effective_spec, held_edits
@@ -224,6 +225,9 @@ class Controller:
             group = plan.pod_group_name(name, old.attempt or 0)
             admission = waiting_message(self.kube.workload(namespace, group), group)
         encoding = self._encoding(namespace, name, checked, old)
+        free = None
+        if old.active_nodes is not None:  # a shrunk elastic job: is there room to grow?
+            free = self.kube.free_nodes({p.node for p in pods if p.node and p.unfinished}, set(old.excluded_nodes))
         decision = reconcile(
             ref,
             checked,
@@ -235,6 +239,7 @@ class Controller:
             admission=admission,
             held=held,
             encoding=encoding,
+            free_nodes=free,
         )
         cleared_status(decision.status, now)
         children = None
@@ -245,7 +250,7 @@ class Controller:
             spares = decision.status.children.spares if decision.status.children else None
             children = plan.plan_children(
                 ref,
-                checked.spec,
+                scaled_spec(checked.spec, decision.status),  # an elastic job's layout at status.activeNodes
                 decision.create_attempt,
                 decision.status.excluded_nodes,
                 self.settings.plan_options(),

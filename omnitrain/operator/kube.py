@@ -191,6 +191,22 @@ class Kube:
             for name, obj in self._node_objects(names).items()
         }
 
+    def free_nodes(self, busy: set[str], excluded: set[str]) -> int:
+        """Nodes of the cache (every Node the watch listed) that are Ready, schedulable and neither `busy` (they
+        hold a pod of the job) nor `excluded` (isolated): where a shrunk elastic job could grow. Other workloads'
+        use of a node is not judged: a grown gang that does not fit shrinks again."""
+        with self._nodes_lock:
+            nodes = dict(self._nodes)
+        return sum(
+            1
+            for name, obj in nodes.items()
+            if obj is not None
+            and name not in busy
+            and name not in excluded
+            and not (obj.get("spec") or {}).get("unschedulable")
+            and observe_node(obj, name).ready
+        )
+
     def _node_objects(self, names: set[str] | list[str]) -> dict[str, dict | None]:
         """The Node objects by name, None for one that is gone (404)."""
         out: dict[str, dict | None] = {}

@@ -252,6 +252,8 @@ class _Pass:
     admission: str | None = None  # the queue's words on why the attempt's pod group is not admitted yet
     held: Sequence[str] = ()  # edited fields the gang does not take (spec_edits): `spec` has them as launched
     encoding: tuple[str, str] | None = None  # the pre-encoding Job's (phase, message) while it gates the launch
+    intent: JobSpec | None = None  # the spec as written (held edits applied); `spec` is it at status.activeNodes
+    free_nodes: int | None = None  # Ready schedulable nodes with no pod of the job, when known (an elastic job)
     _current: tuple[tuple, list[PodObservation]] | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -456,7 +458,8 @@ def launch(p: _Pass) -> Decision | None:
         # In place the pods that stay are not created again (a restart costs O(replaced pods) calls, not O(job)).
         p.d.create_pods = missing if p.in_place else None
     st.launched_attempt = attempt  # written only after the creations succeed (kube layer order)
-    st.launched_spec = p.spec.to_wire()  # held edits stay out of it (p.spec is the effective spec)
+    # held edits stay out of it (the effective spec), and so does an elastic shrink (a layout, not an edit)
+    st.launched_spec = (p.intent or p.spec).to_wire()
     st.children = Children(
         pods=expected,
         spares=spares,
@@ -690,6 +693,127 @@ def unplaceable_gang(p: _Pass) -> Decision | None:
     return d
 
 
+def scaled_spec(spec: JobSpec, st: JobStatus) -> JobSpec:
+    """The spec the gang runs: the parallelism at status.activeNodes while an elastic job is shrunk
+    (ParallelismSpec.at_nodes: same global batch), else `spec` itself."""
+    if st.active_nodes is None or spec.parallelism.elastic is None:
+        return spec
+    scaled = spec.parallelism.at_nodes(st.active_nodes)
+    return spec if scaled is None else spec.model_copy(update={"parallelism": scaled})
+
+
+def _layout_words(before: JobSpec, after: JobSpec) -> str:
+    b, a = before.parallelism, after.parallelism
+    return (
+        f"data {b.data_degree()} -> {a.data_degree()}, microBatches {b.micro_batches} -> {a.micro_batches}; "
+        f"the global batch of {a.data_degree() * a.micro_batches} micro-batches stays"
+    )
+
+
+def _relaunch_at(p: _Pass, nodes: int) -> JobSpec:
+    """Take the whole gang down to launch it again on `nodes` nodes (a new attempt, no restart spent); returns the
+    spec it will run."""
+    st, d = p.st, p.d
+    intent = p.intent or p.spec
+    d.delete_pods, d.force_delete_pods = teardown(p.pods, p.nodes)
+    st.active_nodes = None if nodes == intent.parallelism.nodes else nodes
+    st.layout_changes = (st.layout_changes or 0) + 1
+    st.grow_after_checkpoint = None
+    st.unschedulable_since = None
+    st.attempt, st.phase = p.attempt + 1, RESTARTING
+    st.children = None  # a gang of another size: every pod new (in place too)
+    d.requeue_after_seconds = WAIT_FOR_PODS_SECONDS
+    return scaled_spec(intent, st)
+
+
+def elastic_shrink(p: _Pass) -> Decision | None:
+    """spec.parallelism.elastic: a launched gang with pods the scheduler cannot place (a lost node and no spare or
+    free node for its replacement) continues, after elastic.shrinkAfterSeconds, on the most nodes it can have:
+    at most the nodes its placed pods hold, at least minNodes, with a layout that keeps the global batch. From the
+    newest checkpoint, resharded; no restart spent. Hands on when no such layout exists (unplaceable_gang)."""
+    intent = p.intent or p.spec
+    elastic = intent.parallelism.elastic
+    st, now, d = p.st, p.now, p.d
+    if elastic is None or st.launched_attempt != p.attempt:
+        return None
+    stuck = [pod for pod in p.current if pod.phase == "Pending" and pod.unschedulable and not pod.deleted]
+    placed = p.spec.parallelism.nodes - len(stuck)
+    fits = [n for n in range(elastic.min_nodes, placed + 1) if intent.parallelism.at_nodes(n) is not None]
+    if not stuck or not fits:
+        return None
+    target = max(fits)
+    since = st.unschedulable_since = st.unschedulable_since or now
+    deadline = add_seconds(since, elastic.shrink_after_seconds)
+    why = f"{len(stuck)} of {p.spec.parallelism.nodes} pods unschedulable: {stuck[0].unschedulable}"
+    if now < deadline:
+        d = observe(p)
+        st.message = f"{st.message}; {why}; continues on {target} nodes at {deadline} unless placed"
+        d.requeue_after_seconds = max(1.0, seconds_until(now, deadline, elastic.shrink_after_seconds))
+        return d
+    before = p.spec
+    after = _relaunch_at(p, target)
+    msg = (
+        f"{why} for {elastic.shrink_after_seconds} s (parallelism.elastic.shrinkAfterSeconds): attempt {st.attempt} "
+        f"continues on {target} of {intent.parallelism.nodes} nodes from the newest checkpoint "
+        f"({_layout_words(before, after)})"
+    )
+    st.message = msg
+    st.set_condition("Resized", True, "Shrunk", msg, now)
+    st.set_condition("Restarting", True, "Shrunk", msg, now)
+    st.set_condition("Running", False, "Shrunk", msg, now)
+    d.events.append(Event("Warning", "Shrunk", msg))
+    return d
+
+
+def elastic_grow(p: _Pass) -> Decision | None:
+    """A shrunk elastic job with free nodes again grows back (as far as they allow, up to parallelism.nodes) once a
+    checkpoint newer than the one it had when the nodes appeared is complete, so the change loses no more than a
+    checkpoint interval would: the gang is taken down and launched on more nodes from that checkpoint, resharded;
+    no restart spent."""
+    intent = p.intent or p.spec
+    elastic = intent.parallelism.elastic
+    st, now, d = p.st, p.now, p.d
+    if elastic is None or st.active_nodes is None or st.phase != RUNNING or p.free_nodes is None:
+        return None
+    active = st.active_nodes
+    fits = [
+        n
+        for n in range(active + 1, intent.parallelism.nodes + 1)
+        if n - active <= p.free_nodes and intent.parallelism.at_nodes(n) is not None
+    ]
+    if not fits:
+        st.grow_after_checkpoint = None
+        return None
+    target = max(fits)
+    step = st.last_checkpoint.step if st.last_checkpoint and st.last_checkpoint.step else 0
+    if st.grow_after_checkpoint is None:
+        st.grow_after_checkpoint = step
+        d.events.append(
+            Event(
+                "Normal",
+                "GrowPlanned",
+                f"{p.free_nodes} free node(s): grows from {active} to {target} nodes after the next checkpoint "
+                f"(newer than step {step})",
+            )
+        )
+        return None
+    if step <= st.grow_after_checkpoint:
+        return None
+    before = p.spec
+    after = _relaunch_at(p, target)
+    msg = (
+        f"attempt {st.attempt} grows from {active} to {target} of {intent.parallelism.nodes} nodes from the "
+        f"checkpoint of step {step} ({_layout_words(before, after)})"
+    )
+    st.message = msg
+    full = st.active_nodes is None
+    st.set_condition("Resized", not full, "Grown", msg, now)
+    st.set_condition("Restarting", True, "Grown", msg, now)
+    st.set_condition("Running", False, "Grown", msg, now)
+    d.events.append(Event("Normal", "Grown", msg))
+    return d
+
+
 def observe(p: _Pass) -> Decision:
     st, attempt, now = p.st, p.attempt, p.now
     if p.in_place and p.spec.resilience.spare_nodes:
@@ -744,7 +868,9 @@ STEPS: tuple[Callable[[_Pass], Decision | None], ...] = (
     keep_spares,
     failure,
     awaiting_admission,
+    elastic_shrink,
     unplaceable_gang,
+    elastic_grow,
 )
 
 
@@ -866,12 +992,14 @@ def reconcile(
     admission: str | None = None,
     held: Sequence[str] = (),
     encoding: tuple[str, str] | None = None,
+    free_nodes: int | None = None,
 ) -> Decision:
     """`checked`: parse_spec(job's spec), once per pass. `nodes`: the Nodes the unfinished pods are bound to, by
     name (a node not listed is not judged). Pods on a gone node, or on one NotReady for
     spec.resilience.nodeNotReadySeconds (sooner when a pod of the attempt fails), count as lost and are force-deleted
     (no kubelet will confirm). `usable_nodes`: schedulable Ready nodes when known (else no Wait). `held`: edited
-    fields the active gang does not take; `checked` is then the effective spec (spec_edits.effective_spec)."""
+    fields the active gang does not take; `checked` is then the effective spec (spec_edits.effective_spec).
+    `free_nodes`: Ready schedulable nodes with no pod of the job (when known), where a shrunk elastic job can grow."""
     st = status.model_copy(deep=True) if status is not None else JobStatus()
     valid = st.condition("Valid")
     if (
@@ -891,7 +1019,9 @@ def reconcile(
     admit(st, checked.spec, now)
     p = _Pass(
         job=job,
-        spec=checked.spec,
+        spec=scaled_spec(checked.spec, st),
+        intent=checked.spec,
+        free_nodes=free_nodes,
         pods=pods,
         now=now,
         nodes=nodes or {},

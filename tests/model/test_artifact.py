@@ -41,5 +41,5 @@ def test_files_naming_the_old_adapter_module_still_load(tmp_path):
 
 
 def test_a_folder_without_a_shard_is_no_teacher(tmp_path):
-    with pytest.raises(ModelFileError, match="neither a model file nor a checkpoint step folder"):
+    with pytest.raises(ModelFileError, match="holds no whole model.*not a checkpoint step folder"):
         load_teacher(tmp_path, CFG)

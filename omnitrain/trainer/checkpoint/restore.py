@@ -189,7 +189,9 @@ def _at(state: Any, path: tuple) -> Any:
 
 def _merged(node: Any, path: tuple, base: Any, regions: dict[str, torch.Tensor]) -> Any:
     """The template's structure; each tensor from the resharding read or the base rank, other values the base
-    rank's (the template's own where the base rank has none)."""
+    rank's (the template's own where the base rank has none). A tensor the checkpoint does not have is left out,
+    and so is a dict left empty by that: a parameter that had no optimizer state when saved has none restored
+    (what loading does with a missing model tensor is the model's business: it refuses)."""
     if isinstance(node, TensorRef):
         key = key_of(path)
         return regions[key] if key in regions else _at(base, path)
@@ -197,8 +199,13 @@ def _merged(node: Any, path: tuple, base: Any, regions: dict[str, torch.Tensor])
         found = _at(base, path)
         return node if found is _MISSING else found
     if isinstance(node, dict):
-        return {k: _merged(v, (*path, k), base, regions) for k, v in node.items()}
-    return type(node)(_merged(v, (*path, i), base, regions) for i, v in enumerate(node))
+        out = {k: _merged(v, (*path, k), base, regions) for k, v in node.items()}
+        kept = {k: v for k, v in out.items() if v is not _MISSING}
+        return kept if kept or not node else _MISSING
+    items = [_merged(v, (*path, i), base, regions) for i, v in enumerate(node)]
+    if any(v is _MISSING for v in items):
+        raise CheckpointError(f"{key_of(path)}: the checkpoint lacks items of this list")
+    return type(node)(items)
 
 
 def read_resharded(candidate: Candidate, template: tuple[Any, list[torch.Tensor]], base: int) -> tuple[Any, str]:
@@ -224,7 +231,9 @@ def read_resharded(candidate: Candidate, template: tuple[Any, list[torch.Tensor]
             continue
         global_shape = leaf.global_shape if leaf.global_shape is not None else tuple(live.shape)
         offsets = leaf.offsets if leaf.offsets is not None else (0,) * live.dim()
-        wanted[key_of(path)] = Wanted(live.dtype, tuple(global_shape), tuple(offsets), tuple(live.shape))
+        key = key_of(path)
+        if key in metadata.state_dict_metadata:  # else the checkpoint has none (see _merged)
+            wanted[key] = Wanted(live.dtype, tuple(global_shape), tuple(offsets), tuple(live.shape))
     by_name = {f.name: f for f in manifest.files}
     opened: dict[str, tuple[bytes, str]] = {}
     tiers = {tier}
@@ -239,7 +248,10 @@ def read_resharded(candidate: Candidate, template: tuple[Any, list[torch.Tensor]
         return opened[name][0][offset : offset + length]
 
     regions = read_regions(metadata, wanted, read)
-    return _merged(skeleton, (), base_state, regions), "persistent" if "persistent" in tiers else "local"
+    merged = _merged(skeleton, (), base_state, regions)
+    if merged is _MISSING:
+        raise CheckpointError(f"step {candidate.step} holds none of this run's state")
+    return merged, "persistent" if "persistent" in tiers else "local"
 
 
 def with_sibling_folders(candidate: Candidate, roots: dict[str, str | None], job: str) -> Candidate:
