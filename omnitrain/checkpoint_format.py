@@ -119,24 +119,47 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def write_shard(write: Callable[[bytes], Any], skeleton: Any, tensors: list[torch.Tensor]) -> list[ShardItem]:
+class _Counted:
+    """A write-only stream that counts what passes: each item's offset and length in the file."""
+
+    def __init__(self, write: Callable[[Any], Any]):
+        self._write, self.size = write, 0
+
+    def write(self, data) -> int:
+        n = memoryview(data).nbytes
+        self._write(data)
+        self.size += n
+        return n
+
+    def flush(self) -> None:
+        pass
+
+
+def _compact(tensor: torch.Tensor) -> torch.Tensor:
+    """The tensor over a storage of its own size: torch.save writes a view's whole storage (a staging view would
+    write the whole staging buffer)."""
+    tensor = tensor.detach().cpu()
+    whole = tensor.untyped_storage().nbytes() == tensor.numel() * tensor.element_size()
+    return tensor if whole and tensor.is_contiguous() and tensor.storage_offset() == 0 else tensor.clone()
+
+
+def write_shard(write: Callable[[Any], Any], skeleton: Any, tensors: list[torch.Tensor]) -> list[ShardItem]:
     """Write one rank's items and the trailer through `write`; returns the items (for the global index)."""
     items: list[ShardItem] = []
-    offset = 0
+    out = _Counted(write)
     for path, leaf in leaves(skeleton):
-        buffer = io.BytesIO()
+        start = out.size
         if isinstance(leaf, TensorRef):
             tensor = tensors[leaf.index]
-            # clone: a view of the shared staging buffer would torch.save the whole buffer
-            torch.save(tensor.detach().cpu().clone(), buffer)
+            torch.save(_compact(tensor), out)  # streamed: no second copy of the item in memory
             global_shape = leaf.global_shape if leaf.global_shape is not None else tuple(tensor.shape)
             offsets = leaf.offsets if leaf.offsets is not None else (0,) * tensor.dim()
             item = ShardItem(
                 key_of(path),
                 _dcp_path(skeleton, path),
                 "tensor",
-                offset,
-                buffer.tell(),
+                start,
+                out.size - start,
                 ref=leaf.index,
                 dtype=_dtype_name(tensor.dtype),
                 global_shape=tuple(global_shape),
@@ -144,14 +167,12 @@ def write_shard(write: Callable[[bytes], Any], skeleton: Any, tensors: list[torc
                 sizes=tuple(tensor.shape),
             )
         else:
-            torch.save(leaf, buffer)
-            item = ShardItem(key_of(path), _dcp_path(skeleton, path), "bytes", offset, buffer.tell())
-        write(buffer.getbuffer())
-        offset += item.length
+            torch.save(leaf, out)
+            item = ShardItem(key_of(path), _dcp_path(skeleton, path), "bytes", start, out.size - start)
         items.append(item)
     trailer = pickle.dumps({"skeleton": skeleton, "items": items}, protocol=pickle.HIGHEST_PROTOCOL)
-    write(trailer)
-    write(_TRAILER.pack(len(trailer)) + MAGIC)
+    out.write(trailer)
+    out.write(_TRAILER.pack(len(trailer)) + MAGIC)
     return items
 
 
