@@ -131,6 +131,23 @@ def _live_text(live: dict[str, float]) -> str:
     return "   ".join(parts) if parts else "-"
 
 
+def _layout_text(spec: dict, status: JobStatus) -> str:
+    """An elastic job's node count: shrunk (and to what), or back at full size after layout changes; "" for a job
+    that never changed its layout."""
+    nodes = (spec.get("parallelism") or {}).get("nodes")
+    changes = status.layout_changes or 0
+    if status.active_nodes is None and not changes:
+        return ""
+    resized = status.condition("Resized")
+    text = f"{status.active_nodes} of {nodes} nodes (shrunk)" if status.active_nodes is not None else f"{nodes} nodes"
+    text += f", {changes} layout change(s)"
+    if status.grow_after_checkpoint is not None:
+        text += f"; grows after a checkpoint newer than step {status.grow_after_checkpoint}"
+    if resized is not None and resized.message:
+        text += f"; last: {resized.message}"
+    return text
+
+
 def render_status(
     job: dict, pods: list[dict], events: list[dict], now: datetime | None = None, live: dict[str, float] | None = None
 ) -> str:
@@ -188,6 +205,9 @@ def render_status(
     lines.append(f"  Goodput:      {_goodput_text(status.goodput)}")
     excluded = status.excluded_nodes
     lines.append(f"  Excluded:     {', '.join(excluded) if excluded else 'none'}")
+    layout = _layout_text(spec, status)
+    if layout:
+        lines.append(f"  Layout:       {layout}")
     if live:
         lines.append(f"  Live:         {_live_text(live)}")
     failure = status.last_failure

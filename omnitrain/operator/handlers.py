@@ -226,8 +226,9 @@ class Controller:
             admission = waiting_message(self.kube.workload(namespace, group), group)
         encoding = self._encoding(namespace, name, checked, old)
         free = None
-        if old.active_nodes is not None:  # a shrunk elastic job: is there room to grow?
-            free = self.kube.free_nodes({p.node for p in pods if p.node and p.unfinished}, set(old.excluded_nodes))
+        if old.active_nodes is not None and checked.spec is not None:  # a shrunk elastic job: room to grow?
+            busy = {p.node for p in pods if p.node and p.unfinished}
+            free = self.kube.free_nodes(busy, set(old.excluded_nodes), checked.spec)
         decision = reconcile(
             ref,
             checked,

@@ -24,6 +24,7 @@ from omnitrain.operator.podcache import PodCache, resource_version
 from omnitrain.operator.reconcile import ChildRefused, Decision, Event, refused_by_the_api
 from omnitrain.resilience.classify import NodeObservation, PodObservation, observe_node, observe_pod
 from omnitrain.resilience.operator_hook import isolation_patch
+from omnitrain.spec import JobSpec
 from omnitrain.status import JobStatus
 from omnitrain.timestamps import now_rfc3339
 
@@ -191,20 +192,20 @@ class Kube:
             for name, obj in self._node_objects(names).items()
         }
 
-    def free_nodes(self, busy: set[str], excluded: set[str]) -> int:
-        """Nodes of the cache (every Node the watch listed) that are Ready, schedulable and neither `busy` (they
-        hold a pod of the job) nor `excluded` (isolated): where a shrunk elastic job could grow. Other workloads'
-        use of a node is not judged: a grown gang that does not fit shrinks again."""
+    def free_nodes(self, busy: set[str], excluded: set[str], spec: JobSpec) -> int:
+        """Nodes of the cache (every Node the watch listed) where a pod of `spec` could go: Ready, schedulable,
+        with the job's nodeSelector labels and its GPUs allocatable, neither `busy` (holding a pod of the job) nor
+        `excluded` (isolated). Where a shrunk elastic job could grow. Other workloads' pods and the node affinity
+        are not judged: a grown gang that does not fit shrinks again."""
         with self._nodes_lock:
             nodes = dict(self._nodes)
+        sched = spec.scheduling
         return sum(
             1
             for name, obj in nodes.items()
             if obj is not None
-            and name not in busy
-            and name not in excluded
-            and not (obj.get("spec") or {}).get("unschedulable")
-            and observe_node(obj, name).ready
+            and name not in busy | excluded
+            and _fits(obj, name, sched, spec.parallelism.gpus_per_node)
         )
 
     def _node_objects(self, names: set[str] | list[str]) -> dict[str, dict | None]:
@@ -425,6 +426,21 @@ class Kube:
         self.write_status(job, decision.status)
         for event in decision.events:
             self.post_event(job, event)
+
+
+def _fits(node: dict, name: str, sched, gpus: int) -> bool:
+    labels = (node.get("metadata") or {}).get("labels") or {}
+    allocatable = (node.get("status") or {}).get("allocatable") or {}
+    try:
+        room = int(str(allocatable.get(sched.gpu_resource, "0")))
+    except ValueError:
+        room = 0
+    return (
+        not (node.get("spec") or {}).get("unschedulable")
+        and all(labels.get(k) == v for k, v in sched.node_selector.items())
+        and room >= gpus
+        and observe_node(node, name).ready
+    )
 
 
 def status_patch(old: dict, new: dict, top: bool = True) -> dict:

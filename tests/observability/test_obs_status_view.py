@@ -194,3 +194,22 @@ def test_failure_message_promotion_and_total_restarts():
     assert "Message:      restarting after a hang" in text
     assert "Last failure: HangDetected: pod video-1-a1-n0 on node-1 exited 42 (3m00s ago) - no step for 60s" in text
     assert "Promotion:    distill Running (video-1-distill)" in text
+
+
+def test_an_elastic_job_says_it_is_shrunk_and_a_job_that_never_resized_says_nothing():
+    assert "Layout:" not in render_status(running_job(), [], [], now=NOW)
+    job = running_job()
+    job["spec"]["parallelism"] = {"nodes": 3}
+    job["status"].update(
+        {
+            "activeNodes": 2,
+            "layoutChanges": 1,
+            "growAfterCheckpoint": 40,
+            "conditions": [
+                {"type": "Resized", "status": "True", "reason": "Shrunk", "message": "continues on 2 of 3 nodes"}
+            ],
+        }
+    )
+    line = next(x for x in render_status(job, [], [], now=NOW).splitlines() if "Layout:" in x)
+    assert "2 of 3 nodes (shrunk), 1 layout change(s)" in line and "newer than step 40" in line
+    assert "last: continues on 2 of 3 nodes" in line

@@ -124,3 +124,22 @@ def test_no_layout_at_or_above_min_nodes_hands_on_to_the_schedule_timeout():
     st = step(s, None, [], T0).status
     d = step(s, st, pods(0, 3, unplaced=1), add_seconds(T0, 100))
     assert d.status.active_nodes is None and "taken down at" in d.status.message
+
+
+def test_a_free_node_for_growing_has_the_job_s_labels_and_gpus_and_is_ready():
+    from omnitrain.operator.kube import _fits
+
+    sched = JobSpec.model_validate({**spec(), "scheduling": {"nodeSelector": {"pool": "a"}}}).scheduling
+
+    def node(labels, gpus="1", ready="True", unschedulable=False):
+        return {
+            "metadata": {"labels": labels},
+            "spec": {"unschedulable": unschedulable},
+            "status": {"allocatable": {"nvidia.com/gpu": gpus}, "conditions": [{"type": "Ready", "status": ready}]},
+        }
+
+    assert _fits(node({"pool": "a"}), "n", sched, 1)
+    assert not _fits(node({"pool": "b"}), "n", sched, 1)
+    assert not _fits(node({"pool": "a"}, gpus="0"), "n", sched, 1)
+    assert not _fits(node({"pool": "a"}, ready="False"), "n", sched, 1)
+    assert not _fits(node({"pool": "a"}, unschedulable=True), "n", sched, 1)
